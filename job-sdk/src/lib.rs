@@ -120,9 +120,7 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod __private {
     pub use crate::plugin::{classes, invoke};
     pub use abi_stable::{
-        library::{
-            CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
-        },
+        library::{__call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult},
         prefix_type::PrefixTypeTrait,
         std_types::RStr,
     };

@@ -45,11 +45,7 @@ fn name_positional(values: Vec<Value>, fields: &[&str]) -> Result<Map<String, Va
             values.len()
         ));
     }
-    Ok(fields
-        .iter()
-        .map(|f| (*f).to_owned())
-        .zip(values)
-        .collect())
+    Ok(fields.iter().map(|f| (*f).to_owned()).zip(values).collect())
 }
 
 /// The field names of `P` when it deserializes as a struct, found by asking its `Deserialize`
@@ -119,13 +115,25 @@ mod tests {
     #[test]
     fn named_params_map_onto_fields() {
         let p: Send = decode(r#"{"user_id":7,"message":"hi"}"#).expect("decodes");
-        assert_eq!(p, Send { user_id: 7, message: "hi".into() });
+        assert_eq!(
+            p,
+            Send {
+                user_id: 7,
+                message: "hi".into()
+            }
+        );
     }
 
     #[test]
     fn positional_params_map_onto_fields_in_order() {
         let p: Send = decode(r#"[7,"hi"]"#).expect("decodes");
-        assert_eq!(p, Send { user_id: 7, message: "hi".into() });
+        assert_eq!(
+            p,
+            Send {
+                user_id: 7,
+                message: "hi".into()
+            }
+        );
     }
 
     #[test]
@@ -137,7 +145,10 @@ mod tests {
     #[test]
     fn ill_typed_param_is_named() {
         let err = decode::<Send>(r#"{"user_id":"abc","message":"hi"}"#).expect_err("bad type");
-        assert!(err.starts_with("param `user_id`: invalid type: string \"abc\""), "{err}");
+        assert!(
+            err.starts_with("param `user_id`: invalid type: string \"abc\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -155,7 +166,10 @@ mod tests {
             decode::<NoParams>(json).expect(json);
         }
         let err = decode::<NoParams>("[1]").expect_err("takes none");
-        assert_eq!(err, "too many positional params: the method takes no params, got 1");
+        assert_eq!(
+            err,
+            "too many positional params: the method takes no params, got 1"
+        );
         assert!(decode::<NoParams>(r#"{"x":1}"#).is_err());
     }
 

@@ -193,7 +193,10 @@ pub fn classes(plugin: fn() -> &'static Plugin) -> RResult<RVec<ClassInfo>, FfiE
 
 /// The body of the exported `invoke` entry point.
 #[doc(hidden)]
-pub fn invoke(plugin: fn() -> &'static Plugin, call: &Invocation<'_>) -> RResult<RString, FfiError> {
+pub fn invoke(
+    plugin: fn() -> &'static Plugin,
+    call: &Invocation<'_>,
+) -> RResult<RString, FfiError> {
     guarded(|| {
         let ctx = JobContext::new(call.job_id.as_str(), call.attempt, call.host);
         plugin()

@@ -1,0 +1,109 @@
+//! The gate every job passes before it is stored or run: the allowlist must approve
+//! `class@method` and a plugin must offer it. A refusal is logged here, as the spec's
+//! `Unauthorized job execution attempt` (or `Job not found`), so no caller can forget to.
+
+use crate::{
+    allowlist::{Allowlist, Verdict},
+    inventory::{Inventory, PluginFile},
+    job::JobSpec,
+    joblog,
+};
+
+/// Why a job was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The allowlist does not approve the class.
+    #[error("{job} is not approved: class {class:?} is not in the allowlist {allowlist}{hint}")]
+    UnknownClass {
+        /// `Class@method`.
+        job: String,
+        /// The class.
+        class: String,
+        /// The allowlist file.
+        allowlist: String,
+        /// A hint when the shell probably ate the backslashes.
+        hint: String,
+    },
+    /// The allowlist approves the class but not the method.
+    #[error(
+        "{job} is not approved: the allowlist {allowlist} approves only {approved} for {class:?}"
+    )]
+    UnknownMethod {
+        /// `Class@method`.
+        job: String,
+        /// The class.
+        class: String,
+        /// The allowlist file.
+        allowlist: String,
+        /// The approved methods, listed.
+        approved: String,
+    },
+    /// Approved, but no plugin in the plugin directory offers it.
+    #[error("{job} is approved but not available: {reason}")]
+    NotFound {
+        /// `Class@method`.
+        job: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Checks `spec` against the allowlist and the inventory; returns the plugin file to run.
+pub fn authorize<'a>(
+    allowlist: &Allowlist,
+    inventory: &'a Inventory,
+    spec: &JobSpec,
+) -> Result<&'a PluginFile, Refused> {
+    let job = spec.name();
+    let allowlist_path = allowlist.path().display().to_string();
+    let refusal = match allowlist.check(&spec.class, &spec.method) {
+        Verdict::Approved => None,
+        Verdict::UnknownClass { unescaped } => Some(Refused::UnknownClass {
+            job: job.clone(),
+            class: spec.class.clone(),
+            allowlist: allowlist_path,
+            hint: unescaped
+                .map(|class| {
+                    format!(
+                        "; it matches {class:?} without its backslashes, which the shell removes \
+                         from unquoted arguments: quote the class, as in jobhost run '{class}' {}",
+                        spec.method
+                    )
+                })
+                .unwrap_or_default(),
+        }),
+        Verdict::UnknownMethod { approved } => Some(Refused::UnknownMethod {
+            job: job.clone(),
+            class: spec.class.clone(),
+            allowlist: allowlist_path,
+            approved: approved.join(", "),
+        }),
+    };
+    if let Some(refused) = refusal {
+        joblog::unauthorized(&job);
+        return Err(refused);
+    }
+    let not_found = |reason: String| {
+        joblog::not_found(&job, &reason);
+        Refused::NotFound {
+            job: job.clone(),
+            reason,
+        }
+    };
+    let offer = inventory.find(&spec.class).ok_or_else(|| {
+        not_found(format!(
+            "no plugin in {} offers class {:?}",
+            inventory.dir.display(),
+            spec.class
+        ))
+    })?;
+    if !offer.class.methods.iter().any(|m| m.name == spec.method) {
+        return Err(not_found(format!(
+            "class {:?} in {} has no method {:?}",
+            spec.class,
+            offer.file.path.display(),
+            spec.method
+        )));
+    }
+    Ok(offer.file)
+}

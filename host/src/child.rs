@@ -1,0 +1,211 @@
+//! The code that runs in jobhost's short-lived child processes: the worker, which runs one
+//! attempt of one job, and the inspector, which lists one plugin file's classes.
+//!
+//! Both are plain functions from a request to a report, callable from a fresh process's
+//! `main` (the hidden `__worker` and `__inspect` subcommands) or, later, from a forked child of
+//! a fork server; neither keeps per-job state in globals set up at start-up. They never write
+//! logs: the host that reads the report does.
+
+use std::{
+    io::Write,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
+};
+
+use abi_stable::{
+    prefix_type::WithMetadata,
+    std_types::{RResult, RStr},
+};
+use job_sdk::ffi::{ErrorKind, HostApi, HostApiRef, Invocation};
+
+use crate::{
+    allowlist::{Allowlist, Verdict},
+    loader,
+    protocol::{
+        write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
+        WorkerReport, WorkerRequest, PROTOCOL_VERSION,
+    },
+};
+
+/// Exit code of a child that could not write its report.
+pub const EXIT_NO_REPORT: i32 = 70;
+
+/// The set-up every child shares: session, core limit, SIGTERM flag, and the request.
+fn start<T: for<'de> serde::Deserialize<'de>>(request_json: &str) -> Result<T, i32> {
+    match crate::platform::prepare_child() {
+        Ok(flag) => {
+            let _ = STOP.set(flag);
+        }
+        Err(e) => {
+            eprintln!("jobhost child: cannot prepare process: {e}");
+            return Err(EXIT_NO_REPORT);
+        }
+    }
+    serde_json::from_str(request_json).map_err(|e| {
+        eprintln!("jobhost child: unreadable request: {e}");
+        EXIT_NO_REPORT
+    })
+}
+
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// The `__worker` subcommand: runs the attempt and writes its report; returns the exit code.
+pub fn worker_main(request_json: &str) -> i32 {
+    let request: WorkerRequest = match start(request_json) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let report = run_worker(&request);
+    finish(write_report(&request.report, &report))
+}
+
+/// The `__inspect` subcommand: lists the plugin's classes and writes the report.
+pub fn inspect_main(request_json: &str) -> i32 {
+    let request: InspectRequest = match start(request_json) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let report = inspect(&request);
+    finish(write_report(&request.report, &report))
+}
+
+fn finish(written: std::io::Result<()>) -> i32 {
+    match written {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("jobhost child: cannot write report: {e}");
+            EXIT_NO_REPORT
+        }
+    }
+}
+
+fn error(kind: FailureKind, message: impl Into<String>) -> WorkerReport {
+    WorkerReport::Error {
+        protocol: PROTOCOL_VERSION,
+        kind,
+        message: message.into(),
+    }
+}
+
+/// Runs one attempt: allowlist, load, invoke. Nothing of the plugin is loaded unless the
+/// allowlist approves the job.
+pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
+    if request.protocol != PROTOCOL_VERSION {
+        return error(
+            FailureKind::BadRequest,
+            format!(
+                "worker protocol {} requested, this worker speaks {PROTOCOL_VERSION}",
+                request.protocol
+            ),
+        );
+    }
+    let allowlist = match Allowlist::load(&request.allowlist) {
+        Ok(a) => a,
+        Err(e) => return error(FailureKind::Unauthorized, format!("refused: {e}")),
+    };
+    if allowlist.check(&request.class, &request.method) != Verdict::Approved {
+        return error(
+            FailureKind::Unauthorized,
+            format!(
+                "refused: {}@{} is not approved by {}",
+                request.class,
+                request.method,
+                allowlist.path().display()
+            ),
+        );
+    }
+    let plugin = match loader::load(&request.plugin) {
+        Ok(p) => p,
+        Err(reason) => {
+            return error(
+                FailureKind::LoadFailed,
+                format!("cannot load plugin {}: {reason}", request.plugin.display()),
+            )
+        }
+    };
+    let params = request.params.to_string();
+    let call = Invocation {
+        class: RStr::from_str(&request.class),
+        method: RStr::from_str(&request.method),
+        params_json: RStr::from_str(&params),
+        job_id: RStr::from_str(&request.job_id),
+        attempt: request.attempt,
+        host: host_api(),
+    };
+    match (plugin.invoke())(&call) {
+        RResult::ROk(json) => match serde_json::from_str(json.as_str()) {
+            Ok(result) => WorkerReport::Ok {
+                protocol: PROTOCOL_VERSION,
+                result,
+            },
+            Err(e) => error(FailureKind::Permanent, format!("result is not JSON: {e}")),
+        },
+        RResult::RErr(e) => {
+            let kind = match e.kind {
+                ErrorKind::Failed => FailureKind::Failed,
+                ErrorKind::Permanent => FailureKind::Permanent,
+                ErrorKind::InvalidParams => FailureKind::InvalidParams,
+                ErrorKind::UnknownClass | ErrorKind::UnknownMethod => FailureKind::LoadFailed,
+                ErrorKind::Panicked => FailureKind::Panicked,
+                ErrorKind::Cancelled => FailureKind::Cancelled,
+            };
+            error(kind, e.message.into_string())
+        }
+    }
+}
+
+/// The host services a job sees: its log lines go to the captured output, and its
+/// cancellation flag is the one SIGTERM sets.
+fn host_api() -> HostApiRef {
+    extern "C" fn log(line: RStr<'_>) {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "{line}");
+    }
+    extern "C" fn is_cancelled() -> bool {
+        STOP.get().is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
+    const API: &WithMetadata<HostApi> = &WithMetadata::new(HostApi { log, is_cancelled });
+    HostApiRef(API.static_as_prefix())
+}
+
+/// Lists the classes of one plugin file.
+pub fn inspect(request: &InspectRequest) -> InspectReport {
+    let rejected = |reason: String| InspectReport::Rejected {
+        protocol: PROTOCOL_VERSION,
+        reason,
+    };
+    if request.protocol != PROTOCOL_VERSION {
+        return rejected(format!(
+            "inspector protocol {} requested, this inspector speaks {PROTOCOL_VERSION}",
+            request.protocol
+        ));
+    }
+    let plugin = match loader::load(&request.plugin) {
+        Ok(p) => p,
+        Err(reason) => return rejected(reason),
+    };
+    match (plugin.classes())() {
+        RResult::ROk(classes) => InspectReport::Plugin {
+            protocol: PROTOCOL_VERSION,
+            sdk_version: plugin.sdk_version().to_string(),
+            classes: classes
+                .into_iter()
+                .map(|c| ClassEntry {
+                    name: c.name.into_string(),
+                    doc: c.doc.into_string(),
+                    methods: c
+                        .methods
+                        .into_iter()
+                        .map(|m| MethodEntry {
+                            name: m.name.into_string(),
+                            doc: m.doc.into_string(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        },
+        RResult::RErr(e) => rejected(format!("the plugin cannot list its classes: {}", e.message)),
+    }
+}

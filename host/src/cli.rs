@@ -1,0 +1,122 @@
+//! The command line, as parsed: `jobhost [GLOBAL OPTIONS] COMMAND ...`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use jobhost::{job::Priority, settings::Overrides};
+
+/// Runs approved jobs from shared-library plugins, each in an isolated worker process.
+#[derive(Debug, Parser)]
+#[command(name = "jobhost", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+pub const EXIT_CODES: &str = "Exit codes:
+  0  success (with --wait: the job completed)
+  1  jobhost itself failed (I/O, spawning, ...)
+  2  bad input: arguments, params, settings or allowlist file
+  3  refused: not approved by the allowlist, or no plugin offers it
+  4  the job failed (with --wait)
+  5  the job was cancelled (with --wait)";
+
+/// Options every command takes; each overrides its environment variable and `jobhost.toml`.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Settings file [env: JOBHOST_CONFIG] [default: ./jobhost.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of plugin libraries [env: JOBHOST_PLUGIN_DIR] [default: plugins]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
+    /// Allowlist file [env: JOBHOST_ALLOWLIST] [default: allowlist.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// State directory [env: JOBHOST_STATE_DIR] [default: storage/jobhost]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log directory [env: JOBHOST_LOG_DIR] [default: storage/logs]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Environment name, the log channel: local, production, ... [env: JOBHOST_ENV] [default: local]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub env: Option<String>,
+}
+
+impl Global {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            plugin_dir: self.plugin_dir.clone(),
+            allowlist: self.allowlist.clone(),
+            state_dir: self.state_dir.clone(),
+            log_dir: self.log_dir.clone(),
+            env: self.env.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run CLASS@METHOD with params, like the spec's `artisan background:run`.
+    Run(RunArgs),
+    /// List the plugin directory: each file's classes and methods, or why it was rejected.
+    Plugins {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Fully qualified class name; quote it, the shell eats backslashes: 'App\Jobs\SendWelcomeEmail'
+    pub class: String,
+    /// Method name, e.g. handle
+    pub method: String,
+    /// Params: key=value (named) or bare values (positional); a value is JSON when it parses as a JSON scalar
+    #[arg(value_name = "PARAM")]
+    pub params: Vec<String>,
+    /// Params as one JSON object or array, instead of PARAM arguments
+    #[arg(long, value_name = "JSON")]
+    pub params_json: Option<String>,
+    /// Retries after the first failed attempt [default: 3, or the settings' defaults.retries]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub retries: Option<u32>,
+    /// Seconds between attempts [default: 5, or defaults.retry_delay]
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
+    pub retry_delay: Option<std::time::Duration>,
+    /// Priority: high, normal or low
+    #[arg(long, default_value = "normal", value_parser = priority)]
+    pub priority: Priority,
+    /// Seconds to wait before the first attempt
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value = "0", allow_negative_numbers = true)]
+    pub delay: std::time::Duration,
+    /// Seconds one attempt may run before it is stopped [default: 3600, or defaults.timeout]
+    #[arg(long, value_name = "SECS", value_parser = positive_secs, allow_negative_numbers = true)]
+    pub timeout: Option<std::time::Duration>,
+    /// Run the job now, in a worker, and exit with a code that says how it ended
+    #[arg(long)]
+    pub wait: bool,
+}
+
+fn secs(text: &str) -> Result<std::time::Duration, String> {
+    jobhost::settings::parse_secs(text)
+        .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+fn positive_secs(text: &str) -> Result<std::time::Duration, String> {
+    match secs(text)? {
+        d if d.is_zero() => Err("must be more than 0 seconds".into()),
+        d => Ok(d),
+    }
+}
+
+fn priority(text: &str) -> Result<Priority, String> {
+    text.parse()
+        .map_err(|e: jobhost::job::ParamsError| e.to_string())
+}

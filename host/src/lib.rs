@@ -1,0 +1,28 @@
+//! jobhost: a background-job host that runs approved plugin jobs in isolated worker processes.
+//!
+//! Jobs are *classes* with named *methods*, compiled as shared-library plugins against the
+//! stable-ABI SDK `job-sdk`. Only what `allowlist.toml` approves ever runs, and every attempt
+//! runs in a fresh worker process that loads the plugin itself, so a crashing, hanging or
+//! runaway job ends that process alone. See `docs/architecture.md` for the whole picture.
+//!
+//! The modules, from the outside in: [`settings`] and [`allowlist`] read configuration;
+//! [`job`] describes a requested job; [`authorize`] is the gate (allowlist and plugin
+//! inventory, [`inventory`]); [`runner`] runs a job's attempts, each one through [`attempt`],
+//! which spawns and supervises a worker with [`platform`] and keeps its output with
+//! [`capture`]; [`child`] is what the worker itself runs, speaking [`protocol`] and loading
+//! plugins with [`loader`]; [`joblog`] writes the spec-format logs.
+
+pub mod allowlist;
+pub mod attempt;
+pub mod authorize;
+pub mod capture;
+pub mod child;
+pub mod inventory;
+pub mod job;
+pub mod joblog;
+pub mod loader;
+pub mod platform;
+pub mod protocol;
+pub mod runner;
+pub mod settings;
+mod text;

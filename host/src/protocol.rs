@@ -1,0 +1,163 @@
+//! The messages between the host and its short-lived child processes, as plain data.
+//!
+//! The host starts a child with one JSON request on its command line; the child writes one
+//! JSON report to the file the request names (written to a temporary name, then renamed, so a
+//! report is either whole or absent). Plugin code shares the child's stdout and stderr, never
+//! the report file, so nothing a job prints can forge or corrupt its outcome. Every message
+//! carries [`PROTOCOL_VERSION`]; fields a newer peer adds are ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The version of this protocol; a child refuses a request with another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Host → worker: run one attempt of one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRequest {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The job's id.
+    pub job_id: String,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The class to run.
+    pub class: String,
+    /// The method to run.
+    pub method: String,
+    /// The params: an object (named), an array (positional) or null.
+    pub params: Value,
+    /// The plugin library to load.
+    pub plugin: PathBuf,
+    /// The allowlist to check before loading anything.
+    pub allowlist: PathBuf,
+    /// Where to write the [`WorkerReport`].
+    pub report: PathBuf,
+}
+
+/// Host → inspector: list the classes of one plugin file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InspectRequest {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The library to inspect.
+    pub plugin: PathBuf,
+    /// Where to write the [`InspectReport`].
+    pub report: PathBuf,
+}
+
+/// Why an attempt did not produce a result, as the worker saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The job returned an error; a retry may help.
+    Failed,
+    /// The job returned an error no retry can fix.
+    Permanent,
+    /// The params did not fit the method.
+    InvalidParams,
+    /// The job panicked.
+    Panicked,
+    /// The job stopped after seeing its cancellation.
+    Cancelled,
+    /// The allowlist does not approve the job; nothing was loaded.
+    Unauthorized,
+    /// The plugin could not be loaded, or does not offer the class or method.
+    LoadFailed,
+    /// The request itself was unusable.
+    BadRequest,
+}
+
+impl FailureKind {
+    /// Whether another attempt could succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Failed | Self::Panicked)
+    }
+}
+
+/// Worker → host: how the attempt ended inside the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum WorkerReport {
+    /// The method returned this result.
+    Ok {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The method's JSON result.
+        result: Value,
+    },
+    /// The attempt failed.
+    Error {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// What kind of failure.
+        kind: FailureKind,
+        /// The error message.
+        message: String,
+    },
+}
+
+/// One method as listed by a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodEntry {
+    /// The method's name.
+    pub name: String,
+    /// Its one-line description.
+    pub doc: String,
+}
+
+/// One class as listed by a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassEntry {
+    /// The class name.
+    pub name: String,
+    /// Its one-line description.
+    pub doc: String,
+    /// Its methods.
+    pub methods: Vec<MethodEntry>,
+}
+
+/// Inspector → host: what one plugin file offers, or why it is not usable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum InspectReport {
+    /// A loadable plugin.
+    Plugin {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The job-sdk version it was built against.
+        sdk_version: String,
+        /// Its classes.
+        classes: Vec<ClassEntry>,
+    },
+    /// Not a usable plugin.
+    Rejected {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// One line saying why.
+        reason: String,
+    },
+}
+
+/// Writes `message` as JSON to `path` atomically: a temporary file in the same directory,
+/// renamed over `path`, so a reader sees the whole report or none.
+pub fn write_report<T: Serialize>(path: &Path, message: &T) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, serde_json::to_vec(message)?)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads a report written by [`write_report`]; `Ok(None)` when there is none.
+pub fn read_report<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,357 @@
+//! Settings: where things live and the defaults every job gets.
+//!
+//! Parsing only parses ([`RawSettings`] mirrors `jobhost.toml`); [`Settings::resolve`] is the one
+//! place that layers flags over environment over file over built-in defaults and turns relative
+//! paths into absolute ones (relative to the current directory for flags and environment, to
+//! the file's directory for `jobhost.toml`).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+/// The name of the settings file looked for in the current directory.
+pub const CONFIG_FILE: &str = "jobhost.toml";
+
+/// Why settings could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The settings file could not be read.
+    #[error("cannot read settings file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The settings file is not valid.
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line of the problem.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An environment variable holds a value that does not fit.
+    #[error("environment variable {name}={value:?}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The current directory is unknown.
+    #[error("cannot determine the current directory")]
+    CurrentDir(#[source] std::io::Error),
+}
+
+/// `jobhost.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    /// Directory of plugin libraries.
+    pub plugin_dir: Option<PathBuf>,
+    /// The allowlist file.
+    pub allowlist: Option<PathBuf>,
+    /// Directory for jobhost's own state.
+    pub state_dir: Option<PathBuf>,
+    /// Directory of the two log files.
+    pub log_dir: Option<PathBuf>,
+    /// Environment name (the log channel): `local`, `production`, ...
+    pub env: Option<String>,
+    /// Defaults for jobs that do not say otherwise.
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// Limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// The `[defaults]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// Retries after the first failed attempt.
+    pub retries: Option<u32>,
+    /// Seconds between attempts.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub retry_delay: Option<Duration>,
+    /// Seconds an attempt may run.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub timeout: Option<Duration>,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest params, as JSON bytes.
+    pub max_params_bytes: Option<usize>,
+    /// Output kept per attempt, in bytes.
+    pub max_output_bytes: Option<u64>,
+    /// Seconds between asking a job to stop and killing it.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub kill_grace: Option<Duration>,
+}
+
+/// Settings given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// `--plugin-dir`
+    pub plugin_dir: Option<PathBuf>,
+    /// `--allowlist`
+    pub allowlist: Option<PathBuf>,
+    /// `--state-dir`
+    pub state_dir: Option<PathBuf>,
+    /// `--log-dir`
+    pub log_dir: Option<PathBuf>,
+    /// `--env`
+    pub env: Option<String>,
+}
+
+/// Defaults applied to a job that does not set its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobDefaults {
+    /// Retries after the first failure (default 3, as in the spec).
+    pub retries: u32,
+    /// Wait between attempts (default 5 s, as in the spec).
+    pub retry_delay: Duration,
+    /// How long one attempt may run (default 1 hour).
+    pub timeout: Duration,
+}
+
+/// Named limits, each with a documented default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Largest params accepted, as compact JSON (default 64 KiB).
+    pub max_params_bytes: usize,
+    /// Output kept per attempt; the rest is counted and dropped (default 1 MiB).
+    pub max_output_bytes: u64,
+    /// Time between SIGTERM and SIGKILL when an attempt is stopped (default 5 s).
+    pub kill_grace: Duration,
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory of plugin libraries.
+    pub plugin_dir: PathBuf,
+    /// The allowlist file.
+    pub allowlist: PathBuf,
+    /// Directory for jobhost's own state (captured output, results, the queue).
+    pub state_dir: PathBuf,
+    /// Directory of `background_jobs.log` and `background_jobs_errors.log`.
+    pub log_dir: PathBuf,
+    /// Environment name; `production` logs INFO and up, `local` also DEBUG, mirrored to stderr.
+    pub env: String,
+    /// Job defaults.
+    pub defaults: JobDefaults,
+    /// Limits.
+    pub limits: Limits,
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            retries: 3,
+            retry_delay: Duration::from_secs(5),
+            timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_params_bytes: 64 * 1024,
+            max_output_bytes: 1024 * 1024,
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Settings {
+    /// Resolves settings from `overrides`, the process environment, the settings file and the
+    /// built-in defaults, in that order of precedence.
+    pub fn resolve(overrides: &Overrides) -> Result<Self, SettingsError> {
+        let cwd = env::current_dir().map_err(SettingsError::CurrentDir)?;
+        Self::resolve_with(overrides, &cwd, |name| env::var(name).ok())
+    }
+
+    /// [`Settings::resolve`] with the current directory and environment given explicitly.
+    pub fn resolve_with(
+        overrides: &Overrides,
+        cwd: &Path,
+        getenv: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, SettingsError> {
+        let explicit = overrides
+            .config
+            .clone()
+            .or_else(|| getenv("JOBHOST_CONFIG").map(PathBuf::from));
+        let (raw, base) = match explicit {
+            Some(path) => {
+                let path = cwd.join(path);
+                (RawSettings::load(&path)?, parent_of(&path))
+            }
+            None => {
+                let path = cwd.join(CONFIG_FILE);
+                if path.is_file() {
+                    (RawSettings::load(&path)?, cwd.to_path_buf())
+                } else {
+                    (RawSettings::default(), cwd.to_path_buf())
+                }
+            }
+        };
+
+        let path = |flag: &Option<PathBuf>, var: &str, file: &Option<PathBuf>, default: &str| match (
+            flag,
+            getenv(var),
+            file,
+        ) {
+            (Some(p), _, _) => cwd.join(p),
+            (None, Some(v), _) => cwd.join(v),
+            (None, None, Some(p)) => base.join(p),
+            (None, None, None) => base.join(default),
+        };
+        let env_name = overrides
+            .env
+            .clone()
+            .or_else(|| getenv("JOBHOST_ENV"))
+            .or(raw.env)
+            .unwrap_or_else(|| "local".to_owned());
+        if env_name.is_empty()
+            || !env_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(SettingsError::Env {
+                name: "JOBHOST_ENV",
+                value: env_name,
+                message: "must be a name like `local` or `production` (letters, digits, `-`, `_`)"
+                    .into(),
+            });
+        }
+
+        let builtin = JobDefaults::default();
+        let defaults = JobDefaults {
+            retries: env_parse(&getenv, "JOBHOST_RETRIES", |v| v.parse::<u32>().ok())?
+                .or(raw.defaults.retries)
+                .unwrap_or(builtin.retries),
+            retry_delay: env_parse(&getenv, "JOBHOST_RETRY_DELAY", parse_secs)?
+                .or(raw.defaults.retry_delay)
+                .unwrap_or(builtin.retry_delay),
+            timeout: env_parse(&getenv, "JOBHOST_TIMEOUT", parse_secs)?
+                .or(raw.defaults.timeout)
+                .unwrap_or(builtin.timeout),
+        };
+        let builtin = Limits::default();
+        let limits = Limits {
+            max_params_bytes: raw
+                .limits
+                .max_params_bytes
+                .unwrap_or(builtin.max_params_bytes),
+            max_output_bytes: raw
+                .limits
+                .max_output_bytes
+                .unwrap_or(builtin.max_output_bytes),
+            kill_grace: raw.limits.kill_grace.unwrap_or(builtin.kill_grace),
+        };
+
+        Ok(Settings {
+            plugin_dir: path(
+                &overrides.plugin_dir,
+                "JOBHOST_PLUGIN_DIR",
+                &raw.plugin_dir,
+                "plugins",
+            ),
+            allowlist: path(
+                &overrides.allowlist,
+                "JOBHOST_ALLOWLIST",
+                &raw.allowlist,
+                "allowlist.toml",
+            ),
+            state_dir: path(
+                &overrides.state_dir,
+                "JOBHOST_STATE_DIR",
+                &raw.state_dir,
+                "storage/jobhost",
+            ),
+            log_dir: path(
+                &overrides.log_dir,
+                "JOBHOST_LOG_DIR",
+                &raw.log_dir,
+                "storage/logs",
+            ),
+            env: env_name,
+            defaults,
+            limits,
+        })
+    }
+}
+
+impl RawSettings {
+    /// Reads and parses a settings file.
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: RawSettings = toml::from_str(&text).map_err(|e| SettingsError::Parse {
+            path: path.to_path_buf(),
+            line: crate::text::line_of(&text, e.span().map_or(0, |s| s.start)),
+            message: e.message().to_owned(),
+        })?;
+        Ok(raw)
+    }
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn de_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let v = f64::deserialize(d)?;
+    secs_from_f64(v).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "expected a non-negative number of seconds, got {v}"
+        ))
+    })
+}
+
+fn secs_from_f64(v: f64) -> Option<Duration> {
+    (v.is_finite() && (0.0..1e10).contains(&v)).then(|| Duration::from_secs_f64(v))
+}
+
+/// Parses a non-negative number of seconds, such as `5` or `0.25`.
+pub fn parse_secs(text: &str) -> Option<Duration> {
+    secs_from_f64(text.trim().parse().ok()?)
+}
+
+fn env_parse<T>(
+    getenv: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, SettingsError> {
+    match getenv(name) {
+        None => Ok(None),
+        Some(value) => match parse(&value) {
+            Some(v) => Ok(Some(v)),
+            None => Err(SettingsError::Env {
+                name,
+                value,
+                message: "must be a non-negative number".into(),
+            }),
+        },
+    }
+}
