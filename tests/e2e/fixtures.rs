@@ -1,0 +1,192 @@
+//! Misbehaving jobs end their own worker and nothing else: each ends with the right outcome
+//! and cause, the host reports it normally, and the next job runs fine.
+
+use std::time::{Duration, Instant};
+
+use jobhost_e2e::{group_alive, proc_stat, processes_matching, wait_for, Host};
+
+/// Runs `Tests\Misbehave@method` once (no retries) and checks how it failed; then checks that
+/// a good job still runs in the same installation. Returns the failed attempt's output.
+fn misbehave(method: &str, extra: &[&str], error: &str) -> String {
+    let host = Host::standard();
+    let mut args = vec![
+        "run",
+        r"Tests\Misbehave",
+        method,
+        "--wait",
+        "--retries",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let run = host.run(&args);
+    run.expect_code(4);
+    assert!(
+        run.stderr
+            .contains(&format!("failed after 1 attempt(s): {error}")),
+        "expected {error:?} in:\n{}",
+        run.stderr
+    );
+    let failed = format!(r#"Job failed: Tests\Misbehave@{method} {{"error":"{error}""#);
+    assert!(
+        host.log("background_jobs_errors.log")
+            .iter()
+            .any(|l| l.contains(&failed)),
+        "{:#?}",
+        host.log("background_jobs_errors.log")
+    );
+    let attempts = host.attempts(&run.job_id());
+    let (output, report) = attempts[&1].clone();
+
+    host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
+        .expect_code(0);
+    assert!(
+        report.is_none() || method == "panic",
+        "a crashed worker leaves no report"
+    );
+    output
+}
+
+#[test]
+fn worker_reports_sigsegv_when_plugin_segfaults() {
+    let output = misbehave("segfault", &[], "worker crashed: SIGSEGV");
+    assert!(
+        output.contains("about to segfault"),
+        "output before the crash is kept: {output:?}"
+    );
+}
+
+#[test]
+fn worker_reports_sigabrt_when_plugin_aborts() {
+    misbehave("abort", &[], "worker crashed: SIGABRT");
+}
+
+#[test]
+fn worker_reports_the_panic_message_when_plugin_panics() {
+    let output = misbehave("panic", &[], "panicked: fixture panicked on purpose");
+    assert!(output.contains("fixture panicked on purpose"), "{output:?}");
+}
+
+#[test]
+fn worker_reports_stack_overflow_when_plugin_recurses_forever() {
+    let output = misbehave(
+        "stack_overflow",
+        &[],
+        "worker crashed: stack overflow (SIGABRT)",
+    );
+    assert!(output.contains("has overflowed its stack"), "{output:?}");
+}
+
+#[test]
+fn worker_that_exits_without_a_result_is_reported_with_its_code() {
+    misbehave(
+        "exit42",
+        &[],
+        "worker exited with code 42 without reporting a result",
+    );
+}
+
+#[test]
+fn huge_output_is_capped_and_the_job_still_completes() {
+    let host = Host::standard();
+    host.write("jobhost.toml", "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\n[limits]\nmax_output_bytes = 100000\n");
+    let run = host.run(&[
+        "run",
+        r"Tests\Misbehave",
+        "huge_output",
+        "bytes=20000000",
+        "--wait",
+    ]);
+    run.expect_code(0);
+    assert_eq!(run.json()["bytes"], 20_000_000);
+    let (output, _) = host.attempts(&run.job_id())[&1].clone();
+    assert!(
+        output.len() < 100_000 + 20_000,
+        "kept {} bytes",
+        output.len()
+    );
+    assert!(
+        output.contains("[jobhost: output over the 100000 byte limit;"),
+        "says what it dropped"
+    );
+}
+
+#[test]
+fn hanging_job_is_killed_with_its_whole_process_group_at_its_timeout() {
+    let host = Host::standard();
+    let marker = host.root().to_string_lossy().into_owned();
+    let child = host
+        .jobhost()
+        .args([
+            "run",
+            r"Tests\Misbehave",
+            "hang",
+            "--wait",
+            "--retries",
+            "0",
+            "--timeout",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let worker = wait_for("the worker to start", Duration::from_secs(30), || {
+        processes_matching("__worker")
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains(&marker))
+            .map(|(pid, _)| pid)
+    });
+    let (_, _, pgrp, _, _) = proc_stat(worker).unwrap();
+    let run = jobhost_e2e::Run::from(child.wait_with_output().unwrap());
+    run.expect_code(4);
+    assert!(run.stderr.contains("timed out after 1s"), "{}", run.stderr);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not stopped before its timeout"
+    );
+    assert!(
+        !group_alive(pgrp),
+        "the worker's process group {pgrp} is gone"
+    );
+    assert!(host
+        .log("background_jobs_errors.log")
+        .iter()
+        .any(|l| l.contains(r#"Job failed: Tests\Misbehave@hang {"error":"timed out after 1s""#)));
+    host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
+        .expect_code(0);
+}
+
+#[test]
+fn cooperative_job_sees_cancellation_when_the_waiting_cli_is_interrupted() {
+    let host = Host::standard();
+    let marker = host.root().to_string_lossy().into_owned();
+    let child = host
+        .jobhost()
+        .args(["run", r"Tests\Misbehave", "hang_cooperative", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the worker to start", Duration::from_secs(30), || {
+        processes_matching("__worker")
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains(&marker))
+    });
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = jobhost_e2e::Run::from(child.wait_with_output().unwrap());
+    run.expect_code(5);
+    let (output, _) = host.attempts(&run.job_id())[&1].clone();
+    assert!(
+        output.contains("saw cancellation"),
+        "the job stopped cleanly: {output:?}"
+    );
+    assert!(host
+        .log("background_jobs.log")
+        .iter()
+        .any(|l| l.starts_with(r#"local.WARNING: Job cancelled: Tests\Misbehave@hang_cooperative {"params":{},"status":"cancelled"}"#)));
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `jobhost` binary, real plugins, real worker processes.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod examples;
+mod fixtures;
+mod inventory;
+mod refusals;
+mod retries;
+mod worker;

@@ -1,0 +1,128 @@
+//! The worker process itself: detached from its caller, and refusing unapproved jobs before
+//! loading anything.
+
+use std::time::Duration;
+
+use jobhost_e2e::{artifacts_dir, built_library, proc_stat, processes_matching, wait_for, Host};
+use serde_json::{json, Value};
+
+fn run_worker_directly(host: &Host, class: &str, method: &str, plugin: &std::path::Path) -> Value {
+    let report = host.root().join("report.json");
+    let request = json!({
+        "protocol": 1,
+        "job_id": "direct-1",
+        "attempt": 1,
+        "class": class,
+        "method": method,
+        "params": {},
+        "plugin": plugin,
+        "allowlist": host.root().join("allowlist.toml"),
+        "report": report,
+    });
+    let status = std::process::Command::new(artifacts_dir().join("jobhost"))
+        .args(["__worker", &request.to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the worker reports, it does not crash"
+    );
+    serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap()
+}
+
+#[test]
+fn worker_started_directly_with_an_unapproved_class_refuses_to_load_anything() {
+    let host = Host::standard();
+    host.write(
+        "allowlist.toml",
+        "[jobs]\n'App\\Jobs\\SendWelcomeEmail' = [\"handle\"]\n",
+    );
+    // Were the plugin loaded and the method invoked, this worker would die of SIGSEGV.
+    let report = run_worker_directly(
+        &host,
+        r"Tests\Misbehave",
+        "segfault",
+        &built_library("misbehave_fixture"),
+    );
+    assert_eq!(report["status"], "error");
+    assert_eq!(report["kind"], "unauthorized");
+    assert!(report["message"]
+        .as_str()
+        .unwrap()
+        .contains(r"Tests\Misbehave@segfault is not approved"));
+
+    // The check comes before any loading: a plugin path that is not even a file changes nothing.
+    let report = run_worker_directly(
+        &host,
+        r"Tests\Misbehave",
+        "ok",
+        &host.root().join("missing.so"),
+    );
+    assert_eq!(report["kind"], "unauthorized");
+}
+
+#[test]
+fn worker_runs_in_its_own_session_without_terminal_stdin_or_core_dumps() {
+    let host = Host::standard();
+    let marker = host.root().to_string_lossy().into_owned();
+    let mut child = host
+        .jobhost()
+        .args([
+            "run",
+            r"Tests\Misbehave",
+            "sleep",
+            "seconds=30",
+            "--wait",
+            "--retries",
+            "0",
+            "--timeout",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let worker = wait_for(
+        "the worker to start and call setsid",
+        Duration::from_secs(30),
+        || {
+            let (pid, _) = processes_matching("__worker")
+                .into_iter()
+                .find(|(_, c)| c.contains(&marker))?;
+            let stat = proc_stat(pid)?;
+            (stat.3 == pid).then_some(pid)
+        },
+    );
+    let (_, ppid, pgrp, session, tty) = proc_stat(worker).unwrap();
+    let (_, _, cli_pgrp, cli_session, _) = proc_stat(child.id()).unwrap();
+    assert_eq!(ppid, child.id());
+    assert_eq!(
+        (pgrp, session),
+        (worker, worker),
+        "own process group and session"
+    );
+    assert_ne!(session, cli_session);
+    assert_ne!(pgrp, cli_pgrp);
+    assert_eq!(tty, 0, "no controlling terminal, so no SIGHUP from one");
+    let stdin = std::fs::read_link(format!("/proc/{worker}/fd/0")).unwrap();
+    assert_eq!(stdin, std::path::Path::new("/dev/null"));
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(core.split_whitespace().nth(4) == Some("0"), "{core}");
+    let env = std::fs::read(format!("/proc/{worker}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&env)
+        .split('\0')
+        .any(|v| v == "RUST_BACKTRACE=0"));
+
+    // Interrupting the waiting CLI cancels the job: the worker goes away with it.
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+    assert!(!jobhost_e2e::group_alive(worker));
+}

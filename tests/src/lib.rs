@@ -1,0 +1,317 @@
+//! Support for jobhost's end-to-end tests: a throwaway jobhost installation per test (plugin
+//! directory, allowlist, state and log directories, settings file) and helpers to run the real
+//! `jobhost` binary in it and read what it left behind.
+//!
+//! The tests use the artifacts of `cargo build --workspace` (the binary and the plugin
+//! libraries next to it in the target directory); the README's test command builds them first.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::BTreeMap,
+    env::consts::{DLL_PREFIX, DLL_SUFFIX},
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The directory holding the built `jobhost` binary and plugin libraries.
+pub fn artifacts_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let binary = format!("jobhost{}", std::env::consts::EXE_SUFFIX);
+    exe.ancestors()
+        .find(|dir| dir.join(&binary).is_file())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {binary} found above {}: run `cargo build --workspace` before the tests",
+                exe.display()
+            )
+        })
+}
+
+/// The path of the built library of crate `lib_name`.
+pub fn built_library(lib_name: &str) -> PathBuf {
+    let path = artifacts_dir().join(format!("{DLL_PREFIX}{lib_name}{DLL_SUFFIX}"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// The example plugins.
+pub const EXAMPLE_PLUGINS: [&str; 3] = ["welcome_email", "user_reports", "notifications"];
+/// The misbehaving fixture plugin.
+pub const MISBEHAVE: &str = "misbehave_fixture";
+
+/// The allowlist of the repository: the spec's classes.
+pub const SPEC_ALLOWLIST: &str = r#"[jobs]
+'App\Jobs\SendWelcomeEmail' = ["handle"]
+'App\Jobs\ProcessUserReport' = ["generate", "send"]
+'App\Jobs\SendNotification' = ["send"]
+'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "exit42", "huge_output", "sleep", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "env"]
+"#;
+
+/// One throwaway jobhost installation.
+pub struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// An installation with the given built plugins (by lib name), the spec allowlist plus the
+    /// fixture class, and a short kill grace so stopped jobs end quickly.
+    pub fn with_plugins(libs: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("jobhost-e2e-")
+            .tempdir()
+            .unwrap();
+        let host = Self { dir };
+        fs::create_dir_all(host.plugin_dir()).unwrap();
+        for lib in libs {
+            host.install_plugin(lib);
+        }
+        host.write("allowlist.toml", SPEC_ALLOWLIST);
+        host.write(
+            "jobhost.toml",
+            "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\n[limits]\nkill_grace = 1\n",
+        );
+        host
+    }
+
+    /// An installation with the example plugins and the misbehaving fixture.
+    pub fn standard() -> Self {
+        let mut libs = EXAMPLE_PLUGINS.to_vec();
+        libs.push(MISBEHAVE);
+        Self::with_plugins(&libs)
+    }
+
+    /// The installation's root, the current directory of every command.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plugin directory.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.root().join("plugins")
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root().join("state")
+    }
+
+    /// Where the example plugins write their work.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.root().join("storage")
+    }
+
+    /// Copies the built library `lib` into the plugin directory.
+    pub fn install_plugin(&self, lib: &str) -> PathBuf {
+        let source = built_library(lib);
+        let target = self.plugin_dir().join(source.file_name().unwrap());
+        fs::copy(&source, &target).unwrap();
+        target
+    }
+
+    /// Writes `contents` to `name` under the root.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.root().join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// A `jobhost` command run in this installation.
+    pub fn jobhost(&self) -> Command {
+        let mut command = Command::new(artifacts_dir().join("jobhost"));
+        command
+            .current_dir(self.root())
+            .env("APP_STORAGE_DIR", self.storage_dir())
+            .env("JOBHOST_ENV", "local")
+            .env_remove("JOBHOST_CONFIG")
+            .env_remove("JOBHOST_PLUGIN_DIR")
+            .env_remove("JOBHOST_ALLOWLIST")
+            .env_remove("JOBHOST_STATE_DIR")
+            .env_remove("JOBHOST_LOG_DIR")
+            .env_remove("RUST_BACKTRACE");
+        command
+    }
+
+    /// Runs `jobhost ARGS` to its end.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.jobhost().args(args).output().unwrap();
+        Run::from(output)
+    }
+
+    /// The lines of log file `name` (`background_jobs.log` or `background_jobs_errors.log`),
+    /// each checked for the spec's `[YYYY-MM-DD HH:MM:SS] ` prefix and returned without it.
+    pub fn log(&self, name: &str) -> Vec<String> {
+        let path = self.root().join("logs").join(name);
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .map(|line| strip_timestamp(line).to_owned())
+            .collect()
+    }
+
+    /// Every attempt directory's files for job `job_id`: attempt number → (output, report).
+    pub fn attempts(&self, job_id: &str) -> BTreeMap<u32, (String, Option<Value>)> {
+        let dir = self.state_dir().join("attempts").join(job_id);
+        let mut attempts = BTreeMap::new();
+        for entry in fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_suffix(".out") {
+                let n: u32 = n.parse().unwrap();
+                let output = fs::read_to_string(dir.join(&name)).unwrap();
+                let report = fs::read(dir.join(format!("{n}.report.json")))
+                    .ok()
+                    .map(|bytes| serde_json::from_slice(&bytes).unwrap());
+                attempts.insert(n, (output, report));
+            }
+        }
+        attempts
+    }
+}
+
+/// Checks that `line` starts with the spec's timestamp and returns the rest.
+pub fn strip_timestamp(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let shape = "[dddd-dd-dd dd:dd:dd] ";
+    assert!(line.len() > shape.len(), "log line too short: {line:?}");
+    for (i, want) in shape.bytes().enumerate() {
+        let ok = if want == b'd' {
+            bytes[i].is_ascii_digit()
+        } else {
+            bytes[i] == want
+        };
+        assert!(
+            ok,
+            "log line does not start with [YYYY-MM-DD HH:MM:SS]: {line:?}"
+        );
+    }
+    &line[shape.len()..]
+}
+
+/// A finished `jobhost` command.
+#[derive(Debug)]
+pub struct Run {
+    /// Its exit code.
+    pub code: i32,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the exit code, showing the output when it is wrong.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// The job id named in the `job ID ...` summary line on stderr.
+    pub fn job_id(&self) -> String {
+        self.stderr
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("job ")
+                    .and_then(|rest| rest.split(' ').next())
+            })
+            .unwrap_or_else(|| panic!("no job id in stderr:\n{}", self.stderr))
+            .to_owned()
+    }
+
+    /// The `jobhost: ...` error lines on stderr.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("jobhost: "))
+            .collect()
+    }
+
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// Polls `condition` until it holds or `deadline` passes; panics with `what` on timeout.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The processes whose command line contains `needle`, as (pid, command line).
+pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Fields of `/proc/PID/stat` after the command name: (state, ppid, pgrp, session, tty_nr).
+pub fn proc_stat(pid: u32) -> Option<(char, u32, u32, u32, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some((
+        f[0].chars().next()?,
+        f[1].parse().ok()?,
+        f[2].parse().ok()?,
+        f[3].parse().ok()?,
+        f[4].parse().ok()?,
+    ))
+}
+
+/// Whether any live process (not a zombie) belongs to process group `pgrp`.
+pub fn group_alive(pgrp: u32) -> bool {
+    fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        entry
+            .file_name()
+            .to_string_lossy()
+            .parse::<u32>()
+            .ok()
+            .and_then(proc_stat)
+            .is_some_and(|(state, _, group, _, _)| group == pgrp && state != 'Z')
+    })
+}
