@@ -8,10 +8,11 @@
 use std::{
     fs::{self, OpenOptions},
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     time::{SystemTime, UNIX_EPOCH},
 };
 
+pub use example_support::storage_dir;
 use job_sdk::{export_plugin, JobClass, JobContext, JobError, Methods};
 use serde::{Deserialize, Serialize};
 
@@ -76,13 +77,6 @@ impl SendNotification {
 
 export_plugin!(SendNotification);
 
-/// The storage directory: `$APP_STORAGE_DIR` if set and non-empty, else `./storage`.
-pub fn storage_dir() -> PathBuf {
-    std::env::var_os("APP_STORAGE_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map_or_else(|| PathBuf::from("storage"), PathBuf::from)
-}
-
 /// The `send` job, appending under `storage` with `now` as the send time.
 pub fn send(
     storage: &Path,
@@ -132,38 +126,14 @@ pub fn send(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use example_support::testing::{at, TestDir};
     use job_sdk::ErrorKind;
 
     use super::*;
 
-    /// A fresh directory under the system temp dir, removed when dropped.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("notifications-test-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("create test dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
     #[test]
     fn appends_one_json_line_per_notification() {
-        let dir = TestDir::new("append");
+        let dir = TestDir::new("notifications", "append");
         let first = SendParams {
             user_id: 9,
             message: "Hello".into(),
@@ -209,7 +179,7 @@ mod tests {
 
     #[test]
     fn empty_message_is_a_permanent_error() {
-        let dir = TestDir::new("empty");
+        let dir = TestDir::new("notifications", "empty");
         for message in ["", "  \n"] {
             let params = SendParams {
                 user_id: 1,

@@ -9,9 +9,11 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
+pub use example_support::storage_dir;
+use example_support::{is_plain_address, rfc2822_date, safe_component, write_atomically};
 use job_sdk::{export_plugin, JobClass, JobContext, JobError, Methods};
 use serde::{Deserialize, Serialize};
 
@@ -104,13 +106,6 @@ impl ProcessUserReport {
 }
 
 export_plugin!(ProcessUserReport);
-
-/// The storage directory: `$APP_STORAGE_DIR` if set and non-empty, else `./storage`.
-pub fn storage_dir() -> PathBuf {
-    std::env::var_os("APP_STORAGE_DIR")
-        .filter(|dir| !dir.is_empty())
-        .map_or_else(|| PathBuf::from("storage"), PathBuf::from)
-}
 
 /// The CSV file of report `report_id` under `storage`.
 pub fn report_path(storage: &Path, report_id: u64) -> PathBuf {
@@ -280,121 +275,27 @@ pub fn base64(data: &[u8]) -> String {
     out
 }
 
-/// Whether `s` is a bare `local@domain` address that is safe to put in a header.
-fn is_plain_address(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
-    };
-    let ok = |part: &str| {
-        !part.is_empty()
-            && part
-                .chars()
-                .all(|c| c.is_ascii_graphic() && !"@<>()[]\\,;:\"".contains(c))
-    };
-    ok(local) && ok(domain)
-}
-
-/// `s` with every character other than ASCII letters, digits, `-` and `_` replaced by `_`, so
-/// a job id is safe in a file name, a `Message-ID` and a MIME boundary.
-fn safe_component(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Writes `contents` to a temporary file beside `path`, then renames it over `path`, creating
-/// the parent directory if needed; readers never see a partial file.
-fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no parent directory"))?;
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}
-
-/// `time` as an RFC 2822 date in UTC, e.g. `Thu, 01 Jan 1970 00:00:00 +0000`.
-fn rfc2822_date(time: SystemTime) -> String {
-    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (never negative here).
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
-        DAYS[((days + 4) % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use example_support::testing::{at, TestDir};
     use job_sdk::ErrorKind;
 
     use super::*;
 
-    /// A fresh directory under the system temp dir, removed when dropped.
-    struct TestDir(PathBuf);
-
-    impl TestDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("user-reports-test-{name}-{}", std::process::id()));
-            let _ = fs::remove_dir_all(&dir);
-            fs::create_dir_all(&dir).expect("create test dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for TestDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn generate_report(dir: &Path, report_id: u64, rows: Option<u32>) -> Generated {
+    /// Runs `generate` under `dir` as attempt 1 of job `job-1`.
+    fn generate_report(
+        dir: &Path,
+        report_id: u64,
+        rows: Option<u32>,
+    ) -> Result<Generated, JobError> {
         let ctx = JobContext::detached("job-1", 1);
-        generate(dir, &ctx, GenerateParams { report_id, rows }).expect("generates")
+        generate(dir, &ctx, GenerateParams { report_id, rows })
     }
 
     #[test]
     fn generate_writes_a_deterministic_csv() {
-        let dir = TestDir::new("generate");
-        let out = generate_report(&dir.0, 7, Some(3));
+        let dir = TestDir::new("user-reports", "generate");
+        let out = generate_report(&dir.0, 7, Some(3)).expect("generates");
         let path = dir.0.join("reports/report-7.csv");
         assert_eq!(out.path, path.display().to_string());
         assert_eq!(out.rows, 3);
@@ -409,14 +310,14 @@ mod tests {
         assert_eq!(out.total_signups, 26);
         assert_eq!(out.total_revenue_cents, 51974);
         // Generating again gives the same file.
-        generate_report(&dir.0, 7, Some(3));
+        generate_report(&dir.0, 7, Some(3)).expect("generates");
         assert_eq!(fs::read_to_string(&path).expect("rewritten"), csv);
     }
 
     #[test]
     fn generate_defaults_to_ten_rows() {
-        let dir = TestDir::new("default-rows");
-        let out = generate_report(&dir.0, 1, None);
+        let dir = TestDir::new("user-reports", "default-rows");
+        let out = generate_report(&dir.0, 1, None).expect("generates");
         assert_eq!(out.rows, 10);
         let csv = fs::read_to_string(dir.0.join("reports/report-1.csv")).expect("written");
         assert_eq!(csv.lines().count(), 11);
@@ -424,27 +325,22 @@ mod tests {
 
     #[test]
     fn generate_refuses_too_many_rows() {
-        let dir = TestDir::new("too-many");
-        let ctx = JobContext::detached("job-1", 1);
-        let params = GenerateParams {
-            report_id: 1,
-            rows: Some(MAX_ROWS + 1),
-        };
-        let err = generate(&dir.0, &ctx, params).expect_err("too many rows");
+        let dir = TestDir::new("user-reports", "too-many");
+        let err = generate_report(&dir.0, 1, Some(MAX_ROWS + 1)).expect_err("too many rows");
         assert_eq!(err.kind(), ErrorKind::Permanent);
     }
 
     #[test]
     fn send_attaches_the_csv() {
-        let dir = TestDir::new("send");
-        generate_report(&dir.0, 7, Some(3));
+        let dir = TestDir::new("user-reports", "send");
+        generate_report(&dir.0, 7, Some(3)).expect("generates");
         let csv = fs::read(dir.0.join("reports/report-7.csv")).expect("generated");
         let ctx = JobContext::detached("job-2", 1);
         let params = SendParams {
             report_id: 7,
             to: Some("boss@example.com".into()),
         };
-        let sent = send(&dir.0, &ctx, params, UNIX_EPOCH + Duration::from_secs(0)).expect("sent");
+        let sent = send(&dir.0, &ctx, params, at(0)).expect("sent");
         let path = dir.0.join("mail/report-7-job-2.eml");
         assert_eq!(sent.path, path.display().to_string());
         assert_eq!(sent.attachment_bytes, csv.len() as u64);
@@ -475,7 +371,7 @@ mod tests {
 
     #[test]
     fn send_before_generate_is_a_permanent_error() {
-        let dir = TestDir::new("missing");
+        let dir = TestDir::new("user-reports", "missing");
         let ctx = JobContext::detached("job-1", 1);
         let params = SendParams {
             report_id: 5,
