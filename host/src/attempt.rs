@@ -50,6 +50,9 @@ pub enum Outcome {
     Cancelled,
     /// The worker exited without writing a report.
     ExitedWithoutResult(i32),
+    /// The attempt's worker was gone without a report when its dispatcher came back after a
+    /// crash; how it ended cannot be known.
+    Lost(String),
 }
 
 impl Outcome {
@@ -58,9 +61,10 @@ impl Outcome {
         match self {
             Outcome::Ok(_) | Outcome::Cancelled => false,
             Outcome::Error { kind, .. } => kind.is_retryable(),
-            Outcome::Crashed { .. } | Outcome::TimedOut(_) | Outcome::ExitedWithoutResult(_) => {
-                true
-            }
+            Outcome::Crashed { .. }
+            | Outcome::TimedOut(_)
+            | Outcome::ExitedWithoutResult(_)
+            | Outcome::Lost(_) => true,
         }
     }
 
@@ -73,6 +77,7 @@ impl Outcome {
             Outcome::TimedOut(_) => "timed out".into(),
             Outcome::Cancelled => "cancelled".into(),
             Outcome::ExitedWithoutResult(code) => format!("exited without a result: code {code}"),
+            Outcome::Lost(_) => "lost".into(),
         }
     }
 
@@ -93,6 +98,7 @@ impl Outcome {
             Outcome::ExitedWithoutResult(code) => Some(format!(
                 "worker exited with code {code} without reporting a result"
             )),
+            Outcome::Lost(why) => Some(why.clone()),
         }
     }
 }

@@ -1,0 +1,493 @@
+//! The store behaviour suite: written once, run against every backend.
+//!
+//! A backend provides a [`Backend`]: a fresh, empty database per test, and any number of
+//! connections to it (as separate dispatchers and enqueuers would have). The
+//! `conformance_suite!` macro turns every case below into a `#[test]` for that backend.
+
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::json;
+
+use super::{
+    AttemptEnd, AttemptStart, CancelOutcome, JobState, ListFilter, NewJob, Next, Store, StoreError,
+};
+use crate::job::{JobSpec, Priority};
+
+/// A fresh database for one test.
+pub trait Backend {
+    /// A new connection to this test's database.
+    fn connect(&self) -> Box<dyn Store>;
+}
+
+fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
+    NewJob {
+        spec: JobSpec {
+            class: class.into(),
+            method: "handle".into(),
+            params: json!({"user_id": 1}),
+            retries: 2,
+            retry_delay: Duration::from_millis(500),
+            priority,
+            delay: Duration::from_millis(delay_ms),
+            timeout: Duration::from_secs(30),
+        },
+        plugin: "/plugins/libx.so".into(),
+    }
+}
+
+fn end(outcome: &str, at: i64) -> AttemptEnd {
+    AttemptEnd {
+        finished_at: at,
+        outcome: outcome.into(),
+        error: (outcome != "ok").then(|| format!("{outcome} happened")),
+        output_bytes: 12,
+    }
+}
+
+pub fn enqueue_stores_every_field_and_returns_increasing_ids(b: &dyn Backend) {
+    let mut s = b.connect();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::High, 0),
+                new_job("B", Priority::Low, 1500),
+            ],
+            1000,
+        )
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] > 0 && ids[1] > ids[0]);
+    let (a, attempts) = s.job(ids[0]).unwrap().unwrap();
+    assert!(attempts.is_empty());
+    assert_eq!((a.class.as_str(), a.method.as_str()), ("A", "handle"));
+    assert_eq!(a.params, json!({"user_id": 1}));
+    assert_eq!(a.priority, Priority::High);
+    assert_eq!(a.state, JobState::Queued);
+    assert_eq!((a.attempts, a.max_attempts, a.retries), (0, 3, 2));
+    assert_eq!(a.retry_delay, Duration::from_millis(500));
+    assert_eq!(a.timeout, Duration::from_secs(30));
+    assert_eq!(a.plugin, std::path::PathBuf::from("/plugins/libx.so"));
+    assert_eq!(
+        (a.run_at, a.created_at, a.started_at, a.finished_at),
+        (1000, 1000, None, None)
+    );
+    let (b_job, _) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!(b_job.state, JobState::Scheduled);
+    assert_eq!(b_job.run_at, 2500);
+    assert!(s.job(ids[1] + 1000).unwrap().is_none());
+}
+
+pub fn claim_takes_priority_then_run_at_then_id_and_respects_the_limit(b: &dyn Backend) {
+    let mut s = b.connect();
+    let low = s
+        .enqueue(&[new_job("low", Priority::Low, 0)], 1000)
+        .unwrap()[0];
+    let normal_late = s
+        .enqueue(&[new_job("normal-late", Priority::Normal, 0)], 1200)
+        .unwrap()[0];
+    let normal_early = s
+        .enqueue(&[new_job("normal-early", Priority::Normal, 0)], 1100)
+        .unwrap()[0];
+    let high = s
+        .enqueue(&[new_job("high", Priority::High, 0)], 1300)
+        .unwrap()[0];
+    let normal_same = s
+        .enqueue(&[new_job("normal-same", Priority::Normal, 0)], 1100)
+        .unwrap()[0];
+    let future = s
+        .enqueue(&[new_job("future", Priority::High, 60_000)], 1000)
+        .unwrap()[0];
+
+    let first = s.claim(2000, 2).unwrap();
+    assert_eq!(
+        first.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![high, normal_early]
+    );
+    assert!(first
+        .iter()
+        .all(|j| j.state == JobState::Running && j.attempts == 1));
+    let rest = s.claim(2000, 10).unwrap();
+    assert_eq!(
+        rest.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![normal_same, normal_late, low]
+    );
+    assert!(
+        s.claim(2000, 10).unwrap().is_empty(),
+        "a future job is not due"
+    );
+    assert_eq!(s.claim(61_000, 10).unwrap()[0].id, future);
+    assert!(s.claim(61_000, 0).unwrap().is_empty());
+}
+
+pub fn claim_records_the_attempt_and_the_first_start(b: &dyn Backend) {
+    let mut s = b.connect();
+    let id = s
+        .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap()[0];
+    s.claim(1500, 1).unwrap();
+    s.attempt_started(
+        id,
+        1,
+        &AttemptStart {
+            pid: 4242,
+            plugin_hash: "abc".into(),
+            output_path: "/out/1.out".into(),
+        },
+    )
+    .unwrap();
+    let (job, attempts) = s.job(id).unwrap().unwrap();
+    assert_eq!(job.started_at, Some(1500));
+    assert_eq!(attempts.len(), 1);
+    let a = &attempts[0];
+    assert_eq!((a.attempt, a.started_at, a.pid), (1, 1500, Some(4242)));
+    assert_eq!(a.plugin_hash.as_deref(), Some("abc"));
+    assert_eq!(a.output_path, Some("/out/1.out".into()));
+    assert_eq!((a.finished_at, a.outcome.as_deref()), (None, None));
+    let running = s.running().unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        (running[0].0.id, running[0].1.attempt, running[0].1.pid),
+        (id, 1, Some(4242))
+    );
+}
+
+pub fn concurrent_claims_never_hand_out_a_job_twice(b: &dyn Backend) {
+    let mut s = b.connect();
+    let jobs: Vec<NewJob> = (0..200)
+        .map(|_| new_job("A", Priority::Normal, 0))
+        .collect();
+    let ids: HashSet<i64> = s.enqueue(&jobs, 1000).unwrap().into_iter().collect();
+    let claimers: Vec<_> = (0..4)
+        .map(|_| {
+            let mut conn = b.connect();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = conn.claim(2000, 3).unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch.into_iter().map(|j| j.id));
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for claimer in claimers {
+        for id in claimer.join().unwrap() {
+            assert!(seen.insert(id), "job {id} claimed twice");
+        }
+    }
+    assert_eq!(seen, ids);
+}
+
+pub fn settle_moves_the_job_and_records_the_attempt_once(b: &dyn Backend) {
+    let mut s = b.connect();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("B", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    s.claim(1000, 2).unwrap();
+    assert!(s
+        .settle(
+            ids[0],
+            1,
+            &end("ok", 1300),
+            &Next::Complete(json!({"sent": true}))
+        )
+        .unwrap());
+    assert!(
+        !s.settle(ids[0], 1, &end("ok", 1400), &Next::Fail).unwrap(),
+        "settled twice"
+    );
+    let (done, attempts) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.result, Some(json!({"sent": true})));
+    assert_eq!(done.finished_at, Some(1300));
+    assert_eq!(attempts[0].outcome.as_deref(), Some("ok"));
+    assert_eq!(
+        (attempts[0].finished_at, attempts[0].output_bytes),
+        (Some(1300), Some(12))
+    );
+
+    assert!(s
+        .settle(
+            ids[1],
+            1,
+            &end("crashed: SIGSEGV", 1300),
+            &Next::Retry(1800)
+        )
+        .unwrap());
+    let (retrying, _) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!(
+        (retrying.state, retrying.run_at, retrying.finished_at),
+        (JobState::Scheduled, 1800, None)
+    );
+    assert_eq!(
+        retrying.last_error.as_deref(),
+        Some("crashed: SIGSEGV happened")
+    );
+    assert!(
+        s.claim(1799, 5).unwrap().is_empty(),
+        "not before the retry delay"
+    );
+    let again = s.claim(1800, 5).unwrap();
+    assert_eq!((again[0].id, again[0].attempts), (ids[1], 2));
+    assert!(
+        !s.settle(ids[1], 1, &end("ok", 1900), &Next::Fail).unwrap(),
+        "an old attempt"
+    );
+    assert!(s
+        .settle(ids[1], 2, &end("timed out", 1900), &Next::Fail)
+        .unwrap());
+    let (failed, attempts) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!(
+        (failed.state, failed.finished_at),
+        (JobState::Failed, Some(1900))
+    );
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a.outcome.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ["crashed: SIGSEGV", "timed out"]
+    );
+}
+
+pub fn requeue_puts_an_interrupted_attempt_back_without_using_up_the_budget(b: &dyn Backend) {
+    let mut s = b.connect();
+    let id = s
+        .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap()[0];
+    s.claim(1000, 1).unwrap();
+    assert!(s
+        .settle(id, 1, &end("interrupted", 1100), &Next::Requeue)
+        .unwrap());
+    let (job, attempts) = s.job(id).unwrap().unwrap();
+    assert_eq!(
+        (job.state, job.run_at, job.attempts, job.max_attempts),
+        (JobState::Queued, 1100, 1, 4)
+    );
+    assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
+    assert_eq!(s.claim(1100, 1).unwrap()[0].attempts, 2);
+}
+
+pub fn cancel_stops_waiting_jobs_and_flags_running_ones(b: &dyn Backend) {
+    let mut s = b.connect();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("B", Priority::Normal, 5000),
+                new_job("C", Priority::High, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    assert_eq!(s.claim(1000, 1).unwrap()[0].id, ids[2]);
+    assert_eq!(s.cancel(ids[0], 1100).unwrap(), CancelOutcome::Cancelled);
+    assert_eq!(s.cancel(ids[1], 1100).unwrap(), CancelOutcome::Cancelled);
+    assert!(s.cancel_requests().unwrap().is_empty());
+    assert_eq!(s.cancel(ids[2], 1100).unwrap(), CancelOutcome::Requested);
+    assert_eq!(s.cancel_requests().unwrap(), vec![ids[2]]);
+    assert!(
+        s.claim(10_000, 10).unwrap().is_empty(),
+        "cancelled jobs never start"
+    );
+    let (flagged, _) = s.job(ids[2]).unwrap().unwrap();
+    assert!(flagged.cancel_requested && flagged.state == JobState::Running);
+    assert!(s
+        .settle(ids[2], 1, &end("cancelled", 1200), &Next::Cancel)
+        .unwrap());
+    assert_eq!(
+        s.cancel(ids[2], 1300).unwrap(),
+        CancelOutcome::AlreadyFinished(JobState::Cancelled)
+    );
+    assert!(s.cancel_requests().unwrap().is_empty());
+    let (a, _) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!((a.state, a.finished_at), (JobState::Cancelled, Some(1100)));
+    assert!(matches!(
+        s.cancel(99_999, 0),
+        Err(StoreError::NotFound(99_999))
+    ));
+}
+
+pub fn retry_requeues_failed_and_cancelled_jobs_only(b: &dyn Backend) {
+    let mut s = b.connect();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("B", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    s.claim(1000, 1).unwrap();
+    assert!(matches!(
+        s.retry(ids[0], 1100),
+        Err(StoreError::WrongState {
+            state: JobState::Running,
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.retry(ids[1], 1100),
+        Err(StoreError::WrongState {
+            state: JobState::Queued,
+            ..
+        })
+    ));
+    s.settle(ids[0], 1, &end("error", 1200), &Next::Fail)
+        .unwrap();
+    s.retry(ids[0], 5000).unwrap();
+    let (again, _) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(
+        (again.state, again.run_at, again.finished_at),
+        (JobState::Queued, 5000, None)
+    );
+    assert_eq!(
+        (again.attempts, again.max_attempts),
+        (1, 4),
+        "a full retry budget after the attempts used"
+    );
+    s.cancel(ids[1], 5000).unwrap();
+    s.retry(ids[1], 5000).unwrap();
+    let claimed: Vec<i64> = s
+        .claim(5000, 5)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, ids);
+    assert!(matches!(
+        s.retry(424_242, 0),
+        Err(StoreError::NotFound(424_242))
+    ));
+}
+
+pub fn list_filters_and_pages_newest_first_and_stats_count_by_state(b: &dyn Backend) {
+    let mut s = b.connect();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::High, 0),
+                new_job("B", Priority::Low, 0),
+                new_job("A", Priority::Low, 9000),
+                new_job("A", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    fn s_list(s: &mut dyn Store, f: ListFilter) -> Vec<i64> {
+        s.list(&f).unwrap().into_iter().map(|j| j.id).collect()
+    }
+    let page = |limit, offset| ListFilter {
+        limit,
+        offset,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        s_list(&mut *s, page(10, 0)),
+        vec![ids[3], ids[2], ids[1], ids[0]]
+    );
+    assert_eq!(s_list(&mut *s, page(2, 1)), vec![ids[2], ids[1]]);
+    let by_class = ListFilter {
+        class: Some("A".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(s_list(&mut *s, by_class), vec![ids[3], ids[2], ids[0]]);
+    let by_state = ListFilter {
+        state: Some(JobState::Scheduled),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(s_list(&mut *s, by_state), vec![ids[2]]);
+    let by_priority = ListFilter {
+        priority: Some(Priority::Low),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(s_list(&mut *s, by_priority), vec![ids[2], ids[1]]);
+
+    s.claim(1000, 1).unwrap();
+    let stats = s.stats().unwrap();
+    let count = |state: &str| stats.by_state[state];
+    assert_eq!(
+        (
+            count("queued"),
+            count("scheduled"),
+            count("running"),
+            count("completed")
+        ),
+        (2, 1, 1, 0)
+    );
+    assert_eq!(
+        stats.by_state.len(),
+        6,
+        "every state is listed, zeros included"
+    );
+    assert_eq!(s.unfinished().unwrap(), 4);
+    assert_eq!(s.next_run_at().unwrap(), Some(1000));
+}
+
+pub fn batch_enqueue_is_one_transaction_visible_to_other_connections(b: &dyn Backend) {
+    let mut writer = b.connect();
+    let mut reader = b.connect();
+    let jobs: Vec<NewJob> = (0..500)
+        .map(|i| new_job(&format!("C{i}"), Priority::Normal, 0))
+        .collect();
+    let ids = writer.enqueue(&jobs, 1000).unwrap();
+    assert_eq!(ids.len(), 500);
+    assert_eq!(reader.unfinished().unwrap(), 500);
+    assert!(reader.next_run_at().unwrap().is_some());
+    assert!(writer.enqueue(&[], 1000).unwrap().is_empty());
+}
+
+/// Instantiates every case above as a `#[test]` for one backend.
+macro_rules! conformance_suite {
+    ($backend:expr) => {
+        conformance_suite!(@cases $backend;
+            enqueue_stores_every_field_and_returns_increasing_ids,
+            claim_takes_priority_then_run_at_then_id_and_respects_the_limit,
+            claim_records_the_attempt_and_the_first_start,
+            concurrent_claims_never_hand_out_a_job_twice,
+            settle_moves_the_job_and_records_the_attempt_once,
+            cancel_stops_waiting_jobs_and_flags_running_ones,
+            requeue_puts_an_interrupted_attempt_back_without_using_up_the_budget,
+            retry_requeues_failed_and_cancelled_jobs_only,
+            list_filters_and_pages_newest_first_and_stats_count_by_state,
+            batch_enqueue_is_one_transaction_visible_to_other_connections,
+        );
+    };
+    (@cases $backend:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let backend = $backend;
+                $crate::store::conformance::$case(&backend);
+            }
+        )+
+    };
+}
+
+mod sqlite {
+    use super::Backend;
+    use crate::store::{sqlite::SqliteStore, Store};
+
+    struct Sqlite(tempfile::TempDir);
+
+    impl Backend for Sqlite {
+        fn connect(&self) -> Box<dyn Store> {
+            Box::new(SqliteStore::open(&self.0.path().join("jobs.sqlite3")).unwrap())
+        }
+    }
+
+    conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
+}

@@ -1,0 +1,355 @@
+//! The durable queue: jobs and their attempts, behind one [`Store`] trait.
+//!
+//! A store only stores: it never decides. Which state a job moves to after an attempt is
+//! decided by [`crate::lifecycle`] and applied here with [`Store::settle`]; the only logic a
+//! store owns is what must be atomic — claiming due jobs in order, cancelling, and refusing to
+//! settle an attempt twice. Every backend passes the same behaviour suite
+//! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default.
+//!
+//! Times are [`Millis`]: milliseconds since the Unix epoch, given by the caller (the clock is
+//! injected, so tests need no sleeps).
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::job::{JobSpec, Priority};
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type Millis = i64;
+
+/// A job's id: positive, increasing in enqueue order.
+pub type JobId = i64;
+
+/// Where a job is in its life. See `docs/job_state_machine.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Due now, waiting for a free slot.
+    Queued,
+    /// Waiting for its `run_at`: a delayed start, or a retry's wait.
+    Scheduled,
+    /// An attempt is running.
+    Running,
+    /// An attempt succeeded.
+    Completed,
+    /// Attempts are exhausted, or the last failure could not be retried.
+    Failed,
+    /// Cancelled; never retried.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether the job is done for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job to store: its spec and the plugin file the gate chose for it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What to run and how.
+    pub spec: JobSpec,
+    /// The plugin file offering the class.
+    pub plugin: PathBuf,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// The class.
+    pub class: String,
+    /// The method.
+    pub method: String,
+    /// The params.
+    pub params: Value,
+    /// The priority.
+    pub priority: Priority,
+    /// The state.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// Retries after the first failure, as requested.
+    pub retries: u32,
+    /// Wait between attempts.
+    #[serde(serialize_with = "secs")]
+    pub retry_delay: Duration,
+    /// How long one attempt may run.
+    #[serde(serialize_with = "secs")]
+    pub timeout: Duration,
+    /// The plugin file.
+    pub plugin: PathBuf,
+    /// Not before this.
+    pub run_at: Millis,
+    /// When it was stored.
+    pub created_at: Millis,
+    /// When its first attempt started.
+    pub started_at: Option<Millis>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Millis>,
+    /// Whether a cancel was requested while it ran.
+    pub cancel_requested: bool,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+    /// The successful attempt's result.
+    pub result: Option<Value>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl JobRecord {
+    /// `Class@method`.
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.class, self.method)
+    }
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempt {
+    /// The job.
+    pub job_id: JobId,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// When it was claimed to run.
+    pub started_at: Millis,
+    /// When it ended.
+    pub finished_at: Option<Millis>,
+    /// How it ended: `ok`, `error`, `crashed: SIGSEGV`, `timed out`, `cancelled`, `lost`, ...
+    pub outcome: Option<String>,
+    /// Its error message.
+    pub error: Option<String>,
+    /// The file holding its captured output.
+    pub output_path: Option<PathBuf>,
+    /// Bytes of output it wrote.
+    pub output_bytes: Option<u64>,
+    /// Its worker's pid.
+    pub pid: Option<u32>,
+    /// The BLAKE3 hash of the plugin file it ran.
+    pub plugin_hash: Option<String>,
+}
+
+/// What became of a running attempt's worker once it was spawned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptStart {
+    /// The worker's pid.
+    pub pid: u32,
+    /// The plugin file's hash.
+    pub plugin_hash: String,
+    /// Where its output goes.
+    pub output_path: PathBuf,
+}
+
+/// How an attempt ended, to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptEnd {
+    /// When.
+    pub finished_at: Millis,
+    /// The outcome label.
+    pub outcome: String,
+    /// The error message, if it failed.
+    pub error: Option<String>,
+    /// Bytes of output.
+    pub output_bytes: u64,
+}
+
+/// What happens to the job after an attempt, as decided by [`crate::lifecycle`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Completed with this result.
+    Complete(Value),
+    /// Scheduled for another attempt at this time.
+    Retry(Millis),
+    /// Failed for good.
+    Fail,
+    /// Cancelled.
+    Cancel,
+    /// Queued again at once without using up an attempt: the attempt was interrupted by its
+    /// dispatcher shutting down, through no fault of the job.
+    Requeue,
+}
+
+/// The result of asking to cancel a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was waiting; it is now cancelled and will never start.
+    Cancelled,
+    /// It is running; its dispatcher will stop it.
+    Requested,
+    /// It had already finished in this state.
+    AlreadyFinished(JobState),
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// Only of this class.
+    pub class: Option<String>,
+    /// Only of this priority.
+    pub priority: Option<Priority>,
+    /// At most this many (newest first).
+    pub limit: u32,
+    /// Skip this many.
+    pub offset: u32,
+}
+
+/// Counts of jobs by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// State name → count, for every state.
+    pub by_state: std::collections::BTreeMap<String, u64>,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or is not a jobhost database.
+    #[error("cannot open job database {path}: {reason}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// The database was written by a newer jobhost.
+    #[error("job database {path} has schema version {found}, newer than this jobhost's {supported}; upgrade jobhost")]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+    /// A query failed.
+    #[error("job database: {0}")]
+    Query(String),
+    /// No such job.
+    #[error("no job with id {0}")]
+    NotFound(JobId),
+    /// The job is not in a state that allows the operation.
+    #[error("job {id} is {state}: {what}")]
+    WrongState {
+        /// The job.
+        id: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was refused.
+        what: &'static str,
+    },
+}
+
+/// The durable queue. Every method is one atomic transaction.
+pub trait Store: Send {
+    /// Stores `jobs` in one transaction; a job whose `delay` is zero is queued, any other
+    /// scheduled at `now + delay`. Returns their ids in order.
+    fn enqueue(&mut self, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>, StoreError>;
+
+    /// Claims up to `limit` due jobs — highest priority first, then earliest `run_at`, then
+    /// lowest id — marks them running, counts the attempt and records its start. A job is
+    /// claimed by one caller only, however many claim at once.
+    fn claim(&mut self, now: Millis, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Records the worker of a claimed attempt.
+    fn attempt_started(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        start: &AttemptStart,
+    ) -> Result<(), StoreError>;
+
+    /// Records how attempt `attempt` ended and moves the job on. Returns false, changing
+    /// nothing, when the job is not running that attempt any more (it was settled already).
+    fn settle(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<bool, StoreError>;
+
+    /// Cancels a waiting job, or asks for a running one to be stopped.
+    fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError>;
+
+    /// Queues a failed or cancelled job again, now, with its retry budget renewed.
+    fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError>;
+
+    /// A job and its attempts.
+    fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError>;
+
+    /// Jobs, newest first.
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Counts by state.
+    fn stats(&mut self) -> Result<Stats, StoreError>;
+
+    /// The running jobs whose cancellation was requested.
+    fn cancel_requests(&mut self) -> Result<Vec<JobId>, StoreError>;
+
+    /// Every running job with its current attempt.
+    fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError>;
+
+    /// The earliest `run_at` of a waiting job.
+    fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError>;
+
+    /// How many jobs are waiting or running.
+    fn unfinished(&mut self) -> Result<u64, StoreError>;
+}
+
+/// The current time as [`Millis`].
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}

@@ -1,0 +1,555 @@
+//! The SQLite store: one file under the state directory, in WAL mode, migrated with the
+//! numbered scripts in `migrations/sqlite/`.
+//!
+//! Each process opens its own connection; SQLite's write lock makes every transaction atomic
+//! across processes, and `BEGIN IMMEDIATE` makes a claim take that lock before it reads, so two
+//! dispatchers can never claim the same job. `synchronous = NORMAL` in WAL mode keeps a commit
+//! durable across a crash of the process (not of the machine) without an fsync per commit.
+
+use std::{path::Path, time::Duration};
+
+use rusqlite::{
+    params, types::Type, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
+    TransactionBehavior,
+};
+
+use super::{
+    Attempt, AttemptEnd, AttemptStart, CancelOutcome, JobId, JobRecord, JobState, ListFilter,
+    Millis, NewJob, Next, Stats, Store, StoreError,
+};
+use crate::job::Priority;
+
+/// The migrations, in order; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/001_jobs.sql")];
+
+/// The database file's name in the state directory.
+pub const DB_FILE: &str = "jobs.sqlite3";
+
+/// A connection to the SQLite job database.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+const JOB_COLUMNS: &str = "id, class, method, params, priority, state, attempts, max_attempts, \
+    retries, retry_delay_ms, timeout_ms, plugin, run_at, created_at, started_at, finished_at, \
+    cancel_requested, last_error, result";
+
+const ATTEMPT_COLUMNS: &str = "job_id, attempt, started_at, finished_at, outcome, error, \
+    output_path, output_bytes, pid, plugin_hash";
+
+impl SqliteStore {
+    /// Opens (creating if absent) the database at `path` and brings its schema up to date. A
+    /// file that is not a jobhost database is reported, never overwritten.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn =
+            Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| open_error(e.to_string()))?;
+        // The first statement that reads the file is where a corrupt file shows itself.
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| open_error(describe(&e)))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(|e| open_error(describe(&e)))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+                supported,
+            });
+        }
+        let mut store = Self { conn };
+        store
+            .migrate(version)
+            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: i64) -> rusqlite::Result<()> {
+        for (i, script) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Another process may have migrated while we waited for the lock.
+            let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now <= i as i64 {
+                tx.execute_batch(script)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// One line for a SQLite error, naming the usual causes plainly.
+fn describe(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => {
+            "the file is not a SQLite database (corrupt, or not jobhost's); it was left untouched"
+                .into()
+        }
+        Some(ErrorCode::DatabaseCorrupt) => "the database is corrupt; it was left untouched".into(),
+        Some(ErrorCode::CannotOpen)
+        | Some(ErrorCode::PermissionDenied)
+        | Some(ErrorCode::ReadOnly) => {
+            format!("cannot open or write it: {e}")
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn query(e: rusqlite::Error) -> StoreError {
+    StoreError::Query(describe(&e))
+}
+
+fn priority_to_i64(p: Priority) -> i64 {
+    match p {
+        Priority::Low => 0,
+        Priority::Normal => 1,
+        Priority::High => 2,
+    }
+}
+
+fn priority_from_i64(v: i64) -> Priority {
+    match v {
+        2 => Priority::High,
+        0 => Priority::Low,
+        _ => Priority::Normal,
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn bad_column(index: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, Type::Text, what.into())
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let params: String = row.get(3)?;
+    let state: String = row.get(5)?;
+    let result: Option<String> = row.get(18)?;
+    Ok(JobRecord {
+        id: row.get(0)?,
+        class: row.get(1)?,
+        method: row.get(2)?,
+        params: serde_json::from_str(&params).map_err(|_| bad_column(3, "params are not JSON"))?,
+        priority: priority_from_i64(row.get(4)?),
+        state: JobState::parse(&state).ok_or_else(|| bad_column(5, "unknown state"))?,
+        attempts: row.get(6)?,
+        max_attempts: row.get(7)?,
+        retries: row.get(8)?,
+        retry_delay: Duration::from_millis(row.get::<_, i64>(9)?.max(0) as u64),
+        timeout: Duration::from_millis(row.get::<_, i64>(10)?.max(0) as u64),
+        plugin: row.get::<_, String>(11)?.into(),
+        run_at: row.get(12)?,
+        created_at: row.get(13)?,
+        started_at: row.get(14)?,
+        finished_at: row.get(15)?,
+        cancel_requested: row.get(16)?,
+        last_error: row.get(17)?,
+        result: result
+            .map(|r| serde_json::from_str(&r).map_err(|_| bad_column(18, "result is not JSON")))
+            .transpose()?,
+    })
+}
+
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
+    attempt_at(row, 0)
+}
+
+/// An attempt from the [`ATTEMPT_COLUMNS`] starting at column `base`.
+fn attempt_at(row: &Row<'_>, base: usize) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        job_id: row.get(base)?,
+        attempt: row.get(base + 1)?,
+        started_at: row.get(base + 2)?,
+        finished_at: row.get(base + 3)?,
+        outcome: row.get(base + 4)?,
+        error: row.get(base + 5)?,
+        output_path: row.get::<_, Option<String>>(base + 6)?.map(Into::into),
+        output_bytes: row
+            .get::<_, Option<i64>>(base + 7)?
+            .map(|b| b.max(0) as u64),
+        pid: row.get(base + 8)?,
+        plugin_hash: row.get(base + 9)?,
+    })
+}
+
+fn state_of(conn: &Connection, id: JobId) -> Result<JobState, StoreError> {
+    let state: Option<String> = conn
+        .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+        .optional()
+        .map_err(query)?;
+    let state = state.ok_or(StoreError::NotFound(id))?;
+    JobState::parse(&state)
+        .ok_or_else(|| StoreError::Query(format!("job {id} has unknown state {state:?}")))
+}
+
+impl Store for SqliteStore {
+    fn enqueue(&mut self, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query)?;
+        let mut ids = Vec::with_capacity(jobs.len());
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO jobs (class, method, params, priority, state, max_attempts, retries, \
+                     retry_delay_ms, timeout_ms, plugin, run_at, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )
+                .map_err(query)?;
+            for job in jobs {
+                let spec = &job.spec;
+                let run_at = now.saturating_add(millis(spec.delay));
+                let state = if run_at > now {
+                    JobState::Scheduled
+                } else {
+                    JobState::Queued
+                };
+                insert
+                    .execute(params![
+                        spec.class,
+                        spec.method,
+                        spec.params.to_string(),
+                        priority_to_i64(spec.priority),
+                        state.as_str(),
+                        spec.retries.saturating_add(1),
+                        spec.retries,
+                        millis(spec.retry_delay),
+                        millis(spec.timeout),
+                        job.plugin.to_string_lossy(),
+                        run_at,
+                        now,
+                    ])
+                    .map_err(query)?;
+                ids.push(tx.last_insert_rowid());
+            }
+        }
+        tx.commit().map_err(query)?;
+        Ok(ids)
+    }
+
+    fn claim(&mut self, now: Millis, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query)?;
+        let mut jobs = {
+            let mut claim = tx
+                .prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+                     started_at = COALESCE(started_at, ?1) \
+                     WHERE id IN (SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') \
+                       AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?2) \
+                     RETURNING {JOB_COLUMNS}"
+                ))
+                .map_err(query)?;
+            let rows = claim
+                .query_map(params![now, limit as i64], job_from_row)
+                .map_err(query)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(query)?
+        };
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(query)?;
+            for job in &jobs {
+                insert
+                    .execute(params![job.id, job.attempts, now])
+                    .map_err(query)?;
+            }
+        }
+        tx.commit().map_err(query)?;
+        jobs.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.run_at.cmp(&b.run_at))
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(jobs)
+    }
+
+    fn attempt_started(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        start: &AttemptStart,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
+                 WHERE job_id = ?1 AND attempt = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    attempt,
+                    start.pid,
+                    start.plugin_hash,
+                    start.output_path.to_string_lossy()
+                ])
+            })
+            .map_err(query)?;
+        Ok(())
+    }
+
+    fn settle(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<bool, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query)?;
+        let running: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND attempts = ?2)",
+                params![id, attempt],
+                |r| r.get(0),
+            )
+            .map_err(query)?;
+        if !running {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, output_bytes = ?6 \
+             WHERE job_id = ?1 AND attempt = ?2",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                attempt,
+                end.finished_at,
+                end.outcome,
+                end.error,
+                end.output_bytes as i64
+            ])
+        })
+        .map_err(query)?;
+        let (state, run_at, result, extra_attempt) = match next {
+            Next::Complete(result) => (JobState::Completed, None, Some(result.to_string()), 0),
+            Next::Retry(at) => (JobState::Scheduled, Some(*at), None, 0),
+            Next::Fail => (JobState::Failed, None, None, 0),
+            Next::Cancel => (JobState::Cancelled, None, None, 0),
+            Next::Requeue => (JobState::Queued, Some(end.finished_at), None, 1),
+        };
+        let finished_at = state.is_terminal().then_some(end.finished_at);
+        tx.prepare_cached(
+            "UPDATE jobs SET state = ?2, run_at = COALESCE(?3, run_at), finished_at = ?4, \
+             last_error = COALESCE(?5, last_error), result = ?6, max_attempts = max_attempts + ?7 \
+             WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                id,
+                state.as_str(),
+                run_at,
+                finished_at,
+                end.error,
+                result,
+                extra_attempt
+            ])
+        })
+        .map_err(query)?;
+        tx.commit().map_err(query)?;
+        Ok(true)
+    }
+
+    fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query)?;
+        let outcome = match state_of(&tx, id)? {
+            JobState::Queued | JobState::Scheduled => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1",
+                    params![id, now],
+                )
+                .map_err(query)?;
+                CancelOutcome::Cancelled
+            }
+            JobState::Running => {
+                tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id])
+                    .map_err(query)?;
+                CancelOutcome::Requested
+            }
+            finished => CancelOutcome::AlreadyFinished(finished),
+        };
+        tx.commit().map_err(query)?;
+        Ok(outcome)
+    }
+
+    fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query)?;
+        match state_of(&tx, id)? {
+            JobState::Failed | JobState::Cancelled => {}
+            state => {
+                return Err(StoreError::WrongState {
+                    id,
+                    state,
+                    what: "only a failed or cancelled job can be retried",
+                })
+            }
+        }
+        tx.execute(
+            "UPDATE jobs SET state = 'queued', run_at = ?2, finished_at = NULL, cancel_requested = 0, \
+             max_attempts = attempts + retries + 1 WHERE id = ?1",
+            params![id, now],
+        )
+        .map_err(query)?;
+        tx.commit().map_err(query)?;
+        Ok(())
+    }
+
+    fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError> {
+        let job = self
+            .conn
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_from_row,
+            )
+            .optional()
+            .map_err(query)?;
+        let Some(job) = job else { return Ok(None) };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 ORDER BY attempt"
+            ))
+            .map_err(query)?;
+        let attempts = stmt
+            .query_map([id], attempt_from_row)
+            .map_err(query)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(query)?;
+        Ok(Some((job, attempts)))
+    }
+
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) \
+                 AND (?2 IS NULL OR class = ?2) AND (?3 IS NULL OR priority = ?3) \
+                 ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+            ))
+            .map_err(query)?;
+        let rows = stmt
+            .query_map(
+                params![
+                    filter.state.map(JobState::as_str),
+                    filter.class,
+                    filter.priority.map(priority_to_i64),
+                    i64::from(filter.limit),
+                    i64::from(filter.offset)
+                ],
+                job_from_row,
+            )
+            .map_err(query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
+    fn stats(&mut self) -> Result<Stats, StoreError> {
+        let mut stats = Stats::default();
+        for state in JobState::ALL {
+            stats.by_state.insert(state.as_str().to_owned(), 0);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            .map_err(query)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(query)?;
+        for row in rows {
+            let (state, count) = row.map_err(query)?;
+            stats.by_state.insert(state, count.max(0) as u64);
+        }
+        Ok(stats)
+    }
+
+    fn cancel_requests(&mut self) -> Result<Vec<JobId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1")
+            .map_err(query)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
+    fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        let columns = JOB_COLUMNS
+            .split(", ")
+            .map(|c| format!("j.{}", c.trim()))
+            .chain(
+                ATTEMPT_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("a.{}", c.trim())),
+            )
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {columns} FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
+                 WHERE j.state = 'running' ORDER BY j.id"
+            ))
+            .map_err(query)?;
+        let rows = stmt
+            .query_map([], |row| Ok((job_from_row(row)?, attempt_at(row, 19)?)))
+            .map_err(query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
+    fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT MIN(run_at) FROM jobs WHERE state IN ('queued', 'scheduled')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(query)
+    }
+
+    fn unfinished(&mut self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'scheduled', 'running')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(query)
+    }
+}
