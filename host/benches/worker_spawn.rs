@@ -191,7 +191,7 @@ impl AttemptRunner<'_> {
             plugin: self.plugin,
             timeout: Duration::from_secs(60),
         };
-        let record = run_attempt(self.settings, &spec, self.cancel)
+        let record = run_attempt(self.settings, &spec, self.cancel, &mut |_| {})
             .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match &record.outcome {
             Outcome::Ok(result) if *result == json!({ "ok": true }) => Ok(()),

@@ -10,14 +10,14 @@ use std::{
     fmt,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use serde_json::Value;
 
 use crate::{
     capture::{Capture, CapturedOutput},
-    platform::{self, CancelToken, ExitKind, StopReason, SuperviseOptions},
+    platform::{self, CancelToken, ExitKind, OutputPair, StopReason, SuperviseOptions},
     protocol::{read_report, FailureKind, WorkerReport, WorkerRequest, PROTOCOL_VERSION},
     settings::Settings,
 };
@@ -112,7 +112,7 @@ impl fmt::Display for Outcome {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct AttemptSpec<'a> {
-    /// The job id (safe as a file name).
+    /// The job id.
     pub job_id: &'a str,
     /// The attempt number, from 1.
     pub attempt: u32,
@@ -135,9 +135,7 @@ pub struct AttemptRecord {
     pub attempt: u32,
     /// The worker's pid.
     pub pid: u32,
-    /// When the worker was spawned.
-    pub started_at: SystemTime,
-    /// How long it ran.
+    /// How long it ran (as seen by whoever supervised its end).
     pub duration: Duration,
     /// How it ended.
     pub outcome: Outcome,
@@ -168,26 +166,55 @@ pub enum AttemptError {
     },
 }
 
+/// The files of one attempt, all under `<state_dir>/attempts/<job_id>/`.
+#[derive(Debug, Clone)]
+pub struct AttemptPaths {
+    dir: PathBuf,
+    /// The captured output.
+    pub output: PathBuf,
+    /// The worker's report.
+    pub report: PathBuf,
+    /// The named pipe the worker writes its output into.
+    pub pipe: PathBuf,
+}
+
+impl AttemptPaths {
+    /// The files of attempt `attempt` of job `job_id`.
+    pub fn new(state_dir: &Path, job_id: &str, attempt: u32) -> Self {
+        let dir = state_dir.join("attempts").join(job_id);
+        Self {
+            output: dir.join(format!("{attempt}.out")),
+            report: dir.join(format!("{attempt}.report.json")),
+            pipe: dir.join(format!("{attempt}.pipe")),
+            dir,
+        }
+    }
+
+    fn error(&self, source: std::io::Error) -> AttemptError {
+        AttemptError::Files {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
 /// The program that runs workers: this very executable.
 pub fn worker_program() -> std::io::Result<PathBuf> {
     std::env::current_exe()
 }
 
-/// Runs one attempt in a fresh worker process and waits for it to end.
+/// Runs one attempt in a fresh worker process and waits for it to end. `on_spawn` learns the
+/// worker's pid as soon as it exists.
 pub fn run_attempt(
     settings: &Settings,
     spec: &AttemptSpec<'_>,
     cancel: &CancelToken,
+    on_spawn: &mut dyn FnMut(u32),
 ) -> Result<AttemptRecord, AttemptError> {
-    let dir = settings.state_dir.join("attempts").join(spec.job_id);
-    let files = |source| AttemptError::Files {
-        dir: dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&dir).map_err(files)?;
-    let report_path = dir.join(format!("{}.report.json", spec.attempt));
-    match std::fs::remove_file(&report_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(files(e)),
+    let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
+    std::fs::create_dir_all(&paths.dir).map_err(|e| paths.error(e))?;
+    match std::fs::remove_file(&paths.report) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(paths.error(e)),
         _ => {}
     }
     let request = WorkerRequest {
@@ -199,53 +226,153 @@ pub fn run_attempt(
         params: spec.params.clone(),
         plugin: spec.plugin.to_path_buf(),
         allowlist: settings.allowlist.clone(),
-        report: report_path.clone(),
+        report: paths.report.clone(),
+        output: Some(paths.pipe.clone()),
     };
     let program = worker_program().map_err(|source| AttemptError::Spawn {
         program: PathBuf::from("jobhost"),
         source,
     })?;
-    let request_json = serde_json::to_string(&request).map_err(|e| files(e.into()))?;
+    let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
     let mut command = Command::new(&program);
     command
         .arg(WORKER_SUBCOMMAND)
         .arg(request_json)
         // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.
         .env("RUST_BACKTRACE", "0");
-    let mut capture = Capture::create(
-        &dir.join(format!("{}.out", spec.attempt)),
-        settings.limits.max_output_bytes,
-    )
-    .map_err(files)?;
+    let mut capture = Capture::create(&paths.output, settings.limits.max_output_bytes)
+        .map_err(|e| paths.error(e))?;
+    let output = OutputPair::fifo(&paths.pipe).map_err(|e| paths.error(e))?;
     let options = SuperviseOptions {
         timeout: spec.timeout,
         kill_grace: settings.limits.kill_grace,
     };
-    let end = platform::supervise(command, options, cancel, &mut capture)
+    let end = platform::supervise(command, output, options, cancel, &mut capture, on_spawn)
         .map_err(|source| AttemptError::Spawn { program, source })?;
+    let _ = std::fs::remove_file(&paths.pipe);
     let stack_overflow = capture.tail_contains("has overflowed its stack");
-    let output = capture.finish().map_err(files)?;
-    let report: Option<WorkerReport> = read_report(&report_path).map_err(files)?;
-
-    let outcome = match (report, end.stopped, end.exit) {
-        (Some(WorkerReport::Ok { result, .. }), _, _) => Outcome::Ok(result),
-        (_, Some(StopReason::Cancelled), _) => Outcome::Cancelled,
-        (_, Some(StopReason::TimedOut), _) => Outcome::TimedOut(spec.timeout),
-        (Some(WorkerReport::Error { kind, message, .. }), None, _) => {
-            Outcome::Error { kind, message }
-        }
-        (None, None, ExitKind::Signaled(signal)) => Outcome::Crashed {
-            signal: platform::crash_name(signal),
-            stack_overflow,
-        },
-        (None, None, ExitKind::Exited(code)) => Outcome::ExitedWithoutResult(code),
-    };
+    let output = capture.finish().map_err(|e| paths.error(e))?;
+    let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
     Ok(AttemptRecord {
         attempt: spec.attempt,
         pid: end.pid,
-        started_at: end.started_at,
         duration: end.duration,
+        outcome: classify(
+            report,
+            end.stopped,
+            Some(end.exit),
+            stack_overflow,
+            spec.timeout,
+        ),
+        output,
+    })
+}
+
+/// What to adopt: an attempt whose dispatcher died while it ran.
+#[derive(Debug, Clone)]
+pub struct Orphan<'a> {
+    /// The job id.
+    pub job_id: &'a str,
+    /// The attempt number.
+    pub attempt: u32,
+    /// The worker's pid, if it was recorded.
+    pub pid: Option<u32>,
+    /// How long the attempt may still run.
+    pub time_left: Duration,
+    /// The attempt's timeout, for the record.
+    pub timeout: Duration,
+}
+
+/// Settles an attempt left behind by a crashed dispatcher: if its worker still runs, watches
+/// it to its end (deadline and cancellation included) and reads its report; if the worker is
+/// gone, its report says how it ended, and without one the attempt is [`Outcome::Lost`].
+pub fn adopt_attempt(
+    settings: &Settings,
+    orphan: &Orphan<'_>,
+    cancel: &CancelToken,
+) -> Result<AttemptRecord, AttemptError> {
+    let paths = AttemptPaths::new(&settings.state_dir, orphan.job_id, orphan.attempt);
+    std::fs::create_dir_all(&paths.dir).map_err(|e| paths.error(e))?;
+    let worker = find_worker(&paths, orphan.pid);
+    let mut capture = Capture::append(&paths.output, settings.limits.max_output_bytes)
+        .map_err(|e| paths.error(e))?;
+    let started = std::time::Instant::now();
+    let stopped = match worker {
+        Some(pid) => {
+            let output = platform::reopen_output(&paths.pipe).ok();
+            platform::adopt(
+                pid,
+                output,
+                orphan.time_left,
+                settings.limits.kill_grace,
+                cancel,
+                &mut capture,
+            )
+            .map_err(|source| AttemptError::Spawn {
+                program: PathBuf::from(format!("adopted worker {pid}")),
+                source,
+            })?
+        }
+        None => None,
+    };
+    let _ = std::fs::remove_file(&paths.pipe);
+    let stack_overflow = capture.tail_contains("has overflowed its stack");
+    let output = capture.finish().map_err(|e| paths.error(e))?;
+    let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
+    let outcome = match classify(report, stopped, None, stack_overflow, orphan.timeout) {
+        Outcome::Lost(_) if worker.is_some() => Outcome::Lost(
+            "the worker ended without a report while its dispatcher was down; how it ended is unknown"
+                .into(),
+        ),
+        other => other,
+    };
+    Ok(AttemptRecord {
+        attempt: orphan.attempt,
+        pid: worker.or(orphan.pid).unwrap_or(0),
+        duration: started.elapsed(),
         outcome,
         output,
     })
+}
+
+/// The live worker of an attempt: the recorded pid if it is still that attempt's worker, else
+/// any worker process running the attempt (its pid may not have been recorded).
+fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
+    let marker = paths.report.to_string_lossy().into_owned();
+    let is_ours = |cmdline: &str| cmdline.contains(WORKER_SUBCOMMAND) && cmdline.contains(&marker);
+    pid.filter(|&p| platform::process_command_line(p).is_some_and(|c| is_ours(&c)))
+        .or_else(|| {
+            platform::find_processes(&marker)
+                .into_iter()
+                .find(|(_, c)| is_ours(c))
+                .map(|(p, _)| p)
+        })
+}
+
+/// Reconciles the worker's report with how its process ended. A report of success wins;
+/// then a stop by the supervisor; then the report's error; then the signal or exit code. With
+/// no report and no exit status (an adopted worker), the attempt is lost.
+fn classify(
+    report: Option<WorkerReport>,
+    stopped: Option<StopReason>,
+    exit: Option<ExitKind>,
+    stack_overflow: bool,
+    timeout: Duration,
+) -> Outcome {
+    match (report, stopped, exit) {
+        (Some(WorkerReport::Ok { result, .. }), _, _) => Outcome::Ok(result),
+        (_, Some(StopReason::Cancelled), _) => Outcome::Cancelled,
+        (_, Some(StopReason::TimedOut), _) => Outcome::TimedOut(timeout),
+        (Some(WorkerReport::Error { kind, message, .. }), None, _) => {
+            Outcome::Error { kind, message }
+        }
+        (None, None, Some(ExitKind::Signaled(signal))) => Outcome::Crashed {
+            signal: platform::crash_name(signal),
+            stack_overflow,
+        },
+        (None, None, Some(ExitKind::Exited(code))) => Outcome::ExitedWithoutResult(code),
+        (None, None, None) => Outcome::Lost(
+            "the worker was gone without a report when its dispatcher restarted".into(),
+        ),
+    }
 }

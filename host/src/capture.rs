@@ -53,6 +53,25 @@ impl Capture {
         })
     }
 
+    /// Opens the output file at `path` to go on capturing after a restart: what is already
+    /// there counts against the limit.
+    pub fn append(path: &Path, limit: u64) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata()?.len().min(limit);
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            limit,
+            written,
+            total: written,
+            recent: VecDeque::with_capacity(TAIL_BYTES),
+            error: None,
+        })
+    }
+
     /// Whether the last [`TAIL_BYTES`] of output contain `needle`.
     pub fn tail_contains(&self, needle: &str) -> bool {
         let (a, b) = self.recent.as_slices();

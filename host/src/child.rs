@@ -57,6 +57,14 @@ pub fn worker_main(request_json: &str) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
+    if let Some(pipe) = &request.output {
+        if let Err(e) = crate::platform::hold_output_open(pipe) {
+            eprintln!(
+                "jobhost worker: cannot hold output pipe {}: {e}",
+                pipe.display()
+            );
+        }
+    }
     let report = run_worker(&request);
     finish(write_report(&request.report, &report))
 }

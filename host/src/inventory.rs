@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    platform::{self, CancelToken, ExitKind, OutputSink, SuperviseOptions},
+    platform::{self, CancelToken, ExitKind, OutputPair, OutputSink, SuperviseOptions},
     protocol::{read_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION},
     settings::Settings,
 };
@@ -183,7 +183,9 @@ fn inspect_file(settings: &Settings, path: &Path) -> Result<PluginFile, Inventor
         kill_grace: settings.limits.kill_grace,
     };
     let never = CancelToken::new().map_err(io)?;
-    let end = platform::supervise(command, options, &never, &mut Discard).map_err(io)?;
+    let output = OutputPair::pipe().map_err(io)?;
+    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {})
+        .map_err(io)?;
     let report: Option<InspectReport> = read_report(&report_path).map_err(io)?;
     let _ = std::fs::remove_file(&report_path);
     let status = match (report, end.stopped, end.exit) {

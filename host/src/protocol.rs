@@ -35,6 +35,10 @@ pub struct WorkerRequest {
     pub allowlist: PathBuf,
     /// Where to write the [`WorkerReport`].
     pub report: PathBuf,
+    /// The named pipe the worker's stdout and stderr are connected to, which it keeps open
+    /// for reading so that its output survives a restart of its supervisor.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
 }
 
 /// Host → inspector: list the classes of one plugin file.

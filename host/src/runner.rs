@@ -56,6 +56,7 @@ pub fn run_to_end(
                 timeout: spec.timeout,
             },
             cancel,
+            &mut |_| {},
         )?;
         joblog::attempt_finished(&name, &record);
         let outcome = record.outcome.clone();

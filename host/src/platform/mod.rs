@@ -2,15 +2,22 @@
 //!
 //! The rest of the host sees: [`CancelToken`] (a wake-up another thread or a signal handler can
 //! fire), [`supervise`] (spawn a child detached from its caller, stream its output, enforce a
-//! deadline, stop its whole process tree on cancel or timeout, and say how it ended),
-//! [`prepare_child`] (what a worker does to itself first) and [`crash_name`]. `unix.rs` is the
+//! deadline, stop its whole process tree on cancel or timeout, and say how it ended), [`adopt`]
+//! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
+//! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
+//! [`Doorbell`] and [`ring`] (how an enqueuer wakes a dispatcher), [`FileLock`] (one
+//! dispatcher per state directory), and a few process helpers. `unix.rs` is the
 //! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
 //! beside it as `windows.rs`.
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{crash_name, prepare_child, supervise, CancelToken};
+pub use unix::{
+    adopt, crash_name, detach_self, find_processes, hold_output_open, prepare_child,
+    process_command_line, reopen_output, ring, supervise, terminate, CancelToken, Doorbell,
+    FileLock, OutputPair,
+};
 
 use std::time::{Duration, SystemTime};
 

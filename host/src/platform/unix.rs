@@ -11,16 +11,18 @@
 use std::{
     io,
     os::{fd::OwnedFd, unix::process::ExitStatusExt},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rustix::{
     event::{poll, PollFd, PollFlags, Timespec},
+    fs::{Mode, OFlags},
     io::Errno,
     pipe::{pipe_with, PipeFlags},
     process::{kill_process, kill_process_group, pidfd_open, Pid, PidfdFlags, Signal},
@@ -71,7 +73,7 @@ impl CancelToken {
 
     /// Waits until the token fires or `timeout` passes; true if it fired. This is how a delay
     /// or a retry's wait stays cancellable without polling.
-    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+    pub fn wait(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if self.is_cancelled() {
@@ -153,86 +155,93 @@ pub fn crash_name(signal: i32) -> String {
         )
 }
 
-/// Spawns `command` with stdin from `/dev/null` and stdout and stderr into `sink`, stops its
-/// process group at `options.timeout` or when `cancel` fires (SIGTERM, then SIGKILL after
-/// `options.kill_grace`), kills whatever it left behind in its group, and reports how it ended.
+/// Where a child's stdout and stderr go: the supervisor reads `read`, the child gets `write`.
+pub struct OutputPair {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl OutputPair {
+    /// An anonymous pipe: output is lost if the supervisor dies.
+    pub fn pipe() -> io::Result<Self> {
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
+        Ok(Self { read, write })
+    }
+
+    /// A named pipe at `path`, so that a supervisor started after a crash can open it again
+    /// ([`reopen_output`]) and go on reading. The worker also holds it open for reading
+    /// ([`hold_output_open`]), so its writes never fail with EPIPE while no supervisor reads;
+    /// they wait for the next one instead.
+    pub fn fifo(path: &Path) -> io::Result<Self> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )?;
+        let read = reopen_output(path)?;
+        let write = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Self { read, write })
+    }
+}
+
+/// Opens the read end of an attempt's named pipe again, without blocking.
+pub fn reopen_output(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// In the worker: keeps a read end of its output pipe open for the life of the process (see
+/// [`OutputPair::fifo`]).
+pub fn hold_output_open(path: &Path) -> io::Result<()> {
+    let fd = reopen_output(path)?;
+    std::mem::forget(fd);
+    Ok(())
+}
+
+/// Spawns `command` with stdin from `/dev/null` and stdout and stderr into `output`, calls
+/// `on_spawn` with its pid, streams its output into `sink`, stops its process group at
+/// `options.timeout` or when `cancel` fires (SIGTERM, then SIGKILL after `options.kill_grace`),
+/// kills whatever it left behind in its group, and reports how it ended.
 pub fn supervise(
     mut command: Command,
+    output: OutputPair,
     options: SuperviseOptions,
     cancel: &CancelToken,
     sink: &mut dyn OutputSink,
+    on_spawn: &mut dyn FnMut(u32),
 ) -> io::Result<ProcessEnd> {
-    let (out_read, out_write) = pipe_with(PipeFlags::CLOEXEC)?;
+    let OutputPair { read, write } = output;
     command
         .stdin(Stdio::null())
-        .stdout(Stdio::from(out_write.try_clone()?))
-        .stderr(Stdio::from(out_write));
+        .stdout(Stdio::from(write.try_clone()?))
+        .stderr(Stdio::from(write));
     let started_at = SystemTime::now();
     let started = Instant::now();
     let mut child = command.spawn()?;
-    // The command holds the pipe's write ends; drop them so EOF can arrive.
+    // The command holds the write ends; drop them so that only the child writes.
     drop(command);
     let pid = child.id();
+    on_spawn(pid);
     let raw_pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("child pid 0"))?;
     let pidfd = pidfd_open(raw_pid, PidfdFlags::empty())?;
-    rustix::io::ioctl_fionbio(&out_read, true)?;
-
-    let deadline = started + options.timeout;
-    let mut stopped: Option<StopReason> = None;
-    let mut kill_at: Option<Instant> = None;
-    let mut output_open = true;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let now = Instant::now();
-        if stopped.is_none() && (now >= deadline || cancel.is_cancelled()) {
-            stopped = Some(if now >= deadline {
-                StopReason::TimedOut
-            } else {
-                StopReason::Cancelled
-            });
-            signal_tree(raw_pid, Signal::TERM);
-            kill_at = Some(now + options.kill_grace);
-        }
-        if kill_at.is_some_and(|at| now >= at) {
-            signal_tree(raw_pid, Signal::KILL);
-            kill_at = None;
-        }
-        let wake_at = match (stopped, kill_at) {
-            (None, _) => Some(deadline),
-            (Some(_), at) => at,
-        };
-        let timeout = wake_at.map(|at| timespec(at.saturating_duration_since(Instant::now())));
-
-        // Once stopping, the fired token stays readable; watching it would spin.
-        let watched_cancel = if stopped.is_none() {
-            Some(&cancel.read)
-        } else {
-            None
-        };
-        let mut fds: Vec<PollFd<'_>> = [
-            Some(&pidfd),
-            output_open.then_some(&out_read),
-            watched_cancel,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|fd| PollFd::new(fd, PollFlags::IN))
-        .collect();
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let exited = !fds[0].revents().is_empty();
-        if output_open && !fds[1].revents().is_empty() {
-            output_open = drain(&out_read, &mut buf, sink)?;
-        }
-        if exited {
-            if output_open {
-                drain(&out_read, &mut buf, sink)?;
-            }
-            break;
-        }
-    }
+    let stopped = watch(
+        &pidfd,
+        raw_pid,
+        Some(read),
+        started + options.timeout,
+        options.kill_grace,
+        cancel,
+        sink,
+    )?;
     // The worker is a zombie until waited for, so its pid (and group id) cannot have been
     // reused: killing the group now reaches only what the job left behind.
     signal_tree(raw_pid, Signal::KILL);
@@ -250,7 +259,129 @@ pub fn supervise(
     })
 }
 
-fn timespec(d: std::time::Duration) -> Timespec {
+/// Watches a worker this process did not start (its dispatcher crashed) until it ends, with
+/// the same deadline, cancellation and output handling as [`supervise`]. Its exit status
+/// cannot be known; whether it was stopped is returned. `Ok(None)` is returned at once, with
+/// nothing watched, when no process `pid` exists.
+pub fn adopt(
+    pid: u32,
+    output: Option<OwnedFd>,
+    time_left: Duration,
+    kill_grace: Duration,
+    cancel: &CancelToken,
+    sink: &mut dyn OutputSink,
+) -> io::Result<Option<StopReason>> {
+    let Some(raw_pid) = Pid::from_raw(pid as i32) else {
+        return Ok(None);
+    };
+    let pidfd = match pidfd_open(raw_pid, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::SRCH) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let stopped = watch(
+        &pidfd,
+        raw_pid,
+        output,
+        Instant::now() + time_left,
+        kill_grace,
+        cancel,
+        sink,
+    )?;
+    signal_tree(raw_pid, Signal::KILL);
+    Ok(stopped)
+}
+
+/// The command line of process `pid`, arguments separated by spaces; `None` if it is gone.
+pub fn process_command_line(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// Every live process whose command line contains `needle`, as (pid, command line).
+pub fn find_processes(needle: &str) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, process_command_line(pid)?)))
+        .filter(|(_, cmdline)| cmdline.contains(needle))
+        .collect()
+}
+
+/// The loop shared by [`supervise`] and [`adopt`]: one `poll` over the pidfd, the output and
+/// the cancel token, waking for events and for the one deadline being enforced.
+fn watch(
+    pidfd: &OwnedFd,
+    pid: Pid,
+    output: Option<OwnedFd>,
+    deadline: Instant,
+    kill_grace: Duration,
+    cancel: &CancelToken,
+    sink: &mut dyn OutputSink,
+) -> io::Result<Option<StopReason>> {
+    if let Some(fd) = &output {
+        rustix::io::ioctl_fionbio(fd, true)?;
+    }
+    let mut output = output;
+    let mut stopped: Option<StopReason> = None;
+    let mut kill_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let now = Instant::now();
+        if stopped.is_none() && (now >= deadline || cancel.is_cancelled()) {
+            stopped = Some(if now >= deadline {
+                StopReason::TimedOut
+            } else {
+                StopReason::Cancelled
+            });
+            signal_tree(pid, Signal::TERM);
+            kill_at = Some(now + kill_grace);
+        }
+        if kill_at.is_some_and(|at| now >= at) {
+            signal_tree(pid, Signal::KILL);
+            kill_at = None;
+        }
+        let wake_at = match (stopped, kill_at) {
+            (None, _) => Some(deadline),
+            (Some(_), at) => at,
+        };
+        let timeout = wake_at.map(|at| timespec(at.saturating_duration_since(Instant::now())));
+
+        // Once stopping, the fired token stays readable; watching it would spin.
+        let watched_cancel = if stopped.is_none() {
+            Some(&cancel.read)
+        } else {
+            None
+        };
+        let mut fds: Vec<PollFd<'_>> = [Some(pidfd), output.as_ref(), watched_cancel]
+            .into_iter()
+            .flatten()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let exited = !fds[0].revents().is_empty();
+        let readable = output.is_some() && !fds[1].revents().is_empty();
+        drop(fds);
+        if readable || exited {
+            if let Some(fd) = &output {
+                if !drain(fd, &mut buf, sink)? {
+                    output = None;
+                }
+            }
+        }
+        if exited {
+            return Ok(stopped);
+        }
+    }
+}
+
+fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: d.as_secs() as i64,
         tv_nsec: i64::from(d.subsec_nanos()),
@@ -275,4 +406,143 @@ fn signal_tree(pid: Pid, signal: Signal) {
     if kill_process_group(pid, signal).is_err() {
         let _ = kill_process(pid, signal);
     }
+}
+
+/// A dispatcher's doorbell: a Unix datagram socket in the state directory. Anyone who changes
+/// the queue rings it with one byte ([`ring`]); the dispatcher blocks in [`Doorbell::wait`].
+#[derive(Debug)]
+pub struct Doorbell {
+    socket: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Doorbell {
+    /// Binds the doorbell at `path`, replacing a stale socket file left by a crashed owner.
+    /// The caller must hold the dispatcher lock, so no live doorbell is replaced.
+    pub fn bind(path: &Path) -> io::Result<Self> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        Ok(Self {
+            socket: std::os::unix::net::UnixDatagram::bind(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Blocks until the doorbell rings; returns the byte rung.
+    pub fn wait(&self) -> io::Result<u8> {
+        let mut buf = [0u8; 1];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(_) => return Ok(buf[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Like [`Doorbell::wait`], giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> io::Result<Option<u8>> {
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let got = match self.wait() {
+            Ok(b) => Ok(Some(b)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+        self.socket.set_read_timeout(None)?;
+        got
+    }
+
+    /// Another handle to the same doorbell (for a listener thread).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            socket: self.socket.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// Removes the socket file, so that ringing it fails from now on.
+    pub fn unlink(&self) -> io::Result<()> {
+        std::fs::remove_file(&self.path)
+    }
+}
+
+/// Rings the doorbell at `path` with `byte`. `Ok(false)` when nobody is listening there.
+pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    match socket.send_to(&[byte], path) {
+        Ok(_) => Ok(true),
+        // A full queue means the listener has wake-ups pending already.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// An exclusive lock on a file, held until dropped (or the process dies).
+#[derive(Debug)]
+pub struct FileLock {
+    file: std::fs::File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` if nobody holds it, writing this process's id into the file.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<Self>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        file.set_len(0)?;
+        use std::io::Write;
+        (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(Some(Self { file }))
+    }
+
+    /// The pid written by whoever holds (or last held) the lock on `path`.
+    pub fn holder(path: &Path) -> Option<u32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
+/// Detaches the calling process from its caller's session and terminal (the spec's `nohup`).
+pub fn detach_self() -> io::Result<()> {
+    match rustix::process::setsid() {
+        Ok(_) | Err(Errno::PERM) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks process `pid` to stop with SIGTERM; false if it does not exist.
+pub fn terminate(pid: u32) -> bool {
+    Pid::from_raw(pid as i32).is_some_and(|p| kill_process(p, Signal::TERM).is_ok())
 }
