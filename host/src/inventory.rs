@@ -5,6 +5,8 @@
 //! which may crash or hang), several at a time. A library file is one whose name ends in the
 //! platform's suffix (`.so`, `.dll`, `.dylib`); hidden files and other names are not plugins
 //! and are skipped. When two files offer the same class, the first in file-name order wins.
+//! Verdicts are remembered in the state directory per file version (size, modification time,
+//! inode), so only new or changed files are inspected again.
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +21,35 @@ use crate::{
     protocol::{read_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION},
     settings::Settings,
 };
+
+/// Where the inventory remembers what it found, per file version, in the state directory.
+const CACHE_FILE: &str = "inventory.json";
+
+/// One remembered inspection: a file's verdict for the version with this stamp.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+struct CachedFile {
+    stamp: FileStamp,
+    file: PluginFile,
+}
+
+/// The library files in `dir`, in name order, with their stamps.
+pub fn library_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileStamp)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let is_library =
+            name.is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX));
+        if is_library && !path.is_dir() {
+            // A file that vanished since the listing is simply not there any more.
+            if let Ok(stamp) = FileStamp::of(&path) {
+                files.push((path, stamp));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(files)
+}
 
 /// The hidden subcommand that inspects one plugin file.
 pub const INSPECT_SUBCOMMAND: &str = "__inspect";
@@ -50,7 +81,7 @@ pub enum InventoryError {
 }
 
 /// What one file in the plugin directory is.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum FileStatus {
     /// A usable plugin.
@@ -68,7 +99,7 @@ pub enum FileStatus {
 }
 
 /// One file of the plugin directory.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PluginFile {
     /// Its path.
     pub path: PathBuf,
@@ -105,27 +136,44 @@ impl Inventory {
             dir: dir.clone(),
             source,
         };
-        let mut paths = Vec::new();
-        for entry in std::fs::read_dir(dir).map_err(read_dir)? {
-            let path = entry.map_err(read_dir)?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let is_library = name
-                .is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX));
-            if is_library && !path.is_dir() {
-                paths.push(path);
-            }
-        }
-        paths.sort();
+        let stamped = library_files(dir).map_err(read_dir)?;
+        let cache_path = settings.state_dir.join(CACHE_FILE);
+        let cache: Vec<CachedFile> = std::fs::read(&cache_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
         let files = std::thread::scope(|scope| {
-            let tasks: Vec<_> = paths
+            let tasks: Vec<_> = stamped
                 .iter()
-                .map(|path| scope.spawn(|| inspect_file(settings, path)))
+                .map(|(path, stamp)| {
+                    let cached = cache
+                        .iter()
+                        .find(|c| c.file.path == *path && c.stamp == *stamp)
+                        .map(|c| c.file.clone());
+                    scope.spawn(move || match cached {
+                        Some(file) => Ok(file),
+                        None => inspect_file(settings, path),
+                    })
+                })
                 .collect();
             tasks
                 .into_iter()
                 .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect::<Result<Vec<_>, _>>()
         })?;
+        let fresh: Vec<CachedFile> = stamped
+            .iter()
+            .zip(&files)
+            .map(|((_, stamp), file)| CachedFile {
+                stamp: *stamp,
+                file: file.clone(),
+            })
+            .collect();
+        if fresh != cache {
+            // A cache that cannot be written only costs the next scan its speed.
+            let _ = std::fs::create_dir_all(&settings.state_dir)
+                .and_then(|()| crate::protocol::write_report(&cache_path, &fresh));
+        }
         Ok(Self {
             dir: dir.clone(),
             files,
@@ -230,4 +278,58 @@ struct Discard;
 
 impl OutputSink for Discard {
     fn write(&mut self, _: &[u8]) {}
+}
+
+/// Plugin file hashes, recomputed only when a file's size, modification time or inode changes.
+#[derive(Debug, Default)]
+pub struct PluginHashes {
+    known: std::collections::HashMap<PathBuf, (FileStamp, String)>,
+}
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    len: u64,
+    modified_ns: i128,
+    inode: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path`.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        Ok(Self {
+            len: meta.len(),
+            modified_ns,
+            inode,
+        })
+    }
+}
+
+impl PluginHashes {
+    /// The BLAKE3 hash of the file at `path`, hex; empty if it cannot be read.
+    pub fn hash(&mut self, path: &Path) -> String {
+        let Ok(stamp) = FileStamp::of(path) else {
+            return String::new();
+        };
+        if let Some((known, hash)) = self.known.get(path) {
+            if *known == stamp {
+                return hash.clone();
+            }
+        }
+        let hash = std::fs::read(path)
+            .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
+            .unwrap_or_default();
+        self.known.insert(path.to_path_buf(), (stamp, hash.clone()));
+        hash
+    }
 }

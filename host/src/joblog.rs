@@ -222,10 +222,51 @@ pub fn not_found(job: &str, error: &str) {
     tracing::error!(context = context.as_str(), "Job not found: {job}");
 }
 
+/// `Job queued` (INFO): the job was stored and will run at `run_at` (ms since the epoch).
+pub fn queued(job: &str, id: i64, params: &Value, priority: &str, delay: std::time::Duration) {
+    let context = context([
+        ("delay_seconds", json!(delay.as_secs_f64())),
+        ("job_id", json!(id)),
+        ("params", params.clone()),
+        ("priority", json!(priority)),
+        (
+            "status",
+            json!(if delay.is_zero() {
+                "queued"
+            } else {
+                "scheduled"
+            }),
+        ),
+    ]);
+    tracing::info!(context = context.as_str(), "Job queued: {job}");
+}
+
+/// `Job requeued` (WARNING): the attempt was interrupted by the dispatcher stopping; the job
+/// runs again without losing an attempt.
+pub fn requeued(job: &str, params: &Value, reason: &str) {
+    let context = context([
+        ("error", json!(reason)),
+        ("params", params.clone()),
+        ("status", json!("queued")),
+    ]);
+    tracing::warn!(context = context.as_str(), "Job requeued: {job}");
+}
+
+/// A dispatcher's start or stop (INFO).
+pub fn dispatcher(message: &str, slots: usize, state_dir: &std::path::Path) {
+    let context = context([
+        ("pid", json!(std::process::id())),
+        ("slots", json!(slots)),
+        ("state_dir", json!(state_dir)),
+    ]);
+    tracing::info!(context = context.as_str(), "{message}");
+}
+
 /// A DEBUG line with the details of a finished attempt.
-pub fn attempt_finished(job: &str, record: &crate::attempt::AttemptRecord) {
+pub fn attempt_finished(job: &str, id: i64, record: &crate::attempt::AttemptRecord) {
     let context = context([
         ("attempt", json!(record.attempt)),
+        ("job_id", json!(id)),
         ("duration_ms", json!(record.duration.as_millis() as u64)),
         ("outcome", json!(record.outcome.label())),
         ("output", json!(record.output.path)),

@@ -17,6 +17,7 @@ pub mod attempt;
 pub mod authorize;
 pub mod capture;
 pub mod child;
+pub mod dispatcher;
 pub mod inventory;
 pub mod job;
 pub mod joblog;

@@ -149,7 +149,8 @@ pub enum InspectReport {
 /// renamed over `path`, so a reader sees the whole report or none.
 pub fn write_report<T: Serialize>(path: &Path, message: &T) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    // Unique per process, so two writers of the same file never share a temporary.
+    tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, serde_json::to_vec(message)?)?;
     std::fs::rename(&tmp, path)

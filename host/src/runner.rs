@@ -58,7 +58,7 @@ pub fn run_to_end(
             cancel,
             &mut |_| {},
         )?;
-        joblog::attempt_finished(&name, &record);
+        joblog::attempt_finished(&name, 0, &record);
         let outcome = record.outcome.clone();
         attempts.push(record);
         let error = match outcome {

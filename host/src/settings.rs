@@ -73,6 +73,23 @@ pub struct RawSettings {
     /// Limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// The dispatcher.
+    #[serde(default)]
+    pub dispatcher: RawDispatcher,
+}
+
+/// The `[dispatcher]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDispatcher {
+    /// Attempts run at once.
+    pub slots: Option<std::num::NonZeroUsize>,
+    /// Seconds a dispatcher started by `jobhost run` waits idle before it exits.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub idle_exit: Option<Duration>,
+    /// Seconds running attempts get to finish when the dispatcher is asked to stop.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// The `[defaults]` table.
@@ -141,9 +158,34 @@ pub struct Limits {
     pub kill_grace: Duration,
 }
 
+/// How the dispatcher runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DispatcherSettings {
+    /// Attempts run at once (default: the number of CPUs).
+    pub slots: usize,
+    /// How long a dispatcher started by `jobhost run` stays with nothing to do before it exits
+    /// (default 30 s).
+    pub idle_exit: Duration,
+    /// How long running attempts get to finish when the dispatcher is asked to stop, before
+    /// they are stopped and queued again (default 30 s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> Self {
+        Self {
+            slots: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            idle_exit: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Fully resolved settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The settings file they were read from, if any.
+    pub config_file: Option<PathBuf>,
     /// Directory of plugin libraries.
     pub plugin_dir: PathBuf,
     /// The allowlist file.
@@ -158,6 +200,8 @@ pub struct Settings {
     pub defaults: JobDefaults,
     /// Limits.
     pub limits: Limits,
+    /// The dispatcher.
+    pub dispatcher: DispatcherSettings,
 }
 
 impl Default for JobDefaults {
@@ -198,17 +242,17 @@ impl Settings {
             .config
             .clone()
             .or_else(|| getenv("JOBHOST_CONFIG").map(PathBuf::from));
-        let (raw, base) = match explicit {
+        let (raw, base, config_file) = match explicit {
             Some(path) => {
                 let path = cwd.join(path);
-                (RawSettings::load(&path)?, parent_of(&path))
+                (RawSettings::load(&path)?, parent_of(&path), Some(path))
             }
             None => {
                 let path = cwd.join(CONFIG_FILE);
                 if path.is_file() {
-                    (RawSettings::load(&path)?, cwd.to_path_buf())
+                    (RawSettings::load(&path)?, cwd.to_path_buf(), Some(path))
                 } else {
-                    (RawSettings::default(), cwd.to_path_buf())
+                    (RawSettings::default(), cwd.to_path_buf(), None)
                 }
             }
         };
@@ -244,13 +288,15 @@ impl Settings {
 
         let builtin = JobDefaults::default();
         let defaults = JobDefaults {
-            retries: env_parse(&getenv, "JOBHOST_RETRIES", |v| v.parse::<u32>().ok())?
-                .or(raw.defaults.retries)
-                .unwrap_or(builtin.retries),
-            retry_delay: env_parse(&getenv, "JOBHOST_RETRY_DELAY", parse_secs)?
+            retries: env_parse(&getenv, "JOBHOST_RETRIES", "a whole number", |v| {
+                v.parse::<u32>().ok()
+            })?
+            .or(raw.defaults.retries)
+            .unwrap_or(builtin.retries),
+            retry_delay: env_parse(&getenv, "JOBHOST_RETRY_DELAY", SECONDS, parse_secs)?
                 .or(raw.defaults.retry_delay)
                 .unwrap_or(builtin.retry_delay),
-            timeout: env_parse(&getenv, "JOBHOST_TIMEOUT", parse_secs)?
+            timeout: env_parse(&getenv, "JOBHOST_TIMEOUT", SECONDS, parse_secs)?
                 .or(raw.defaults.timeout)
                 .unwrap_or(builtin.timeout),
         };
@@ -267,7 +313,26 @@ impl Settings {
             kill_grace: raw.limits.kill_grace.unwrap_or(builtin.kill_grace),
         };
 
+        let builtin = DispatcherSettings::default();
+        let slots = env_parse(
+            &getenv,
+            "JOBHOST_SLOTS",
+            "a whole number of at least 1",
+            |v| v.parse::<usize>().ok().filter(|n| *n > 0),
+        )?
+        .or(raw.dispatcher.slots.map(std::num::NonZeroUsize::get))
+        .unwrap_or(builtin.slots);
+        let dispatcher = DispatcherSettings {
+            slots,
+            idle_exit: raw.dispatcher.idle_exit.unwrap_or(builtin.idle_exit),
+            shutdown_grace: raw
+                .dispatcher
+                .shutdown_grace
+                .unwrap_or(builtin.shutdown_grace),
+        };
+
         Ok(Settings {
+            config_file,
             plugin_dir: path(
                 &overrides.plugin_dir,
                 "JOBHOST_PLUGIN_DIR",
@@ -295,7 +360,30 @@ impl Settings {
             env: env_name,
             defaults,
             limits,
+            dispatcher,
         })
+    }
+}
+
+impl Settings {
+    /// These settings as environment variables, for a jobhost process started on their behalf
+    /// (a dispatcher started by `jobhost run`) to resolve the same ones.
+    pub fn to_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let mut vars = vec![
+            (
+                "JOBHOST_PLUGIN_DIR",
+                self.plugin_dir.clone().into_os_string(),
+            ),
+            ("JOBHOST_ALLOWLIST", self.allowlist.clone().into_os_string()),
+            ("JOBHOST_STATE_DIR", self.state_dir.clone().into_os_string()),
+            ("JOBHOST_LOG_DIR", self.log_dir.clone().into_os_string()),
+            ("JOBHOST_ENV", self.env.clone().into()),
+            ("JOBHOST_SLOTS", self.dispatcher.slots.to_string().into()),
+        ];
+        if let Some(file) = &self.config_file {
+            vars.push(("JOBHOST_CONFIG", file.clone().into_os_string()));
+        }
+        vars
     }
 }
 
@@ -333,6 +421,8 @@ fn secs_from_f64(v: f64) -> Option<Duration> {
     (v.is_finite() && (0.0..1e10).contains(&v)).then(|| Duration::from_secs_f64(v))
 }
 
+const SECONDS: &str = "a non-negative number of seconds";
+
 /// Parses a non-negative number of seconds, such as `5` or `0.25`.
 pub fn parse_secs(text: &str) -> Option<Duration> {
     secs_from_f64(text.trim().parse().ok()?)
@@ -341,6 +431,7 @@ pub fn parse_secs(text: &str) -> Option<Duration> {
 fn env_parse<T>(
     getenv: &impl Fn(&str) -> Option<String>,
     name: &'static str,
+    expected: &'static str,
     parse: impl Fn(&str) -> Option<T>,
 ) -> Result<Option<T>, SettingsError> {
     match getenv(name) {
@@ -350,7 +441,7 @@ fn env_parse<T>(
             None => Err(SettingsError::Env {
                 name,
                 value,
-                message: "must be a non-negative number".into(),
+                message: format!("must be {expected}"),
             }),
         },
     }

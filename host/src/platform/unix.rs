@@ -435,6 +435,7 @@ impl Doorbell {
         let mut buf = [0u8; 1];
         loop {
             match self.socket.recv(&mut buf) {
+                Ok(0) => return Err(io::ErrorKind::NotConnected.into()),
                 Ok(_) => return Ok(buf[0]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -470,8 +471,10 @@ impl Doorbell {
         })
     }
 
-    /// Removes the socket file, so that ringing it fails from now on.
+    /// Removes the socket file, so that ringing it fails from now on, and wakes a thread
+    /// blocked in [`Doorbell::wait`] with an error.
     pub fn unlink(&self) -> io::Result<()> {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
         std::fs::remove_file(&self.path)
     }
 }
