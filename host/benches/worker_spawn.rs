@@ -324,12 +324,12 @@ impl BenchDir {
         std::fs::copy(fixture, plugin_dir.join(PLUGIN_FILE))
             .with_context(|| format!("cannot copy {}", fixture.display()))?;
         let overrides = Overrides {
-            config: None,
             plugin_dir: Some(plugin_dir),
             allowlist: Some(allowlist),
             state_dir: Some(self.path.join("state")),
             log_dir: Some(self.path.join("logs")),
             env: Some("bench".into()),
+            ..Overrides::default()
         };
         Settings::resolve_with(&overrides, &self.path, |_| None)
             .context("cannot resolve bench settings")
