@@ -17,12 +17,13 @@ pub struct Cli {
 }
 
 pub const EXIT_CODES: &str = "Exit codes:
-  0  success (with --wait: the job completed)
-  1  jobhost itself failed (I/O, spawning, ...)
-  2  bad input: arguments, params, settings or allowlist file
-  3  refused: not approved by the allowlist, or no plugin offers it
-  4  the job failed (with --wait)
-  5  the job was cancelled (with --wait)";
+  0    success (with --wait: the job completed)
+  1    jobhost itself failed (I/O, database, spawning, ...)
+  2    bad input: arguments, params, settings, allowlist file, unknown job id, wrong job state
+  3    refused: not approved by the allowlist, or no plugin offers it
+  4    the job failed (with --wait)
+  5    the job was cancelled (with --wait)
+  130  --wait was interrupted; the job goes on in the background";
 
 /// Options every command takes; each overrides its environment variable and `jobhost.toml`.
 #[derive(Debug, Args)]
@@ -56,6 +57,7 @@ impl Global {
             state_dir: self.state_dir.clone(),
             log_dir: self.log_dir.clone(),
             env: self.env.clone(),
+            slots: None,
         }
     }
 }
@@ -70,6 +72,72 @@ pub enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Run the dispatcher: claim due jobs and run them in worker processes.
+    Serve(ServeArgs),
+    /// Cancel a job: a waiting one never starts, a running one is stopped.
+    Cancel {
+        /// The job id.
+        id: i64,
+    },
+    /// Run a failed or cancelled job again.
+    Retry {
+        /// The job id.
+        id: i64,
+    },
+    /// List jobs, newest first.
+    List(ListArgs),
+    /// Show a job: params, result, and every attempt with its outcome and output.
+    Show {
+        /// The job id.
+        id: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Count jobs by state.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the dispatcher of this state directory to stop (running attempts may finish first).
+    Stop,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Attempts run at once [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub slots: Option<u32>,
+    /// Exit after this many seconds with nothing queued, scheduled or running
+    #[arg(long, value_name = "SECS", value_parser = secs)]
+    pub idle_exit: Option<std::time::Duration>,
+    /// Detach from the terminal first (how `jobhost run` starts a dispatcher); exit quietly if
+    /// another dispatcher already serves the state directory
+    #[arg(long)]
+    pub detached: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only jobs in this state: queued, scheduled, running, completed, failed, cancelled
+    #[arg(long, value_name = "STATE")]
+    pub status: Option<String>,
+    /// Only jobs of this class
+    #[arg(long, value_name = "CLASS")]
+    pub class: Option<String>,
+    /// Only jobs of this priority
+    #[arg(long, value_parser = priority)]
+    pub priority: Option<Priority>,
+    /// At most this many
+    #[arg(long, default_value = "50")]
+    pub limit: u32,
+    /// Skip this many
+    #[arg(long, default_value = "0")]
+    pub offset: u32,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -99,7 +167,7 @@ pub struct RunArgs {
     /// Seconds one attempt may run before it is stopped [default: 3600, or defaults.timeout]
     #[arg(long, value_name = "SECS", value_parser = positive_secs, allow_negative_numbers = true)]
     pub timeout: Option<std::time::Duration>,
-    /// Run the job now, in a worker, and exit with a code that says how it ended
+    /// Follow the job to its end and exit with a code that says how it ended
     #[arg(long)]
     pub wait: bool,
 }

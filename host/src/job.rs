@@ -82,6 +82,12 @@ pub enum ParamsError {
         /// The limit.
         limit: usize,
     },
+    /// A param could not be turned into JSON.
+    #[error("{0}")]
+    Unserializable(String),
+    /// A zero timeout.
+    #[error("timeout must be more than 0 seconds")]
+    ZeroTimeout,
     /// An unknown priority.
     #[error("unknown priority {0:?}: use high, normal or low")]
     Priority(String),

@@ -76,6 +76,12 @@ impl SpecFormatLayer {
         // A second install (tests calling twice) keeps the first; that is fine.
         let _ = tracing_subscriber::registry().with(self).try_init();
     }
+
+    /// This layer as a dispatch of its own, for a library that must log the job lines
+    /// whatever subscriber its application installed (see `tracing::dispatcher::with_default`).
+    pub fn into_dispatch(self) -> tracing::Dispatch {
+        tracing::Dispatch::new(tracing_subscriber::registry().with(self))
+    }
 }
 
 /// The spec's name for a level.

@@ -13,6 +13,7 @@
 //! plugins with [`loader`]; [`joblog`] writes the spec-format logs.
 
 pub mod allowlist;
+pub mod api;
 pub mod attempt;
 pub mod authorize;
 pub mod capture;
@@ -25,7 +26,10 @@ pub mod lifecycle;
 pub mod loader;
 pub mod platform;
 pub mod protocol;
-pub mod runner;
 pub mod settings;
 pub mod store;
 mod text;
+
+pub use api::{dispatch, Client, DispatchError, Job};
+pub use job::Priority;
+pub use store::JobId;

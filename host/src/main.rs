@@ -6,24 +6,33 @@
 //! must start fast and must not open the logs.
 
 mod cli;
+mod inspect;
 
-use std::{process::ExitCode, time::SystemTime};
+use std::{
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::Context as _;
 use clap::Parser;
 
 use cli::{Cli, Commands, RunArgs};
 use jobhost::{
-    allowlist::{Allowlist, AllowlistError},
+    allowlist::AllowlistError,
     attempt::WORKER_SUBCOMMAND,
-    authorize::{authorize, Refused},
+    authorize::Refused,
     child,
+    dispatcher::{self, DispatcherError, ServeOptions},
     inventory::{FileStatus, Inventory, INSPECT_SUBCOMMAND},
-    job::{parse_cli_params, JobSpec, ParamsError},
+    job::{parse_cli_params, ParamsError},
     joblog::SpecFormatLayer,
-    platform::CancelToken,
-    runner::{run_to_end, JobEnd},
+    platform,
     settings::{Settings, SettingsError},
+    store::{CancelOutcome, JobState, StoreError},
+    Client, DispatchError, Job,
 };
 
 const EXIT_FAILURE: u8 = 1;
@@ -31,6 +40,7 @@ const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_JOB_FAILED: u8 = 4;
 const EXIT_JOB_CANCELLED: u8 = 5;
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
@@ -60,8 +70,24 @@ fn main() -> ExitCode {
 /// Bad input is exit 2, refusal exit 3, anything else exit 1.
 fn exit_code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
-        if cause.is::<ParamsError>() || cause.is::<SettingsError>() || cause.is::<AllowlistError>()
-        {
+        match cause.downcast_ref::<DispatchError>() {
+            Some(
+                DispatchError::BadInput(_)
+                | DispatchError::Settings(_)
+                | DispatchError::Allowlist(_)
+                | DispatchError::Store(StoreError::NotFound(_) | StoreError::WrongState { .. }),
+            ) => return EXIT_BAD_INPUT,
+            Some(DispatchError::Refused(_)) => return EXIT_REFUSED,
+            _ => {}
+        }
+        let bad_input = cause.is::<ParamsError>()
+            || cause.is::<SettingsError>()
+            || cause.is::<AllowlistError>()
+            || matches!(
+                cause.downcast_ref::<StoreError>(),
+                Some(StoreError::NotFound(_) | StoreError::WrongState { .. })
+            );
+        if bad_input {
             return EXIT_BAD_INPUT;
         }
         if cause.is::<Refused>() {
@@ -72,67 +98,134 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let settings = Settings::resolve(&cli.global.overrides())?;
+    let mut overrides = cli.global.overrides();
+    if let Commands::Serve(args) = &cli.command {
+        if args.detached {
+            // Before anything else: no terminal, no session of the caller's (the spec's nohup).
+            platform::detach_self().context("cannot detach")?;
+        }
+        overrides.slots = args.slots.map(|n| n as usize);
+    }
+    let settings = Settings::resolve(&overrides)?;
     SpecFormatLayer::open(&settings.log_dir, &settings.env)?.install();
     match cli.command {
-        Commands::Run(args) => run_job(&settings, args),
+        Commands::Run(args) => run_job(settings, args),
         Commands::Plugins { json } => list_plugins(&settings, json),
-    }
-}
-
-fn run_job(settings: &Settings, args: RunArgs) -> anyhow::Result<u8> {
-    let spec = JobSpec {
-        params: parse_cli_params(&args.params, args.params_json.as_deref())?,
-        class: args.class,
-        method: args.method,
-        retries: args.retries.unwrap_or(settings.defaults.retries),
-        retry_delay: args.retry_delay.unwrap_or(settings.defaults.retry_delay),
-        priority: args.priority,
-        delay: args.delay,
-        timeout: args.timeout.unwrap_or(settings.defaults.timeout),
-    };
-    spec.validate(settings.limits.max_params_bytes)?;
-    let allowlist = Allowlist::load(&settings.allowlist)?;
-    let inventory = Inventory::scan(settings)?;
-    let plugin = authorize(&allowlist, &inventory, &spec)?;
-    if !args.wait {
-        anyhow::bail!(ParamsError::Name {
-            what: "mode",
-            name: "background (without --wait)".into(),
-        });
-    }
-    let cancel = CancelToken::new().context("cannot set up cancellation")?;
-    cancel
-        .cancel_on_signals()
-        .context("cannot install signal handlers")?;
-    let job_id = new_job_id();
-    let (end, attempts) = run_to_end(settings, &spec, &job_id, &plugin.path, &cancel)?;
-    let tries = attempts.len();
-    match end {
-        JobEnd::Completed(result) => {
-            eprintln!("job {job_id} completed on attempt {tries}");
-            println!("{result}");
+        Commands::Serve(args) => serve(&settings, &args),
+        Commands::Cancel { id } => cancel(settings, id),
+        Commands::Retry { id } => {
+            Client::new(settings)?.retry(id)?;
+            eprintln!("job {id} queued again");
             Ok(0)
         }
-        JobEnd::Failed(error) => {
-            eprintln!("job {job_id} failed after {tries} attempt(s): {error}");
-            Ok(EXIT_JOB_FAILED)
-        }
-        JobEnd::Cancelled => {
-            eprintln!("job {job_id} cancelled after {tries} attempt(s)");
-            Ok(EXIT_JOB_CANCELLED)
+        Commands::List(args) => inspect::list(&mut Client::new(settings)?, &args),
+        Commands::Show { id, json } => inspect::show(&mut Client::new(settings)?, id, json),
+        Commands::Stats { json } => inspect::stats(&mut Client::new(settings)?, json),
+        Commands::Stop => {
+            if Client::new(settings)?.stop_dispatcher()? {
+                eprintln!("asked the dispatcher to stop");
+            } else {
+                eprintln!("no dispatcher is running");
+            }
+            Ok(0)
         }
     }
 }
 
-/// A job id for a job run in the foreground: time-ordered and unique per process.
-fn new_job_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("fg-{nanos:x}-{}", std::process::id())
+fn run_job(settings: Settings, args: RunArgs) -> anyhow::Result<u8> {
+    let mut job = Job::new(args.class, args.method)
+        .params(parse_cli_params(&args.params, args.params_json.as_deref())?)
+        .priority(args.priority)
+        .delay(args.delay);
+    if let Some(retries) = args.retries {
+        job = job.retries(retries);
+    }
+    if let Some(delay) = args.retry_delay {
+        job = job.retry_delay(delay);
+    }
+    if let Some(timeout) = args.timeout {
+        job = job.timeout(timeout);
+    }
+    let mut client = Client::new(settings)?;
+    let id = client.dispatch(job)?;
+    if !args.wait {
+        println!("{id}");
+        return Ok(0);
+    }
+    eprintln!("job {id} queued");
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&interrupted))
+            .context("cannot install signal handlers")?;
+    }
+    let Some(job) = client.follow(id, &|| interrupted.load(Ordering::SeqCst))? else {
+        eprintln!("stopped following job {id}; it goes on in the background (jobhost cancel {id} stops it)");
+        return Ok(EXIT_INTERRUPTED);
+    };
+    let tries = job.attempts;
+    match job.state {
+        JobState::Completed => {
+            eprintln!("job {id} completed on attempt {tries}");
+            println!("{}", job.result.unwrap_or_default());
+            Ok(0)
+        }
+        JobState::Cancelled => {
+            eprintln!("job {id} cancelled after {tries} attempt(s)");
+            Ok(EXIT_JOB_CANCELLED)
+        }
+        _ => {
+            let error = job.last_error.unwrap_or_default();
+            eprintln!("job {id} failed after {tries} attempt(s): {error}");
+            Ok(EXIT_JOB_FAILED)
+        }
+    }
 }
 
+fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
+    let options = ServeOptions {
+        idle_exit: args.idle_exit,
+    };
+    if !args.detached {
+        dispatcher::serve(settings, options)?;
+        return Ok(0);
+    }
+    // Started by an enqueuer that found nobody answering. Another dispatcher may hold the
+    // state directory while it is on its way out (its idle exit); wait for it a little rather
+    // than leave the new job without a dispatcher.
+    let paths = dispatcher::StatePaths::new(&settings.state_dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match dispatcher::serve(settings, options) {
+            Err(DispatcherError::AlreadyRunning { .. }) => {
+                let answered =
+                    platform::ring(&paths.doorbell, dispatcher::RING_WAKE).unwrap_or(false);
+                if answered || std::time::Instant::now() >= deadline {
+                    return Ok(0);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => {
+                other?;
+                return Ok(0);
+            }
+        }
+    }
+}
+
+fn cancel(settings: Settings, id: i64) -> anyhow::Result<u8> {
+    match Client::new(settings)?.cancel(id)? {
+        CancelOutcome::Cancelled => eprintln!("job {id} cancelled; it will not run"),
+        CancelOutcome::Requested => eprintln!("job {id} is running; its dispatcher is stopping it"),
+        CancelOutcome::AlreadyFinished(state) => {
+            anyhow::bail!(StoreError::WrongState {
+                id,
+                state,
+                what: "it already finished; nothing to cancel",
+            })
+        }
+    }
+    Ok(0)
+}
 fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
     let inventory = Inventory::scan(settings)?;
     if json {

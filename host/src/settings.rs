@@ -134,6 +134,8 @@ pub struct Overrides {
     pub log_dir: Option<PathBuf>,
     /// `--env`
     pub env: Option<String>,
+    /// `serve --slots`
+    pub slots: Option<usize>,
 }
 
 /// Defaults applied to a job that does not set its own.
@@ -314,14 +316,17 @@ impl Settings {
         };
 
         let builtin = DispatcherSettings::default();
-        let slots = env_parse(
+        let from_env = env_parse(
             &getenv,
             "JOBHOST_SLOTS",
             "a whole number of at least 1",
             |v| v.parse::<usize>().ok().filter(|n| *n > 0),
-        )?
-        .or(raw.dispatcher.slots.map(std::num::NonZeroUsize::get))
-        .unwrap_or(builtin.slots);
+        )?;
+        let slots = overrides
+            .slots
+            .or(from_env)
+            .or(raw.dispatcher.slots.map(std::num::NonZeroUsize::get))
+            .unwrap_or(builtin.slots);
         let dispatcher = DispatcherSettings {
             slots,
             idle_exit: raw.dispatcher.idle_exit.unwrap_or(builtin.idle_exit),

@@ -64,7 +64,7 @@ fn invalid_params_json_is_refused() {
 #[test]
 fn params_over_the_size_limit_are_refused() {
     let host = Host::standard();
-    host.write("jobhost.toml", "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n[limits]\nmax_params_bytes = 1024\n");
+    host.settings("limits.max_params_bytes = 1024\n");
     let big = format!("note={}", "x".repeat(2000));
     let run = host.run(&[
         "run",
@@ -120,11 +120,4 @@ fn bad_settings_file_is_an_error_naming_file_and_line() {
         "{}",
         run.stderr
     );
-}
-
-#[test]
-fn background_run_without_wait_is_not_available_yet() {
-    let host = Host::standard();
-    let run = host.run(&["run", r"App\Jobs\SendWelcomeEmail", "handle", "user_id=1"]);
-    run.expect_code(2);
 }

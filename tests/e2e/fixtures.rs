@@ -88,7 +88,7 @@ fn worker_that_exits_without_a_result_is_reported_with_its_code() {
 #[test]
 fn huge_output_is_capped_and_the_job_still_completes() {
     let host = Host::standard();
-    host.write("jobhost.toml", "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\n[limits]\nmax_output_bytes = 100000\n");
+    host.settings("limits.max_output_bytes = 100000\n");
     let run = host.run(&[
         "run",
         r"Tests\Misbehave",
@@ -158,29 +158,22 @@ fn hanging_job_is_killed_with_its_whole_process_group_at_its_timeout() {
 }
 
 #[test]
-fn cooperative_job_sees_cancellation_when_the_waiting_cli_is_interrupted() {
+fn cooperative_job_sees_its_cancellation_and_stops_cleanly() {
     let host = Host::standard();
-    let marker = host.root().to_string_lossy().into_owned();
-    let child = host
-        .jobhost()
-        .args(["run", r"Tests\Misbehave", "hang_cooperative", "--wait"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let id = host.enqueue(&[r"Tests\Misbehave", "hang_cooperative"]);
+    host.wait_state(id, &["running"]);
     wait_for("the worker to start", Duration::from_secs(30), || {
-        processes_matching("__worker")
-            .into_iter()
-            .find(|(_, cmd)| cmd.contains(&marker))
+        host.workers().pop()
     });
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let run = jobhost_e2e::Run::from(child.wait_with_output().unwrap());
-    run.expect_code(5);
-    let (output, _) = host.attempts(&run.job_id())[&1].clone();
+    host.run(&["cancel", &id.to_string()]).expect_code(0);
+    let shown = host.wait_state(id, &["cancelled"]);
+    assert_eq!(
+        shown["attempts"].as_array().unwrap().len(),
+        1,
+        "no retry after a cancel"
+    );
+    assert_eq!(shown["attempts"][0]["outcome"], "cancelled");
+    let (output, _) = host.attempts(&id.to_string())[&1].clone();
     assert!(
         output.contains("saw cancellation"),
         "the job stopped cleanly: {output:?}"

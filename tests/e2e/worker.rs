@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jobhost_e2e::{artifacts_dir, built_library, proc_stat, processes_matching, wait_for, Host};
+use jobhost_e2e::{artifacts_dir, built_library, proc_stat, wait_for, Host};
 use serde_json::{json, Value};
 
 fn run_worker_directly(host: &Host, class: &str, method: &str, plugin: &std::path::Path) -> Value {
@@ -65,46 +65,33 @@ fn worker_started_directly_with_an_unapproved_class_refuses_to_load_anything() {
 #[test]
 fn worker_runs_in_its_own_session_without_terminal_stdin_or_core_dumps() {
     let host = Host::standard();
-    let marker = host.root().to_string_lossy().into_owned();
-    let mut child = host
-        .jobhost()
-        .args([
-            "run",
-            r"Tests\Misbehave",
-            "sleep",
-            "seconds=30",
-            "--wait",
-            "--retries",
-            "0",
-            "--timeout",
-            "60",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=60", "--retries", "0"]);
     let worker = wait_for(
         "the worker to start and call setsid",
         Duration::from_secs(30),
         || {
-            let (pid, _) = processes_matching("__worker")
-                .into_iter()
-                .find(|(_, c)| c.contains(&marker))?;
+            let (pid, _) = host.workers().pop()?;
             let stat = proc_stat(pid)?;
             (stat.3 == pid).then_some(pid)
         },
     );
+    let dispatcher = host.dispatcher_pid().unwrap();
     let (_, ppid, pgrp, session, tty) = proc_stat(worker).unwrap();
-    let (_, _, cli_pgrp, cli_session, _) = proc_stat(child.id()).unwrap();
-    assert_eq!(ppid, child.id());
+    let (_, _, dispatcher_pgrp, dispatcher_session, dispatcher_tty) =
+        proc_stat(dispatcher).unwrap();
+    assert_eq!(ppid, dispatcher, "the dispatcher spawned it");
     assert_eq!(
         (pgrp, session),
         (worker, worker),
         "own process group and session"
     );
-    assert_ne!(session, cli_session);
-    assert_ne!(pgrp, cli_pgrp);
+    assert_ne!((pgrp, session), (dispatcher_pgrp, dispatcher_session));
     assert_eq!(tty, 0, "no controlling terminal, so no SIGHUP from one");
+    assert_eq!(
+        dispatcher_tty, 0,
+        "the dispatcher `run` started is detached too"
+    );
+    assert_eq!(dispatcher_session, dispatcher, "and leads its own session");
     let stdin = std::fs::read_link(format!("/proc/{worker}/fd/0")).unwrap();
     assert_eq!(stdin, std::path::Path::new("/dev/null"));
     let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
@@ -118,11 +105,10 @@ fn worker_runs_in_its_own_session_without_terminal_stdin_or_core_dumps() {
         .split('\0')
         .any(|v| v == "RUST_BACKTRACE=0"));
 
-    // Interrupting the waiting CLI cancels the job: the worker goes away with it.
-    std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert_eq!(child.wait().unwrap().code(), Some(5));
-    assert!(!jobhost_e2e::group_alive(worker));
+    host.run(&["cancel", &id.to_string()]).expect_code(0);
+    host.wait_state(id, &["cancelled"]);
+    assert!(
+        !jobhost_e2e::group_alive(worker),
+        "the worker's group is gone"
+    );
 }

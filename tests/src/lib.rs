@@ -56,6 +56,10 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "exit42", "huge_output", "sleep", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "env"]
 "#;
 
+/// The settings of every test installation: everything under its root, a short kill grace so
+/// stopped jobs end quickly, two slots, and a dispatcher that leaves soon after its work.
+pub const BASE_SETTINGS: &str = "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\nlimits.kill_grace = 1\ndispatcher.slots = 2\ndispatcher.idle_exit = 2\n";
+
 /// One throwaway jobhost installation.
 pub struct Host {
     dir: tempfile::TempDir,
@@ -75,11 +79,14 @@ impl Host {
             host.install_plugin(lib);
         }
         host.write("allowlist.toml", SPEC_ALLOWLIST);
-        host.write(
-            "jobhost.toml",
-            "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\n\n[limits]\nkill_grace = 1\n",
-        );
+        host.write("jobhost.toml", BASE_SETTINGS);
         host
+    }
+
+    /// Replaces the settings file with [`BASE_SETTINGS`] followed by `extra` (dotted keys, such
+    /// as `limits.max_output_bytes = 100`).
+    pub fn settings(&self, extra: &str) {
+        self.write("jobhost.toml", format!("{BASE_SETTINGS}{extra}"));
     }
 
     /// An installation with the example plugins and the misbehaving fixture.
@@ -149,6 +156,54 @@ impl Host {
         Run::from(output)
     }
 
+    /// Enqueues `jobhost run ARGS` in the background and returns the job id it printed.
+    pub fn enqueue(&self, args: &[&str]) -> i64 {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        let run = self.run(&full);
+        run.expect_code(0);
+        run.stdout
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no job id on stdout: {run:?}"))
+    }
+
+    /// `jobhost show ID --json`: `{"job": {...}, "attempts": [...]}`.
+    pub fn show(&self, id: i64) -> Value {
+        let run = self.run(&["show", &id.to_string(), "--json"]);
+        run.expect_code(0);
+        run.json()
+    }
+
+    /// Waits (generously) until job `id` is in one of `states`, and returns it as shown.
+    pub fn wait_state(&self, id: i64, states: &[&str]) -> Value {
+        wait_for(
+            &format!("job {id} to be {states:?}"),
+            Duration::from_secs(60),
+            || {
+                let shown = self.show(id);
+                let state = shown["job"]["state"].as_str().unwrap().to_owned();
+                states.contains(&state.as_str()).then_some(shown)
+            },
+        )
+    }
+
+    /// The pid of the dispatcher serving this installation, as written in its lock file.
+    pub fn dispatcher_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.state_dir().join("dispatcher.lock")).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// The live worker processes of this installation, as (pid, command line).
+    pub fn workers(&self) -> Vec<(u32, String)> {
+        let marker = self.root().to_string_lossy().into_owned();
+        processes_matching("__worker")
+            .into_iter()
+            .filter(|(pid, cmd)| cmd.contains(&marker) && alive(*pid))
+            .collect()
+    }
+
     /// The lines of log file `name` (`background_jobs.log` or `background_jobs_errors.log`),
     /// each checked for the spec's `[YYYY-MM-DD HH:MM:SS] ` prefix and returned without it.
     pub fn log(&self, name: &str) -> Vec<String> {
@@ -175,6 +230,20 @@ impl Host {
             }
         }
         attempts
+    }
+}
+
+impl Drop for Host {
+    /// Stops the installation's dispatcher, if one runs, before its directory goes away.
+    fn drop(&mut self) {
+        let Some(pid) = self.dispatcher_pid() else {
+            return;
+        };
+        let _ = self.jobhost().arg("stop").output();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) && alive(pid) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -301,6 +370,11 @@ pub fn proc_stat(pid: u32) -> Option<(char, u32, u32, u32, i32)> {
         f[3].parse().ok()?,
         f[4].parse().ok()?,
     ))
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, ..)| state != 'Z')
 }
 
 /// Whether any live process (not a zombie) belongs to process group `pgrp`.

@@ -1,0 +1,470 @@
+//! The Rust API for applications: jobhost's `runBackgroundJob`.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use jobhost::{Job, Priority};
+//!
+//! // Settings come from the environment and ./jobhost.toml, as for the CLI.
+//! let id = jobhost::dispatch(
+//!     Job::new(r"App\Jobs\ProcessUserReport", "generate")
+//!         .param("report_id", 456)
+//!         .retries(5)
+//!         .retry_delay(Duration::from_secs(10))
+//!         .priority(Priority::High)
+//!         .delay(Duration::from_secs(15))
+//!         .timeout(Duration::from_secs(60)),
+//! )?;
+//! println!("queued job {id}");
+//! # Ok::<(), jobhost::DispatchError>(())
+//! ```
+//!
+//! A [`Client`] does the same with explicit settings, keeps its database connection and the
+//! parsed allowlist and plugin inventory between calls, and enqueues many jobs in one
+//! transaction with [`Client::dispatch_batch`]. Every job passes the same gate as on the
+//! command line ([`crate::authorize`]), is logged as `Job queued`, and wakes the dispatcher at
+//! once — starting one, detached, if none serves the state directory.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::{
+    allowlist::{Allowlist, AllowlistError},
+    authorize::{authorize, Refused},
+    dispatcher::{StatePaths, RING_STOP, RING_WAKE},
+    inventory::{library_files, FileStamp, Inventory, InventoryError},
+    job::{JobSpec, ParamsError, Priority},
+    joblog::{self, SpecFormatLayer},
+    platform::{self, Doorbell},
+    settings::{Overrides, Settings, SettingsError},
+    store::{
+        now_millis, sqlite::SqliteStore, Attempt, CancelOutcome, JobId, JobRecord, NewJob, Store,
+        StoreError,
+    },
+};
+
+/// A job to dispatch, built up from a class and method.
+#[derive(Debug, Clone)]
+pub struct Job {
+    class: String,
+    method: String,
+    named: Map<String, Value>,
+    positional: Vec<Value>,
+    raw: Option<Value>,
+    bad_param: Option<String>,
+    retries: Option<u32>,
+    retry_delay: Option<Duration>,
+    priority: Priority,
+    delay: Duration,
+    timeout: Option<Duration>,
+}
+
+impl Job {
+    /// `class@method`, with no params and the settings' defaults (3 retries 5 s apart, normal
+    /// priority, no delay, a 1 hour timeout unless configured otherwise).
+    pub fn new(class: impl Into<String>, method: impl Into<String>) -> Self {
+        Self {
+            class: class.into(),
+            method: method.into(),
+            named: Map::new(),
+            positional: Vec::new(),
+            raw: None,
+            bad_param: None,
+            retries: None,
+            retry_delay: None,
+            priority: Priority::Normal,
+            delay: Duration::ZERO,
+            timeout: None,
+        }
+    }
+
+    /// Adds the named param `name`.
+    pub fn param(mut self, name: &str, value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => {
+                self.named.insert(name.to_owned(), v);
+            }
+            Err(e) => self.bad_param = Some(format!("param {name:?} is not serializable: {e}")),
+        }
+        self
+    }
+
+    /// Adds the next positional param.
+    pub fn arg(mut self, value: impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => self.positional.push(v),
+            Err(e) => self.bad_param = Some(format!("positional param is not serializable: {e}")),
+        }
+        self
+    }
+
+    /// Sets all params at once: a JSON object (named) or array (positional).
+    pub fn params(mut self, params: Value) -> Self {
+        self.raw = Some(params);
+        self
+    }
+
+    /// Retries after the first failed attempt.
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// Wait between attempts.
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = Some(delay);
+        self
+    }
+
+    /// Priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Wait before the first attempt.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// How long one attempt may run.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The job as a spec, with `settings`' defaults filled in, checked.
+    pub fn into_spec(self, settings: &Settings) -> Result<JobSpec, ParamsError> {
+        if let Some(problem) = self.bad_param {
+            return Err(ParamsError::Unserializable(problem));
+        }
+        let params = match (self.raw, self.named.is_empty(), self.positional.is_empty()) {
+            (Some(_), false, _) | (Some(_), _, false) => return Err(ParamsError::Both),
+            (Some(raw), _, _) => raw,
+            (None, false, false) => return Err(ParamsError::Mixed),
+            (None, true, false) => Value::Array(self.positional),
+            (None, _, true) => Value::Object(self.named),
+        };
+        let timeout = self.timeout.unwrap_or(settings.defaults.timeout);
+        if timeout.is_zero() {
+            return Err(ParamsError::ZeroTimeout);
+        }
+        let spec = JobSpec {
+            class: self.class,
+            method: self.method,
+            params,
+            retries: self.retries.unwrap_or(settings.defaults.retries),
+            retry_delay: self.retry_delay.unwrap_or(settings.defaults.retry_delay),
+            priority: self.priority,
+            delay: self.delay,
+            timeout,
+        };
+        spec.validate(settings.limits.max_params_bytes)?;
+        Ok(spec)
+    }
+}
+
+/// Why a job was not dispatched. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The job itself is malformed: params, names, options.
+    #[error(transparent)]
+    BadInput(#[from] ParamsError),
+    /// The allowlist refused it, or no plugin offers it.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The allowlist file is invalid.
+    #[error(transparent)]
+    Allowlist(#[from] AllowlistError),
+    /// The plugin directory cannot be read.
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// The job database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The logs cannot be opened.
+    #[error(transparent)]
+    Log(#[from] joblog::LogOpenError),
+    /// No dispatcher could be started.
+    #[error("cannot start a dispatcher ({program})")]
+    StartDispatcher {
+        /// The jobhost program that was tried.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The allowlist and the plugin inventory, re-read only when their files change.
+#[derive(Default)]
+struct Gate {
+    allowlist: Option<(FileStamp, Allowlist)>,
+    inventory: Option<(Vec<(PathBuf, FileStamp)>, Inventory)>,
+}
+
+impl Gate {
+    fn refresh(&mut self, settings: &Settings) -> Result<(&Allowlist, &Inventory), DispatchError> {
+        let stamp = FileStamp::of(&settings.allowlist).map_err(|source| AllowlistError::Read {
+            path: settings.allowlist.clone(),
+            source,
+        })?;
+        let allowlist = match self.allowlist.take() {
+            Some(known) if known.0 == stamp => self.allowlist.insert(known),
+            _ => self
+                .allowlist
+                .insert((stamp, Allowlist::load(&settings.allowlist)?)),
+        };
+        let files =
+            library_files(&settings.plugin_dir).map_err(|source| InventoryError::ReadDir {
+                dir: settings.plugin_dir.clone(),
+                source,
+            })?;
+        let inventory = match self.inventory.take() {
+            Some(known) if known.0 == files => self.inventory.insert(known),
+            _ => self.inventory.insert((files, Inventory::scan(settings)?)),
+        };
+        Ok((&allowlist.1, &inventory.1))
+    }
+}
+
+/// A connection to one jobhost installation (a state directory).
+pub struct Client {
+    settings: Settings,
+    paths: StatePaths,
+    store: SqliteStore,
+    gate: Gate,
+    log: tracing::Dispatch,
+}
+
+impl Client {
+    /// A client for the installation `settings` describe.
+    pub fn new(settings: Settings) -> Result<Self, DispatchError> {
+        let paths = StatePaths::new(&settings.state_dir);
+        let store = SqliteStore::open(&paths.database)?;
+        let log = SpecFormatLayer::open(&settings.log_dir, &settings.env)?.into_dispatch();
+        Ok(Self {
+            settings,
+            paths,
+            store,
+            gate: Gate::default(),
+            log,
+        })
+    }
+
+    /// A client with the settings the CLI would use here: environment, `./jobhost.toml`,
+    /// defaults.
+    pub fn from_env() -> Result<Self, DispatchError> {
+        Self::new(Settings::resolve(&Overrides::default())?)
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The job database, for reading.
+    pub fn store(&mut self) -> &mut dyn Store {
+        &mut self.store
+    }
+
+    /// Checks `job`, stores it and wakes the dispatcher. Returns its id.
+    pub fn dispatch(&mut self, job: Job) -> Result<JobId, DispatchError> {
+        let mut ids = self.dispatch_batch([job])?;
+        Ok(ids.remove(0))
+    }
+
+    /// Checks every job, then stores them all in one transaction (or none, if any is refused)
+    /// and wakes the dispatcher once. Returns their ids, in order.
+    pub fn dispatch_batch(
+        &mut self,
+        jobs: impl IntoIterator<Item = Job>,
+    ) -> Result<Vec<JobId>, DispatchError> {
+        let Self {
+            settings,
+            gate,
+            log,
+            store,
+            ..
+        } = self;
+        let new_jobs = tracing::dispatcher::with_default(log, || {
+            let (allowlist, inventory) = gate.refresh(settings)?;
+            jobs.into_iter()
+                .map(|job| {
+                    let spec = job.into_spec(settings)?;
+                    let plugin = authorize(allowlist, inventory, &spec)?.path.clone();
+                    Ok(NewJob { spec, plugin })
+                })
+                .collect::<Result<Vec<_>, DispatchError>>()
+        })?;
+        let ids = store.enqueue(&new_jobs, now_millis())?;
+        tracing::dispatcher::with_default(log, || {
+            for (id, job) in ids.iter().zip(&new_jobs) {
+                let spec = &job.spec;
+                joblog::queued(
+                    &spec.name(),
+                    *id,
+                    &spec.params,
+                    spec.priority.as_str(),
+                    spec.delay,
+                );
+            }
+        });
+        self.wake_dispatcher()?;
+        Ok(ids)
+    }
+
+    /// Cancels a waiting job, or asks its dispatcher to stop a running one.
+    pub fn cancel(&mut self, id: JobId) -> Result<CancelOutcome, DispatchError> {
+        let outcome = self.store.cancel(id, now_millis())?;
+        if outcome == CancelOutcome::Cancelled {
+            let job = self.store.job(id)?;
+            if let Some((job, _)) = job {
+                tracing::dispatcher::with_default(&self.log, || {
+                    joblog::cancelled(&job.name(), &job.params);
+                });
+            }
+            crate::dispatcher::notify_waiters(&self.paths.waiters, id);
+        }
+        if outcome == CancelOutcome::Requested {
+            self.wake_dispatcher()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Queues a failed or cancelled job again.
+    pub fn retry(&mut self, id: JobId) -> Result<(), DispatchError> {
+        self.store.retry(id, now_millis())?;
+        self.wake_dispatcher()?;
+        Ok(())
+    }
+
+    /// A job and its attempts.
+    pub fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, DispatchError> {
+        Ok(self.store.job(id)?)
+    }
+
+    /// Asks the dispatcher serving this state directory to stop; false if none runs.
+    pub fn stop_dispatcher(&self) -> Result<bool, DispatchError> {
+        platform::ring(&self.paths.doorbell, RING_STOP).map_err(|source| {
+            DispatchError::StartDispatcher {
+                program: self.paths.doorbell.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Follows job `id` until it reaches a terminal state, or until `interrupted` says to stop
+    /// following (the job goes on). Woken by the dispatcher when the job changes; if the
+    /// dispatcher went away meanwhile, a new one is started.
+    pub fn follow(
+        &mut self,
+        id: JobId,
+        interrupted: &dyn Fn() -> bool,
+    ) -> Result<Option<JobRecord>, DispatchError> {
+        let io = |source| DispatchError::StartDispatcher {
+            program: self.paths.waiters.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.paths.waiters).map_err(io)?;
+        let bell_path = self
+            .paths
+            .waiters
+            .join(format!("{id}.{}.sock", std::process::id()));
+        let bell = Doorbell::bind(&bell_path).map_err(io)?;
+        let result = loop {
+            match self.store.job(id)? {
+                None => break Err(StoreError::NotFound(id).into()),
+                Some((job, _)) if job.state.is_terminal() => break Ok(Some(job)),
+                Some(_) if interrupted() => break Ok(None),
+                Some(_) => {}
+            }
+            // Woken by the dispatcher; the timeout only guards against a dispatcher that died.
+            if bell
+                .wait_timeout(Duration::from_millis(500))
+                .map_err(io)?
+                .is_none()
+            {
+                self.wake_dispatcher()?;
+            }
+        };
+        let _ = bell.unlink();
+        result
+    }
+
+    /// Rings the dispatcher's doorbell, starting a dispatcher if nobody answers.
+    fn wake_dispatcher(&self) -> Result<(), DispatchError> {
+        let start_error = |source| DispatchError::StartDispatcher {
+            program: jobhost_program(),
+            source,
+        };
+        if platform::ring(&self.paths.doorbell, RING_WAKE).map_err(start_error)? {
+            return Ok(());
+        }
+        start_dispatcher(&self.settings).map_err(start_error)
+    }
+}
+
+/// Starts a detached dispatcher for `settings` that exits once idle. A thread reaps it when
+/// it ends, so a long-running caller keeps no zombie.
+fn start_dispatcher(settings: &Settings) -> std::io::Result<()> {
+    let mut command = Command::new(jobhost_program());
+    command
+        .args(["serve", "--detached", "--idle-exit"])
+        .arg(settings.dispatcher.idle_exit.as_secs_f64().to_string())
+        .envs(settings.to_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = command.spawn()?;
+    std::thread::Builder::new()
+        .name("dispatcher-reaper".into())
+        .spawn(move || child.wait())?;
+    Ok(())
+}
+
+/// The `jobhost` program: `$JOBHOST_BIN`; else this executable when it is jobhost; else a
+/// `jobhost` beside this executable or one directory up (cargo's target layout); else the
+/// one on `PATH`.
+pub fn jobhost_program() -> PathBuf {
+    if let Some(bin) = std::env::var_os("JOBHOST_BIN") {
+        return bin.into();
+    }
+    let name = format!("jobhost{}", std::env::consts::EXE_SUFFIX);
+    let exe = std::env::current_exe().ok();
+    if let Some(exe) = &exe {
+        if exe.file_name().is_some_and(|n| n == name.as_str()) {
+            return exe.clone();
+        }
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(&name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    Path::new(&name).to_path_buf()
+}
+
+static GLOBAL: Mutex<Option<Client>> = Mutex::new(None);
+
+/// Dispatches `job` with a process-wide [`Client`] built from the environment on first use:
+/// the spec's `runBackgroundJob`.
+pub fn dispatch(job: Job) -> Result<JobId, DispatchError> {
+    let mut global = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let client = match global.take() {
+        Some(client) => global.insert(client),
+        None => global.insert(Client::from_env()?),
+    };
+    client.dispatch(job)
+}
