@@ -25,7 +25,7 @@
 //! once — starting one, detached, if none serves the state directory.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     sync::{Mutex, PoisonError},
     time::Duration,
@@ -405,7 +405,7 @@ impl Client {
     /// Rings the dispatcher's doorbell, starting a dispatcher if nobody answers.
     fn wake_dispatcher(&self) -> Result<(), DispatchError> {
         let start_error = |source| DispatchError::StartDispatcher {
-            program: jobhost_program(),
+            program: crate::attempt::jobhost_program(),
             source,
         };
         if platform::ring(&self.paths.doorbell, RING_WAKE).map_err(start_error)? {
@@ -418,7 +418,7 @@ impl Client {
 /// Starts a detached dispatcher for `settings` that exits once idle. A thread reaps it when
 /// it ends, so a long-running caller keeps no zombie.
 fn start_dispatcher(settings: &Settings) -> std::io::Result<()> {
-    let mut command = Command::new(jobhost_program());
+    let mut command = Command::new(crate::attempt::jobhost_program());
     command
         .args(["serve", "--detached", "--idle-exit"])
         .arg(settings.dispatcher.idle_exit.as_secs_f64().to_string())
@@ -431,29 +431,6 @@ fn start_dispatcher(settings: &Settings) -> std::io::Result<()> {
         .name("dispatcher-reaper".into())
         .spawn(move || child.wait())?;
     Ok(())
-}
-
-/// The `jobhost` program: `$JOBHOST_BIN`; else this executable when it is jobhost; else a
-/// `jobhost` beside this executable or one directory up (cargo's target layout); else the
-/// one on `PATH`.
-pub fn jobhost_program() -> PathBuf {
-    if let Some(bin) = std::env::var_os("JOBHOST_BIN") {
-        return bin.into();
-    }
-    let name = format!("jobhost{}", std::env::consts::EXE_SUFFIX);
-    let exe = std::env::current_exe().ok();
-    if let Some(exe) = &exe {
-        if exe.file_name().is_some_and(|n| n == name.as_str()) {
-            return exe.clone();
-        }
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join(&name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    Path::new(&name).to_path_buf()
 }
 
 static GLOBAL: Mutex<Option<Client>> = Mutex::new(None);

@@ -198,9 +198,27 @@ impl AttemptPaths {
     }
 }
 
-/// The program that runs workers: this very executable.
-pub fn worker_program() -> std::io::Result<PathBuf> {
-    std::env::current_exe()
+/// The `jobhost` program: `$JOBHOST_BIN`; else this executable when it is jobhost; else a
+/// `jobhost` beside this executable or one directory up (cargo's target layout); else the
+/// one on `PATH`.
+pub fn jobhost_program() -> PathBuf {
+    if let Some(bin) = std::env::var_os("JOBHOST_BIN") {
+        return bin.into();
+    }
+    let name = format!("jobhost{}", std::env::consts::EXE_SUFFIX);
+    let exe = std::env::current_exe().ok();
+    if let Some(exe) = &exe {
+        if exe.file_name().is_some_and(|n| n == name.as_str()) {
+            return exe.clone();
+        }
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join(&name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from(name)
 }
 
 /// Runs one attempt in a fresh worker process and waits for it to end. `on_spawn` learns the
@@ -229,10 +247,7 @@ pub fn run_attempt(
         report: paths.report.clone(),
         output: Some(paths.pipe.clone()),
     };
-    let program = worker_program().map_err(|source| AttemptError::Spawn {
-        program: PathBuf::from("jobhost"),
-        source,
-    })?;
+    let program = jobhost_program();
     let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
     let mut command = Command::new(&program);
     command

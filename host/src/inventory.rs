@@ -221,7 +221,7 @@ fn inspect_file(settings: &Settings, path: &Path) -> Result<PluginFile, Inventor
         plugin: path.to_path_buf(),
         report: report_path.clone(),
     };
-    let mut command = Command::new(crate::attempt::worker_program().map_err(io)?);
+    let mut command = Command::new(crate::attempt::jobhost_program());
     command
         .arg(INSPECT_SUBCOMMAND)
         .arg(serde_json::to_string(&request).map_err(|e| io(e.into()))?)

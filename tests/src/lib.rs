@@ -85,8 +85,16 @@ impl Host {
 
     /// Replaces the settings file with [`BASE_SETTINGS`] followed by `extra` (dotted keys, such
     /// as `limits.max_output_bytes = 100`).
+    /// A key in `extra` replaces the same key of the base settings.
     pub fn settings(&self, extra: &str) {
-        self.write("jobhost.toml", format!("{BASE_SETTINGS}{extra}"));
+        let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
+        let overridden: Vec<String> = extra.lines().map(key).collect();
+        let base: String = BASE_SETTINGS
+            .lines()
+            .filter(|line| !overridden.contains(&key(line)))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        self.write("jobhost.toml", format!("{base}{extra}"));
     }
 
     /// An installation with the example plugins and the misbehaving fixture.
