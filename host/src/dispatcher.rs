@@ -2,7 +2,7 @@
 //!
 //! It claims due jobs from the store — never more than it has free slots — and hands each to
 //! a slot thread, which runs the attempt in a worker process and reports back over a channel.
-//! Everything that happens reaches the loop as an [`Event`]: the doorbell rang (a job was
+//! Everything that happens reaches the loop as an event: the doorbell rang (a job was
 //! enqueued, cancelled or retried by some other process), an attempt's worker was spawned or
 //! ended, a signal arrived. The loop sleeps until the next event or the next scheduled
 //! `run_at`, never on a polling interval (a slow safety wake-up aside). State transitions are

@@ -5,12 +5,14 @@
 //! runs in a fresh worker process that loads the plugin itself, so a crashing, hanging or
 //! runaway job ends that process alone. See `docs/architecture.md` for the whole picture.
 //!
-//! The modules, from the outside in: [`settings`] and [`allowlist`] read configuration;
-//! [`job`] describes a requested job; [`authorize`] is the gate (allowlist and plugin
-//! inventory, [`inventory`]); [`runner`] runs a job's attempts, each one through [`attempt`],
-//! which spawns and supervises a worker with [`platform`] and keeps its output with
-//! [`capture`]; [`child`] is what the worker itself runs, speaking [`protocol`] and loading
-//! plugins with [`loader`]; [`joblog`] writes the spec-format logs.
+//! The modules, from the outside in: [`api`] is what applications and the CLI call to
+//! dispatch jobs; [`settings`] and [`allowlist`] read configuration; [`job`] describes a
+//! requested job; [`authorize`] is the gate (allowlist and plugin inventory, [`inventory`]);
+//! [`store`] is the durable queue and [`lifecycle`] the rules for moving a job on;
+//! [`dispatcher`] is the loop that owns job state and runs attempts through [`attempt`], which
+//! spawns and supervises a worker with [`platform`] and keeps its output with [`capture`];
+//! [`child`] is what the worker itself runs, speaking [`protocol`] and loading plugins with
+//! [`loader`]; [`joblog`] writes the spec-format logs.
 
 pub mod allowlist;
 pub mod api;
