@@ -14,9 +14,9 @@
 //! per mode (default 1000). Without cargo's `--bench` argument (as under `cargo test
 //! --all-targets`) it makes a quick smoke run of a few iterations instead.
 //!
-//! `run_attempt` re-executes `current_exe()` as the worker, which here is this bench binary, so
-//! `main` first does exactly what the `jobhost` binary's `main` does with the hidden `__worker`
-//! and `__inspect` subcommands: each attempt runs in a real worker process.
+//! `run_attempt` spawns the real release `jobhost` binary as the worker (found beside the bench
+//! binary's directory by `jobhost::attempt::jobhost_program`, or `$JOBHOST_BIN`): each attempt
+//! runs in a real worker process.
 
 use std::{
     path::{Path, PathBuf},
@@ -26,9 +26,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use jobhost::{
-    attempt::{run_attempt, AttemptSpec, Outcome, WORKER_SUBCOMMAND},
-    child,
-    inventory::INSPECT_SUBCOMMAND,
+    attempt::{run_attempt, AttemptSpec, Outcome},
     platform::CancelToken,
     settings::{Overrides, Settings},
 };
@@ -43,20 +41,6 @@ const METHOD: &str = "ok";
 const TRUE_PROGRAM: &str = "/bin/true";
 
 fn main() -> ExitCode {
-    let mut args = std::env::args();
-    let first = args.nth(1);
-    if let (Some(sub), Some(request)) = (first.as_deref(), args.next()) {
-        let code = match sub {
-            WORKER_SUBCOMMAND => Some(child::worker_main(&request)),
-            INSPECT_SUBCOMMAND => Some(child::inspect_main(&request)),
-            _ => None,
-        };
-        if let Some(code) = code {
-            // Exit at once, as the real worker does: a job's threads must not keep it alive.
-            std::process::exit(code);
-        }
-    }
-
     let bench_mode = std::env::args().any(|a| a == "--bench");
     match run(bench_mode) {
         Ok(()) => ExitCode::SUCCESS,

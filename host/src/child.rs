@@ -29,6 +29,23 @@ use crate::{
     },
 };
 
+/// If this process was started as a worker or an inspector (`jobhost __worker REQUEST`,
+/// `jobhost __inspect REQUEST`), runs it and exits; otherwise returns. Call it first thing in
+/// `main` of any program that serves as the jobhost binary.
+pub fn exit_if_child() {
+    let mut args = std::env::args().skip(1);
+    let (Some(sub), Some(request)) = (args.next(), args.next()) else {
+        return;
+    };
+    let code = match sub.as_str() {
+        crate::attempt::WORKER_SUBCOMMAND => worker_main(&request),
+        crate::inventory::INSPECT_SUBCOMMAND => inspect_main(&request),
+        _ => return,
+    };
+    // Exit at once: a job's threads must not keep the worker alive.
+    std::process::exit(code);
+}
+
 /// Exit code of a child that could not write its report.
 pub const EXIT_NO_REPORT: i32 = 70;
 

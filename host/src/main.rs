@@ -22,11 +22,10 @@ use clap::Parser;
 use cli::{Cli, Commands, RunArgs};
 use jobhost::{
     allowlist::AllowlistError,
-    attempt::WORKER_SUBCOMMAND,
     authorize::Refused,
     child,
     dispatcher::{self, DispatcherError, ServeOptions},
-    inventory::{FileStatus, Inventory, INSPECT_SUBCOMMAND},
+    inventory::{FileStatus, Inventory},
     job::{parse_cli_params, ParamsError},
     joblog::SpecFormatLayer,
     platform,
@@ -43,19 +42,7 @@ const EXIT_JOB_CANCELLED: u8 = 5;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
-    let mut args = std::env::args();
-    let first = args.nth(1);
-    if let (Some(sub), Some(request)) = (first.as_deref(), args.next()) {
-        let code = match sub {
-            WORKER_SUBCOMMAND => Some(child::worker_main(&request)),
-            INSPECT_SUBCOMMAND => Some(child::inspect_main(&request)),
-            _ => None,
-        };
-        if let Some(code) = code {
-            // Exit at once: a job's threads must not keep the worker alive.
-            std::process::exit(code);
-        }
-    }
+    child::exit_if_child();
 
     let cli = Cli::parse();
     match run(cli) {

@@ -19,7 +19,7 @@ pub use unix::{
     FileLock, OutputPair,
 };
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// How a supervised process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +44,6 @@ pub enum StopReason {
 pub struct ProcessEnd {
     /// The child's process id.
     pub pid: u32,
-    /// When it was spawned.
-    pub started_at: SystemTime,
     /// How long it ran.
     pub duration: Duration,
     /// How it ended.

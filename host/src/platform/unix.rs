@@ -17,7 +17,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use rustix::{
@@ -224,7 +224,6 @@ pub fn supervise(
         .stdin(Stdio::null())
         .stdout(Stdio::from(write.try_clone()?))
         .stderr(Stdio::from(write));
-    let started_at = SystemTime::now();
     let started = Instant::now();
     let mut child = command.spawn()?;
     // The command holds the write ends; drop them so that only the child writes.
@@ -252,7 +251,6 @@ pub fn supervise(
     };
     Ok(ProcessEnd {
         pid,
-        started_at,
         duration: started.elapsed(),
         exit,
         stopped,
