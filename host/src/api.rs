@@ -141,6 +141,25 @@ impl Job {
     }
 
     /// The job as a spec, with `settings`' defaults filled in, checked.
+    ///
+    /// ```
+    /// use std::{path::Path, time::Duration};
+    /// use jobhost::{settings::{Overrides, Settings}, Job, Priority};
+    ///
+    /// let settings = Settings::resolve_with(&Overrides::default(), Path::new("/srv/app"), |_| None)?;
+    /// let spec = Job::new(r"App\Jobs\SendNotification", "send")
+    ///     .arg(789)
+    ///     .arg("Welcome!")
+    ///     .priority(Priority::Low)
+    ///     .into_spec(&settings)?;
+    /// assert_eq!(spec.params, serde_json::json!([789, "Welcome!"]));
+    /// // The spec's defaults: 3 retries, 5 s apart, no delay.
+    /// assert_eq!((spec.retries, spec.retry_delay, spec.delay), (3, Duration::from_secs(5), Duration::ZERO));
+    ///
+    /// let mixed = Job::new(r"App\Jobs\SendNotification", "send").param("user_id", 1).arg(2);
+    /// assert!(mixed.into_spec(&settings).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn into_spec(self, settings: &Settings) -> Result<JobSpec, ParamsError> {
         if let Some(problem) = self.bad_param {
             return Err(ParamsError::Unserializable(problem));
