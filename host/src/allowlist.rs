@@ -105,14 +105,14 @@ impl Allowlist {
             let at = class.span().start;
             let class = class.into_inner();
             if let Some(problem) = name_problem(&class, true) {
-                return Err(invalid(at, format!("class {class:?} {problem}")));
+                return Err(invalid(at, format!("class `{class}` {problem}")));
             }
             let methods_at = methods.span().start;
             let methods = methods.into_inner();
             if methods.is_empty() {
                 return Err(invalid(
                     methods_at,
-                    format!("class {class:?} has an empty method list; approve at least one method or remove the class"),
+                    format!("class `{class}` has an empty method list; approve at least one method or remove the class"),
                 ));
             }
             let mut names: Vec<String> = Vec::with_capacity(methods.len());
@@ -122,13 +122,13 @@ impl Allowlist {
                 if let Some(problem) = name_problem(&method, false) {
                     return Err(invalid(
                         at,
-                        format!("method {method:?} of {class:?} {problem}"),
+                        format!("method `{method}` of `{class}` {problem}"),
                     ));
                 }
                 if names.contains(&method) {
                     return Err(invalid(
                         at,
-                        format!("method {method:?} of {class:?} is listed twice"),
+                        format!("method `{method}` of `{class}` is listed twice"),
                     ));
                 }
                 names.push(method);

@@ -439,6 +439,7 @@ impl Client {
 fn start_dispatcher(settings: &Settings) -> std::io::Result<()> {
     let mut command = Command::new(crate::attempt::jobhost_program());
     command
+        .current_dir(&settings.work_dir)
         .args(["serve", "--detached", "--idle-exit"])
         .arg(settings.dispatcher.idle_exit.as_secs_f64().to_string())
         .envs(settings.to_env())

@@ -251,6 +251,7 @@ pub fn run_attempt(
     let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
     let mut command = Command::new(&program);
     command
+        .current_dir(&settings.work_dir)
         .arg(WORKER_SUBCOMMAND)
         .arg(request_json)
         // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.

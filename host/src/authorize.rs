@@ -13,7 +13,7 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// The allowlist does not approve the class.
-    #[error("{job} is not approved: class {class:?} is not in the allowlist {allowlist}{hint}")]
+    #[error("{job} is not approved: class `{class}` is not in the allowlist {allowlist}{hint}")]
     UnknownClass {
         /// `Class@method`.
         job: String,
@@ -26,7 +26,7 @@ pub enum Refused {
     },
     /// The allowlist approves the class but not the method.
     #[error(
-        "{job} is not approved: the allowlist {allowlist} approves only {approved} for {class:?}"
+        "{job} is not approved: the allowlist {allowlist} approves only {approved} for `{class}`"
     )]
     UnknownMethod {
         /// `Class@method`.
@@ -65,7 +65,7 @@ pub fn authorize<'a>(
             hint: unescaped
                 .map(|class| {
                     format!(
-                        "; it matches {class:?} without its backslashes, which the shell removes \
+                        "; it matches `{class}` without its backslashes, which the shell removes \
                          from unquoted arguments: quote the class, as in jobhost run '{class}' {}",
                         spec.method
                     )
@@ -92,14 +92,14 @@ pub fn authorize<'a>(
     };
     let offer = inventory.find(&spec.class).ok_or_else(|| {
         not_found(format!(
-            "no plugin in {} offers class {:?}",
+            "no plugin in {} offers class `{}`",
             inventory.dir.display(),
             spec.class
         ))
     })?;
     if !offer.class.methods.iter().any(|m| m.name == spec.method) {
         return Err(not_found(format!(
-            "class {:?} in {} has no method {:?}",
+            "class `{}` in {} has no method `{}`",
             spec.class,
             offer.file.path.display(),
             spec.method

@@ -188,6 +188,10 @@ impl Default for DispatcherSettings {
 pub struct Settings {
     /// The settings file they were read from, if any.
     pub config_file: Option<PathBuf>,
+    /// Where workers run: the settings file's directory, or without one the current
+    /// directory, so that relative paths in params mean the same whoever started the
+    /// dispatcher.
+    pub work_dir: PathBuf,
     /// Directory of plugin libraries.
     pub plugin_dir: PathBuf,
     /// The allowlist file.
@@ -337,6 +341,7 @@ impl Settings {
         };
 
         Ok(Settings {
+            work_dir: base.clone(),
             config_file,
             plugin_dir: path(
                 &overrides.plugin_dir,

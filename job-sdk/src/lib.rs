@@ -15,7 +15,7 @@
 //!
 //! ```toml
 //! [lib]
-//! crate-type = ["cdylib", "rlib"]  # cdylib for the host, rlib for your unit tests
+//! crate-type = ["cdylib", "rlib"]  # cdylib for the host; rlib so tests/ and doc tests can use it
 //!
 //! [dependencies]
 //! job-sdk = { path = "../job-sdk" }

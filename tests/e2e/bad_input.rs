@@ -99,7 +99,7 @@ fn malformed_allowlist_is_an_error_naming_file_and_line() {
     run.expect_code(2);
     assert!(
         run.stderr
-            .contains("allowlist.toml:2: class \"App\\\\Jobs\\\\A\" has an empty method list"),
+            .contains(r"allowlist.toml:2: class `App\Jobs\A` has an empty method list"),
         "{}",
         run.stderr
     );

@@ -24,7 +24,7 @@ fn unapproved_class_is_refused_and_logged_as_unauthorized() {
     assert_refused_before_running(&host, &run);
     assert!(
         run.stderr
-            .contains(r#"class "App\\Jobs\\UnauthorizedJob" is not in the allowlist"#),
+            .contains(r"class `App\Jobs\UnauthorizedJob` is not in the allowlist"),
         "{}",
         run.stderr
     );

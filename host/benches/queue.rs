@@ -1,0 +1,1048 @@
+//! The durable queue end to end, with real processes: how fast one dispatcher drains a backlog
+//! of no-op jobs (beside the raw worker-spawn rate two at a time, its ceiling on two slots),
+//! how long an idle dispatcher takes to start a job after `dispatch`, how fast an application
+//! enqueues through the Rust API, and how much memory the dispatcher holds.
+//!
+//! Run it with
+//!
+//! ```text
+//! cargo build --release --workspace && cargo bench -p jobhost --bench queue
+//! ```
+//!
+//! The first command builds the release `jobhost` binary (the dispatcher and its workers) and
+//! the fixture plugin `libmisbehave_fixture.so`, which `cargo bench -p jobhost` alone does not.
+//! Without cargo's `--bench` argument (as under `cargo test --all-targets`) it makes a quick
+//! smoke run with small counts instead. The counts can be set with
+//!
+//! | variable | what | default |
+//! | --- | --- | --- |
+//! | `QUEUE_DRAIN_JOBS` | jobs drained, and raw attempts run two at a time | 2000 |
+//! | `QUEUE_LATENCY_JOBS` | jobs dispatched one at a time for the pickup latency | 500 |
+//! | `QUEUE_ENQUEUE_JOBS` | jobs enqueued one `dispatch` each, then again in batches | 10000 |
+//! | `QUEUE_MEMORY_JOBS` | jobs left queued while the dispatcher's memory is read | 100000 |
+//! | `QUEUE_PARTS` | which parts to run, as `1,3` | `1,2,3,4` |
+//! | `QUEUE_KEEP` | set to keep the scratch directory (databases, logs, attempt files) | unset |
+//!
+//! Each part runs in an installation of its own (plugin directory, allowlist, `jobhost.toml`,
+//! state and log directories) under one scratch directory, with a dispatcher this bench starts
+//! as `jobhost --config FILE serve --slots 2 --idle-exit 600` (the idle exit is what a
+//! dispatcher started on demand has) and stops at the end with `Client::stop_dispatcher`.
+//!
+//! To enqueue while *no* dispatcher runs, the bench takes the state directory's dispatcher lock
+//! and answers its doorbell itself (see [`Muted`]): `dispatch` then finds someone listening and
+//! starts no dispatcher, and none could start anyway.
+//!
+//! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
+//! binary's directory by [`jobhost::attempt::jobhost_program`] (or `$JOBHOST_BIN`); `main`
+//! still first handles the hidden `__worker` and `__inspect` subcommands
+//! ([`jobhost::child::exit_if_child`]), so the bench binary can stand in as a worker.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitCode, Stdio},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use jobhost::{
+    attempt::{jobhost_program, run_attempt, AttemptSpec, Outcome},
+    child,
+    dispatcher::{StatePaths, RING_STOP, RING_WAKE},
+    platform::{self, CancelToken, Doorbell, FileLock},
+    settings::{Overrides, Settings},
+    store::JobState,
+    Client, Job,
+};
+use serde_json::{json, Value};
+
+const PLUGIN_FILE: &str = "libmisbehave_fixture.so";
+const CLASS: &str = r"Tests\Misbehave";
+const OK: &str = "ok";
+const CLOCK: &str = "clock";
+const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
+const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
+    state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
+    dispatcher.slots = 2\ndispatcher.idle_exit = 600\n";
+const SLOTS: &str = "2";
+const IDLE_EXIT: &str = "600";
+/// Delay of the jobs that must stay queued.
+const PARKED: Duration = Duration::from_secs(3600);
+const BATCH: usize = 1000;
+/// How often the drain is checked.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Iteration counts: (variable, bench default, smoke default).
+const DRAIN: (&str, usize, usize) = ("QUEUE_DRAIN_JOBS", 2000, 40);
+const LATENCY: (&str, usize, usize) = ("QUEUE_LATENCY_JOBS", 500, 20);
+const ENQUEUE: (&str, usize, usize) = ("QUEUE_ENQUEUE_JOBS", 10_000, 500);
+const MEMORY: (&str, usize, usize) = ("QUEUE_MEMORY_JOBS", 100_000, 2000);
+const PARTS_VAR: &str = "QUEUE_PARTS";
+const KEEP_VAR: &str = "QUEUE_KEEP";
+
+fn main() -> ExitCode {
+    // The workers are the real jobhost binary; this one serves as one only if it is pointed at
+    // itself with JOBHOST_BIN.
+    child::exit_if_child();
+
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    match run(bench_mode) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("queue: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn count(bench_mode: bool, (var, bench, smoke): (&str, usize, usize)) -> anyhow::Result<usize> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n >= 2)
+            .with_context(|| format!("{var}={v:?}: expected a whole number of at least 2")),
+        Err(_) if bench_mode => Ok(bench),
+        Err(_) => Ok(smoke),
+    }
+}
+
+/// The parts to run: `QUEUE_PARTS`, a comma-separated list of 1 to 4; all by default.
+fn parts() -> anyhow::Result<Vec<u8>> {
+    let Ok(list) = std::env::var(PARTS_VAR) else {
+        return Ok(vec![1, 2, 3, 4]);
+    };
+    list.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=4).contains(n))
+                .with_context(|| format!("{PARTS_VAR}={list:?}: expected parts 1 to 4, as 1,3"))
+        })
+        .collect()
+}
+
+fn run(bench_mode: bool) -> anyhow::Result<()> {
+    let drain_jobs = count(bench_mode, DRAIN)?;
+    let latency_jobs = count(bench_mode, LATENCY)?;
+    let enqueue_jobs = count(bench_mode, ENQUEUE)?;
+    let memory_jobs = count(bench_mode, MEMORY)?;
+    let parts = parts()?;
+    let fixture = find_fixture()?;
+    let jobhost = jobhost_program();
+    ensure!(
+        jobhost.is_file(),
+        "the jobhost binary {} was not found; build it first with `cargo build --release \
+         --workspace` (or set JOBHOST_BIN)",
+        jobhost.display()
+    );
+    let scratch = Scratch::create()?;
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "queue: {cpus} CPUs; {drain_jobs} drained, {latency_jobs} one at a time, {enqueue_jobs} \
+         enqueued per mode, {memory_jobs} kept queued{}",
+        if bench_mode { "" } else { " (smoke run)" }
+    );
+    println!("jobhost: {}", jobhost.display());
+    println!("plugin: {}", fixture.display());
+    println!("scratch: {}", scratch.path.display());
+    let mut rows = Vec::new();
+
+    // The raw attempt rate first (it also warms the page cache, the loader and the plugin).
+    let raw = Installation::create(&scratch.path, "raw", &fixture)?;
+    let cancel = CancelToken::new().context("cannot create a cancel token")?;
+    let attempt = AttemptRunner {
+        settings: &raw.settings,
+        plugin: &raw.settings.plugin_dir.join(PLUGIN_FILE),
+        cancel: &cancel,
+    };
+    measure((drain_jobs / 50).clamp(2, 20), 2, |t, i| {
+        attempt.run(&format!("warm-{t}-{i}"))
+    })?;
+    if parts.contains(&1) {
+        println!("\n[1] throughput: {drain_jobs} no-op jobs, then as many raw attempts");
+        let drain = throughput(&scratch.path, &fixture, drain_jobs)?;
+        let spawn = measure(drain_jobs, 2, |t, i| attempt.run(&format!("raw-{t}-{i}")))?;
+        let spawn_rate = spawn.rate();
+        let ratio = 100.0 * drain.rate / spawn_rate;
+        println!(
+            "  drain {:.3} s: first job done after {:.1} ms, steady {:.0} jobs/s; raw {:.3} s \
+             (attempt p50 {:.2} ms, p99 {:.2} ms)",
+            drain.wall.as_secs_f64(),
+            ms(drain.first_done),
+            drain.steady_rate,
+            spawn.wall.as_secs_f64(),
+            ms(spawn.percentile(0.50)),
+            ms(spawn.percentile(0.99)),
+        );
+        rows.push(Row::info("drain, serve --slots 2", drain.rate, "jobs/s"));
+        rows.push(Row::info(
+            "raw attempts (ok), 2 at a time",
+            spawn_rate,
+            "attempts/s",
+        ));
+        rows.push(Row::target(
+            "drain / raw attempt rate",
+            ratio,
+            "%",
+            Bound::AtLeast(80.0),
+        ));
+    }
+
+    if parts.contains(&2) {
+        println!("\n[2] pickup latency: {latency_jobs} jobs one at a time into an idle dispatcher");
+        let latency = pickup_latency(&scratch.path, &fixture, latency_jobs)?;
+        println!(
+            "  dispatch() p50 {:.3} ms p99 {:.3} ms; dispatch to completion seen p50 {:.3} ms p99 \
+             {:.3} ms; pickup max {:.3} ms",
+            ms(latency.dispatch.percentile(0.50)),
+            ms(latency.dispatch.percentile(0.99)),
+            ms(latency.round_trip.percentile(0.50)),
+            ms(latency.round_trip.percentile(0.99)),
+            ms(latency.pickup.percentile(1.0)),
+        );
+        rows.push(Row::target(
+            "pickup latency p50",
+            ms(latency.pickup.percentile(0.50)),
+            "ms",
+            Bound::AtMost(3.0),
+        ));
+        rows.push(Row::target(
+            "pickup latency p99",
+            ms(latency.pickup.percentile(0.99)),
+            "ms",
+            Bound::AtMost(5.0),
+        ));
+    }
+
+    if parts.contains(&3) {
+        println!("\n[3] enqueue rate: {enqueue_jobs} jobs per mode, delayed 1 h");
+        let live = enqueue_rates(&scratch.path, &fixture, "enqueue", enqueue_jobs, true)?;
+        let muted = enqueue_rates(
+            &scratch.path,
+            &fixture,
+            "enqueue-muted",
+            enqueue_jobs,
+            false,
+        )?;
+        for (label, e) in [("idle dispatcher", &live), ("no dispatcher", &muted)] {
+            println!(
+                "  {label}: dispatch() p50 {:.3} ms p99 {:.3} ms; batch of {BATCH} p50 {:.2} ms \
+                 p99 {:.2} ms",
+                ms(e.single.percentile(0.50)),
+                ms(e.single.percentile(0.99)),
+                ms(e.batch.percentile(0.50)),
+                ms(e.batch.percentile(0.99)),
+            );
+        }
+        rows.push(Row::target(
+            "dispatch, 1 per call (dispatcher up)",
+            live.single_rate,
+            "jobs/s",
+            Bound::AtLeast(5000.0),
+        ));
+        rows.push(Row::target(
+            "dispatch_batch of 1000 (dispatcher up)",
+            live.batch_rate,
+            "jobs/s",
+            Bound::AtLeast(50_000.0),
+        ));
+        rows.push(Row::info(
+            "dispatch, 1 per call (no dispatcher)",
+            muted.single_rate,
+            "jobs/s",
+        ));
+        rows.push(Row::info(
+            "dispatch_batch of 1000 (no dispatcher)",
+            muted.batch_rate,
+            "jobs/s",
+        ));
+    }
+
+    if parts.contains(&4) {
+        println!("\n[4] dispatcher memory: idle, with {memory_jobs} jobs queued, then draining");
+        let memory = dispatcher_memory(&scratch.path, &fixture, memory_jobs, drain_jobs)?;
+        println!(
+            "  enqueued {memory_jobs} in batches of {BATCH} at {:.0} jobs/s (dispatcher up); while \
+             draining: {} of {} due jobs done in {:.1} s ({:.0} jobs/s with the backlog), peak RSS \
+             (VmHWM) {:.1} MB",
+            memory.enqueue_rate,
+            memory.drained,
+            memory.due,
+            memory.drain_window.as_secs_f64(),
+            memory.drained as f64 / memory.drain_window.as_secs_f64(),
+            mb(memory.hwm_kb),
+        );
+        rows.push(Row::target(
+            "dispatcher RSS, idle, empty queue",
+            mb(memory.idle_kb),
+            "MB",
+            Bound::AtMost(30.0),
+        ));
+        rows.push(Row::target(
+            &format!("dispatcher RSS, {memory_jobs} queued"),
+            mb(memory.queued_kb),
+            "MB",
+            Bound::AtMost(30.0),
+        ));
+        rows.push(Row::target(
+            "dispatcher RSS, max while draining",
+            mb(memory.draining_kb),
+            "MB",
+            Bound::AtMost(30.0),
+        ));
+    }
+
+    println!();
+    println!(
+        "{:<42} {:>12} {:<10} {:>10} {:>6}",
+        "what", "value", "unit", "target", "result"
+    );
+    for row in &rows {
+        println!("{row}");
+    }
+    let missed = rows.iter().filter(|r| r.passed() == Some(false)).count();
+    println!();
+    println!(
+        "{missed} target(s) missed. A job is {CLASS}@{OK} (pickup latency: @{CLOCK}, the \
+         worker's clock minus the time just before dispatch); a raw attempt is run_attempt \
+         in this process, as in the worker_spawn bench."
+    );
+    Ok(())
+}
+
+// ----- [1] throughput -----
+
+struct Drain {
+    wall: Duration,
+    rate: f64,
+    first_done: Duration,
+    steady_rate: f64,
+}
+
+/// Enqueues `jobs` no-op jobs with no dispatcher running, then starts one and times it from
+/// its start until every job is completed.
+fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Drain> {
+    let install = Installation::create(scratch, "throughput", fixture)?;
+    let mut client = install.client()?;
+    {
+        let _muted = Muted::new(&install)?;
+        let ids = client
+            .dispatch_batch((0..jobs).map(|_| Job::new(CLASS, OK)))
+            .context("cannot enqueue the drain jobs")?;
+        ensure!(ids.len() == jobs, "enqueued {} of {jobs} jobs", ids.len());
+    }
+    let deadline = Duration::from_secs(60).max(Duration::from_millis(50 * jobs as u64));
+    let dispatcher = Served::start(&install)?;
+    let mut first_done = None;
+    let wall = loop {
+        let stats = client.store().stats().context("cannot read the stats")?;
+        let n = |state: JobState| stats.by_state.get(state.as_str()).copied().unwrap_or(0);
+        let elapsed = dispatcher.started.elapsed();
+        let done = n(JobState::Completed);
+        if done > 0 && first_done.is_none() {
+            first_done = Some((elapsed, done));
+        }
+        if done as usize >= jobs {
+            break elapsed;
+        }
+        let failed = n(JobState::Failed) + n(JobState::Cancelled);
+        if failed > 0 {
+            bail!("{failed} drain job(s) failed or were cancelled: {stats:?}");
+        }
+        ensure!(
+            elapsed < deadline,
+            "the drain did not finish in {deadline:?}: {stats:?}"
+        );
+        std::thread::sleep(POLL);
+    };
+    dispatcher.stop(&client)?;
+    let (first_done, first_count) = first_done.unwrap_or((wall, 0));
+    let steady = wall.saturating_sub(first_done).as_secs_f64();
+    Ok(Drain {
+        wall,
+        rate: jobs as f64 / wall.as_secs_f64(),
+        first_done,
+        steady_rate: if steady > 0.0 {
+            (jobs as u64 - first_count) as f64 / steady
+        } else {
+            0.0
+        },
+    })
+}
+
+// ----- [2] pickup latency -----
+
+struct Latency {
+    /// Worker's clock minus the time just before `dispatch`.
+    pickup: Measured,
+    /// The `dispatch` call itself.
+    dispatch: Measured,
+    /// From just before `dispatch` until `follow` returned.
+    round_trip: Measured,
+}
+
+/// Dispatches `jobs` clock jobs one at a time into an idle dispatcher, each after the last
+/// one completed.
+fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Latency> {
+    let install = Installation::create(scratch, "latency", fixture)?;
+    let mut client = install.client()?;
+    let dispatcher = Served::start(&install)?;
+    let one = |client: &mut Client| -> anyhow::Result<(Duration, Duration, Duration)> {
+        let before = SystemTime::now();
+        let began = Instant::now();
+        let id = client
+            .dispatch(Job::new(CLASS, CLOCK))
+            .context("cannot dispatch a clock job")?;
+        let dispatched = began.elapsed();
+        let job = client
+            .follow(id, &|| false)
+            .context("cannot follow a clock job")?
+            .with_context(|| format!("stopped following job {id}"))?;
+        let round_trip = began.elapsed();
+        ensure!(
+            job.state == JobState::Completed,
+            "clock job {id} ended {}: {:?}",
+            job.state,
+            job.last_error
+        );
+        let worker_micros = job
+            .result
+            .as_ref()
+            .and_then(|r| r.get("unix_micros"))
+            .and_then(Value::as_u64)
+            .with_context(|| format!("clock job {id} returned {:?}", job.result))?;
+        let before_micros = before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_micros() as u64;
+        let pickup = Duration::from_micros(worker_micros.saturating_sub(before_micros));
+        Ok((pickup, dispatched, round_trip))
+    };
+    // Warm up, then let the dispatcher go idle again.
+    for _ in 0..(jobs / 25).clamp(2, 20) {
+        one(&mut client)?;
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (mut pickup, mut dispatch, mut round_trip) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for _ in 0..jobs {
+        let (p, d, r) = one(&mut client)?;
+        pickup.push(p);
+        dispatch.push(d);
+        round_trip.push(r);
+    }
+    let wall = started.elapsed();
+    dispatcher.stop(&client)?;
+    Ok(Latency {
+        pickup: Measured::new(wall, pickup),
+        dispatch: Measured::new(wall, dispatch),
+        round_trip: Measured::new(wall, round_trip),
+    })
+}
+
+// ----- [3] enqueue rate -----
+
+struct Enqueue {
+    single_rate: f64,
+    batch_rate: f64,
+    /// Per `dispatch` call.
+    single: Measured,
+    /// Per `dispatch_batch` call.
+    batch: Measured,
+}
+
+/// Enqueues `jobs` parked jobs one `dispatch` each, then `jobs` more in batches, with an idle
+/// dispatcher answering the doorbell (`live`) or with none running.
+fn enqueue_rates(
+    scratch: &Path,
+    fixture: &Path,
+    name: &str,
+    jobs: usize,
+    live: bool,
+) -> anyhow::Result<Enqueue> {
+    let install = Installation::create(scratch, name, fixture)?;
+    let mut client = install.client()?;
+    let (dispatcher, muted) = if live {
+        (Some(Served::start(&install)?), None)
+    } else {
+        (None, Some(Muted::new(&install)?))
+    };
+    let parked = || Job::new(CLASS, OK).delay(PARKED);
+    // The first dispatch reads the allowlist and inventories the plugin directory.
+    for _ in 0..10 {
+        client.dispatch(parked()).context("cannot dispatch")?;
+    }
+    let single = measure_serial(jobs, || {
+        client.dispatch(parked()).context("cannot dispatch")?;
+        Ok(())
+    })?;
+    let batches = jobs.div_ceil(BATCH);
+    let mut left = jobs;
+    let batch = measure_serial(batches, || {
+        let n = left.min(BATCH);
+        left -= n;
+        let ids = client
+            .dispatch_batch((0..n).map(|_| parked()))
+            .context("cannot dispatch a batch")?;
+        ensure!(ids.len() == n, "enqueued {} of {n} jobs", ids.len());
+        Ok(())
+    })?;
+    let stats = client.store().stats().context("cannot read the stats")?;
+    let scheduled = stats
+        .by_state
+        .get(JobState::Scheduled.as_str())
+        .copied()
+        .unwrap_or(0);
+    ensure!(
+        scheduled as usize == 2 * jobs + 10,
+        "expected {} scheduled jobs: {stats:?}",
+        2 * jobs + 10
+    );
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.stop(&client)?;
+    }
+    drop(muted);
+    Ok(Enqueue {
+        single_rate: jobs as f64 / single.wall.as_secs_f64(),
+        batch_rate: jobs as f64 / batch.wall.as_secs_f64(),
+        single,
+        batch,
+    })
+}
+
+// ----- [4] dispatcher memory -----
+
+struct Memory {
+    idle_kb: u64,
+    queued_kb: u64,
+    draining_kb: u64,
+    hwm_kb: u64,
+    enqueue_rate: f64,
+    due: usize,
+    drained: u64,
+    drain_window: Duration,
+}
+
+/// The dispatcher's RSS idle with an empty queue, with `jobs` parked jobs queued, and while it
+/// drains `due` no-op jobs on top of them for a few seconds.
+fn dispatcher_memory(
+    scratch: &Path,
+    fixture: &Path,
+    jobs: usize,
+    due: usize,
+) -> anyhow::Result<Memory> {
+    let install = Installation::create(scratch, "memory", fixture)?;
+    let mut client = install.client()?;
+    let dispatcher = Served::start(&install)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_kb = dispatcher.rss_kb()?;
+
+    let started = Instant::now();
+    let mut left = jobs;
+    while left > 0 {
+        let n = left.min(BATCH);
+        left -= n;
+        client
+            .dispatch_batch((0..n).map(|_| Job::new(CLASS, OK).delay(PARKED)))
+            .context("cannot dispatch a batch")?;
+    }
+    let enqueue_rate = jobs as f64 / started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let queued_kb = dispatcher.rss_kb()?;
+
+    client
+        .dispatch_batch((0..due).map(|_| Job::new(CLASS, OK)))
+        .context("cannot dispatch the due jobs")?;
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut draining_kb = 0;
+    while started.elapsed() < window {
+        draining_kb = draining_kb.max(dispatcher.rss_kb()?);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drain_window = started.elapsed();
+    let drained = client
+        .store()
+        .stats()
+        .context("cannot read the stats")?
+        .by_state
+        .get(JobState::Completed.as_str())
+        .copied()
+        .unwrap_or(0);
+    let hwm_kb = dispatcher.status_kb("VmHWM")?;
+    dispatcher.stop(&client)?;
+    Ok(Memory {
+        idle_kb,
+        queued_kb,
+        draining_kb,
+        hwm_kb,
+        enqueue_rate,
+        due,
+        drained,
+        drain_window,
+    })
+}
+
+// ----- installations and dispatchers -----
+
+/// A jobhost installation under the scratch directory: the fixture plugin, an allowlist
+/// approving `ok` and `clock`, and a `jobhost.toml` pointing at its own state and logs.
+struct Installation {
+    config: PathBuf,
+    settings: Settings,
+}
+
+impl Installation {
+    fn create(scratch: &Path, name: &str, fixture: &Path) -> anyhow::Result<Self> {
+        let root = scratch.join(name);
+        let plugin_dir = root.join("plugins");
+        std::fs::create_dir_all(&plugin_dir)
+            .with_context(|| format!("cannot create {}", plugin_dir.display()))?;
+        // A private copy, as the host's snapshots are: a rebuild of the fixture while the bench
+        // runs must not pull the file from under the workers mapping it.
+        std::fs::copy(fixture, plugin_dir.join(PLUGIN_FILE))
+            .with_context(|| format!("cannot copy {}", fixture.display()))?;
+        for (file, text) in [("allowlist.toml", ALLOWLIST), ("jobhost.toml", SETTINGS)] {
+            std::fs::write(root.join(file), text)
+                .with_context(|| format!("cannot write {file} in {}", root.display()))?;
+        }
+        let config = root.join("jobhost.toml");
+        let overrides = Overrides {
+            config: Some(config.clone()),
+            ..Overrides::default()
+        };
+        // Ignores any `JOBHOST_*` variables of the caller.
+        let settings = Settings::resolve_with(&overrides, &root, |_| None)
+            .context("cannot resolve the bench settings")?;
+        Ok(Self { config, settings })
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.settings.clone()).context("cannot open a client")
+    }
+
+    fn paths(&self) -> StatePaths {
+        StatePaths::new(&self.settings.state_dir)
+    }
+}
+
+/// A `jobhost serve` this bench started; stopped when dropped if [`Served::stop`] was not
+/// called.
+struct Served {
+    child: Child,
+    doorbell: PathBuf,
+    started: Instant,
+}
+
+impl Served {
+    /// Starts the release `jobhost serve --slots 2` for `install` and waits until it answers
+    /// its doorbell.
+    fn start(install: &Installation) -> anyhow::Result<Self> {
+        let program = jobhost_program();
+        let mut command = Command::new(&program);
+        command
+            .arg("--config")
+            .arg(&install.config)
+            .args(["serve", "--slots", SLOTS, "--idle-exit", IDLE_EXIT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("JOBHOST_") && name != "JOBHOST_BIN" {
+                command.env_remove(name);
+            }
+        }
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {} serve", program.display()))?;
+        println!(
+            "  dispatcher pid {} serving {}",
+            child.id(),
+            install.settings.state_dir.display()
+        );
+        let mut served = Self {
+            child,
+            doorbell: install.paths().doorbell,
+            started,
+        };
+        loop {
+            if let Some(status) = served
+                .child
+                .try_wait()
+                .context("cannot check the dispatcher")?
+            {
+                bail!("the dispatcher exited at once with {status}");
+            }
+            let answered = platform::ring(&served.doorbell, RING_WAKE)
+                .context("cannot ring the dispatcher")?;
+            if answered {
+                return Ok(served);
+            }
+            ensure!(
+                served.started.elapsed() < Duration::from_secs(10),
+                "the dispatcher did not answer its doorbell within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `kB` field of `/proc/PID/status`.
+    fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        status
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("no {field} in {path}"))
+    }
+
+    fn rss_kb(&self) -> anyhow::Result<u64> {
+        self.status_kb("VmRSS")
+    }
+
+    /// Asks it to stop through `client` and waits for it to exit.
+    fn stop(mut self, client: &Client) -> anyhow::Result<()> {
+        let asked = client
+            .stop_dispatcher()
+            .context("cannot ask the dispatcher to stop")?;
+        ensure!(asked, "the dispatcher no longer answered its doorbell");
+        let status = self.wait(Duration::from_secs(30))?;
+        ensure!(status.success(), "the dispatcher exited with {status}");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, killing it after `timeout`.
+    fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("cannot wait for the dispatcher")?
+            {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "the dispatcher (pid {}) did not stop within {timeout:?}; killed it",
+                    self.pid()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = platform::ring(&self.doorbell, RING_STOP);
+            if let Err(e) = self.wait(Duration::from_secs(10)) {
+                eprintln!("queue: {e:#}");
+            }
+        }
+    }
+}
+
+/// Keeps dispatchers away from a state directory: holds its dispatcher lock and answers its
+/// doorbell with a thread that discards the rings, so `dispatch` starts no dispatcher.
+struct Muted {
+    doorbell: Doorbell,
+    listener: Option<JoinHandle<()>>,
+    _lock: FileLock,
+}
+
+impl Muted {
+    fn new(install: &Installation) -> anyhow::Result<Self> {
+        let paths = install.paths();
+        std::fs::create_dir_all(&install.settings.state_dir).context("cannot create the state")?;
+        let lock = FileLock::try_acquire(&paths.lock)
+            .context("cannot take the dispatcher lock")?
+            .context("a dispatcher already serves the bench state directory")?;
+        let doorbell = Doorbell::bind(&paths.doorbell).context("cannot bind the doorbell")?;
+        let listening = doorbell.try_clone().context("cannot clone the doorbell")?;
+        let listener = std::thread::Builder::new()
+            .name("muted-doorbell".into())
+            .spawn(move || while listening.wait().is_ok() {})
+            .context("cannot start the doorbell thread")?;
+        Ok(Self {
+            doorbell,
+            listener: Some(listener),
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for Muted {
+    fn drop(&mut self) {
+        // Wakes the listener with an error; the lock goes after.
+        let _ = self.doorbell.unlink();
+        if let Some(listener) = self.listener.take() {
+            let _ = listener.join();
+        }
+    }
+}
+
+// ----- raw attempts and measurement, as in worker_spawn -----
+
+/// Runs no-op attempts through the real attempt path.
+struct AttemptRunner<'a> {
+    settings: &'a Settings,
+    plugin: &'a Path,
+    cancel: &'a CancelToken,
+}
+
+impl AttemptRunner<'_> {
+    /// One attempt of a job of its own, as the dispatcher would run it.
+    fn run(&self, job_id: &str) -> anyhow::Result<()> {
+        let params = Value::Object(serde_json::Map::new());
+        let spec = AttemptSpec {
+            job_id,
+            attempt: 1,
+            class: CLASS,
+            method: OK,
+            params: &params,
+            plugin: self.plugin,
+            timeout: Duration::from_secs(60),
+        };
+        let record = run_attempt(self.settings, &spec, self.cancel, &mut |_| {})
+            .with_context(|| format!("attempt of job {job_id} could not run"))?;
+        match &record.outcome {
+            Outcome::Ok(result) if *result == json!({ "ok": true }) => Ok(()),
+            outcome => {
+                let output = std::fs::read(&record.output.path).unwrap_or_default();
+                let shown = String::from_utf8_lossy(&output[..output.len().min(4096)]);
+                bail!("attempt of job {job_id} ended {outcome:?}; worker output:\n{shown}")
+            }
+        }
+    }
+}
+
+/// Latencies of one measured mode.
+struct Measured {
+    wall: Duration,
+    /// Sorted.
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn new(wall: Duration, mut latencies: Vec<Duration>) -> Self {
+        latencies.sort_unstable();
+        Self { wall, latencies }
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    /// Nearest-rank percentile.
+    fn percentile(&self, p: f64) -> Duration {
+        let n = self.latencies.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
+        self.latencies[rank - 1]
+    }
+}
+
+/// Runs `op` `total` times on this thread, back to back.
+fn measure_serial(
+    total: usize,
+    mut op: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Measured> {
+    let mut latencies = Vec::with_capacity(total);
+    let started = Instant::now();
+    for _ in 0..total {
+        let began = Instant::now();
+        op()?;
+        latencies.push(began.elapsed());
+    }
+    Ok(Measured::new(started.elapsed(), latencies))
+}
+
+/// Runs `op` `total` times spread over `threads` threads, each doing its share back to back;
+/// `op` gets the thread and iteration number.
+fn measure(
+    total: usize,
+    threads: usize,
+    op: impl Fn(usize, usize) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<Measured> {
+    let op = &op;
+    let started = Instant::now();
+    let per_thread: Vec<anyhow::Result<Vec<Duration>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let share = total / threads + usize::from(t < total % threads);
+                scope.spawn(move || {
+                    let mut latencies = Vec::with_capacity(share);
+                    for i in 0..share {
+                        let began = Instant::now();
+                        op(t, i)?;
+                        latencies.push(began.elapsed());
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked")))
+            })
+            .collect()
+    });
+    let wall = started.elapsed();
+    let mut latencies = Vec::with_capacity(total);
+    for thread in per_thread {
+        latencies.extend(thread?);
+    }
+    Ok(Measured::new(wall, latencies))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+// ----- the table -----
+
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+struct Row {
+    what: String,
+    value: f64,
+    unit: &'static str,
+    bound: Option<Bound>,
+}
+
+impl Row {
+    fn info(what: &str, value: f64, unit: &'static str) -> Self {
+        Self {
+            what: what.to_owned(),
+            value,
+            unit,
+            bound: None,
+        }
+    }
+
+    fn target(what: &str, value: f64, unit: &'static str, bound: Bound) -> Self {
+        Self {
+            bound: Some(bound),
+            ..Self::info(what, value, unit)
+        }
+    }
+
+    fn passed(&self) -> Option<bool> {
+        match self.bound {
+            Some(Bound::AtLeast(b)) => Some(self.value >= b),
+            Some(Bound::AtMost(b)) => Some(self.value <= b),
+            None => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = match self.bound {
+            Some(Bound::AtLeast(b)) => format!(">= {b}"),
+            Some(Bound::AtMost(b)) => format!("<= {b}"),
+            None => "-".into(),
+        };
+        let result = match self.passed() {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "",
+        };
+        let precision = if self.value < 100.0 { 2 } else { 0 };
+        write!(
+            f,
+            "{:<42} {:>12.*} {:<10} {:>10} {:>6}",
+            self.what, precision, self.value, self.unit, target, result
+        )
+    }
+}
+
+// ----- files -----
+
+/// The fixture plugin in the target profile directory this bench binary was built into
+/// (`target/release/deps/queue-…` beside `target/release/libmisbehave_fixture.so`).
+fn find_fixture() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate the bench binary")?;
+    let found = exe
+        .ancestors()
+        .skip(1)
+        // Cargo's copy in `deps/` is an intermediate; the profile directory holds the real one.
+        .filter(|dir| !dir.ends_with("deps"))
+        .map(|dir| dir.join(PLUGIN_FILE))
+        .find(|path| path.is_file());
+    match found {
+        Some(path) => Ok(path),
+        None => bail!(
+            "{PLUGIN_FILE} not found in any directory above {}; build the fixture plugins first \
+             with `cargo build --release --workspace` (then `cargo bench -p jobhost --bench \
+             queue`)",
+            exe.display()
+        ),
+    }
+}
+
+/// The scratch directory holding every installation; removed when dropped.
+struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    fn create() -> anyhow::Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "jobhost-bench-queue-{}-{nanos:x}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&path)
+            .with_context(|| format!("cannot create scratch directory {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::env::var_os(KEEP_VAR).is_some() {
+            eprintln!("queue: kept {}", self.path.display());
+            return;
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            eprintln!(
+                "queue: cannot remove scratch directory {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
