@@ -354,15 +354,7 @@ pub fn adopt_attempt(
 /// The live worker of an attempt: the recorded pid if it is still that attempt's worker, else
 /// any worker process running the attempt (its pid may not have been recorded).
 fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
-    let marker = paths.report.to_string_lossy().into_owned();
-    let is_ours = |cmdline: &str| cmdline.contains(WORKER_SUBCOMMAND) && cmdline.contains(&marker);
-    pid.filter(|&p| platform::process_command_line(p).is_some_and(|c| is_ours(&c)))
-        .or_else(|| {
-            platform::find_processes(&marker)
-                .into_iter()
-                .find(|(_, c)| is_ours(c))
-                .map(|(p, _)| p)
-        })
+    platform::find_worker(pid, &paths.report.to_string_lossy())
 }
 
 /// Reconciles the worker's report with how its process ended. A report of success wins;

@@ -200,19 +200,10 @@ fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
 }
 
 fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let tx = tx.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if tx.send(Event::Signal).is_err() {
-                    return;
-                }
-            }
-        })?;
-    Ok(())
+    crate::platform::on_termination(move || {
+        let _ = tx.send(Event::Signal);
+    })
 }
 
 /// Starts the slot threads: each runs one attempt at a time.

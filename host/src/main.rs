@@ -141,10 +141,9 @@ fn run_job(settings: Settings, args: RunArgs) -> anyhow::Result<u8> {
     }
     eprintln!("job {id} queued");
     let interrupted = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&interrupted))
-            .context("cannot install signal handlers")?;
-    }
+    let flag = Arc::clone(&interrupted);
+    platform::on_termination(move || flag.store(true, Ordering::SeqCst))
+        .context("cannot install signal handlers")?;
     let Some(job) = client.follow(id, &|| interrupted.load(Ordering::SeqCst))? else {
         eprintln!("stopped following job {id}; it goes on in the background (jobhost cancel {id} stops it)");
         return Ok(EXIT_INTERRUPTED);

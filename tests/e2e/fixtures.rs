@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobhost_e2e::{group_alive, proc_stat, processes_matching, wait_for, Host};
+use jobhost_e2e::{group_alive, proc_stat, wait_for, Host};
 
 /// Runs `Tests\Misbehave@method` once (no retries) and checks how it failed; then checks that
 /// a good job still runs in the same installation. Returns the failed attempt's output.
@@ -113,7 +113,6 @@ fn huge_output_is_capped_and_the_job_still_completes() {
 #[test]
 fn hanging_job_is_killed_with_its_whole_process_group_at_its_timeout() {
     let host = Host::standard();
-    let marker = host.root().to_string_lossy().into_owned();
     let child = host
         .jobhost()
         .args([
@@ -131,13 +130,11 @@ fn hanging_job_is_killed_with_its_whole_process_group_at_its_timeout() {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let worker = wait_for("the worker to start", Duration::from_secs(30), || {
-        processes_matching("__worker")
-            .into_iter()
-            .find(|(_, cmd)| cmd.contains(&marker))
-            .map(|(pid, _)| pid)
+    // Once the worker has made its own group (its first act), its group id is its pid.
+    let pgrp = wait_for("the worker to start", Duration::from_secs(30), || {
+        let (pid, _) = host.workers().pop()?;
+        (proc_stat(pid)?.2 == pid).then_some(pid)
     });
-    let (_, _, pgrp, _, _) = proc_stat(worker).unwrap();
     let run = jobhost_e2e::Run::from(child.wait_with_output().unwrap());
     run.expect_code(4);
     assert!(run.stderr.contains("timed out after 1s"), "{}", run.stderr);

@@ -14,9 +14,8 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, crash_name, detach_self, find_processes, hold_output_open, prepare_child,
-    process_command_line, reopen_output, ring, supervise, terminate, CancelToken, Doorbell,
-    FileLock, OutputPair,
+    adopt, crash_name, detach_self, find_worker, hold_output_open, on_termination, prepare_child,
+    reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
 };
 
 use std::time::Duration;
@@ -59,6 +58,44 @@ pub struct SuperviseOptions {
     pub timeout: Duration,
     /// How long it may take to stop after being asked before it is killed.
     pub kill_grace: Duration,
+}
+
+/// An exclusive lock on a file, held until dropped (or the process dies).
+#[derive(Debug)]
+pub struct FileLock {
+    file: std::fs::File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` if nobody holds it, writing this process's id into the file.
+    pub fn try_acquire(path: &std::path::Path) -> std::io::Result<Option<Self>> {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        file.set_len(0)?;
+        (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(Some(Self { file }))
+    }
+
+    /// The pid written by whoever holds (or last held) the lock on `path`.
+    pub fn holder(path: &std::path::Path) -> Option<u32> {
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 /// Where a supervised process's output goes, chunk by chunk, as it is produced.

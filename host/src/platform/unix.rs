@@ -87,18 +87,6 @@ impl CancelToken {
             let _ = poll(&mut fds, Some(&timespec(left)));
         }
     }
-
-    /// Fires the token when the process receives SIGINT, SIGTERM or SIGHUP.
-    pub fn cancel_on_signals(&self) -> io::Result<()> {
-        for signal in [
-            signal_hook::consts::SIGINT,
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGHUP,
-        ] {
-            signal_hook::low_level::pipe::register(signal, self.write.try_clone()?)?;
-        }
-        Ok(())
-    }
 }
 
 /// What a worker or inspector process does to itself before anything else: become a session
@@ -290,23 +278,38 @@ pub fn adopt(
     Ok(stopped)
 }
 
-/// The command line of process `pid`, arguments separated by spaces; `None` if it is gone.
-pub fn process_command_line(pid: u32) -> Option<String> {
+/// The live worker running the attempt whose command line contains `marker` (its report
+/// path): the process `pid` if it is that worker, else any process that is. The command line
+/// is checked so that a reused pid is never mistaken for the worker.
+pub fn find_worker(pid: Option<u32>, marker: &str) -> Option<u32> {
+    let is_ours = |cmdline: &str| cmdline.contains("__worker") && cmdline.contains(marker);
+    if let Some(pid) = pid.filter(|&p| command_line(p).is_some_and(|c| is_ours(&c))) {
+        return Some(pid);
+    }
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&p| command_line(p).is_some_and(|c| is_ours(&c)))
+}
+
+fn command_line(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     Some(String::from_utf8_lossy(&raw).replace('\0', " "))
 }
 
-/// Every live process whose command line contains `needle`, as (pid, command line).
-pub fn find_processes(needle: &str) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| Some((pid, process_command_line(pid)?)))
-        .filter(|(_, cmdline)| cmdline.contains(needle))
-        .collect()
+/// Calls `handler` on SIGINT, SIGTERM and SIGHUP, from a thread of its own.
+pub fn on_termination(handler: impl Fn() + Send + 'static) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                handler();
+            }
+        })?;
+    Ok(())
 }
 
 /// The loop shared by [`supervise`] and [`adopt`]: one `poll` over the pidfd, the output and
@@ -497,53 +500,10 @@ pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
     }
 }
 
-/// An exclusive lock on a file, held until dropped (or the process dies).
-#[derive(Debug)]
-pub struct FileLock {
-    file: std::fs::File,
-}
-
-impl FileLock {
-    /// Takes the lock on `path` if nobody holds it, writing this process's id into the file.
-    pub fn try_acquire(path: &Path) -> io::Result<Option<Self>> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(Errno::WOULDBLOCK) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-        file.set_len(0)?;
-        use std::io::Write;
-        (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
-        Ok(Some(Self { file }))
-    }
-
-    /// The pid written by whoever holds (or last held) the lock on `path`.
-    pub fn holder(path: &Path) -> Option<u32> {
-        std::fs::read_to_string(path).ok()?.trim().parse().ok()
-    }
-}
-
-impl Drop for FileLock {
-    fn drop(&mut self) {
-        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
-    }
-}
-
 /// Detaches the calling process from its caller's session and terminal (the spec's `nohup`).
 pub fn detach_self() -> io::Result<()> {
     match rustix::process::setsid() {
         Ok(_) | Err(Errno::PERM) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Asks process `pid` to stop with SIGTERM; false if it does not exist.
-pub fn terminate(pid: u32) -> bool {
-    Pid::from_raw(pid as i32).is_some_and(|p| kill_process(p, Signal::TERM).is_ok())
 }
