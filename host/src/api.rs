@@ -401,6 +401,12 @@ impl Client {
             .waiters
             .join(format!("{id}.{}.sock", std::process::id()));
         let bell = Doorbell::bind(&bell_path).map_err(io)?;
+        let (rang, rings) = crossbeam_channel::unbounded();
+        let listener = bell.try_clone().map_err(io)?;
+        std::thread::Builder::new()
+            .name("follow".into())
+            .spawn(move || while listener.wait().is_ok() && rang.send(()).is_ok() {})
+            .map_err(io)?;
         let result = loop {
             match self.store.job(id)? {
                 None => break Err(StoreError::NotFound(id).into()),
@@ -408,12 +414,9 @@ impl Client {
                 Some(_) if interrupted() => break Ok(None),
                 Some(_) => {}
             }
-            // Woken by the dispatcher; the timeout only guards against a dispatcher that died.
-            if bell
-                .wait_timeout(Duration::from_millis(500))
-                .map_err(io)?
-                .is_none()
-            {
+            // Woken by the dispatcher; the timeout only notices an interrupt and guards
+            // against a dispatcher that died.
+            if rings.recv_timeout(Duration::from_millis(500)).is_err() {
                 self.wake_dispatcher()?;
             }
         };
@@ -446,6 +449,7 @@ fn start_dispatcher(settings: &Settings) -> std::io::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    platform::detach_command(&mut command);
     let mut child = command.spawn()?;
     std::thread::Builder::new()
         .name("dispatcher-reaper".into())

@@ -6,7 +6,8 @@
 //! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
 //! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
 //! [`Doorbell`] and [`ring`] (how an enqueuer wakes a dispatcher), [`FileLock`] (one
-//! dispatcher per state directory), and a few process helpers. `unix.rs` is the
+//! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
+//! `nohup … &` / `start /b`), [`find_worker`] and [`on_termination`]. `unix.rs` is the
 //! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
 //! beside it as `windows.rs`.
 
@@ -14,8 +15,15 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, crash_name, detach_self, find_worker, hold_output_open, on_termination, prepare_child,
-    reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
+    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
+    prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
+};
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::{
+    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
+    prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
 };
 
 use std::time::Duration;
@@ -98,8 +106,9 @@ impl Drop for FileLock {
     }
 }
 
-/// Where a supervised process's output goes, chunk by chunk, as it is produced.
-pub trait OutputSink {
+/// Where a supervised process's output goes, chunk by chunk, as it is produced (on Windows,
+/// from a reader thread).
+pub trait OutputSink: Send {
     /// Takes the next chunk of combined stdout and stderr.
     fn write(&mut self, chunk: &[u8]);
 }

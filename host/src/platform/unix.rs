@@ -299,7 +299,7 @@ fn command_line(pid: u32) -> Option<String> {
 }
 
 /// Calls `handler` on SIGINT, SIGTERM and SIGHUP, from a thread of its own.
-pub fn on_termination(handler: impl Fn() + Send + 'static) -> io::Result<()> {
+pub fn on_termination(handler: impl Fn() + Send + Sync + 'static) -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
@@ -444,26 +444,6 @@ impl Doorbell {
         }
     }
 
-    /// Like [`Doorbell::wait`], giving up after `timeout`.
-    pub fn wait_timeout(&self, timeout: Duration) -> io::Result<Option<u8>> {
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        let got = match self.wait() {
-            Ok(b) => Ok(Some(b)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        };
-        self.socket.set_read_timeout(None)?;
-        got
-    }
-
     /// Another handle to the same doorbell (for a listener thread).
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
@@ -499,6 +479,9 @@ pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
         Err(e) => Err(e),
     }
 }
+
+/// Nothing to do when spawning on Unix: the child detaches itself with [`detach_self`].
+pub fn detach_command(_command: &mut Command) {}
 
 /// Detaches the calling process from its caller's session and terminal (the spec's `nohup`).
 pub fn detach_self() -> io::Result<()> {

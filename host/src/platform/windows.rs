@@ -1,0 +1,505 @@
+//! The Windows implementation of the platform layer.
+//!
+//! A worker is started the way the spec's `start /b` starts a job: detached from the caller's
+//! console (`DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW`), with stdin from
+//! `NUL`. It is put into a Job Object at once, so a stop reaches the whole tree it starts.
+//! Windows has no SIGTERM: a stop first sets a named event the worker watches (the job sees it
+//! through `JobContext::is_cancelled`), then, after the grace period, terminates the Job
+//! Object. Crashes are named by their NTSTATUS code (`0xC0000005` access violation, ...).
+//!
+//! Unix has named pipes that a restarted dispatcher can open again; here an attempt's output is
+//! an anonymous pipe, so a worker adopted after its dispatcher crashed keeps running and is
+//! settled by its report, but what it prints after the crash is not captured. An adopted worker
+//! is found by its recorded pid (Windows offers no portable way to read another process's
+//! command line) and stopped with `TerminateProcess` alone. The doorbell is a loopback TCP
+//! socket whose port is written to the doorbell's path, since Wine (where this is tested) has
+//! no `AF_UNIX` sockets.
+
+use std::{
+    ffi::OsStr,
+    io::{self, PipeReader, PipeWriter, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::windows::{
+        ffi::OsStrExt,
+        io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle},
+        process::CommandExt,
+    },
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use windows_sys::Win32::{
+    Foundation::{BOOL, HANDLE, STILL_ACTIVE, WAIT_OBJECT_0, WAIT_TIMEOUT},
+    System::{
+        Console::SetConsoleCtrlHandler,
+        Diagnostics::Debug::{SetErrorMode, SEM_FAILCRITICALERRORS, SEM_NOGPFAULTERRORBOX},
+        JobObjects::{AssignProcessToJobObject, CreateJobObjectW, TerminateJobObject},
+        Threading::{
+            CreateEventW, GetExitCodeProcess, OpenEventW, OpenProcess, SetEvent, TerminateProcess,
+            WaitForMultipleObjects, WaitForSingleObject, CREATE_NEW_PROCESS_GROUP,
+            CREATE_NO_WINDOW, DETACHED_PROCESS, INFINITE, PROCESS_QUERY_LIMITED_INFORMATION,
+            PROCESS_SYNCHRONIZE, PROCESS_TERMINATE, SYNCHRONIZATION_SYNCHRONIZE,
+        },
+    },
+};
+
+use super::{ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
+
+/// The environment variable naming the event a worker watches for a stop request.
+const STOP_EVENT_VAR: &str = "JOBHOST_STOP_EVENT";
+
+/// The creation flags of a detached process: the spec's `start /b`.
+const DETACHED: u32 = DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW;
+
+fn wide(text: &OsStr) -> Vec<u16> {
+    text.encode_wide().chain(Some(0)).collect()
+}
+
+/// Takes ownership of a handle a Win32 call returned; null means the call failed.
+fn owned(handle: HANDLE) -> io::Result<OwnedHandle> {
+    if handle.is_null() {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: the handle was just returned to us by the system and is owned by nobody else.
+        Ok(unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) })
+    }
+}
+
+fn raw(handle: &impl AsRawHandle) -> HANDLE {
+    handle.as_raw_handle() as HANDLE
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(INFINITE - 1)
+}
+
+/// A one-shot cancellation that wakes a supervisor blocked in a wait: a manual-reset event.
+#[derive(Debug)]
+pub struct CancelToken {
+    fired: AtomicBool,
+    event: OwnedHandle,
+}
+
+impl CancelToken {
+    /// A token that has not fired.
+    pub fn new() -> io::Result<Arc<Self>> {
+        // SAFETY: no security attributes, manual reset, initially unset, unnamed.
+        let event = owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) })?;
+        Ok(Arc::new(Self {
+            fired: AtomicBool::new(false),
+            event,
+        }))
+    }
+
+    /// Fires the token.
+    pub fn cancel(&self) {
+        self.fired.store(true, Ordering::SeqCst);
+        // SAFETY: the event handle is valid for as long as self lives.
+        unsafe { SetEvent(raw(&self.event)) };
+    }
+
+    /// Whether the token has fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the token fires or `timeout` passes; true if it fired.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        // SAFETY: the event handle is valid for as long as self lives.
+        let waited = unsafe { WaitForSingleObject(raw(&self.event), millis(timeout)) };
+        waited == WAIT_OBJECT_0 || self.is_cancelled()
+    }
+}
+
+/// What a worker or inspector does to itself first: no error dialogs for a crash, and a
+/// thread that turns the supervisor's stop event into the cancellation flag the job reads.
+pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
+    // SAFETY: only changes how this process reports its own crashes.
+    unsafe { SetErrorMode(SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX) };
+    let stop = Arc::new(AtomicBool::new(false));
+    if let Some(name) = std::env::var_os(STOP_EVENT_VAR) {
+        let name = wide(&name);
+        // SAFETY: `name` is a NUL-terminated wide string that outlives the call.
+        let event = owned(unsafe { OpenEventW(SYNCHRONIZATION_SYNCHRONIZE, 0, name.as_ptr()) })?;
+        let flag = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("stop-event".into())
+            .spawn(move || {
+                // SAFETY: the event handle is owned by this thread's closure.
+                if unsafe { WaitForSingleObject(raw(&event), INFINITE) } == WAIT_OBJECT_0 {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            })?;
+    }
+    Ok(stop)
+}
+
+/// The name of a crash code, such as `0xC0000005 access violation`.
+pub fn crash_name(code: i32) -> String {
+    let code = code as u32;
+    let what = match code {
+        0xC000_0005 => "access violation",
+        0xC000_0409 => "stack buffer overrun / abort",
+        0xC000_00FD => "stack overflow",
+        0xC000_001D => "illegal instruction",
+        0xC000_0094 => "integer divide by zero",
+        0xC000_0374 => "heap corruption",
+        0xC000_0135 => "DLL not found",
+        0xC000_013A => "terminated by Ctrl+C",
+        _ => "",
+    };
+    if what.is_empty() {
+        format!("0x{code:08X}")
+    } else {
+        format!("0x{code:08X} {what}")
+    }
+}
+
+/// Whether an exit code is a crash (an NTSTATUS error) rather than a code the program chose.
+fn is_crash(code: u32) -> bool {
+    code >= 0xC000_0000
+}
+
+/// Where a child's stdout and stderr go: the supervisor reads `read`, the child gets `write`.
+pub struct OutputPair {
+    read: PipeReader,
+    write: PipeWriter,
+}
+
+impl OutputPair {
+    /// An anonymous pipe.
+    pub fn pipe() -> io::Result<Self> {
+        let (read, write) = io::pipe()?;
+        Ok(Self { read, write })
+    }
+
+    /// On Windows the same as [`OutputPair::pipe`]: see the module documentation.
+    pub fn fifo(_path: &Path) -> io::Result<Self> {
+        Self::pipe()
+    }
+}
+
+/// Windows output pipes cannot be opened again after a crash: see the module documentation.
+pub fn reopen_output(_path: &Path) -> io::Result<PipeReader> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// Nothing to hold open on Windows: see the module documentation.
+pub fn hold_output_open(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+static STOP_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// Spawns `command` detached, in a Job Object, with stdin from `NUL` and stdout and stderr
+/// into `output`; calls `on_spawn` with its pid; streams its output into `sink`; at
+/// `options.timeout` or when `cancel` fires, sets its stop event and after `options.kill_grace`
+/// terminates its Job Object; terminates whatever it left in the job; reports how it ended.
+pub fn supervise(
+    mut command: Command,
+    output: OutputPair,
+    options: SuperviseOptions,
+    cancel: &CancelToken,
+    sink: &mut dyn OutputSink,
+    on_spawn: &mut dyn FnMut(u32),
+) -> io::Result<ProcessEnd> {
+    let OutputPair { read, write } = output;
+    let name = format!(
+        "Local\\jobhost-stop-{}-{}",
+        std::process::id(),
+        STOP_EVENTS.fetch_add(1, Ordering::Relaxed)
+    );
+    let wide_name = wide(OsStr::new(&name));
+    // SAFETY: manual-reset, unset event with a NUL-terminated name that outlives the call.
+    let stop_event = owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, wide_name.as_ptr()) })?;
+    // SAFETY: an unnamed Job Object with default security.
+    let job = owned(unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) })?;
+    command
+        .env(STOP_EVENT_VAR, &name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write.try_clone()?))
+        .stderr(Stdio::from(write))
+        .creation_flags(DETACHED);
+    let started = Instant::now();
+    let mut child = command.spawn()?;
+    drop(command);
+    // A process the worker started before this line would escape the job; the worker starts
+    // none before it has loaded the plugin, which takes far longer.
+    // SAFETY: both handles are valid; the child has not been waited for.
+    unsafe { AssignProcessToJobObject(raw(&job), raw(&child)) };
+    let pid = child.id();
+    on_spawn(pid);
+
+    let deadline = started + options.timeout;
+    let stopped = std::thread::scope(|scope| {
+        let reader = scope.spawn(move || pump(read, sink));
+        let stopped = watch(
+            raw(&child),
+            deadline,
+            options.kill_grace,
+            cancel,
+            || {
+                // SAFETY: the event handle is valid for this scope.
+                unsafe { SetEvent(raw(&stop_event)) };
+            },
+            || {
+                // SAFETY: the job handle is valid for this scope.
+                unsafe { TerminateJobObject(raw(&job), 1) };
+            },
+        );
+        // Whatever the job left behind goes now, which also closes the pipe's last writers.
+        // SAFETY: the job handle is valid for this scope.
+        unsafe { TerminateJobObject(raw(&job), 1) };
+        let pumped = reader
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        pumped.and(Ok(stopped))
+    })?;
+    let status = child.wait()?;
+    let code = status.code().unwrap_or(-1) as u32;
+    let exit = if is_crash(code) {
+        ExitKind::Signaled(code as i32)
+    } else {
+        ExitKind::Exited(code as i32)
+    };
+    Ok(ProcessEnd {
+        pid,
+        duration: started.elapsed(),
+        exit,
+        stopped,
+    })
+}
+
+/// Copies what the child writes into `sink` until the pipe closes.
+fn pump(mut read: PipeReader, sink: &mut dyn OutputSink) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match read.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => sink.write(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Waits for `process` to end, asking it to stop (`ask`) at the deadline or on cancel and
+/// forcing it (`force`) once the grace period is over. Returns why it was stopped, if it was.
+fn watch(
+    process: HANDLE,
+    deadline: Instant,
+    kill_grace: Duration,
+    cancel: &CancelToken,
+    ask: impl Fn(),
+    force: impl Fn(),
+) -> Option<StopReason> {
+    let mut stopped = None;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if stopped.is_none() && (now >= deadline || cancel.is_cancelled()) {
+            stopped = Some(if now >= deadline {
+                StopReason::TimedOut
+            } else {
+                StopReason::Cancelled
+            });
+            ask();
+            kill_at = Some(now + kill_grace);
+        }
+        if kill_at.is_some_and(|at| now >= at) {
+            force();
+            kill_at = None;
+        }
+        let wake = match (stopped, kill_at) {
+            (None, _) => Some(deadline),
+            (Some(_), at) => at,
+        };
+        let timeout = wake.map_or(INFINITE, |at| millis(at.saturating_duration_since(now)));
+        let handles = [process, raw(&cancel.event)];
+        let count = if stopped.is_none() { 2 } else { 1 };
+        // SAFETY: both handles are valid for the duration of the call.
+        let waited = unsafe { WaitForMultipleObjects(count, handles.as_ptr(), 0, timeout) };
+        if waited == WAIT_OBJECT_0 {
+            return stopped;
+        }
+        if waited != WAIT_TIMEOUT && waited != WAIT_OBJECT_0 + 1 {
+            // The wait itself failed; treat the process as gone rather than spin.
+            return stopped;
+        }
+    }
+}
+
+/// Watches a worker this process did not start (its dispatcher crashed) until it ends, with
+/// the same deadline and cancellation as [`supervise`]; the stop is `TerminateProcess`.
+/// `Ok(None)` at once when no process `pid` exists.
+pub fn adopt(
+    pid: u32,
+    _output: Option<PipeReader>,
+    time_left: Duration,
+    kill_grace: Duration,
+    cancel: &CancelToken,
+    _sink: &mut dyn OutputSink,
+) -> io::Result<Option<StopReason>> {
+    let Some(process) = open_process(pid) else {
+        return Ok(None);
+    };
+    let terminate = || {
+        // SAFETY: the process handle is valid while `process` lives.
+        unsafe { TerminateProcess(raw(&process), 1) };
+    };
+    Ok(watch(
+        raw(&process),
+        Instant::now() + time_left,
+        kill_grace,
+        cancel,
+        terminate,
+        terminate,
+    ))
+}
+
+fn open_process(pid: u32) -> Option<OwnedHandle> {
+    let access = PROCESS_SYNCHRONIZE | PROCESS_TERMINATE | PROCESS_QUERY_LIMITED_INFORMATION;
+    // SAFETY: plain handle acquisition; a null handle means no such process.
+    let handle = owned(unsafe { OpenProcess(access, 0, pid) }).ok()?;
+    let mut code = 0u32;
+    // SAFETY: the handle is valid and `code` is a valid out-pointer.
+    let ok = unsafe { GetExitCodeProcess(raw(&handle), &mut code) };
+    (ok != 0 && code == STILL_ACTIVE as u32).then_some(handle)
+}
+
+/// The live worker of an attempt: the recorded pid, if that process still runs. See the module
+/// documentation for why the command line is not checked here.
+pub fn find_worker(pid: Option<u32>, _marker: &str) -> Option<u32> {
+    pid.filter(|&p| open_process(p).is_some())
+}
+
+type Handler = Box<dyn Fn() + Send + Sync>;
+
+static HANDLERS: Mutex<Vec<Handler>> = Mutex::new(Vec::new());
+
+unsafe extern "system" fn console_event(_kind: u32) -> BOOL {
+    if let Ok(handlers) = HANDLERS.lock() {
+        for handler in handlers.iter() {
+            handler();
+        }
+    }
+    1
+}
+
+/// Calls `handler` on Ctrl+C, Ctrl+Break or the console closing.
+pub fn on_termination(handler: impl Fn() + Send + Sync + 'static) -> io::Result<()> {
+    let mut handlers = HANDLERS
+        .lock()
+        .map_err(|_| io::Error::other("handler list poisoned"))?;
+    if handlers.is_empty() {
+        // SAFETY: registers a handler that only reads a static list.
+        if unsafe { SetConsoleCtrlHandler(Some(console_event), 1) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    handlers.push(Box::new(handler));
+    Ok(())
+}
+
+/// A dispatcher's doorbell: a loopback TCP listener whose port is written to the doorbell's
+/// path. Ringing connects and sends one byte; nobody listening means the connection is
+/// refused at once.
+#[derive(Debug)]
+pub struct Doorbell {
+    listener: TcpListener,
+    path: PathBuf,
+    closed: Arc<AtomicBool>,
+}
+
+impl Doorbell {
+    /// Binds a doorbell and publishes its port at `path`.
+    pub fn bind(path: &Path) -> io::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, port.to_string())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            closed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Blocks until the doorbell rings; returns the byte rung. Fails once unlinked.
+    pub fn wait(&self) -> io::Result<u8> {
+        loop {
+            let (mut stream, _) = self.listener.accept()?;
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(io::ErrorKind::NotConnected.into());
+            }
+            let mut buf = [0u8; 1];
+            if stream.read_exact(&mut buf).is_ok() {
+                return Ok(buf[0]);
+            }
+        }
+    }
+
+    /// Another handle to the same doorbell (for a listener thread).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            listener: self.listener.try_clone()?,
+            path: self.path.clone(),
+            closed: Arc::clone(&self.closed),
+        })
+    }
+
+    /// Removes the port file, so that ringing fails from now on, and wakes a thread blocked in
+    /// [`Doorbell::wait`] with an error.
+    pub fn unlink(&self) -> io::Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Ok(addr) = self.listener.local_addr() {
+            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+        }
+        std::fs::remove_file(&self.path)
+    }
+}
+
+/// Rings the doorbell at `path` with `byte`. `Ok(false)` when nobody is listening there.
+pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
+    let port: u16 = match std::fs::read_to_string(path) {
+        Ok(text) => match text.trim().parse() {
+            Ok(port) => port,
+            Err(_) => return Ok(false),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(mut stream) => {
+            stream.write_all(&[byte])?;
+            Ok(true)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Nothing to do in the process itself: [`detach_command`] made it detached.
+pub fn detach_self() -> io::Result<()> {
+    Ok(())
+}
+
+/// Makes `command` start detached from this process's console: the spec's `start /b`.
+pub fn detach_command(command: &mut Command) {
+    command.creation_flags(DETACHED);
+}
