@@ -22,6 +22,7 @@
 //! | `QUEUE_MEMORY_JOBS` | jobs left queued while the dispatcher's memory is read | 100000 |
 //! | `QUEUE_PARTS` | which parts to run, as `1,3` | `1,2,3,4` |
 //! | `QUEUE_KEEP` | set to keep the scratch directory (databases, logs, attempt files) | unset |
+//! | `QUEUE_SCRATCH_DIR` | where the scratch directory goes (its file system matters) | temp dir |
 //!
 //! Each part runs in an installation of its own (plugin directory, allowlist, `jobhost.toml`,
 //! state and log directories) under one scratch directory, with a dispatcher this bench starts
@@ -31,6 +32,12 @@
 //! To enqueue while *no* dispatcher runs, the bench takes the state directory's dispatcher lock
 //! and answers its doorbell itself (see [`Muted`]): `dispatch` then finds someone listening and
 //! starts no dispatcher, and none could start anyway.
+//!
+//! Other processes' CPU use during each measurement is printed, and flagged when it is high.
+//! The scratch directory's file system matters too: every attempt creates a directory, an
+//! output file and a FIFO (and its worker a report file), and on ext4, after many recent
+//! deletions (the previous run's cleanup, say), allocating those inodes can cost more CPU than
+//! the rest of the supervision; `QUEUE_SCRATCH_DIR=/dev/shm` measures on tmpfs instead.
 //!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
 //! binary's directory by [`jobhost::attempt::jobhost_program`] (or `$JOBHOST_BIN`); `main`
@@ -70,7 +77,7 @@ const IDLE_EXIT: &str = "600";
 const PARKED: Duration = Duration::from_secs(3600);
 const BATCH: usize = 1000;
 /// How often the drain is checked.
-const POLL: Duration = Duration::from_millis(5);
+const POLL: Duration = Duration::from_millis(10);
 
 /// Iteration counts: (variable, bench default, smoke default).
 const DRAIN: (&str, usize, usize) = ("QUEUE_DRAIN_JOBS", 2000, 40);
@@ -78,7 +85,10 @@ const LATENCY: (&str, usize, usize) = ("QUEUE_LATENCY_JOBS", 500, 20);
 const ENQUEUE: (&str, usize, usize) = ("QUEUE_ENQUEUE_JOBS", 10_000, 500);
 const MEMORY: (&str, usize, usize) = ("QUEUE_MEMORY_JOBS", 100_000, 2000);
 const PARTS_VAR: &str = "QUEUE_PARTS";
+/// Cores other processes may keep busy before the figures are flagged as unreliable.
+const NOISY: f64 = 0.15;
 const KEEP_VAR: &str = "QUEUE_KEEP";
+const SCRATCH_VAR: &str = "QUEUE_SCRATCH_DIR";
 
 fn main() -> ExitCode {
     // The workers are the real jobhost binary; this one serves as one only if it is pointed at
@@ -149,6 +159,8 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     println!("plugin: {}", fixture.display());
     println!("scratch: {}", scratch.path.display());
     let mut rows = Vec::new();
+    // Cores other processes kept busy during each measurement.
+    let mut noise: Vec<(&str, f64)> = Vec::new();
 
     // The raw attempt rate first (it also warms the page cache, the loader and the plugin).
     let raw = Installation::create(&scratch.path, "raw", &fixture)?;
@@ -162,21 +174,54 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         attempt.run(&format!("warm-{t}-{i}"))
     })?;
     if parts.contains(&1) {
-        println!("\n[1] throughput: {drain_jobs} no-op jobs, then as many raw attempts");
+        println!("\n[1] throughput: {drain_jobs} no-op jobs, and as many raw attempts around them");
+        // The raw attempts run half before and half after the drain, so that both see the same
+        // machine (other processes' load shows in the CPU lines below).
+        let half = drain_jobs / 2;
+        let before = CpuMeter::start(None)?;
+        let raw_before = measure(half, 2, |t, i| attempt.run(&format!("raw-a-{t}-{i}")))?;
+        let raw_cpu_before = before.stop(None)?;
         let drain = throughput(&scratch.path, &fixture, drain_jobs)?;
-        let spawn = measure(drain_jobs, 2, |t, i| attempt.run(&format!("raw-{t}-{i}")))?;
-        let spawn_rate = spawn.rate();
+        let after = CpuMeter::start(None)?;
+        let raw_after = measure(drain_jobs - half, 2, |t, i| {
+            attempt.run(&format!("raw-b-{t}-{i}"))
+        })?;
+        let raw_cpu = raw_cpu_before.plus(&after.stop(None)?);
+        let raw_wall = raw_before.wall + raw_after.wall;
+        let spawn_rate = drain_jobs as f64 / raw_wall.as_secs_f64();
         let ratio = 100.0 * drain.rate / spawn_rate;
+        let per_job = |s: f64| s * 1e3 / drain_jobs as f64;
         println!(
-            "  drain {:.3} s: first job done after {:.1} ms, steady {:.0} jobs/s; raw {:.3} s \
-             (attempt p50 {:.2} ms, p99 {:.2} ms)",
+            "  drain {:.3} s: first job done after {:.1} ms, then {:.0} jobs/s; raw attempts \
+             {:.3} s + {:.3} s ({:.0} + {:.0} attempts/s)",
             drain.wall.as_secs_f64(),
             ms(drain.first_done),
             drain.steady_rate,
-            spawn.wall.as_secs_f64(),
-            ms(spawn.percentile(0.50)),
-            ms(spawn.percentile(0.99)),
+            raw_before.wall.as_secs_f64(),
+            raw_after.wall.as_secs_f64(),
+            raw_before.rate(),
+            raw_after.rate(),
         );
+        println!(
+            "  CPU per job: dispatcher {:.3} ms (loop {:.3}, slot threads {:.3}) + workers {:.3} \
+             ms (bench polling {:.3} ms); raw: supervisor {:.3} ms + workers {:.3} ms",
+            per_job(drain.cpu.own),
+            per_job(drain.loop_cpu),
+            per_job(drain.slots_cpu),
+            per_job(drain.cpu.children),
+            per_job(drain.cpu.bench),
+            per_job(raw_cpu.own),
+            per_job(raw_cpu.children),
+        );
+        println!(
+            "  cores busy: drain {:.2} (other processes {:.2}); raw {:.2} (other processes {:.2})",
+            drain.cpu.cores(),
+            drain.cpu.other_cores(),
+            raw_cpu.cores(),
+            raw_cpu.other_cores(),
+        );
+        noise.push(("drain", drain.cpu.other_cores()));
+        noise.push(("raw attempts", raw_cpu.other_cores()));
         rows.push(Row::info("drain, serve --slots 2", drain.rate, "jobs/s"));
         rows.push(Row::info(
             "raw attempts (ok), 2 at a time",
@@ -203,6 +248,32 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             ms(latency.round_trip.percentile(0.99)),
             ms(latency.pickup.percentile(1.0)),
         );
+        println!(
+            "  floor, run_attempt to the job's clock with no queue: p50 {:.3} ms p99 {:.3} ms \
+             (mean {:.3} ms)",
+            ms(latency.floor.percentile(0.50)),
+            ms(latency.floor.percentile(0.99)),
+            latency.floor.mean_ms(),
+        );
+        println!(
+            "  pickup mean {:.3} ms = dispatch to claim {:.3} ms + claim to the worker's clock \
+             {:.3} ms (claim times at the store's 1 ms resolution)",
+            latency.pickup.mean_ms(),
+            latency.to_claim,
+            latency.claim_to_clock,
+        );
+        noise.push(("latency floor", latency.floor_noise));
+        noise.push(("pickup latency", latency.pickup_noise));
+        rows.push(Row::info(
+            "floor: run_attempt to job clock, p50",
+            ms(latency.floor.percentile(0.50)),
+            "ms",
+        ));
+        rows.push(Row::info(
+            "floor: run_attempt to job clock, p99",
+            ms(latency.floor.percentile(0.99)),
+            "ms",
+        ));
         rows.push(Row::target(
             "pickup latency p50",
             ms(latency.pickup.percentile(0.50)),
@@ -237,6 +308,13 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
                 ms(e.batch.percentile(0.99)),
             );
         }
+        println!(
+            "  the idle dispatcher used {:.3} ms of CPU per call while they enqueued (woken by \
+             each call's doorbell ring)",
+            live.dispatcher_ms_per_call
+        );
+        noise.push(("enqueue (dispatcher up)", live.noise));
+        noise.push(("enqueue (no dispatcher)", muted.noise));
         rows.push(Row::target(
             "dispatch, 1 per call (dispatcher up)",
             live.single_rate,
@@ -263,7 +341,8 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
 
     if parts.contains(&4) {
         println!("\n[4] dispatcher memory: idle, with {memory_jobs} jobs queued, then draining");
-        let memory = dispatcher_memory(&scratch.path, &fixture, memory_jobs, drain_jobs)?;
+        let memory =
+            dispatcher_memory(&scratch.path, &fixture, memory_jobs, drain_jobs, bench_mode)?;
         println!(
             "  enqueued {memory_jobs} in batches of {BATCH} at {:.0} jobs/s (dispatcher up); while \
              draining: {} of {} due jobs done in {:.1} s ({:.0} jobs/s with the backlog), peak RSS \
@@ -305,6 +384,22 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
     let missed = rows.iter().filter(|r| r.passed() == Some(false)).count();
     println!();
+    if !noise.is_empty() {
+        let shown: Vec<String> = noise
+            .iter()
+            .map(|(what, cores)| format!("{what} {cores:.2}"))
+            .collect();
+        println!(
+            "cores kept busy by other processes: {} (of {cpus})",
+            shown.join(", ")
+        );
+        if noise.iter().any(|(_, cores)| *cores > NOISY) {
+            println!(
+                "WARNING: the machine was not idle; the rates and latencies above are worse than \
+                 on an idle machine. Run again when it is."
+            );
+        }
+    }
     println!(
         "{missed} target(s) missed. A job is {CLASS}@{OK} (pickup latency: @{CLOCK}, the \
          worker's clock minus the time just before dispatch); a raw attempt is run_attempt \
@@ -320,6 +415,12 @@ struct Drain {
     rate: f64,
     first_done: Duration,
     steady_rate: f64,
+    /// `own` is the dispatcher's, `children` its workers', `bench` this process's polling.
+    cpu: CpuUse,
+    /// The dispatcher's CPU seconds in its slot threads (running attempts), and in the rest
+    /// (its loop: the store, the logs).
+    slots_cpu: f64,
+    loop_cpu: f64,
 }
 
 /// Enqueues `jobs` no-op jobs with no dispatcher running, then starts one and times it from
@@ -335,6 +436,7 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
         ensure!(ids.len() == jobs, "enqueued {} of {jobs} jobs", ids.len());
     }
     let deadline = Duration::from_secs(60).max(Duration::from_millis(50 * jobs as u64));
+    let meter = CpuMeter::start(None)?;
     let dispatcher = Served::start(&install)?;
     let mut first_done = None;
     let wall = loop {
@@ -358,6 +460,8 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
         );
         std::thread::sleep(POLL);
     };
+    let cpu = meter.stop(Some(dispatcher.pid()))?;
+    let (slots_cpu, loop_cpu) = thread_cpu(dispatcher.pid(), "slot-")?;
     dispatcher.stop(&client)?;
     let (first_done, first_count) = first_done.unwrap_or((wall, 0));
     let steady = wall.saturating_sub(first_done).as_secs_f64();
@@ -370,6 +474,9 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
         } else {
             0.0
         },
+        cpu,
+        slots_cpu,
+        loop_cpu,
     })
 }
 
@@ -378,10 +485,28 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
 struct Latency {
     /// Worker's clock minus the time just before `dispatch`.
     pickup: Measured,
+    /// Worker's clock minus the time just before `run_attempt`, no queue involved: the floor.
+    floor: Measured,
     /// The `dispatch` call itself.
     dispatch: Measured,
     /// From just before `dispatch` until `follow` returned.
     round_trip: Measured,
+    /// Mean ms from just before `dispatch` to the claim, as recorded in the store.
+    to_claim: f64,
+    /// Mean ms from the claim to the worker's clock.
+    claim_to_clock: f64,
+    /// Cores other processes kept busy while the floor and the pickups were measured.
+    floor_noise: f64,
+    pickup_noise: f64,
+}
+
+/// One clock job dispatched into the idle dispatcher.
+struct Sample {
+    pickup: Duration,
+    dispatched: Duration,
+    round_trip: Duration,
+    to_claim: f64,
+    claim_to_clock: f64,
 }
 
 /// Dispatches `jobs` clock jobs one at a time into an idle dispatcher, each after the last
@@ -389,8 +514,25 @@ struct Latency {
 fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Latency> {
     let install = Installation::create(scratch, "latency", fixture)?;
     let mut client = install.client()?;
+    // The floor first: the same job run by run_attempt in this process, one at a time.
+    let cancel = CancelToken::new().context("cannot create a cancel token")?;
+    let attempt = AttemptRunner {
+        settings: &install.settings,
+        plugin: &install.settings.plugin_dir.join(PLUGIN_FILE),
+        cancel: &cancel,
+    };
+    for i in 0..(jobs / 25).clamp(2, 20) {
+        attempt.clock(&format!("warm-{i}"))?;
+    }
+    let meter = CpuMeter::start(None)?;
+    let floor = (0..jobs)
+        .map(|i| attempt.clock(&format!("floor-{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let floor_cpu = meter.stop(None)?;
+    let floor = Measured::new(Duration::from_secs_f64(floor_cpu.wall), floor);
+
     let dispatcher = Served::start(&install)?;
-    let one = |client: &mut Client| -> anyhow::Result<(Duration, Duration, Duration)> {
+    let one = |client: &mut Client| -> anyhow::Result<Sample> {
         let before = SystemTime::now();
         let began = Instant::now();
         let id = client
@@ -408,36 +550,63 @@ fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result
             job.state,
             job.last_error
         );
-        let worker_micros = job
-            .result
-            .as_ref()
-            .and_then(|r| r.get("unix_micros"))
-            .and_then(Value::as_u64)
-            .with_context(|| format!("clock job {id} returned {:?}", job.result))?;
-        let before_micros = before
+        let result = job.result.unwrap_or_default();
+        let pickup = clock_since(before, &result)
+            .with_context(|| format!("clock job {id} returned {result}"))?;
+        // When the dispatcher claimed it, in the store's milliseconds (truncated, so the
+        // middle of that millisecond is the best estimate).
+        let (_, attempts) = client
+            .job(id)
+            .context("cannot read the clock job")?
+            .with_context(|| format!("job {id} is gone"))?;
+        let claimed_ms = attempts
+            .first()
+            .map(|a| a.started_at)
+            .with_context(|| format!("job {id} has no attempt"))?;
+        let before_ms = before
             .duration_since(SystemTime::UNIX_EPOCH)
             .context("the clock is before 1970")?
-            .as_micros() as u64;
-        let pickup = Duration::from_micros(worker_micros.saturating_sub(before_micros));
-        Ok((pickup, dispatched, round_trip))
+            .as_secs_f64()
+            * 1e3;
+        let to_claim = claimed_ms as f64 + 0.5 - before_ms;
+        Ok(Sample {
+            pickup,
+            dispatched,
+            round_trip,
+            to_claim,
+            claim_to_clock: ms(pickup) - to_claim,
+        })
     };
     // Warm up, then let the dispatcher go idle again.
     for _ in 0..(jobs / 25).clamp(2, 20) {
         one(&mut client)?;
     }
     std::thread::sleep(Duration::from_millis(200));
-    let (mut pickup, mut dispatch, mut round_trip) = (Vec::new(), Vec::new(), Vec::new());
-    let started = Instant::now();
-    for _ in 0..jobs {
-        let (p, d, r) = one(&mut client)?;
-        pickup.push(p);
-        dispatch.push(d);
-        round_trip.push(r);
+    let meter = CpuMeter::start(Some(dispatcher.pid()))?;
+    let samples = (0..jobs)
+        .map(|_| one(&mut client))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pickup_cpu = meter.stop(Some(dispatcher.pid()))?;
+    let (mut to_claim, mut claim_to_clock) = (0.0, 0.0);
+    for sample in &samples {
+        to_claim += sample.to_claim / jobs as f64;
+        claim_to_clock += sample.claim_to_clock / jobs as f64;
     }
-    let wall = started.elapsed();
+    let samples_of = |f: fn(&Sample) -> Duration| samples.iter().map(f).collect::<Vec<_>>();
+    let (pickup, dispatch, round_trip) = (
+        samples_of(|s| s.pickup),
+        samples_of(|s| s.dispatched),
+        samples_of(|s| s.round_trip),
+    );
+    let wall = Duration::from_secs_f64(pickup_cpu.wall);
     dispatcher.stop(&client)?;
     Ok(Latency {
         pickup: Measured::new(wall, pickup),
+        floor,
+        to_claim,
+        claim_to_clock,
+        floor_noise: floor_cpu.other_cores(),
+        pickup_noise: pickup_cpu.other_cores(),
         dispatch: Measured::new(wall, dispatch),
         round_trip: Measured::new(wall, round_trip),
     })
@@ -452,6 +621,10 @@ struct Enqueue {
     single: Measured,
     /// Per `dispatch_batch` call.
     batch: Measured,
+    /// Cores other processes kept busy meanwhile.
+    noise: f64,
+    /// The dispatcher's CPU ms per `dispatch` or `dispatch_batch` call, over both modes.
+    dispatcher_ms_per_call: f64,
 }
 
 /// Enqueues `jobs` parked jobs one `dispatch` each, then `jobs` more in batches, with an idle
@@ -475,6 +648,7 @@ fn enqueue_rates(
     for _ in 0..10 {
         client.dispatch(parked()).context("cannot dispatch")?;
     }
+    let meter = CpuMeter::start(dispatcher.as_ref().map(Served::pid))?;
     let single = measure_serial(jobs, || {
         client.dispatch(parked()).context("cannot dispatch")?;
         Ok(())
@@ -490,6 +664,7 @@ fn enqueue_rates(
         ensure!(ids.len() == n, "enqueued {} of {n} jobs", ids.len());
         Ok(())
     })?;
+    let cpu = meter.stop(dispatcher.as_ref().map(Served::pid))?;
     let stats = client.store().stats().context("cannot read the stats")?;
     let scheduled = stats
         .by_state
@@ -510,6 +685,12 @@ fn enqueue_rates(
         batch_rate: jobs as f64 / batch.wall.as_secs_f64(),
         single,
         batch,
+        noise: cpu.other_cores(),
+        dispatcher_ms_per_call: if live {
+            cpu.own * 1e3 / (jobs + batches) as f64
+        } else {
+            0.0
+        },
     })
 }
 
@@ -533,11 +714,14 @@ fn dispatcher_memory(
     fixture: &Path,
     jobs: usize,
     due: usize,
+    bench_mode: bool,
 ) -> anyhow::Result<Memory> {
+    // How long to let the dispatcher settle or drain; a tenth of it in a smoke run.
+    let pause = |secs: u64| Duration::from_secs(secs) / if bench_mode { 1 } else { 10 };
     let install = Installation::create(scratch, "memory", fixture)?;
     let mut client = install.client()?;
     let dispatcher = Served::start(&install)?;
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(pause(1));
     let idle_kb = dispatcher.rss_kb()?;
 
     let started = Instant::now();
@@ -550,13 +734,13 @@ fn dispatcher_memory(
             .context("cannot dispatch a batch")?;
     }
     let enqueue_rate = jobs as f64 / started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(pause(2));
     let queued_kb = dispatcher.rss_kb()?;
 
     client
         .dispatch_batch((0..due).map(|_| Job::new(CLASS, OK)))
         .context("cannot dispatch the due jobs")?;
-    let window = Duration::from_secs(3);
+    let window = pause(3);
     let started = Instant::now();
     let mut draining_kb = 0;
     while started.elapsed() < window {
@@ -813,20 +997,37 @@ struct AttemptRunner<'a> {
 impl AttemptRunner<'_> {
     /// One attempt of a job of its own, as the dispatcher would run it.
     fn run(&self, job_id: &str) -> anyhow::Result<()> {
+        match self.attempt(job_id, OK)? {
+            result if result == json!({ "ok": true }) => Ok(()),
+            result => bail!("attempt of job {job_id} returned {result}"),
+        }
+    }
+
+    /// One attempt of the clock job; returns how long after the call its worker read the
+    /// clock.
+    fn clock(&self, job_id: &str) -> anyhow::Result<Duration> {
+        let before = SystemTime::now();
+        let result = self.attempt(job_id, CLOCK)?;
+        clock_since(before, &result)
+            .with_context(|| format!("attempt of job {job_id} returned {result}"))
+    }
+
+    /// One attempt of `method`; its result.
+    fn attempt(&self, job_id: &str, method: &str) -> anyhow::Result<Value> {
         let params = Value::Object(serde_json::Map::new());
         let spec = AttemptSpec {
             job_id,
             attempt: 1,
             class: CLASS,
-            method: OK,
+            method,
             params: &params,
             plugin: self.plugin,
             timeout: Duration::from_secs(60),
         };
         let record = run_attempt(self.settings, &spec, self.cancel, &mut |_| {})
             .with_context(|| format!("attempt of job {job_id} could not run"))?;
-        match &record.outcome {
-            Outcome::Ok(result) if *result == json!({ "ok": true }) => Ok(()),
+        match record.outcome {
+            Outcome::Ok(result) => Ok(result),
             outcome => {
                 let output = std::fs::read(&record.output.path).unwrap_or_default();
                 let shown = String::from_utf8_lossy(&output[..output.len().min(4096)]);
@@ -834,6 +1035,21 @@ impl AttemptRunner<'_> {
             }
         }
     }
+}
+
+/// How long after `before` the clock job's worker read its clock, from its `result`.
+fn clock_since(before: SystemTime, result: &Value) -> anyhow::Result<Duration> {
+    let worker_micros = result
+        .get("unix_micros")
+        .and_then(Value::as_u64)
+        .context("no unix_micros")?;
+    let before_micros = before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_micros() as u64;
+    Ok(Duration::from_micros(
+        worker_micros.saturating_sub(before_micros),
+    ))
 }
 
 /// Latencies of one measured mode.
@@ -851,6 +1067,11 @@ impl Measured {
 
     fn rate(&self) -> f64 {
         self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    fn mean_ms(&self) -> f64 {
+        let total: Duration = self.latencies.iter().sum();
+        ms(total) / self.latencies.len().max(1) as f64
     }
 
     /// Nearest-rank percentile.
@@ -925,6 +1146,165 @@ fn ms(d: Duration) -> f64 {
 
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
+}
+
+// ----- CPU accounting -----
+
+/// Linux reports process and machine CPU times in USER_HZ ticks, 100 a second on every
+/// architecture's user ABI.
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds used over a measurement.
+#[derive(Debug, Clone, Copy)]
+struct CpuUse {
+    wall: f64,
+    /// By the measured process (the dispatcher, or this bench's supervisor threads).
+    own: f64,
+    /// By its reaped children, the workers.
+    children: f64,
+    /// By this bench, when it is not the measured process.
+    bench: f64,
+    /// By everything else on the machine.
+    others: f64,
+}
+
+impl CpuUse {
+    /// Cores kept busy by the measured process and its workers.
+    fn cores(&self) -> f64 {
+        (self.own + self.children) / self.wall
+    }
+
+    /// Cores kept busy by other processes.
+    fn other_cores(&self) -> f64 {
+        self.others / self.wall
+    }
+
+    fn plus(&self, other: &Self) -> Self {
+        Self {
+            wall: self.wall + other.wall,
+            own: self.own + other.own,
+            children: self.children + other.children,
+            bench: self.bench + other.bench,
+            others: self.others + other.others,
+        }
+    }
+}
+
+/// Snapshots of this process's, a watched process's and the machine's CPU time at the start
+/// of a measurement.
+struct CpuMeter {
+    started: Instant,
+    bench: (f64, f64),
+    machine: f64,
+    /// The process already running at the start, with its CPU time then.
+    watched: Option<(u32, (f64, f64))>,
+}
+
+impl CpuMeter {
+    /// Starts measuring this process and the machine, and `watched` if it already runs.
+    fn start(watched: Option<u32>) -> anyhow::Result<Self> {
+        let watched = match watched {
+            Some(pid) => Some((pid, process_cpu(&pid.to_string())?)),
+            None => None,
+        };
+        Ok(Self {
+            started: Instant::now(),
+            bench: process_cpu("self")?,
+            machine: machine_busy()?,
+            watched,
+        })
+    }
+
+    /// The CPU used since the start by `process` (all of its time, unless it was watched
+    /// from the start), or by this process when `None`, and by everything else.
+    fn stop(self, process: Option<u32>) -> anyhow::Result<CpuUse> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let machine = machine_busy()? - self.machine;
+        let bench = process_cpu("self")?;
+        let bench = (bench.0 - self.bench.0, bench.1 - self.bench.1);
+        let (own, children, bench) = match process {
+            Some(pid) => {
+                let base = match self.watched {
+                    Some((watched, base)) if watched == pid => base,
+                    _ => (0.0, 0.0),
+                };
+                let (own, children) = process_cpu(&pid.to_string())?;
+                (own - base.0, children - base.1, bench.0 + bench.1)
+            }
+            None => (bench.0, bench.1, 0.0),
+        };
+        Ok(CpuUse {
+            wall,
+            own,
+            children,
+            bench,
+            others: (machine - own - children - bench).max(0.0),
+        })
+    }
+}
+
+/// A process's own CPU seconds (user and system, all threads) and its reaped children's.
+fn process_cpu(pid: &str) -> anyhow::Result<(f64, f64)> {
+    let (_, own, children) = stat_cpu(&format!("/proc/{pid}/stat"))?;
+    Ok((own, children))
+}
+
+/// CPU seconds of a process's threads whose name starts with `prefix`, and of the others.
+fn thread_cpu(pid: u32, prefix: &str) -> anyhow::Result<(f64, f64)> {
+    let dir = format!("/proc/{pid}/task");
+    let (mut matching, mut others) = (0.0, 0.0);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+        let path = entry.context("cannot list threads")?.path().join("stat");
+        let (name, own, _) = stat_cpu(&path.to_string_lossy())?;
+        if name.starts_with(prefix) {
+            matching += own;
+        } else {
+            others += own;
+        }
+    }
+    Ok((matching, others))
+}
+
+/// The command name, own and reaped children's CPU seconds in a `/proc/.../stat` file.
+fn stat_cpu(path: &str) -> anyhow::Result<(String, f64, f64)> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
+    // The command name is in parentheses and may hold spaces; state is the field after it.
+    let (open, close) = stat
+        .find('(')
+        .zip(stat.rfind(')'))
+        .with_context(|| format!("{path} has no command name"))?;
+    let name = stat[open + 1..close].to_owned();
+    let rest = &stat[close + 1..];
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    ensure!(fields.len() == 4, "{path} is too short");
+    Ok((
+        name,
+        (fields[0] + fields[1]) / USER_HZ,
+        (fields[2] + fields[3]) / USER_HZ,
+    ))
+}
+
+/// The machine's busy CPU seconds since boot, all cores: everything but idle and iowait.
+fn machine_busy() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    ensure!(ticks.len() >= 8, "/proc/stat's cpu line is too short");
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+    Ok(busy / USER_HZ)
 }
 
 // ----- the table -----
@@ -1022,7 +1402,8 @@ impl Scratch {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
+        let parent = std::env::var_os(SCRATCH_VAR).map_or_else(std::env::temp_dir, PathBuf::from);
+        let path = parent.join(format!(
             "jobhost-bench-queue-{}-{nanos:x}",
             std::process::id()
         ));
