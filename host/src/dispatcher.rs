@@ -300,19 +300,24 @@ impl Dispatcher {
             }
 
             // How long to sleep: until the next scheduled job, the idle exit, or the stop
-            // deadline, whichever is first.
+            // deadline, whichever is first. Jobs running in the store are this dispatcher's
+            // (one per state directory), so nothing waiting and nothing running is idle.
             let now = Instant::now();
             let mut wake = now + SAFETY_WAKE;
+            let next =
+                if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
+                    self.store.next_run_at()?
+                } else {
+                    None
+                };
             if let Some(deadline) = self.stopping {
                 wake = wake.min(deadline);
-            } else if self.running.len() < self.settings.dispatcher.slots {
-                if let Some(at) = self.store.next_run_at()? {
-                    let wait = u64::try_from(at - now_millis()).unwrap_or(0);
-                    wake = wake.min(now + Duration::from_millis(wait));
-                }
+            } else if let Some(at) = next {
+                let wait = u64::try_from(at - now_millis()).unwrap_or(0);
+                wake = wake.min(now + Duration::from_millis(wait));
             }
             if let Some(idle_exit) = options.idle_exit {
-                if self.running.is_empty() && self.store.unfinished()? == 0 {
+                if self.running.is_empty() && self.stopping.is_none() && next.is_none() {
                     let since = *idle_since.get_or_insert(now);
                     if now >= since + idle_exit {
                         if self.leave_if_still_idle()? {
@@ -577,7 +582,7 @@ impl Dispatcher {
     /// dispatcher. Returns false (and answers the doorbell again) if work arrived.
     fn leave_if_still_idle(&mut self) -> Result<bool, DispatcherError> {
         let _ = self.doorbell.unlink();
-        if self.store.unfinished()? == 0 {
+        if self.store.next_run_at()?.is_none() {
             return Ok(true);
         }
         self.doorbell =

@@ -20,7 +20,13 @@ use super::{
 use crate::job::Priority;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/001_jobs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/001_jobs.sql"),
+    include_str!("migrations/sqlite/002_claim_by_priority.sql"),
+];
+
+/// Priorities from first to last served, as stored.
+const PRIORITIES_FIRST_TO_LAST: [i64; 3] = [2, 1, 0];
 
 /// The database file's name in the state directory.
 pub const DB_FILE: &str = "jobs.sqlite3";
@@ -255,21 +261,44 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(query)?;
-        let mut jobs = {
+        // One range scan of `jobs_due` per priority, highest first, until `limit` are found.
+        let mut ids: Vec<JobId> = Vec::with_capacity(limit);
+        {
+            let mut due = tx
+                .prepare_cached(
+                    "SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') AND priority = ?1 \
+                     AND run_at <= ?2 ORDER BY run_at, id LIMIT ?3",
+                )
+                .map_err(query)?;
+            for priority in PRIORITIES_FIRST_TO_LAST {
+                let wanted = (limit - ids.len()) as i64;
+                if wanted == 0 {
+                    break;
+                }
+                let rows = due
+                    .query_map(params![priority, now, wanted], |r| r.get(0))
+                    .map_err(query)?;
+                for id in rows {
+                    ids.push(id.map_err(query)?);
+                }
+            }
+        }
+        let mut jobs = Vec::with_capacity(ids.len());
+        {
             let mut claim = tx
                 .prepare_cached(&format!(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
-                     started_at = COALESCE(started_at, ?1) \
-                     WHERE id IN (SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') \
-                       AND run_at <= ?1 ORDER BY priority DESC, run_at, id LIMIT ?2) \
-                     RETURNING {JOB_COLUMNS}"
+                     started_at = COALESCE(started_at, ?2) WHERE id = ?1 RETURNING {JOB_COLUMNS}"
                 ))
                 .map_err(query)?;
-            let rows = claim
-                .query_map(params![now, limit as i64], job_from_row)
-                .map_err(query)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(query)?
-        };
+            for id in &ids {
+                jobs.push(
+                    claim
+                        .query_row(params![id, now], job_from_row)
+                        .map_err(query)?,
+                );
+            }
+        }
         {
             let mut insert = tx
                 .prepare_cached(
@@ -283,12 +312,6 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(query)?;
-        jobs.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.run_at.cmp(&b.run_at))
-                .then(a.id.cmp(&b.id))
-        });
         Ok(jobs)
     }
 
@@ -533,22 +556,30 @@ impl Store for SqliteStore {
     }
 
     fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT MIN(run_at) FROM jobs WHERE state IN ('queued', 'scheduled')",
-                [],
-                |r| r.get(0),
+        // The smallest run_at of each priority is the first entry of its range of `jobs_due`.
+        let mut first = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(run_at) FROM jobs WHERE state IN ('queued', 'scheduled') AND priority = ?1",
             )
-            .map_err(query)
+            .map_err(query)?;
+        let mut earliest: Option<Millis> = None;
+        for priority in PRIORITIES_FIRST_TO_LAST {
+            let at: Option<Millis> = first.query_row([priority], |r| r.get(0)).map_err(query)?;
+            earliest = match (earliest, at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(earliest)
     }
 
     fn unfinished(&mut self) -> Result<u64, StoreError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'scheduled', 'running')",
-                [],
-                |r| r.get::<_, i64>(0),
             )
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map(|n| n.max(0) as u64)
             .map_err(query)
     }
