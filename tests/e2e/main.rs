@@ -1,4 +1,8 @@
 //! End-to-end tests: the real `jobhost` binary, real plugins, real worker processes.
+//!
+//! Linux only: they look at processes, sessions and process groups through `/proc`. The
+//! Windows suite is `windows/main.rs`.
+#![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
 mod api;

@@ -4,11 +4,15 @@
 //!
 //! The tests use the artifacts of `cargo build --workspace` (the binary and the plugin
 //! libraries next to it in the target directory); the README's test command builds them first.
+//!
+//! Most helpers work on Linux and Windows alike. Those that read `/proc` (the process table,
+//! process groups, [`Host::workers`]) are Linux-only; [`alive`] has an implementation for
+//! each, and [`Process`] (a handle that keeps a Windows process's identity) is Windows-only.
 #![allow(clippy::unwrap_used)]
 
 use std::{
     collections::BTreeMap,
-    env::consts::{DLL_PREFIX, DLL_SUFFIX},
+    env::consts::{DLL_PREFIX, DLL_SUFFIX, EXE_SUFFIX},
     fs,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -20,7 +24,7 @@ use serde_json::Value;
 /// The directory holding the built `jobhost` binary and plugin libraries.
 pub fn artifacts_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let binary = format!("jobhost{}", std::env::consts::EXE_SUFFIX);
+    let binary = format!("jobhost{EXE_SUFFIX}");
     exe.ancestors()
         .find(|dir| dir.join(&binary).is_file())
         .map(Path::to_path_buf)
@@ -32,7 +36,8 @@ pub fn artifacts_dir() -> PathBuf {
         })
 }
 
-/// The path of the built library of crate `lib_name`.
+/// The path of the built library of crate `lib_name`: `libNAME.so` on Linux, `NAME.dll` on
+/// Windows.
 pub fn built_library(lib_name: &str) -> PathBuf {
     let path = artifacts_dir().join(format!("{DLL_PREFIX}{lib_name}{DLL_SUFFIX}"));
     assert!(
@@ -53,7 +58,7 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 'App\Jobs\SendWelcomeEmail' = ["handle"]
 'App\Jobs\ProcessUserReport' = ["generate", "send"]
 'App\Jobs\SendNotification' = ["send"]
-'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "exit42", "huge_output", "sleep", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "env", "clock"]
+'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "env", "clock"]
 "#;
 
 /// The settings of every test installation: everything under its root, a short kill grace so
@@ -144,7 +149,7 @@ impl Host {
 
     /// A `jobhost` command run in this installation.
     pub fn jobhost(&self) -> Command {
-        let mut command = Command::new(artifacts_dir().join("jobhost"));
+        let mut command = Command::new(artifacts_dir().join(format!("jobhost{EXE_SUFFIX}")));
         command
             .current_dir(self.root())
             .env("APP_STORAGE_DIR", self.storage_dir())
@@ -204,6 +209,7 @@ impl Host {
     }
 
     /// The live worker processes of this installation, as (pid, command line).
+    #[cfg(target_os = "linux")]
     pub fn workers(&self) -> Vec<(u32, String)> {
         let marker = self.root().to_string_lossy().into_owned();
         processes_matching("__worker")
@@ -349,6 +355,7 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut condition: impl FnMut() -
 }
 
 /// The processes whose command line contains `needle`, as (pid, command line).
+#[cfg(target_os = "linux")]
 pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
@@ -367,6 +374,7 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
 }
 
 /// Fields of `/proc/PID/stat` after the command name: (state, ppid, pgrp, session, tty_nr).
+#[cfg(target_os = "linux")]
 pub fn proc_stat(pid: u32) -> Option<(char, u32, u32, u32, i32)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -381,11 +389,13 @@ pub fn proc_stat(pid: u32) -> Option<(char, u32, u32, u32, i32)> {
 }
 
 /// Whether process `pid` exists and is not a zombie.
+#[cfg(target_os = "linux")]
 pub fn alive(pid: u32) -> bool {
     proc_stat(pid).is_some_and(|(state, ..)| state != 'Z')
 }
 
 /// Whether any live process (not a zombie) belongs to process group `pgrp`.
+#[cfg(target_os = "linux")]
 pub fn group_alive(pgrp: u32) -> bool {
     fs::read_dir("/proc").unwrap().flatten().any(|entry| {
         entry
@@ -396,4 +406,53 @@ pub fn group_alive(pgrp: u32) -> bool {
             .and_then(proc_stat)
             .is_some_and(|(state, _, group, _, _)| group == pgrp && state != 'Z')
     })
+}
+
+/// Whether process `pid` exists and has not exited.
+#[cfg(windows)]
+pub fn alive(pid: u32) -> bool {
+    Process::open(pid).is_some_and(|p| p.running())
+}
+
+/// A handle to a Windows process. While it is held the process's id cannot be reused, so
+/// [`Process::running`] always answers about the process that was opened.
+#[cfg(windows)]
+#[derive(Debug)]
+pub struct Process {
+    pid: u32,
+    handle: std::os::windows::io::OwnedHandle,
+}
+
+#[cfg(windows)]
+impl Process {
+    /// Opens process `pid` to query its state; `None` if there is no such process.
+    pub fn open(pid: u32) -> Option<Self> {
+        use std::os::windows::io::FromRawHandle;
+        use windows_sys::Win32::System::Threading::{
+            OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        };
+        // SAFETY: plain handle acquisition; null means there is no such process.
+        let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        if handle.is_null() {
+            return None;
+        }
+        // SAFETY: the handle was just returned to us and nobody else owns it.
+        let handle = unsafe { std::os::windows::io::OwnedHandle::from_raw_handle(handle) };
+        Some(Self { pid, handle })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the process has not exited yet (`GetExitCodeProcess` says `STILL_ACTIVE`).
+    pub fn running(&self) -> bool {
+        use std::os::windows::io::AsRawHandle;
+        use windows_sys::Win32::{Foundation::STILL_ACTIVE, System::Threading::GetExitCodeProcess};
+        let mut code = 0u32;
+        // SAFETY: the handle is valid while self lives; `code` is a valid out-pointer.
+        let ok = unsafe { GetExitCodeProcess(self.handle.as_raw_handle(), &mut code) };
+        ok != 0 && code == STILL_ACTIVE as u32
+    }
 }

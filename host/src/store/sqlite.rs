@@ -351,11 +351,10 @@ impl Store for SqliteStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(query)?;
         let running: bool = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND attempts = ?2)",
-                params![id, attempt],
-                |r| r.get(0),
             )
+            .and_then(|mut s| s.query_row(params![id, attempt], |r| r.get(0)))
             .map_err(query)?;
         if !running {
             return Ok(false);
