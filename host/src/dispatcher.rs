@@ -153,6 +153,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
     let store = SqliteStore::open(&paths.database)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let doorbell = listen(&paths.doorbell, &tx).map_err(setup("bind the doorbell"))?;
+    start_checkpointer(&paths.database)?;
     watch_signals(&tx).map_err(setup("install signal handlers"))?;
     let mut dispatcher = Dispatcher {
         settings: settings.clone(),
@@ -204,6 +205,28 @@ fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
     crate::platform::on_termination(move || {
         let _ = tx.send(Event::Signal);
     })
+}
+
+/// How often the database's write-ahead log is folded into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
+/// for the fsync. Housekeeping on a timer: nothing waits for it.
+fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
+    let store = SqliteStore::open(database)?;
+    std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            if let Err(e) = store.checkpoint() {
+                tracing::warn!("checkpoint failed: {e}");
+            }
+        })
+        .map_err(|source| DispatcherError::Setup {
+            what: "start the checkpoint thread".into(),
+            source,
+        })?;
+    Ok(())
 }
 
 /// Starts the slot threads: each runs one attempt at a time.

@@ -65,8 +65,13 @@ impl SqliteStore {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| open_error(describe(&e)))?;
+        // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
+        // commit crosses the threshold; the dispatcher runs them in the background instead
+        // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
+        // dispatcher runs.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = 20000;",
         )
         .map_err(|e| open_error(describe(&e)))?;
         let supported = MIGRATIONS.len() as i64;
@@ -82,6 +87,14 @@ impl SqliteStore {
             .migrate(version)
             .map_err(|e| open_error(format!("migration failed: {e}")))?;
         Ok(store)
+    }
+
+    /// Copies what the WAL holds into the database file without waiting for readers or
+    /// writers (a passive checkpoint).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            .map_err(query)
     }
 
     fn migrate(&mut self, from: i64) -> rusqlite::Result<()> {
