@@ -219,6 +219,19 @@ fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
         return Ok(0);
     }
     println!("plugin directory: {}", inventory.dir.display());
+    // Mark what the allowlist does not approve: offered, but refused if asked for.
+    let allowlist = match jobhost::allowlist::Allowlist::load(&settings.allowlist) {
+        Ok(list) => Some(list),
+        Err(e) => {
+            println!("allowlist: {e:#}");
+            None
+        }
+    };
+    let unapproved = |class: &str, method: &str| {
+        allowlist
+            .as_ref()
+            .is_some_and(|list| list.check(class, method) != jobhost::allowlist::Verdict::Approved)
+    };
     if inventory.files.is_empty() {
         println!("  (no plugin files)");
     }
@@ -239,7 +252,12 @@ fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
                 for class in classes {
                     println!("  {}{}", class.name, doc_suffix(&class.doc));
                     for method in &class.methods {
-                        println!("    @{}{}", method.name, doc_suffix(&method.doc));
+                        let mark = if unapproved(&class.name, &method.name) {
+                            "  [not in the allowlist]"
+                        } else {
+                            ""
+                        };
+                        println!("    @{}{}{mark}", method.name, doc_suffix(&method.doc));
                     }
                 }
             }

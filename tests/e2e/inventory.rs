@@ -60,6 +60,10 @@ fn plugins_lists_good_plugins_and_rejects_bad_files_with_reasons() {
         .is_empty());
     assert_eq!(welcome["hash"].as_str().unwrap().len(), 64);
 
+    host.write(
+        "allowlist.toml",
+        "[jobs]\n'App\\Jobs\\ProcessUserReport' = [\"generate\"]\n",
+    );
     let table = host.run(&["plugins"]);
     table.expect_code(0);
     assert!(
@@ -67,8 +71,22 @@ fn plugins_lists_good_plugins_and_rejects_bad_files_with_reasons() {
         "{}",
         table.stdout
     );
-    assert!(table.stdout.contains("@generate"), "{}", table.stdout);
+    let line = |method: &str| {
+        table
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(method))
+            .unwrap_or_else(|| panic!("no {method} in {}", table.stdout))
+            .to_owned()
+    };
+    assert!(!line("@generate").contains("[not in the allowlist]"));
+    assert!(
+        line("@send").ends_with("[not in the allowlist]"),
+        "{}",
+        line("@send")
+    );
 
+    host.write("allowlist.toml", jobhost_e2e::SPEC_ALLOWLIST);
     host.run(&[
         "run",
         r"App\Jobs\SendWelcomeEmail",
