@@ -44,6 +44,8 @@
 //! still first handles the hidden `__worker` and `__inspect` subcommands
 //! ([`jobhost::child::exit_if_child`]), so the bench binary can stand in as a worker.
 
+mod common;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
@@ -52,20 +54,22 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _};
+use common::{
+    bench_main, count, cpus, find_fixture, install, measure, ms, AttemptRunner, Measured, Scratch,
+    CLASS, OK,
+};
 use jobhost::{
-    attempt::{jobhost_program, run_attempt, AttemptSpec, Outcome},
+    attempt::jobhost_program,
     child,
     dispatcher::{StatePaths, RING_STOP, RING_WAKE},
-    platform::{self, CancelToken, Doorbell, FileLock},
+    platform::{self, Doorbell, FileLock},
     settings::{Overrides, Settings},
     store::JobState,
     Client, Job,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
-const PLUGIN_FILE: &str = "libmisbehave_fixture.so";
-const CLASS: &str = r"Tests\Misbehave";
-const OK: &str = "ok";
+const BENCH: &str = "queue";
 const CLOCK: &str = "clock";
 const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
 const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
@@ -94,28 +98,7 @@ fn main() -> ExitCode {
     // The workers are the real jobhost binary; this one serves as one only if it is pointed at
     // itself with JOBHOST_BIN.
     child::exit_if_child();
-
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    match run(bench_mode) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("queue: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn count(bench_mode: bool, (var, bench, smoke): (&str, usize, usize)) -> anyhow::Result<usize> {
-    match std::env::var(var) {
-        Ok(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n >= 2)
-            .with_context(|| format!("{var}={v:?}: expected a whole number of at least 2")),
-        Err(_) if bench_mode => Ok(bench),
-        Err(_) => Ok(smoke),
-    }
+    bench_main(BENCH, run)
 }
 
 /// The parts to run: `QUEUE_PARTS`, a comma-separated list of 1 to 4; all by default.
@@ -140,7 +123,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let enqueue_jobs = count(bench_mode, ENQUEUE)?;
     let memory_jobs = count(bench_mode, MEMORY)?;
     let parts = parts()?;
-    let fixture = find_fixture()?;
+    let fixture = find_fixture(BENCH)?;
     let jobhost = jobhost_program();
     ensure!(
         jobhost.is_file(),
@@ -148,8 +131,13 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
          --workspace` (or set JOBHOST_BIN)",
         jobhost.display()
     );
-    let scratch = Scratch::create()?;
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let scratch = Scratch::create(
+        &std::env::var_os(SCRATCH_VAR).map_or_else(std::env::temp_dir, PathBuf::from),
+        "jobhost-bench-queue",
+        BENCH,
+        std::env::var_os(KEEP_VAR).is_some(),
+    )?;
+    let cpus = cpus();
     println!(
         "queue: {cpus} CPUs; {drain_jobs} drained, {latency_jobs} one at a time, {enqueue_jobs} \
          enqueued per mode, {memory_jobs} kept queued{}",
@@ -164,12 +152,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
 
     // The raw attempt rate first (it also warms the page cache, the loader and the plugin).
     let raw = Installation::create(&scratch.path, "raw", &fixture)?;
-    let cancel = CancelToken::new().context("cannot create a cancel token")?;
-    let attempt = AttemptRunner {
-        settings: &raw.settings,
-        plugin: &raw.settings.plugin_dir.join(PLUGIN_FILE),
-        cancel: &cancel,
-    };
+    let attempt = AttemptRunner::new(&raw.settings)?;
     measure((drain_jobs / 50).clamp(2, 20), 2, |t, i| {
         attempt.run(&format!("warm-{t}-{i}"))
     })?;
@@ -515,12 +498,7 @@ fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result
     let install = Installation::create(scratch, "latency", fixture)?;
     let mut client = install.client()?;
     // The floor first: the same job run by run_attempt in this process, one at a time.
-    let cancel = CancelToken::new().context("cannot create a cancel token")?;
-    let attempt = AttemptRunner {
-        settings: &install.settings,
-        plugin: &install.settings.plugin_dir.join(PLUGIN_FILE),
-        cancel: &cancel,
-    };
+    let attempt = AttemptRunner::new(&install.settings)?;
     for i in 0..(jobs / 25).clamp(2, 20) {
         attempt.clock(&format!("warm-{i}"))?;
     }
@@ -782,25 +760,13 @@ struct Installation {
 impl Installation {
     fn create(scratch: &Path, name: &str, fixture: &Path) -> anyhow::Result<Self> {
         let root = scratch.join(name);
-        let plugin_dir = root.join("plugins");
-        std::fs::create_dir_all(&plugin_dir)
-            .with_context(|| format!("cannot create {}", plugin_dir.display()))?;
-        // A private copy, as the host's snapshots are: a rebuild of the fixture while the bench
-        // runs must not pull the file from under the workers mapping it.
-        std::fs::copy(fixture, plugin_dir.join(PLUGIN_FILE))
-            .with_context(|| format!("cannot copy {}", fixture.display()))?;
-        for (file, text) in [("allowlist.toml", ALLOWLIST), ("jobhost.toml", SETTINGS)] {
-            std::fs::write(root.join(file), text)
-                .with_context(|| format!("cannot write {file} in {}", root.display()))?;
-        }
         let config = root.join("jobhost.toml");
         let overrides = Overrides {
             config: Some(config.clone()),
             ..Overrides::default()
         };
-        // Ignores any `JOBHOST_*` variables of the caller.
-        let settings = Settings::resolve_with(&overrides, &root, |_| None)
-            .context("cannot resolve the bench settings")?;
+        let files = [("allowlist.toml", ALLOWLIST), ("jobhost.toml", SETTINGS)];
+        let settings = install(&root, fixture, &files, &overrides)?;
         Ok(Self { config, settings })
     }
 
@@ -985,24 +951,9 @@ impl Drop for Muted {
     }
 }
 
-// ----- raw attempts and measurement, as in worker_spawn -----
-
-/// Runs no-op attempts through the real attempt path.
-struct AttemptRunner<'a> {
-    settings: &'a Settings,
-    plugin: &'a Path,
-    cancel: &'a CancelToken,
-}
+// ----- raw attempts and measurement, beside those shared with worker_spawn -----
 
 impl AttemptRunner<'_> {
-    /// One attempt of a job of its own, as the dispatcher would run it.
-    fn run(&self, job_id: &str) -> anyhow::Result<()> {
-        match self.attempt(job_id, OK)? {
-            result if result == json!({ "ok": true }) => Ok(()),
-            result => bail!("attempt of job {job_id} returned {result}"),
-        }
-    }
-
     /// One attempt of the clock job; returns how long after the call its worker read the
     /// clock.
     fn clock(&self, job_id: &str) -> anyhow::Result<Duration> {
@@ -1010,30 +961,6 @@ impl AttemptRunner<'_> {
         let result = self.attempt(job_id, CLOCK)?;
         clock_since(before, &result)
             .with_context(|| format!("attempt of job {job_id} returned {result}"))
-    }
-
-    /// One attempt of `method`; its result.
-    fn attempt(&self, job_id: &str, method: &str) -> anyhow::Result<Value> {
-        let params = Value::Object(serde_json::Map::new());
-        let spec = AttemptSpec {
-            job_id,
-            attempt: 1,
-            class: CLASS,
-            method,
-            params: &params,
-            plugin: self.plugin,
-            timeout: Duration::from_secs(60),
-        };
-        let record = run_attempt(self.settings, &spec, self.cancel, &mut |_| {})
-            .with_context(|| format!("attempt of job {job_id} could not run"))?;
-        match record.outcome {
-            Outcome::Ok(result) => Ok(result),
-            outcome => {
-                let output = std::fs::read(&record.output.path).unwrap_or_default();
-                let shown = String::from_utf8_lossy(&output[..output.len().min(4096)]);
-                bail!("attempt of job {job_id} ended {outcome:?}; worker output:\n{shown}")
-            }
-        }
     }
 }
 
@@ -1052,36 +979,11 @@ fn clock_since(before: SystemTime, result: &Value) -> anyhow::Result<Duration> {
     ))
 }
 
-/// Latencies of one measured mode.
-struct Measured {
-    wall: Duration,
-    /// Sorted.
-    latencies: Vec<Duration>,
-}
-
 impl Measured {
-    fn new(wall: Duration, mut latencies: Vec<Duration>) -> Self {
-        latencies.sort_unstable();
-        Self { wall, latencies }
-    }
-
-    fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.wall.as_secs_f64()
-    }
-
+    /// Mean latency in milliseconds.
     fn mean_ms(&self) -> f64 {
         let total: Duration = self.latencies.iter().sum();
         ms(total) / self.latencies.len().max(1) as f64
-    }
-
-    /// Nearest-rank percentile.
-    fn percentile(&self, p: f64) -> Duration {
-        let n = self.latencies.len();
-        if n == 0 {
-            return Duration::ZERO;
-        }
-        let rank = ((p * n as f64).ceil() as usize).clamp(1, n);
-        self.latencies[rank - 1]
     }
 }
 
@@ -1098,50 +1000,6 @@ fn measure_serial(
         latencies.push(began.elapsed());
     }
     Ok(Measured::new(started.elapsed(), latencies))
-}
-
-/// Runs `op` `total` times spread over `threads` threads, each doing its share back to back;
-/// `op` gets the thread and iteration number.
-fn measure(
-    total: usize,
-    threads: usize,
-    op: impl Fn(usize, usize) -> anyhow::Result<()> + Sync,
-) -> anyhow::Result<Measured> {
-    let op = &op;
-    let started = Instant::now();
-    let per_thread: Vec<anyhow::Result<Vec<Duration>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let share = total / threads + usize::from(t < total % threads);
-                scope.spawn(move || {
-                    let mut latencies = Vec::with_capacity(share);
-                    for i in 0..share {
-                        let began = Instant::now();
-                        op(t, i)?;
-                        latencies.push(began.elapsed());
-                    }
-                    Ok(latencies)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a bench thread panicked")))
-            })
-            .collect()
-    });
-    let wall = started.elapsed();
-    let mut latencies = Vec::with_capacity(total);
-    for thread in per_thread {
-        latencies.extend(thread?);
-    }
-    Ok(Measured::new(wall, latencies))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn mb(kb: u64) -> f64 {
@@ -1365,65 +1223,5 @@ impl std::fmt::Display for Row {
             "{:<42} {:>12.*} {:<10} {:>10} {:>6}",
             self.what, precision, self.value, self.unit, target, result
         )
-    }
-}
-
-// ----- files -----
-
-/// The fixture plugin in the target profile directory this bench binary was built into
-/// (`target/release/deps/queue-…` beside `target/release/libmisbehave_fixture.so`).
-fn find_fixture() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot locate the bench binary")?;
-    let found = exe
-        .ancestors()
-        .skip(1)
-        // Cargo's copy in `deps/` is an intermediate; the profile directory holds the real one.
-        .filter(|dir| !dir.ends_with("deps"))
-        .map(|dir| dir.join(PLUGIN_FILE))
-        .find(|path| path.is_file());
-    match found {
-        Some(path) => Ok(path),
-        None => bail!(
-            "{PLUGIN_FILE} not found in any directory above {}; build the fixture plugins first \
-             with `cargo build --release --workspace` (then `cargo bench -p jobhost --bench \
-             queue`)",
-            exe.display()
-        ),
-    }
-}
-
-/// The scratch directory holding every installation; removed when dropped.
-struct Scratch {
-    path: PathBuf,
-}
-
-impl Scratch {
-    fn create() -> anyhow::Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let parent = std::env::var_os(SCRATCH_VAR).map_or_else(std::env::temp_dir, PathBuf::from);
-        let path = parent.join(format!(
-            "jobhost-bench-queue-{}-{nanos:x}",
-            std::process::id()
-        ));
-        std::fs::create_dir(&path)
-            .with_context(|| format!("cannot create scratch directory {}", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::env::var_os(KEEP_VAR).is_some() {
-            eprintln!("queue: kept {}", self.path.display());
-            return;
-        }
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            eprintln!(
-                "queue: cannot remove scratch directory {}: {e}",
-                self.path.display()
-            );
-        }
     }
 }
