@@ -62,7 +62,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
          ({ITERS_VAR}={attempts}){}",
         if bench_mode { "" } else { ", smoke run" }
     );
-    println!("worker: {}", std::env::current_exe()?.display());
+    println!("worker: {}", jobhost::attempt::jobhost_program().display());
     println!(
         "plugin: {} (copied from {})",
         plugin.display(),
