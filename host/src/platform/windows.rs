@@ -34,9 +34,15 @@ use std::{
 };
 
 use windows_sys::Win32::{
-    Foundation::{BOOL, HANDLE, STILL_ACTIVE, WAIT_OBJECT_0, WAIT_TIMEOUT},
+    Foundation::{
+        SetHandleInformation, BOOL, HANDLE, HANDLE_FLAG_INHERIT, INVALID_HANDLE_VALUE,
+        STILL_ACTIVE, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    },
     System::{
-        Console::SetConsoleCtrlHandler,
+        Console::{
+            GetStdHandle, SetConsoleCtrlHandler, STD_ERROR_HANDLE, STD_INPUT_HANDLE,
+            STD_OUTPUT_HANDLE,
+        },
         Diagnostics::Debug::{SetErrorMode, SEM_FAILCRITICALERRORS, SEM_NOGPFAULTERRORBOX},
         JobObjects::{AssignProcessToJobObject, CreateJobObjectW, TerminateJobObject},
         Threading::{
@@ -500,6 +506,23 @@ pub fn detach_self() -> io::Result<()> {
 }
 
 /// Makes `command` start detached from this process's console: the spec's `start /b`.
+///
+/// `CreateProcess` hands a child every inheritable handle of its parent, whatever the
+/// child's own stdio, and a process's standard handles usually are inheritable: a detached
+/// dispatcher would keep the caller's stdout and stderr pipes open for as long as it runs, so
+/// whoever reads `jobhost run`'s output (a shell's `$(...)`, PHP's `exec`) would wait for the
+/// dispatcher to exit instead of getting the job id at once. So this process's own standard
+/// handles are made non-inheritable first; std duplicates them for a child whose stdio is
+/// `Stdio::inherit()`, so such children are not affected.
 pub fn detach_command(command: &mut Command) {
+    for which in [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE] {
+        // SAFETY: reads this process's standard handle; null or invalid when there is none.
+        let handle = unsafe { GetStdHandle(which) };
+        if !handle.is_null() && handle != INVALID_HANDLE_VALUE {
+            // SAFETY: only clears the inherit flag of a handle this process owns; a failure
+            // (such as a pseudo-handle) leaves it as it was.
+            unsafe { SetHandleInformation(handle, HANDLE_FLAG_INHERIT, 0) };
+        }
+    }
     command.creation_flags(DETACHED);
 }
