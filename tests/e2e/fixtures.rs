@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobhost_e2e::{group_alive, proc_stat, wait_for, Host};
+use jobhost_e2e::{alive, group_alive, proc_stat, wait_for, Host};
 
 /// Runs `Tests\Misbehave@method` once (no retries) and checks how it failed; then checks that
 /// a good job still runs in the same installation. Returns the failed attempt's output.
@@ -150,6 +150,49 @@ fn hanging_job_is_killed_with_its_whole_process_group_at_its_timeout() {
         .log("background_jobs_errors.log")
         .iter()
         .any(|l| l.contains(r#"Job failed: Tests\Misbehave@hang {"error":"timed out after 1s""#)));
+    host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
+        .expect_code(0);
+}
+
+#[test]
+fn hanging_job_is_killed_with_the_child_it_started_at_its_timeout() {
+    let host = Host::standard();
+    let id = host.enqueue(&[
+        r"Tests\Misbehave",
+        "hang_with_child",
+        "--retries",
+        "0",
+        "--timeout",
+        "2",
+    ]);
+    let out = host
+        .state_dir()
+        .join("attempts")
+        .join(id.to_string())
+        .join("1.out");
+    let child: u32 = wait_for(
+        "the job to start its child",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&out).ok()?;
+            let pid = text.lines().find_map(|l| l.strip_prefix("child pid "))?;
+            Some(pid.trim().parse().unwrap())
+        },
+    );
+    let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+    assert_eq!(
+        cmdline, b"sleep\0600\0",
+        "the job's child is its `sleep 600`"
+    );
+    assert!(alive(child));
+
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert_eq!(shown["job"]["state"], "failed");
+    assert_eq!(shown["attempts"][0]["error"], "timed out after 2s");
+    assert!(
+        !alive(child),
+        "the grandchild `sleep 600` ({child}) died with its worker"
+    );
     host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
         .expect_code(0);
 }
