@@ -9,7 +9,8 @@ use std::{collections::HashSet, time::Duration};
 use serde_json::json;
 
 use super::{
-    AttemptEnd, AttemptStart, CancelOutcome, JobState, ListFilter, NewJob, Next, Store, StoreError,
+    AttemptEnd, AttemptStart, CancelOutcome, Finished, JobState, ListFilter, NewJob, Next, Store,
+    StoreError,
 };
 use crate::job::{JobSpec, Priority};
 
@@ -450,6 +451,44 @@ pub fn batch_enqueue_is_one_transaction_visible_to_other_connections(b: &dyn Bac
     assert!(writer.enqueue(&[], 1000).unwrap().is_empty());
 }
 
+pub fn finished_since_counts_completed_and_failed_jobs_by_when_they_ended(b: &dyn Backend) {
+    let mut s = b.connect();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("B", Priority::Normal, 0),
+                new_job("C", Priority::Normal, 0),
+                new_job("D", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    let claimed = s.claim(1000, 4).unwrap();
+    assert_eq!(claimed.len(), 4);
+    assert!(s
+        .settle(ids[0], 1, &end("ok", 2000), &Next::Complete(json!(1)))
+        .unwrap());
+    assert!(s
+        .settle(ids[1], 1, &end("ok", 5000), &Next::Complete(json!(2)))
+        .unwrap());
+    assert!(s
+        .settle(ids[2], 1, &end("error", 6000), &Next::Fail)
+        .unwrap());
+    // Scheduled for a retry: not finished.
+    assert!(s
+        .settle(ids[3], 1, &end("error", 6000), &Next::Retry(9000))
+        .unwrap());
+    let mut at = |since| {
+        let Finished { completed, failed } = s.finished_since(since).unwrap();
+        (completed, failed)
+    };
+    assert_eq!(at(0), (2, 1));
+    assert_eq!(at(5000), (1, 1));
+    assert_eq!(at(5001), (0, 1));
+    assert_eq!(at(6001), (0, 0));
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -464,6 +503,7 @@ macro_rules! conformance_suite {
             retry_requeues_failed_and_cancelled_jobs_only,
             list_filters_and_pages_newest_first_and_stats_count_by_state,
             batch_enqueue_is_one_transaction_visible_to_other_connections,
+            finished_since_counts_completed_and_failed_jobs_by_when_they_ended,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

@@ -251,6 +251,15 @@ pub struct Stats {
     pub by_state: std::collections::BTreeMap<String, u64>,
 }
 
+/// How many jobs reached an end, since some time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Finished {
+    /// Completed.
+    pub completed: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -333,6 +342,9 @@ pub trait Store: Send {
 
     /// Counts by state.
     fn stats(&mut self) -> Result<Stats, StoreError>;
+
+    /// How many jobs completed and how many failed at or after `since`.
+    fn finished_since(&mut self, since: Millis) -> Result<Finished, StoreError>;
 
     /// The running jobs whose cancellation was requested.
     fn cancel_requests(&mut self) -> Result<Vec<JobId>, StoreError>;

@@ -14,8 +14,8 @@ use rusqlite::{
 };
 
 use super::{
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, JobId, JobRecord, JobState, ListFilter,
-    Millis, NewJob, Next, Stats, Store, StoreError,
+    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Finished, JobId, JobRecord, JobState,
+    ListFilter, Millis, NewJob, Next, Stats, Store, StoreError,
 };
 use crate::job::Priority;
 
@@ -23,6 +23,7 @@ use crate::job::Priority;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_jobs.sql"),
     include_str!("migrations/sqlite/002_claim_by_priority.sql"),
+    include_str!("migrations/sqlite/003_finished_index.sql"),
 ];
 
 /// Priorities from first to last served, as stored.
@@ -532,6 +533,23 @@ impl Store for SqliteStore {
             stats.by_state.insert(state, count.max(0) as u64);
         }
         Ok(stats)
+    }
+
+    fn finished_since(&mut self, since: Millis) -> Result<Finished, StoreError> {
+        let mut count = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE state = ?1 AND finished_at >= ?2")
+            .map_err(query)?;
+        let mut of = |state: JobState| {
+            count
+                .query_row(params![state.as_str(), since], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(query)
+        };
+        Ok(Finished {
+            completed: of(JobState::Completed)?,
+            failed: of(JobState::Failed)?,
+        })
     }
 
     fn cancel_requests(&mut self) -> Result<Vec<JobId>, StoreError> {
