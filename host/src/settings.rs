@@ -7,6 +7,7 @@
 
 use std::{
     env,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -76,6 +77,22 @@ pub struct RawSettings {
     /// The dispatcher.
     #[serde(default)]
     pub dispatcher: RawDispatcher,
+    /// The admin dashboard.
+    #[serde(default)]
+    pub web: RawWeb,
+}
+
+/// The `[web]` table: the admin dashboard `jobhost serve` runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    /// Whether `jobhost serve` runs the dashboard.
+    pub enabled: Option<bool>,
+    /// The address it listens on, `IP:PORT`.
+    pub listen: Option<SocketAddr>,
+    /// The admin token; generated at each start when neither this nor the environment sets one.
+    #[serde(default, deserialize_with = "de_token")]
+    pub admin_token: Option<String>,
 }
 
 /// The `[dispatcher]` table.
@@ -173,6 +190,39 @@ pub struct DispatcherSettings {
     pub shutdown_grace: Duration,
 }
 
+/// The admin dashboard (`docs/dashboard.md`).
+#[derive(Clone, PartialEq)]
+pub struct WebSettings {
+    /// Whether `jobhost serve` runs it (default true).
+    pub enabled: bool,
+    /// The address it listens on (default `127.0.0.1:8000`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The admin token (`web.admin_token`, or `JOBHOST_ADMIN_TOKEN`); `None`: `serve`
+    /// generates one at each start.
+    pub admin_token: Option<String>,
+}
+
+impl Default for WebSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            admin_token: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebSettings {
+    /// Never shows the token itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSettings")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
 impl Default for DispatcherSettings {
     fn default() -> Self {
         Self {
@@ -208,6 +258,8 @@ pub struct Settings {
     pub limits: Limits,
     /// The dispatcher.
     pub dispatcher: DispatcherSettings,
+    /// The admin dashboard.
+    pub web: WebSettings,
 }
 
 impl Default for JobDefaults {
@@ -340,6 +392,23 @@ impl Settings {
                 .unwrap_or(builtin.shutdown_grace),
         };
 
+        let builtin = WebSettings::default();
+        let env_token = match getenv("JOBHOST_ADMIN_TOKEN") {
+            Some(value) if value.trim().is_empty() => {
+                return Err(SettingsError::Env {
+                    name: "JOBHOST_ADMIN_TOKEN",
+                    value,
+                    message: "must not be empty (unset it to have one generated)".into(),
+                })
+            }
+            other => other,
+        };
+        let web = WebSettings {
+            enabled: raw.web.enabled.unwrap_or(builtin.enabled),
+            listen: raw.web.listen.unwrap_or(builtin.listen),
+            admin_token: env_token.or(raw.web.admin_token),
+        };
+
         Ok(Settings {
             work_dir: base.clone(),
             config_file,
@@ -371,6 +440,7 @@ impl Settings {
             defaults,
             limits,
             dispatcher,
+            web,
         })
     }
 }
@@ -431,6 +501,16 @@ fn secs_from_f64(v: f64) -> Option<Duration> {
     (v.is_finite() && (0.0..1e10).contains(&v)).then(|| Duration::from_secs_f64(v))
 }
 
+fn de_token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let token = String::deserialize(d)?;
+    if token.trim().is_empty() {
+        return Err(serde::de::Error::custom(
+            "the admin token must not be empty (leave it out to have one generated)",
+        ));
+    }
+    Ok(Some(token))
+}
+
 const SECONDS: &str = "a non-negative number of seconds";
 
 /// Parses a non-negative number of seconds, such as `5` or `0.25`.
@@ -454,5 +534,74 @@ fn env_parse<T>(
                 message: format!("must be {expected}"),
             }),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml: &str, env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), toml).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::resolve_with(&Overrides::default(), dir.path(), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn the_dashboard_listens_on_loopback_8000_by_default_with_a_generated_token() {
+        let web = resolve("", &[]).unwrap().web;
+        assert!(web.enabled);
+        assert_eq!(web.listen, "127.0.0.1:8000".parse().unwrap());
+        assert_eq!(web.admin_token, None);
+    }
+
+    #[test]
+    fn web_settings_come_from_the_file_and_the_token_also_from_the_environment() {
+        let toml =
+            "web.enabled = false\nweb.listen = \"127.0.0.1:0\"\nweb.admin_token = \"from-file\"\n";
+        let web = resolve(toml, &[]).unwrap().web;
+        assert!(!web.enabled);
+        assert_eq!(web.listen.port(), 0);
+        assert_eq!(web.admin_token.as_deref(), Some("from-file"));
+        let web = resolve(toml, &[("JOBHOST_ADMIN_TOKEN", "from-env")])
+            .unwrap()
+            .web;
+        assert_eq!(web.admin_token.as_deref(), Some("from-env"));
+        assert!(
+            !format!("{web:?}").contains("from-env"),
+            "Debug hides the token"
+        );
+    }
+
+    #[test]
+    fn bad_web_settings_are_refused() {
+        let listen = resolve("\n[web]\nlisten = \"localhost\"\n", &[]).unwrap_err();
+        assert!(
+            matches!(listen, SettingsError::Parse { line: 3, .. }),
+            "{listen}"
+        );
+        let empty = resolve("web.admin_token = \"  \"\n", &[]).unwrap_err();
+        assert!(empty.to_string().contains("must not be empty"), "{empty}");
+        let env = resolve("", &[("JOBHOST_ADMIN_TOKEN", "")]).unwrap_err();
+        assert!(
+            matches!(
+                env,
+                SettingsError::Env {
+                    name: "JOBHOST_ADMIN_TOKEN",
+                    ..
+                }
+            ),
+            "{env}"
+        );
+        assert!(
+            resolve("web.port = 1\n", &[]).is_err(),
+            "unknown keys are refused"
+        );
     }
 }
