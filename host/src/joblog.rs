@@ -268,6 +268,12 @@ pub fn dispatcher(message: &str, slots: usize, state_dir: &std::path::Path) {
     tracing::info!(context = context.as_str(), "{message}");
 }
 
+/// `Failed dashboard login` (WARNING): a wrong admin token was offered from `ip`.
+pub fn failed_login(ip: &str) {
+    let context = context([("ip", json!(ip)), ("status", json!("refused"))]);
+    tracing::warn!(context = context.as_str(), "Failed dashboard login");
+}
+
 /// A DEBUG line with the details of a finished attempt.
 pub fn attempt_finished(job: &str, id: i64, record: &crate::attempt::AttemptRecord) {
     let context = context([
