@@ -95,11 +95,34 @@ pub enum DispatcherError {
     },
 }
 
+/// Called after the dispatcher changed jobs (claimed, settled, stopped a cancelled attempt) or
+/// heard that another process changed the queue: how the dashboard knows to refresh.
+pub type OnChange = Arc<dyn Fn() + Send + Sync>;
+
+/// Starts something that runs beside the dispatcher for as long as it serves the state
+/// directory (the dashboard): called once the dispatcher holds the lock; what it returns is
+/// dropped, stopping it, before the dispatcher lets the lock go.
+pub type Companion = Arc<dyn Fn() -> Option<Box<dyn std::any::Any>> + Send + Sync>;
+
 /// How the dispatcher should run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Default)]
 pub struct ServeOptions {
     /// Exit after this long with nothing queued, scheduled or running.
     pub idle_exit: Option<Duration>,
+    /// Told about every change.
+    pub on_change: Option<OnChange>,
+    /// Runs beside the dispatcher.
+    pub companion: Option<Companion>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("idle_exit", &self.idle_exit)
+            .field("on_change", &self.on_change.is_some())
+            .field("companion", &self.companion.is_some())
+            .finish()
+    }
 }
 
 /// What the loop reacts to.
@@ -166,13 +189,16 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         hashes: Arc::new(Mutex::new(PluginHashes::default())),
         doorbell,
         stopping: None,
+        on_change: options.on_change.clone(),
     };
     joblog::dispatcher(
         "Dispatcher started",
         settings.dispatcher.slots,
         &settings.state_dir,
     );
-    let result = dispatcher.run(options);
+    let companion = options.companion.as_ref().and_then(|start| start());
+    let result = dispatcher.run(&options);
+    drop(companion);
     joblog::dispatcher(
         "Dispatcher stopped",
         settings.dispatcher.slots,
@@ -304,10 +330,11 @@ struct Dispatcher {
     doorbell: Doorbell,
     /// When the running attempts must be stopped, once a stop was asked for.
     stopping: Option<Instant>,
+    on_change: Option<OnChange>,
 }
 
 impl Dispatcher {
-    fn run(&mut self, options: ServeOptions) -> Result<(), DispatcherError> {
+    fn run(&mut self, options: &ServeOptions) -> Result<(), DispatcherError> {
         self.recover()?;
         let mut check_cancels = true;
         let mut idle_since: Option<Instant> = None;
@@ -366,7 +393,11 @@ impl Dispatcher {
             for event in pending {
                 match event {
                     Event::Rang(RING_STOP) | Event::Signal => self.begin_stop(),
-                    Event::Rang(_) => check_cancels = true,
+                    Event::Rang(_) => {
+                        // Another process enqueued, cancelled or retried.
+                        check_cancels = true;
+                        self.changed();
+                    }
                     Event::Spawned { id, attempt, start } => self.spawned(id, attempt, start)?,
                     Event::Finished {
                         id,
@@ -394,7 +425,11 @@ impl Dispatcher {
         if free == 0 {
             return Ok(());
         }
-        for job in self.store.claim(now_millis(), free)? {
+        let claimed = self.store.claim(now_millis(), free)?;
+        if !claimed.is_empty() {
+            self.changed();
+        }
+        for job in claimed {
             joblog::started(&job.name(), &job.params);
             let cancel = CancelToken::new().map_err(|source| DispatcherError::Setup {
                 what: "create a cancel token".into(),
@@ -423,10 +458,15 @@ impl Dispatcher {
         if self.running.is_empty() {
             return Ok(());
         }
+        let mut fired = false;
         for id in self.store.cancel_requests()? {
             if let Some(running) = self.running.get(&id) {
                 running.cancel.cancel();
+                fired = true;
             }
+        }
+        if fired {
+            self.changed();
         }
         Ok(())
     }
@@ -506,6 +546,7 @@ impl Dispatcher {
         if !self.store.settle(id, attempt, &end, &next)? {
             return Ok(());
         }
+        self.changed();
         let name = job.name();
         joblog::attempt_finished(&name, id, &record);
         let error = error.unwrap_or_default();
@@ -521,6 +562,12 @@ impl Dispatcher {
         }
         notify_waiters(&self.paths.waiters, id);
         Ok(())
+    }
+
+    fn changed(&self) {
+        if let Some(on_change) = &self.on_change {
+            on_change();
+        }
     }
 
     fn begin_stop(&mut self) {

@@ -170,6 +170,7 @@ fn run_job(settings: Settings, args: RunArgs) -> anyhow::Result<u8> {
 fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     let options = ServeOptions {
         idle_exit: args.idle_exit,
+        ..ServeOptions::default()
     };
     if !args.detached {
         dispatcher::serve(settings, options)?;
@@ -181,7 +182,7 @@ fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     let paths = dispatcher::StatePaths::new(&settings.state_dir);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match dispatcher::serve(settings, options) {
+        match dispatcher::serve(settings, options.clone()) {
             Err(DispatcherError::AlreadyRunning { .. }) => {
                 let answered =
                     platform::ring(&paths.doorbell, dispatcher::RING_WAKE).unwrap_or(false);
