@@ -181,7 +181,7 @@ fn hanging_job_is_killed_with_the_child_it_started_at_its_timeout() {
     );
     let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
     assert_eq!(
-        cmdline, b"sleep\0600\0",
+        cmdline, b"sleep\x00600\x00",
         "the job's child is its `sleep 600`"
     );
     assert!(alive(child));
