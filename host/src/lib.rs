@@ -12,7 +12,7 @@
 //! [`dispatcher`] is the loop that owns job state and runs attempts through [`attempt`], which
 //! spawns and supervises a worker with [`platform`] and keeps its output with [`capture`];
 //! [`child`] is what the worker itself runs, speaking [`protocol`] and loading plugins with
-//! [`loader`]; [`joblog`] writes the spec-format logs.
+//! [`loader`]; [`joblog`] writes the spec-format logs; [`web`] is the admin dashboard `jobhost serve` runs.
 
 pub mod allowlist;
 pub mod api;
@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod settings;
 pub mod store;
 mod text;
+pub mod web;
 
 pub use api::{dispatch, Client, DispatchError, Job};
 pub use job::Priority;

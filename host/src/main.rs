@@ -168,10 +168,11 @@ fn run_job(settings: Settings, args: RunArgs) -> anyhow::Result<u8> {
 }
 
 fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
-    let options = ServeOptions {
+    let mut options = ServeOptions {
         idle_exit: args.idle_exit,
         ..ServeOptions::default()
     };
+    jobhost::web::attach(settings, &mut options);
     if !args.detached {
         dispatcher::serve(settings, options)?;
         return Ok(0);

@@ -1,0 +1,428 @@
+//! The admin dashboard that `jobhost serve` runs at `http://127.0.0.1:8000/admin/background-jobs`
+//! (`docs/dashboard.md`): this module owns its lifetime — the listening socket, the `tokio`
+//! runtime on a thread of its own, the router, the response headers every answer carries, and
+//! `dashboard.json` in the state directory (the login URL and a generated token).
+//!
+//! The submodules: [`auth`] decides who may see what (login, sessions, CSRF, the slowdown of
+//! failed logins); [`pages`] renders the HTML pages, [`api`] the JSON API, [`events`] the
+//! server-sent change events; [`data`] reads and acts on the queue for both pages and API.
+//! Reads go to a SQLite connection of the dashboard's own; actions (cancel, retry, run) go
+//! through a [`Client`], so they pass the same gate, are logged the same way and ring the
+//! dispatcher's doorbell like the command line's.
+
+mod api;
+mod auth;
+mod data;
+mod events;
+mod pages;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use tokio::sync::watch;
+
+use crate::{
+    dispatcher::{ServeOptions, StatePaths},
+    settings::Settings,
+    store::sqlite::SqliteStore,
+    Client, DispatchError,
+};
+
+/// Where the dashboard lives.
+pub const PREFIX: &str = "/admin/background-jobs";
+
+/// The file in the state directory that holds the login URL (and a generated token).
+pub const DASHBOARD_FILE: &str = "dashboard.json";
+
+/// How long a stopping dashboard waits for open connections before it drops them.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// A counter of changes to the queue: bumped by the dispatcher and by the dashboard's own
+/// actions, watched by every open event stream.
+#[derive(Clone)]
+pub struct Changes(Arc<watch::Sender<u64>>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Changes {
+    /// A new counter at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one change. Never blocks; cheap enough for the dispatcher's loop.
+    pub fn bump(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// The running dashboard. Dropping it stops the server and removes `dashboard.json`.
+pub struct WebHandle {
+    addr: SocketAddr,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<JoinHandle<()>>,
+    file: PathBuf,
+}
+
+impl WebHandle {
+    /// The address it listens on (with the real port when the settings said 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for WebHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct App {
+    settings: Settings,
+    token: String,
+    sessions: Mutex<auth::Sessions>,
+    throttle: auth::Throttle,
+    store: Mutex<SqliteStore>,
+    client: Mutex<Client>,
+    changes: Changes,
+    stopping: watch::Receiver<bool>,
+}
+
+impl App {
+    fn store(&self) -> MutexGuard<'_, SqliteStore> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn client(&self) -> MutexGuard<'_, Client> {
+        self.client.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, auth::Sessions> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub(crate) type Shared = Arc<App>;
+
+/// Starts the dashboard for `settings.web` on a thread of its own and writes `dashboard.json`;
+/// `changes` is the counter the dispatcher bumps. Fails, starting nothing, when the address
+/// cannot be bound (the port is taken) or the state directory cannot be written.
+pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle> {
+    let (token, generated) = match &settings.web.admin_token {
+        Some(token) => (token.clone(), false),
+        None => (auth::random_hex()?, true),
+    };
+    let listen = settings.web.listen;
+    let listener = TcpListener::bind(listen)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+
+    let paths = StatePaths::new(&settings.state_dir);
+    let store = SqliteStore::open(&paths.database).map_err(std::io::Error::other)?;
+    let client = Client::new(settings.clone()).map_err(|e: DispatchError| {
+        std::io::Error::other(format!("cannot open the queue for the dashboard: {e}"))
+    })?;
+    let (stop, stopping) = watch::channel(false);
+    let app = Arc::new(App {
+        settings: settings.clone(),
+        token: token.clone(),
+        sessions: Mutex::new(auth::Sessions::default()),
+        throttle: auth::Throttle::default(),
+        store: Mutex::new(store),
+        client: Mutex::new(client),
+        changes,
+        stopping: stopping.clone(),
+    });
+
+    let url = login_url(addr);
+    let file = settings.state_dir.join(DASHBOARD_FILE);
+    write_dashboard_file(&file, &url, generated.then_some(token.as_str()))?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("web")
+        .enable_all()
+        .build()?;
+    let router = router(app);
+    let thread = std::thread::Builder::new()
+        .name("web".into())
+        .spawn(move || serve(runtime, listener, router, stopping))?;
+    if generated {
+        eprintln!("dashboard: {url} (token: {token})");
+    }
+    tracing::info!("Dashboard listening on {url}");
+    Ok(WebHandle {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+        file,
+    })
+}
+
+/// Sets `options` up to run the dashboard beside the dispatcher when `settings.web.enabled`:
+/// started once the dispatcher holds the state directory, told about every change, stopped
+/// before the dispatcher lets go. A dashboard that cannot start (the port is taken) is logged as
+/// a WARNING; the dispatcher runs on without it.
+pub fn attach(settings: &Settings, options: &mut ServeOptions) {
+    if !settings.web.enabled {
+        return;
+    }
+    let changes = Changes::new();
+    let bump = changes.clone();
+    options.on_change = Some(Arc::new(move || bump.bump()));
+    let settings = settings.clone();
+    options.companion = Some(Arc::new(move || match start(&settings, changes.clone()) {
+        Ok(handle) => Some(Box::new(handle) as Box<dyn std::any::Any>),
+        Err(e) => {
+            tracing::warn!("Dashboard not started: {e}; the dispatcher runs without it");
+            None
+        }
+    }));
+}
+
+/// Runs the server until `stopping` turns true, then gives open connections a moment.
+fn serve(
+    runtime: tokio::runtime::Runtime,
+    listener: TcpListener,
+    router: Router,
+    mut stopping: watch::Receiver<bool>,
+) {
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("Dashboard stopped: {e}");
+                return;
+            }
+        };
+        let mut until_stopped = stopping.clone();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = until_stopped.wait_for(|stop| *stop).await;
+        });
+        let server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+        tokio::select! {
+            result = server => {
+                if let Err(e) = result {
+                    tracing::error!("Dashboard stopped: {e}");
+                }
+            }
+            // Connections that stay open past the grace period are dropped with the runtime.
+            () = async {
+                let _ = stopping.wait_for(|stop| *stop).await;
+                tokio::time::sleep(STOP_GRACE).await;
+            } => {}
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_millis(500));
+}
+
+/// `http://HOST:PORT/admin/background-jobs/login`; an unspecified address (`0.0.0.0`) is
+/// reached through loopback.
+fn login_url(addr: SocketAddr) -> String {
+    let mut shown = addr;
+    if addr.ip().is_unspecified() {
+        shown.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    format!("http://{shown}{PREFIX}/login")
+}
+
+/// Writes `{"url": ..., "token": ...}`, readable by its owner only (written under a temporary
+/// name and renamed, so nobody reads half of it).
+fn write_dashboard_file(path: &Path, url: &str, token: Option<&str>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let body = serde_json::json!({ "url": url, "token": token }).to_string();
+    let tmp = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(body.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+/// Every route. The guard ([`auth::guard`]) runs before all of them, the fallback included.
+fn router(app: Shared) -> Router {
+    let p = |path: &str| format!("{PREFIX}{path}");
+    Router::new()
+        .route(&p("/login"), get(auth::login_page).post(auth::login))
+        .route(&p("/logout"), post(auth::logout))
+        .route(&p("/assets/app.css"), get(stylesheet))
+        .route(&p("/assets/app.js"), get(script))
+        .route(&p("/"), get(pages::overview))
+        .route(PREFIX, get(to_overview))
+        .route("/", get(to_overview))
+        .route(&p("/jobs"), get(pages::jobs))
+        .route(&p("/jobs/{id}"), get(pages::job))
+        .route(&p("/jobs/{id}/cancel"), post(pages::cancel))
+        .route(&p("/jobs/{id}/retry"), post(pages::retry))
+        .route(&p("/plugins"), get(pages::plugins))
+        .route(&p("/logs"), get(pages::logs))
+        .route(&p("/run"), get(pages::run_form).post(pages::run))
+        .route(&p("/events"), get(events::events))
+        .route(&p("/api/stats"), get(api::stats))
+        .route(&p("/api/jobs"), get(api::jobs).post(api::run))
+        .route(&p("/api/jobs/{id}"), get(api::job))
+        .route(&p("/api/jobs/{id}/cancel"), post(api::cancel))
+        .route(&p("/api/jobs/{id}/retry"), post(api::retry))
+        .route(&p("/api/plugins"), get(api::plugins))
+        .route(&p("/api/logs"), get(api::logs))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), auth::guard))
+        .layer(middleware::from_fn(security_headers))
+        .with_state(app)
+}
+
+/// The headers every response carries: no framing, no foreign scripts or styles, no MIME
+/// sniffing, nothing cached.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+async fn to_overview() -> Response {
+    redirect(&format!("{PREFIX}/"))
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/app.css"),
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/app.js"),
+    )
+        .into_response()
+}
+
+async fn not_found(
+    State(_): State<Shared>,
+    auth: Option<axum::Extension<auth::Auth>>,
+    request: Request,
+) -> Response {
+    let path = request.uri().path();
+    if path.starts_with(&format!("{PREFIX}/api/")) {
+        return api::error(StatusCode::NOT_FOUND, "no such route");
+    }
+    let csrf = auth.map(|a| a.0.csrf().to_owned()).unwrap_or_default();
+    pages::error_page(&csrf, StatusCode::NOT_FOUND, "not-found", "No such page.")
+}
+
+/// A `303 See Other` to `location`.
+pub(crate) fn redirect(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Runs `work` on tokio's blocking pool (SQLite, the gate, the plugin inventory and log files
+/// block), with the shared state.
+pub(crate) async fn blocking<T: Send + 'static>(
+    app: &Shared,
+    work: impl FnOnce(&App) -> T + Send + 'static,
+) -> Result<T, data::Failure> {
+    let app = Arc::clone(app);
+    tokio::task::spawn_blocking(move || work(&app))
+        .await
+        .map_err(|e| data::Failure::Internal(format!("the request failed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_login_url_reaches_an_unspecified_address_through_loopback() {
+        let at = |s: &str| login_url(s.parse().unwrap());
+        assert_eq!(
+            at("127.0.0.1:8000"),
+            "http://127.0.0.1:8000/admin/background-jobs/login"
+        );
+        assert_eq!(
+            at("0.0.0.0:9000"),
+            "http://127.0.0.1:9000/admin/background-jobs/login"
+        );
+        assert_eq!(at("[::]:80"), "http://[::1]:80/admin/background-jobs/login");
+    }
+
+    #[test]
+    fn the_dashboard_file_is_json_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DASHBOARD_FILE);
+        write_dashboard_file(&path, "http://x/login", Some("abc")).unwrap();
+        write_dashboard_file(&path, "http://y/login", None).unwrap();
+        let value: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"url": "http://y/login", "token": null})
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
