@@ -202,6 +202,10 @@ pub async fn guard(
 ) -> Response {
     let path = request.uri().path().to_owned();
     if !path.starts_with(PREFIX) && path != "/" {
+        // Browsers ask for a site icon at the root; there is none, and no need to say so loudly.
+        if path == "/favicon.ico" {
+            return StatusCode::NO_CONTENT.into_response();
+        }
         return (StatusCode::NOT_FOUND, "not found\n").into_response();
     }
     if is_public(&path) {

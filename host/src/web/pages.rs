@@ -592,7 +592,7 @@ fn job_main(
     }
 
     main.push_str(
-        "<h2>Attempts</h2>\n<table id=\"attempts\">\n<thead><tr><th>#</th><th>Outcome</th><th>Started</th><th>Duration</th><th>Worker pid</th><th>Error</th><th>Plugin hash</th></tr></thead>\n<tbody>\n",
+        "<h2>Attempts</h2>\n<table id=\"attempts\">\n<thead><tr><th>#</th><th>Outcome</th><th>Started</th><th>Duration</th><th>Pid</th><th>Error</th><th>Plugin hash</th></tr></thead>\n<tbody>\n",
     );
     for (attempt, (output, skipped)) in attempts.iter().zip(outputs) {
         let outcome = attempt.outcome.as_deref().unwrap_or("running");
