@@ -62,8 +62,9 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 "#;
 
 /// The settings of every test installation: everything under its root, a short kill grace so
-/// stopped jobs end quickly, two slots, and a dispatcher that leaves soon after its work.
-pub const BASE_SETTINGS: &str = "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\nlimits.kill_grace = 1\ndispatcher.slots = 2\ndispatcher.idle_exit = 2\n";
+/// stopped jobs end quickly, two slots, a dispatcher that leaves soon after its work, and no
+/// dashboard (tests that want one enable it on a free port).
+pub const BASE_SETTINGS: &str = "plugin_dir = \"plugins\"\nstate_dir = \"state\"\nlog_dir = \"logs\"\nlimits.kill_grace = 1\ndispatcher.slots = 2\ndispatcher.idle_exit = 2\nweb.enabled = false\n";
 
 /// One throwaway jobhost installation.
 pub struct Host {

@@ -1,0 +1,913 @@
+//! The admin dashboard over real HTTP: `jobhost serve` with `web.listen` on a free port (read
+//! from `dashboard.json`), driven with plain requests — who gets in, what is refused, slowed and
+//! logged, what the pages show, the actions through forms and through the API, and the live
+//! change events.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use jobhost_e2e::{wait_for, Host};
+use serde_json::{json, Value};
+
+const PREFIX: &str = "/admin/background-jobs";
+const TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// A `jobhost serve` with its dashboard, and an HTTP client for it.
+struct Dashboard {
+    host: Host,
+    serve: Option<Child>,
+    /// `http://127.0.0.1:PORT/admin/background-jobs`
+    base: String,
+    /// The token, as configured or as generated.
+    token: String,
+    agent: ureq::Agent,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn location(&self) -> &str {
+        self.header("location").unwrap_or_default()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The page's CSRF token, from `<meta name="csrf-token">`.
+    fn csrf(&self) -> String {
+        let marker = r#"<meta name="csrf-token" content=""#;
+        let start = self.body.find(marker).expect("a csrf-token meta tag") + marker.len();
+        let len = self.body[start..].find('"').unwrap();
+        self.body[start..start + len].to_owned()
+    }
+}
+
+impl From<ureq::http::Response<ureq::Body>> for Reply {
+    fn from(mut response: ureq::http::Response<ureq::Body>) -> Self {
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        Self {
+            status: response.status().as_u16(),
+            headers,
+            body: response.body_mut().read_to_string().unwrap(),
+        }
+    }
+}
+
+/// How a request authenticates.
+#[derive(Clone, Copy)]
+enum As<'a> {
+    Nobody,
+    /// With this session cookie (`jobhost_session=...`).
+    Cookie(&'a str),
+    /// With this bearer token.
+    Bearer(&'a str),
+}
+
+impl Dashboard {
+    /// Starts `jobhost serve` with the dashboard on a free port, the admin token [`TOKEN`]
+    /// unless `extra` settings say otherwise.
+    fn start(extra: &str) -> Self {
+        let host = Host::standard();
+        Self::start_in(host, &format!("web.admin_token = \"{TOKEN}\"\n{extra}"))
+    }
+
+    fn start_in(host: Host, extra: &str) -> Self {
+        host.settings(&format!(
+            "web.enabled = true\nweb.listen = \"127.0.0.1:0\"\n{extra}"
+        ));
+        let stderr = fs::File::create(host.root().join("serve.err")).unwrap();
+        let serve = host
+            .jobhost()
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let file = host.state_dir().join("dashboard.json");
+        let info: Value = wait_for("dashboard.json", Duration::from_secs(30), || {
+            serde_json::from_slice(&fs::read(&file).ok()?).ok()
+        });
+        let url = info["url"].as_str().unwrap();
+        let base = url.strip_suffix("/login").unwrap().to_owned();
+        let token = info["token"]
+            .as_str()
+            .map_or_else(|| TOKEN.to_owned(), str::to_owned);
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Self {
+            host,
+            serve: Some(serve),
+            base,
+            token,
+            agent,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str, who: As<'_>) -> Reply {
+        let request = self.agent.get(self.url(path));
+        let request = match who {
+            As::Nobody => request,
+            As::Cookie(c) => request.header("Cookie", c),
+            As::Bearer(t) => request.header("Authorization", format!("Bearer {t}")),
+        };
+        request.call().unwrap().into()
+    }
+
+    /// A form POST.
+    fn post_form(&self, path: &str, who: As<'_>, fields: &[(&str, &str)]) -> Reply {
+        let request = self.agent.post(self.url(path));
+        let request = match who {
+            As::Nobody => request,
+            As::Cookie(c) => request.header("Cookie", c),
+            As::Bearer(t) => request.header("Authorization", format!("Bearer {t}")),
+        };
+        request.send_form(fields.iter().copied()).unwrap().into()
+    }
+
+    /// A JSON POST (`body` None: no body), with extra headers.
+    fn post_json(
+        &self,
+        path: &str,
+        who: As<'_>,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.agent.post(self.url(path));
+        request = match who {
+            As::Nobody => request,
+            As::Cookie(c) => request.header("Cookie", c),
+            As::Bearer(t) => request.header("Authorization", format!("Bearer {t}")),
+        };
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        match body {
+            Some(body) => request
+                .header("Content-Type", "application/json")
+                .send(body.to_string())
+                .unwrap()
+                .into(),
+            None => request.send_empty().unwrap().into(),
+        }
+    }
+
+    /// Logs in; returns the cookie to send (`jobhost_session=...`).
+    fn login(&self) -> String {
+        let reply = self.post_form("/login", As::Nobody, &[("token", &self.token)]);
+        assert_eq!(reply.status, 303, "{reply:?}");
+        assert_eq!(reply.location(), format!("{PREFIX}/"));
+        let cookie = reply.header("set-cookie").expect("a session cookie");
+        for attribute in ["HttpOnly", "SameSite=Strict", "Path=/admin/background-jobs"] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+        assert!(
+            !cookie.contains("Secure"),
+            "plain http on loopback: {cookie}"
+        );
+        cookie.split(';').next().unwrap().to_owned()
+    }
+
+    /// The job `id` as the API shows it.
+    fn api_job(&self, id: i64) -> Value {
+        let reply = self.get(&format!("/api/jobs/{id}"), As::Bearer(&self.token));
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.json()
+    }
+
+    fn wait_state(&self, id: i64, states: &[&str]) -> Value {
+        wait_for(
+            &format!("job {id} to be {states:?}"),
+            Duration::from_secs(60),
+            || {
+                let job = self.api_job(id);
+                let state = job["job"]["state"].as_str().unwrap().to_owned();
+                states.contains(&state.as_str()).then_some(job)
+            },
+        )
+    }
+
+    /// Enqueues through the API; returns the id.
+    fn api_run(&self, body: Value) -> i64 {
+        let reply = self.post_json("/api/jobs", As::Bearer(&self.token), &[], Some(body));
+        assert_eq!(reply.status, 201, "{reply:?}");
+        reply.json()["id"].as_i64().unwrap()
+    }
+
+    fn dashboard_file(&self) -> PathBuf {
+        self.host.state_dir().join("dashboard.json")
+    }
+
+    /// Stops `jobhost serve` and waits for it.
+    fn stop(&mut self) {
+        let Some(mut serve) = self.serve.take() else {
+            return;
+        };
+        let _ = self.host.jobhost().arg("stop").output();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if serve.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = serve.kill();
+        let _ = serve.wait();
+        panic!("jobhost serve did not stop");
+    }
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        if let Some(mut serve) = self.serve.take() {
+            let _ = self.host.jobhost().arg("stop").output();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if let Ok(Some(_)) = serve.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = serve.kill();
+            let _ = serve.wait();
+        }
+    }
+}
+
+fn assert_security_headers(reply: &Reply) {
+    assert_eq!(
+        reply.header("content-security-policy"),
+        Some("default-src 'self'; frame-ancestors 'none'"),
+        "{reply:?}"
+    );
+    assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+}
+
+#[test]
+fn without_a_session_pages_redirect_to_login_and_the_api_answers_401() {
+    let d = Dashboard::start("");
+    let id = d.host.enqueue(&[r"Tests\Misbehave", "ok"]);
+    let pages = [
+        "/".to_owned(),
+        "/jobs".into(),
+        "/jobs?state=failed&page=2".into(),
+        format!("/jobs/{id}"),
+        "/jobs/999999".into(),
+        "/plugins".into(),
+        "/logs".into(),
+        "/run".into(),
+        "/events".into(),
+        "/no-such-page".into(),
+    ];
+    let bogus = "jobhost_session=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    for who in [As::Nobody, As::Cookie(bogus)] {
+        for path in &pages {
+            let reply = d.get(path, who);
+            assert_eq!(reply.status, 303, "GET {path}: {reply:?}");
+            assert_eq!(reply.location(), format!("{PREFIX}/login"), "GET {path}");
+            assert_security_headers(&reply);
+        }
+        for path in [
+            "/logout".to_owned(),
+            format!("/jobs/{id}/cancel"),
+            format!("/jobs/{id}/retry"),
+            "/run".into(),
+        ] {
+            let reply = d.post_form(&path, who, &[("csrf", "x"), ("job", r"Tests\Misbehave@ok")]);
+            assert_eq!(reply.status, 303, "POST {path}: {reply:?}");
+            assert_eq!(reply.location(), format!("{PREFIX}/login"), "POST {path}");
+        }
+        for path in [
+            "/api/stats".to_owned(),
+            "/api/jobs".into(),
+            format!("/api/jobs/{id}"),
+            "/api/plugins".into(),
+            "/api/logs".into(),
+            "/api/nothing".into(),
+        ] {
+            let reply = d.get(&path, who);
+            assert_eq!(reply.status, 401, "GET {path}: {reply:?}");
+            assert_eq!(reply.json(), json!({"error": "unauthorized"}));
+            assert_security_headers(&reply);
+        }
+        for path in [
+            "/api/jobs".to_owned(),
+            format!("/api/jobs/{id}/cancel"),
+            format!("/api/jobs/{id}/retry"),
+        ] {
+            let body = json!({"class": r"Tests\Misbehave", "method": "ok"});
+            let reply = d.post_json(&path, who, &[("X-CSRF-Token", "x")], Some(body));
+            assert_eq!(reply.status, 401, "POST {path}: {reply:?}");
+            assert_eq!(reply.json(), json!({"error": "unauthorized"}));
+        }
+    }
+    // Only the login page and the two assets are served to anybody.
+    let login = d.get("/login", As::Nobody);
+    assert_eq!(login.status, 200);
+    assert_security_headers(&login);
+    for part in [
+        r#"<form id="login" method="post""#,
+        r#"<input id="token" name="token" type="password""#,
+        r#"<button id="login-submit""#,
+    ] {
+        assert!(login.body.contains(part), "{part} in {}", login.body);
+    }
+    for (asset, kind) in [
+        ("/assets/app.css", "text/css"),
+        ("/assets/app.js", "text/javascript"),
+    ] {
+        let reply = d.get(asset, As::Nobody);
+        assert_eq!(reply.status, 200, "{asset}");
+        assert!(reply.header("content-type").unwrap().starts_with(kind));
+        assert_security_headers(&reply);
+    }
+    // Nothing was done on the way.
+    assert_eq!(
+        d.wait_state(id, &["completed"])["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn a_wrong_token_is_refused_slowed_down_and_logged() {
+    let d = Dashboard::start("");
+    let timed = |token: &str| {
+        let start = Instant::now();
+        let reply = d.post_form("/login", As::Nobody, &[("token", token)]);
+        (reply, start.elapsed())
+    };
+    let (first, took_first) = timed("wrong");
+    assert_eq!(first.status, 401);
+    assert!(first.header("set-cookie").is_none());
+    assert!(
+        first
+            .body
+            .contains(r#"<p class="error" id="login-error">Wrong token</p>"#),
+        "{}",
+        first.body
+    );
+    assert!(took_first >= Duration::from_millis(250), "{took_first:?}");
+    let (second, took_second) = timed(&format!("{TOKEN}x"));
+    assert_eq!(second.status, 401);
+    assert!(took_second >= Duration::from_millis(500), "{took_second:?}");
+    let (_, took_third) = timed("");
+    assert!(took_third >= Duration::from_millis(1000), "{took_third:?}");
+
+    // A wrong bearer token is a failed login too.
+    let reply = d.get("/api/stats", As::Bearer("wrong"));
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json(), json!({"error": "unauthorized"}));
+
+    let errors = d.host.log("background_jobs_errors.log");
+    let refused: Vec<&String> = errors
+        .iter()
+        .filter(|l| {
+            *l == r#"local.WARNING: Failed dashboard login {"ip":"127.0.0.1","status":"refused"}"#
+        })
+        .collect();
+    assert_eq!(refused.len(), 4, "{errors:#?}");
+    assert!(
+        !errors.iter().any(|l| l.contains(TOKEN)),
+        "no token in the logs"
+    );
+
+    // The right token still works, and resets the delay.
+    d.login();
+    let (_, took_again) = timed("wrong");
+    assert!(took_again < Duration::from_millis(900), "{took_again:?}");
+}
+
+#[test]
+fn a_session_sees_every_page_and_needs_its_csrf_token_to_change_anything() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let id = d.api_run(json!({"class": r"Tests\Misbehave", "method": "sleep", "params": {"seconds": 60}, "delay": 3600}));
+
+    for path in [
+        "/",
+        "/jobs",
+        &format!("/jobs/{id}"),
+        "/plugins",
+        "/logs",
+        "/run",
+    ] {
+        let reply = d.get(path, me);
+        assert_eq!(reply.status, 200, "GET {path}: {reply:?}");
+        assert_security_headers(&reply);
+        for part in [
+            r#"id="nav-overview""#,
+            r#"id="nav-jobs""#,
+            r#"id="nav-plugins""#,
+            r#"id="nav-logs""#,
+            r#"id="nav-run""#,
+            r#"<meta name="csrf-token" content=""#,
+            r#"<main id="main""#,
+        ] {
+            assert!(reply.body.contains(part), "{part} on {path}");
+        }
+    }
+    let csrf = d.get("/", me).csrf();
+    assert_eq!(csrf.len(), 64);
+
+    // Without the token, or with a wrong one, nothing changes.
+    let cancel = format!("/jobs/{id}/cancel");
+    for fields in [vec![], vec![("csrf", "wrong")], vec![("csrf", "")]] {
+        let reply = d.post_form(&cancel, me, &fields);
+        assert_eq!(reply.status, 403, "{fields:?}: {reply:?}");
+    }
+    let api_cancel = format!("/api/jobs/{id}/cancel");
+    for headers in [vec![], vec![("X-CSRF-Token", "wrong")]] {
+        let reply = d.post_json(&api_cancel, me, &headers, None);
+        assert_eq!(reply.status, 403, "{headers:?}: {reply:?}");
+        assert!(reply.json()["error"].is_string());
+    }
+    let run = d.post_json(
+        "/api/jobs",
+        me,
+        &[],
+        Some(json!({"class": r"Tests\Misbehave", "method": "ok"})),
+    );
+    assert_eq!(run.status, 403, "{run:?}");
+    assert_eq!(d.api_job(id)["job"]["state"], "scheduled");
+
+    // With it, the API call goes through.
+    let reply = d.post_json(&api_cancel, me, &[("X-CSRF-Token", &csrf)], None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json(), json!({"id": id, "outcome": "cancelled"}));
+
+    // Logging out needs the token too, and ends the session.
+    assert_eq!(d.post_form("/logout", me, &[]).status, 403);
+    let out = d.post_form("/logout", me, &[("csrf", &csrf)]);
+    assert_eq!(out.status, 303);
+    assert_eq!(out.location(), format!("{PREFIX}/login"));
+    assert_eq!(d.get("/", me).status, 303);
+    assert_eq!(d.get("/api/stats", me).status, 401);
+}
+
+#[test]
+fn params_with_a_script_are_shown_as_text() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let payload = "<script>alert(1)</script>";
+    let params = json!({"name": payload, "quote": "\"'&"}).to_string();
+    let id = d
+        .host
+        .enqueue(&[r"Tests\Misbehave", "echo", "--params-json", &params]);
+    d.wait_state(id, &["completed"]);
+    let page = d.get(&format!("/jobs/{id}"), As::Cookie(&cookie));
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains(payload), "{}", page.body);
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(page.body.contains("&quot;&#39;&amp;"));
+    for part in [
+        &format!(r#"<span id="job-id">{id}</span>"#),
+        r#"id="job-name""#,
+        r#"<span id="job-state" class="state state-completed">completed</span>"#,
+        r#"<pre id="params">"#,
+        r#"<pre id="result">"#,
+        r#"id="duration""#,
+        r#"<table id="attempts">"#,
+        r#"<tr data-attempt="1">"#,
+        r#"<td class="outcome"#,
+        r#"<td class="pid">"#,
+        r#"<td class="hash""#,
+        r#"<pre class="output"#,
+    ] {
+        assert!(page.body.contains(part), "{part} in {}", page.body);
+    }
+    // Finished: neither cancel nor retry is offered.
+    assert!(!page.body.contains(r#"id="cancel-form""#));
+    assert!(!page.body.contains(r#"id="retry-form""#));
+    // And in the lists.
+    let list = d.get("/jobs", As::Cookie(&cookie));
+    assert!(!list.body.contains("<script>alert"));
+    assert_eq!(d.get("/jobs/424242", As::Cookie(&cookie)).status, 404);
+    assert_eq!(d.get("/jobs/abc", As::Cookie(&cookie)).status, 404);
+}
+
+#[test]
+fn run_cancel_and_retry_through_the_forms() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let form = d.get("/run", me);
+    let csrf = form.csrf();
+    for part in [
+        r#"<form id="run-form" method="post""#,
+        r#"<select id="run-job" name="job">"#,
+        r#"<option value="Tests\Misbehave@hang_cooperative">"#,
+        r#"<option value="App\Jobs\SendWelcomeEmail@handle">"#,
+        r#"<textarea id="run-params" name="params""#,
+        r#"<select id="run-priority" name="priority">"#,
+        r#"<input id="run-delay" name="delay""#,
+        r#"<button id="run-submit""#,
+    ] {
+        assert!(form.body.contains(part), "{part} in {}", form.body);
+    }
+
+    // Bad input and refusals say what was wrong.
+    let run = |job: &str, params: &str, delay: &str| {
+        d.post_form(
+            "/run",
+            me,
+            &[
+                ("csrf", &csrf),
+                ("job", job),
+                ("params", params),
+                ("priority", "high"),
+                ("delay", delay),
+            ],
+        )
+    };
+    for (job, params, delay, status, says) in [
+        (r"Tests\Misbehave@ok", "{not json", "0", 400, "params"),
+        (r"Tests\Misbehave@ok", "[]", "soon", 400, "delay"),
+        (r"Tests\Misbehave@ok", "7", "0", 400, "params"),
+        (
+            r"Tests\Misbehave@not_a_method",
+            "{}",
+            "0",
+            403,
+            "not approved",
+        ),
+        (r"Nobody\Offers@this", "{}", "0", 403, "not approved"),
+    ] {
+        let reply = run(job, params, delay);
+        assert_eq!(reply.status, status, "{job} {params} {delay}: {reply:?}");
+        assert!(
+            reply.body.contains(r#"<p class="error" id="run-error">"#) && reply.body.contains(says),
+            "{says}: {}",
+            reply.body
+        );
+    }
+
+    // Run.
+    let reply = run(r"Tests\Misbehave@hang_cooperative", "{}", "0");
+    assert_eq!(reply.status, 303, "{reply:?}");
+    let id: i64 = reply
+        .location()
+        .strip_prefix(&format!("{PREFIX}/jobs/"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let job = d.wait_state(id, &["running"]);
+    assert_eq!(job["job"]["priority"], "high");
+    let page = d.get(&format!("/jobs/{id}"), me);
+    assert!(page.body.contains(&format!(
+        r#"<form id="cancel-form" method="post" action="{PREFIX}/jobs/{id}/cancel""#
+    )));
+    assert!(page.body.contains(r#"<button id="cancel""#));
+    let overview = d.get("/", me);
+    assert!(overview
+        .body
+        .contains(&format!(r#"<tr data-job-id="{id}">"#)));
+    assert!(overview
+        .body
+        .contains(r#"<td class="elapsed" data-started-at=""#));
+
+    // Cancel.
+    let reply = d.post_form(&format!("/jobs/{id}/cancel"), me, &[("csrf", &csrf)]);
+    assert_eq!(reply.status, 303, "{reply:?}");
+    assert_eq!(reply.location(), format!("{PREFIX}/jobs/{id}"));
+    d.wait_state(id, &["cancelled"]);
+    let page = d.get(&format!("/jobs/{id}"), me);
+    assert!(page
+        .body
+        .contains(r#"<span id="job-state" class="state state-cancelled">cancelled</span>"#));
+    assert!(page.body.contains(r#"<button id="retry""#));
+
+    // Retry.
+    let reply = d.post_form(&format!("/jobs/{id}/retry"), me, &[("csrf", &csrf)]);
+    assert_eq!(reply.status, 303, "{reply:?}");
+    let job = d.wait_state(id, &["running"]);
+    assert_eq!(job["attempts"].as_array().unwrap().len(), 2);
+    // A running job cannot be retried; the page says so.
+    let reply = d.post_form(&format!("/jobs/{id}/retry"), me, &[("csrf", &csrf)]);
+    assert_eq!(reply.status, 400);
+    assert!(reply.body.contains(r#"id="action-error""#));
+    let reply = d.post_form(&format!("/jobs/{id}/cancel"), me, &[("csrf", &csrf)]);
+    assert_eq!(reply.status, 303);
+    d.wait_state(id, &["cancelled"]);
+}
+
+#[test]
+fn the_api_lists_shows_runs_cancels_and_retries_with_a_bearer_token() {
+    let d = Dashboard::start("");
+    let me = As::Bearer(&d.token);
+
+    let done =
+        d.api_run(json!({"class": r"Tests\Misbehave", "method": "echo", "params": {"n": 1}}));
+    let failed =
+        d.api_run(json!({"class": r"Tests\Misbehave", "method": "always_fail", "retries": 0}));
+    let hanging = d.api_run(json!({
+        "class": r"Tests\Misbehave", "method": "hang_cooperative",
+        "priority": "low", "timeout": 120
+    }));
+    d.wait_state(done, &["completed"]);
+    d.wait_state(failed, &["failed"]);
+    d.wait_state(hanging, &["running"]);
+
+    let shown = d.api_job(done);
+    assert_eq!(shown["job"]["params"], json!({"n": 1}));
+    assert_eq!(shown["attempts"][0]["outcome"], "ok");
+    assert_eq!(shown, d.host.show(done), "the same as jobhost show --json");
+
+    let stats = d.get("/api/stats", me).json();
+    assert_eq!(stats["by_state"]["completed"], 1);
+    assert_eq!(stats["by_state"]["failed"], 1);
+    assert_eq!(stats["by_state"]["running"], 1);
+    for window in ["5m", "15m", "60m"] {
+        assert_eq!(stats["finished"][window], 1, "{stats}");
+        assert_eq!(stats["failed"][window], 1, "{stats}");
+    }
+
+    let list = d.get("/api/jobs?state=failed", me).json();
+    let ids: Vec<i64> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [failed]);
+    assert_eq!(list["page"], 1);
+    assert_eq!(list["has_more"], false);
+    assert_eq!(d.get("/api/jobs?state=nope", me).status, 400);
+
+    let plugins = d.get("/api/plugins", me).json();
+    let runnable = plugins["runnable"].as_array().unwrap();
+    assert!(runnable.contains(&json!(r"App\Jobs\SendWelcomeEmail@handle")));
+    assert!(runnable.contains(&json!(r"Tests\Misbehave@echo")));
+    let logs = d.get("/api/logs", me).json();
+    assert!(logs["main"].as_array().unwrap().iter().any(|l| l
+        .as_str()
+        .unwrap()
+        .contains("Job completed: Tests\\Misbehave@echo")));
+
+    // Cancel the running job, retry it, cancel it again; retry the failed one.
+    let reply = d.post_json(&format!("/api/jobs/{hanging}/cancel"), me, &[], None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        reply.json(),
+        json!({"id": hanging, "outcome": "cancel_requested"})
+    );
+    d.wait_state(hanging, &["cancelled"]);
+    let reply = d.post_json(&format!("/api/jobs/{failed}/retry"), me, &[], None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json(), json!({"id": failed, "state": "queued"}));
+    let again = d.wait_state(failed, &["failed"]);
+    assert_eq!(again["attempts"].as_array().unwrap().len(), 2);
+
+    // Errors are JSON with the right status.
+    for (path, body, status) in [
+        ("/api/jobs", Some(json!({"class": r"Tests\Misbehave"})), 400),
+        (
+            "/api/jobs",
+            Some(json!({"class": r"Tests\Misbehave", "method": "ok", "params": 5})),
+            400,
+        ),
+        (
+            "/api/jobs",
+            Some(json!({"class": r"Tests\Misbehave", "method": "ok", "extra": 1})),
+            400,
+        ),
+        (
+            "/api/jobs",
+            Some(json!({"class": r"Tests\Misbehave", "method": "nope"})),
+            403,
+        ),
+        ("/api/jobs/424242/cancel", None, 404),
+        ("/api/jobs/424242/retry", None, 404),
+    ] {
+        let reply = d.post_json(path, me, &[], body.clone());
+        assert_eq!(reply.status, status, "{path} {body:?}: {reply:?}");
+        assert!(reply.json()["error"].is_string(), "{reply:?}");
+    }
+    let reply = d.post_json(&format!("/api/jobs/{done}/cancel"), me, &[], None);
+    assert_eq!(reply.status, 400, "a finished job cannot be cancelled");
+    assert_eq!(d.get("/api/jobs/424242", me).status, 404);
+}
+
+#[test]
+fn the_jobs_list_filters_and_pages_newest_first() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let ids: Vec<i64> = (0..50)
+        .map(|i| {
+            let priority = if i == 0 { "high" } else { "low" };
+            d.api_run(json!({
+                "class": r"Tests\Misbehave", "method": "ok", "delay": 3600, "priority": priority
+            }))
+        })
+        .collect();
+    let welcome = d.api_run(json!({
+        "class": r"App\Jobs\SendWelcomeEmail", "method": "handle",
+        "params": {"user_id": 1}, "delay": 3600
+    }));
+
+    let rows = |body: &str| -> Vec<i64> {
+        body.match_indices(r#"<tr data-job-id=""#)
+            .map(|(at, m)| {
+                let rest = &body[at + m.len()..];
+                rest[..rest.find('"').unwrap()].parse().unwrap()
+            })
+            .collect()
+    };
+    let first = d.get("/jobs", me);
+    assert_eq!(first.status, 200);
+    for part in [
+        r#"<form id="filter" method="get""#,
+        r#"<select name="state">"#,
+        r#"<input name="class""#,
+        r#"<select name="priority">"#,
+        r#"<table id="jobs">"#,
+        r#"<td class="id"><a class="job-link""#,
+        r#"<td class="job">Tests\Misbehave@ok</td>"#,
+        r#"<td class="attempts">0/4</td>"#,
+        r#"<td class="priority">low</td>"#,
+        r#"<td class="created">"#,
+        r#"<td class="started">"#,
+        r#"<td class="finished">"#,
+        r#"id="next-page""#,
+    ] {
+        assert!(first.body.contains(part), "{part} in {}", first.body);
+    }
+    assert!(!first.body.contains(r#"id="prev-page""#));
+    let page1 = rows(&first.body);
+    assert_eq!(page1.len(), 50);
+    assert_eq!(page1[0], welcome, "newest first");
+
+    let second = d.get("/jobs?page=2", me);
+    assert_eq!(rows(&second.body), [ids[0]]);
+    assert!(second.body.contains(r#"id="prev-page""#));
+    assert!(!second.body.contains(r#"id="next-page""#));
+
+    let high = d.get("/jobs?state=scheduled&class=&priority=high", me);
+    assert_eq!(rows(&high.body), [ids[0]]);
+    let by_class = d.get("/jobs?class=App%5CJobs%5CSendWelcomeEmail", me);
+    assert_eq!(rows(&by_class.body), [welcome]);
+    assert!(by_class
+        .body
+        .contains(r#"value="App\Jobs\SendWelcomeEmail""#));
+    assert_eq!(d.get("/jobs?state=bogus", me).status, 400);
+}
+
+#[test]
+fn events_announce_a_change_after_an_enqueue() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let response = d
+        .agent
+        .get(d.url("/events"))
+        .header("Cookie", &cookie)
+        .config()
+        .timeout_global(None)
+        .build()
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let reader = BufReader::new(response.into_body().into_reader());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Nothing changes: nothing is sent (keep-alives come every 15 s).
+    assert!(received.recv_timeout(Duration::from_millis(500)).is_err());
+
+    let id = d.api_run(json!({"class": r"Tests\Misbehave", "method": "ok"}));
+    let line = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an event after the enqueue");
+    assert_eq!(line, "event: change");
+    let data = received.recv_timeout(Duration::from_secs(1)).unwrap();
+    let n: u64 = data.strip_prefix("data: ").unwrap().parse().unwrap();
+    assert!(n >= 1, "{data}");
+    d.wait_state(id, &["completed"]);
+
+    // A change by another process (the command line) is announced too.
+    while received.recv_timeout(Duration::from_millis(400)).is_ok() {}
+    d.host.enqueue(&[r"Tests\Misbehave", "ok"]);
+    let line = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an event after a command-line enqueue");
+    assert_eq!(line, "event: change");
+}
+
+#[test]
+fn a_generated_token_is_printed_once_and_kept_in_an_owner_only_file() {
+    let host = Host::standard();
+    let mut d = Dashboard::start_in(host, "");
+    assert_eq!(d.token.len(), 64);
+    assert!(d.token.chars().all(|c| c.is_ascii_hexdigit()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = fs::metadata(d.dashboard_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let info: Value = serde_json::from_slice(&fs::read(d.dashboard_file()).unwrap()).unwrap();
+    let url = info["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/admin/background-jobs/login"),
+        "{url}"
+    );
+    let stderr = fs::read_to_string(d.host.root().join("serve.err")).unwrap();
+    let printed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("dashboard: "))
+        .collect();
+    assert_eq!(printed, [format!("dashboard: {url} (token: {})", d.token)]);
+    d.login();
+
+    // Stopping the dispatcher stops the dashboard and removes the file.
+    d.stop();
+    assert!(!d.dashboard_file().exists());
+    let refused = std::net::TcpStream::connect(url.split('/').nth(2).unwrap());
+    assert!(refused.is_err(), "nothing listens any more");
+}
+
+#[test]
+fn a_taken_port_leaves_the_dispatcher_running_without_the_dashboard() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let host = Host::standard();
+    host.settings(&format!(
+        "web.enabled = true\nweb.listen = \"127.0.0.1:{port}\"\nweb.admin_token = \"{TOKEN}\"\n"
+    ));
+    let mut serve = host
+        .jobhost()
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the dispatcher", Duration::from_secs(30), || {
+        host.dispatcher_pid()
+    });
+    let id = host.enqueue(&[r"Tests\Misbehave", "ok"]);
+    host.wait_state(id, &["completed"]);
+    let warning = wait_for("the warning", Duration::from_secs(10), || {
+        host.log("background_jobs_errors.log")
+            .into_iter()
+            .find(|l| l.starts_with("local.WARNING: Dashboard not started"))
+    });
+    assert!(warning.contains(&format!("127.0.0.1:{port}")), "{warning}");
+    assert!(!host.state_dir().join("dashboard.json").exists());
+    assert!(
+        serve.try_wait().unwrap().is_none(),
+        "the dispatcher goes on"
+    );
+    host.run(&["stop"]).expect_code(0);
+    assert_eq!(serve.wait().unwrap().code(), Some(0));
+    drop(taken);
+}
