@@ -25,7 +25,7 @@ use std::{
 };
 
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -354,11 +354,7 @@ async fn script() -> Response {
         .into_response()
 }
 
-async fn not_found(
-    State(_): State<Shared>,
-    auth: Option<axum::Extension<auth::Auth>>,
-    request: Request,
-) -> Response {
+async fn not_found(auth: Option<axum::Extension<auth::Auth>>, request: Request) -> Response {
     let path = request.uri().path();
     if path.starts_with(&format!("{PREFIX}/api/")) {
         return api::error(StatusCode::NOT_FOUND, "no such route");
