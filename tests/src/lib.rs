@@ -166,8 +166,9 @@ impl Host {
 
     /// Runs `jobhost ARGS` to its end.
     pub fn run(&self, args: &[&str]) -> Run {
-        let output = self.jobhost().args(args).output().unwrap();
-        Run::from(output)
+        let mut command = self.jobhost();
+        command.args(args);
+        Run::from(output(command))
     }
 
     /// Enqueues `jobhost run ARGS` in the background and returns the job id it printed.
@@ -259,6 +260,39 @@ impl Drop for Host {
         while start.elapsed() < Duration::from_secs(20) && alive(pid) {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Runs `command` to its end, like [`Command::output`].
+#[cfg(not(windows))]
+fn output(mut command: Command) -> Output {
+    command.output().unwrap()
+}
+
+/// Runs `command` to its end, like [`Command::output`] but with stdout and stderr going to
+/// files: a command that starts a dispatcher then returns when it exits, even if the
+/// dispatcher holds on to its output handles (which the Windows suite tests on its own).
+#[cfg(windows)]
+fn output(mut command: Command) -> Output {
+    use std::io::{Read, Seek};
+    let mut stdout = tempfile::tempfile().unwrap();
+    let mut stderr = tempfile::tempfile().unwrap();
+    let status = command
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout.try_clone().unwrap())
+        .stderr(stderr.try_clone().unwrap())
+        .status()
+        .unwrap();
+    let read = |file: &mut fs::File| {
+        let mut bytes = Vec::new();
+        file.rewind().unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    Output {
+        status,
+        stdout: read(&mut stdout),
+        stderr: read(&mut stderr),
     }
 }
 

@@ -13,6 +13,7 @@
 use std::{
     fs,
     process::Stdio,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -213,6 +214,45 @@ fn windows_runs_the_spec_examples_in_the_background_dispatcher() {
 }
 
 #[test]
+fn windows_run_returns_at_once_while_the_dispatcher_it_started_runs_on() {
+    let host = Host::standard();
+    // Output captured through pipes, as a shell's `$(...)` or PHP's `exec` would: the detached
+    // dispatcher must not inherit them, or `jobhost run` would seem to last as long as it.
+    let run = host
+        .jobhost()
+        .args([
+            "run",
+            r"Tests\Misbehave",
+            "sleep",
+            "seconds=120",
+            "--retries",
+            "0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (done, returned) = mpsc::channel();
+    std::thread::spawn(move || done.send(run.wait_with_output()));
+    let run = returned.recv_timeout(Duration::from_secs(30)).expect(
+        "`jobhost run` returns while its dispatcher runs on: the dispatcher keeps its output open",
+    );
+    let run = Run::from(run.unwrap());
+    run.expect_code(0);
+    let id: i64 = run.stdout.trim().parse().unwrap();
+    // The dispatcher is still at it.
+    let worker = wait_for("the job to start", Duration::from_secs(60), || {
+        let shown = host.show(id);
+        (state(&shown) == "running").then(|| shown["attempts"][0]["pid"].as_u64())?
+    });
+    assert!(alive(u32::try_from(worker).unwrap()));
+    assert!(alive(host.dispatcher_pid().unwrap()));
+    host.run(&["cancel", &id.to_string()]).expect_code(0);
+    assert_eq!(state(&host.wait_state(id, &TERMINAL)), "cancelled");
+}
+
+#[test]
 fn windows_reports_access_violation_when_plugin_segfaults() {
     let host = Host::standard();
     let run = host.run(&[
@@ -273,19 +313,25 @@ fn windows_kills_a_hanging_job_with_its_whole_process_tree_at_its_timeout() {
     assert!(child.running(), "child {} runs", child.pid());
     assert!(worker.running(), "worker {} runs", worker.pid());
 
+    wait_for("the worker to be stopped", Duration::from_secs(60), || {
+        (!worker.running()).then_some(())
+    });
+    // Terminating the Job Object stops the worker and its child together; give the child's
+    // end a moment to be visible, far less than its own ten minutes.
+    wait_for(
+        &format!(
+            "the job's child {} (ping.exe) to end with its worker",
+            child.pid()
+        ),
+        Duration::from_secs(10),
+        || (!child.running()).then_some(()),
+    );
     let shown = host.wait_state(id, &TERMINAL);
     assert_eq!(state(&shown), "failed", "{shown:#}");
     assert_eq!(shown["attempts"][0]["error"], "timed out after 4s");
     let attempt = &shown["attempts"][0];
     let ran = attempt["finished_at"].as_u64().unwrap() - attempt["started_at"].as_u64().unwrap();
     assert!(ran >= 4000, "stopped after {ran} ms, before its timeout");
-    // The Job Object was terminated before the attempt was settled; give the termination a
-    // moment to be visible (it is asynchronous), far less than the child's own ten minutes.
-    wait_for(
-        "the worker and its child to be gone",
-        Duration::from_secs(10),
-        || (!child.running() && !worker.running()).then_some(()),
-    );
     assert_logged(
         &host,
         "background_jobs_errors.log",
