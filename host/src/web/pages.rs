@@ -513,10 +513,9 @@ fn job_main(
     let mut actions = String::new();
     match job.state {
         JobState::Queued | JobState::Scheduled | JobState::Running => {
+            actions.push_str(&action("cancel", "Cancel"));
             if job.cancel_requested {
                 actions.push_str(r#"<span class="muted" id="cancel-requested">Cancel requested; the dispatcher is stopping it.</span>"#);
-            } else {
-                actions.push_str(&action("cancel", "Cancel"));
             }
         }
         JobState::Failed | JobState::Cancelled => actions.push_str(&action("retry", "Retry")),
