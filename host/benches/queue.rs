@@ -74,7 +74,7 @@ const CLOCK: &str = "clock";
 const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
 const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
     state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
-    dispatcher.slots = 2\ndispatcher.idle_exit = 600\n";
+    dispatcher.slots = 2\ndispatcher.idle_exit = 600\nweb.enabled = false\n";
 const SLOTS: &str = "2";
 const IDLE_EXIT: &str = "600";
 /// Delay of the jobs that must stay queued.

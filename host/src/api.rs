@@ -355,7 +355,9 @@ impl Client {
             }
             crate::dispatcher::notify_waiters(&self.paths.waiters, id);
         }
-        if outcome == CancelOutcome::Requested {
+        if !matches!(outcome, CancelOutcome::AlreadyFinished(_)) {
+            // A running job must be stopped; for a waiting one, the ring tells whoever watches
+            // the queue (the dashboard) that it changed.
             self.wake_dispatcher()?;
         }
         Ok(outcome)
