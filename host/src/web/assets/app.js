@@ -40,37 +40,58 @@
     return el && main.contains(el) && /^(INPUT|SELECT|TEXTAREA)$/.test(el.tagName);
   }
 
+  // Puts the <main> of a fetched page in place of this page's; a redirect to the login page
+  // (the session ended) is followed instead.
+  function swap(response) {
+    if (response.redirected && /\/login$/.test(new URL(response.url).pathname)) {
+      location.assign(response.url);
+      return null;
+    }
+    return response.text().then(function (html) {
+      var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("main");
+      if (!fresh) return;
+      var scrolls = Array.prototype.map.call(main.querySelectorAll("pre"), function (pre) {
+        return pre.scrollTop;
+      });
+      main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes));
+      main.querySelectorAll("pre").forEach(function (pre, i) {
+        if (i < scrolls.length) pre.scrollTop = scrolls[i];
+      });
+      scrollLogsToEnd();
+      tick();
+    });
+  }
+
   function refresh() {
     if (busy || editing()) { again = true; return; }
     busy = true;
     again = false;
     fetch(location.href, { credentials: "same-origin", cache: "no-store" })
-      .then(function (response) {
-        if (response.redirected && /\/login$/.test(new URL(response.url).pathname)) {
-          location.assign(response.url);  // the session ended
-          return null;
-        }
-        return response.text();
-      })
-      .then(function (html) {
-        if (html === null) return;
-        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("main");
-        if (!fresh) return;
-        var scrolls = Array.prototype.map.call(main.querySelectorAll("pre"), function (pre) {
-          return pre.scrollTop;
-        });
-        main.replaceChildren.apply(main, Array.prototype.slice.call(fresh.childNodes));
-        main.querySelectorAll("pre").forEach(function (pre, i) {
-          if (i < scrolls.length) pre.scrollTop = scrolls[i];
-        });
-        scrollLogsToEnd();
-        tick();
-      })
+      .then(swap)
       .catch(function () { /* the next change or visibility change tries again */ })
       .then(function () {
         busy = false;
         if (again) refresh();
       });
+  }
+
+  // Cancel and retry act in place: the form is posted in the background and its answer (the
+  // job page it redirects to, or what went wrong) replaces <main>, so the page keeps its
+  // place and goes on updating. Without JavaScript the forms post and redirect as usual.
+  function act(event) {
+    var form = event.target;
+    if (!/^(cancel|retry)-form$/.test(form.id)) return;
+    event.preventDefault();
+    var button = form.querySelector("button");
+    if (button) button.disabled = true;
+    fetch(form.action, {
+      method: "POST",
+      credentials: "same-origin",
+      cache: "no-store",
+      body: new URLSearchParams(new FormData(form))
+    })
+      .then(swap)
+      .catch(function () { if (button) button.disabled = false; });
   }
 
   function setStatus(on) {
@@ -83,7 +104,9 @@
     if (!live || source) return;
     source = new EventSource(eventsUrl);
     source.addEventListener("change", refresh);
-    source.addEventListener("open", function () { setStatus(true); });
+    // Whatever changed between the rendering of this page and the opening of the stream (or
+    // while it was reconnecting) has not been told: refresh once now.
+    source.addEventListener("open", function () { setStatus(true); refresh(); });
     source.addEventListener("error", function () {
       setStatus(false);
       if (source && source.readyState === EventSource.CLOSED) {
@@ -103,12 +126,12 @@
     if (document.hidden) {
       disconnect();
     } else if (live) {
-      connect();
-      refresh();
+      connect();  // and refreshes once the stream is open
     }
   });
 
   if (main) {
+    main.addEventListener("submit", act);
     main.addEventListener("focusout", function () {
       if (again) setTimeout(refresh, 0);
     });
