@@ -10,6 +10,9 @@
 //! each, and [`Process`] (a handle that keeps a Windows process's identity) is Windows-only.
 #![allow(clippy::unwrap_used)]
 
+#[cfg(unix)]
+pub mod webdriver;
+
 use std::{
     collections::BTreeMap,
     env::consts::{DLL_PREFIX, DLL_SUFFIX, EXE_SUFFIX},
