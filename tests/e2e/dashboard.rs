@@ -861,11 +861,16 @@ fn a_generated_token_is_printed_once_and_kept_in_an_owner_only_file() {
         url.starts_with("http://127.0.0.1:") && url.ends_with("/admin/background-jobs/login"),
         "{url}"
     );
-    let stderr = fs::read_to_string(d.host.root().join("serve.err")).unwrap();
-    let printed: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("dashboard: "))
-        .collect();
+    // serve prints the line right after it writes dashboard.json: wait for it.
+    let printed: Vec<String> = wait_for("the dashboard line", Duration::from_secs(30), || {
+        let stderr = fs::read_to_string(d.host.root().join("serve.err")).ok()?;
+        let printed: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.starts_with("dashboard: "))
+            .map(str::to_owned)
+            .collect();
+        (!printed.is_empty()).then_some(printed)
+    });
     assert_eq!(printed, [format!("dashboard: {url} (token: {})", d.token)]);
     d.login();
 
