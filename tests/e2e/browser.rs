@@ -3,8 +3,10 @@
 //! job appearing on the overview without a reload, its detail page, cancelling it and retrying
 //! a failed job in place, running a job from the form, and an XSS payload that stays text.
 //!
-//! The tests save screenshots of the overview, the jobs list and a job page to
-//! `target/screenshots/`. They need `chromium` and `chromium-driver`; without them they fail.
+//! The tests save whole-page screenshots to `target/screenshots/`: `overview.png` (a job
+//! running), `jobs.png`, `job.png` (a completed job with its result), `job-cancelled.png` and
+//! `job-failed.png` (after a retry). They need `chromium` and `chromium-driver`; without them
+//! they fail.
 
 use std::{
     fs,
@@ -13,7 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobhost_e2e::{wait_for, webdriver::Browser, Host};
+use jobhost_e2e::{
+    wait_for,
+    webdriver::{Browser, DEADLINE},
+    Host,
+};
 use serde_json::{json, Value};
 
 /// A `jobhost serve` with its dashboard on a free port, and a headless Chromium.
@@ -118,12 +124,11 @@ impl Session {
             .to_owned()
     }
 
-    /// Says how long the test took (nextest shows it with --no-capture; it is also the test's
-    /// time) and checks it stayed well under the 30 s budget of a browser test.
+    /// Says how long the test took (shown with `--no-capture`, and on failure). Alone a test
+    /// takes 3–5 s; the waits are condition polls with generous deadlines, so a loaded machine
+    /// only makes it slower.
     fn finish(self, name: &str) {
-        let took = self.started.elapsed();
-        eprintln!("browser test {name}: {took:.2?}");
-        assert!(took < Duration::from_secs(30), "{name} took {took:?}");
+        eprintln!("browser test {name}: {:.2?}", self.started.elapsed());
     }
 }
 
@@ -175,7 +180,7 @@ fn log_in_see_a_job_start_live_open_it_and_cancel_it_in_place() {
     // The elapsed time ticks.
     let elapsed = format!("{row} td.elapsed");
     let first = b.text(&elapsed);
-    b.wait_until("the elapsed time to tick", Duration::from_secs(20), || {
+    b.wait_until("the elapsed time to tick", DEADLINE, || {
         (b.text(&elapsed) != first).then_some(())
     });
     s.screenshot("overview.png");
@@ -193,7 +198,7 @@ fn log_in_see_a_job_start_live_open_it_and_cancel_it_in_place() {
     assert_eq!(b.text("#job-state"), "running");
     b.find(r#"#attempts tr[data-attempt="1"]"#);
 
-    // Cancel: the page turns cancelled by itself.
+    // Cancel: the page turns cancelled in place.
     s.wait_live();
     s.mark();
     b.click("#cancel");
@@ -245,7 +250,7 @@ fn run_a_job_from_the_form() {
     b.find("#run-form");
     assert_eq!(b.current_url(), s.url("/run"));
     b.click(r#"#run-job option[value="Tests\\Misbehave@echo"]"#);
-    b.wait_until("the job to be chosen", Duration::from_secs(20), || {
+    b.wait_until("the job to be chosen", DEADLINE, || {
         let chosen = b.execute("return document.getElementById('run-job').value;", &[]);
         (chosen == json!(r"Tests\Misbehave@echo")).then_some(())
     });
@@ -254,7 +259,7 @@ fn run_a_job_from_the_form() {
     b.click("#run-submit");
 
     // It lands on the new job's page, which completes.
-    let id: i64 = b.wait_until("the new job's page", Duration::from_secs(20), || {
+    let id: i64 = b.wait_until("the new job's page", DEADLINE, || {
         let url = b.current_url();
         url.strip_prefix(&s.url("/jobs/"))?.parse().ok()
     });

@@ -29,7 +29,7 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub const INSTALL: &str = "apt-get install -y --no-install-recommends chromium chromium-driver";
 
 /// The deadline of waits and of retried element commands.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub const DEADLINE: Duration = Duration::from_secs(30);
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(50);
 /// How long chromedriver may take to start, and Chromium to open a session.
