@@ -61,7 +61,7 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 'App\Jobs\SendWelcomeEmail' = ["handle"]
 'App\Jobs\ProcessUserReport' = ["generate", "send"]
 'App\Jobs\SendNotification' = ["send"]
-'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "env", "clock"]
+'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "env", "clock", "console"]
 "#;
 
 /// The settings of every test installation: everything under its root, a short kill grace so
@@ -459,6 +459,7 @@ pub fn alive(pid: u32) -> bool {
 pub struct Process {
     pid: u32,
     handle: std::os::windows::io::OwnedHandle,
+    kill_on_drop: bool,
 }
 
 #[cfg(windows)]
@@ -467,16 +468,28 @@ impl Process {
     pub fn open(pid: u32) -> Option<Self> {
         use std::os::windows::io::FromRawHandle;
         use windows_sys::Win32::System::Threading::{
-            OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+            OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_TERMINATE,
         };
+        let access = PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_TERMINATE;
         // SAFETY: plain handle acquisition; null means there is no such process.
-        let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        let handle = unsafe { OpenProcess(access, 0, pid) };
         if handle.is_null() {
             return None;
         }
         // SAFETY: the handle was just returned to us and nobody else owns it.
         let handle = unsafe { std::os::windows::io::OwnedHandle::from_raw_handle(handle) };
-        Some(Self { pid, handle })
+        Some(Self {
+            pid,
+            handle,
+            kill_on_drop: false,
+        })
+    }
+
+    /// Makes dropping this handle terminate the process if it still runs: a test that fails
+    /// leaves no process behind (a job's ten-minute child, for one).
+    pub fn kill_on_drop(mut self) -> Self {
+        self.kill_on_drop = true;
+        self
     }
 
     /// The process id.
@@ -492,5 +505,21 @@ impl Process {
         // SAFETY: the handle is valid while self lives; `code` is a valid out-pointer.
         let ok = unsafe { GetExitCodeProcess(self.handle.as_raw_handle(), &mut code) };
         ok != 0 && code == STILL_ACTIVE as u32
+    }
+}
+
+#[cfg(windows)]
+impl Drop for Process {
+    fn drop(&mut self) {
+        use std::os::windows::io::AsRawHandle;
+        if self.kill_on_drop && self.running() {
+            // SAFETY: the handle is valid and was opened with PROCESS_TERMINATE.
+            unsafe {
+                windows_sys::Win32::System::Threading::TerminateProcess(
+                    self.handle.as_raw_handle(),
+                    1,
+                )
+            };
+        }
     }
 }

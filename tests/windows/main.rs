@@ -12,6 +12,7 @@
 
 use std::{
     fs,
+    os::windows::process::CommandExt,
     process::Stdio,
     sync::mpsc,
     time::{Duration, Instant},
@@ -19,6 +20,9 @@ use std::{
 
 use jobhost_e2e::{alive, wait_for, Host, Process, Run};
 use serde_json::Value;
+
+/// `CREATE_NEW_CONSOLE`: the child gets a console of its own.
+const CREATE_NEW_CONSOLE: u32 = 0x0000_0010;
 
 /// The states a job ends in.
 const TERMINAL: [&str; 3] = ["completed", "failed", "cancelled"];
@@ -253,6 +257,26 @@ fn windows_run_returns_at_once_while_the_dispatcher_it_started_runs_on() {
 }
 
 #[test]
+fn windows_worker_runs_detached_from_the_callers_console() {
+    let host = Host::standard();
+    // `jobhost run` gets a console of its own (CREATE_NEW_CONSOLE; Wine makes a headless one);
+    // the dispatcher it starts and that dispatcher's workers must not share it.
+    let run = host
+        .jobhost()
+        .args(["run", r"Tests\Misbehave", "console", "--wait"])
+        .creation_flags(CREATE_NEW_CONSOLE)
+        .output()
+        .unwrap();
+    let run = Run::from(run);
+    run.expect_code(0);
+    assert_eq!(
+        run.json(),
+        serde_json::json!({"console": false}),
+        "the worker has no console (DETACHED_PROCESS)"
+    );
+}
+
+#[test]
 fn windows_reports_access_violation_when_plugin_segfaults() {
     let host = Host::standard();
     let run = host.run(&[
@@ -305,11 +329,14 @@ fn windows_kills_a_hanging_job_with_its_whole_process_tree_at_its_timeout() {
         || {
             let text = output(&host, id, 1);
             let pid = text.lines().find_map(|l| l.strip_prefix("child pid "))?;
-            Some(Process::open(pid.trim().parse().unwrap()).expect("the child is running"))
+            let child = Process::open(pid.trim().parse().unwrap());
+            Some(child.expect("the child is running").kill_on_drop())
         },
     );
     let worker = host.show(id)["attempts"][0]["pid"].as_u64().unwrap();
-    let worker = Process::open(u32::try_from(worker).unwrap()).expect("the worker is running");
+    let worker = Process::open(u32::try_from(worker).unwrap())
+        .expect("the worker is running")
+        .kill_on_drop();
     assert!(child.running(), "child {} runs", child.pid());
     assert!(worker.running(), "worker {} runs", worker.pid());
 
