@@ -60,20 +60,29 @@ impl SqliteStore {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn =
             Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(10))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(e.to_string()))?;
         // The first statement that reads the file is where a corrupt file shows itself.
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
+        let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .map_err(|e| open_error(describe(&e)))?;
         // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
         // commit crosses the threshold; the dispatcher runs them in the background instead
         // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
         // dispatcher runs.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA wal_autocheckpoint = 20000;",
-        )
+        // The journal mode is stored in the file: switching needs an exclusive lock, so it is
+        // only asked for when the file is not in WAL mode yet (a new database).
+        let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+            .map_err(|e| open_error(describe(&e)))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())))
+                .map_err(|e| open_error(describe(&e)))?;
+        }
+        retry_busy(|| {
+            conn.execute_batch(
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA wal_autocheckpoint = 20000;",
+            )
+        })
         .map_err(|e| open_error(describe(&e)))?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
@@ -84,8 +93,7 @@ impl SqliteStore {
             });
         }
         let mut store = Self { conn };
-        store
-            .migrate(version)
+        retry_busy(|| store.migrate(version))
             .map_err(|e| open_error(format!("migration failed: {e}")))?;
         Ok(store)
     }
@@ -112,6 +120,27 @@ impl SqliteStore {
             tx.commit()?;
         }
         Ok(())
+    }
+}
+
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `op`, retrying it while SQLite says "database is locked" for up to [`BUSY_TIMEOUT`].
+/// Some statements at open time (a WAL file being recovered or removed by a closing
+/// connection) fail that way at once instead of waiting in the busy handler.
+fn retry_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match op() {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
