@@ -280,12 +280,11 @@ fn output(mut command: Command) -> Output {
     use std::io::{Read, Seek};
     let mut stdout = tempfile::tempfile().unwrap();
     let mut stderr = tempfile::tempfile().unwrap();
-    let status = command
+    command
         .stdin(std::process::Stdio::null())
         .stdout(stdout.try_clone().unwrap())
-        .stderr(stderr.try_clone().unwrap())
-        .status()
-        .unwrap();
+        .stderr(stderr.try_clone().unwrap());
+    let status = spawn(&mut command).wait().unwrap();
     let read = |file: &mut fs::File| {
         let mut bytes = Vec::new();
         file.rewind().unwrap();
@@ -296,6 +295,27 @@ fn output(mut command: Command) -> Output {
         status,
         stdout: read(&mut stdout),
         stderr: read(&mut stderr),
+    }
+}
+
+/// Starts `command`, like [`Command::spawn`], panicking if it cannot. Under Wine (8.0) starting
+/// a process now and then fails with `ERROR_INTERNAL_ERROR` (the new process died while Wine
+/// set it up, before any of its code ran), about once in a few thousand starts; then it is
+/// tried again, a few times.
+pub fn spawn(command: &mut Command) -> std::process::Child {
+    const ERROR_INTERNAL_ERROR: i32 = 1359;
+    let mut tries = 1;
+    loop {
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e)
+                if cfg!(windows) && e.raw_os_error() == Some(ERROR_INTERNAL_ERROR) && tries < 5 =>
+            {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot start {command:?}: {e}"),
+        }
     }
 }
 

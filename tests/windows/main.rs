@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobhost_e2e::{alive, wait_for, Host, Process, Run};
+use jobhost_e2e::{alive, spawn, wait_for, Host, Process, Run};
 use serde_json::Value;
 
 /// `CREATE_NEW_CONSOLE`: the child gets a console of its own.
@@ -222,8 +222,8 @@ fn windows_run_returns_at_once_while_the_dispatcher_it_started_runs_on() {
     let host = Host::standard();
     // Output captured through pipes, as a shell's `$(...)` or PHP's `exec` would: the detached
     // dispatcher must not inherit them, or `jobhost run` would seem to last as long as it.
-    let run = host
-        .jobhost()
+    let mut command = host.jobhost();
+    command
         .args([
             "run",
             r"Tests\Misbehave",
@@ -234,9 +234,8 @@ fn windows_run_returns_at_once_while_the_dispatcher_it_started_runs_on() {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    let run = spawn(&mut command);
     let (done, returned) = mpsc::channel();
     std::thread::spawn(move || done.send(run.wait_with_output()));
     let run = returned.recv_timeout(Duration::from_secs(30)).expect(
@@ -261,13 +260,14 @@ fn windows_worker_runs_detached_from_the_callers_console() {
     let host = Host::standard();
     // `jobhost run` gets a console of its own (CREATE_NEW_CONSOLE; Wine makes a headless one);
     // the dispatcher it starts and that dispatcher's workers must not share it.
-    let run = host
-        .jobhost()
+    let mut command = host.jobhost();
+    command
         .args(["run", r"Tests\Misbehave", "console", "--wait"])
         .creation_flags(CREATE_NEW_CONSOLE)
-        .output()
-        .unwrap();
-    let run = Run::from(run);
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let run = Run::from(spawn(&mut command).wait_with_output().unwrap());
     run.expect_code(0);
     assert_eq!(
         run.json(),
@@ -372,23 +372,16 @@ fn windows_kills_a_hanging_job_with_its_whole_process_tree_at_its_timeout() {
 fn windows_times_out_a_hanging_job_with_run_wait() {
     let host = Host::standard();
     let started = Instant::now();
-    let child = host
-        .jobhost()
-        .args([
-            "run",
-            r"Tests\Misbehave",
-            "hang",
-            "--wait",
-            "--retries",
-            "0",
-            "--timeout",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = Run::from(child.wait_with_output().unwrap());
+    let run = host.run(&[
+        "run",
+        r"Tests\Misbehave",
+        "hang",
+        "--wait",
+        "--retries",
+        "0",
+        "--timeout",
+        "1",
+    ]);
     run.expect_code(4);
     assert!(run.stderr.contains("timed out after 1s"), "{}", run.stderr);
     assert!(started.elapsed() >= Duration::from_secs(1));
