@@ -298,10 +298,11 @@ fn output(mut command: Command) -> Output {
     }
 }
 
-/// Starts `command`, like [`Command::spawn`], panicking if it cannot. Under Wine (8.0) starting
-/// a process now and then fails with `ERROR_INTERNAL_ERROR` (the new process died while Wine
-/// set it up, before any of its code ran), about once in a few thousand starts; then it is
-/// tried again, a few times.
+/// Starts `command`, like [`Command::spawn`], panicking if it cannot. Under Wine 8.0 without
+/// its preloader, starting a process can fail with `ERROR_INTERNAL_ERROR` (the new process died
+/// while Wine set it up, before any of its code ran) when address-space randomisation got in
+/// the way; `ci/windows/wine-runner` turns randomisation off, and should it happen anyway the
+/// start is tried again, a few times.
 pub fn spawn(command: &mut Command) -> std::process::Child {
     const ERROR_INTERNAL_ERROR: i32 = 1359;
     let mut tries = 1;
