@@ -10,12 +10,7 @@ use crate::cli::ListArgs;
 /// A time for people, in the local time zone, as the logs write it.
 fn when(millis: Option<Millis>) -> String {
     millis
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
+        .and_then(jobhost::text::local_time)
         .unwrap_or_else(|| "-".into())
 }
 

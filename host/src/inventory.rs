@@ -128,6 +128,16 @@ pub struct Offer<'a> {
     pub class: &'a ClassEntry,
 }
 
+impl PluginFile {
+    /// The file's name, for display (the whole path if it has none).
+    pub fn file_name(&self) -> String {
+        self.path.file_name().map_or_else(
+            || self.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+}
+
 impl Inventory {
     /// Inspects every library file in `settings.plugin_dir`.
     pub fn scan(settings: &Settings) -> Result<Self, InventoryError> {

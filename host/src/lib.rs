@@ -30,7 +30,7 @@ pub mod platform;
 pub mod protocol;
 pub mod settings;
 pub mod store;
-mod text;
+pub mod text;
 pub mod web;
 
 pub use api::{dispatch, Client, DispatchError, Job};

@@ -238,10 +238,7 @@ fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
         println!("  (no plugin files)");
     }
     for file in &inventory.files {
-        let name = file.path.file_name().map_or_else(
-            || file.path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        let name = file.file_name();
         match &file.status {
             FileStatus::Plugin {
                 sdk_version,

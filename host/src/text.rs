@@ -1,4 +1,4 @@
-//! Small text helpers shared by the file parsers.
+//! Small text helpers shared by the file parsers, the CLI and the dashboard.
 
 /// The 1-based line number of byte `offset` in `text`.
 pub fn line_of(text: &str, offset: usize) -> usize {
@@ -18,4 +18,14 @@ pub fn secs(d: std::time::Duration) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// A time in milliseconds since the Unix epoch for people: the local time zone, in the logs'
+/// format (`2024-11-12 10:00:00`); `None` when out of range.
+pub fn local_time(millis: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(millis).map(|t| {
+        t.with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    })
 }

@@ -185,12 +185,7 @@ pub fn login_page(status: StatusCode, failed: bool) -> Response {
 /// A time for people, in the local time zone, as the logs write it; `—` for none.
 fn when(millis: Option<Millis>) -> String {
     millis
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
+        .and_then(crate::text::local_time)
         .unwrap_or_else(|| "—".into())
 }
 
@@ -739,10 +734,7 @@ fn plugins_main(plugins: &Plugins) -> String {
     }
     main.push_str("<div id=\"plugins\">\n");
     for file in &inventory.files {
-        let name = file.path.file_name().map_or_else(
-            || file.path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+        let name = file.file_name();
         match &file.status {
             FileStatus::Plugin {
                 sdk_version,
