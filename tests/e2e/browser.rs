@@ -135,16 +135,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         if let Some(mut serve) = self.serve.take() {
-            let _ = self.host.jobhost().arg("stop").output();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if let Ok(Some(_)) = serve.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = serve.kill();
-            let _ = serve.wait();
+            self.host.stop_serve(&mut serve);
         }
     }
 }

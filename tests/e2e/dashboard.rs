@@ -233,33 +233,17 @@ impl Dashboard {
         let Some(mut serve) = self.serve.take() else {
             return;
         };
-        let _ = self.host.jobhost().arg("stop").output();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            if serve.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = serve.kill();
-        let _ = serve.wait();
-        panic!("jobhost serve did not stop");
+        assert!(
+            self.host.stop_serve(&mut serve),
+            "jobhost serve did not stop"
+        );
     }
 }
 
 impl Drop for Dashboard {
     fn drop(&mut self) {
         if let Some(mut serve) = self.serve.take() {
-            let _ = self.host.jobhost().arg("stop").output();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(30) {
-                if let Ok(Some(_)) = serve.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = serve.kill();
-            let _ = serve.wait();
+            self.host.stop_serve(&mut serve);
         }
     }
 }

@@ -223,6 +223,22 @@ impl Host {
             .collect()
     }
 
+    /// Asks the dispatcher `serve` (a `jobhost serve` this test started) to stop and waits up
+    /// to 30 s for it; kills it if it does not. Returns whether it stopped by itself.
+    pub fn stop_serve(&self, serve: &mut std::process::Child) -> bool {
+        let _ = self.jobhost().arg("stop").output();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = serve.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = serve.kill();
+        let _ = serve.wait();
+        false
+    }
+
     /// The lines of log file `name` (`background_jobs.log` or `background_jobs_errors.log`),
     /// each checked for the spec's `[YYYY-MM-DD HH:MM:SS] ` prefix and returned without it.
     pub fn log(&self, name: &str) -> Vec<String> {
