@@ -8,15 +8,9 @@
 //! `job-failed.png` (after a retry). They need `chromium` and `chromium-driver`; without them
 //! they fail.
 
-use std::{
-    fs,
-    path::PathBuf,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Child, time::Instant};
 
 use jobhost_e2e::{
-    wait_for,
     webdriver::{Browser, DEADLINE},
     Host,
 };
@@ -38,20 +32,8 @@ impl Session {
     fn start() -> Self {
         let started = Instant::now();
         let host = Host::standard();
-        host.settings("web.enabled = true\nweb.listen = \"127.0.0.1:0\"\n");
-        let stderr = fs::File::create(host.root().join("serve.err")).unwrap();
-        let serve = host
-            .jobhost()
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let (serve, info) = host.serve_dashboard("");
         let browser = Browser::start();
-        let file = host.state_dir().join("dashboard.json");
-        let info: Value = wait_for("dashboard.json", Duration::from_secs(30), || {
-            serde_json::from_slice(&fs::read(&file).ok()?).ok()
-        });
         let base = info["url"]
             .as_str()
             .unwrap()

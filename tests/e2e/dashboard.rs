@@ -95,21 +95,7 @@ impl Dashboard {
     }
 
     fn start_in(host: Host, extra: &str) -> Self {
-        host.settings(&format!(
-            "web.enabled = true\nweb.listen = \"127.0.0.1:0\"\n{extra}"
-        ));
-        let stderr = fs::File::create(host.root().join("serve.err")).unwrap();
-        let serve = host
-            .jobhost()
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let file = host.state_dir().join("dashboard.json");
-        let info: Value = wait_for("dashboard.json", Duration::from_secs(30), || {
-            serde_json::from_slice(&fs::read(&file).ok()?).ok()
-        });
+        let (serve, info) = host.serve_dashboard(extra);
         let url = info["url"].as_str().unwrap();
         let base = url.strip_suffix("/login").unwrap().to_owned();
         let token = info["token"]

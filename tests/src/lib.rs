@@ -223,6 +223,28 @@ impl Host {
             .collect()
     }
 
+    /// Starts `jobhost serve` with the dashboard on a free loopback port (settings `extra`
+    /// added, stderr to `serve.err`) and waits for the `dashboard.json` it writes, returned
+    /// parsed: `{"url": ".../login", "token": ...}`.
+    pub fn serve_dashboard(&self, extra: &str) -> (std::process::Child, Value) {
+        self.settings(&format!(
+            "web.enabled = true\nweb.listen = \"127.0.0.1:0\"\n{extra}"
+        ));
+        let stderr = fs::File::create(self.root().join("serve.err")).unwrap();
+        let serve = self
+            .jobhost()
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let file = self.state_dir().join("dashboard.json");
+        let info = wait_for("dashboard.json", Duration::from_secs(30), || {
+            serde_json::from_slice(&fs::read(&file).ok()?).ok()
+        });
+        (serve, info)
+    }
+
     /// Asks the dispatcher `serve` (a `jobhost serve` this test started) to stop and waits up
     /// to 30 s for it; kills it if it does not. Returns whether it stopped by itself.
     pub fn stop_serve(&self, serve: &mut std::process::Child) -> bool {
