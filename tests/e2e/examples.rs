@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use jobhost_e2e::Host;
+use jobhost_e2e::{examples, Host};
 
 #[test]
 fn send_welcome_email_writes_the_message_and_logs_start_and_completion() {
@@ -37,50 +37,12 @@ fn send_welcome_email_writes_the_message_and_logs_start_and_completion() {
 
 #[test]
 fn process_user_report_generates_a_csv_then_mails_it() {
-    let host = Host::standard();
-    host.run(&[
-        "run",
-        r"App\Jobs\ProcessUserReport",
-        "generate",
-        "report_id=456",
-        "rows=3",
-        "--wait",
-    ])
-    .expect_code(0);
-    let csv = fs::read_to_string(host.storage_dir().join("reports/report-456.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 4, "header and three rows:\n{csv}");
-
-    let sent = host.run(&[
-        "run",
-        r"App\Jobs\ProcessUserReport",
-        "send",
-        "456",
-        "--wait",
-    ]);
-    sent.expect_code(0);
-    let eml = fs::read_to_string(host.root().join(sent.json()["path"].as_str().unwrap())).unwrap();
-    assert!(
-        eml.contains("report-456.csv"),
-        "the CSV is attached:\n{eml}"
-    );
+    examples::report_is_generated_then_mailed(&Host::standard());
 }
 
 #[test]
 fn send_notification_takes_positional_params() {
-    let host = Host::standard();
-    host.run(&[
-        "run",
-        r"App\Jobs\SendNotification",
-        "send",
-        "789",
-        "Welcome!",
-        "--wait",
-    ])
-    .expect_code(0);
-    let line = fs::read_to_string(host.storage_dir().join("notifications/789.jsonl")).unwrap();
-    let sent: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(sent["user_id"], 789);
-    assert_eq!(sent["message"], "Welcome!");
+    examples::notification_takes_positional_params(&Host::standard());
 }
 
 #[test]

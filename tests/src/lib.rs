@@ -582,3 +582,62 @@ impl Drop for Process {
         }
     }
 }
+
+/// The spec's example jobs through `jobhost run --wait`, checked the same way on every
+/// platform's suite.
+pub mod examples {
+    use std::fs;
+
+    use serde_json::Value;
+
+    use crate::Host;
+
+    /// `ProcessUserReport@generate` writes a CSV; `@send`, given the report id by position,
+    /// mails it as an attachment.
+    pub fn report_is_generated_then_mailed(host: &Host) {
+        host.run(&[
+            "run",
+            r"App\Jobs\ProcessUserReport",
+            "generate",
+            "report_id=456",
+            "rows=3",
+            "--wait",
+        ])
+        .expect_code(0);
+        let csv =
+            fs::read_to_string(host.storage_dir().join("reports").join("report-456.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 4, "header and three rows:\n{csv}");
+        let sent = host.run(&[
+            "run",
+            r"App\Jobs\ProcessUserReport",
+            "send",
+            "456",
+            "--wait",
+        ]);
+        sent.expect_code(0);
+        let eml =
+            fs::read_to_string(host.root().join(sent.json()["path"].as_str().unwrap())).unwrap();
+        assert!(
+            eml.contains("report-456.csv"),
+            "the CSV is attached:\n{eml}"
+        );
+    }
+
+    /// `SendNotification@send` with positional params appends the notification.
+    pub fn notification_takes_positional_params(host: &Host) {
+        host.run(&[
+            "run",
+            r"App\Jobs\SendNotification",
+            "send",
+            "789",
+            "Welcome!",
+            "--wait",
+        ])
+        .expect_code(0);
+        let line =
+            fs::read_to_string(host.storage_dir().join("notifications").join("789.jsonl")).unwrap();
+        let notification: Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(notification["user_id"], 789);
+        assert_eq!(notification["message"], "Welcome!");
+    }
+}

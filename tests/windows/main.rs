@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobhost_e2e::{alive, spawn, wait_for, Host, Process, Run};
+use jobhost_e2e::{alive, examples, spawn, wait_for, Host, Process, Run};
 use serde_json::Value;
 
 /// `CREATE_NEW_CONSOLE`: the child gets a console of its own.
@@ -102,46 +102,8 @@ fn windows_runs_the_spec_examples_with_run_wait() {
         ),
     );
 
-    host.run(&[
-        "run",
-        r"App\Jobs\ProcessUserReport",
-        "generate",
-        "report_id=456",
-        "rows=3",
-        "--wait",
-    ])
-    .expect_code(0);
-    let csv =
-        fs::read_to_string(host.storage_dir().join("reports").join("report-456.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 4, "header and three rows:\n{csv}");
-    let sent = host.run(&[
-        "run",
-        r"App\Jobs\ProcessUserReport",
-        "send",
-        "456",
-        "--wait",
-    ]);
-    sent.expect_code(0);
-    let eml = fs::read_to_string(host.root().join(sent.json()["path"].as_str().unwrap())).unwrap();
-    assert!(
-        eml.contains("report-456.csv"),
-        "the CSV is attached:\n{eml}"
-    );
-
-    host.run(&[
-        "run",
-        r"App\Jobs\SendNotification",
-        "send",
-        "789",
-        "Welcome!",
-        "--wait",
-    ])
-    .expect_code(0);
-    let line =
-        fs::read_to_string(host.storage_dir().join("notifications").join("789.jsonl")).unwrap();
-    let notification: Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(notification["user_id"], 789);
-    assert_eq!(notification["message"], "Welcome!");
+    examples::report_is_generated_then_mailed(&host);
+    examples::notification_takes_positional_params(&host);
 
     assert!(
         host.log("background_jobs_errors.log").is_empty(),
