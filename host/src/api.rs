@@ -225,35 +225,44 @@ pub enum DispatchError {
     },
 }
 
-/// The allowlist and the plugin inventory, re-read only when their files change.
+/// The allowlist and the plugin catalog, brought up to date only when the plugin directory's
+/// listing or the allowlist file changed.
 #[derive(Default)]
 struct Gate {
-    allowlist: Option<(FileStamp, Allowlist)>,
-    inventory: Option<(Vec<(PathBuf, FileStamp)>, Inventory)>,
+    known: Option<Known>,
+}
+
+struct Known {
+    files: Vec<(PathBuf, FileStamp)>,
+    allowlist_stamp: Option<FileStamp>,
+    inventory: Inventory,
+    allowlist: Allowlist,
 }
 
 impl Gate {
     fn refresh(&mut self, settings: &Settings) -> Result<(&Allowlist, &Inventory), DispatchError> {
-        let stamp = FileStamp::of(&settings.allowlist).map_err(|source| AllowlistError::Read {
-            path: settings.allowlist.clone(),
-            source,
-        })?;
-        let allowlist = match self.allowlist.take() {
-            Some(known) if known.0 == stamp => self.allowlist.insert(known),
-            _ => self
-                .allowlist
-                .insert((stamp, Allowlist::load(&settings.allowlist)?)),
-        };
         let files =
             library_files(&settings.plugin_dir).map_err(|source| InventoryError::ReadDir {
                 dir: settings.plugin_dir.clone(),
                 source,
             })?;
-        let inventory = match self.inventory.take() {
-            Some(known) if known.0 == files => self.inventory.insert(known),
-            _ => self.inventory.insert((files, Inventory::scan(settings)?)),
+        let allowlist_stamp = FileStamp::of(&settings.allowlist).ok();
+        let known = match self.known.take() {
+            Some(known) if known.files == files && known.allowlist_stamp == allowlist_stamp => {
+                self.known.insert(known)
+            }
+            _ => {
+                let inventory = Inventory::refresh(settings)?;
+                let allowlist = inventory.allowlist(settings)?;
+                self.known.insert(Known {
+                    files,
+                    allowlist_stamp,
+                    inventory,
+                    allowlist,
+                })
+            }
         };
-        Ok((&allowlist.1, &inventory.1))
+        Ok((&known.allowlist, &known.inventory))
     }
 }
 
@@ -321,7 +330,10 @@ impl Client {
             jobs.into_iter()
                 .map(|job| {
                     let spec = job.into_spec(settings)?;
-                    let plugin = authorize(allowlist, inventory, &spec)?.path.clone();
+                    let plugin = authorize(allowlist, inventory, &spec)?
+                        .version
+                        .snapshot
+                        .clone();
                     Ok(NewJob { spec, plugin })
                 })
                 .collect::<Result<Vec<_>, DispatchError>>()

@@ -243,7 +243,7 @@ pub fn run_attempt(
         method: spec.method.to_owned(),
         params: spec.params.clone(),
         plugin: spec.plugin.to_path_buf(),
-        allowlist: settings.allowlist.clone(),
+        allowlist: crate::inventory::allowlist_in_force(settings),
         report: paths.report.clone(),
         output: Some(paths.pipe.clone()),
     };

@@ -4,7 +4,7 @@
 
 use crate::{
     allowlist::{Allowlist, Verdict},
-    inventory::{Inventory, PluginFile},
+    inventory::{Inventory, Offer},
     job::JobSpec,
     joblog,
 };
@@ -48,12 +48,13 @@ pub enum Refused {
     },
 }
 
-/// Checks `spec` against the allowlist and the inventory; returns the plugin file to run.
+/// Checks `spec` against the allowlist and the inventory; returns where its class is offered
+/// (the version to run).
 pub fn authorize<'a>(
     allowlist: &Allowlist,
     inventory: &'a Inventory,
     spec: &JobSpec,
-) -> Result<&'a PluginFile, Refused> {
+) -> Result<Offer<'a>, Refused> {
     let job = spec.name();
     let allowlist_path = allowlist.path().display().to_string();
     let refusal = match allowlist.check(&spec.class, &spec.method) {
@@ -105,5 +106,5 @@ pub fn authorize<'a>(
             spec.method
         )));
     }
-    Ok(offer.file)
+    Ok(offer)
 }

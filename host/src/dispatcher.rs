@@ -13,9 +13,9 @@
 //! ([`crate::attempt::adopt_attempt`]); see `docs/job_state_machine.md`.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -26,7 +26,7 @@ use crate::{
         adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
         Outcome,
     },
-    inventory::PluginHashes,
+    inventory::{self, CatalogPaths, FileStamp, Inventory},
     joblog, lifecycle,
     platform::{CancelToken, Doorbell, FileLock},
     settings::Settings,
@@ -139,6 +139,8 @@ enum Event {
         result: Result<AttemptRecord, AttemptError>,
     },
     Signal,
+    /// The watcher brought the plugin catalog up to date after a change.
+    PluginsChanged,
 }
 
 /// Work for a slot thread.
@@ -151,6 +153,8 @@ enum Order {
 
 struct Running {
     job: JobRecord,
+    /// The hash of the plugin version it runs.
+    plugin_hash: String,
     cancel: Arc<CancelToken>,
     /// Stopped because the dispatcher is shutting down, not by a user's cancel.
     interrupted: bool,
@@ -186,7 +190,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         orders: start_slots(settings, &tx),
         events: rx,
         tx,
-        hashes: Arc::new(Mutex::new(PluginHashes::default())),
+        plugins: Plugins::new(settings),
         doorbell,
         stopping: None,
         on_change: options.on_change.clone(),
@@ -196,6 +200,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         settings.dispatcher.slots,
         &settings.state_dir,
     );
+    watch_plugins(settings, &dispatcher.tx);
     let companion = options.companion.as_ref().and_then(|start| start());
     let result = dispatcher.run(&options);
     drop(companion);
@@ -224,6 +229,22 @@ fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
             }
         })?;
     Ok(doorbell)
+}
+
+/// Brings the plugin catalog up to date, then keeps it so from the watcher's thread. Neither
+/// failing stops the dispatcher: the versions in force keep serving, and enqueuers bring the
+/// catalog up to date themselves.
+fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
+    if let Err(e) = Inventory::refresh(settings) {
+        tracing::warn!("plugin catalog not updated: {:#}", anyhow::Error::from(e));
+    }
+    let tx = tx.clone();
+    let watched = crate::watch::start(settings, move |_| tx.send(Event::PluginsChanged).is_ok());
+    if let Err(e) = watched {
+        tracing::warn!(
+            "the plugin directory is not watched ({e}); changes are taken in at the next enqueue"
+        );
+    }
 }
 
 fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
@@ -326,7 +347,7 @@ struct Dispatcher {
     orders: Sender<Order>,
     events: Receiver<Event>,
     tx: Sender<Event>,
-    hashes: Arc<Mutex<PluginHashes>>,
+    plugins: Plugins,
     doorbell: Doorbell,
     /// When the running attempts must be stopped, once a stop was asked for.
     stopping: Option<Instant>,
@@ -399,6 +420,11 @@ impl Dispatcher {
                         self.changed();
                     }
                     Event::Spawned { id, attempt, start } => self.spawned(id, attempt, start)?,
+                    Event::PluginsChanged => {
+                        self.plugins.reload();
+                        self.collect_snapshots()?;
+                        self.changed();
+                    }
                     Event::Finished {
                         id,
                         attempt,
@@ -428,9 +454,12 @@ impl Dispatcher {
         let claimed = self.store.claim(now_millis(), free)?;
         if !claimed.is_empty() {
             self.changed();
+            self.plugins.reload();
         }
-        for job in claimed {
+        for mut job in claimed {
             joblog::started(&job.name(), &job.params);
+            let (plugin, plugin_hash) = self.plugins.version_for(&job);
+            job.plugin = plugin;
             let cancel = CancelToken::new().map_err(|source| DispatcherError::Setup {
                 what: "create a cancel token".into(),
                 source,
@@ -443,6 +472,7 @@ impl Dispatcher {
                 job.id,
                 Running {
                     job,
+                    plugin_hash,
                     cancel,
                     interrupted: false,
                 },
@@ -478,11 +508,7 @@ impl Dispatcher {
         mut start: AttemptStart,
     ) -> Result<(), DispatcherError> {
         if let Some(running) = self.running.get(&id) {
-            start.plugin_hash = self
-                .hashes
-                .lock()
-                .map(|mut h| h.hash(&running.job.plugin))
-                .unwrap_or_default();
+            start.plugin_hash.clone_from(&running.plugin_hash);
         }
         self.store.attempt_started(id, attempt, &start)?;
         Ok(())
@@ -561,6 +587,28 @@ impl Dispatcher {
             Next::Requeue => joblog::requeued(&name, &job.params, &error),
         }
         notify_waiters(&self.paths.waiters, id);
+        if self.plugins.retired > 0 && self.plugins.collected.elapsed() >= COLLECT_EVERY {
+            self.collect_snapshots()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the plugin snapshots nothing needs any more: not active, not the version of a
+    /// waiting job, not run by an attempt of ours.
+    fn collect_snapshots(&mut self) -> Result<(), DispatcherError> {
+        let Some(inventory) = &self.plugins.inventory else {
+            return Ok(());
+        };
+        let mut in_use: BTreeSet<String> = self
+            .store
+            .unfinished_plugins()?
+            .iter()
+            .filter_map(|p| inventory::snapshot_hash(p).map(str::to_owned))
+            .collect();
+        in_use.extend(self.running.values().map(|r| r.plugin_hash.clone()));
+        let left = inventory::collect_snapshots(&self.settings, inventory, &in_use);
+        self.plugins.retired = left.saturating_sub(inventory.active_hashes().len());
+        self.plugins.collected = Instant::now();
         Ok(())
     }
 
@@ -639,6 +687,7 @@ impl Dispatcher {
                 id,
                 Running {
                     job,
+                    plugin_hash: attempt.plugin_hash.clone().unwrap_or_default(),
                     cancel,
                     interrupted: false,
                 },
@@ -661,6 +710,58 @@ impl Dispatcher {
                 source,
             })?;
         Ok(false)
+    }
+}
+
+/// How often at most snapshots are collected as jobs finish, while some are retired.
+const COLLECT_EVERY: Duration = Duration::from_secs(1);
+
+/// The plugin catalog as the dispatcher last read it: which version a claimed job runs.
+struct Plugins {
+    catalog: PathBuf,
+    stamp: Option<FileStamp>,
+    inventory: Option<Inventory>,
+    /// Snapshots left that are not active versions.
+    retired: usize,
+    /// When snapshots were last collected.
+    collected: Instant,
+}
+
+impl Plugins {
+    fn new(settings: &Settings) -> Self {
+        let mut plugins = Self {
+            catalog: CatalogPaths::new(&settings.state_dir).catalog,
+            stamp: None,
+            inventory: None,
+            retired: 0,
+            collected: Instant::now(),
+        };
+        plugins.reload();
+        plugins
+    }
+
+    /// Reads the catalog again if it changed since the last read: one `stat` when it did not.
+    fn reload(&mut self) {
+        let stamp = FileStamp::of(&self.catalog).ok();
+        if stamp != self.stamp || self.inventory.is_none() {
+            self.inventory = Inventory::read(&self.catalog);
+            self.stamp = stamp;
+        }
+    }
+
+    /// The snapshot and hash a claimed job runs: its class's active version now, so a deploy
+    /// reaches jobs already waiting; if no plugin offers the class any more, the version it
+    /// was enqueued with (its snapshot is kept while it waits).
+    fn version_for(&self, job: &JobRecord) -> (PathBuf, String) {
+        let active = self
+            .inventory
+            .as_ref()
+            .and_then(|i| i.find(&job.class))
+            .map(|offer| (offer.version.snapshot.clone(), offer.version.hash.clone()));
+        active.unwrap_or_else(|| {
+            let hash = inventory::snapshot_hash(&job.plugin).unwrap_or_default();
+            (job.plugin.clone(), hash.to_owned())
+        })
     }
 }
 

@@ -1,14 +1,24 @@
 //! The plugin inventory: every library file in the plugin directory, with the classes it
-//! offers or the one-line reason it was rejected.
+//! offers or the one-line reason it was rejected, and the version of it that serves new jobs.
 //!
-//! Each file is inspected in its own child process (`dlopen` runs the library's constructors,
-//! which may crash or hang), several at a time. A library file is one whose name ends in the
-//! platform's suffix (`.so`, `.dll`, `.dylib`); hidden files and other names are not plugins
-//! and are skipped. When two files offer the same class, the first in file-name order wins.
-//! Verdicts are remembered in the state directory per file version (size, modification time,
-//! inode), so only new or changed files are inspected again.
+//! Jobs never run from the plugin directory itself: a file overwritten in place while a worker
+//! has it mapped kills that worker. A new or changed file is copied into a content-addressed
+//! snapshot (`<state>/plugins/snapshots/<blake3>.so`, read-only) and the copy is inspected in
+//! a child process (`dlopen` runs the library's constructors, which may crash or hang). A good
+//! copy becomes the file's *active version*, the one new jobs of its classes run; a bad one
+//! (not a plugin, another SDK, half written) is reported once and the previous version keeps
+//! serving. A library file is one whose name ends in the platform's suffix (`.so`, `.dll`,
+//! `.dylib`); hidden files and other names are skipped. When two files offer the same class,
+//! the first in file-name order wins and a warning names both.
+//!
+//! The result is the *catalog* (`<state>/plugins/catalog.json`), shared by every process of a
+//! state directory: whoever notices a change first (the dispatcher's watcher, an enqueuer)
+//! updates it under a lock, and a file whose size, modification time and inode did not change
+//! is never read again. The allowlist is kept the same way: its last valid version is copied
+//! into the catalog directory, and an invalid edit leaves it in force.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -17,19 +27,46 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    allowlist::{Allowlist, AllowlistError},
+    joblog,
     platform::{self, CancelToken, ExitKind, OutputPair, OutputSink, SuperviseOptions},
-    protocol::{read_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION},
+    protocol::{
+        read_report, write_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION,
+    },
     settings::Settings,
+    store::{now_millis, Millis},
 };
 
-/// Where the inventory remembers what it found, per file version, in the state directory.
-const CACHE_FILE: &str = "inventory.json";
+/// The files of the catalog, under the state directory.
+#[derive(Debug, Clone)]
+pub struct CatalogPaths {
+    /// The catalog itself.
+    pub catalog: PathBuf,
+    /// Held while the catalog is brought up to date.
+    pub lock: PathBuf,
+    /// The content-addressed plugin snapshots.
+    pub snapshots: PathBuf,
+    /// The allowlist in force: the last valid version of the allowlist file.
+    pub allowlist: PathBuf,
+}
 
-/// One remembered inspection: a file's verdict for the version with this stamp.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-struct CachedFile {
-    stamp: FileStamp,
-    file: PluginFile,
+impl CatalogPaths {
+    /// The paths under `state_dir`.
+    pub fn new(state_dir: &Path) -> Self {
+        let dir = state_dir.join("plugins");
+        Self {
+            catalog: dir.join("catalog.json"),
+            lock: dir.join("catalog.lock"),
+            snapshots: dir.join("snapshots"),
+            allowlist: dir.join("allowlist.toml"),
+        }
+    }
+
+    /// The snapshot of the content with BLAKE3 hash `hash`.
+    pub fn snapshot(&self, hash: &str) -> PathBuf {
+        self.snapshots
+            .join(format!("{hash}{}", std::env::consts::DLL_SUFFIX))
+    }
 }
 
 /// The library files in `dir`, in name order, with their stamps.
@@ -37,10 +74,7 @@ pub fn library_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileStamp)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let is_library =
-            name.is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX));
-        if is_library && !path.is_dir() {
+        if is_library_name(&path) && !path.is_dir() {
             // A file that vanished since the listing is simply not there any more.
             if let Ok(stamp) = FileStamp::of(&path) {
                 files.push((path, stamp));
@@ -49,6 +83,13 @@ pub fn library_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileStamp)>> {
     }
     files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(files)
+}
+
+/// Whether `path` is named like a plugin library: the platform's suffix, not hidden.
+pub fn is_library_name(path: &Path) -> bool {
+    path.file_name()
+        .map(|n| n.to_string_lossy())
+        .is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX))
 }
 
 /// The hidden subcommand that inspects one plugin file.
@@ -78,9 +119,18 @@ pub enum InventoryError {
         #[source]
         source: std::io::Error,
     },
+    /// The catalog's files in the state directory cannot be written.
+    #[error("cannot update the plugin catalog in {dir}")]
+    Catalog {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// What one file in the plugin directory is.
+/// What the current content of a file in the plugin directory is.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum FileStatus {
@@ -98,25 +148,96 @@ pub enum FileStatus {
     },
 }
 
+/// A good version of a plugin file, snapshotted: what new jobs of its classes run.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Version {
+    /// The BLAKE3 hash of its content, hex.
+    pub hash: String,
+    /// Its snapshot, which workers load.
+    pub snapshot: PathBuf,
+    /// When it became active (ms since the epoch).
+    pub since: Millis,
+    /// The job-sdk version it was built with.
+    pub sdk_version: String,
+    /// Its classes.
+    pub classes: Vec<ClassEntry>,
+}
+
 /// One file of the plugin directory.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PluginFile {
     /// Its path.
     pub path: PathBuf,
-    /// The BLAKE3 hash of its content, hex (empty when unreadable).
+    /// The BLAKE3 hash of its current content, hex (empty when unreadable).
     pub hash: String,
-    /// What it is.
+    /// What its current content is.
     #[serde(flatten)]
     pub status: FileStatus,
+    /// The version serving its classes: the current content when that is a good plugin,
+    /// else the last good one (if any).
+    pub active: Option<Version>,
+    /// The version of the file this entry describes.
+    stamp: FileStamp,
 }
 
-/// The plugin directory, inspected.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The allowlist in force.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct AllowlistState {
+    /// The allowlist file.
+    pub path: PathBuf,
+    /// The BLAKE3 hash of the version in force (empty when none was ever valid).
+    pub hash: String,
+    /// When that version came into force.
+    pub since: Millis,
+    /// Why the file as it is now is not in force, when it is not.
+    pub error: Option<String>,
+    /// The version of the file this describes.
+    stamp: Option<FileStamp>,
+}
+
+/// The plugin directory, inspected: the catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct Inventory {
     /// The directory.
     pub dir: PathBuf,
     /// Its library files, in name order.
     pub files: Vec<PluginFile>,
+    /// The allowlist in force.
+    pub allowlist: Option<AllowlistState>,
+}
+
+/// A class and the version serving it (`jobhost plugins`, the dashboard).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActiveClass<'a> {
+    /// The class.
+    pub class: &'a str,
+    /// The plugin file whose version serves it.
+    pub file: &'a Path,
+    /// That version's hash.
+    pub hash: &'a str,
+    /// Since when it serves (ms since the epoch).
+    pub since: Millis,
+    /// Its methods.
+    pub methods: Vec<&'a str>,
+}
+
+/// The catalog as `jobhost plugins --json` and `GET /api/plugins` show it.
+#[derive(Debug, Serialize)]
+pub struct Listing<'a> {
+    /// The catalog.
+    #[serde(flatten)]
+    pub inventory: &'a Inventory,
+    /// Every class with the version serving it.
+    pub classes: Vec<ActiveClass<'a>>,
+}
+
+impl<'a> From<&'a Inventory> for Listing<'a> {
+    fn from(inventory: &'a Inventory) -> Self {
+        Self {
+            inventory,
+            classes: inventory.classes(),
+        }
+    }
 }
 
 /// Where a class is offered.
@@ -124,6 +245,8 @@ pub struct Inventory {
 pub struct Offer<'a> {
     /// The file.
     pub file: &'a PluginFile,
+    /// Its version serving the class.
+    pub version: &'a Version,
     /// The class.
     pub class: &'a ClassEntry,
 }
@@ -139,30 +262,37 @@ impl PluginFile {
 }
 
 impl Inventory {
-    /// Inspects every library file in `settings.plugin_dir`.
-    pub fn scan(settings: &Settings) -> Result<Self, InventoryError> {
-        let dir = &settings.plugin_dir;
-        let read_dir = |source| InventoryError::ReadDir {
-            dir: dir.clone(),
+    /// Brings the catalog up to date with the plugin directory and the allowlist file, and
+    /// returns it. Changes are logged: a version coming into force, a file rejected (with the
+    /// version that keeps serving), a file removed, a class offered twice, the allowlist
+    /// reloaded or rejected.
+    pub fn refresh(settings: &Settings) -> Result<Self, InventoryError> {
+        let paths = CatalogPaths::new(&settings.state_dir);
+        let catalog_error = |source| InventoryError::Catalog {
+            dir: paths.snapshots.clone(),
             source,
         };
-        let stamped = library_files(dir).map_err(read_dir)?;
-        let cache_path = settings.state_dir.join(CACHE_FILE);
-        let cache: Vec<CachedFile> = std::fs::read(&cache_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        std::fs::create_dir_all(&paths.snapshots).map_err(catalog_error)?;
+        let _lock = platform::FileLock::acquire(&paths.lock).map_err(catalog_error)?;
+        let old = Self::read(&paths.catalog).filter(|old| old.dir == settings.plugin_dir);
+        let stamped =
+            library_files(&settings.plugin_dir).map_err(|source| InventoryError::ReadDir {
+                dir: settings.plugin_dir.clone(),
+                source,
+            })?;
+        let known = |path: &Path| {
+            old.as_ref()
+                .and_then(|old| old.files.iter().find(|f| f.path == path))
+        };
         let files = std::thread::scope(|scope| {
             let tasks: Vec<_> = stamped
                 .iter()
                 .map(|(path, stamp)| {
-                    let cached = cache
-                        .iter()
-                        .find(|c| c.file.path == *path && c.stamp == *stamp)
-                        .map(|c| c.file.clone());
-                    scope.spawn(move || match cached {
-                        Some(file) => Ok(file),
-                        None => inspect_file(settings, path),
+                    let previous = known(path);
+                    let paths = &paths;
+                    scope.spawn(move || match previous {
+                        Some(file) if file.stamp == *stamp => Ok(file.clone()),
+                        _ => examine(settings, paths, path, *stamp, previous),
                     })
                 })
                 .collect();
@@ -171,60 +301,357 @@ impl Inventory {
                 .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        let fresh: Vec<CachedFile> = stamped
-            .iter()
-            .zip(&files)
-            .map(|((_, stamp), file)| CachedFile {
-                stamp: *stamp,
-                file: file.clone(),
-            })
-            .collect();
-        if fresh != cache {
-            // A cache that cannot be written only costs the next scan its speed.
-            let _ = std::fs::create_dir_all(&settings.state_dir)
-                .and_then(|()| crate::protocol::write_report(&cache_path, &fresh));
-        }
-        Ok(Self {
-            dir: dir.clone(),
+        let allowlist = refresh_allowlist(
+            settings,
+            &paths,
+            old.as_ref().and_then(|o| o.allowlist.as_ref()),
+        )
+        .map_err(catalog_error)?;
+        let fresh = Self {
+            dir: settings.plugin_dir.clone(),
             files,
+            allowlist: Some(allowlist),
+        };
+        if old.as_ref() != Some(&fresh) {
+            log_changes(old.as_ref(), &fresh);
+            write_report(&paths.catalog, &fresh).map_err(catalog_error)?;
+        }
+        Ok(fresh)
+    }
+
+    /// The catalog as last written, without looking at the plugin directory.
+    pub fn read(catalog: &Path) -> Option<Self> {
+        read_report(catalog).ok().flatten()
+    }
+
+    /// The file offering `class` in its active version: the first in name order when several
+    /// do.
+    pub fn find(&self, class: &str) -> Option<Offer<'_>> {
+        self.files.iter().find_map(|file| {
+            let version = file.active.as_ref()?;
+            version
+                .classes
+                .iter()
+                .find(|c| c.name == class)
+                .map(|class| Offer {
+                    file,
+                    version,
+                    class,
+                })
         })
     }
 
-    /// The file offering `class`: the first in name order when several do.
-    pub fn find(&self, class: &str) -> Option<Offer<'_>> {
-        self.files.iter().find_map(|file| match &file.status {
-            FileStatus::Plugin { classes, .. } => classes
-                .iter()
-                .find(|c| c.name == class)
-                .map(|class| Offer { file, class }),
-            FileStatus::Rejected { .. } => None,
-        })
+    /// Every class offered by more than one file's active version, with those files in name
+    /// order (the first serves).
+    pub fn conflicts(&self) -> BTreeMap<&str, Vec<&PluginFile>> {
+        let mut offered: BTreeMap<&str, Vec<&PluginFile>> = BTreeMap::new();
+        for file in &self.files {
+            for class in file.active.iter().flat_map(|v| &v.classes) {
+                offered.entry(class.name.as_str()).or_default().push(file);
+            }
+        }
+        offered.retain(|_, files| files.len() > 1);
+        offered
+    }
+
+    /// The allowlist in force, read from its copy in the catalog, with errors naming the
+    /// allowlist file. When no version of it was ever valid, the file's own error.
+    pub fn allowlist(&self, settings: &Settings) -> Result<Allowlist, AllowlistError> {
+        let copy = CatalogPaths::new(&settings.state_dir).allowlist;
+        match &self.allowlist {
+            Some(state) if !state.hash.is_empty() => {
+                let text =
+                    std::fs::read_to_string(&copy).map_err(|source| AllowlistError::Read {
+                        path: copy.clone(),
+                        source,
+                    })?;
+                Allowlist::parse(&state.path, &text)
+            }
+            _ => Allowlist::load(&settings.allowlist),
+        }
+    }
+
+    /// Every class new jobs can be given, with the version that serves it, in class order.
+    pub fn classes(&self) -> Vec<ActiveClass<'_>> {
+        let mut classes: BTreeMap<&str, ActiveClass<'_>> = BTreeMap::new();
+        for file in &self.files {
+            for class in file.active.iter().flat_map(|v| &v.classes) {
+                classes.entry(&class.name).or_insert_with(|| ActiveClass {
+                    class: &class.name,
+                    file: &file.path,
+                    hash: file.active.as_ref().map_or("", |v| v.hash.as_str()),
+                    since: file.active.as_ref().map_or(0, |v| v.since),
+                    methods: class.methods.iter().map(|m| m.name.as_str()).collect(),
+                });
+            }
+        }
+        classes.into_values().collect()
+    }
+
+    /// The hashes of the active versions.
+    pub fn active_hashes(&self) -> BTreeSet<&str> {
+        self.files
+            .iter()
+            .filter_map(|f| f.active.as_ref())
+            .map(|v| v.hash.as_str())
+            .collect()
     }
 }
 
-fn inspect_file(settings: &Settings, path: &Path) -> Result<PluginFile, InventoryError> {
-    let rejected = |hash: String, reason: String| PluginFile {
+/// The allowlist workers check: the version in force, or the file itself before the catalog
+/// ever took one.
+pub fn allowlist_in_force(settings: &Settings) -> PathBuf {
+    let copy = CatalogPaths::new(&settings.state_dir).allowlist;
+    if copy.exists() {
+        copy
+    } else {
+        settings.allowlist.clone()
+    }
+}
+
+/// Takes in a file that is new or changed since `previous`: copies it into a snapshot,
+/// inspects the copy and, when good, makes it the active version.
+fn examine(
+    settings: &Settings,
+    paths: &CatalogPaths,
+    path: &Path,
+    stamp: FileStamp,
+    previous: Option<&PluginFile>,
+) -> Result<PluginFile, InventoryError> {
+    let kept = previous.and_then(|p| p.active.clone());
+    let entry = |hash: String, status: FileStatus, active: Option<Version>| PluginFile {
         path: path.to_path_buf(),
         hash,
-        status: FileStatus::Rejected { reason },
+        status,
+        active,
+        stamp,
     };
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => return Ok(rejected(String::new(), format!("unreadable: {e}"))),
+        Err(e) => {
+            let reason = format!("unreadable: {e}");
+            return Ok(entry(String::new(), FileStatus::Rejected { reason }, kept));
+        }
     };
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    if bytes.is_empty() {
-        return Ok(rejected(hash, "empty file".into()));
+    if let Some(previous) = previous.filter(|p| p.hash == hash) {
+        // Touched, or moved back and forth: the same content, already judged.
+        return Ok(PluginFile {
+            stamp,
+            ..previous.clone()
+        });
     }
-    drop(bytes);
-
+    if bytes.is_empty() {
+        let reason = "empty file".to_owned();
+        return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
+    }
     let io = |source| InventoryError::Inspect {
         path: path.to_path_buf(),
         source,
     };
+    let snapshot = paths.snapshot(&hash);
+    let status = if snapshot.exists() {
+        inspect_file(settings, &snapshot).map_err(io)?
+    } else {
+        // Inspected under a name of its own, then renamed into place only if good: a snapshot
+        // is always a whole, good plugin.
+        let incoming = paths.snapshots.join(format!(
+            ".incoming-{}-{}{}",
+            std::process::id(),
+            &hash[..16],
+            std::env::consts::DLL_SUFFIX
+        ));
+        std::fs::write(&incoming, &bytes).map_err(io)?;
+        drop(bytes);
+        let status = inspect_file(settings, &incoming);
+        if matches!(status, Ok(FileStatus::Plugin { .. })) {
+            let mut permissions = std::fs::metadata(&incoming).map_err(io)?.permissions();
+            permissions.set_readonly(true);
+            std::fs::set_permissions(&incoming, permissions).map_err(io)?;
+            std::fs::rename(&incoming, &snapshot).map_err(io)?;
+        } else {
+            let _ = std::fs::remove_file(&incoming);
+        }
+        status.map_err(io)?
+    };
+    let active = match &status {
+        FileStatus::Plugin {
+            sdk_version,
+            classes,
+        } => Some(Version {
+            hash: hash.clone(),
+            snapshot,
+            since: now_millis(),
+            sdk_version: sdk_version.clone(),
+            classes: classes.clone(),
+        }),
+        FileStatus::Rejected { .. } => kept,
+    };
+    Ok(entry(hash, status, active))
+}
+
+/// Brings the allowlist in force up to date: a valid new version replaces it, an invalid one
+/// is recorded as the error and changes nothing else.
+fn refresh_allowlist(
+    settings: &Settings,
+    paths: &CatalogPaths,
+    previous: Option<&AllowlistState>,
+) -> std::io::Result<AllowlistState> {
+    let path = settings.allowlist.clone();
+    let stamp = FileStamp::of(&path).ok();
+    let previous = previous.filter(|p| p.path == path);
+    if let Some(previous) = previous.filter(|p| p.stamp == stamp) {
+        return Ok(previous.clone());
+    }
+    let kept = |error: String| AllowlistState {
+        path: path.clone(),
+        hash: previous.map(|p| p.hash.clone()).unwrap_or_default(),
+        since: previous.map_or(0, |p| p.since),
+        error: Some(error),
+        stamp,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => return Ok(kept(format!("cannot read {}: {e}", path.display()))),
+    };
+    if let Err(e) = Allowlist::parse(&path, &text) {
+        return Ok(kept(e.to_string()));
+    }
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    let since = match previous {
+        Some(p) if p.hash == hash && paths.allowlist.exists() => p.since,
+        _ => {
+            write_report_text(&paths.allowlist, &text)?;
+            now_millis()
+        }
+    };
+    Ok(AllowlistState {
+        path,
+        hash,
+        since,
+        error: None,
+        stamp,
+    })
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so readers see all or none.
+fn write_report_text(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Logs what changed between two catalogs.
+fn log_changes(old: Option<&Inventory>, new: &Inventory) {
+    let old_file = |path: &Path| old.and_then(|o| o.files.iter().find(|f| f.path == path));
+    for file in &new.files {
+        let before = old_file(&file.path);
+        let name = file.path.display().to_string();
+        match &file.status {
+            FileStatus::Plugin { .. } => {
+                let was = before
+                    .and_then(|b| b.active.as_ref())
+                    .map(|v| v.hash.as_str());
+                if let Some(active) = file
+                    .active
+                    .as_ref()
+                    .filter(|a| Some(a.hash.as_str()) != was)
+                {
+                    joblog::plugin_active(&name, active, was);
+                }
+            }
+            FileStatus::Rejected { reason } => {
+                if before.is_none_or(|b| b.stamp != file.stamp && b.hash != file.hash) {
+                    let serving = file.active.as_ref().map(|v| v.hash.as_str());
+                    joblog::plugin_rejected(&name, reason, serving);
+                }
+            }
+        }
+    }
+    for gone in old.iter().flat_map(|o| &o.files) {
+        if !new.files.iter().any(|f| f.path == gone.path) {
+            if let Some(version) = &gone.active {
+                joblog::plugin_removed(&gone.path.display().to_string(), version);
+            }
+        }
+    }
+    let before = old.map(Inventory::conflicts).unwrap_or_default();
+    for (class, files) in new.conflicts() {
+        let names =
+            |files: &[&PluginFile]| files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+        if before.get(class).map(|b| names(b)) != Some(names(&files)) {
+            joblog::plugin_conflict(class, &names(&files));
+        }
+    }
+    if let Some(allowlist) = &new.allowlist {
+        let was = old.and_then(|o| o.allowlist.as_ref());
+        let path = allowlist.path.display().to_string();
+        match &allowlist.error {
+            Some(error) if was.is_none_or(|w| w.stamp != allowlist.stamp) => {
+                joblog::allowlist_rejected(&path, error, !allowlist.hash.is_empty());
+            }
+            None if was.is_some_and(|w| w.hash != allowlist.hash) => {
+                joblog::allowlist_reloaded(&path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes the snapshots that no active version and nothing in `in_use` (hashes of jobs
+/// waiting or running) refers to. Returns how many are left.
+pub fn collect_snapshots(
+    settings: &Settings,
+    inventory: &Inventory,
+    in_use: &BTreeSet<String>,
+) -> usize {
+    let paths = CatalogPaths::new(&settings.state_dir);
+    let Ok(entries) = std::fs::read_dir(&paths.snapshots) else {
+        return 0;
+    };
+    let active = inventory.active_hashes();
+    let mut left = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(hash) = snapshot_hash(&path) else {
+            continue;
+        };
+        if active.contains(hash) || in_use.contains(hash) {
+            left += 1;
+            continue;
+        }
+        // A snapshot still mapped by a worker may refuse to go (Windows); the next round
+        // tries again. On Unix the worker keeps its mapping of the removed file.
+        let mut permissions = match entry.metadata() {
+            Ok(m) => m.permissions(),
+            Err(_) => continue,
+        };
+        #[allow(clippy::permissions_set_readonly_false)]
+        permissions.set_readonly(false);
+        let removed =
+            std::fs::set_permissions(&path, permissions).and_then(|()| std::fs::remove_file(&path));
+        if removed.is_err() {
+            left += 1;
+        }
+    }
+    left
+}
+
+/// The hash a snapshot's path names, if it is a snapshot.
+pub fn snapshot_hash(path: &Path) -> Option<&str> {
+    let name = path.file_name()?.to_str()?;
+    let hash = name.strip_suffix(std::env::consts::DLL_SUFFIX)?;
+    (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
+}
+
+/// Inspects the library at `path` in a child process.
+fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus> {
+    static INSPECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = settings.state_dir.join("inspect");
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let stem = format!("{}-{}", std::process::id(), &hash[..16]);
+    std::fs::create_dir_all(&dir)?;
+    let n = INSPECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stem = format!("{}-{n}", std::process::id());
     let report_path = dir.join(format!("{stem}.json"));
     let request = InspectRequest {
         protocol: PROTOCOL_VERSION,
@@ -234,17 +661,16 @@ fn inspect_file(settings: &Settings, path: &Path) -> Result<PluginFile, Inventor
     let mut command = Command::new(crate::attempt::jobhost_program());
     command
         .arg(INSPECT_SUBCOMMAND)
-        .arg(serde_json::to_string(&request).map_err(|e| io(e.into()))?)
+        .arg(serde_json::to_string(&request)?)
         .env("RUST_BACKTRACE", "0");
     let options = SuperviseOptions {
         timeout: INSPECT_TIMEOUT,
         kill_grace: settings.limits.kill_grace,
     };
-    let never = CancelToken::new().map_err(io)?;
-    let output = OutputPair::pipe().map_err(io)?;
-    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {})
-        .map_err(io)?;
-    let report: Option<InspectReport> = read_report(&report_path).map_err(io)?;
+    let never = CancelToken::new()?;
+    let output = OutputPair::pipe()?;
+    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {})?;
+    let report: Option<InspectReport> = read_report(&report_path)?;
     let _ = std::fs::remove_file(&report_path);
     let status = match (report, end.stopped, end.exit) {
         (
@@ -276,11 +702,7 @@ fn inspect_file(settings: &Settings, path: &Path) -> Result<PluginFile, Inventor
             reason: format!("loading it ended the process with code {code}"),
         },
     };
-    Ok(PluginFile {
-        path: path.to_path_buf(),
-        hash,
-        status,
-    })
+    Ok(status)
 }
 
 /// What a library prints while being inspected is of no use: its verdict is the report.
@@ -288,12 +710,6 @@ struct Discard;
 
 impl OutputSink for Discard {
     fn write(&mut self, _: &[u8]) {}
-}
-
-/// Plugin file hashes, recomputed only when a file's size, modification time or inode changes.
-#[derive(Debug, Default)]
-pub struct PluginHashes {
-    known: std::collections::HashMap<PathBuf, (FileStamp, String)>,
 }
 
 /// What identifies a version of a file without reading it.
@@ -322,24 +738,5 @@ impl FileStamp {
             modified_ns,
             inode,
         })
-    }
-}
-
-impl PluginHashes {
-    /// The BLAKE3 hash of the file at `path`, hex; empty if it cannot be read.
-    pub fn hash(&mut self, path: &Path) -> String {
-        let Ok(stamp) = FileStamp::of(path) else {
-            return String::new();
-        };
-        if let Some((known, hash)) = self.known.get(path) {
-            if *known == stamp {
-                return hash.clone();
-            }
-        }
-        let hash = std::fs::read(path)
-            .map(|bytes| blake3::hash(&bytes).to_hex().to_string())
-            .unwrap_or_default();
-        self.known.insert(path.to_path_buf(), (stamp, hash.clone()));
-        hash
     }
 }

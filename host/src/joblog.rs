@@ -268,6 +268,77 @@ pub fn dispatcher(message: &str, slots: usize, state_dir: &std::path::Path) {
     tracing::info!(context = context.as_str(), "{message}");
 }
 
+/// `Plugin version active` (INFO): a plugin file's new version serves new jobs of its
+/// classes from now on.
+pub fn plugin_active(file: &str, version: &crate::inventory::Version, previous: Option<&str>) {
+    let classes: Vec<&str> = version.classes.iter().map(|c| c.name.as_str()).collect();
+    let context = context([
+        ("classes", json!(classes)),
+        ("file", json!(file)),
+        ("hash", json!(version.hash)),
+        ("previous_hash", json!(previous)),
+        ("status", json!("active")),
+    ]);
+    tracing::info!(context = context.as_str(), "Plugin version active: {file}");
+}
+
+/// `Plugin rejected` (ERROR): a new or changed plugin file is not usable; `serving` is the
+/// hash of the previous version, which keeps serving, if there is one.
+pub fn plugin_rejected(file: &str, reason: &str, serving: Option<&str>) {
+    let context = context([
+        ("error", json!(reason)),
+        ("file", json!(file)),
+        ("serving_hash", json!(serving)),
+        ("status", json!("rejected")),
+    ]);
+    tracing::error!(context = context.as_str(), "Plugin rejected: {file}");
+}
+
+/// `Plugin removed` (WARNING): a plugin file left the plugin directory; its classes are no
+/// longer accepted for new jobs.
+pub fn plugin_removed(file: &str, version: &crate::inventory::Version) {
+    let classes: Vec<&str> = version.classes.iter().map(|c| c.name.as_str()).collect();
+    let context = context([
+        ("classes", json!(classes)),
+        ("file", json!(file)),
+        ("hash", json!(version.hash)),
+        ("status", json!("removed")),
+    ]);
+    tracing::warn!(context = context.as_str(), "Plugin removed: {file}");
+}
+
+/// `Plugin class offered twice` (WARNING): several files offer `class`; the first serves.
+pub fn plugin_conflict(class: &str, files: &[std::path::PathBuf]) {
+    let context = context([
+        ("class", json!(class)),
+        ("files", json!(files)),
+        ("serving", json!(files.first())),
+        ("status", json!("conflict")),
+    ]);
+    tracing::warn!(
+        context = context.as_str(),
+        "Plugin class offered twice: {class}"
+    );
+}
+
+/// `Allowlist reloaded` (INFO): a new version of the allowlist is in force.
+pub fn allowlist_reloaded(file: &str) {
+    let context = context([("file", json!(file)), ("status", json!("active"))]);
+    tracing::info!(context = context.as_str(), "Allowlist reloaded: {file}");
+}
+
+/// `Allowlist rejected` (ERROR): the allowlist file is not valid; the previous version stays
+/// in force when `kept`.
+pub fn allowlist_rejected(file: &str, error: &str, kept: bool) {
+    let context = context([
+        ("error", json!(error)),
+        ("file", json!(file)),
+        ("previous_kept", json!(kept)),
+        ("status", json!("rejected")),
+    ]);
+    tracing::error!(context = context.as_str(), "Allowlist rejected: {file}");
+}
+
 /// `Failed dashboard login` (WARNING): a wrong admin token was offered from `ip`.
 pub fn failed_login(ip: &str) {
     let context = context([("ip", json!(ip)), ("status", json!("refused"))]);

@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod settings;
 pub mod store;
 pub mod text;
+pub mod watch;
 pub mod web;
 
 pub use api::{dispatch, Client, DispatchError, Job};

@@ -21,16 +21,17 @@ use clap::Parser;
 
 use cli::{Cli, Commands, RunArgs};
 use jobhost::{
-    allowlist::AllowlistError,
+    allowlist::{AllowlistError, Verdict},
     authorize::Refused,
     child,
     dispatcher::{self, DispatcherError, ServeOptions},
-    inventory::{FileStatus, Inventory},
+    inventory::{FileStatus, Inventory, Listing},
     job::{parse_cli_params, ParamsError},
     joblog::SpecFormatLayer,
     platform,
     settings::{Settings, SettingsError},
     store::{CancelOutcome, JobState, StoreError},
+    text::local_time,
     Client, DispatchError, Job,
 };
 
@@ -215,55 +216,101 @@ fn cancel(settings: Settings, id: i64) -> anyhow::Result<u8> {
     Ok(0)
 }
 fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
-    let inventory = Inventory::scan(settings)?;
+    let inventory = Inventory::refresh(settings)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&inventory)?);
+        let listing = Listing::from(&inventory);
+        println!("{}", serde_json::to_string_pretty(&listing)?);
         return Ok(0);
     }
+    let since = |millis| local_time(millis).unwrap_or_default();
     println!("plugin directory: {}", inventory.dir.display());
     // Mark what the allowlist does not approve: offered, but refused if asked for.
-    let allowlist = match jobhost::allowlist::Allowlist::load(&settings.allowlist) {
-        Ok(list) => Some(list),
-        Err(e) => {
-            println!("allowlist: {e:#}");
-            None
+    let allowlist = inventory.allowlist(settings);
+    match (&allowlist, &inventory.allowlist) {
+        (Err(e), _) => println!("allowlist: {e:#}"),
+        (Ok(list), Some(state)) => {
+            println!(
+                "allowlist: {} (blake3 {}, in force since {})",
+                list.path().display(),
+                short(&state.hash),
+                since(state.since)
+            );
+            if let Some(error) = &state.error {
+                println!("  REJECTED CHANGE, the version above stays in force: {error}");
+            }
         }
-    };
+        (Ok(list), None) => println!("allowlist: {}", list.path().display()),
+    }
     let unapproved = |class: &str, method: &str| {
         allowlist
             .as_ref()
-            .is_some_and(|list| list.check(class, method) != jobhost::allowlist::Verdict::Approved)
+            .is_ok_and(|list| list.check(class, method) != Verdict::Approved)
     };
+
+    let classes = inventory.classes();
+    println!("\nclasses serving new jobs:");
+    if classes.is_empty() {
+        println!("  (none)");
+    }
+    for class in &classes {
+        let file = class.file.file_name().unwrap_or_default().to_string_lossy();
+        println!(
+            "  {}  {file}  blake3 {}  since {}",
+            class.class,
+            short(class.hash),
+            since(class.since)
+        );
+    }
+    for (class, files) in inventory.conflicts() {
+        let names: Vec<String> = files.iter().map(|f| f.file_name()).collect();
+        println!(
+            "  warning: {class} is offered by {}; the first serves",
+            names.join(", ")
+        );
+    }
+
     if inventory.files.is_empty() {
-        println!("  (no plugin files)");
+        println!("\n(no plugin files)");
     }
     for file in &inventory.files {
         let name = file.file_name();
         match &file.status {
-            FileStatus::Plugin {
-                sdk_version,
-                classes,
-            } => {
+            FileStatus::Plugin { sdk_version, .. } => {
                 println!(
                     "\n{name}  (job-sdk {sdk_version}, blake3 {})",
-                    &file.hash[..16]
+                    short(&file.hash)
                 );
-                for class in classes {
-                    println!("  {}{}", class.name, doc_suffix(&class.doc));
-                    for method in &class.methods {
-                        let mark = if unapproved(&class.name, &method.name) {
-                            "  [not in the allowlist]"
-                        } else {
-                            ""
-                        };
-                        println!("    @{}{}{mark}", method.name, doc_suffix(&method.doc));
-                    }
-                }
             }
             FileStatus::Rejected { reason } => println!("\n{name}  REJECTED: {reason}"),
         }
+        let Some(version) = &file.active else {
+            continue;
+        };
+        if version.hash != file.hash {
+            println!(
+                "  still serving its previous version, blake3 {} since {}:",
+                short(&version.hash),
+                since(version.since)
+            );
+        }
+        for class in &version.classes {
+            println!("  {}{}", class.name, doc_suffix(&class.doc));
+            for method in &class.methods {
+                let mark = if unapproved(&class.name, &method.name) {
+                    "  [not in the allowlist]"
+                } else {
+                    ""
+                };
+                println!("    @{}{}{mark}", method.name, doc_suffix(&method.doc));
+            }
+        }
     }
     Ok(0)
+}
+
+/// The first 16 hex digits of a hash, as shown to people.
+fn short(hash: &str) -> &str {
+    hash.get(..16).unwrap_or(hash)
 }
 
 fn doc_suffix(doc: &str) -> String {

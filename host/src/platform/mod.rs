@@ -77,21 +77,36 @@ pub struct FileLock {
 impl FileLock {
     /// Takes the lock on `path` if nobody holds it, writing this process's id into the file.
     pub fn try_acquire(path: &std::path::Path) -> std::io::Result<Option<Self>> {
-        use std::io::Write;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?;
+        let file = Self::open(path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
+        Self::held(file).map(Some)
+    }
+
+    /// Takes the lock on `path`, waiting for whoever holds it.
+    pub fn acquire(path: &std::path::Path) -> std::io::Result<Self> {
+        let file = Self::open(path)?;
+        file.lock()?;
+        Self::held(file)
+    }
+
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+    }
+
+    fn held(file: std::fs::File) -> std::io::Result<Self> {
+        use std::io::Write;
         file.set_len(0)?;
         (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
-        Ok(Some(Self { file }))
+        Ok(Self { file })
     }
 
     /// The pid written by whoever holds (or last held) the lock on `path`.

@@ -357,6 +357,9 @@ pub trait Store: Send {
 
     /// How many jobs are waiting or running.
     fn unfinished(&mut self) -> Result<u64, StoreError>;
+
+    /// The distinct plugin files of the jobs waiting or running.
+    fn unfinished_plugins(&mut self) -> Result<Vec<PathBuf>, StoreError>;
 }
 
 /// The current time as [`Millis`].

@@ -642,4 +642,18 @@ impl Store for SqliteStore {
             .map(|n| n.max(0) as u64)
             .map_err(query)
     }
+
+    fn unfinished_plugins(&mut self) -> Result<Vec<std::path::PathBuf>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT plugin FROM jobs WHERE state IN ('queued', 'scheduled', 'running')",
+            )
+            .map_err(query)?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(query)?;
+        rows.map(|r| r.map(std::path::PathBuf::from).map_err(query))
+            .collect()
+    }
 }

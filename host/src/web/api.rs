@@ -18,7 +18,10 @@ use super::{
     data::{self, Failure, JobsQuery, PER_PAGE},
     Shared,
 };
-use crate::store::{CancelOutcome, JobId};
+use crate::{
+    inventory::Listing,
+    store::{CancelOutcome, JobId},
+};
 
 /// `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: &str) -> Response {
@@ -99,7 +102,7 @@ pub async fn plugins(State(app): State<Shared>) -> Response {
     answer(
         blocking(&app, |app| {
             let plugins = data::plugins(app)?;
-            let mut value = serde_json::to_value(&plugins.inventory)
+            let mut value = serde_json::to_value(Listing::from(&plugins.inventory))
                 .map_err(|e| Failure::Internal(e.to_string()))?;
             value["runnable"] = json!(plugins.runnable());
             value["allowlist_error"] = json!(plugins.allowlist.as_ref().err());

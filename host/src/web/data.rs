@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::App;
 use crate::{
     allowlist::{Allowlist, Verdict},
-    inventory::{FileStatus, Inventory},
+    inventory::Inventory,
     job::{ParamsError, Priority},
     joblog::{ERRORS_FILE, LOG_FILE},
     store::{
@@ -303,23 +303,14 @@ impl Plugins {
             .is_ok_and(|list| list.check(class, method) == Verdict::Approved)
     }
 
-    /// Every `Class@method` a plugin offers and the allowlist approves, in inventory order
-    /// (the first file offering a class wins, as for the gate).
+    /// Every `Class@method` that a plugin's active version offers and the allowlist
+    /// approves, in class order.
     pub fn runnable(&self) -> Vec<String> {
-        let mut seen = std::collections::HashSet::new();
         let mut jobs = Vec::new();
-        for file in &self.inventory.files {
-            let FileStatus::Plugin { classes, .. } = &file.status else {
-                continue;
-            };
-            for class in classes {
-                if !seen.insert(class.name.clone()) {
-                    continue;
-                }
-                for method in &class.methods {
-                    if self.approved(&class.name, &method.name) {
-                        jobs.push(format!("{}@{}", class.name, method.name));
-                    }
+        for class in self.inventory.classes() {
+            for method in class.methods {
+                if self.approved(class.class, method) {
+                    jobs.push(format!("{}@{method}", class.class));
                 }
             }
         }
@@ -327,11 +318,14 @@ impl Plugins {
     }
 }
 
-/// Reads the inventory (from its cache where the files did not change) and the allowlist.
+/// Brings the catalog up to date (cheap when no file changed) and reads the allowlist in
+/// force.
 pub fn plugins(app: &App) -> Result<Plugins, Failure> {
     let inventory =
-        Inventory::scan(&app.settings).map_err(|e| Failure::Internal(format!("{e:#}")))?;
-    let allowlist = Allowlist::load(&app.settings.allowlist).map_err(|e| e.to_string());
+        Inventory::refresh(&app.settings).map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    let allowlist = inventory
+        .allowlist(&app.settings)
+        .map_err(|e| e.to_string());
     Ok(Plugins {
         inventory,
         allowlist,

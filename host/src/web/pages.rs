@@ -713,15 +713,26 @@ fn plugins_main(plugins: &Plugins) -> String {
         "<h1>Plugins</h1>\n<p class=\"muted\">Plugin directory <code>{}</code>",
         esc(&inventory.dir.display().to_string())
     );
-    match &plugins.allowlist {
-        Ok(list) => {
+    match (&plugins.allowlist, &inventory.allowlist) {
+        (Ok(list), state) => {
             let _ = writeln!(
                 main,
-                "; allowlist <code>{}</code>.</p>",
-                esc(&list.path().display().to_string())
+                "; allowlist <code>{}</code>{}.</p>",
+                esc(&list.path().display().to_string()),
+                state.as_ref().map_or_else(String::new, |s| format!(
+                    ", in force since {}",
+                    when(Some(s.since))
+                )),
             );
+            if let Some(error) = state.as_ref().and_then(|s| s.error.as_ref()) {
+                let _ = writeln!(
+                    main,
+                    "<p class=\"error\" id=\"allowlist-error\">The allowlist file was changed but is not valid, so the previous version stays in force: {}</p>",
+                    esc(error)
+                );
+            }
         }
-        Err(e) => {
+        (Err(e), _) => {
             let _ = writeln!(
                 main,
                 "</p>\n<p class=\"error\" id=\"allowlist-error\">{}</p>",
@@ -729,72 +740,119 @@ fn plugins_main(plugins: &Plugins) -> String {
             );
         }
     }
+    active_classes(&mut main, inventory);
     if inventory.files.is_empty() {
         main.push_str("<p class=\"empty\">No plugin files.</p>\n");
     }
     main.push_str("<div id=\"plugins\">\n");
     for file in &inventory.files {
-        let name = file.file_name();
-        match &file.status {
-            FileStatus::Plugin {
-                sdk_version,
-                classes,
-            } => {
-                let _ = writeln!(
-                    main,
-                    r#"<section class="card plugin-file" data-file="{name}">
-<h2>{name}</h2>
-<p class="muted small">job-sdk <span class="sdk-version">{sdk}</span> · blake3 <code class="hash" title="{hash}">{short}</code></p>"#,
-                    name = esc(&name),
-                    sdk = esc(sdk_version),
-                    hash = esc(&file.hash),
-                    short = esc(&file.hash[..file.hash.len().min(16)]),
-                );
-                for class in classes {
-                    let _ = writeln!(
-                        main,
-                        r#"<div class="class" data-class="{c}"><h3><code>{c}</code></h3>{doc}<ul class="methods">"#,
-                        c = esc(&class.name),
-                        doc = if class.doc.is_empty() {
-                            String::new()
-                        } else {
-                            format!(r#"<p class="doc">{}</p>"#, esc(&class.doc))
-                        },
-                    );
-                    for method in &class.methods {
-                        let approved = plugins.approved(&class.name, &method.name);
-                        let _ = writeln!(
-                            main,
-                            r#"<li class="method {cls}" data-method="{m}"><code>@{m}</code> <span class="doc">{doc}</span> {mark}</li>"#,
-                            cls = if approved { "approved" } else { "unapproved" },
-                            m = esc(&method.name),
-                            doc = esc(&method.doc),
-                            mark = if approved {
-                                r#"<span class="tag ok">approved</span>"#
-                            } else {
-                                r#"<span class="tag warn">not in the allowlist</span>"#
-                            },
-                        );
-                    }
-                    main.push_str("</ul></div>\n");
-                }
-                main.push_str("</section>\n");
-            }
-            FileStatus::Rejected { reason } => {
-                let _ = writeln!(
-                    main,
-                    r#"<section class="card plugin-file rejected" data-file="{name}">
-<h2>{name} <span class="tag bad">rejected</span></h2>
-<p class="reason">{reason}</p>
-</section>"#,
-                    name = esc(&name),
-                    reason = esc(reason),
-                );
-            }
-        }
+        plugin_file(&mut main, plugins, file);
     }
     main.push_str("</div>");
     main
+}
+
+/// The table of classes and the versions serving them, with a warning per class offered by
+/// several files.
+fn active_classes(main: &mut String, inventory: &crate::inventory::Inventory) {
+    main.push_str(
+        "<section>\n<h2>Serving new jobs</h2>\n<table id=\"active-classes\">\n<thead><tr><th>Class</th><th>File</th><th>Version (blake3)</th><th>Since</th></tr></thead>\n<tbody>\n",
+    );
+    let classes = inventory.classes();
+    if classes.is_empty() {
+        main.push_str("<tr><td colspan=\"4\" class=\"empty\">No class is offered.</td></tr>\n");
+    }
+    for class in classes {
+        let file = class.file.file_name().unwrap_or_default().to_string_lossy();
+        let _ = writeln!(
+            main,
+            r#"<tr data-class="{c}"><td><code>{c}</code></td><td class="file">{file}</td><td><code class="hash" title="{hash}">{short}</code></td><td class="since">{since}</td></tr>"#,
+            c = esc(class.class),
+            file = esc(&file),
+            hash = esc(class.hash),
+            short = esc(&class.hash[..class.hash.len().min(16)]),
+            since = when(Some(class.since)),
+        );
+    }
+    main.push_str("</tbody></table>\n");
+    for (class, files) in inventory.conflicts() {
+        let names: Vec<String> = files.iter().map(|f| esc(&f.file_name())).collect();
+        let _ = writeln!(
+            main,
+            r#"<p class="warn conflict" data-class="{c}">Class <code>{c}</code> is offered by {files}; the first serves.</p>"#,
+            c = esc(class),
+            files = names.join(", "),
+        );
+    }
+    main.push_str("</section>\n");
+}
+
+/// One file of the plugin directory: what it is now, and the version of it that serves.
+fn plugin_file(main: &mut String, plugins: &Plugins, file: &crate::inventory::PluginFile) {
+    let name = esc(&file.file_name());
+    let short = |hash: &str| esc(&hash[..hash.len().min(16)]);
+    match &file.status {
+        FileStatus::Plugin { sdk_version, .. } => {
+            let _ = writeln!(
+                main,
+                r#"<section class="card plugin-file" data-file="{name}">
+<h2>{name}</h2>
+<p class="muted small">job-sdk <span class="sdk-version">{sdk}</span> · blake3 <code class="hash" title="{hash}">{short}</code></p>"#,
+                sdk = esc(sdk_version),
+                hash = esc(&file.hash),
+                short = short(&file.hash),
+            );
+        }
+        FileStatus::Rejected { reason } => {
+            let _ = writeln!(
+                main,
+                r#"<section class="card plugin-file rejected" data-file="{name}">
+<h2>{name} <span class="tag bad">rejected</span></h2>
+<p class="reason">{reason}</p>"#,
+                reason = esc(reason),
+            );
+        }
+    }
+    if let Some(version) = &file.active {
+        if version.hash != file.hash {
+            let _ = writeln!(
+                main,
+                r#"<p class="kept">Still serving its previous version, blake3 <code class="hash" title="{hash}">{short}</code>, since {since}.</p>"#,
+                hash = esc(&version.hash),
+                short = short(&version.hash),
+                since = when(Some(version.since)),
+            );
+        }
+        for class in &version.classes {
+            let _ = writeln!(
+                main,
+                r#"<div class="class" data-class="{c}"><h3><code>{c}</code></h3>{doc}<ul class="methods">"#,
+                c = esc(&class.name),
+                doc = if class.doc.is_empty() {
+                    String::new()
+                } else {
+                    format!(r#"<p class="doc">{}</p>"#, esc(&class.doc))
+                },
+            );
+            for method in &class.methods {
+                let approved = plugins.approved(&class.name, &method.name);
+                let _ = writeln!(
+                    main,
+                    r#"<li class="method {cls}" data-method="{m}"><code>@{m}</code> <span class="doc">{doc}</span> {mark}</li>"#,
+                    cls = if approved { "approved" } else { "unapproved" },
+                    m = esc(&method.name),
+                    doc = esc(&method.doc),
+                    mark = if approved {
+                        r#"<span class="tag ok">approved</span>"#
+                    } else {
+                        r#"<span class="tag warn">not in the allowlist</span>"#
+                    },
+                );
+            }
+            main.push_str("</ul></div>\n");
+        }
+    }
+    main.push_str("</section>\n");
 }
 
 /// `GET /logs`: the last lines of both log files.
