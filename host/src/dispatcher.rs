@@ -587,7 +587,8 @@ impl Dispatcher {
             Next::Requeue => joblog::requeued(&name, &job.params, &error),
         }
         notify_waiters(&self.paths.waiters, id);
-        if self.plugins.retired > 0 && self.plugins.collected.elapsed() >= COLLECT_EVERY {
+        if !self.plugins.is_active(&running.plugin_hash) {
+            // It may have been the last job needing that version.
             self.collect_snapshots()?;
         }
         Ok(())
@@ -606,9 +607,7 @@ impl Dispatcher {
             .filter_map(|p| inventory::snapshot_hash(p).map(str::to_owned))
             .collect();
         in_use.extend(self.running.values().map(|r| r.plugin_hash.clone()));
-        let left = inventory::collect_snapshots(&self.settings, inventory, &in_use);
-        self.plugins.retired = left.saturating_sub(inventory.active_hashes().len());
-        self.plugins.collected = Instant::now();
+        inventory::collect_snapshots(&self.settings, inventory, &in_use);
         Ok(())
     }
 
@@ -713,18 +712,11 @@ impl Dispatcher {
     }
 }
 
-/// How often at most snapshots are collected as jobs finish, while some are retired.
-const COLLECT_EVERY: Duration = Duration::from_secs(1);
-
 /// The plugin catalog as the dispatcher last read it: which version a claimed job runs.
 struct Plugins {
     catalog: PathBuf,
     stamp: Option<FileStamp>,
     inventory: Option<Inventory>,
-    /// Snapshots left that are not active versions.
-    retired: usize,
-    /// When snapshots were last collected.
-    collected: Instant,
 }
 
 impl Plugins {
@@ -733,8 +725,6 @@ impl Plugins {
             catalog: CatalogPaths::new(&settings.state_dir).catalog,
             stamp: None,
             inventory: None,
-            retired: 0,
-            collected: Instant::now(),
         };
         plugins.reload();
         plugins
@@ -747,6 +737,13 @@ impl Plugins {
             self.inventory = Inventory::read(&self.catalog);
             self.stamp = stamp;
         }
+    }
+
+    /// Whether the version with `hash` serves new jobs.
+    fn is_active(&self, hash: &str) -> bool {
+        self.inventory
+            .as_ref()
+            .is_some_and(|i| i.active_hashes().contains(hash))
     }
 
     /// The snapshot and hash a claimed job runs: its class's active version now, so a deploy

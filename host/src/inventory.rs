@@ -445,6 +445,14 @@ fn examine(
         let reason = "empty file".to_owned();
         return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
     }
+    if let Some(needed) = elf_truncated(&bytes) {
+        // Loading it would crash the inspector with SIGBUS; say what is wrong instead.
+        let reason = format!(
+            "truncated: the file has {} bytes but its ELF segments need {needed} (still being written?)",
+            bytes.len()
+        );
+        return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
+    }
     let io = |source| InventoryError::Inspect {
         path: path.to_path_buf(),
         source,
@@ -488,6 +496,29 @@ fn examine(
         FileStatus::Rejected { .. } => kept,
     };
     Ok(entry(hash, status, active))
+}
+
+/// For a 64-bit little-endian ELF file shorter than its program headers say: the length it
+/// needs. `None` for a whole file, or one that is not such an ELF file (its loader judges it).
+fn elf_truncated(bytes: &[u8]) -> Option<u64> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    // ELF magic, 64-bit class, little-endian.
+    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let headers = u64_at(0x20)?;
+    let (size, count) = (u64::from(u16_at(0x36)?), u64::from(u16_at(0x38)?));
+    let mut needed = headers.saturating_add(size.saturating_mul(count));
+    for i in 0..count {
+        let header = usize::try_from(headers + i * size).ok()?;
+        // p_offset and p_filesz of each program header that is there to read.
+        let (Some(offset), Some(file_size)) = (u64_at(header + 8), u64_at(header + 32)) else {
+            break;
+        };
+        needed = needed.max(offset.saturating_add(file_size));
+    }
+    (needed > bytes.len() as u64).then_some(needed)
 }
 
 /// Brings the allowlist in force up to date: a valid new version replaces it, an invalid one
@@ -600,25 +631,19 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
 }
 
 /// Removes the snapshots that no active version and nothing in `in_use` (hashes of jobs
-/// waiting or running) refers to. Returns how many are left.
-pub fn collect_snapshots(
-    settings: &Settings,
-    inventory: &Inventory,
-    in_use: &BTreeSet<String>,
-) -> usize {
+/// waiting or running) refers to.
+pub fn collect_snapshots(settings: &Settings, inventory: &Inventory, in_use: &BTreeSet<String>) {
     let paths = CatalogPaths::new(&settings.state_dir);
     let Ok(entries) = std::fs::read_dir(&paths.snapshots) else {
-        return 0;
+        return;
     };
     let active = inventory.active_hashes();
-    let mut left = 0;
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(hash) = snapshot_hash(&path) else {
             continue;
         };
         if active.contains(hash) || in_use.contains(hash) {
-            left += 1;
             continue;
         }
         // A snapshot still mapped by a worker may refuse to go (Windows); the next round
@@ -629,13 +654,9 @@ pub fn collect_snapshots(
         };
         #[allow(clippy::permissions_set_readonly_false)]
         permissions.set_readonly(false);
-        let removed =
+        let _ =
             std::fs::set_permissions(&path, permissions).and_then(|()| std::fs::remove_file(&path));
-        if removed.is_err() {
-            left += 1;
-        }
     }
-    left
 }
 
 /// The hash a snapshot's path names, if it is a snapshot.
@@ -738,5 +759,43 @@ impl FileStamp {
             modified_ns,
             inode,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 64-bit little-endian ELF header with one program header whose segment spans
+    /// `segment_end` bytes of the file, padded to `len` bytes.
+    fn elf(segment_end: u64, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len.max(64 + 56)];
+        bytes[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        bytes[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        bytes[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        bytes[64 + 32..64 + 40].copy_from_slice(&segment_end.to_le_bytes());
+        bytes.truncate(len);
+        bytes
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_segments_is_truncated() {
+        assert_eq!(elf_truncated(&elf(4096, 4096)), None);
+        assert_eq!(elf_truncated(&elf(4096, 8192)), None);
+        assert_eq!(elf_truncated(&elf(4096, 1000)), Some(4096));
+        // Cut inside the program headers: they alone need more than there is.
+        assert_eq!(elf_truncated(&elf(4096, 80)), Some(64 + 56));
+        assert_eq!(elf_truncated(b"not an ELF file at all"), None);
+        assert_eq!(elf_truncated(b""), None);
+    }
+
+    #[test]
+    fn snapshot_names_are_64_hex_digits_and_the_suffix() {
+        let hash = "ab".repeat(32);
+        let name = format!("{hash}{}", std::env::consts::DLL_SUFFIX);
+        assert_eq!(snapshot_hash(Path::new(&name)), Some(hash.as_str()));
+        assert_eq!(snapshot_hash(Path::new(".incoming-1-abcd.so")), None);
+        assert_eq!(snapshot_hash(Path::new("catalog.json")), None);
     }
 }

@@ -3,26 +3,13 @@
 
 use std::time::Duration;
 
-use jobhost::{
-    settings::{Overrides, Settings},
-    store::JobState,
-    Client, DispatchError, Job, Priority,
-};
+use jobhost::{store::JobState, Client, DispatchError, Job, Priority};
 use jobhost_e2e::Host;
-
-fn client(host: &Host) -> Client {
-    let overrides = Overrides {
-        config: Some(host.root().join("jobhost.toml")),
-        ..Overrides::default()
-    };
-    let settings = Settings::resolve_with(&overrides, host.root(), |_| None).unwrap();
-    Client::new(settings).unwrap()
-}
 
 #[test]
 fn dispatch_stores_the_job_with_its_options_and_a_dispatcher_runs_it() {
     let host = Host::standard();
-    let mut client = client(&host);
+    let mut client = host.client();
     let id = client
         .dispatch(
             Job::new(r"Tests\Misbehave", "echo")
@@ -55,7 +42,7 @@ fn dispatch_stores_the_job_with_its_options_and_a_dispatcher_runs_it() {
 fn positional_args_and_defaults_from_the_settings() {
     let host = Host::standard();
     host.settings("defaults.retries = 1\ndefaults.retry_delay = 0.25\n");
-    let mut client = client(&host);
+    let mut client = host.client();
     let id = client
         .dispatch(
             Job::new(r"App\Jobs\SendNotification", "send")
@@ -77,7 +64,7 @@ fn positional_args_and_defaults_from_the_settings() {
 #[test]
 fn a_batch_is_stored_whole_or_not_at_all() {
     let host = Host::standard();
-    let mut client = client(&host);
+    let mut client = host.client();
     let ids = client
         .dispatch_batch((0..100).map(|n| {
             Job::new(r"Tests\Misbehave", "echo")
@@ -109,7 +96,7 @@ fn a_batch_is_stored_whole_or_not_at_all() {
 #[test]
 fn bad_jobs_are_refused_with_one_clear_error() {
     let host = Host::standard();
-    let mut client = client(&host);
+    let mut client = host.client();
     let mixed = Job::new(r"Tests\Misbehave", "echo").param("a", 1).arg(2);
     assert_eq!(
         client.dispatch(mixed).unwrap_err().to_string(),

@@ -55,6 +55,30 @@ pub fn built_library(lib_name: &str) -> PathBuf {
 pub const EXAMPLE_PLUGINS: [&str; 3] = ["welcome_email", "user_reports", "notifications"];
 /// The misbehaving fixture plugin.
 pub const MISBEHAVE: &str = "misbehave_fixture";
+/// The fixture plugin whose results say which build of it ran.
+pub const VERSIONED: &str = "versioned_fixture";
+
+/// The built versioned fixture, rewritten to call itself `version` (at most 8 bytes): another
+/// file, with another hash, of a valid plugin.
+pub fn versioned_build(version: &str) -> Vec<u8> {
+    const MARKER: &[u8] = b"jobhost-fixture-version:";
+    assert!(version.len() <= 8, "version names have at most 8 bytes");
+    let mut bytes = fs::read(built_library(VERSIONED)).unwrap();
+    let mut name = [0u8; 8];
+    name[..version.len()].copy_from_slice(version.as_bytes());
+    let at = bytes
+        .windows(MARKER.len())
+        .position(|w| w == MARKER)
+        .expect("the version marker is in the built fixture")
+        + MARKER.len();
+    bytes[at..at + 8].copy_from_slice(&name);
+    bytes
+}
+
+/// The BLAKE3 hash of `bytes`, hex, as the catalog names file versions.
+pub fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
 
 /// The allowlist of the repository: the spec's classes.
 pub const SPEC_ALLOWLIST: &str = r#"[jobs]
@@ -204,6 +228,66 @@ impl Host {
                 states.contains(&state.as_str()).then_some(shown)
             },
         )
+    }
+
+    /// A Rust API client for this installation.
+    pub fn client(&self) -> jobhost::Client {
+        let overrides = jobhost::settings::Overrides {
+            config: Some(self.root().join("jobhost.toml")),
+            ..Default::default()
+        };
+        let settings =
+            jobhost::settings::Settings::resolve_with(&overrides, self.root(), |_| None).unwrap();
+        jobhost::Client::new(settings).unwrap()
+    }
+
+    /// Starts `jobhost serve` (stderr to `serve.err`) and waits until it holds the state
+    /// directory.
+    pub fn serve(&self) -> std::process::Child {
+        let stderr = fs::File::create(self.root().join("serve.err")).unwrap();
+        let serve = self
+            .jobhost()
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        wait_for("jobhost serve to start", Duration::from_secs(30), || {
+            self.dispatcher_pid().filter(|pid| *pid == serve.id())
+        });
+        serve
+    }
+
+    /// The plugin catalog as last written (`<state>/plugins/catalog.json`), without asking
+    /// anyone to bring it up to date.
+    pub fn catalog(&self) -> Value {
+        let path = self.state_dir().join("plugins").join("catalog.json");
+        fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits (generously) until the catalog as last written says `class` is served by the
+    /// version with hash `hash`, or by none when `hash` is `None`.
+    pub fn wait_catalog(&self, class: &str, hash: Option<&str>) {
+        wait_for(
+            &format!("the catalog to serve {class} with {hash:?}"),
+            Duration::from_secs(60),
+            || {
+                let catalog = self.catalog();
+                let files = catalog["files"].as_array()?;
+                let serving = files.iter().find_map(|f| {
+                    let active = &f["active"];
+                    active["classes"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| c["name"] == class)
+                        .then(|| active["hash"].as_str().unwrap_or_default().to_owned())
+                });
+                (serving.as_deref() == hash).then_some(())
+            },
+        );
     }
 
     /// The pid of the dispatcher serving this installation, as written in its lock file.
