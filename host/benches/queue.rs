@@ -44,26 +44,25 @@
 //! still first handles the hidden `__worker` and `__inspect` subcommands
 //! ([`jobhost::child::exit_if_child`]), so the bench binary can stand in as a worker.
 
-mod common;
+// Public, so that what only the other benches use of it is not reported unused here.
+pub mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    process::ExitCode,
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, ensure, Context as _};
 use common::{
-    bench_main, count, cpus, find_fixture, install, measure, ms, AttemptRunner, Measured, Scratch,
-    CLASS, OK,
+    bench_main, count, cpus, find_fixture, measure, ms, AttemptRunner, Installation, Measured,
+    Scratch, Served, CLASS, OK, PLUGIN_FILE,
 };
 use jobhost::{
     attempt::jobhost_program,
     child,
-    dispatcher::{StatePaths, RING_STOP, RING_WAKE},
-    platform::{self, Doorbell, FileLock},
-    settings::{Overrides, Settings},
+    platform::{Doorbell, FileLock},
     store::JobState,
     Client, Job,
 };
@@ -75,8 +74,6 @@ const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
 const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
     state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
     dispatcher.slots = 2\ndispatcher.idle_exit = 600\nweb.enabled = false\n";
-const SLOTS: &str = "2";
-const IDLE_EXIT: &str = "600";
 /// Delay of the jobs that must stay queued.
 const PARKED: Duration = Duration::from_secs(3600);
 const BATCH: usize = 1000;
@@ -123,7 +120,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let enqueue_jobs = count(bench_mode, ENQUEUE)?;
     let memory_jobs = count(bench_mode, MEMORY)?;
     let parts = parts()?;
-    let fixture = find_fixture(BENCH)?;
+    let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
     let jobhost = jobhost_program();
     ensure!(
         jobhost.is_file(),
@@ -151,7 +148,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let mut noise: Vec<(&str, f64)> = Vec::new();
 
     // The raw attempt rate first (it also warms the page cache, the loader and the plugin).
-    let raw = Installation::create(&scratch.path, "raw", &fixture)?;
+    let raw = Installation::create(&scratch.path, "raw", &fixture, ALLOWLIST, SETTINGS)?;
     let attempt = AttemptRunner::new(&raw.settings)?;
     measure((drain_jobs / 50).clamp(2, 20), 2, |t, i| {
         attempt.run(&format!("warm-{t}-{i}"))
@@ -409,7 +406,7 @@ struct Drain {
 /// Enqueues `jobs` no-op jobs with no dispatcher running, then starts one and times it from
 /// its start until every job is completed.
 fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Drain> {
-    let install = Installation::create(scratch, "throughput", fixture)?;
+    let install = Installation::create(scratch, "throughput", fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
     {
         let _muted = Muted::new(&install)?;
@@ -495,7 +492,7 @@ struct Sample {
 /// Dispatches `jobs` clock jobs one at a time into an idle dispatcher, each after the last
 /// one completed.
 fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Latency> {
-    let install = Installation::create(scratch, "latency", fixture)?;
+    let install = Installation::create(scratch, "latency", fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
     // The floor first: the same job run by run_attempt in this process, one at a time.
     let attempt = AttemptRunner::new(&install.settings)?;
@@ -614,7 +611,7 @@ fn enqueue_rates(
     jobs: usize,
     live: bool,
 ) -> anyhow::Result<Enqueue> {
-    let install = Installation::create(scratch, name, fixture)?;
+    let install = Installation::create(scratch, name, fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
     let (dispatcher, muted) = if live {
         (Some(Served::start(&install)?), None)
@@ -696,7 +693,7 @@ fn dispatcher_memory(
 ) -> anyhow::Result<Memory> {
     // How long to let the dispatcher settle or drain; a tenth of it in a smoke run.
     let pause = |secs: u64| Duration::from_secs(secs) / if bench_mode { 1 } else { 10 };
-    let install = Installation::create(scratch, "memory", fixture)?;
+    let install = Installation::create(scratch, "memory", fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
     let dispatcher = Served::start(&install)?;
     std::thread::sleep(pause(1));
@@ -748,101 +745,10 @@ fn dispatcher_memory(
     })
 }
 
-// ----- installations and dispatchers -----
+// ----- dispatchers -----
 
-/// A jobhost installation under the scratch directory: the fixture plugin, an allowlist
-/// approving `ok` and `clock`, and a `jobhost.toml` pointing at its own state and logs.
-struct Installation {
-    config: PathBuf,
-    settings: Settings,
-}
-
-impl Installation {
-    fn create(scratch: &Path, name: &str, fixture: &Path) -> anyhow::Result<Self> {
-        let root = scratch.join(name);
-        let config = root.join("jobhost.toml");
-        let overrides = Overrides {
-            config: Some(config.clone()),
-            ..Overrides::default()
-        };
-        let files = [("allowlist.toml", ALLOWLIST), ("jobhost.toml", SETTINGS)];
-        let settings = install(&root, fixture, &files, &overrides)?;
-        Ok(Self { config, settings })
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        Client::new(self.settings.clone()).context("cannot open a client")
-    }
-
-    fn paths(&self) -> StatePaths {
-        StatePaths::new(&self.settings.state_dir)
-    }
-}
-
-/// A `jobhost serve` this bench started; stopped when dropped if [`Served::stop`] was not
-/// called.
-struct Served {
-    child: Child,
-    doorbell: PathBuf,
-    started: Instant,
-}
-
+/// What only this bench reads of a dispatcher: its memory.
 impl Served {
-    /// Starts the release `jobhost serve --slots 2` for `install` and waits until it answers
-    /// its doorbell.
-    fn start(install: &Installation) -> anyhow::Result<Self> {
-        let program = jobhost_program();
-        let mut command = Command::new(&program);
-        command
-            .arg("--config")
-            .arg(&install.config)
-            .args(["serve", "--slots", SLOTS, "--idle-exit", IDLE_EXIT])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("JOBHOST_") && name != "JOBHOST_BIN" {
-                command.env_remove(name);
-            }
-        }
-        let started = Instant::now();
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {} serve", program.display()))?;
-        println!(
-            "  dispatcher pid {} serving {}",
-            child.id(),
-            install.settings.state_dir.display()
-        );
-        let mut served = Self {
-            child,
-            doorbell: install.paths().doorbell,
-            started,
-        };
-        loop {
-            if let Some(status) = served
-                .child
-                .try_wait()
-                .context("cannot check the dispatcher")?
-            {
-                bail!("the dispatcher exited at once with {status}");
-            }
-            let answered = platform::ring(&served.doorbell, RING_WAKE)
-                .context("cannot ring the dispatcher")?;
-            if answered {
-                return Ok(served);
-            }
-            ensure!(
-                served.started.elapsed() < Duration::from_secs(10),
-                "the dispatcher did not answer its doorbell within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// A `kB` field of `/proc/PID/status`.
     fn status_kb(&self, field: &str) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
@@ -864,51 +770,6 @@ impl Served {
 
     fn rss_kb(&self) -> anyhow::Result<u64> {
         self.status_kb("VmRSS")
-    }
-
-    /// Asks it to stop through `client` and waits for it to exit.
-    fn stop(mut self, client: &Client) -> anyhow::Result<()> {
-        let asked = client
-            .stop_dispatcher()
-            .context("cannot ask the dispatcher to stop")?;
-        ensure!(asked, "the dispatcher no longer answered its doorbell");
-        let status = self.wait(Duration::from_secs(30))?;
-        ensure!(status.success(), "the dispatcher exited with {status}");
-        Ok(())
-    }
-
-    /// Waits for the process to exit, killing it after `timeout`.
-    fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .context("cannot wait for the dispatcher")?
-            {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                bail!(
-                    "the dispatcher (pid {}) did not stop within {timeout:?}; killed it",
-                    self.pid()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = platform::ring(&self.doorbell, RING_STOP);
-            if let Err(e) = self.wait(Duration::from_secs(10)) {
-                eprintln!("queue: {e:#}");
-            }
-        }
     }
 }
 

@@ -18,7 +18,8 @@
 //! binary's directory by `jobhost::attempt::jobhost_program`, or `$JOBHOST_BIN`): each attempt
 //! runs in a real worker process.
 
-mod common;
+// Public, so that what only the other benches use of it is not reported unused here.
+pub mod common;
 
 use std::{
     path::Path,
@@ -50,7 +51,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         Path::new(TRUE_PROGRAM).is_file(),
         "{TRUE_PROGRAM} not found; this benchmark needs it as the exec floor"
     );
-    let fixture = find_fixture(BENCH)?;
+    let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
     let scratch = Scratch::create(&std::env::temp_dir(), "jobhost-bench", BENCH, false)?;
     let settings = settings(&scratch.path, &fixture)?;
     let plugin = settings.plugin_dir.join(PLUGIN_FILE);

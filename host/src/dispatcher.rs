@@ -231,19 +231,24 @@ fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
     Ok(doorbell)
 }
 
-/// Brings the plugin catalog up to date, then keeps it so from the watcher's thread. Neither
-/// failing stops the dispatcher: the versions in force keep serving, and enqueuers bring the
-/// catalog up to date themselves.
+/// Starts watching the plugin directory, then brings the plugin catalog up to date (in that
+/// order, so that no change falls between the two). Neither failing stops the dispatcher: the
+/// versions in force keep serving, and enqueuers bring the catalog up to date themselves.
 fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
-    if let Err(e) = Inventory::refresh(settings) {
-        tracing::warn!("plugin catalog not updated: {:#}", anyhow::Error::from(e));
-    }
-    let tx = tx.clone();
-    let watched = crate::watch::start(settings, move |_| tx.send(Event::PluginsChanged).is_ok());
+    let events = tx.clone();
+    let watched = crate::watch::start(settings, move |_| {
+        events.send(Event::PluginsChanged).is_ok()
+    });
     if let Err(e) = watched {
         tracing::warn!(
             "the plugin directory is not watched ({e}); changes are taken in at the next enqueue"
         );
+    }
+    match Inventory::refresh(settings) {
+        Ok(_) => {
+            let _ = tx.send(Event::PluginsChanged);
+        }
+        Err(e) => tracing::warn!("plugin catalog not updated: {:#}", anyhow::Error::from(e)),
     }
 }
 

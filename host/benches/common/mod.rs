@@ -1,24 +1,27 @@
-//! What the `worker_spawn` and `queue` benches share: their `main` and iteration counts, the
-//! fixture plugin and the scratch directory they set up installations in, no-op attempts run
-//! through the real attempt path ([`AttemptRunner`]), and timing them ([`measure`],
-//! [`Measured`]).
+//! What the benches share: their `main` and iteration counts, the fixture plugins and the
+//! scratch directory they set up installations in, no-op attempts run through the real attempt
+//! path ([`AttemptRunner`]) and timing them ([`measure`], [`Measured`]), installations and the
+//! `jobhost serve` they start ([`Installation`], [`Served`]).
 //!
-//! It is a module of each bench (`mod common;`), not a bench target of its own: cargo takes
-//! only the files directly in `benches/` for targets. So everything here is used by both;
-//! what only one bench needs stays in that bench.
+//! It is a module of each bench (`pub mod common;`), not a bench target of its own: cargo
+//! takes only the files directly in `benches/` for targets. It is public in each, so that what
+//! only some benches use is not reported unused in the others; what only one bench needs
+//! stays in that bench.
 
 use std::{
     path::{Path, PathBuf},
-    process::ExitCode,
+    process::{Child, Command, ExitCode, Stdio},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use jobhost::{
-    attempt::{run_attempt, AttemptSpec, Outcome},
-    platform::CancelToken,
+    attempt::{jobhost_program, run_attempt, AttemptSpec, Outcome},
+    dispatcher::{StatePaths, RING_STOP, RING_WAKE},
+    platform::{self, CancelToken},
     settings::{Overrides, Settings},
+    Client,
 };
 use serde_json::{json, Value};
 
@@ -71,21 +74,21 @@ pub fn ms(d: Duration) -> f64 {
 
 // ----- files -----
 
-/// The fixture plugin in the target profile directory the bench binary `bench` was built into
-/// (`target/release/deps/BENCH-…` beside `target/release/libmisbehave_fixture.so`).
-pub fn find_fixture(bench: &str) -> anyhow::Result<PathBuf> {
+/// The fixture plugin `file` in the target profile directory the bench binary `bench` was
+/// built into (`target/release/deps/BENCH-…` beside `target/release/libmisbehave_fixture.so`).
+pub fn find_fixture(bench: &str, file: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the bench binary")?;
     let found = exe
         .ancestors()
         .skip(1)
         // Cargo's copy in `deps/` is an intermediate; the profile directory holds the real one.
         .filter(|dir| !dir.ends_with("deps"))
-        .map(|dir| dir.join(PLUGIN_FILE))
+        .map(|dir| dir.join(file))
         .find(|path| path.is_file());
     match found {
         Some(path) => Ok(path),
         None => bail!(
-            "{PLUGIN_FILE} not found in any directory above {}; build the fixture plugins first \
+            "{file} not found in any directory above {}; build the fixture plugins first \
              with `cargo build --release --workspace` (then `cargo bench -p jobhost --bench \
              {bench}`)",
             exe.display()
@@ -138,8 +141,8 @@ impl Drop for Scratch {
 }
 
 /// Lays out a jobhost installation in `root`: a private copy of the `fixture` plugin in
-/// `root/plugins` and the `files` (name, text) in `root`; then resolves `overrides` against
-/// `root`, ignoring any `JOBHOST_*` variables of the caller.
+/// `root/plugins` (under the same file name) and the `files` (name, text) in `root`; then
+/// resolves `overrides` against `root`, ignoring any `JOBHOST_*` variables of the caller.
 pub fn install(
     root: &Path,
     fixture: &Path,
@@ -151,7 +154,10 @@ pub fn install(
         .with_context(|| format!("cannot create {}", plugin_dir.display()))?;
     // A private copy, as the host's snapshots are: a rebuild of the fixture while the bench
     // runs must not pull the file from under the workers mapping it.
-    std::fs::copy(fixture, plugin_dir.join(PLUGIN_FILE))
+    let name = fixture
+        .file_name()
+        .context("the fixture path has no file name")?;
+    std::fs::copy(fixture, plugin_dir.join(name))
         .with_context(|| format!("cannot copy {}", fixture.display()))?;
     for (file, text) in files {
         std::fs::write(root.join(file), text)
@@ -288,4 +294,164 @@ pub fn measure(
         latencies.extend(thread?);
     }
     Ok(Measured::new(wall, latencies))
+}
+
+// ----- installations and dispatchers -----
+
+/// The slots of the dispatchers the benches start.
+const SLOTS: &str = "2";
+/// Their idle exit, in seconds: what a dispatcher started on demand has.
+const IDLE_EXIT: &str = "600";
+
+/// A jobhost installation under the scratch directory: a fixture plugin, an allowlist, and a
+/// `jobhost.toml` pointing at its own state and logs.
+pub struct Installation {
+    /// Its `jobhost.toml`.
+    pub config: PathBuf,
+    /// Its settings.
+    pub settings: Settings,
+}
+
+impl Installation {
+    /// Lays out `scratch/name` with the `fixture` plugin, `allowlist` and `settings` (the text
+    /// of `jobhost.toml`).
+    pub fn create(
+        scratch: &Path,
+        name: &str,
+        fixture: &Path,
+        allowlist: &str,
+        settings: &str,
+    ) -> anyhow::Result<Self> {
+        let root = scratch.join(name);
+        let config = root.join("jobhost.toml");
+        let overrides = Overrides {
+            config: Some(config.clone()),
+            ..Overrides::default()
+        };
+        let files = [("allowlist.toml", allowlist), ("jobhost.toml", settings)];
+        let settings = install(&root, fixture, &files, &overrides)?;
+        Ok(Self { config, settings })
+    }
+
+    /// A Rust API client of it.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.settings.clone()).context("cannot open a client")
+    }
+
+    /// Its dispatcher's files.
+    pub fn paths(&self) -> StatePaths {
+        StatePaths::new(&self.settings.state_dir)
+    }
+}
+
+/// A `jobhost serve` this bench started; stopped when dropped if [`Served::stop`] was not
+/// called.
+pub struct Served {
+    child: Child,
+    doorbell: PathBuf,
+    /// When it was started.
+    pub started: Instant,
+}
+
+impl Served {
+    /// Starts the release `jobhost serve --slots 2` for `install` and waits until it answers
+    /// its doorbell.
+    pub fn start(install: &Installation) -> anyhow::Result<Self> {
+        let program = jobhost_program();
+        let mut command = Command::new(&program);
+        command
+            .arg("--config")
+            .arg(&install.config)
+            .args(["serve", "--slots", SLOTS, "--idle-exit", IDLE_EXIT])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("JOBHOST_") && name != "JOBHOST_BIN" {
+                command.env_remove(name);
+            }
+        }
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {} serve", program.display()))?;
+        println!(
+            "  dispatcher pid {} serving {}",
+            child.id(),
+            install.settings.state_dir.display()
+        );
+        let mut served = Self {
+            child,
+            doorbell: install.paths().doorbell,
+            started,
+        };
+        loop {
+            if let Some(status) = served
+                .child
+                .try_wait()
+                .context("cannot check the dispatcher")?
+            {
+                bail!("the dispatcher exited at once with {status}");
+            }
+            let answered = platform::ring(&served.doorbell, RING_WAKE)
+                .context("cannot ring the dispatcher")?;
+            if answered {
+                return Ok(served);
+            }
+            ensure!(
+                served.started.elapsed() < Duration::from_secs(10),
+                "the dispatcher did not answer its doorbell within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks it to stop through `client` and waits for it to exit.
+    pub fn stop(mut self, client: &Client) -> anyhow::Result<()> {
+        let asked = client
+            .stop_dispatcher()
+            .context("cannot ask the dispatcher to stop")?;
+        ensure!(asked, "the dispatcher no longer answered its doorbell");
+        let status = self.wait(Duration::from_secs(30))?;
+        ensure!(status.success(), "the dispatcher exited with {status}");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, killing it after `timeout`.
+    fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("cannot wait for the dispatcher")?
+            {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                bail!(
+                    "the dispatcher (pid {}) did not stop within {timeout:?}; killed it",
+                    self.pid()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = platform::ring(&self.doorbell, RING_STOP);
+            if let Err(e) = self.wait(Duration::from_secs(10)) {
+                eprintln!("{e:#}");
+            }
+        }
+    }
 }
