@@ -812,3 +812,21 @@ mod sqlite {
 
     conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
 }
+
+mod postgres {
+    use super::Backend;
+    use crate::store::{
+        postgres::{PostgresStore, TestDatabase},
+        Store,
+    };
+
+    struct Postgres(TestDatabase);
+
+    impl Backend for Postgres {
+        fn connect(&self) -> Box<dyn Store> {
+            Box::new(PostgresStore::open(self.0.url()).unwrap())
+        }
+    }
+
+    conformance_suite!(Postgres(TestDatabase::create()));
+}

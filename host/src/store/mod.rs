@@ -4,7 +4,9 @@
 //! decided by [`crate::lifecycle`] and applied here with [`Store::settle`]; the only logic a
 //! store owns is what must be atomic — claiming due jobs in order, cancelling, and refusing to
 //! settle an attempt twice. Every backend passes the same behaviour suite
-//! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default.
+//! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default;
+//! PostgreSQL ([`postgres::PostgresStore`]) lets dispatchers on several hosts share one queue.
+//! [`open`] opens either from a [`StoreLocation`].
 //!
 //! Times are [`Millis`]: milliseconds since the Unix epoch, given by the caller (the clock is
 //! injected, so tests need no sleeps).
@@ -31,6 +33,7 @@
 
 mod rows;
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -358,6 +361,24 @@ pub enum StoreError {
         /// Ours.
         supported: i64,
     },
+    /// The connection to a database server broke (the server restarted, or an administrator
+    /// ended the session). The failed call's transaction was rolled back, unless the
+    /// connection broke while it committed; the store's next call connects again.
+    #[error("lost the connection to job database {database}: {reason}")]
+    ConnectionLost {
+        /// The URL, with its password masked.
+        database: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// A store location that names no store jobhost can open.
+    #[error("invalid store location {location}: {reason}")]
+    InvalidLocation {
+        /// The location given, with any password masked.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A query failed.
     #[error("job database: {0}")]
     Query(String),
@@ -479,9 +500,112 @@ pub trait Store: Send {
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError>;
 }
 
+/// Where the job database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file: the embedded default, under the state directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, as a `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// The store a setting names: a `postgres://` or `postgresql://` URL (checked here, without
+    /// connecting). Anything else is an error naming it; SQLite, the default, has no URL (the
+    /// caller gives its path as [`StoreLocation::Sqlite`]).
+    pub fn parse(value: &str) -> Result<Self, StoreError> {
+        postgres::parse_url(value).map_err(|reason| StoreError::InvalidLocation {
+            location: postgres::masked(value),
+            reason,
+        })?;
+        Ok(Self::Postgres(value.to_owned()))
+    }
+}
+
+/// The file, or the URL with its password masked.
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&postgres::masked(url)),
+        }
+    }
+}
+
+/// Like [`Display`](std::fmt::Display): never shows a password.
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&postgres::masked(url))
+                .finish(),
+        }
+    }
+}
+
+/// Opens the store at `location`, bringing its schema up to date.
+pub fn open(location: &StoreLocation) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path)?),
+        StoreLocation::Postgres(url) => Box::new(postgres::PostgresStore::open(url)?),
+    })
+}
+
 /// The current time as [`Millis`].
 pub fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{open, StoreError, StoreLocation};
+
+    #[test]
+    fn a_store_location_is_a_postgres_url_and_never_shows_its_password() {
+        for url in [
+            "postgres://jobs:s3cret@db.example:5432/queue",
+            "postgresql://jobs@db.example/queue?connect_timeout=5",
+        ] {
+            let location = StoreLocation::parse(url).unwrap();
+            assert_eq!(location, StoreLocation::Postgres(url.into()));
+            assert!(!location.to_string().contains("s3cret"), "{location}");
+            assert!(!format!("{location:?}").contains("s3cret"), "{location:?}");
+        }
+        assert_eq!(
+            StoreLocation::parse("postgres://jobs:s3cret@db/queue")
+                .unwrap()
+                .to_string(),
+            "postgres://jobs:***@db/queue"
+        );
+    }
+
+    #[test]
+    fn anything_else_is_an_error_naming_it() {
+        for (value, named) in [
+            ("/var/jobs.sqlite3", "/var/jobs.sqlite3"),
+            ("mysql://jobs:s3cret@db/queue", "mysql://jobs:***@db/queue"),
+            ("postgres://db:port/queue", "postgres://db:port/queue"),
+        ] {
+            let Err(e) = StoreLocation::parse(value) else {
+                panic!("{value} was taken for a store location")
+            };
+            assert!(matches!(e, StoreError::InvalidLocation { .. }), "{e}");
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!("invalid store location {named}: ")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_opens_a_sqlite_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&StoreLocation::Sqlite(dir.path().join("jobs.sqlite3"))).unwrap();
+        assert_eq!(store.unfinished().unwrap(), 0);
+    }
 }
