@@ -31,8 +31,8 @@ use crate::{
     platform::{CancelToken, Doorbell, FileLock},
     settings::Settings,
     store::{
-        now_millis, sqlite::SqliteStore, AttemptEnd, AttemptStart, JobId, JobRecord, Next, Store,
-        StoreError,
+        now_millis, sqlite::SqliteStore, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
+        JobId, JobRecord, Next, Store, StoreError,
     },
 };
 
@@ -177,7 +177,11 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
             state_dir: settings.state_dir.clone(),
         });
     };
-    let store = SqliteStore::open(&paths.database)?;
+    let mut store = SqliteStore::open(&paths.database)?;
+    let owner = store.register_dispatcher(
+        &DispatcherInfo::this_process(settings.dispatcher.slots, &settings.state_dir),
+        now_millis(),
+    )?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let doorbell = listen(&paths.doorbell, &tx).map_err(setup("bind the doorbell"))?;
     start_checkpointer(&paths.database)?;
@@ -186,6 +190,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         settings: settings.clone(),
         paths,
         store: Box::new(store),
+        owner,
         running: HashMap::new(),
         orders: start_slots(settings, &tx),
         events: rx,
@@ -210,6 +215,9 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         &settings.state_dir,
     );
     let _ = dispatcher.doorbell.unlink();
+    if let Err(e) = dispatcher.store.deregister(owner) {
+        tracing::warn!("cannot deregister the dispatcher: {e}");
+    }
     drop(lock);
     result
 }
@@ -348,6 +356,8 @@ struct Dispatcher {
     settings: Settings,
     paths: StatePaths,
     store: Box<dyn Store>,
+    /// The id it registered under and claims under.
+    owner: DispatcherId,
     running: HashMap<JobId, Running>,
     orders: Sender<Order>,
     events: Receiver<Event>,
@@ -456,7 +466,7 @@ impl Dispatcher {
         if free == 0 {
             return Ok(());
         }
-        let claimed = self.store.claim(now_millis(), free)?;
+        let claimed = self.store.claim(self.owner, now_millis(), free)?;
         if !claimed.is_empty() {
             self.changed();
             self.plugins.reload();

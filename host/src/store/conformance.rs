@@ -4,13 +4,17 @@
 //! connections to it (as separate dispatchers and enqueuers would have). The
 //! `conformance_suite!` macro turns every case below into a `#[test]` for that backend.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Barrier},
+    time::Duration,
+};
 
 use serde_json::json;
 
 use super::{
-    AttemptEnd, AttemptStart, CancelOutcome, Finished, JobState, ListFilter, NewJob, Next, Store,
-    StoreError,
+    AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo, DispatcherRecord,
+    Finished, JobState, ListFilter, NewJob, Next, Store, StoreError,
 };
 use crate::job::{JobSpec, Priority};
 
@@ -34,6 +38,20 @@ fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
         },
         plugin: "/plugins/libx.so".into(),
     }
+}
+
+fn info(host: &str) -> DispatcherInfo {
+    DispatcherInfo {
+        host: host.into(),
+        pid: 4242,
+        slots: 4,
+        state_dir: format!("/var/lib/jobhost-{host}"),
+    }
+}
+
+/// Registers a dispatcher to claim under.
+fn register(s: &mut dyn Store) -> DispatcherId {
+    s.register_dispatcher(&info("claimer"), 0).unwrap()
 }
 
 fn end(outcome: &str, at: i64) -> AttemptEnd {
@@ -80,6 +98,7 @@ pub fn enqueue_stores_every_field_and_returns_increasing_ids(b: &dyn Backend) {
 
 pub fn claim_takes_priority_then_run_at_then_id_and_respects_the_limit(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let low = s
         .enqueue(&[new_job("low", Priority::Low, 0)], 1000)
         .unwrap()[0];
@@ -99,7 +118,7 @@ pub fn claim_takes_priority_then_run_at_then_id_and_respects_the_limit(b: &dyn B
         .enqueue(&[new_job("future", Priority::High, 60_000)], 1000)
         .unwrap()[0];
 
-    let first = s.claim(2000, 2).unwrap();
+    let first = s.claim(me, 2000, 2).unwrap();
     assert_eq!(
         first.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![high, normal_early]
@@ -107,25 +126,26 @@ pub fn claim_takes_priority_then_run_at_then_id_and_respects_the_limit(b: &dyn B
     assert!(first
         .iter()
         .all(|j| j.state == JobState::Running && j.attempts == 1));
-    let rest = s.claim(2000, 10).unwrap();
+    let rest = s.claim(me, 2000, 10).unwrap();
     assert_eq!(
         rest.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![normal_same, normal_late, low]
     );
     assert!(
-        s.claim(2000, 10).unwrap().is_empty(),
+        s.claim(me, 2000, 10).unwrap().is_empty(),
         "a future job is not due"
     );
-    assert_eq!(s.claim(61_000, 10).unwrap()[0].id, future);
-    assert!(s.claim(61_000, 0).unwrap().is_empty());
+    assert_eq!(s.claim(me, 61_000, 10).unwrap()[0].id, future);
+    assert!(s.claim(me, 61_000, 0).unwrap().is_empty());
 }
 
 pub fn claim_records_the_attempt_and_the_first_start(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let id = s
         .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
         .unwrap()[0];
-    s.claim(1500, 1).unwrap();
+    s.claim(me, 1500, 1).unwrap();
     s.attempt_started(
         id,
         1,
@@ -154,6 +174,7 @@ pub fn claim_records_the_attempt_and_the_first_start(b: &dyn Backend) {
 
 pub fn concurrent_claims_never_hand_out_a_job_twice(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let jobs: Vec<NewJob> = (0..200)
         .map(|_| new_job("A", Priority::Normal, 0))
         .collect();
@@ -164,7 +185,7 @@ pub fn concurrent_claims_never_hand_out_a_job_twice(b: &dyn Backend) {
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
                 loop {
-                    let batch = conn.claim(2000, 3).unwrap();
+                    let batch = conn.claim(me, 2000, 3).unwrap();
                     if batch.is_empty() {
                         return mine;
                     }
@@ -184,6 +205,7 @@ pub fn concurrent_claims_never_hand_out_a_job_twice(b: &dyn Backend) {
 
 pub fn settle_moves_the_job_and_records_the_attempt_once(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let ids = s
         .enqueue(
             &[
@@ -193,7 +215,7 @@ pub fn settle_moves_the_job_and_records_the_attempt_once(b: &dyn Backend) {
             1000,
         )
         .unwrap();
-    s.claim(1000, 2).unwrap();
+    s.claim(me, 1000, 2).unwrap();
     assert!(s
         .settle(
             ids[0],
@@ -234,10 +256,10 @@ pub fn settle_moves_the_job_and_records_the_attempt_once(b: &dyn Backend) {
         Some("crashed: SIGSEGV happened")
     );
     assert!(
-        s.claim(1799, 5).unwrap().is_empty(),
+        s.claim(me, 1799, 5).unwrap().is_empty(),
         "not before the retry delay"
     );
-    let again = s.claim(1800, 5).unwrap();
+    let again = s.claim(me, 1800, 5).unwrap();
     assert_eq!((again[0].id, again[0].attempts), (ids[1], 2));
     assert!(
         !s.settle(ids[1], 1, &end("ok", 1900), &Next::Fail).unwrap(),
@@ -262,10 +284,11 @@ pub fn settle_moves_the_job_and_records_the_attempt_once(b: &dyn Backend) {
 
 pub fn requeue_puts_an_interrupted_attempt_back_without_using_up_the_budget(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let id = s
         .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
         .unwrap()[0];
-    s.claim(1000, 1).unwrap();
+    s.claim(me, 1000, 1).unwrap();
     assert!(s
         .settle(id, 1, &end("interrupted", 1100), &Next::Requeue)
         .unwrap());
@@ -275,11 +298,12 @@ pub fn requeue_puts_an_interrupted_attempt_back_without_using_up_the_budget(b: &
         (JobState::Queued, 1100, 1, 4)
     );
     assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
-    assert_eq!(s.claim(1100, 1).unwrap()[0].attempts, 2);
+    assert_eq!(s.claim(me, 1100, 1).unwrap()[0].attempts, 2);
 }
 
 pub fn cancel_stops_waiting_jobs_and_flags_running_ones(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let ids = s
         .enqueue(
             &[
@@ -290,14 +314,14 @@ pub fn cancel_stops_waiting_jobs_and_flags_running_ones(b: &dyn Backend) {
             1000,
         )
         .unwrap();
-    assert_eq!(s.claim(1000, 1).unwrap()[0].id, ids[2]);
+    assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, ids[2]);
     assert_eq!(s.cancel(ids[0], 1100).unwrap(), CancelOutcome::Cancelled);
     assert_eq!(s.cancel(ids[1], 1100).unwrap(), CancelOutcome::Cancelled);
     assert!(s.cancel_requests().unwrap().is_empty());
     assert_eq!(s.cancel(ids[2], 1100).unwrap(), CancelOutcome::Requested);
     assert_eq!(s.cancel_requests().unwrap(), vec![ids[2]]);
     assert!(
-        s.claim(10_000, 10).unwrap().is_empty(),
+        s.claim(me, 10_000, 10).unwrap().is_empty(),
         "cancelled jobs never start"
     );
     let (flagged, _) = s.job(ids[2]).unwrap().unwrap();
@@ -320,6 +344,7 @@ pub fn cancel_stops_waiting_jobs_and_flags_running_ones(b: &dyn Backend) {
 
 pub fn retry_requeues_failed_and_cancelled_jobs_only(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let ids = s
         .enqueue(
             &[
@@ -329,7 +354,7 @@ pub fn retry_requeues_failed_and_cancelled_jobs_only(b: &dyn Backend) {
             1000,
         )
         .unwrap();
-    s.claim(1000, 1).unwrap();
+    s.claim(me, 1000, 1).unwrap();
     assert!(matches!(
         s.retry(ids[0], 1100),
         Err(StoreError::WrongState {
@@ -360,7 +385,7 @@ pub fn retry_requeues_failed_and_cancelled_jobs_only(b: &dyn Backend) {
     s.cancel(ids[1], 5000).unwrap();
     s.retry(ids[1], 5000).unwrap();
     let claimed: Vec<i64> = s
-        .claim(5000, 5)
+        .claim(me, 5000, 5)
         .unwrap()
         .into_iter()
         .map(|j| j.id)
@@ -374,6 +399,7 @@ pub fn retry_requeues_failed_and_cancelled_jobs_only(b: &dyn Backend) {
 
 pub fn list_filters_and_pages_newest_first_and_stats_count_by_state(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let ids = s
         .enqueue(
             &[
@@ -417,7 +443,7 @@ pub fn list_filters_and_pages_newest_first_and_stats_count_by_state(b: &dyn Back
     };
     assert_eq!(s_list(&mut *s, by_priority), vec![ids[2], ids[1]]);
 
-    s.claim(1000, 1).unwrap();
+    s.claim(me, 1000, 1).unwrap();
     let stats = s.stats().unwrap();
     let count = |state: &str| stats.by_state[state];
     assert_eq!(
@@ -453,6 +479,7 @@ pub fn batch_enqueue_is_one_transaction_visible_to_other_connections(b: &dyn Bac
 
 pub fn finished_since_counts_completed_and_failed_jobs_by_when_they_ended(b: &dyn Backend) {
     let mut s = b.connect();
+    let me = register(&mut *s);
     let ids = s
         .enqueue(
             &[
@@ -464,7 +491,7 @@ pub fn finished_since_counts_completed_and_failed_jobs_by_when_they_ended(b: &dy
             1000,
         )
         .unwrap();
-    let claimed = s.claim(1000, 4).unwrap();
+    let claimed = s.claim(me, 1000, 4).unwrap();
     assert_eq!(claimed.len(), 4);
     assert!(s
         .settle(ids[0], 1, &end("ok", 2000), &Next::Complete(json!(1)))
@@ -489,6 +516,255 @@ pub fn finished_since_counts_completed_and_failed_jobs_by_when_they_ended(b: &dy
     assert_eq!(at(6001), (0, 0));
 }
 
+pub fn dispatchers_register_heartbeat_and_deregister(b: &dyn Backend) {
+    let mut s = b.connect();
+    assert!(s.dispatchers().unwrap().is_empty());
+    let a = s.register_dispatcher(&info("a"), 1000).unwrap();
+    let other = s.register_dispatcher(&info("b"), 1500).unwrap();
+    assert!(a > 0 && other > a);
+    assert!(s.heartbeat(a, 3000).unwrap());
+    let record = |id, host: &str, started_at, heartbeat_at| DispatcherRecord {
+        id,
+        host: host.into(),
+        pid: 4242,
+        slots: 4,
+        state_dir: format!("/var/lib/jobhost-{host}"),
+        started_at,
+        heartbeat_at,
+        running: 0,
+    };
+    assert_eq!(
+        s.dispatchers().unwrap(),
+        vec![record(a, "a", 1000, 3000), record(other, "b", 1500, 1500)]
+    );
+    assert!(s.deregister(a).unwrap());
+    assert!(
+        !s.heartbeat(a, 4000).unwrap(),
+        "a deregistered dispatcher is told so"
+    );
+    assert!(s.deregister(a).unwrap(), "deregistering again is harmless");
+    assert_eq!(
+        s.dispatchers().unwrap(),
+        vec![record(other, "b", 1500, 1500)]
+    );
+    let again = s.register_dispatcher(&info("a"), 5000).unwrap();
+    assert!(again > other, "ids are never reused");
+}
+
+pub fn claims_record_their_dispatcher_which_cannot_leave_with_attempts_unsettled(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = s.register_dispatcher(&info("a"), 1000).unwrap();
+    let other = s.register_dispatcher(&info("b"), 1000).unwrap();
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("B", Priority::Normal, 0),
+                new_job("C", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    assert_eq!(s.claim(me, 1000, 2).unwrap().len(), 2);
+    assert_eq!(s.claim(other, 1000, 1).unwrap()[0].id, ids[2]);
+    let owners: Vec<_> = s
+        .running()
+        .unwrap()
+        .into_iter()
+        .map(|(job, attempt)| (job.id, attempt.dispatcher))
+        .collect();
+    assert_eq!(
+        owners,
+        vec![
+            (ids[0], Some(me)),
+            (ids[1], Some(me)),
+            (ids[2], Some(other))
+        ]
+    );
+    let running = |s: &mut dyn Store| {
+        s.dispatchers()
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.id, d.running))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(running(&mut *s), vec![(me, 2), (other, 1)]);
+    assert!(
+        !s.deregister(me).unwrap(),
+        "refused while its attempts are unsettled"
+    );
+    assert_eq!(running(&mut *s), vec![(me, 2), (other, 1)]);
+
+    assert!(s
+        .settle(ids[0], 1, &end("ok", 1100), &Next::Complete(json!(1)))
+        .unwrap());
+    assert!(s
+        .settle(ids[1], 1, &end("interrupted", 1100), &Next::Requeue)
+        .unwrap());
+    assert_eq!(running(&mut *s), vec![(me, 0), (other, 1)]);
+    assert!(s.deregister(me).unwrap());
+    assert!(matches!(
+        s.claim(me, 2000, 1),
+        Err(StoreError::NotRegistered(id)) if id == me
+    ));
+    assert!(matches!(
+        s.claim(424_242, 2000, 1),
+        Err(StoreError::NotRegistered(424_242))
+    ));
+    let taken = s.claim(other, 2000, 5).unwrap();
+    assert_eq!(
+        taken.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1]],
+        "what the deregistered dispatcher requeued is there for the others"
+    );
+    let (_, attempts) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.dispatcher).collect::<Vec<_>>(),
+        vec![Some(me), Some(other)],
+        "an attempt names its dispatcher after that one left"
+    );
+}
+
+pub fn expired_dispatchers_are_those_whose_heartbeat_is_older_than_the_cutoff(b: &dyn Backend) {
+    let mut s = b.connect();
+    let quiet = s.register_dispatcher(&info("quiet"), 1000).unwrap();
+    let alive = s.register_dispatcher(&info("alive"), 1000).unwrap();
+    s.enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap();
+    s.claim(quiet, 1000, 1).unwrap();
+    assert!(s.heartbeat(alive, 9000).unwrap());
+    let expired = |s: &mut dyn Store, cutoff| {
+        s.expired_dispatchers(cutoff)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.id, d.heartbeat_at, d.running))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        expired(&mut *s, 1000),
+        vec![],
+        "a heartbeat at the cutoff is in time"
+    );
+    assert_eq!(expired(&mut *s, 5000), vec![(quiet, 1000, 1)]);
+    assert_eq!(
+        expired(&mut *s, 9001),
+        vec![(quiet, 1000, 1), (alive, 9000, 0)]
+    );
+}
+
+pub fn two_rescuers_racing_settle_each_lost_job_once(b: &dyn Backend) {
+    let mut s = b.connect();
+    let lost = s.register_dispatcher(&info("lost"), 1000).unwrap();
+    let alive = s.register_dispatcher(&info("alive"), 1000).unwrap();
+    let jobs: Vec<NewJob> = (0..6)
+        .map(|i| new_job(&format!("J{i}"), Priority::Normal, 0))
+        .collect();
+    let ids = s.enqueue(&jobs, 1000).unwrap();
+    assert_eq!(s.claim(lost, 1000, 5).unwrap().len(), 5);
+    assert_eq!(s.claim(alive, 1000, 1).unwrap()[0].id, ids[5]);
+    assert!(s.heartbeat(alive, 20_000).unwrap());
+
+    // Both read the same expired dispatcher and running attempts before either settles.
+    let barrier = Arc::new(Barrier::new(2));
+    let rescuers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut conn = b.connect();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let expired = conn.expired_dispatchers(15_000).unwrap();
+                let running = conn.running().unwrap();
+                barrier.wait();
+                let mut settled = Vec::new();
+                for dispatcher in &expired {
+                    for (job, attempt) in &running {
+                        if attempt.dispatcher == Some(dispatcher.id)
+                            && conn
+                                .settle(
+                                    job.id,
+                                    attempt.attempt,
+                                    &end("lost", 20_000),
+                                    &Next::Retry(25_000),
+                                )
+                                .unwrap()
+                        {
+                            settled.push(job.id);
+                        }
+                    }
+                    assert!(
+                        conn.deregister(dispatcher.id).unwrap(),
+                        "its attempts are all settled, by one rescuer or the other"
+                    );
+                }
+                (expired.iter().map(|d| d.id).collect::<Vec<_>>(), settled)
+            })
+        })
+        .collect();
+    let mut settled = Vec::new();
+    for rescuer in rescuers {
+        let (expired, mine) = rescuer.join().unwrap();
+        assert_eq!(expired, vec![lost]);
+        settled.extend(mine);
+    }
+    settled.sort_unstable();
+    assert_eq!(settled, ids[..5], "each lost job settled exactly once");
+    for id in &ids[..5] {
+        let (job, attempts) = s.job(*id).unwrap().unwrap();
+        assert_eq!((job.state, job.run_at), (JobState::Scheduled, 25_000));
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].outcome.as_deref(), Some("lost"));
+    }
+    let left: Vec<_> = s
+        .dispatchers()
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.id, d.running))
+        .collect();
+    assert_eq!(left, vec![(alive, 1)]);
+}
+
+pub fn unfinished_plugins_are_those_of_waiting_and_running_jobs(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let job = |class: &str, plugin: &str, delay_ms| NewJob {
+        plugin: plugin.into(),
+        ..new_job(class, Priority::Normal, delay_ms)
+    };
+    let first = s
+        .enqueue(
+            &[
+                job("Done", "/p/liba-1.so", 0),
+                job("Runs", "/p/libb-1.so", 0),
+                job("Fails", "/p/libf-1.so", 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    assert_eq!(s.claim(me, 1000, 3).unwrap().len(), 3);
+    assert!(s
+        .settle(first[0], 1, &end("ok", 1100), &Next::Complete(json!(1)))
+        .unwrap());
+    assert!(s
+        .settle(first[2], 1, &end("error", 1100), &Next::Fail)
+        .unwrap());
+    let later = s
+        .enqueue(
+            &[
+                job("Later", "/p/libc-1.so", 9000),
+                job("Queued", "/p/liba-1.so", 0),
+                job("Cancelled", "/p/libe-1.so", 0),
+            ],
+            2000,
+        )
+        .unwrap();
+    assert_eq!(s.cancel(later[2], 2100).unwrap(), CancelOutcome::Cancelled);
+    let mut plugins = s.unfinished_plugins().unwrap();
+    plugins.sort();
+    assert_eq!(
+        plugins,
+        ["/p/liba-1.so", "/p/libb-1.so", "/p/libc-1.so"].map(std::path::PathBuf::from)
+    );
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -504,6 +780,11 @@ macro_rules! conformance_suite {
             list_filters_and_pages_newest_first_and_stats_count_by_state,
             batch_enqueue_is_one_transaction_visible_to_other_connections,
             finished_since_counts_completed_and_failed_jobs_by_when_they_ended,
+            dispatchers_register_heartbeat_and_deregister,
+            claims_record_their_dispatcher_which_cannot_leave_with_attempts_unsettled,
+            expired_dispatchers_are_those_whose_heartbeat_is_older_than_the_cutoff,
+            two_rescuers_racing_settle_each_lost_job_once,
+            unfinished_plugins_are_those_of_waiting_and_running_jobs,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {
@@ -530,4 +811,22 @@ mod sqlite {
     }
 
     conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
+}
+
+mod postgres {
+    use super::Backend;
+    use crate::store::{
+        postgres::{PostgresStore, TestDatabase},
+        Store,
+    };
+
+    struct Postgres(TestDatabase);
+
+    impl Backend for Postgres {
+        fn connect(&self) -> Box<dyn Store> {
+            Box::new(PostgresStore::open(self.0.url()).unwrap())
+        }
+    }
+
+    conformance_suite!(Postgres(TestDatabase::create()));
 }

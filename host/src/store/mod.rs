@@ -4,17 +4,45 @@
 //! decided by [`crate::lifecycle`] and applied here with [`Store::settle`]; the only logic a
 //! store owns is what must be atomic — claiming due jobs in order, cancelling, and refusing to
 //! settle an attempt twice. Every backend passes the same behaviour suite
-//! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default.
+//! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default;
+//! PostgreSQL ([`postgres::PostgresStore`]) lets dispatchers on several hosts share one queue.
+//! [`open`] opens either from a [`StoreLocation`].
 //!
 //! Times are [`Millis`]: milliseconds since the Unix epoch, given by the caller (the clock is
 //! injected, so tests need no sleeps).
+//!
+//! # Several dispatchers
+//!
+//! Each dispatcher registers itself ([`Store::register_dispatcher`]) and claims under the
+//! [`DispatcherId`] it gets, so every attempt records who runs it ([`Attempt::dispatcher`]). It
+//! proves it is alive with [`Store::heartbeat`]; one whose heartbeat is older than the lease
+//! ([`Store::expired_dispatchers`]) is rescued by any other:
+//!
+//! 1. for each expired dispatcher, settle its running attempts (those of [`Store::running`]
+//!    whose `dispatcher` is its id) with the outcome `lost` and what [`crate::lifecycle`]
+//!    decides for them;
+//! 2. then [`Store::deregister`] it. If that refuses, the dispatcher claimed more since it was
+//!    read as expired (it was only slow): look again on the next round.
+//!
+//! Rescuers racing each other, or a dispatcher that was only slow, do no harm: `settle`
+//! settles an attempt once, `deregister` refuses while the dispatcher owns an unsettled
+//! attempt, and a deregistered dispatcher can claim nothing more
+//! ([`StoreError::NotRegistered`]) and learns from `heartbeat` that it was rescued. Heartbeats
+//! and cutoffs are the callers' clocks: hosts sharing a queue need synchronised clocks (NTP),
+//! well within the lease.
 
+mod rows;
+
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
 mod conformance;
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -26,6 +54,9 @@ pub type Millis = i64;
 
 /// A job's id: positive, increasing in enqueue order.
 pub type JobId = i64;
+
+/// A registered dispatcher's id: positive, never reused.
+pub type DispatcherId = i64;
 
 /// Where a job is in its life. See `docs/job_state_machine.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -176,6 +207,9 @@ pub struct Attempt {
     pub pid: Option<u32>,
     /// The BLAKE3 hash of the plugin file it ran.
     pub plugin_hash: Option<String>,
+    /// The dispatcher that claimed it (none for attempts claimed before dispatchers
+    /// registered). The id is kept after that dispatcher deregisters.
+    pub dispatcher: Option<DispatcherId>,
 }
 
 /// What became of a running attempt's worker once it was spawned.
@@ -260,30 +294,100 @@ pub struct Finished {
     pub failed: u64,
 }
 
+/// A dispatcher, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatcherInfo {
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// How many attempts it runs at once.
+    pub slots: u32,
+    /// Its state directory on that host: a dispatcher restarting there finds its predecessor.
+    pub state_dir: String,
+}
+
+impl DispatcherInfo {
+    /// This process on this host, with `slots` slots and the state directory `state_dir`.
+    pub fn this_process(slots: usize, state_dir: &Path) -> Self {
+        Self {
+            host: whoami::hostname().unwrap_or_else(|_| "unknown".into()),
+            pid: std::process::id(),
+            slots: u32::try_from(slots).unwrap_or(u32::MAX),
+            state_dir: state_dir.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// A registered dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DispatcherRecord {
+    /// Its id.
+    pub id: DispatcherId,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// How many attempts it runs at once.
+    pub slots: u32,
+    /// Its state directory on that host.
+    pub state_dir: String,
+    /// When it registered.
+    pub started_at: Millis,
+    /// Its last heartbeat (its registration, before the first).
+    pub heartbeat_at: Millis,
+    /// How many attempts it claimed that are not settled yet.
+    pub running: u32,
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or is not a jobhost database.
-    #[error("cannot open job database {path}: {reason}")]
+    #[error("cannot open job database {database}: {reason}")]
     Open {
-        /// The file.
-        path: PathBuf,
+        /// The file, or the URL with its password masked.
+        database: String,
         /// Why, in one line.
         reason: String,
     },
     /// The database was written by a newer jobhost.
-    #[error("job database {path} has schema version {found}, newer than this jobhost's {supported}; upgrade jobhost")]
+    #[error("job database {database} has schema version {found}, newer than this jobhost's {supported}; upgrade jobhost")]
     NewerSchema {
-        /// The file.
-        path: PathBuf,
+        /// The file, or the URL with its password masked.
+        database: String,
         /// Its version.
         found: i64,
         /// Ours.
         supported: i64,
     },
+    /// The connection to a database server broke (the server restarted, or an administrator
+    /// ended the session). The failed call's transaction was rolled back, unless the
+    /// connection broke while it committed; the store's next call connects again.
+    #[error("lost the connection to job database {database}: {reason}")]
+    ConnectionLost {
+        /// The URL, with its password masked.
+        database: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// A store location that names no store jobhost can open.
+    #[error("invalid store location {location}: {reason}")]
+    InvalidLocation {
+        /// The location given, with any password masked.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A query failed.
     #[error("job database: {0}")]
     Query(String),
+    /// The dispatcher claiming is not registered: it deregistered, or it missed its lease and
+    /// another dispatcher rescued its jobs.
+    #[error(
+        "dispatcher {0} is not registered (its lease may have expired and its jobs been rescued)"
+    )]
+    NotRegistered(DispatcherId),
     /// No such job.
     #[error("no job with id {0}")]
     NotFound(JobId),
@@ -306,9 +410,16 @@ pub trait Store: Send {
     fn enqueue(&mut self, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>, StoreError>;
 
     /// Claims up to `limit` due jobs — highest priority first, then earliest `run_at`, then
-    /// lowest id — marks them running, counts the attempt and records its start. A job is
-    /// claimed by one caller only, however many claim at once.
-    fn claim(&mut self, now: Millis, limit: usize) -> Result<Vec<JobRecord>, StoreError>;
+    /// lowest id — marks them running, counts the attempt and records its start and `owner`,
+    /// the claiming dispatcher. A job is claimed by one caller only, however many claim at
+    /// once. Fails with [`StoreError::NotRegistered`] if `owner` is not registered (a `limit`
+    /// of zero claims nothing and checks nothing).
+    fn claim(
+        &mut self,
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError>;
 
     /// Records the worker of a claimed attempt.
     fn attempt_started(
@@ -358,8 +469,88 @@ pub trait Store: Send {
     /// How many jobs are waiting or running.
     fn unfinished(&mut self) -> Result<u64, StoreError>;
 
-    /// The distinct plugin files of the jobs waiting or running.
+    /// The distinct plugin files of the jobs waiting or running: the plugin versions that must
+    /// be kept.
     fn unfinished_plugins(&mut self) -> Result<Vec<PathBuf>, StoreError>;
+
+    /// Registers a dispatcher at `now`, its first heartbeat. Returns its id, which it claims
+    /// under.
+    fn register_dispatcher(
+        &mut self,
+        info: &DispatcherInfo,
+        now: Millis,
+    ) -> Result<DispatcherId, StoreError>;
+
+    /// Records that dispatcher `id` is alive at `now`. Returns false, changing nothing, when it
+    /// is not registered any more: it was rescued (its attempts settled as lost, and perhaps
+    /// already running elsewhere) or it deregistered, so it must claim nothing more and
+    /// should stop what it runs.
+    fn heartbeat(&mut self, id: DispatcherId, now: Millis) -> Result<bool, StoreError>;
+
+    /// Removes dispatcher `id` from the registry. Refuses, returning false and changing
+    /// nothing, while an attempt it claimed is unsettled: settle those first. True when it is
+    /// not registered any more (including when it was not).
+    fn deregister(&mut self, id: DispatcherId) -> Result<bool, StoreError>;
+
+    /// Every registered dispatcher, by id.
+    fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError>;
+
+    /// The registered dispatchers whose last heartbeat is before `cutoff` (now less the
+    /// lease), by id: the ones to rescue.
+    fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError>;
+}
+
+/// Where the job database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file: the embedded default, under the state directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, as a `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// The store a setting names: a `postgres://` or `postgresql://` URL (checked here, without
+    /// connecting). Anything else is an error naming it; SQLite, the default, has no URL (the
+    /// caller gives its path as [`StoreLocation::Sqlite`]).
+    pub fn parse(value: &str) -> Result<Self, StoreError> {
+        postgres::parse_url(value).map_err(|reason| StoreError::InvalidLocation {
+            location: postgres::masked(value),
+            reason,
+        })?;
+        Ok(Self::Postgres(value.to_owned()))
+    }
+}
+
+/// The file, or the URL with its password masked.
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "{}", path.display()),
+            Self::Postgres(url) => f.write_str(&postgres::masked(url)),
+        }
+    }
+}
+
+/// Like [`Display`](std::fmt::Display): never shows a password.
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&postgres::masked(url))
+                .finish(),
+        }
+    }
+}
+
+/// Opens the store at `location`, bringing its schema up to date.
+pub fn open(location: &StoreLocation) -> Result<Box<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path)?),
+        StoreLocation::Postgres(url) => Box::new(postgres::PostgresStore::open(url)?),
+    })
 }
 
 /// The current time as [`Millis`].
@@ -367,4 +558,54 @@ pub fn now_millis() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{open, StoreError, StoreLocation};
+
+    #[test]
+    fn a_store_location_is_a_postgres_url_and_never_shows_its_password() {
+        for url in [
+            "postgres://jobs:s3cret@db.example:5432/queue",
+            "postgresql://jobs@db.example/queue?connect_timeout=5",
+        ] {
+            let location = StoreLocation::parse(url).unwrap();
+            assert_eq!(location, StoreLocation::Postgres(url.into()));
+            assert!(!location.to_string().contains("s3cret"), "{location}");
+            assert!(!format!("{location:?}").contains("s3cret"), "{location:?}");
+        }
+        assert_eq!(
+            StoreLocation::parse("postgres://jobs:s3cret@db/queue")
+                .unwrap()
+                .to_string(),
+            "postgres://jobs:***@db/queue"
+        );
+    }
+
+    #[test]
+    fn anything_else_is_an_error_naming_it() {
+        for (value, named) in [
+            ("/var/jobs.sqlite3", "/var/jobs.sqlite3"),
+            ("mysql://jobs:s3cret@db/queue", "mysql://jobs:***@db/queue"),
+            ("postgres://db:port/queue", "postgres://db:port/queue"),
+        ] {
+            let Err(e) = StoreLocation::parse(value) else {
+                panic!("{value} was taken for a store location")
+            };
+            assert!(matches!(e, StoreError::InvalidLocation { .. }), "{e}");
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!("invalid store location {named}: ")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn open_opens_a_sqlite_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&StoreLocation::Sqlite(dir.path().join("jobs.sqlite3"))).unwrap();
+        assert_eq!(store.unfinished().unwrap(), 0);
+    }
 }

@@ -6,7 +6,10 @@
 //! dispatchers can never claim the same job. `synchronous = NORMAL` in WAL mode keeps a commit
 //! durable across a crash of the process (not of the machine) without an fsync per commit.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use rusqlite::{
     params, types::Type, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
@@ -14,16 +17,21 @@ use rusqlite::{
 };
 
 use super::{
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Finished, JobId, JobRecord, JobState,
-    ListFilter, Millis, NewJob, Next, Stats, Store, StoreError,
+    rows::{
+        self, attempt_at, dispatcher_at, job_at, prefixed, Columns, NewRow, Settled,
+        ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
+    },
+    Attempt, AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo,
+    DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
+    Stats, Store, StoreError,
 };
-use crate::job::Priority;
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/001_jobs.sql"),
     include_str!("migrations/sqlite/002_claim_by_priority.sql"),
     include_str!("migrations/sqlite/003_finished_index.sql"),
+    include_str!("migrations/sqlite/004_dispatchers.sql"),
 ];
 
 /// Priorities from first to last served, as stored.
@@ -37,19 +45,13 @@ pub struct SqliteStore {
     conn: Connection,
 }
 
-const JOB_COLUMNS: &str = "id, class, method, params, priority, state, attempts, max_attempts, \
-    retries, retry_delay_ms, timeout_ms, plugin, run_at, created_at, started_at, finished_at, \
-    cancel_requested, last_error, result";
-
-const ATTEMPT_COLUMNS: &str = "job_id, attempt, started_at, finished_at, outcome, error, \
-    output_path, output_bytes, pid, plugin_hash";
-
 impl SqliteStore {
     /// Opens (creating if absent) the database at `path` and brings its schema up to date. A
     /// file that is not a jobhost database is reported, never overwritten.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = path.display().to_string();
         let open_error = |reason: String| StoreError::Open {
-            path: path.to_path_buf(),
+            database: database.clone(),
             reason,
         };
         if let Some(dir) = path.parent() {
@@ -87,7 +89,7 @@ impl SqliteStore {
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
             return Err(StoreError::NewerSchema {
-                path: path.to_path_buf(),
+                database,
                 found: version,
                 supported,
             });
@@ -165,79 +167,32 @@ fn query(e: rusqlite::Error) -> StoreError {
     StoreError::Query(describe(&e))
 }
 
-fn priority_to_i64(p: Priority) -> i64 {
-    match p {
-        Priority::Low => 0,
-        Priority::Normal => 1,
-        Priority::High => 2,
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
+
+    fn int(&self, index: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(index)
     }
-}
 
-fn priority_from_i64(v: i64) -> Priority {
-    match v {
-        2 => Priority::High,
-        0 => Priority::Low,
-        _ => Priority::Normal,
+    fn text(&self, index: usize) -> rusqlite::Result<Option<String>> {
+        self.get(index)
     }
-}
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+    fn flag(&self, index: usize) -> rusqlite::Result<bool> {
+        self.get(index)
+    }
 
-fn bad_column(index: usize, what: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(index, Type::Text, what.into())
+    fn invalid(&self, index: usize, what: &str) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, what.into())
+    }
 }
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    let params: String = row.get(3)?;
-    let state: String = row.get(5)?;
-    let result: Option<String> = row.get(18)?;
-    Ok(JobRecord {
-        id: row.get(0)?,
-        class: row.get(1)?,
-        method: row.get(2)?,
-        params: serde_json::from_str(&params).map_err(|_| bad_column(3, "params are not JSON"))?,
-        priority: priority_from_i64(row.get(4)?),
-        state: JobState::parse(&state).ok_or_else(|| bad_column(5, "unknown state"))?,
-        attempts: row.get(6)?,
-        max_attempts: row.get(7)?,
-        retries: row.get(8)?,
-        retry_delay: Duration::from_millis(row.get::<_, i64>(9)?.max(0) as u64),
-        timeout: Duration::from_millis(row.get::<_, i64>(10)?.max(0) as u64),
-        plugin: row.get::<_, String>(11)?.into(),
-        run_at: row.get(12)?,
-        created_at: row.get(13)?,
-        started_at: row.get(14)?,
-        finished_at: row.get(15)?,
-        cancel_requested: row.get(16)?,
-        last_error: row.get(17)?,
-        result: result
-            .map(|r| serde_json::from_str(&r).map_err(|_| bad_column(18, "result is not JSON")))
-            .transpose()?,
-    })
+    job_at(row, 0)
 }
 
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
     attempt_at(row, 0)
-}
-
-/// An attempt from the [`ATTEMPT_COLUMNS`] starting at column `base`.
-fn attempt_at(row: &Row<'_>, base: usize) -> rusqlite::Result<Attempt> {
-    Ok(Attempt {
-        job_id: row.get(base)?,
-        attempt: row.get(base + 1)?,
-        started_at: row.get(base + 2)?,
-        finished_at: row.get(base + 3)?,
-        outcome: row.get(base + 4)?,
-        error: row.get(base + 5)?,
-        output_path: row.get::<_, Option<String>>(base + 6)?.map(Into::into),
-        output_bytes: row
-            .get::<_, Option<i64>>(base + 7)?
-            .map(|b| b.max(0) as u64),
-        pid: row.get(base + 8)?,
-        plugin_hash: row.get(base + 9)?,
-    })
 }
 
 fn state_of(conn: &Connection, id: JobId) -> Result<JobState, StoreError> {
@@ -250,12 +205,42 @@ fn state_of(conn: &Connection, id: JobId) -> Result<JobState, StoreError> {
         .ok_or_else(|| StoreError::Query(format!("job {id} has unknown state {state:?}")))
 }
 
+impl SqliteStore {
+    fn immediate(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        self.conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(query)
+    }
+
+    fn ids(&self, sql: &str) -> Result<Vec<JobId>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(query)?;
+        let rows = stmt.query_map([], |r| r.get(0)).map_err(query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
+    fn select_dispatchers(
+        &self,
+        filter: &str,
+        cutoff: Option<Millis>,
+    ) -> Result<Vec<DispatcherRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{SELECT_DISPATCHERS} {filter} ORDER BY d.id"))
+            .map_err(query)?;
+        let params: &[&dyn rusqlite::ToSql] = match &cutoff {
+            Some(cutoff) => &[cutoff],
+            None => &[],
+        };
+        let rows = stmt
+            .query_map(params, |r| dispatcher_at(r))
+            .map_err(query)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+}
+
 impl Store for SqliteStore {
     fn enqueue(&mut self, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(query)?;
+        let tx = self.immediate()?;
         let mut ids = Vec::with_capacity(jobs.len());
         {
             let mut insert = tx
@@ -266,26 +251,20 @@ impl Store for SqliteStore {
                 )
                 .map_err(query)?;
             for job in jobs {
-                let spec = &job.spec;
-                let run_at = now.saturating_add(millis(spec.delay));
-                let state = if run_at > now {
-                    JobState::Scheduled
-                } else {
-                    JobState::Queued
-                };
+                let row = NewRow::of(job, now);
                 insert
                     .execute(params![
-                        spec.class,
-                        spec.method,
-                        spec.params.to_string(),
-                        priority_to_i64(spec.priority),
-                        state.as_str(),
-                        spec.retries.saturating_add(1),
-                        spec.retries,
-                        millis(spec.retry_delay),
-                        millis(spec.timeout),
-                        job.plugin.to_string_lossy(),
-                        run_at,
+                        row.class,
+                        row.method,
+                        row.params,
+                        row.priority,
+                        row.state,
+                        row.max_attempts,
+                        row.retries,
+                        row.retry_delay_ms,
+                        row.timeout_ms,
+                        row.plugin,
+                        row.run_at,
                         now,
                     ])
                     .map_err(query)?;
@@ -296,14 +275,23 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 
-    fn claim(&mut self, now: Millis, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+    fn claim(
+        &mut self,
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        let tx = self.immediate()?;
+        let registered: bool = tx
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM dispatchers WHERE id = ?1)")
+            .and_then(|mut s| s.query_row([owner], |r| r.get(0)))
             .map_err(query)?;
+        if !registered {
+            return Err(StoreError::NotRegistered(owner));
+        }
         // One range scan of `jobs_due` per priority, highest first, until `limit` are found.
         let mut ids: Vec<JobId> = Vec::with_capacity(limit);
         {
@@ -345,12 +333,13 @@ impl Store for SqliteStore {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO attempts (job_id, attempt, started_at) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO attempts (job_id, attempt, started_at, dispatcher) \
+                     VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(query)?;
             for job in &jobs {
                 insert
-                    .execute(params![job.id, job.attempts, now])
+                    .execute(params![job.id, job.attempts, now, owner])
                     .map_err(query)?;
             }
         }
@@ -389,10 +378,7 @@ impl Store for SqliteStore {
         end: &AttemptEnd,
         next: &Next,
     ) -> Result<bool, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(query)?;
+        let tx = self.immediate()?;
         let running: bool = tx
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND attempts = ?2)",
@@ -417,14 +403,7 @@ impl Store for SqliteStore {
             ])
         })
         .map_err(query)?;
-        let (state, run_at, result, extra_attempt) = match next {
-            Next::Complete(result) => (JobState::Completed, None, Some(result.to_string()), 0),
-            Next::Retry(at) => (JobState::Scheduled, Some(*at), None, 0),
-            Next::Fail => (JobState::Failed, None, None, 0),
-            Next::Cancel => (JobState::Cancelled, None, None, 0),
-            Next::Requeue => (JobState::Queued, Some(end.finished_at), None, 1),
-        };
-        let finished_at = state.is_terminal().then_some(end.finished_at);
+        let settled = Settled::of(end, next);
         tx.prepare_cached(
             "UPDATE jobs SET state = ?2, run_at = COALESCE(?3, run_at), finished_at = ?4, \
              last_error = COALESCE(?5, last_error), result = ?6, max_attempts = max_attempts + ?7 \
@@ -433,12 +412,12 @@ impl Store for SqliteStore {
         .and_then(|mut s| {
             s.execute(params![
                 id,
-                state.as_str(),
-                run_at,
-                finished_at,
+                settled.state.as_str(),
+                settled.run_at,
+                settled.finished_at,
                 end.error,
-                result,
-                extra_attempt
+                settled.result,
+                settled.extra_attempts
             ])
         })
         .map_err(query)?;
@@ -447,45 +426,26 @@ impl Store for SqliteStore {
     }
 
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(query)?;
-        let outcome = match state_of(&tx, id)? {
-            JobState::Queued | JobState::Scheduled => {
-                tx.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1",
-                    params![id, now],
-                )
-                .map_err(query)?;
-                CancelOutcome::Cancelled
-            }
-            JobState::Running => {
+        let tx = self.immediate()?;
+        let outcome = rows::cancel_outcome(state_of(&tx, id)?);
+        match outcome {
+            CancelOutcome::Cancelled => tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_at = ?2 WHERE id = ?1",
+                params![id, now],
+            ),
+            CancelOutcome::Requested => {
                 tx.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1", [id])
-                    .map_err(query)?;
-                CancelOutcome::Requested
             }
-            finished => CancelOutcome::AlreadyFinished(finished),
-        };
+            CancelOutcome::AlreadyFinished(_) => Ok(0),
+        }
+        .map_err(query)?;
         tx.commit().map_err(query)?;
         Ok(outcome)
     }
 
     fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(query)?;
-        match state_of(&tx, id)? {
-            JobState::Failed | JobState::Cancelled => {}
-            state => {
-                return Err(StoreError::WrongState {
-                    id,
-                    state,
-                    what: "only a failed or cancelled job can be retried",
-                })
-            }
-        }
+        let tx = self.immediate()?;
+        rows::check_retryable(id, state_of(&tx, id)?)?;
         tx.execute(
             "UPDATE jobs SET state = 'queued', run_at = ?2, finished_at = NULL, cancel_requested = 0, \
              max_attempts = attempts + retries + 1 WHERE id = ?1",
@@ -535,7 +495,7 @@ impl Store for SqliteStore {
                 params![
                     filter.state.map(JobState::as_str),
                     filter.class,
-                    filter.priority.map(priority_to_i64),
+                    filter.priority.map(rows::priority_to_i64),
                     i64::from(filter.limit),
                     i64::from(filter.offset)
                 ],
@@ -546,22 +506,16 @@ impl Store for SqliteStore {
     }
 
     fn stats(&mut self) -> Result<Stats, StoreError> {
-        let mut stats = Stats::default();
-        for state in JobState::ALL {
-            stats.by_state.insert(state.as_str().to_owned(), 0);
-        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
             .map_err(query)?;
-        let rows = stmt
+        let counts = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(query)?
+            .collect::<Result<Vec<_>, _>>()
             .map_err(query)?;
-        for row in rows {
-            let (state, count) = row.map_err(query)?;
-            stats.by_state.insert(state, count.max(0) as u64);
-        }
-        Ok(stats)
+        Ok(rows::stats(counts))
     }
 
     fn finished_since(&mut self, since: Millis) -> Result<Finished, StoreError> {
@@ -582,34 +536,23 @@ impl Store for SqliteStore {
     }
 
     fn cancel_requests(&mut self) -> Result<Vec<JobId>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1")
-            .map_err(query)?;
-        let rows = stmt.query_map([], |r| r.get(0)).map_err(query)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+        self.ids("SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1")
     }
 
     fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        let columns = JOB_COLUMNS
-            .split(", ")
-            .map(|c| format!("j.{}", c.trim()))
-            .chain(
-                ATTEMPT_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("a.{}", c.trim())),
-            )
-            .collect::<Vec<_>>()
-            .join(", ");
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {columns} FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
-                 WHERE j.state = 'running' ORDER BY j.id"
+                "SELECT {}, {} FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
+                 WHERE j.state = 'running' ORDER BY j.id",
+                prefixed(JOB_COLUMNS, "j"),
+                prefixed(ATTEMPT_COLUMNS, "a")
             ))
             .map_err(query)?;
         let rows = stmt
-            .query_map([], |row| Ok((job_from_row(row)?, attempt_at(row, 19)?)))
+            .query_map([], |row| {
+                Ok((job_from_row(row)?, attempt_at(row, JOB_COLUMN_COUNT)?))
+            })
             .map_err(query)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(query)
     }
@@ -643,17 +586,69 @@ impl Store for SqliteStore {
             .map_err(query)
     }
 
-    fn unfinished_plugins(&mut self) -> Result<Vec<std::path::PathBuf>, StoreError> {
+    fn unfinished_plugins(&mut self) -> Result<Vec<PathBuf>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT DISTINCT plugin FROM jobs WHERE state IN ('queued', 'scheduled', 'running')",
+                "SELECT DISTINCT plugin FROM jobs \
+                 WHERE state IN ('queued', 'scheduled', 'running') ORDER BY plugin",
             )
             .map_err(query)?;
         let rows = stmt
-            .query_map([], |r| r.get::<_, String>(0))
+            .query_map([], |r| r.get::<_, String>(0).map(PathBuf::from))
             .map_err(query)?;
-        rows.map(|r| r.map(std::path::PathBuf::from).map_err(query))
-            .collect()
+        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+    }
+
+    fn register_dispatcher(
+        &mut self,
+        info: &DispatcherInfo,
+        now: Millis,
+    ) -> Result<DispatcherId, StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO dispatchers (host, pid, slots, state_dir, started_at, heartbeat_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![info.host, info.pid, info.slots, info.state_dir, now],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(query)
+    }
+
+    fn heartbeat(&mut self, id: DispatcherId, now: Millis) -> Result<bool, StoreError> {
+        self.conn
+            .prepare_cached("UPDATE dispatchers SET heartbeat_at = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![id, now]))
+            .map(|changed| changed == 1)
+            .map_err(query)
+    }
+
+    fn deregister(&mut self, id: DispatcherId) -> Result<bool, StoreError> {
+        let tx = self.immediate()?;
+        let owns_unsettled: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM attempts WHERE dispatcher = ?1 AND finished_at IS NULL)",
+            )
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+            .map_err(query)?;
+        if owns_unsettled {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM dispatchers WHERE id = ?1", [id])
+            .map_err(query)?;
+        tx.commit().map_err(query)?;
+        Ok(true)
+    }
+
+    fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError> {
+        self.select_dispatchers("", None)
+    }
+
+    fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
+        self.select_dispatchers("WHERE d.heartbeat_at < ?1", Some(cutoff))
     }
 }

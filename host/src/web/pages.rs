@@ -1129,6 +1129,7 @@ mod tests {
             output_bytes: None,
             pid: Some(42),
             plugin_hash: Some("ab".repeat(32)),
+            dispatcher: None,
         };
         let html = job_main(&job, &[attempt], &[("<img src=x>".into(), 0)], "tok");
         assert!(!html.contains("<script>"), "{html}");
