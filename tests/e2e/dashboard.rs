@@ -886,3 +886,55 @@ fn a_taken_port_leaves_the_dispatcher_running_without_the_dashboard() {
     assert_eq!(serve.wait().unwrap().code(), Some(0));
     drop(taken);
 }
+
+#[test]
+fn the_plugins_page_shows_the_version_serving_each_class_and_what_was_rejected() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let file = d.host.plugin_dir().join("libmisbehave_fixture.so");
+    let serving = jobhost_e2e::blake3_hex(&std::fs::read(&file).unwrap());
+    // A broken build dropped over the working one, and an invalid allowlist edit.
+    std::fs::write(&file, "not a library").unwrap();
+    d.host
+        .write("allowlist.toml", "[jobs]\n'Tests\\Misbehave' = [\n");
+
+    let page = d.get("/plugins", me);
+    assert_eq!(page.status, 200, "{page:?}");
+    let row = page
+        .body
+        .lines()
+        .find(|l| l.starts_with(r#"<tr data-class="Tests\Misbehave">"#))
+        .unwrap_or_else(|| panic!("no row for Tests\\Misbehave:\n{}", page.body));
+    assert!(row.contains("libmisbehave_fixture.so"), "{row}");
+    assert!(row.contains(&serving[..16]), "{row}");
+    assert!(
+        page.body.contains(&format!(
+            r#"Still serving its previous version, blake3 <code class="hash" title="{serving}">"#
+        )),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("not a loadable shared library"));
+    assert!(
+        page.body
+            .contains("was changed but is not valid, so the previous version stays in force"),
+        "{}",
+        page.body
+    );
+
+    let api = d.get("/api/plugins", me).json();
+    let class = api["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == r"Tests\Misbehave")
+        .unwrap()
+        .clone();
+    assert_eq!(class["hash"], serving.as_str());
+    assert!(class["since"].as_i64().unwrap() > 0);
+    assert!(api["runnable"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(r"Tests\Misbehave@echo")));
+}
