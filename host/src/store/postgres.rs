@@ -923,21 +923,27 @@ fn listen(config: &Config) -> Result<Client, ::postgres::Error> {
     Ok(client)
 }
 
-/// A throwaway database for one test, on the server `JOBHOST_TEST_POSTGRES` names (by default
-/// `postgres://postgres@127.0.0.1:5432/postgres`, which `ci/postgres/setup` provides), dropped
-/// with it. Its name holds the process id and a counter, so tests in parallel processes or
-/// threads never share one.
-#[cfg(test)]
-pub(crate) struct TestDatabase {
+/// A throwaway database for one test or bench run, on the server `JOBHOST_TEST_POSTGRES` names
+/// (by default `postgres://postgres@127.0.0.1:5432/postgres`, which `ci/postgres/setup`
+/// provides), dropped with it. Its name holds the process id and a counter, so tests in
+/// parallel processes or threads never share one.
+///
+/// For tests and benches only (the store's own tests, the end-to-end suite, the `postgres`
+/// bench): it panics where a test should fail, and ends sessions as an administrator would.
+pub struct TestDatabase {
     server: String,
     name: String,
     url: String,
 }
 
-#[cfg(test)]
 impl TestDatabase {
-    /// Creates the database. Panics, naming the server, if it cannot: these tests never skip.
+    /// Creates the database. Panics, naming the server, if it cannot: tests never skip.
     pub fn create() -> Self {
+        Self::try_create().unwrap_or_else(|reason| panic!("{reason}"))
+    }
+
+    /// Creates the database, or says why it cannot, naming the server.
+    pub fn try_create() -> Result<Self, String> {
         static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let server = std::env::var("JOBHOST_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -946,28 +952,28 @@ impl TestDatabase {
             std::process::id(),
             COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let mut admin = Self::admin(&server);
+        let mut admin = Self::admin(&server)?;
         // A database of this name is a leftover of a killed process that had our pid.
         for sql in [
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             format!("CREATE DATABASE {name}"),
         ] {
-            if let Err(e) = admin.batch_execute(&sql) {
-                panic!("{sql} on {}: {}", masked(&server), describe(&e));
-            }
+            admin
+                .batch_execute(&sql)
+                .map_err(|e| format!("{sql} on {}: {}", masked(&server), describe(&e)))?;
         }
         let (scheme, rest) = server.split_once("://").unwrap_or(("postgres", &server));
         let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
         let query = tail.find('?').map_or("", |at| &tail[at..]);
         let url = format!("{scheme}://{authority}/{name}{query}");
-        Self { server, name, url }
+        Ok(Self { server, name, url })
     }
 
-    fn admin(server: &str) -> Client {
+    fn admin(server: &str) -> Result<Client, String> {
         parse_url(server)
             .and_then(|config| connect(&config, "jobhost tests").map_err(|e| describe(&e)))
-            .unwrap_or_else(|reason| {
-                panic!(
+            .map_err(|reason| {
+                format!(
                     "the PostgreSQL server for the tests, {}, is unreachable: {reason}. Start one \
                      with ci/postgres/setup, or name one in JOBHOST_TEST_POSTGRES",
                     masked(server)
@@ -981,24 +987,31 @@ impl TestDatabase {
     }
 
     /// A connection to this database, of an application of its own.
+    #[cfg(test)]
     fn client(&self) -> Client {
         parse_url(&self.url)
             .and_then(|config| connect(&config, "jobhost tests").map_err(|e| describe(&e)))
             .unwrap_or_else(|reason| panic!("connecting to {}: {reason}", self.url))
     }
 
-    /// Ends the sessions of the application `name` on this database, as an administrator
-    /// would, waiting until they are gone. Returns how many there were.
-    fn terminate(&self, application: &str) -> usize {
-        let mut server = Self::admin(&self.server);
-        let fail = |e: ::postgres::Error| format!("terminating {application}: {}", describe(&e));
+    /// Ends the sessions on this database of the application `application` (all of them, when
+    /// `None`), as an administrator would with `pg_terminate_backend`, waiting until they are
+    /// gone. Returns how many there were. The administrator's own connection is to the server's
+    /// database, so it is never among them. Panics if it cannot.
+    pub fn terminate(&self, application: Option<&str>) -> usize {
+        let who = application.unwrap_or("every application");
+        let fail = |e: ::postgres::Error| -> String {
+            format!("terminating the sessions of {who}: {}", describe(&e))
+        };
+        let mut server = Self::admin(&self.server).unwrap_or_else(|reason| panic!("{reason}"));
         let pids: Vec<i32> = server
             .query(
-                "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2",
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+                 AND ($2::text IS NULL OR application_name = $2)",
                 &[&self.name, &application],
             )
             .map_err(fail)
-            .unwrap()
+            .unwrap_or_else(|reason| panic!("{reason}"))
             .iter()
             .map(|row| row.get(0))
             .collect();
@@ -1006,26 +1019,26 @@ impl TestDatabase {
             let gone: bool = server
                 .query_one("SELECT pg_terminate_backend($1, 30000)", &[pid])
                 .map_err(fail)
-                .unwrap()
+                .unwrap_or_else(|reason| panic!("{reason}"))
                 .get(0);
-            assert!(
-                gone,
-                "session {pid} of {application} outlived its termination"
-            );
+            assert!(gone, "session {pid} of {who} outlived its termination");
         }
         pids.len()
     }
 }
 
-#[cfg(test)]
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let dropped = Self::admin(&self.server).batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-        if let Err(e) = dropped {
-            eprintln!("cannot drop test database {}: {}", self.name, describe(&e));
+        let dropped = Self::admin(&self.server).and_then(|mut admin| {
+            admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .map_err(|e| describe(&e))
+        });
+        if let Err(reason) = dropped {
+            eprintln!("cannot drop test database {}: {reason}", self.name);
         }
     }
 }
@@ -1172,7 +1185,7 @@ mod tests {
         assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, ids[0]);
         assert_eq!(s.cancel(ids[2], 1100).unwrap(), CancelOutcome::Cancelled);
 
-        assert_eq!(db.terminate("jobhost"), 1);
+        assert_eq!(db.terminate(Some("jobhost")), 1);
         let Err(e) = s.claim(me, 1200, 1) else {
             panic!("a call on a terminated connection succeeded")
         };
@@ -1228,7 +1241,7 @@ mod tests {
         let mut listener = PgListener::connect(db.url()).unwrap();
         let mut s = PostgresStore::open(db.url()).unwrap();
 
-        assert_eq!(db.terminate("jobhost listener"), 1);
+        assert_eq!(db.terminate(Some("jobhost listener")), 1);
         assert_eq!(listener.wait(PATIENCE).unwrap(), Some(Wake::Reconnected));
         s.enqueue(&[job("A")], 1000).unwrap();
         assert_eq!(listener.wait(PATIENCE).unwrap(), Some(Wake::Enqueued));
