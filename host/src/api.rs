@@ -43,10 +43,7 @@ use crate::{
     joblog::{self, SpecFormatLayer},
     platform::{self, Doorbell},
     settings::{Overrides, Settings, SettingsError},
-    store::{
-        now_millis, sqlite::SqliteStore, Attempt, CancelOutcome, JobId, JobRecord, NewJob, Store,
-        StoreError,
-    },
+    store::{now_millis, Attempt, CancelOutcome, JobId, JobRecord, NewJob, Store, StoreError},
 };
 
 /// A job to dispatch, built up from a class and method.
@@ -270,7 +267,7 @@ impl Gate {
 pub struct Client {
     settings: Settings,
     paths: StatePaths,
-    store: SqliteStore,
+    store: Box<dyn Store>,
     gate: Gate,
     log: tracing::Dispatch,
 }
@@ -279,7 +276,7 @@ impl Client {
     /// A client for the installation `settings` describe.
     pub fn new(settings: Settings) -> Result<Self, DispatchError> {
         let paths = StatePaths::new(&settings.state_dir);
-        let store = SqliteStore::open(&paths.database)?;
+        let store = crate::store::open(&settings.store)?;
         let log = SpecFormatLayer::open(&settings.log_dir, &settings.env)?.into_dispatch();
         Ok(Self {
             settings,
@@ -303,7 +300,7 @@ impl Client {
 
     /// The job database, for reading.
     pub fn store(&mut self) -> &mut dyn Store {
-        &mut self.store
+        &mut *self.store
     }
 
     /// Checks `job`, stores it and wakes the dispatcher. Returns its id.

@@ -46,6 +46,9 @@ pub struct Global {
     /// Environment name, the log channel: local, production, ... [env: JOBHOST_ENV] [default: local]
     #[arg(long, global = true, value_name = "NAME")]
     pub env: Option<String>,
+    /// Job database: a postgres:// URL [env: JOBHOST_STORE] [default: SQLite in the state directory]
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 impl Global {
@@ -57,6 +60,7 @@ impl Global {
             state_dir: self.state_dir.clone(),
             log_dir: self.log_dir.clone(),
             env: self.env.clone(),
+            store: self.store.clone(),
             slots: None,
         }
     }

@@ -15,7 +15,10 @@
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -31,8 +34,9 @@ use crate::{
     platform::{CancelToken, Doorbell, FileLock},
     settings::Settings,
     store::{
-        now_millis, sqlite::SqliteStore, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
-        JobId, JobRecord, Next, Store, StoreError,
+        now_millis, postgres::PgListener, sqlite::SqliteStore, Attempt, AttemptEnd, AttemptStart,
+        DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store,
+        StoreError, StoreLocation,
     },
 };
 
@@ -44,6 +48,11 @@ pub const RING_WAKE: u8 = b'w';
 /// How long the loop sleeps at most, even with nothing scheduled: a safety net, not the
 /// mechanism (every change rings the doorbell).
 const SAFETY_WAKE: Duration = Duration::from_secs(5);
+
+/// How often a store call that lost its connection is tried again, and the longest pause
+/// between two tries (they double from 50 ms): about half a minute in all.
+const RECONNECT_TRIES: u32 = 20;
+const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// The files of a state directory that belong to the dispatcher.
 #[derive(Debug, Clone)]
@@ -141,6 +150,10 @@ enum Event {
     Signal,
     /// The watcher brought the plugin catalog up to date after a change.
     PluginsChanged,
+    /// A heartbeat went out: time to look for dispatchers to rescue.
+    Tick,
+    /// Registration `DispatcherId` is gone: other dispatchers rescued this one's jobs.
+    Evicted(DispatcherId),
 }
 
 /// Work for a slot thread.
@@ -177,20 +190,35 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
             state_dir: settings.state_dir.clone(),
         });
     };
-    let mut store = SqliteStore::open(&paths.database)?;
-    let owner = store.register_dispatcher(
-        &DispatcherInfo::this_process(settings.dispatcher.slots, &settings.state_dir),
-        now_millis(),
-    )?;
+    let mut store = crate::store::open(&settings.store)?;
+    let info = DispatcherInfo::this_process(settings.dispatcher.slots, &settings.state_dir);
+    let owner = store.register_dispatcher(&info, now_millis())?;
+    // Earlier dispatchers of this host and state directory: the lock says they are gone.
+    let predecessors: Vec<DispatcherId> = store
+        .dispatchers()?
+        .into_iter()
+        .filter(|d| d.id != owner && d.host == info.host && d.state_dir == info.state_dir)
+        .map(|d| d.id)
+        .collect();
     let (tx, rx) = crossbeam_channel::unbounded();
     let doorbell = listen(&paths.doorbell, &tx).map_err(setup("bind the doorbell"))?;
-    start_checkpointer(&paths.database)?;
+    let owner_cell = Arc::new(AtomicI64::new(owner));
+    match &settings.store {
+        StoreLocation::Sqlite(database) => start_checkpointer(database)?,
+        StoreLocation::Postgres(url) => {
+            listen_postgres(url, &tx).map_err(setup("start the PostgreSQL listener"))?;
+        }
+    }
+    start_heartbeat(settings, &owner_cell, &tx)?;
     watch_signals(&tx).map_err(setup("install signal handlers"))?;
     let mut dispatcher = Dispatcher {
         settings: settings.clone(),
         paths,
-        store: Box::new(store),
+        store,
+        info,
         owner,
+        owner_cell,
+        predecessors,
         running: HashMap::new(),
         orders: start_slots(settings, &tx),
         events: rx,
@@ -215,7 +243,8 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         &settings.state_dir,
     );
     let _ = dispatcher.doorbell.unlink();
-    if let Err(e) = dispatcher.store.deregister(owner) {
+    let owner = dispatcher.owner;
+    if let Err(e) = dispatcher.with_store(|s| s.deregister(owner)) {
         tracing::warn!("cannot deregister the dispatcher: {e}");
     }
     drop(lock);
@@ -258,6 +287,67 @@ fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
         }
         Err(e) => tracing::warn!("plugin catalog not updated: {:#}", anyhow::Error::from(e)),
     }
+}
+
+/// Forwards PostgreSQL's notifications (enqueue, cancel, retry on any host) to the loop, as
+/// the doorbell does for this host's processes.
+fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
+    let mut listener = PgListener::connect(url).map_err(std::io::Error::other)?;
+    let tx = tx.clone();
+    std::thread::Builder::new()
+        .name("pg-listen".into())
+        .spawn(move || loop {
+            match listener.wait(SAFETY_WAKE) {
+                Ok(None) => {}
+                // After a reconnection too: what was sent meanwhile is unknown.
+                Ok(Some(_)) => {
+                    if tx.send(Event::Rang(RING_WAKE)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("PostgreSQL listener: {e}; reconnecting");
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Heartbeats from a thread of its own with its own connection, every fifth of the lease, and
+/// ticks the loop, which then rescues the jobs of dispatchers whose lease ran out. Tells the
+/// loop when its registration is gone.
+fn start_heartbeat(
+    settings: &Settings,
+    owner: &Arc<AtomicI64>,
+    tx: &Sender<Event>,
+) -> Result<(), DispatcherError> {
+    let mut store = crate::store::open(&settings.store)?;
+    let every = settings.dispatcher.lease / 5;
+    let (owner, tx) = (Arc::clone(owner), tx.clone());
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let id = owner.load(Ordering::SeqCst);
+            let event = match store.heartbeat(id, now_millis()) {
+                Ok(true) => Event::Tick,
+                Ok(false) => Event::Evicted(id),
+                Err(e) => {
+                    // The next heartbeat reconnects.
+                    tracing::warn!("heartbeat failed: {e}");
+                    Event::Tick
+                }
+            };
+            if tx.send(event).is_err() {
+                return;
+            }
+        })
+        .map_err(|source| DispatcherError::Setup {
+            what: "start the heartbeat thread".into(),
+            source,
+        })?;
+    Ok(())
 }
 
 fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
@@ -356,8 +446,15 @@ struct Dispatcher {
     settings: Settings,
     paths: StatePaths,
     store: Box<dyn Store>,
+    /// What it registered as.
+    info: DispatcherInfo,
     /// The id it registered under and claims under.
     owner: DispatcherId,
+    /// The same, for the heartbeat thread.
+    owner_cell: Arc<AtomicI64>,
+    /// Earlier registrations of this host and state directory, deregistered once their
+    /// attempts are settled.
+    predecessors: Vec<DispatcherId>,
     running: HashMap<JobId, Running>,
     orders: Sender<Order>,
     events: Receiver<Event>,
@@ -392,7 +489,7 @@ impl Dispatcher {
             let mut wake = now + SAFETY_WAKE;
             let next =
                 if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
-                    self.store.next_run_at()?
+                    self.with_store(|s| s.next_run_at())?
                 } else {
                     None
                 };
@@ -440,6 +537,12 @@ impl Dispatcher {
                         self.collect_snapshots()?;
                         self.changed();
                     }
+                    Event::Tick => {
+                        if self.rescue()? {
+                            check_cancels = true;
+                        }
+                    }
+                    Event::Evicted(id) => self.evicted(id)?,
                     Event::Finished {
                         id,
                         attempt,
@@ -466,7 +569,8 @@ impl Dispatcher {
         if free == 0 {
             return Ok(());
         }
-        let claimed = self.store.claim(self.owner, now_millis(), free)?;
+        let owner = self.owner;
+        let claimed = self.with_store(|s| s.claim(owner, now_millis(), free))?;
         if !claimed.is_empty() {
             self.changed();
             self.plugins.reload();
@@ -504,7 +608,7 @@ impl Dispatcher {
             return Ok(());
         }
         let mut fired = false;
-        for id in self.store.cancel_requests()? {
+        for id in self.with_store(|s| s.cancel_requests())? {
             if let Some(running) = self.running.get(&id) {
                 running.cancel.cancel();
                 fired = true;
@@ -525,7 +629,7 @@ impl Dispatcher {
         if let Some(running) = self.running.get(&id) {
             start.plugin_hash.clone_from(&running.plugin_hash);
         }
-        self.store.attempt_started(id, attempt, &start)?;
+        self.with_store(|s| s.attempt_started(id, attempt, &start))?;
         Ok(())
     }
 
@@ -560,7 +664,7 @@ impl Dispatcher {
         if !matches!(record.outcome, Outcome::Ok(_)) {
             // Whether a cancel arrived while it ran decides between "cancelled" and a retry.
             job.cancel_requested =
-                job.cancel_requested || self.store.cancel_requests()?.contains(&id);
+                job.cancel_requested || self.with_store(|s| s.cancel_requests())?.contains(&id);
         }
         let now = now_millis();
         let (next, label) = if running.interrupted && !matches!(record.outcome, Outcome::Ok(_)) {
@@ -584,23 +688,12 @@ impl Dispatcher {
             error: error.clone(),
             output_bytes: record.output.total_bytes,
         };
-        if !self.store.settle(id, attempt, &end, &next)? {
+        if !self.with_store(|s| s.settle(id, attempt, &end, &next))? {
             return Ok(());
         }
         self.changed();
-        let name = job.name();
-        joblog::attempt_finished(&name, id, &record);
-        let error = error.unwrap_or_default();
-        match &next {
-            Next::Complete(_) => joblog::completed(&name, &job.params),
-            Next::Retry(at) => {
-                let delay = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
-                joblog::retrying(&name, &job.params, attempt, &error, delay);
-            }
-            Next::Fail => joblog::failed(&name, &job.params, &error),
-            Next::Cancel => joblog::cancelled(&name, &job.params),
-            Next::Requeue => joblog::requeued(&name, &job.params, &error),
-        }
+        joblog::attempt_finished(&job.name(), id, &record);
+        log_next(&job, attempt, &next, &error.unwrap_or_default(), now);
         notify_waiters(&self.paths.waiters, id);
         if !self.plugins.is_active(&running.plugin_hash) {
             // It may have been the last job needing that version.
@@ -612,17 +705,138 @@ impl Dispatcher {
     /// Removes the plugin snapshots nothing needs any more: not active, not the version of a
     /// waiting job, not run by an attempt of ours.
     fn collect_snapshots(&mut self) -> Result<(), DispatcherError> {
-        let Some(inventory) = &self.plugins.inventory else {
+        if self.plugins.inventory.is_none() {
             return Ok(());
-        };
+        }
         let mut in_use: BTreeSet<String> = self
-            .store
-            .unfinished_plugins()?
+            .with_store(|s| s.unfinished_plugins())?
             .iter()
             .filter_map(|p| inventory::snapshot_hash(p).map(str::to_owned))
             .collect();
         in_use.extend(self.running.values().map(|r| r.plugin_hash.clone()));
-        inventory::collect_snapshots(&self.settings, inventory, &in_use);
+        if let Some(inventory) = &self.plugins.inventory {
+            inventory::collect_snapshots(&self.settings, inventory, &in_use);
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on the store; when it finds the connection lost, pauses and tries again
+    /// (the store reconnects on the next call), for about half a minute before giving up.
+    fn with_store<T>(
+        &mut self,
+        mut call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..RECONNECT_TRIES {
+            match call(&mut *self.store) {
+                Err(StoreError::ConnectionLost { reason, .. }) => {
+                    tracing::warn!("job database connection lost ({reason}); reconnecting");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RECONNECT_PAUSE);
+                }
+                other => return other,
+            }
+        }
+        call(&mut *self.store)
+    }
+
+    /// Rescues the jobs of dispatchers whose lease ran out: each of their running attempts is
+    /// settled as `lost` and the job retried per its policy, then the dispatcher is
+    /// deregistered. Also settles this dispatcher's own attempts that it does not know of (a
+    /// claim whose answer the connection lost) and deregisters its predecessors once their
+    /// attempts are settled. Returns whether it changed any job.
+    fn rescue(&mut self) -> Result<bool, DispatcherError> {
+        let now = now_millis();
+        let cutoff = now - self.settings.dispatcher.lease.as_millis() as i64;
+        let expired: Vec<DispatcherRecord> = self
+            .with_store(|s| s.expired_dispatchers(cutoff))?
+            .into_iter()
+            // Never itself: its own heartbeat may just be late on a loaded machine.
+            .filter(|d| d.id != self.owner)
+            .collect();
+        let running = self.with_store(|s| s.running())?;
+        let mut changed = false;
+        for (job, attempt) in running {
+            if self.running.contains_key(&job.id) {
+                continue;
+            }
+            let Some(owner) = attempt.dispatcher else {
+                continue;
+            };
+            let reason = if owner == self.owner {
+                "lost: its dispatcher did not learn that it had claimed it".to_owned()
+            } else if let Some(dead) = expired.iter().find(|d| d.id == owner) {
+                format!(
+                    "lost: its dispatcher (pid {} on {}) stopped heartbeating",
+                    dead.pid, dead.host
+                )
+            } else {
+                continue;
+            };
+            changed |= self.settle_lost(&job, &attempt, reason, now)?;
+        }
+        for dead in expired {
+            if self.with_store(|s| s.deregister(dead.id))? {
+                tracing::warn!(
+                    "Dispatcher {} (pid {} on {}, state {}) stopped heartbeating; its jobs were rescued",
+                    dead.id,
+                    dead.pid,
+                    dead.host,
+                    dead.state_dir
+                );
+            }
+        }
+        let mut predecessors = std::mem::take(&mut self.predecessors);
+        predecessors.retain(|&id| !matches!(self.with_store(|s| s.deregister(id)), Ok(true)));
+        self.predecessors = predecessors;
+        if changed {
+            self.changed();
+        }
+        Ok(changed)
+    }
+
+    /// Settles `attempt` of `job`, which no dispatcher is watching, as lost. Returns false if
+    /// somebody settled it first.
+    fn settle_lost(
+        &mut self,
+        job: &JobRecord,
+        attempt: &Attempt,
+        reason: String,
+        now: Millis,
+    ) -> Result<bool, DispatcherError> {
+        let outcome = Outcome::Lost(reason.clone());
+        let next = lifecycle::next_after(job, &outcome, now);
+        let end = AttemptEnd {
+            finished_at: now,
+            outcome: outcome.label(),
+            error: Some(reason.clone()),
+            output_bytes: 0,
+        };
+        let (id, number) = (job.id, attempt.attempt);
+        if !self.with_store(|s| s.settle(id, number, &end, &next))? {
+            return Ok(false);
+        }
+        log_next(job, number, &next, &reason, now);
+        notify_waiters(&self.paths.waiters, id);
+        Ok(true)
+    }
+
+    /// This dispatcher's registration is gone: the others took it for dead and rescued its
+    /// jobs, which may already run elsewhere. Its attempts are stopped (their results would
+    /// not be recorded) and it registers again.
+    fn evicted(&mut self, id: DispatcherId) -> Result<(), DispatcherError> {
+        if id != self.owner {
+            return Ok(());
+        }
+        tracing::error!(
+            "Dispatcher {id} was taken for dead by the others (no heartbeat for {}); stopping its {} attempts and registering again",
+            crate::text::secs(self.settings.dispatcher.lease),
+            self.running.len()
+        );
+        self.interrupt_all();
+        let info = self.info.clone();
+        self.owner = self.with_store(|s| s.register_dispatcher(&info, now_millis()))?;
+        self.owner_cell.store(self.owner, Ordering::SeqCst);
         Ok(())
     }
 
@@ -658,7 +872,15 @@ impl Dispatcher {
     /// Settles what a crashed predecessor left running: each orphan is adopted on its own
     /// thread (it may outnumber the slots) and reports back like any attempt.
     fn recover(&mut self) -> Result<(), DispatcherError> {
-        for (job, attempt) in self.store.running()? {
+        let predecessors = self.predecessors.clone();
+        let orphans = self
+            .with_store(|s| s.running())?
+            .into_iter()
+            .filter(|(_, a)| {
+                // Without a dispatcher id: recorded before dispatchers registered.
+                a.dispatcher.is_none_or(|d| predecessors.contains(&d))
+            });
+        for (job, attempt) in orphans {
             let cancel = CancelToken::new().map_err(|source| DispatcherError::Setup {
                 what: "create a cancel token".into(),
                 source,
@@ -715,7 +937,7 @@ impl Dispatcher {
     /// dispatcher. Returns false (and answers the doorbell again) if work arrived.
     fn leave_if_still_idle(&mut self) -> Result<bool, DispatcherError> {
         let _ = self.doorbell.unlink();
-        if self.store.next_run_at()?.is_none() {
+        if self.with_store(|s| s.next_run_at())?.is_none() {
             return Ok(true);
         }
         self.doorbell =
@@ -774,6 +996,21 @@ impl Plugins {
             let hash = inventory::snapshot_hash(&job.plugin).unwrap_or_default();
             (job.plugin.clone(), hash.to_owned())
         })
+    }
+}
+
+/// Logs what became of `job` after attempt `attempt`: the spec's line for `next`.
+fn log_next(job: &JobRecord, attempt: u32, next: &Next, error: &str, now: Millis) {
+    let name = job.name();
+    match next {
+        Next::Complete(_) => joblog::completed(&name, &job.params),
+        Next::Retry(at) => {
+            let delay = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+            joblog::retrying(&name, &job.params, attempt, error, delay);
+        }
+        Next::Fail => joblog::failed(&name, &job.params, error),
+        Next::Cancel => joblog::cancelled(&name, &job.params),
+        Next::Requeue => joblog::requeued(&name, &job.params, error),
     }
 }
 

@@ -14,6 +14,8 @@ use std::{
 
 use serde::Deserialize;
 
+use crate::store::StoreLocation;
+
 /// The name of the settings file looked for in the current directory.
 pub const CONFIG_FILE: &str = "jobhost.toml";
 
@@ -52,6 +54,21 @@ pub enum SettingsError {
     /// The current directory is unknown.
     #[error("cannot determine the current directory")]
     CurrentDir(#[source] std::io::Error),
+    /// The store setting does not name a usable store.
+    #[error("the store setting ({origin}): {source}")]
+    Store {
+        /// Where it was set: `--store`, `JOBHOST_STORE` or the settings file.
+        origin: String,
+        /// What is wrong.
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// `dispatcher.lease` is zero.
+    #[error("{path}: dispatcher.lease must be more than 0 seconds")]
+    Lease {
+        /// The settings file.
+        path: PathBuf,
+    },
 }
 
 /// `jobhost.toml` as written.
@@ -68,6 +85,8 @@ pub struct RawSettings {
     pub log_dir: Option<PathBuf>,
     /// Environment name (the log channel): `local`, `production`, ...
     pub env: Option<String>,
+    /// The job database: a `postgres://` URL; SQLite under the state directory if absent.
+    pub store: Option<String>,
     /// Defaults for jobs that do not say otherwise.
     #[serde(default)]
     pub defaults: RawDefaults,
@@ -107,6 +126,9 @@ pub struct RawDispatcher {
     /// Seconds running attempts get to finish when the dispatcher is asked to stop.
     #[serde(default, deserialize_with = "de_secs")]
     pub shutdown_grace: Option<Duration>,
+    /// Seconds without a heartbeat after which other dispatchers rescue a dispatcher's jobs.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub lease: Option<Duration>,
 }
 
 /// The `[defaults]` table.
@@ -151,6 +173,8 @@ pub struct Overrides {
     pub log_dir: Option<PathBuf>,
     /// `--env`
     pub env: Option<String>,
+    /// `--store`
+    pub store: Option<String>,
     /// `serve --slots`
     pub slots: Option<usize>,
 }
@@ -188,6 +212,9 @@ pub struct DispatcherSettings {
     /// How long running attempts get to finish when the dispatcher is asked to stop, before
     /// they are stopped and queued again (default 30 s).
     pub shutdown_grace: Duration,
+    /// How long a dispatcher may go without a heartbeat before the other dispatchers sharing
+    /// its store rescue its running jobs (default 15 s). It heartbeats every fifth of it.
+    pub lease: Duration,
 }
 
 /// The admin dashboard (`docs/dashboard.md`).
@@ -229,6 +256,7 @@ impl Default for DispatcherSettings {
             slots: std::thread::available_parallelism().map_or(2, |n| n.get()),
             idle_exit: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
+            lease: Duration::from_secs(15),
         }
     }
 }
@@ -260,6 +288,8 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     /// The admin dashboard.
     pub web: WebSettings,
+    /// The job database (default: SQLite, `jobs.sqlite3` in the state directory).
+    pub store: StoreLocation,
 }
 
 impl Default for JobDefaults {
@@ -390,7 +420,13 @@ impl Settings {
                 .dispatcher
                 .shutdown_grace
                 .unwrap_or(builtin.shutdown_grace),
+            lease: raw.dispatcher.lease.unwrap_or(builtin.lease),
         };
+        if dispatcher.lease.is_zero() {
+            return Err(SettingsError::Lease {
+                path: config_file.clone().unwrap_or_default(),
+            });
+        }
 
         let builtin = WebSettings::default();
         let env_token = match getenv("JOBHOST_ADMIN_TOKEN") {
@@ -409,6 +445,29 @@ impl Settings {
             admin_token: env_token.or(raw.web.admin_token),
         };
 
+        let state_dir = path(
+            &overrides.state_dir,
+            "JOBHOST_STATE_DIR",
+            &raw.state_dir,
+            "storage/jobhost",
+        );
+        let store = match (&overrides.store, getenv("JOBHOST_STORE"), &raw.store) {
+            (Some(url), _, _) => Some(("--store".to_owned(), url.clone())),
+            (None, Some(url), _) => Some(("JOBHOST_STORE".to_owned(), url)),
+            (None, None, Some(url)) => Some((
+                config_file
+                    .as_ref()
+                    .map_or_else(String::new, |f| f.display().to_string()),
+                url.clone(),
+            )),
+            (None, None, None) => None,
+        };
+        let store = match store {
+            Some((origin, url)) => StoreLocation::parse(&url)
+                .map_err(|source| SettingsError::Store { origin, source })?,
+            None => StoreLocation::Sqlite(state_dir.join(crate::store::sqlite::DB_FILE)),
+        };
+
         Ok(Settings {
             work_dir: base.clone(),
             config_file,
@@ -424,12 +483,7 @@ impl Settings {
                 &raw.allowlist,
                 "allowlist.toml",
             ),
-            state_dir: path(
-                &overrides.state_dir,
-                "JOBHOST_STATE_DIR",
-                &raw.state_dir,
-                "storage/jobhost",
-            ),
+            state_dir,
             log_dir: path(
                 &overrides.log_dir,
                 "JOBHOST_LOG_DIR",
@@ -441,6 +495,7 @@ impl Settings {
             limits,
             dispatcher,
             web,
+            store,
         })
     }
 }
@@ -462,6 +517,9 @@ impl Settings {
         ];
         if let Some(file) = &self.config_file {
             vars.push(("JOBHOST_CONFIG", file.clone().into_os_string()));
+        }
+        if let StoreLocation::Postgres(url) = &self.store {
+            vars.push(("JOBHOST_STORE", url.into()));
         }
         vars
     }

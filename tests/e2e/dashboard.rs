@@ -414,6 +414,19 @@ fn a_session_sees_every_page_and_needs_its_csrf_token_to_change_anything() {
     let csrf = d.get("/", me).csrf();
     assert_eq!(csrf.len(), 64);
 
+    // The dispatcher serving the dashboard is registered, with its slots and a heartbeat.
+    let listed = d.get("/api/dispatchers", me).json();
+    let dispatchers = listed["dispatchers"].as_array().unwrap();
+    assert_eq!(dispatchers.len(), 1, "{listed:#}");
+    let serve_pid = d.serve.as_ref().unwrap().id();
+    assert_eq!(dispatchers[0]["pid"], serve_pid, "{listed:#}");
+    assert_eq!(dispatchers[0]["slots"], 2, "{listed:#}");
+    assert!(dispatchers[0]["heartbeat_at"].as_i64().unwrap() > 0);
+    let row = format!(r#"<tr data-dispatcher="{}">"#, dispatchers[0]["id"]);
+    let overview = d.get("/", me).body;
+    assert!(overview.contains(&row), "{overview}");
+    assert!(overview.contains(&format!(r#"<td class="pid">{serve_pid}</td>"#)));
+
     // Without the token, or with a wrong one, nothing changes.
     let cancel = format!("/jobs/{id}/cancel");
     for fields in [vec![], vec![("csrf", "wrong")], vec![("csrf", "")]] {

@@ -50,7 +50,7 @@ fn parse_id(text: &str) -> Result<JobId, Failure> {
 pub async fn stats(State(app): State<Shared>) -> Response {
     answer(
         blocking(&app, |app| {
-            let overview = data::overview(&mut *app.store(), false)?;
+            let overview = data::overview(&mut **app.store(), false)?;
             serde_json::to_value(overview).map_err(|e| Failure::Internal(e.to_string()))
         })
         .await,
@@ -69,7 +69,7 @@ pub async fn jobs(
     };
     answer(
         blocking(&app, move |app| {
-            let (jobs, more) = data::list(&mut *app.store(), &query)?;
+            let (jobs, more) = data::list(&mut **app.store(), &query)?;
             Ok(json!({
                 "jobs": jobs,
                 "page": query.page,
@@ -89,7 +89,7 @@ pub async fn job(State(app): State<Shared>, Path(id): Path<String>) -> Response 
     };
     answer(
         blocking(&app, move |app| {
-            let (job, attempts) = data::job(&mut *app.store(), id)?;
+            let (job, attempts) = data::job(&mut **app.store(), id)?;
             Ok(json!({ "job": job, "attempts": attempts }))
         })
         .await,
@@ -107,6 +107,18 @@ pub async fn plugins(State(app): State<Shared>) -> Response {
             value["runnable"] = json!(plugins.runnable());
             value["allowlist_error"] = json!(plugins.allowlist.as_ref().err());
             Ok(value)
+        })
+        .await,
+    )
+}
+
+/// `GET /api/dispatchers`: `{"dispatchers": [{id, host, pid, slots, state_dir, started_at,
+/// heartbeat_at, running}]}`, every dispatcher registered in the store.
+pub async fn dispatchers(State(app): State<Shared>) -> Response {
+    answer(
+        blocking(&app, |app| {
+            let dispatchers = app.store().dispatchers().map_err(Failure::from)?;
+            Ok(json!({ "dispatchers": dispatchers }))
         })
         .await,
     )

@@ -20,8 +20,8 @@ use crate::{
     job::{ParamsError, Priority},
     joblog::{ERRORS_FILE, LOG_FILE},
     store::{
-        now_millis, Attempt, CancelOutcome, Finished, JobId, JobRecord, JobState, ListFilter,
-        Millis, Stats, Store, StoreError,
+        now_millis, Attempt, CancelOutcome, DispatcherRecord, Finished, JobId, JobRecord, JobState,
+        ListFilter, Millis, Stats, Store, StoreError,
     },
     DispatchError, Job,
 };
@@ -105,6 +105,9 @@ pub struct Overview {
     /// The running jobs with their current attempt.
     #[serde(skip)]
     pub running: Vec<(JobRecord, Attempt)>,
+    /// The dispatchers registered in the store, with their slots, running attempts and last
+    /// heartbeat.
+    pub dispatchers: Vec<DispatcherRecord>,
 }
 
 /// Reads the overview.
@@ -131,6 +134,7 @@ pub fn overview(store: &mut dyn Store, with_running: bool) -> Result<Overview, F
         finished,
         failed,
         running,
+        dispatchers: store.dispatchers()?,
     })
 }
 

@@ -34,12 +34,7 @@ use axum::{
 };
 use tokio::sync::watch;
 
-use crate::{
-    dispatcher::{ServeOptions, StatePaths},
-    settings::Settings,
-    store::sqlite::SqliteStore,
-    Client, DispatchError,
-};
+use crate::{dispatcher::ServeOptions, settings::Settings, store::Store, Client, DispatchError};
 
 /// Where the dashboard lives.
 pub const PREFIX: &str = "/admin/background-jobs";
@@ -110,14 +105,14 @@ pub(crate) struct App {
     token: String,
     sessions: Mutex<auth::Sessions>,
     throttle: auth::Throttle,
-    store: Mutex<SqliteStore>,
+    store: Mutex<Box<dyn Store>>,
     client: Mutex<Client>,
     changes: Changes,
     stopping: watch::Receiver<bool>,
 }
 
 impl App {
-    fn store(&self) -> MutexGuard<'_, SqliteStore> {
+    fn store(&self) -> MutexGuard<'_, Box<dyn Store>> {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -146,8 +141,7 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
 
-    let paths = StatePaths::new(&settings.state_dir);
-    let store = SqliteStore::open(&paths.database).map_err(std::io::Error::other)?;
+    let store = crate::store::open(&settings.store).map_err(std::io::Error::other)?;
     let client = Client::new(settings.clone()).map_err(|e: DispatchError| {
         std::io::Error::other(format!("cannot open the queue for the dashboard: {e}"))
     })?;
@@ -307,6 +301,7 @@ fn router(app: Shared) -> Router {
         .route(&p("/api/jobs/{id}/retry"), post(api::retry))
         .route(&p("/api/plugins"), get(api::plugins))
         .route(&p("/api/logs"), get(api::logs))
+        .route(&p("/api/dispatchers"), get(api::dispatchers))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth::guard))
         .layer(middleware::from_fn(security_headers))

@@ -25,7 +25,7 @@ use super::{
 use crate::{
     inventory::FileStatus,
     job::Priority,
-    store::{Attempt, JobId, JobRecord, JobState, Millis},
+    store::{now_millis, Attempt, DispatcherRecord, JobId, JobRecord, JobState, Millis},
 };
 
 /// Escapes `text` for HTML text and quoted attribute values: `& < > " '`.
@@ -232,7 +232,7 @@ fn job_link(id: JobId) -> String {
 /// `GET /`: counts by state, throughput, running jobs.
 pub async fn overview(State(app): State<Shared>, Extension(auth): Extension<Auth>) -> Response {
     let csrf = auth.csrf();
-    let overview = match blocking(&app, |app| data::overview(&mut *app.store(), true)).await {
+    let overview = match blocking(&app, |app| data::overview(&mut **app.store(), true)).await {
         Ok(Ok(o)) => o,
         Ok(Err(f)) | Err(f) => return failure_page(csrf, &f),
     };
@@ -304,11 +304,41 @@ pub async fn overview(State(app): State<Shared>, Extension(auth): Extension<Auth
     if overview.running.is_empty() {
         main.push_str("<p class=\"empty\">Nothing is running.</p>\n");
     }
-    main.push_str("</section>");
+    main.push_str("</section>\n");
+    dispatchers_section(&mut main, &overview.dispatchers);
     page(
         StatusCode::OK,
         layout("Overview", Nav::Overview, csrf, Live::Yes, &main),
     )
+}
+
+/// The dispatchers sharing the store: where each runs, its slots and running attempts, and
+/// how long ago it last heartbeated.
+fn dispatchers_section(main: &mut String, dispatchers: &[DispatcherRecord]) {
+    main.push_str(
+        "<section id=\"dispatchers\">\n<h2>Dispatchers</h2>\n<table>\n<thead><tr><th>Id</th><th>Host</th><th>Pid</th><th>Slots</th><th>Running</th><th>Started</th><th>Last heartbeat</th><th>State directory</th></tr></thead>\n<tbody>\n",
+    );
+    let now = now_millis();
+    for d in dispatchers {
+        let _ = writeln!(
+            main,
+            r#"<tr data-dispatcher="{id}"><td class="id">{id}</td><td class="host">{host}</td><td class="pid">{pid}</td><td class="slots">{slots}</td><td class="running">{running}</td><td class="started">{started}</td><td class="heartbeat" data-heartbeat-at="{at}">{ago} ago</td><td class="state-dir"><code>{dir}</code></td></tr>"#,
+            id = d.id,
+            host = esc(&d.host),
+            pid = d.pid,
+            slots = d.slots,
+            running = d.running,
+            started = esc(&when(Some(d.started_at))),
+            at = d.heartbeat_at,
+            ago = esc(&clock(data::elapsed(d.heartbeat_at, Some(now)))),
+            dir = esc(&d.state_dir),
+        );
+    }
+    main.push_str("</tbody>\n</table>\n");
+    if dispatchers.is_empty() {
+        main.push_str("<p class=\"empty\">No dispatcher is registered.</p>\n");
+    }
+    main.push_str("</section>");
 }
 
 fn options<'a>(
@@ -349,7 +379,7 @@ pub async fn jobs(
         Err(f) => return failure_page(csrf, &f),
     };
     let q = query.clone();
-    let (jobs, more) = match blocking(&app, move |app| data::list(&mut *app.store(), &q)).await {
+    let (jobs, more) = match blocking(&app, move |app| data::list(&mut **app.store(), &q)).await {
         Ok(Ok(r)) => r,
         Ok(Err(f)) | Err(f) => return failure_page(csrf, &f),
     };
@@ -451,7 +481,7 @@ pub async fn job(
         Err(f) => return failure_page(csrf, &f),
     };
     let found = blocking(&app, move |app| {
-        let (job, attempts) = data::job(&mut *app.store(), id)?;
+        let (job, attempts) = data::job(&mut **app.store(), id)?;
         let outputs: Vec<(String, u64)> = attempts
             .iter()
             .map(|a| {
