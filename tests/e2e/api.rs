@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jobhost::{store::JobState, Client, DispatchError, Job, Priority};
+use jobhost::{store::JobState, DispatchError, Job, Priority};
 use jobhost_e2e::Host;
 
 #[test]

@@ -5,7 +5,7 @@
 use std::{fs, time::Duration};
 
 use jobhost::Job;
-use jobhost_e2e::{blake3_hex, versioned_build, wait_for, Host, MISBEHAVE, VERSIONED};
+use jobhost_e2e::{blake3_hex, versioned_build, wait_for, Host, MISBEHAVE};
 use serde_json::Value;
 
 const VERSIONED_CLASS: &str = r"Tests\Versioned";
