@@ -61,23 +61,12 @@ fn jobs_run_high_then_normal_then_low_and_first_in_first_out_within_a_level() {
             && (blocker + 1..last).all(|id| state(&host.show(id)) == "completed"))
         .then_some(())
     });
-    let started: Vec<String> = host
-        .log("background_jobs.log")
-        .into_iter()
-        .filter_map(|l| {
-            l.strip_prefix(r"local.INFO: Job started: Tests\Misbehave@echo ")
-                .map(str::to_owned)
-        })
+    let started: Vec<i64> = host
+        .logged("started", r"Tests\Misbehave@echo")
+        .iter()
+        .map(|context| context["params"]["n"].as_i64().unwrap())
         .collect();
-    let n_of = |l: &String| {
-        serde_json::from_str::<Value>(l).unwrap()["params"]["n"]
-            .as_i64()
-            .unwrap()
-    };
-    assert_eq!(
-        started.iter().map(n_of).collect::<Vec<_>>(),
-        vec![2, 4, 6, 1, 5, 0, 3, 7]
-    );
+    assert_eq!(started, vec![2, 4, 6, 1, 5, 0, 3, 7]);
 }
 
 #[test]
@@ -129,15 +118,10 @@ fn a_thousand_jobs_from_four_processes_each_complete_exactly_once() {
         .iter()
         .all(|j| j["state"] == "completed" && j["attempts"] == 1));
     let mut seen: HashMap<i64, usize> = HashMap::new();
-    for line in host.log("background_jobs.log") {
-        if let Some(context) =
-            line.strip_prefix(r"local.INFO: Job completed: Tests\Misbehave@echo ")
-        {
-            let n = serde_json::from_str::<Value>(context).unwrap()["params"]["n"]
-                .as_i64()
-                .unwrap();
-            *seen.entry(n).or_default() += 1;
-        }
+    for context in host.logged("completed", r"Tests\Misbehave@echo") {
+        *seen
+            .entry(context["params"]["n"].as_i64().unwrap())
+            .or_default() += 1;
     }
     assert_eq!(seen.len(), 1000, "every job completed");
     assert!(

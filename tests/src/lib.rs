@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use jobhost::store::{DispatcherRecord, Store, StoreLocation};
 use serde_json::Value;
 
 /// The directory holding the built `jobhost` binary and plugin libraries.
@@ -96,6 +97,8 @@ pub const BASE_SETTINGS: &str = "plugin_dir = \"plugins\"\nstate_dir = \"state\"
 /// One throwaway jobhost installation.
 pub struct Host {
     dir: tempfile::TempDir,
+    /// The job database its settings name, when not the default SQLite file.
+    store: Option<String>,
 }
 
 impl Host {
@@ -106,7 +109,7 @@ impl Host {
             .prefix("jobhost-e2e-")
             .tempdir()
             .unwrap();
-        let host = Self { dir };
+        let host = Self { dir, store: None };
         fs::create_dir_all(host.plugin_dir()).unwrap();
         for lib in libs {
             host.install_plugin(lib);
@@ -116,8 +119,9 @@ impl Host {
         host
     }
 
-    /// Replaces the settings file with [`BASE_SETTINGS`] followed by `extra` (dotted keys, such
-    /// as `limits.max_output_bytes = 100`).
+    /// Replaces the settings file with [`BASE_SETTINGS`] (and the installation's `store`, see
+    /// [`Host::on_store`]) followed by `extra` (dotted keys, such as
+    /// `limits.max_output_bytes = 100`).
     /// A key in `extra` replaces the same key of the base settings.
     pub fn settings(&self, extra: &str) {
         let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_owned();
@@ -127,7 +131,12 @@ impl Host {
             .filter(|line| !overridden.contains(&key(line)))
             .map(|line| format!("{line}\n"))
             .collect();
-        self.write("jobhost.toml", format!("{base}{extra}"));
+        let store = self
+            .store
+            .as_ref()
+            .map(|url| format!("store = {}\n", Value::from(url.as_str())))
+            .unwrap_or_default();
+        self.write("jobhost.toml", format!("{store}{base}{extra}"));
     }
 
     /// An installation with the example plugins and the misbehaving fixture.
@@ -135,6 +144,16 @@ impl Host {
         let mut libs = EXAMPLE_PLUGINS.to_vec();
         libs.push(MISBEHAVE);
         Self::with_plugins(&libs)
+    }
+
+    /// An installation like [`Host::standard`] whose settings name the job database `url` (a
+    /// `postgres://` URL, `store = ...`), kept by [`Host::settings`]: installations on one
+    /// database are dispatchers on several hosts sharing one queue.
+    pub fn on_store(url: &str) -> Self {
+        let mut host = Self::standard();
+        host.store = Some(url.to_owned());
+        host.settings("");
+        host
     }
 
     /// The installation's root, the current directory of every command.
@@ -187,6 +206,7 @@ impl Host {
             .env_remove("JOBHOST_ALLOWLIST")
             .env_remove("JOBHOST_STATE_DIR")
             .env_remove("JOBHOST_LOG_DIR")
+            .env_remove("JOBHOST_STORE")
             .env_remove("RUST_BACKTRACE");
         command
     }
@@ -355,6 +375,33 @@ impl Host {
             .collect()
     }
 
+    /// The context (parsed) of each line of `background_jobs.log` that says `Job EVENT: NAME`
+    /// (`event` as `started` or `completed`, `name` as `Class@method`), in log order.
+    pub fn logged(&self, event: &str, name: &str) -> Vec<Value> {
+        let prefix = format!("local.INFO: Job {event}: {name} ");
+        self.log("background_jobs.log")
+            .iter()
+            .filter_map(|line| {
+                let context = line.strip_prefix(&prefix)?;
+                Some(serde_json::from_str(context).unwrap())
+            })
+            .collect()
+    }
+
+    /// Waits (generously) until the dispatcher serving this installation is registered in
+    /// `store`, and returns its registration.
+    pub fn registered(&self, store: &mut dyn Store) -> DispatcherRecord {
+        wait_for(
+            "the dispatcher to register in the store",
+            Duration::from_secs(30),
+            || {
+                let pid = self.dispatcher_pid()?;
+                let dispatchers = store.dispatchers().unwrap();
+                dispatchers.into_iter().find(|d| d.pid == pid)
+            },
+        )
+    }
+
     /// Every attempt directory's files for job `job_id`: attempt number → (output, report).
     pub fn attempts(&self, job_id: &str) -> BTreeMap<u32, (String, Option<Value>)> {
         let dir = self.state_dir().join("attempts").join(job_id);
@@ -386,6 +433,11 @@ impl Drop for Host {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The job database at `url` (a `postgres://` URL), opened as jobhost opens it.
+pub fn open_store(url: &str) -> Box<dyn Store> {
+    jobhost::store::open(&StoreLocation::parse(url).unwrap()).unwrap()
 }
 
 /// Runs `command` to its end, like [`Command::output`].
