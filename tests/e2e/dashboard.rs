@@ -18,22 +18,22 @@ const PREFIX: &str = "/admin/background-jobs";
 const TOKEN: &str = "e2e-admin-token-0123456789";
 
 /// A `jobhost serve` with its dashboard, and an HTTP client for it.
-struct Dashboard {
-    host: Host,
-    serve: Option<Child>,
+pub(crate) struct Dashboard {
+    pub(crate) host: Host,
+    pub(crate) serve: Option<Child>,
     /// `http://127.0.0.1:PORT/admin/background-jobs`
     base: String,
     /// The token, as configured or as generated.
-    token: String,
+    pub(crate) token: String,
     agent: ureq::Agent,
 }
 
 /// A response, read whole.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
@@ -48,7 +48,7 @@ impl Reply {
         self.header("location").unwrap_or_default()
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
@@ -78,7 +78,7 @@ impl From<ureq::http::Response<ureq::Body>> for Reply {
 
 /// How a request authenticates.
 #[derive(Clone, Copy)]
-enum As<'a> {
+pub(crate) enum As<'a> {
     Nobody,
     /// With this session cookie (`jobhost_session=...`).
     Cookie(&'a str),
@@ -94,7 +94,9 @@ impl Dashboard {
         Self::start_in(host, &format!("web.admin_token = \"{TOKEN}\"\n{extra}"))
     }
 
-    fn start_in(host: Host, extra: &str) -> Self {
+    /// Starts `jobhost serve` with the dashboard on a free port for `host`, with the `extra`
+    /// settings (a generated token unless they set one).
+    pub(crate) fn start_in(host: Host, extra: &str) -> Self {
         let (serve, info) = host.serve_dashboard(extra);
         let url = info["url"].as_str().unwrap();
         let base = url.strip_suffix("/login").unwrap().to_owned();
@@ -120,7 +122,7 @@ impl Dashboard {
         format!("{}{path}", self.base)
     }
 
-    fn get(&self, path: &str, who: As<'_>) -> Reply {
+    pub(crate) fn get(&self, path: &str, who: As<'_>) -> Reply {
         let request = self.agent.get(self.url(path));
         let request = match who {
             As::Nobody => request,
@@ -169,7 +171,7 @@ impl Dashboard {
     }
 
     /// Logs in; returns the cookie to send (`jobhost_session=...`).
-    fn login(&self) -> String {
+    pub(crate) fn login(&self) -> String {
         let reply = self.post_form("/login", As::Nobody, &[("token", &self.token)]);
         assert_eq!(reply.status, 303, "{reply:?}");
         assert_eq!(reply.location(), format!("{PREFIX}/"));

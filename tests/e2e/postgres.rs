@@ -1,0 +1,582 @@
+//! Dispatchers on several hosts sharing one PostgreSQL queue. Each "host" is an installation
+//! of its own (plugin directory, allowlist, state directory, logs) whose settings name the same
+//! throwaway database ([`TestDatabase`], on the server `JOBHOST_TEST_POSTGRES` names; these
+//! tests fail, never skip, when it is unreachable). Times the issue states as targets (a rescue
+//! within the lease plus a second, a cross-host cancel within a second) are printed, not
+//! asserted: the suite must pass on a loaded machine.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use jobhost::{
+    store::{
+        now_millis, postgres::TestDatabase, Attempt, DispatcherId, JobId, JobState, Millis, Store,
+    },
+    Job,
+};
+use jobhost_e2e::{group_alive, open_store, wait_for, Host, Run};
+use serde_json::Value;
+
+use crate::dashboard::{As, Dashboard};
+
+const CLASS: &str = r"Tests\Misbehave";
+const ECHO: &str = r"Tests\Misbehave@echo";
+
+/// An installation on the shared database with its `jobhost serve` running.
+struct Dispatcher {
+    host: Host,
+    serve: Child,
+    /// Its registration.
+    id: DispatcherId,
+}
+
+/// Starts `n` installations on `db` with the `extra` settings, each with its `jobhost serve`,
+/// and waits until each is registered in `store`.
+fn start_dispatchers(
+    db: &TestDatabase,
+    n: usize,
+    extra: &str,
+    store: &mut dyn Store,
+) -> Vec<Dispatcher> {
+    (0..n)
+        .map(|_| {
+            let host = Host::on_store(db.url());
+            host.settings(extra);
+            let serve = host.serve();
+            let id = host.registered(store).id;
+            Dispatcher { host, serve, id }
+        })
+        .collect()
+}
+
+/// `count` echo jobs numbered from `first` (`n = first..`).
+fn echoes(first: i64, count: i64) -> impl Iterator<Item = Job> {
+    (first..first + count).map(|n| Job::new(CLASS, "echo").param("n", n))
+}
+
+/// Job `id` and its attempts.
+fn job(store: &mut dyn Store, id: JobId) -> (JobState, Vec<Attempt>) {
+    let (job, attempts) = store.job(id).unwrap().unwrap();
+    (job.state, attempts)
+}
+
+/// How many jobs are finished (completed, failed or cancelled); `None` if the store cannot say
+/// right now.
+fn finished(store: &mut dyn Store) -> Option<u64> {
+    let stats = store.stats().ok()?;
+    Some(
+        ["completed", "failed", "cancelled"]
+            .iter()
+            .map(|state| stats.by_state[*state])
+            .sum(),
+    )
+}
+
+/// What [`assert_each_ran_once`] found.
+struct RanOnce {
+    /// How many jobs each dispatcher ran.
+    by_dispatcher: BTreeMap<DispatcherId, usize>,
+    /// Attempts that never started a worker (claims whose answer a dispatcher never got).
+    unstarted: Vec<Attempt>,
+}
+
+/// Asserts that each of the echo jobs `ids`, numbered `0..ids.len()`, ran exactly once among
+/// `dispatchers`: it completed, one of its attempts started a worker, by one of them, and
+/// ended `ok`, and all their logs together have one `Job started` line for it. Attempts that
+/// started no worker are returned, not judged.
+fn assert_each_ran_once(
+    store: &mut dyn Store,
+    dispatchers: &[Dispatcher],
+    ids: &[JobId],
+) -> RanOnce {
+    let mut by_dispatcher: BTreeMap<DispatcherId, usize> = BTreeMap::new();
+    let mut unstarted = Vec::new();
+    for &id in ids {
+        let (state, attempts) = job(store, id);
+        let (ran, never): (Vec<Attempt>, Vec<Attempt>) =
+            attempts.iter().cloned().partition(|a| a.pid.is_some());
+        assert_eq!(
+            (state, ran.len()),
+            (JobState::Completed, 1),
+            "job {id}: {attempts:#?}"
+        );
+        assert_eq!(ran[0].outcome.as_deref(), Some("ok"), "job {id}");
+        let by = ran[0].dispatcher.expect("the attempt names its dispatcher");
+        assert!(
+            dispatchers.iter().any(|d| d.id == by),
+            "job {id} ran on dispatcher {by}, not one of the test's"
+        );
+        *by_dispatcher.entry(by).or_default() += 1;
+        unstarted.extend(never);
+    }
+    let mut starts: HashMap<i64, usize> = HashMap::new();
+    for d in dispatchers {
+        for context in d.host.logged("started", ECHO) {
+            *starts
+                .entry(context["params"]["n"].as_i64().unwrap())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(starts.len(), ids.len(), "every job started");
+    let twice: Vec<_> = starts.iter().filter(|(_, &count)| count != 1).collect();
+    assert!(twice.is_empty(), "started more than once: {twice:?}");
+    RanOnce {
+        by_dispatcher,
+        unstarted,
+    }
+}
+
+/// Stops every dispatcher with `jobhost stop`; each deregisters from `store`.
+fn stop_all(dispatchers: &mut [Dispatcher], store: &mut dyn Store) {
+    for d in dispatchers.iter_mut() {
+        assert!(d.host.stop_serve(&mut d.serve), "jobhost serve stops");
+    }
+    assert_eq!(store.dispatchers().unwrap(), vec![], "all deregistered");
+}
+
+#[test]
+fn three_dispatchers_drain_3000_jobs_each_exactly_once_and_all_three_do_work() {
+    const JOBS: i64 = 3000;
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let mut dispatchers = start_dispatchers(&db, 3, "", &mut *store);
+    let mut client = dispatchers[0].host.client();
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for first in (0..JOBS).step_by(1000) {
+        ids.extend(client.dispatch_batch(echoes(first, 1000)).unwrap());
+    }
+    wait_for("3000 finished jobs", Duration::from_secs(900), || {
+        finished(&mut *store).filter(|&n| n == JOBS as u64)
+    });
+    println!(
+        "3 dispatchers drained {JOBS} jobs in {:?}",
+        started.elapsed()
+    );
+    let RanOnce {
+        by_dispatcher,
+        unstarted,
+    } = assert_each_ran_once(&mut *store, &dispatchers, &ids);
+    println!("jobs run by each dispatcher: {by_dispatcher:?}");
+    assert!(unstarted.is_empty(), "one attempt each: {unstarted:#?}");
+    for d in &dispatchers {
+        assert!(
+            by_dispatcher.contains_key(&d.id),
+            "dispatcher {} ran no job: {by_dispatcher:?}",
+            d.id
+        );
+    }
+    stop_all(&mut dispatchers, &mut *store);
+}
+
+#[test]
+fn kill_9_of_a_dispatcher_mid_run_has_its_jobs_rescued_as_lost_and_retried_elsewhere() {
+    const LEASE_MS: Millis = 2000;
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let mut dispatchers = start_dispatchers(
+        &db,
+        2,
+        &format!("dispatcher.lease = {}\n", LEASE_MS as f64 / 1000.0),
+        &mut *store,
+    );
+    let (survivor, victim) = (dispatchers[0].id, dispatchers[1].id);
+    let mut client = dispatchers[0].host.client();
+    let sleeper = || {
+        Job::new(CLASS, "sleep")
+            .param("seconds", 10)
+            .retries(1)
+            .retry_delay(Duration::ZERO)
+    };
+    let sleepers = client.dispatch_batch((0..4).map(|_| sleeper())).unwrap();
+    // Two slots each: once all four run, each dispatcher runs two of them.
+    let running = wait_for("the four sleepers to run", Duration::from_secs(60), || {
+        sleepers
+            .iter()
+            .map(|&id| {
+                let (state, attempts) = job(&mut *store, id);
+                let attempt = attempts.last()?;
+                (state == JobState::Running && attempt.pid.is_some()).then(|| attempt.clone())
+            })
+            .collect::<Option<Vec<Attempt>>>()
+    });
+    let doomed: Vec<JobId> = running
+        .iter()
+        .filter(|a| a.dispatcher == Some(victim))
+        .map(|a| a.job_id)
+        .collect();
+    assert_eq!(doomed.len(), 2, "{running:#?}");
+    let queued = client.dispatch_batch(echoes(0, 10)).unwrap();
+    wait_for("the victim's two workers", Duration::from_secs(30), || {
+        (dispatchers[1].host.workers().len() == 2).then_some(())
+    });
+    let heartbeat = |store: &mut dyn Store| {
+        let dispatchers = store.dispatchers().unwrap();
+        let record = dispatchers.into_iter().find(|d| d.id == victim);
+        record.map(|d| d.heartbeat_at)
+    };
+    let heartbeat_before = heartbeat(&mut *store).expect("the victim is registered");
+
+    let killed_at = now_millis();
+    let kill = Instant::now();
+    dispatchers[1].serve.kill().unwrap();
+    dispatchers[1].serve.wait().unwrap();
+    // Its last heartbeat, if it is not rescued yet; else the one read before is a lower bound.
+    let last_heartbeat = heartbeat(&mut *store).unwrap_or(heartbeat_before);
+    let lost = wait_for(
+        "the victim's attempts to be settled",
+        Duration::from_secs(60),
+        || {
+            doomed
+                .iter()
+                .map(|&id| {
+                    let first = job(&mut *store, id).1.swap_remove(0);
+                    first.finished_at.is_some().then_some(first)
+                })
+                .collect::<Option<Vec<Attempt>>>()
+        },
+    );
+    let seen = kill.elapsed();
+
+    for id in sleepers.iter().chain(&queued) {
+        wait_for(
+            &format!("job {id} to complete"),
+            Duration::from_secs(120),
+            || (job(&mut *store, *id).0 == JobState::Completed).then_some(()),
+        );
+    }
+    let rescued_at = lost.iter().map(|a| a.finished_at.unwrap()).max().unwrap();
+    println!(
+        "kill -9 to rescue (lease {LEASE_MS} ms, heartbeat every {} ms): the attempts were \
+         settled lost {} ms after the kill and {} ms after its last heartbeat (store times); \
+         the test saw it {seen:?} after the kill",
+        LEASE_MS / 5,
+        rescued_at - killed_at,
+        rescued_at - last_heartbeat,
+    );
+    for attempt in &lost {
+        // Not before its lease ran out: a live dispatcher is never rescued.
+        assert!(
+            attempt.finished_at.unwrap() >= last_heartbeat + LEASE_MS,
+            "rescued {} ms after its last heartbeat, within the lease",
+            attempt.finished_at.unwrap() - last_heartbeat
+        );
+    }
+    let who = |attempts: &[Attempt]| -> Vec<(String, DispatcherId)> {
+        attempts
+            .iter()
+            .map(|a| (a.outcome.clone().unwrap(), a.dispatcher.unwrap()))
+            .collect()
+    };
+    for &id in &sleepers {
+        let attempts = job(&mut *store, id).1;
+        if doomed.contains(&id) {
+            assert_eq!(
+                who(&attempts),
+                [("lost".into(), victim), ("ok".into(), survivor)],
+                "job {id}"
+            );
+            let error = attempts[0].error.as_deref().unwrap_or_default();
+            assert!(error.contains("stopped heartbeating"), "{error}");
+        } else {
+            assert_eq!(who(&attempts), [("ok".into(), survivor)], "job {id}");
+        }
+    }
+    for &id in &queued {
+        assert_eq!(
+            who(&job(&mut *store, id).1),
+            [("ok".into(), survivor)],
+            "job {id}"
+        );
+    }
+    let registered: Vec<DispatcherId> = store.dispatchers().unwrap().iter().map(|d| d.id).collect();
+    assert_eq!(registered, [survivor], "the victim is deregistered");
+    // Its orphaned workers finish their sleep unwatched.
+    wait_for(
+        "the victim's orphaned workers to end",
+        Duration::from_secs(60),
+        || dispatchers[1].host.workers().is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn a_dispatcher_restarted_after_kill_9_adopts_its_running_workers_and_nobody_rescues_them() {
+    // A lease far longer than a restart takes, and jobs far longer than the lease.
+    const LEASE: &str = "dispatcher.lease = 5\n";
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let mut a = start_dispatchers(&db, 1, LEASE, &mut *store).remove(0);
+    let old = a.id;
+    let sleepers = a
+        .host
+        .client()
+        .dispatch_batch((0..2).map(|_| {
+            Job::new(CLASS, "sleep")
+                .param("seconds", 15)
+                .retries(1)
+                .retry_delay(Duration::ZERO)
+        }))
+        .unwrap();
+    let workers = wait_for("both workers on A", Duration::from_secs(60), || {
+        let workers = a.host.workers();
+        (workers.len() == 2).then_some(workers)
+    });
+    // B starts once both jobs run on A: it could rescue them, and must not.
+    let _b = start_dispatchers(&db, 1, LEASE, &mut *store);
+    a.serve.kill().unwrap();
+    a.serve.wait().unwrap();
+    // One orphan dies unwatched; the other runs on and is adopted.
+    let (gone, _) = workers[0];
+    Command::new("kill")
+        .args(["-9", &gone.to_string()])
+        .status()
+        .unwrap();
+    a.serve = a.host.serve();
+    let restarted = a.host.registered(&mut *store).id;
+    assert_ne!(restarted, old, "registered anew");
+
+    for &id in &sleepers {
+        wait_for(
+            &format!("job {id} to complete"),
+            Duration::from_secs(120),
+            || (job(&mut *store, id).0 == JobState::Completed).then_some(()),
+        );
+    }
+    let mut outcomes: Vec<Vec<String>> = sleepers
+        .iter()
+        .map(|&id| {
+            let attempts = job(&mut *store, id).1;
+            assert_eq!(attempts[0].dispatcher, Some(old), "job {id}");
+            attempts
+                .iter()
+                .map(|a| {
+                    let error = a.error.as_deref().unwrap_or_default();
+                    format!("{} {error}", a.outcome.as_deref().unwrap())
+                        .trim()
+                        .to_owned()
+                })
+                .collect()
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(
+        outcomes[1],
+        ["ok"],
+        "the adopted worker's result is the job's: {outcomes:#?}"
+    );
+    assert_eq!(outcomes[0].len(), 2, "{outcomes:#?}");
+    assert!(
+        outcomes[0][0].starts_with("lost") && outcomes[0][0].contains("restarted"),
+        "the vanished worker's attempt is settled by the restart, not by the lease: \
+         {outcomes:#?}"
+    );
+    let registered: Vec<DispatcherId> = store.dispatchers().unwrap().iter().map(|d| d.id).collect();
+    assert!(
+        !registered.contains(&old),
+        "the predecessor is deregistered: {registered:?}"
+    );
+}
+
+#[test]
+fn a_job_running_on_one_host_is_cancelled_from_another() {
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let dispatchers = start_dispatchers(&db, 1, "", &mut *store);
+    // B's `jobhost cancel` starts a dispatcher there, as `run` would: B's store goes unchecked.
+    let (a, b) = (&dispatchers[0], Host::on_store(db.url()));
+    let id = a
+        .host
+        .enqueue(&[CLASS, "hang_cooperative", "--retries", "3"]);
+    a.host.wait_state(id, &["running"]);
+    let worker = wait_for("the worker on host A", Duration::from_secs(30), || {
+        let (pid, _) = a.host.workers().pop()?;
+        Some(pid)
+    });
+
+    b.run(&["cancel", &id.to_string()]).expect_code(0);
+    let asked = Instant::now();
+    let shown = b.wait_state(id, &["cancelled"]);
+    println!(
+        "cancelled from host B, stopped on host A: {:?}",
+        asked.elapsed()
+    );
+    let attempts = shown["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "not retried: {shown:#}");
+    assert_eq!(attempts[0]["outcome"], "cancelled", "{shown:#}");
+    assert_eq!(attempts[0]["dispatcher"], a.id, "it ran on A: {shown:#}");
+    assert!(!group_alive(worker), "the worker's process group is gone");
+}
+
+#[test]
+fn an_unreachable_database_is_one_clear_error_and_a_bad_store_url_is_bad_input() {
+    let host = Host::standard();
+    let url = "postgres://postgres:s3cret@127.0.0.1:1/nope";
+    let masked = "postgres://postgres:***@127.0.0.1:1/nope";
+    let run = |store_env: Option<&str>, args: &[&str]| -> Run {
+        let mut command = host.jobhost();
+        if let Some(url) = store_env {
+            command.env("JOBHOST_STORE", url);
+        }
+        Run::from(command.args(args).output().unwrap())
+    };
+    for (how, failed) in [
+        ("--store", run(None, &["--store", url, "run", CLASS, "ok"])),
+        ("JOBHOST_STORE", run(Some(url), &["serve"])),
+    ] {
+        failed.expect_code(1);
+        let lines: Vec<&str> = failed.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{how}: one line:\n{}", failed.stderr);
+        assert!(
+            lines[0].starts_with(&format!("jobhost: cannot open job database {masked}: ")),
+            "{how}: {}",
+            lines[0]
+        );
+        assert!(
+            lines[0].to_lowercase().contains("refused"),
+            "{how}: the reason: {}",
+            lines[0]
+        );
+    }
+    assert!(host.dispatcher_pid().is_none(), "no dispatcher runs");
+
+    let bad = host.run(&["--store", "mysql://jobs:s3cret@db/queue", "list"]);
+    bad.expect_code(2);
+    assert_eq!(bad.error_lines().len(), 1, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("mysql://jobs:***@db/queue"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!bad.stderr.contains("s3cret"), "{}", bad.stderr);
+    host.settings("store = \"sqlite:jobs.db\"\n");
+    let bad = host.run(&["run", CLASS, "ok"]);
+    bad.expect_code(2);
+    assert!(bad.stderr.contains("sqlite:jobs.db"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("jobhost.toml"),
+        "names the file: {}",
+        bad.stderr
+    );
+}
+
+#[test]
+fn dispatchers_whose_connections_are_killed_reconnect_and_lose_nothing() {
+    const JOBS: i64 = 500;
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let mut dispatchers = start_dispatchers(&db, 2, "", &mut *store);
+    // No retries: an attempt lost to a killed connection must not cost a job its run.
+    let ids = dispatchers[0]
+        .host
+        .client()
+        .dispatch_batch(echoes(0, JOBS).map(|job| job.retries(0)))
+        .unwrap();
+    // Terminated with the others, the test's own connection fails a call now and then
+    // (`finished` then says nothing) and reconnects on the next.
+    for threshold in [50, 125, 200, 275, 350] {
+        let done = wait_for(
+            &format!("{threshold} finished jobs"),
+            Duration::from_secs(300),
+            || finished(&mut *store).filter(|&n| n >= threshold),
+        );
+        let ended = db.terminate(None);
+        println!("{done} jobs done: ended {ended} sessions");
+        assert!(done < JOBS as u64, "terminated mid-run");
+        assert!(ended >= 2, "the dispatchers' sessions, at least");
+    }
+    wait_for("every job to finish", Duration::from_secs(600), || {
+        finished(&mut *store).filter(|&n| n == JOBS as u64)
+    });
+    let mut store = open_store(db.url());
+    let RanOnce {
+        by_dispatcher,
+        unstarted,
+    } = assert_each_ran_once(&mut *store, &dispatchers, &ids);
+    println!(
+        "jobs run by each dispatcher: {by_dispatcher:?}; attempts that started no worker: \
+         {unstarted:#?}"
+    );
+    for d in &mut dispatchers {
+        assert!(
+            d.serve.try_wait().unwrap().is_none(),
+            "dispatcher {} runs",
+            d.id
+        );
+    }
+    let registered: Vec<DispatcherId> = store.dispatchers().unwrap().iter().map(|d| d.id).collect();
+    let ours: Vec<DispatcherId> = dispatchers.iter().map(|d| d.id).collect();
+    assert_eq!(registered, ours, "still registered, under the same ids");
+    stop_all(&mut dispatchers, &mut *store);
+}
+
+#[test]
+fn the_dashboard_lists_every_dispatcher_sharing_the_database() {
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let others = start_dispatchers(&db, 1, "", &mut *store);
+    let d = Dashboard::start_in(Host::on_store(db.url()), "dispatcher.lease = 1\n");
+    let own = d.host.registered(&mut *store).id;
+    let mut expected = vec![
+        (own, d.serve.as_ref().unwrap().id(), d.host.state_dir()),
+        (
+            others[0].id,
+            others[0].serve.id(),
+            others[0].host.state_dir(),
+        ),
+    ];
+    expected.sort();
+    let me = As::Bearer(&d.token);
+    let listed = |d: &Dashboard| -> Vec<Value> {
+        let reply = d.get("/api/dispatchers", me);
+        assert_eq!(reply.status, 200, "{reply:?}");
+        reply.json()["dispatchers"].as_array().unwrap().clone()
+    };
+    let first = listed(&d);
+    assert_eq!(first.len(), 2, "{first:#?}");
+    for (shown, (id, pid, state_dir)) in first.iter().zip(&expected) {
+        assert_eq!(shown["id"], *id, "{shown:#}");
+        assert_eq!(shown["pid"], *pid, "{shown:#}");
+        assert_eq!(shown["slots"], 2, "{shown:#}");
+        assert_eq!(
+            std::fs::canonicalize(shown["state_dir"].as_str().unwrap()).unwrap(),
+            std::fs::canonicalize(state_dir).unwrap(),
+        );
+        assert!(
+            shown["heartbeat_at"].as_i64().unwrap() >= shown["started_at"].as_i64().unwrap(),
+            "{shown:#}"
+        );
+    }
+    // Heartbeats go on, every fifth of the lease: the dashboard's own dispatcher's shows it.
+    let at =
+        |list: &[Value]| list.iter().find(|s| s["id"] == own).unwrap()["heartbeat_at"].as_i64();
+    let before = at(&first);
+    wait_for("a newer heartbeat", Duration::from_secs(30), || {
+        (at(&listed(&d)) > before).then_some(())
+    });
+
+    let cookie = d.login();
+    let overview = d.get("/", As::Cookie(&cookie));
+    assert_eq!(overview.status, 200);
+    let section = &overview.body[overview
+        .body
+        .find(r#"<section id="dispatchers">"#)
+        .expect("a dispatchers section")..];
+    let section = &section[..section.find("</section>").unwrap()];
+    for (id, pid, _) in &expected {
+        let row = format!(r#"<tr data-dispatcher="{id}">"#);
+        let at = section
+            .find(&row)
+            .unwrap_or_else(|| panic!("{row} in {section}"));
+        let row = &section[at..at + section[at..].find("</tr>").unwrap()];
+        assert!(
+            row.contains(&format!(r#"<td class="pid">{pid}</td>"#)),
+            "{row}"
+        );
+        assert!(row.contains(r#"<td class="slots">2</td>"#), "{row}");
+        assert!(row.contains(r#"class="heartbeat""#), "{row}");
+    }
+}
