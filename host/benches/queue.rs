@@ -56,11 +56,11 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use common::{
-    bench_main, count, cpus, find_fixture, measure, ms, AttemptRunner, Installation, Measured,
-    Scratch, Served, CLASS, OK, PLUGIN_FILE,
+    bench_main, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture,
+    find_jobhost, measure, ms, parked, warm_up, AttemptRunner, EnqueueCalls, Installation,
+    Measured, Scratch, Served, BATCH, CLASS, OK, PLUGIN_FILE, WARM_UP,
 };
 use jobhost::{
-    attempt::jobhost_program,
     child,
     platform::{Doorbell, FileLock},
     store::JobState,
@@ -74,9 +74,6 @@ const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
 const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
     state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
     dispatcher.slots = 2\ndispatcher.idle_exit = 600\nweb.enabled = false\n";
-/// Delay of the jobs that must stay queued.
-const PARKED: Duration = Duration::from_secs(3600);
-const BATCH: usize = 1000;
 /// How often the drain is checked.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -121,13 +118,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let memory_jobs = count(bench_mode, MEMORY)?;
     let parts = parts()?;
     let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
-    let jobhost = jobhost_program();
-    ensure!(
-        jobhost.is_file(),
-        "the jobhost binary {} was not found; build it first with `cargo build --release \
-         --workspace` (or set JOBHOST_BIN)",
-        jobhost.display()
-    );
+    let jobhost = find_jobhost()?;
     let scratch = Scratch::create(
         &std::env::var_os(SCRATCH_VAR).map_or_else(std::env::temp_dir, PathBuf::from),
         "jobhost-bench-queue",
@@ -618,39 +609,12 @@ fn enqueue_rates(
     } else {
         (None, Some(Muted::new(&install)?))
     };
-    let parked = || Job::new(CLASS, OK).delay(PARKED);
-    // The first dispatch reads the allowlist and inventories the plugin directory.
-    for _ in 0..10 {
-        client.dispatch(parked()).context("cannot dispatch")?;
-    }
+    warm_up(&mut client)?;
     let meter = CpuMeter::start(dispatcher.as_ref().map(Served::pid))?;
-    let single = measure_serial(jobs, || {
-        client.dispatch(parked()).context("cannot dispatch")?;
-        Ok(())
-    })?;
-    let batches = jobs.div_ceil(BATCH);
-    let mut left = jobs;
-    let batch = measure_serial(batches, || {
-        let n = left.min(BATCH);
-        left -= n;
-        let ids = client
-            .dispatch_batch((0..n).map(|_| parked()))
-            .context("cannot dispatch a batch")?;
-        ensure!(ids.len() == n, "enqueued {} of {n} jobs", ids.len());
-        Ok(())
-    })?;
+    let EnqueueCalls { single, batch } = enqueue_parked(&mut client, jobs)?;
     let cpu = meter.stop(dispatcher.as_ref().map(Served::pid))?;
-    let stats = client.store().stats().context("cannot read the stats")?;
-    let scheduled = stats
-        .by_state
-        .get(JobState::Scheduled.as_str())
-        .copied()
-        .unwrap_or(0);
-    ensure!(
-        scheduled as usize == 2 * jobs + 10,
-        "expected {} scheduled jobs: {stats:?}",
-        2 * jobs + 10
-    );
+    ensure_scheduled(&mut client, 2 * jobs + WARM_UP)?;
+    let batches = batch.latencies.len();
     if let Some(dispatcher) = dispatcher {
         dispatcher.stop(&client)?;
     }
@@ -700,14 +664,7 @@ fn dispatcher_memory(
     let idle_kb = dispatcher.rss_kb()?;
 
     let started = Instant::now();
-    let mut left = jobs;
-    while left > 0 {
-        let n = left.min(BATCH);
-        left -= n;
-        client
-            .dispatch_batch((0..n).map(|_| Job::new(CLASS, OK).delay(PARKED)))
-            .context("cannot dispatch a batch")?;
-    }
+    dispatch_in_batches(&mut client, jobs, parked)?;
     let enqueue_rate = jobs as f64 / started.elapsed().as_secs_f64();
     std::thread::sleep(pause(2));
     let queued_kb = dispatcher.rss_kb()?;
@@ -846,21 +803,6 @@ impl Measured {
         let total: Duration = self.latencies.iter().sum();
         ms(total) / self.latencies.len().max(1) as f64
     }
-}
-
-/// Runs `op` `total` times on this thread, back to back.
-fn measure_serial(
-    total: usize,
-    mut op: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<Measured> {
-    let mut latencies = Vec::with_capacity(total);
-    let started = Instant::now();
-    for _ in 0..total {
-        let began = Instant::now();
-        op()?;
-        latencies.push(began.elapsed());
-    }
-    Ok(Measured::new(started.elapsed(), latencies))
 }
 
 fn mb(kb: u64) -> f64 {

@@ -1,7 +1,8 @@
 //! What the benches share: their `main` and iteration counts, the fixture plugins and the
 //! scratch directory they set up installations in, no-op attempts run through the real attempt
-//! path ([`AttemptRunner`]) and timing them ([`measure`], [`Measured`]), installations and the
-//! `jobhost serve` they start ([`Installation`], [`Served`]).
+//! path ([`AttemptRunner`]) and timing them ([`measure`], [`measure_serial`], [`Measured`]),
+//! enqueueing through the Rust API ([`dispatch_in_batches`], [`enqueue_parked`]), installations
+//! and the `jobhost serve` they start ([`Installation`], [`Served`]).
 //!
 //! It is a module of each bench (`pub mod common;`), not a bench target of its own: cargo
 //! takes only the files directly in `benches/` for targets. It is public in each, so that what
@@ -21,7 +22,8 @@ use jobhost::{
     dispatcher::{StatePaths, RING_STOP, RING_WAKE},
     platform::{self, CancelToken},
     settings::{Overrides, Settings},
-    Client,
+    store::{JobId, JobState},
+    Client, Job,
 };
 use serde_json::{json, Value};
 
@@ -94,6 +96,19 @@ pub fn find_fixture(bench: &str, file: &str) -> anyhow::Result<PathBuf> {
             exe.display()
         ),
     }
+}
+
+/// The `jobhost` binary the dispatchers and workers run
+/// ([`jobhost::attempt::jobhost_program`]), which must have been built.
+pub fn find_jobhost() -> anyhow::Result<PathBuf> {
+    let jobhost = jobhost_program();
+    ensure!(
+        jobhost.is_file(),
+        "the jobhost binary {} was not found; build it first with `cargo build --release \
+         --workspace` (or set JOBHOST_BIN)",
+        jobhost.display()
+    );
+    Ok(jobhost)
 }
 
 /// A scratch directory of the bench run; removed when dropped, unless kept.
@@ -294,6 +309,115 @@ pub fn measure(
         latencies.extend(thread?);
     }
     Ok(Measured::new(wall, latencies))
+}
+
+/// Runs `op` `total` times on this thread, back to back.
+pub fn measure_serial(
+    total: usize,
+    mut op: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Measured> {
+    let mut latencies = Vec::with_capacity(total);
+    let started = Instant::now();
+    for _ in 0..total {
+        let began = Instant::now();
+        op()?;
+        latencies.push(began.elapsed());
+    }
+    Ok(Measured::new(started.elapsed(), latencies))
+}
+
+// ----- enqueueing -----
+
+/// Jobs per `dispatch_batch` call when the benches enqueue in batches.
+pub const BATCH: usize = 1000;
+/// The delay of jobs that must stay queued while the benches measure something else.
+pub const PARKED: Duration = Duration::from_secs(3600);
+/// Parked jobs dispatched before an enqueue rate is measured ([`warm_up`]).
+pub const WARM_UP: usize = 10;
+
+/// A no-op job delayed by [`PARKED`].
+pub fn parked() -> Job {
+    Job::new(CLASS, OK).delay(PARKED)
+}
+
+/// Enqueues `jobs` jobs made by `job` through `client`, [`BATCH`] per `dispatch_batch`;
+/// returns their ids.
+pub fn dispatch_in_batches(
+    client: &mut Client,
+    jobs: usize,
+    job: impl Fn() -> Job,
+) -> anyhow::Result<Vec<JobId>> {
+    let mut ids = Vec::with_capacity(jobs);
+    while ids.len() < jobs {
+        let n = (jobs - ids.len()).min(BATCH);
+        let batch = client
+            .dispatch_batch((0..n).map(|_| job()))
+            .context("cannot dispatch a batch")?;
+        ensure!(batch.len() == n, "enqueued {} of {n} jobs", batch.len());
+        ids.extend(batch);
+    }
+    Ok(ids)
+}
+
+/// Dispatches [`WARM_UP`] parked jobs through `client`: the first reads the allowlist and
+/// inventories the plugin directory, which is not what an enqueue rate is about.
+pub fn warm_up(client: &mut Client) -> anyhow::Result<()> {
+    for _ in 0..WARM_UP {
+        client.dispatch(parked()).context("cannot dispatch")?;
+    }
+    Ok(())
+}
+
+/// The calls of [`enqueue_parked`], timed.
+pub struct EnqueueCalls {
+    /// Each `dispatch` call.
+    pub single: Measured,
+    /// Each `dispatch_batch` call.
+    pub batch: Measured,
+}
+
+impl EnqueueCalls {
+    /// Jobs a second through `dispatch`, one each.
+    pub fn single_rate(&self) -> f64 {
+        self.single.rate()
+    }
+
+    /// Jobs a second through `dispatch_batch` (as many jobs as through `dispatch`).
+    pub fn batch_rate(&self) -> f64 {
+        self.single.latencies.len() as f64 / self.batch.wall.as_secs_f64()
+    }
+}
+
+/// Enqueues `jobs` parked jobs through `client` one `dispatch` each, then `jobs` more in
+/// batches of [`BATCH`], timing each call.
+pub fn enqueue_parked(client: &mut Client, jobs: usize) -> anyhow::Result<EnqueueCalls> {
+    let single = measure_serial(jobs, || {
+        client.dispatch(parked()).context("cannot dispatch")?;
+        Ok(())
+    })?;
+    let mut left = jobs;
+    let batch = measure_serial(jobs.div_ceil(BATCH), || {
+        let n = left.min(BATCH);
+        left -= n;
+        dispatch_in_batches(client, n, parked)?;
+        Ok(())
+    })?;
+    Ok(EnqueueCalls { single, batch })
+}
+
+/// Checks that `client`'s store holds `expected` scheduled jobs.
+pub fn ensure_scheduled(client: &mut Client, expected: usize) -> anyhow::Result<()> {
+    let stats = client.store().stats().context("cannot read the stats")?;
+    let scheduled = stats
+        .by_state
+        .get(JobState::Scheduled.as_str())
+        .copied()
+        .unwrap_or(0);
+    ensure!(
+        scheduled as usize == expected,
+        "expected {expected} scheduled jobs: {stats:?}"
+    );
+    Ok(())
 }
 
 // ----- installations and dispatchers -----
