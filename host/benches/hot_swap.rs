@@ -33,8 +33,10 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _};
-use common::{bench_main, count, cpus, find_fixture, ms, Installation, Scratch, Served};
-use jobhost::{attempt::jobhost_program, child, inventory::CatalogPaths, store::JobState, Job};
+use common::{
+    bench_main, count, cpus, find_fixture, jobhost_binary, ms, Installation, Scratch, Served,
+};
+use jobhost::{child, inventory::CatalogPaths, store::JobState, Job};
 use serde_json::Value;
 
 const BENCH: &str = "hot_swap";
@@ -61,13 +63,7 @@ fn main() -> ExitCode {
 fn run(bench_mode: bool) -> anyhow::Result<()> {
     let iters = count(bench_mode, ITERS)?;
     let fixture = find_fixture(BENCH, FIXTURE)?;
-    let jobhost = jobhost_program();
-    ensure!(
-        jobhost.is_file(),
-        "the jobhost binary {} was not found; build it first with `cargo build --release \
-         --workspace` (or set JOBHOST_BIN)",
-        jobhost.display()
-    );
+    let jobhost = jobhost_binary()?;
     let built = std::fs::read(&fixture).with_context(|| format!("cannot read {FIXTURE}"))?;
     let marker = built
         .windows(MARKER.len())

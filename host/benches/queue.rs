@@ -56,11 +56,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use common::{
-    bench_main, count, cpus, find_fixture, measure, ms, AttemptRunner, Installation, Measured,
-    Scratch, Served, CLASS, OK, PLUGIN_FILE,
+    bench_main, count, cpus, find_fixture, jobhost_binary, measure, ms, AttemptRunner,
+    Installation, Measured, Scratch, Served, CLASS, OK, PLUGIN_FILE,
 };
 use jobhost::{
-    attempt::jobhost_program,
     child,
     platform::{Doorbell, FileLock},
     store::JobState,
@@ -121,13 +120,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let memory_jobs = count(bench_mode, MEMORY)?;
     let parts = parts()?;
     let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
-    let jobhost = jobhost_program();
-    ensure!(
-        jobhost.is_file(),
-        "the jobhost binary {} was not found; build it first with `cargo build --release \
-         --workspace` (or set JOBHOST_BIN)",
-        jobhost.display()
-    );
+    let jobhost = jobhost_binary()?;
     let scratch = Scratch::create(
         &std::env::var_os(SCRATCH_VAR).map_or_else(std::env::temp_dir, PathBuf::from),
         "jobhost-bench-queue",

@@ -96,6 +96,19 @@ pub fn find_fixture(bench: &str, file: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The release `jobhost` binary the dispatchers and workers run
+/// ([`jobhost_program`]), which must have been built.
+pub fn jobhost_binary() -> anyhow::Result<PathBuf> {
+    let jobhost = jobhost_program();
+    ensure!(
+        jobhost.is_file(),
+        "the jobhost binary {} was not found; build it first with `cargo build --release \
+         --workspace` (or set JOBHOST_BIN)",
+        jobhost.display()
+    );
+    Ok(jobhost)
+}
+
 /// A scratch directory of the bench run; removed when dropped, unless kept.
 pub struct Scratch {
     /// The directory.
