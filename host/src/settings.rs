@@ -55,7 +55,7 @@ pub enum SettingsError {
     #[error("cannot determine the current directory")]
     CurrentDir(#[source] std::io::Error),
     /// The store setting does not name a usable store.
-    #[error("the store setting ({origin}): {source}")]
+    #[error("the store setting ({origin})")]
     Store {
         /// Where it was set: `--store`, `JOBHOST_STORE` or the settings file.
         origin: String,
