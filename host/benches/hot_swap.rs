@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{ensure, Context as _};
 use common::{
-    bench_main, count, cpus, find_fixture, find_jobhost, ms, Installation, Scratch, Served,
+    bench_main, count, cpus, find_fixture, jobhost_binary, ms, Installation, Scratch, Served,
 };
 use jobhost::{child, inventory::CatalogPaths, store::JobState, Job};
 use serde_json::Value;
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
 fn run(bench_mode: bool) -> anyhow::Result<()> {
     let iters = count(bench_mode, ITERS)?;
     let fixture = find_fixture(BENCH, FIXTURE)?;
-    let jobhost = find_jobhost()?;
+    let jobhost = jobhost_binary()?;
     let built = std::fs::read(&fixture).with_context(|| format!("cannot read {FIXTURE}"))?;
     let marker = built
         .windows(MARKER.len())

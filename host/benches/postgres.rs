@@ -54,7 +54,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use common::{
     bench_main, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture,
-    find_jobhost, ms, warm_up, EnqueueCalls, Installation, Scratch, Served, BATCH, CLASS, OK,
+    jobhost_binary, ms, warm_up, EnqueueCalls, Installation, Scratch, Served, BATCH, CLASS, OK,
     PLUGIN_FILE, WARM_UP,
 };
 use jobhost::{
@@ -119,7 +119,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let drain_jobs = count(bench_mode, DRAIN)?;
     let enqueue_jobs = count(bench_mode, ENQUEUE)?;
     let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
-    let jobhost = find_jobhost()?;
+    let jobhost = jobhost_binary()?;
     let scratch = Scratch::create(
         &std::env::temp_dir(),
         "jobhost-bench-postgres",

@@ -57,7 +57,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use common::{
     bench_main, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture,
-    find_jobhost, measure, ms, parked, warm_up, AttemptRunner, EnqueueCalls, Installation,
+    jobhost_binary, measure, ms, parked, warm_up, AttemptRunner, EnqueueCalls, Installation,
     Measured, Scratch, Served, BATCH, CLASS, OK, PLUGIN_FILE, WARM_UP,
 };
 use jobhost::{
@@ -118,7 +118,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let memory_jobs = count(bench_mode, MEMORY)?;
     let parts = parts()?;
     let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
-    let jobhost = find_jobhost()?;
+    let jobhost = jobhost_binary()?;
     let scratch = Scratch::create(
         &std::env::var_os(SCRATCH_VAR).map_or_else(std::env::temp_dir, PathBuf::from),
         "jobhost-bench-queue",

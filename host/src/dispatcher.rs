@@ -52,6 +52,9 @@ const SAFETY_WAKE: Duration = Duration::from_secs(5);
 /// How often a store call that lost its connection is tried again, and the longest pause
 /// between two tries (they double from 50 ms): about half a minute in all.
 const RECONNECT_TRIES: u32 = 20;
+
+/// How often at most the loop looks for dispatchers whose lease ran out.
+const RESCUE_TICK: Duration = Duration::from_secs(1);
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// The files of a state directory that belong to the dispatcher.
@@ -219,6 +222,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         owner,
         owner_cell,
         predecessors,
+        checked_own: Instant::now(),
         running: HashMap::new(),
         orders: start_slots(settings, &tx),
         events: rx,
@@ -315,8 +319,9 @@ fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
 }
 
 /// Heartbeats from a thread of its own with its own connection, every fifth of the lease, and
-/// ticks the loop, which then rescues the jobs of dispatchers whose lease ran out. Tells the
-/// loop when its registration is gone.
+/// ticks the loop at least every second (more often with a short lease), which then rescues
+/// the jobs of dispatchers whose lease ran out: so a dead dispatcher's jobs are rescued within
+/// the lease and a second of its last heartbeat. Tells the loop when its registration is gone.
 fn start_heartbeat(
     settings: &Settings,
     owner: &Arc<AtomicI64>,
@@ -324,23 +329,28 @@ fn start_heartbeat(
 ) -> Result<(), DispatcherError> {
     let mut store = crate::store::open(&settings.store)?;
     let every = settings.dispatcher.lease / 5;
+    let tick = every.min(RESCUE_TICK);
     let (owner, tx) = (Arc::clone(owner), tx.clone());
     std::thread::Builder::new()
         .name("heartbeat".into())
-        .spawn(move || loop {
-            std::thread::sleep(every);
-            let id = owner.load(Ordering::SeqCst);
-            let event = match store.heartbeat(id, now_millis()) {
-                Ok(true) => Event::Tick,
-                Ok(false) => Event::Evicted(id),
-                Err(e) => {
-                    // The next heartbeat reconnects.
-                    tracing::warn!("heartbeat failed: {e}");
-                    Event::Tick
+        .spawn(move || {
+            let mut beat = Instant::now();
+            loop {
+                std::thread::sleep(tick);
+                let mut event = Event::Tick;
+                if beat.elapsed() + tick / 2 >= every {
+                    beat = Instant::now();
+                    let id = owner.load(Ordering::SeqCst);
+                    match store.heartbeat(id, now_millis()) {
+                        Ok(true) => {}
+                        Ok(false) => event = Event::Evicted(id),
+                        // The next heartbeat reconnects.
+                        Err(e) => tracing::warn!("heartbeat failed: {e}"),
+                    }
                 }
-            };
-            if tx.send(event).is_err() {
-                return;
+                if tx.send(event).is_err() {
+                    return;
+                }
             }
         })
         .map_err(|source| DispatcherError::Setup {
@@ -455,6 +465,8 @@ struct Dispatcher {
     /// Earlier registrations of this host and state directory, deregistered once their
     /// attempts are settled.
     predecessors: Vec<DispatcherId>,
+    /// When it last looked for running attempts of its own that it does not know of.
+    checked_own: Instant,
     running: HashMap<JobId, Running>,
     orders: Sender<Order>,
     events: Receiver<Event>,
@@ -754,6 +766,15 @@ impl Dispatcher {
             // Never itself: its own heartbeat may just be late on a loaded machine.
             .filter(|d| d.id != self.owner)
             .collect();
+        // Its own unknown attempts are looked for once a heartbeat period; others' only when
+        // some dispatcher's lease ran out.
+        let own_check = self.checked_own.elapsed() >= self.settings.dispatcher.lease / 5;
+        if expired.is_empty() && !own_check && self.predecessors.is_empty() {
+            return Ok(false);
+        }
+        if own_check {
+            self.checked_own = Instant::now();
+        }
         let running = self.with_store(|s| s.running())?;
         let mut changed = false;
         for (job, attempt) in running {

@@ -55,7 +55,7 @@ pub enum SettingsError {
     #[error("cannot determine the current directory")]
     CurrentDir(#[source] std::io::Error),
     /// The store setting does not name a usable store.
-    #[error("the store setting ({origin}): {source}")]
+    #[error("the store setting ({origin})")]
     Store {
         /// Where it was set: `--store`, `JOBHOST_STORE` or the settings file.
         origin: String,
@@ -660,6 +660,58 @@ mod tests {
         assert!(
             resolve("web.port = 1\n", &[]).is_err(),
             "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn the_store_is_sqlite_in_the_state_directory_unless_a_postgres_url_is_given() {
+        let settings = resolve("state_dir = \"var/state\"\n", &[]).unwrap();
+        assert_eq!(
+            settings.store,
+            StoreLocation::Sqlite(settings.state_dir.join("jobs.sqlite3"))
+        );
+        assert_eq!(settings.dispatcher.lease, Duration::from_secs(15));
+
+        let file = "store = \"postgres://jobs:secret@db.example/queue\"\ndispatcher.lease = 2.5\n";
+        let settings = resolve(file, &[]).unwrap();
+        assert_eq!(
+            settings.store,
+            StoreLocation::Postgres("postgres://jobs:secret@db.example/queue".into())
+        );
+        assert_eq!(settings.dispatcher.lease, Duration::from_millis(2500));
+        // The environment wins over the file, and is handed on to a dispatcher started for us.
+        let env = [("JOBHOST_STORE", "postgresql://other/db")];
+        let settings = resolve(file, &env).unwrap();
+        assert_eq!(
+            settings.store,
+            StoreLocation::Postgres("postgresql://other/db".into())
+        );
+        assert!(settings
+            .to_env()
+            .contains(&("JOBHOST_STORE", "postgresql://other/db".into())));
+    }
+
+    #[test]
+    fn a_store_that_is_not_a_postgres_url_and_a_zero_lease_are_refused() {
+        let error = resolve("store = \"mysql://jobs:secret@db/queue\"\n", &[]).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("jobhost.toml"), "{message}");
+        let chain = format!("{:#}", anyhow::Error::from(error));
+        assert!(chain.contains("mysql://"), "{chain}");
+        assert!(
+            !chain.contains("secret"),
+            "the password is never shown: {chain}"
+        );
+
+        let error = resolve("", &[("JOBHOST_STORE", "not a url")]).unwrap_err();
+        assert!(error.to_string().contains("JOBHOST_STORE"), "{error}");
+
+        let error = resolve("dispatcher.lease = 0\n", &[]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("dispatcher.lease must be more than 0"),
+            "{error}"
         );
     }
 }

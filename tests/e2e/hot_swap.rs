@@ -80,6 +80,19 @@ fn run_version(host: &Host) -> (String, String) {
     )
 }
 
+/// Starts a job that runs until the file it names exists; returns its id and that file, once
+/// it runs.
+fn start_holder(host: &Host) -> (i64, std::path::PathBuf) {
+    let release = host.root().join("release");
+    let holder = host.enqueue(&[
+        VERSIONED_CLASS,
+        "hold",
+        &format!("release={}", release.display()),
+    ]);
+    host.wait_state(holder, &["running"]);
+    (holder, release)
+}
+
 fn snapshot_exists(host: &Host, hash: &str) -> bool {
     host.state_dir()
         .join("plugins/snapshots")
@@ -97,13 +110,7 @@ fn running_job_keeps_v1_while_new_jobs_get_v2(how: Deploy) {
     let mut serve = host.serve();
     host.wait_catalog(VERSIONED_CLASS, Some(&v1_hash));
 
-    let release = host.root().join("release");
-    let holder = host.enqueue(&[
-        VERSIONED_CLASS,
-        "hold",
-        &format!("release={}", release.display()),
-    ]);
-    host.wait_state(holder, &["running"]);
+    let (holder, release) = start_holder(&host);
 
     deploy(&host, how, &v2);
     // The dispatcher's watcher takes it in: nobody else looked at the directory.
@@ -267,16 +274,7 @@ fn a_new_plugin_approved_at_run_time_runs_without_a_restart_and_a_bad_allowlist_
         "allowlist.toml",
         "[jobs]\n'Tests\\Misbehave' = [\"echo\"]\n'App\\Jobs\\SendNotification' = [\"send\"]\n",
     );
-    wait_for(
-        "the allowlist to be reloaded",
-        Duration::from_secs(60),
-        || {
-            host.log("background_jobs.log")
-                .iter()
-                .any(|l| l.contains("Allowlist reloaded"))
-                .then_some(())
-        },
-    );
+    host.wait_log("background_jobs.log", "Allowlist reloaded");
     let id = host.enqueue(&notify);
     let done = host.wait_state(id, &["completed", "failed"]);
     assert_eq!(done["job"]["state"], "completed", "{done:#}");
@@ -284,16 +282,7 @@ fn a_new_plugin_approved_at_run_time_runs_without_a_restart_and_a_bad_allowlist_
 
     // A broken edit: logged once, and the version in force stays in force.
     host.write("allowlist.toml", "[jobs]\n'Tests\\Misbehave' = \"echo\"\n");
-    wait_for(
-        "the allowlist to be rejected",
-        Duration::from_secs(60),
-        || {
-            host.log("background_jobs_errors.log")
-                .iter()
-                .any(|l| l.contains("Allowlist rejected"))
-                .then_some(())
-        },
-    );
+    host.wait_log("background_jobs_errors.log", "Allowlist rejected");
     let id = host.enqueue(&notify);
     assert_eq!(
         host.wait_state(id, &["completed", "failed"])["job"]["state"],
@@ -373,13 +362,7 @@ fn jobs_waiting_for_a_removed_plugin_still_run_on_their_version_and_new_ones_are
     host.settings("dispatcher.slots = 1");
     let v1_hash = blake3_hex(&versioned_build("v1"));
     let mut serve = host.serve();
-    let release = host.root().join("release");
-    let holder = host.enqueue(&[
-        VERSIONED_CLASS,
-        "hold",
-        &format!("release={}", release.display()),
-    ]);
-    host.wait_state(holder, &["running"]);
+    let (holder, release) = start_holder(&host);
     let waiting = host.enqueue(&[VERSIONED_CLASS, "version"]);
     assert_eq!(host.show(waiting)["job"]["state"], "queued");
 

@@ -264,18 +264,31 @@ impl Host {
     /// Starts `jobhost serve` (stderr to `serve.err`) and waits until it holds the state
     /// directory.
     pub fn serve(&self) -> std::process::Child {
-        let stderr = fs::File::create(self.root().join("serve.err")).unwrap();
-        let serve = self
-            .jobhost()
-            .arg("serve")
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let serve = self.spawn_serve();
         wait_for("jobhost serve to start", Duration::from_secs(30), || {
             self.dispatcher_pid().filter(|pid| *pid == serve.id())
         });
         serve
+    }
+
+    /// Starts `jobhost serve`, its stderr going to `serve.err`.
+    fn spawn_serve(&self) -> std::process::Child {
+        let stderr = fs::File::create(self.root().join("serve.err")).unwrap();
+        self.jobhost()
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits (generously) until log file `name` has a line containing `needle`; returns it.
+    pub fn wait_log(&self, name: &str, needle: &str) -> String {
+        wait_for(
+            &format!("a line with {needle:?} in {name}"),
+            Duration::from_secs(60),
+            || self.log(name).into_iter().find(|l| l.contains(needle)),
+        )
     }
 
     /// The plugin catalog as last written (`<state>/plugins/catalog.json`), without asking
@@ -334,14 +347,7 @@ impl Host {
         self.settings(&format!(
             "web.enabled = true\nweb.listen = \"127.0.0.1:0\"\n{extra}"
         ));
-        let stderr = fs::File::create(self.root().join("serve.err")).unwrap();
-        let serve = self
-            .jobhost()
-            .arg("serve")
-            .stdout(std::process::Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let serve = self.spawn_serve();
         let file = self.state_dir().join("dashboard.json");
         let info = wait_for("dashboard.json", Duration::from_secs(30), || {
             serde_json::from_slice(&fs::read(&file).ok()?).ok()

@@ -98,9 +98,9 @@ pub fn find_fixture(bench: &str, file: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The `jobhost` binary the dispatchers and workers run
-/// ([`jobhost::attempt::jobhost_program`]), which must have been built.
-pub fn find_jobhost() -> anyhow::Result<PathBuf> {
+/// The release `jobhost` binary the dispatchers and workers run
+/// ([`jobhost_program`]), which must have been built.
+pub fn jobhost_binary() -> anyhow::Result<PathBuf> {
     let jobhost = jobhost_program();
     ensure!(
         jobhost.is_file(),
