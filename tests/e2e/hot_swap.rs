@@ -362,7 +362,7 @@ fn jobs_waiting_for_a_removed_plugin_still_run_on_their_version_and_new_ones_are
     host.settings("dispatcher.slots = 1");
     let v1_hash = blake3_hex(&versioned_build("v1"));
     let mut serve = host.serve();
-    let (holder, release) = start_holder(&host);
+    let (_, release) = start_holder(&host);
     let waiting = host.enqueue(&[VERSIONED_CLASS, "version"]);
     assert_eq!(host.show(waiting)["job"]["state"], "queued");
 
