@@ -627,10 +627,21 @@ pub fn proc_stat(pid: u32) -> Option<(char, u32, u32, u32, i32)> {
     ))
 }
 
-/// Whether process `pid` exists and is not a zombie.
+/// Whether process `pid` exists and one of its threads is not a zombie. A killed process's
+/// main thread can be a zombie while its other threads are still exiting (one in the middle of
+/// an `fsync`, say), holding its files and the locks on them: it is alive until they are gone.
 #[cfg(target_os = "linux")]
 pub fn alive(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, ..)| state != 'Z')
+    let Ok(threads) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().any(|thread| {
+        let stat = fs::read_to_string(thread.path().join("stat")).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|end| stat[end + 1..].trim_start().chars().next());
+        state.is_some_and(|state| state != 'Z')
+    })
 }
 
 /// Whether any live process (not a zombie) belongs to process group `pgrp`.
