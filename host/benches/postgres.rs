@@ -36,6 +36,10 @@
 //! 2. **enqueue**: with one idle dispatcher running, `dispatch` of one parked job (delayed an
 //!    hour) per call, then as many in `dispatch_batch` calls of 1000.
 //!
+//! Before each measurement the bench waits a second and counts the cores the machine kept busy
+//! meanwhile (the table's last column: other processes, including the PostgreSQL server
+//! serving someone else); above 0.15 of a core the figures are flagged as unreliable.
+//!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
 //! binary's directory by [`jobhost::attempt::jobhost_program`] (or `$JOBHOST_BIN`); `main`
 //! still first handles the hidden `__worker` and `__inspect` subcommands
@@ -53,9 +57,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use common::{
-    bench_main, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture,
-    jobhost_binary, ms, warm_up, EnqueueCalls, Installation, Scratch, Served, BATCH, CLASS, OK,
-    PLUGIN_FILE, WARM_UP,
+    bench_main, busy_cores, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled,
+    find_fixture, jobhost_binary, ms, warm_up, EnqueueCalls, Installation, Scratch, Served, BATCH,
+    CLASS, NOISY, OK, PLUGIN_FILE, WARM_UP,
 };
 use jobhost::{
     child,
@@ -135,7 +139,14 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     println!("jobhost: {}", jobhost.display());
     println!("plugin: {}", fixture.display());
     println!("scratch: {}", scratch.path.display());
-    let mut rows: Vec<(String, f64, &str)> = Vec::new();
+    // Each measurement first samples the machine's load for this long, waiting.
+    let quiet = if bench_mode {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(100)
+    };
+    // What, how much, its unit, and the cores other processes kept busy just before.
+    let mut rows: Vec<(String, f64, &str, f64)> = Vec::new();
 
     println!("\n[1] drain: {drain_jobs} no-op jobs, dispatchers of 2 slots each");
     for (backend, dispatchers) in [
@@ -149,6 +160,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             "drain-{}-{dispatchers}",
             backend.name().to_ascii_lowercase()
         );
+        let busy = busy_cores(quiet)?;
         let drain = drain(
             &scratch.path,
             &fixture,
@@ -165,12 +177,13 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             ms(drain.enqueue),
             drain.by_dispatcher.values().collect::<Vec<_>>(),
         );
-        rows.push((label, rate, "jobs/s"));
+        rows.push((label, rate, "jobs/s", busy));
     }
 
     println!("\n[2] enqueue: {enqueue_jobs} parked jobs per mode, one idle dispatcher running");
     for backend in [Backend::Sqlite, Backend::postgres()?] {
         let name = format!("enqueue-{}", backend.name().to_ascii_lowercase());
+        let busy = busy_cores(quiet)?;
         let calls = enqueue(&scratch.path, &fixture, &backend, &name, enqueue_jobs)?;
         println!(
             "  {}: dispatch() p50 {:.3} ms p99 {:.3} ms; batch of {BATCH} p50 {:.2} ms p99 {:.2} \
@@ -185,18 +198,30 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             format!("dispatch, 1 per call, {}", backend.name()),
             calls.single_rate(),
             "jobs/s",
+            busy,
         ));
         rows.push((
             format!("dispatch_batch of {BATCH}, {}", backend.name()),
             calls.batch_rate(),
             "jobs/s",
+            busy,
         ));
     }
 
     println!();
-    println!("{:<44} {:>12} unit", "what", "value");
-    for (what, value, unit) in &rows {
-        println!("{what:<44} {value:>12.0} {unit}");
+    println!(
+        "{:<44} {:>12} {:<8} {:>14}",
+        "what", "value", "unit", "others' cores"
+    );
+    for (what, value, unit, busy) in &rows {
+        println!("{what:<44} {value:>12.0} {unit:<8} {busy:>14.2}");
+    }
+    if rows.iter().any(|&(.., busy)| busy > NOISY) {
+        println!(
+            "\nWARNING: other processes kept the machine busy just before some measurements \
+             (last column, sampled for {quiet:?} before each); their figures are worse than on \
+             an idle machine. Run again when it is."
+        );
     }
     println!(
         "\nA job is {CLASS}@{OK}, run in a worker process of its own; the machine has {} CPUs.",

@@ -57,8 +57,9 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use common::{
     bench_main, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture,
-    jobhost_binary, measure, ms, parked, warm_up, AttemptRunner, EnqueueCalls, Installation,
-    Measured, Scratch, Served, BATCH, CLASS, OK, PLUGIN_FILE, WARM_UP,
+    jobhost_binary, machine_busy, measure, ms, parked, warm_up, AttemptRunner, EnqueueCalls,
+    Installation, Measured, Scratch, Served, BATCH, CLASS, NOISY, OK, PLUGIN_FILE, USER_HZ,
+    WARM_UP,
 };
 use jobhost::{
     child,
@@ -83,8 +84,6 @@ const LATENCY: (&str, usize, usize) = ("QUEUE_LATENCY_JOBS", 500, 20);
 const ENQUEUE: (&str, usize, usize) = ("QUEUE_ENQUEUE_JOBS", 10_000, 500);
 const MEMORY: (&str, usize, usize) = ("QUEUE_MEMORY_JOBS", 100_000, 2000);
 const PARTS_VAR: &str = "QUEUE_PARTS";
-/// Cores other processes may keep busy before the figures are flagged as unreliable.
-const NOISY: f64 = 0.15;
 const KEEP_VAR: &str = "QUEUE_KEEP";
 const SCRATCH_VAR: &str = "QUEUE_SCRATCH_DIR";
 
@@ -811,10 +810,6 @@ fn mb(kb: u64) -> f64 {
 
 // ----- CPU accounting -----
 
-/// Linux reports process and machine CPU times in USER_HZ ticks, 100 a second on every
-/// architecture's user ABI.
-const USER_HZ: f64 = 100.0;
-
 /// CPU seconds used over a measurement.
 #[derive(Debug, Clone, Copy)]
 struct CpuUse {
@@ -948,24 +943,6 @@ fn stat_cpu(path: &str) -> anyhow::Result<(String, f64, f64)> {
         (fields[0] + fields[1]) / USER_HZ,
         (fields[2] + fields[3]) / USER_HZ,
     ))
-}
-
-/// The machine's busy CPU seconds since boot, all cores: everything but idle and iowait.
-fn machine_busy() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("/proc/stat has no cpu line")?;
-    let ticks: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse::<f64>().unwrap_or(0.0))
-        .collect();
-    ensure!(ticks.len() >= 8, "/proc/stat's cpu line is too short");
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
-    Ok(busy / USER_HZ)
 }
 
 // ----- the table -----

@@ -420,6 +420,40 @@ pub fn ensure_scheduled(client: &mut Client, expected: usize) -> anyhow::Result<
     Ok(())
 }
 
+// ----- the machine -----
+
+/// Linux reports process and machine CPU times in USER_HZ ticks, 100 a second on every
+/// architecture's user ABI.
+pub const USER_HZ: f64 = 100.0;
+/// Cores other processes may keep busy before the figures are flagged as unreliable.
+pub const NOISY: f64 = 0.15;
+
+/// The machine's busy CPU seconds since boot, all cores: everything but idle and iowait.
+pub fn machine_busy() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("/proc/stat has no cpu line")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    ensure!(ticks.len() >= 8, "/proc/stat's cpu line is too short");
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7];
+    Ok(busy / USER_HZ)
+}
+
+/// How many cores the machine kept busy over the next `window`, while the bench itself waits:
+/// other processes' load, which slows what is measured next.
+pub fn busy_cores(window: Duration) -> anyhow::Result<f64> {
+    let before = machine_busy()?;
+    std::thread::sleep(window);
+    Ok((machine_busy()? - before) / window.as_secs_f64())
+}
+
 // ----- installations and dispatchers -----
 
 /// The slots of the dispatchers the benches start.
