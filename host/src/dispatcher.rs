@@ -15,10 +15,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicI64, Ordering},
-        Arc,
-    },
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -52,6 +49,14 @@ const SAFETY_WAKE: Duration = Duration::from_secs(5);
 /// How often a store call that lost its connection is tried again, and the longest pause
 /// between two tries (they double from 50 ms): about half a minute in all.
 const RECONNECT_TRIES: u32 = 20;
+
+/// The registrations the heartbeat thread keeps alive: this dispatcher's own, and those of
+/// its predecessors on this host and state directory until their attempts are settled.
+#[derive(Debug, Clone)]
+struct Heartbeats {
+    owner: DispatcherId,
+    predecessors: Vec<DispatcherId>,
+}
 
 /// How often at most the loop looks for dispatchers whose lease ran out.
 const RESCUE_TICK: Duration = Duration::from_secs(1);
@@ -205,14 +210,22 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         .collect();
     let (tx, rx) = crossbeam_channel::unbounded();
     let doorbell = listen(&paths.doorbell, &tx).map_err(setup("bind the doorbell"))?;
-    let owner_cell = Arc::new(AtomicI64::new(owner));
+    // Their leases start again now, and are kept by this dispatcher's heartbeat while it
+    // settles their attempts: nobody else rescues what it adopts.
+    for &id in &predecessors {
+        store.heartbeat(id, now_millis())?;
+    }
+    let heartbeats = Arc::new(Mutex::new(Heartbeats {
+        owner,
+        predecessors: predecessors.clone(),
+    }));
     match &settings.store {
         StoreLocation::Sqlite(database) => start_checkpointer(database)?,
         StoreLocation::Postgres(url) => {
             listen_postgres(url, &tx).map_err(setup("start the PostgreSQL listener"))?;
         }
     }
-    start_heartbeat(settings, &owner_cell, &tx)?;
+    start_heartbeat(settings, &heartbeats, &tx)?;
     watch_signals(&tx).map_err(setup("install signal handlers"))?;
     let mut dispatcher = Dispatcher {
         settings: settings.clone(),
@@ -220,7 +233,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         store,
         info,
         owner,
-        owner_cell,
+        heartbeats,
         predecessors,
         checked_own: Instant::now(),
         running: HashMap::new(),
@@ -324,13 +337,13 @@ fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
 /// the lease and a second of its last heartbeat. Tells the loop when its registration is gone.
 fn start_heartbeat(
     settings: &Settings,
-    owner: &Arc<AtomicI64>,
+    heartbeats: &Arc<Mutex<Heartbeats>>,
     tx: &Sender<Event>,
 ) -> Result<(), DispatcherError> {
     let mut store = crate::store::open(&settings.store)?;
     let every = settings.dispatcher.lease / 5;
     let tick = every.min(RESCUE_TICK);
-    let (owner, tx) = (Arc::clone(owner), tx.clone());
+    let (heartbeats, tx) = (Arc::clone(heartbeats), tx.clone());
     std::thread::Builder::new()
         .name("heartbeat".into())
         .spawn(move || {
@@ -340,12 +353,23 @@ fn start_heartbeat(
                 let mut event = Event::Tick;
                 if beat.elapsed() + tick / 2 >= every {
                     beat = Instant::now();
-                    let id = owner.load(Ordering::SeqCst);
-                    match store.heartbeat(id, now_millis()) {
+                    let Heartbeats {
+                        owner,
+                        predecessors,
+                    } = heartbeats
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
+                    let now = now_millis();
+                    match store.heartbeat(owner, now) {
                         Ok(true) => {}
-                        Ok(false) => event = Event::Evicted(id),
+                        Ok(false) => event = Event::Evicted(owner),
                         // The next heartbeat reconnects.
                         Err(e) => tracing::warn!("heartbeat failed: {e}"),
+                    }
+                    for id in predecessors {
+                        // Gone already is fine: the loop deregistered it.
+                        let _ = store.heartbeat(id, now);
                     }
                 }
                 if tx.send(event).is_err() {
@@ -461,7 +485,7 @@ struct Dispatcher {
     /// The id it registered under and claims under.
     owner: DispatcherId,
     /// The same, for the heartbeat thread.
-    owner_cell: Arc<AtomicI64>,
+    heartbeats: Arc<Mutex<Heartbeats>>,
     /// Earlier registrations of this host and state directory, deregistered once their
     /// attempts are settled.
     predecessors: Vec<DispatcherId>,
@@ -732,6 +756,12 @@ impl Dispatcher {
         Ok(())
     }
 
+    fn heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Runs `call` on the store; when it finds the connection lost, pauses and tries again
     /// (the store reconnects on the next call), for about half a minute before giving up.
     fn with_store<T>(
@@ -784,17 +814,22 @@ impl Dispatcher {
             let Some(owner) = attempt.dispatcher else {
                 continue;
             };
-            let reason = if owner == self.owner {
-                "lost: its dispatcher did not learn that it had claimed it".to_owned()
+            let (reason, next) = if owner == self.owner {
+                // Claimed, but the answer was lost with the connection: it never started, so
+                // it goes back to the queue without using up an attempt.
+                let reason = "its dispatcher did not learn that it had claimed it".to_owned();
+                (reason, Next::Requeue)
             } else if let Some(dead) = expired.iter().find(|d| d.id == owner) {
-                format!(
-                    "lost: its dispatcher (pid {} on {}) stopped heartbeating",
+                let reason = format!(
+                    "its dispatcher (pid {} on {}) stopped heartbeating",
                     dead.pid, dead.host
-                )
+                );
+                let next = lifecycle::next_after(&job, &Outcome::Lost(reason.clone()), now);
+                (reason, next)
             } else {
                 continue;
             };
-            changed |= self.settle_lost(&job, &attempt, reason, now)?;
+            changed |= self.settle_lost(&job, &attempt, reason, &next, now)?;
         }
         for dead in expired {
             if self.with_store(|s| s.deregister(dead.id))? {
@@ -809,6 +844,7 @@ impl Dispatcher {
         }
         let mut predecessors = std::mem::take(&mut self.predecessors);
         predecessors.retain(|&id| !matches!(self.with_store(|s| s.deregister(id)), Ok(true)));
+        self.heartbeats().predecessors.clone_from(&predecessors);
         self.predecessors = predecessors;
         if changed {
             self.changed();
@@ -816,28 +852,27 @@ impl Dispatcher {
         Ok(changed)
     }
 
-    /// Settles `attempt` of `job`, which no dispatcher is watching, as lost. Returns false if
-    /// somebody settled it first.
+    /// Settles `attempt` of `job`, which no dispatcher is watching, as lost, moving the job on
+    /// to `next`. Returns false if somebody settled it first.
     fn settle_lost(
         &mut self,
         job: &JobRecord,
         attempt: &Attempt,
         reason: String,
+        next: &Next,
         now: Millis,
     ) -> Result<bool, DispatcherError> {
-        let outcome = Outcome::Lost(reason.clone());
-        let next = lifecycle::next_after(job, &outcome, now);
         let end = AttemptEnd {
             finished_at: now,
-            outcome: outcome.label(),
+            outcome: Outcome::Lost(String::new()).label(),
             error: Some(reason.clone()),
             output_bytes: 0,
         };
         let (id, number) = (job.id, attempt.attempt);
-        if !self.with_store(|s| s.settle(id, number, &end, &next))? {
+        if !self.with_store(|s| s.settle(id, number, &end, next))? {
             return Ok(false);
         }
-        log_next(job, number, &next, &reason, now);
+        log_next(job, number, next, &reason, now);
         notify_waiters(&self.paths.waiters, id);
         Ok(true)
     }
@@ -857,7 +892,7 @@ impl Dispatcher {
         self.interrupt_all();
         let info = self.info.clone();
         self.owner = self.with_store(|s| s.register_dispatcher(&info, now_millis()))?;
-        self.owner_cell.store(self.owner, Ordering::SeqCst);
+        self.heartbeats().owner = self.owner;
         Ok(())
     }
 

@@ -304,8 +304,9 @@ fn kill_9_of_a_dispatcher_mid_run_has_its_jobs_rescued_as_lost_and_retried_elsew
 
 #[test]
 fn a_dispatcher_restarted_after_kill_9_adopts_its_running_workers_and_nobody_rescues_them() {
-    // A lease far longer than a restart takes, and jobs far longer than the lease.
-    const LEASE: &str = "dispatcher.lease = 5\n";
+    // A lease far longer than a restart takes, even on a loaded machine, and jobs far longer
+    // than the lease.
+    const LEASE: &str = "dispatcher.lease = 10\n";
     let db = TestDatabase::create();
     let mut store = open_store(db.url());
     let mut a = start_dispatchers(&db, 1, LEASE, &mut *store).remove(0);
@@ -315,7 +316,7 @@ fn a_dispatcher_restarted_after_kill_9_adopts_its_running_workers_and_nobody_res
         .client()
         .dispatch_batch((0..2).map(|_| {
             Job::new(CLASS, "sleep")
-                .param("seconds", 15)
+                .param("seconds", 25)
                 .retries(1)
                 .retry_delay(Duration::ZERO)
         }))
