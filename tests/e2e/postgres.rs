@@ -375,10 +375,14 @@ fn a_dispatcher_restarted_after_kill_9_adopts_its_running_workers_and_nobody_res
         "the vanished worker's attempt is settled by the restart, not by the lease: \
          {outcomes:#?}"
     );
-    let registered: Vec<DispatcherId> = store.dispatchers().unwrap().iter().map(|d| d.id).collect();
-    assert!(
-        !registered.contains(&old),
-        "the predecessor is deregistered: {registered:?}"
+    // Once its attempts are settled, on the restarted dispatcher's next look.
+    wait_for(
+        "the predecessor to be deregistered",
+        Duration::from_secs(60),
+        || {
+            let dispatchers = store.dispatchers().unwrap();
+            (!dispatchers.iter().any(|d| d.id == old)).then_some(())
+        },
     );
 }
 
