@@ -519,8 +519,8 @@ impl Dispatcher {
             }
 
             // How long to sleep: until the next scheduled job, the idle exit, or the stop
-            // deadline, whichever is first. Jobs running in the store are this dispatcher's
-            // (one per state directory), so nothing waiting and nothing running is idle.
+            // deadline, whichever is first. Idle is nothing waiting in the store and nothing
+            // running here (other dispatchers' running jobs are theirs to finish).
             let now = Instant::now();
             let mut wake = now + SAFETY_WAKE;
             let next =
