@@ -36,8 +36,12 @@ use anyhow::{ensure, Context as _};
 use common::{
     bench_main, count, cpus, find_fixture, jobhost_binary, ms, Installation, Scratch, Served,
 };
-use jobhost::{child, inventory::CatalogPaths, store::JobState, Job};
-use serde_json::Value;
+use jobhost::{
+    child,
+    inventory::{CatalogPaths, Inventory},
+    store::JobState,
+    Job,
+};
 
 const BENCH: &str = "hot_swap";
 const FIXTURE: &str = "libversioned_fixture.so";
@@ -176,15 +180,10 @@ fn rename_in(target: &Path, bytes: &[u8]) -> anyhow::Result<Instant> {
 
 /// The hash of the version serving the fixture's class, as the catalog file says now.
 fn serving(catalog: &Path) -> Option<String> {
-    let catalog: Value = serde_json::from_slice(&std::fs::read(catalog).ok()?).ok()?;
-    catalog["files"].as_array()?.iter().find_map(|file| {
-        let active = &file["active"];
-        active["classes"]
-            .as_array()?
-            .iter()
-            .any(|c| c["name"] == CLASS)
-            .then(|| active["hash"].as_str().map(str::to_owned))?
-    })
+    let inventory = Inventory::read(catalog)?;
+    inventory
+        .find(CLASS)
+        .map(|offer| offer.version.hash.clone())
 }
 
 /// Prints the median, 95th percentile and maximum of `times`, against the target.

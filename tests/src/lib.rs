@@ -291,34 +291,18 @@ impl Host {
         )
     }
 
-    /// The plugin catalog as last written (`<state>/plugins/catalog.json`), without asking
-    /// anyone to bring it up to date.
-    pub fn catalog(&self) -> Value {
-        let path = self.state_dir().join("plugins").join("catalog.json");
-        fs::read(path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or(Value::Null)
-    }
-
-    /// Waits (generously) until the catalog as last written says `class` is served by the
-    /// version with hash `hash`, or by none when `hash` is `None`.
+    /// Waits (generously) until the plugin catalog as last written
+    /// (`<state>/plugins/catalog.json`, read without asking anyone to bring it up to date) says
+    /// `class` is served by the version with hash `hash`, or by none when `hash` is `None`.
     pub fn wait_catalog(&self, class: &str, hash: Option<&str>) {
+        let catalog = jobhost::inventory::CatalogPaths::new(&self.state_dir()).catalog;
         wait_for(
             &format!("the catalog to serve {class} with {hash:?}"),
             Duration::from_secs(60),
             || {
-                let catalog = self.catalog();
-                let files = catalog["files"].as_array()?;
-                let serving = files.iter().find_map(|f| {
-                    let active = &f["active"];
-                    active["classes"]
-                        .as_array()?
-                        .iter()
-                        .any(|c| c["name"] == class)
-                        .then(|| active["hash"].as_str().unwrap_or_default().to_owned())
-                });
-                (serving.as_deref() == hash).then_some(())
+                let inventory = jobhost::inventory::Inventory::read(&catalog)?;
+                let serving = inventory.find(class).map(|o| o.version.hash.as_str());
+                (serving == hash).then_some(())
             },
         );
     }
