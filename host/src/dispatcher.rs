@@ -771,7 +771,10 @@ impl Dispatcher {
         let mut pause = Duration::from_millis(50);
         for _ in 0..RECONNECT_TRIES {
             match call(&mut *self.store) {
-                Err(StoreError::ConnectionLost { reason, .. }) => {
+                Err(
+                    StoreError::ConnectionLost { reason, .. }
+                    | StoreError::CommitUnknown { reason, .. },
+                ) => {
                     tracing::warn!("job database connection lost ({reason}); reconnecting");
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RECONNECT_PAUSE);

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{
     AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo, DispatcherRecord,
-    Finished, JobState, ListFilter, NewJob, Next, Store, StoreError,
+    ErrorClass, Finished, JobState, ListFilter, NewJob, Next, Store, StoreError,
 };
 use crate::job::{JobSpec, Priority};
 
@@ -765,6 +765,26 @@ pub fn unfinished_plugins_are_those_of_waiting_and_running_jobs(b: &dyn Backend)
     );
 }
 
+pub fn refused_calls_are_rejected_errors_that_change_nothing(b: &dyn Backend) {
+    let mut s = b.connect();
+    let id = s
+        .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap()[0];
+    for e in [
+        s.cancel(id + 1, 1100).unwrap_err(),
+        s.retry(id, 1100).unwrap_err(),
+        s.claim(id + 999, 1100, 1).unwrap_err(),
+    ] {
+        assert_eq!(e.class(), ErrorClass::Rejected, "{e}");
+        assert!(
+            !e.is_transient() && !e.outcome_unknown() && !e.is_fatal(),
+            "{e}"
+        );
+    }
+    let (job, attempts) = s.job(id).unwrap().unwrap();
+    assert_eq!((job.state, attempts.len()), (JobState::Queued, 0));
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -785,6 +805,7 @@ macro_rules! conformance_suite {
             expired_dispatchers_are_those_whose_heartbeat_is_older_than_the_cutoff,
             two_rescuers_racing_settle_each_lost_job_once,
             unfinished_plugins_are_those_of_waiting_and_running_jobs,
+            refused_calls_are_rejected_errors_that_change_nothing,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

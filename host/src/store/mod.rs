@@ -11,6 +11,16 @@
 //! Times are [`Millis`]: milliseconds since the Unix epoch, given by the caller (the clock is
 //! injected, so tests need no sleeps).
 //!
+//! # Errors
+//!
+//! Every [`StoreError`] has a class ([`StoreError::class`]) saying what it means for the
+//! caller, the same on every backend: *transient* (busy past the wait, disk full, an I/O
+//! error, a lost connection, a conflicting transaction: nothing changed, calling again later
+//! may succeed), *outcome unknown* (the connection broke while the call committed: it may have
+//! been stored), *rejected* (no such job, a wrong state, an unregistered dispatcher, a
+//! statement refused: nothing changed, and the same call is refused again) and *fatal* (not a
+//! database, corrupt, a newer schema: nothing works until someone fixes it).
+//!
 //! # Several dispatchers
 //!
 //! Each dispatcher registers itself ([`Store::register_dispatcher`]) and claims under the
@@ -340,7 +350,30 @@ pub struct DispatcherRecord {
     pub running: u32,
 }
 
-/// Why the store failed.
+/// What a [`StoreError`] means for the caller: whether anything changed, and whether calling
+/// again can help. See [`StoreError::class`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The call changed nothing and failed for a reason that passes (another process held the
+    /// lock too long, the disk is full, an I/O error, the connection broke, a concurrent
+    /// transaction conflicted): the same call may succeed later. Retry it with a backoff.
+    Transient,
+    /// The connection broke while the call's transaction committed: it may or may not have been
+    /// stored. The condition passes like a transient one, but repeating the call may do it
+    /// twice: look at what the store holds first, or repeat only a call that is harmless twice.
+    OutcomeUnknown,
+    /// The call was refused for what it asked or what the store holds (no such job, a state
+    /// that does not allow it, a dispatcher no longer registered, a row that does not decode,
+    /// a statement the database refused): it changed nothing and the same call will be
+    /// refused again. Other calls are unaffected.
+    Rejected,
+    /// The store cannot be used: the database cannot be opened, is not a database, is
+    /// corrupt, was moved away while open, or has a newer schema. Repeating helps nothing until
+    /// someone fixes it.
+    Fatal,
+}
+
+/// Why the store failed. [`StoreError::class`] says what it means for the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened or is not a jobhost database.
@@ -371,6 +404,36 @@ pub enum StoreError {
         /// Why, in one line.
         reason: String,
     },
+    /// The connection to a database server broke while the call's transaction committed: the
+    /// server may or may not have stored it. The store's next call connects again.
+    #[error("lost the connection to job database {database} while committing, so the change may or may not have been stored: {reason}")]
+    CommitUnknown {
+        /// The URL, with its password masked.
+        database: String,
+        /// Why, in one line.
+        reason: String,
+    },
+    /// Another connection held the database's lock for longer than the store waits for it
+    /// (SQLite busy or locked past its busy timeout; PostgreSQL's lock or statement timeout).
+    /// The call was rolled back.
+    #[error("job database is busy: {0}")]
+    Busy(String),
+    /// Writing failed because the disk, or the database's size limit, is full. The call was
+    /// rolled back.
+    #[error("job database is full: {0}")]
+    DiskFull(String),
+    /// Reading or writing the database failed: an I/O error, a file that cannot be opened or
+    /// written for now, or a server out of memory. The call was rolled back.
+    #[error("job database I/O failed: {0}")]
+    Io(String),
+    /// A concurrent transaction conflicted with the call's (a serialization failure or a
+    /// deadlock); it was rolled back.
+    #[error("job database transaction conflict: {0}")]
+    Conflict(String),
+    /// The database is corrupt, is not a SQLite database, or its file was moved or deleted
+    /// while open.
+    #[error("job database is corrupt: {0}")]
+    Corrupt(String),
     /// A store location that names no store jobhost can open.
     #[error("invalid store location {location}: {reason}")]
     InvalidLocation {
@@ -379,7 +442,8 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
-    /// A query failed.
+    /// A statement was refused for what it asked (a constraint, a value out of range) or a
+    /// row did not decode.
     #[error("job database: {0}")]
     Query(String),
     /// The dispatcher claiming is not registered: it deregistered, or it missed its lease and
@@ -401,6 +465,49 @@ pub enum StoreError {
         /// What was refused.
         what: &'static str,
     },
+}
+
+impl StoreError {
+    /// What the error means for the caller: see [`ErrorClass`].
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::ConnectionLost { .. }
+            | Self::Busy(_)
+            | Self::DiskFull(_)
+            | Self::Io(_)
+            | Self::Conflict(_) => ErrorClass::Transient,
+            Self::CommitUnknown { .. } => ErrorClass::OutcomeUnknown,
+            Self::Query(_)
+            | Self::NotRegistered(_)
+            | Self::NotFound(_)
+            | Self::WrongState { .. } => ErrorClass::Rejected,
+            Self::Open { .. }
+            | Self::NewerSchema { .. }
+            | Self::Corrupt(_)
+            | Self::InvalidLocation { .. } => ErrorClass::Fatal,
+        }
+    }
+
+    /// Whether the condition passes, so that calling again later may succeed: true for
+    /// [`ErrorClass::Transient`] and for [`ErrorClass::OutcomeUnknown`] (see
+    /// [`StoreError::outcome_unknown`] before repeating a call that must not happen twice).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.class(),
+            ErrorClass::Transient | ErrorClass::OutcomeUnknown
+        )
+    }
+
+    /// Whether the failed call may nevertheless have been stored ([`ErrorClass::OutcomeUnknown`]).
+    /// Every other error means the call changed nothing.
+    pub fn outcome_unknown(&self) -> bool {
+        self.class() == ErrorClass::OutcomeUnknown
+    }
+
+    /// Whether the store cannot be used until someone fixes it ([`ErrorClass::Fatal`]).
+    pub fn is_fatal(&self) -> bool {
+        self.class() == ErrorClass::Fatal
+    }
 }
 
 /// The durable queue. Every method is one atomic transaction.

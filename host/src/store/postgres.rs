@@ -11,8 +11,10 @@
 //! A call that finds the connection broken (the server restarted, an administrator ended the
 //! session) fails with [`StoreError::ConnectionLost`], and the next call connects again to the
 //! same URL. The failed call's transaction was rolled back, unless the connection broke while
-//! it committed, after the server had received the commit; so a failed call is never repeated
-//! on its own: only the caller knows whether doing it twice is harmless.
+//! it committed (or while a write of a single statement ran): then the server may have stored
+//! it, and the call fails with [`StoreError::CommitUnknown`] instead. A failed call is never
+//! repeated on its own: only the caller knows whether doing it twice is harmless. Other
+//! server errors are classified by their SQLSTATE (see [`classify`]).
 
 use std::{collections::HashMap, time::Duration};
 
@@ -117,6 +119,49 @@ fn connection_lost(e: &::postgres::Error, client: &Client) -> bool {
         })
 }
 
+/// `e`, met on `client`, as a store error of its class (see [`StoreError::class`]): a lost
+/// connection is [`StoreError::CommitUnknown`] when it broke while `committing`, else
+/// [`StoreError::ConnectionLost`]; the server's errors go by their SQLSTATE.
+fn classify(
+    e: &::postgres::Error,
+    client: &Client,
+    database: &str,
+    committing: bool,
+) -> StoreError {
+    let reason = describe(e);
+    if connection_lost(e, client) {
+        let database = database.to_owned();
+        return if committing {
+            StoreError::CommitUnknown { database, reason }
+        } else {
+            StoreError::ConnectionLost { database, reason }
+        };
+    }
+    let Some(code) = e.code() else {
+        return StoreError::Query(reason);
+    };
+    let class = &code.code()[..2];
+    if [
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+    ]
+    .contains(code)
+    {
+        StoreError::Conflict(reason)
+    } else if [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED].contains(code) {
+        StoreError::Busy(reason)
+    } else if *code == SqlState::DISK_FULL {
+        StoreError::DiskFull(reason)
+    } else if [SqlState::DATA_CORRUPTED, SqlState::INDEX_CORRUPTED].contains(code) {
+        StoreError::Corrupt(reason)
+    } else if class == "53" || class == "58" {
+        // Insufficient resources (memory, connections) or a system error (I/O).
+        StoreError::Io(reason)
+    } else {
+        StoreError::Query(reason)
+    }
+}
+
 /// Connects with `config` as the application `name` (unless the URL names one).
 fn connect(config: &Config, name: &str) -> Result<Client, ::postgres::Error> {
     let mut config = config.clone();
@@ -151,9 +196,12 @@ fn query(e: &::postgres::Error) -> StoreError {
     StoreError::Query(describe(e))
 }
 
-/// Why a call failed: PostgreSQL's error (which may be a lost connection) or the store's.
+/// Why a call failed: PostgreSQL's error (which may be a lost connection), PostgreSQL's error
+/// while committing (or while a write of a single statement ran, which commits by itself), or
+/// the store's.
 enum Failure {
     Pg(::postgres::Error),
+    Commit(::postgres::Error),
     Store(StoreError),
 }
 
@@ -299,7 +347,7 @@ fn within<T>(
         client: &mut tx,
         statements,
     })?;
-    tx.commit()?;
+    tx.commit().map_err(Failure::Commit)?;
     Ok(value)
 }
 
@@ -333,8 +381,13 @@ impl PostgresStore {
                     supported: MIGRATIONS.len() as i64,
                 })
             }
+            // Migrating again is harmless (it applies what the database lacks), so a connection
+            // lost while it committed is only lost, and opening again may succeed.
             Err(Migration::Failed(e)) => {
-                return Err(open_error(format!("migration failed: {}", describe(&e))))
+                return Err(match classify(&e, &client, &database, false) {
+                    transient if transient.is_transient() => transient,
+                    _ => open_error(format!("migration failed: {}", describe(&e))),
+                })
             }
         }
         Ok(Self {
@@ -342,13 +395,6 @@ impl PostgresStore {
             database,
             session: Some(Session::new(client)),
         })
-    }
-
-    fn lost(&self, e: &::postgres::Error) -> StoreError {
-        StoreError::ConnectionLost {
-            database: self.database.clone(),
-            reason: describe(e),
-        }
     }
 
     /// Runs `op` on the connection, connecting first if the last one was lost. A failure that
@@ -359,19 +405,30 @@ impl PostgresStore {
     ) -> Result<T, StoreError> {
         let mut session = match self.session.take() {
             Some(session) if !session.client.is_closed() => session,
-            _ => Session::new(connect(&self.config, "jobhost").map_err(|e| self.lost(&e))?),
+            _ => Session::new(connect(&self.config, "jobhost").map_err(|e| {
+                StoreError::ConnectionLost {
+                    database: self.database.clone(),
+                    reason: describe(&e),
+                }
+            })?),
         };
-        let result = op(&mut session);
-        if let Err(Failure::Pg(e)) = &result {
-            if connection_lost(e, &session.client) {
-                return Err(self.lost(e));
+        let (e, committing) = match op(&mut session) {
+            Ok(value) => {
+                self.session = Some(session);
+                return Ok(value);
             }
+            Err(Failure::Store(e)) => {
+                self.session = Some(session);
+                return Err(e);
+            }
+            Err(Failure::Pg(e)) => (e, false),
+            Err(Failure::Commit(e)) => (e, true),
+        };
+        let error = classify(&e, &session.client, &self.database, committing);
+        if !connection_lost(&e, &session.client) {
+            self.session = Some(session);
         }
-        self.session = Some(session);
-        result.map_err(|failure| match failure {
-            Failure::Pg(e) => query(&e),
-            Failure::Store(e) => e,
-        })
+        Err(error)
     }
 }
 
@@ -512,17 +569,20 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let output_path = start.output_path.to_string_lossy().into_owned();
         self.run(|session| {
-            session.direct().execute(
-                "UPDATE attempts SET pid = $3, plugin_hash = $4, output_path = $5 \
+            session
+                .direct()
+                .execute(
+                    "UPDATE attempts SET pid = $3, plugin_hash = $4, output_path = $5 \
                  WHERE job_id = $1 AND attempt = $2",
-                &[
-                    &id,
-                    &i64::from(attempt),
-                    &i64::from(start.pid),
-                    &start.plugin_hash,
-                    &output_path,
-                ],
-            )?;
+                    &[
+                        &id,
+                        &i64::from(attempt),
+                        &i64::from(start.pid),
+                        &start.plugin_hash,
+                        &output_path,
+                    ],
+                )
+                .map_err(Failure::Commit)?;
             Ok(())
         })
     }
@@ -748,17 +808,20 @@ impl Store for PostgresStore {
                     &info.state_dir,
                     &now,
                 ],
-            )?;
+            ).map_err(Failure::Commit)?;
             Ok(int(&row, 0)?)
         })
     }
 
     fn heartbeat(&mut self, id: DispatcherId, now: Millis) -> Result<bool, StoreError> {
         self.run(|session| {
-            let changed = session.direct().execute(
-                "UPDATE dispatchers SET heartbeat_at = $2 WHERE id = $1",
-                &[&id, &now],
-            )?;
+            let changed = session
+                .direct()
+                .execute(
+                    "UPDATE dispatchers SET heartbeat_at = $2 WHERE id = $1",
+                    &[&id, &now],
+                )
+                .map_err(Failure::Commit)?;
             Ok(changed == 1)
         })
     }
@@ -1190,6 +1253,7 @@ mod tests {
             panic!("a call on a terminated connection succeeded")
         };
         assert!(matches!(e, StoreError::ConnectionLost { .. }), "{e}");
+        assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
         let message = e.to_string();
         assert!(message.contains(&masked(db.url())), "{message}");
 
@@ -1205,6 +1269,113 @@ mod tests {
         );
         assert_eq!(s.claim(me, 1200, 5).unwrap()[0].id, ids[1]);
         assert!(s.settle(ids[0], 1, &failed(1300), &Next::Fail).unwrap());
+    }
+
+    /// Waits until a session of the application `jobhost` on `db` waits for `event` (a
+    /// `pg_stat_activity.wait_event`).
+    fn await_wait_event(db: &TestDatabase, event: &str) {
+        let mut client = db.client();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let waiting: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = 'jobhost' AND wait_event = $2",
+                    &[&db.name, &event],
+                )
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no jobhost session waited for {event}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_connection_lost_while_committing_is_an_unknown_outcome() {
+        let db = TestDatabase::create();
+        let mut s = PostgresStore::open(db.url()).unwrap();
+        // A deferred trigger makes COMMIT itself take long: the connection is ended while the
+        // server works on the commit.
+        db.client()
+            .batch_execute(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$; \
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
+            )
+            .unwrap();
+        let enqueue = std::thread::spawn(move || s.enqueue(&[job("A")], 1000).map(drop));
+        await_wait_event(&db, "PgSleep");
+        assert_eq!(db.terminate(Some("jobhost")), 1);
+        let e = enqueue.join().unwrap().unwrap_err();
+        assert!(matches!(e, StoreError::CommitUnknown { .. }), "{e}");
+        assert!(e.outcome_unknown() && e.is_transient(), "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("may or may not have been stored"),
+            "{message}"
+        );
+        assert!(message.contains(&masked(db.url())), "{message}");
+    }
+
+    #[test]
+    fn a_connection_lost_while_migrating_is_a_lost_connection_not_a_failed_migration() {
+        let db = TestDatabase::create();
+        // Another session holds the migration lock: opening waits for it, and is ended then.
+        let mut holder = db.client();
+        holder
+            .execute("SELECT pg_advisory_lock($1)", &[&super::MIGRATION_LOCK])
+            .unwrap();
+        let url = db.url().to_owned();
+        let open = std::thread::spawn(move || PostgresStore::open(&url).map(drop));
+        await_wait_event(&db, "advisory");
+        assert_eq!(db.terminate(Some("jobhost")), 1);
+        let e = open.join().unwrap().unwrap_err();
+        assert!(matches!(e, StoreError::ConnectionLost { .. }), "{e}");
+        assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
+        assert!(!e.to_string().contains("migration failed"), "{e}");
+    }
+
+    #[test]
+    fn a_deadlock_is_a_transient_conflict_that_changes_nothing() {
+        let db = TestDatabase::create();
+        let mut s = PostgresStore::open(db.url()).unwrap();
+        let ids = s.enqueue(&[job("A"), job("B")], 1000).unwrap();
+        let (a, b) = (ids[0], ids[1]);
+        // Another session locks B; the store's transaction locks A, then waits for B; the other
+        // session then wants A. The other session checks for a deadlock only after a minute,
+        // so the store's, checking after PostgreSQL's default second, is the victim.
+        let mut other = db.client();
+        other.batch_execute("SET deadlock_timeout = '60s'").unwrap();
+        let mut tx = other.transaction().unwrap();
+        tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&b])
+            .unwrap();
+        let locking = std::thread::spawn(move || {
+            let outcome = s.run(|session| {
+                session.transaction(|tx| {
+                    tx.lock_state(a)?;
+                    tx.lock_state(b)?;
+                    tx.execute("UPDATE jobs SET state = 'cancelled' WHERE id = $1", &[&a])?;
+                    Ok(())
+                })
+            });
+            (s, outcome)
+        });
+        await_wait_event(&db, "transactionid");
+        tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&a])
+            .unwrap();
+        let (mut s, outcome) = locking.join().unwrap();
+        let e = outcome.unwrap_err();
+        assert!(matches!(e, StoreError::Conflict(_)), "{e}");
+        assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
+        tx.rollback().unwrap();
+        assert_eq!(s.stats().unwrap().by_state["queued"], 2, "nothing changed");
     }
 
     #[test]

@@ -65,8 +65,9 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(e.to_string()))?;
         // The first statement that reads the file is where a corrupt file shows itself.
+        let failed = |e: rusqlite::Error| open_failure(&database, "", &e);
         let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
-            .map_err(|e| open_error(describe(&e)))?;
+            .map_err(failed)?;
         // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
         // commit crosses the threshold; the dispatcher runs them in the background instead
         // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
@@ -74,10 +75,10 @@ impl SqliteStore {
         // The journal mode is stored in the file: switching needs an exclusive lock, so it is
         // only asked for when the file is not in WAL mode yet (a new database).
         let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
-            .map_err(|e| open_error(describe(&e)))?;
+            .map_err(failed)?;
         if !mode.eq_ignore_ascii_case("wal") {
             retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())))
-                .map_err(|e| open_error(describe(&e)))?;
+                .map_err(failed)?;
         }
         retry_busy(|| {
             conn.execute_batch(
@@ -85,7 +86,7 @@ impl SqliteStore {
                  PRAGMA wal_autocheckpoint = 20000;",
             )
         })
-        .map_err(|e| open_error(describe(&e)))?;
+        .map_err(failed)?;
         let supported = MIGRATIONS.len() as i64;
         if version > supported {
             return Err(StoreError::NewerSchema {
@@ -96,7 +97,7 @@ impl SqliteStore {
         }
         let mut store = Self { conn };
         retry_busy(|| store.migrate(version))
-            .map_err(|e| open_error(format!("migration failed: {e}")))?;
+            .map_err(|e| open_failure(&database, "migration failed: ", &e))?;
         Ok(store)
     }
 
@@ -154,6 +155,11 @@ fn describe(e: &rusqlite::Error) -> String {
                 .into()
         }
         Some(ErrorCode::DatabaseCorrupt) => "the database is corrupt; it was left untouched".into(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
+            "another connection held its lock for longer than {}s ({e})",
+            BUSY_TIMEOUT.as_secs()
+        ),
+        Some(ErrorCode::DiskFull) => format!("the disk or the database's size limit is full ({e})"),
         Some(ErrorCode::CannotOpen)
         | Some(ErrorCode::PermissionDenied)
         | Some(ErrorCode::ReadOnly) => {
@@ -164,7 +170,61 @@ fn describe(e: &rusqlite::Error) -> String {
 }
 
 fn query(e: rusqlite::Error) -> StoreError {
-    StoreError::Query(describe(&e))
+    classify(&e)
+}
+
+/// `e` as a store error of its class (see [`StoreError::class`]).
+fn classify(e: &rusqlite::Error) -> StoreError {
+    let reason = describe(e);
+    let Some(code) = e.sqlite_error_code() else {
+        return StoreError::Query(reason);
+    };
+    match code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Busy(reason),
+        ErrorCode::DiskFull => StoreError::DiskFull(reason),
+        ErrorCode::ReadOnly if extended_code(e) == Some(SQLITE_READONLY_DBMOVED) => {
+            StoreError::Corrupt(reason)
+        }
+        ErrorCode::SystemIoFailure
+        | ErrorCode::OutOfMemory
+        | ErrorCode::CannotOpen
+        | ErrorCode::PermissionDenied
+        | ErrorCode::ReadOnly
+        | ErrorCode::FileLockingProtocolFailed => StoreError::Io(reason),
+        ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Corrupt(reason),
+        _ => StoreError::Query(reason),
+    }
+}
+
+/// SQLite's extended result code of `e`, if it has one.
+fn extended_code(e: &rusqlite::Error) -> Option<std::ffi::c_int> {
+    match e {
+        rusqlite::Error::SqliteFailure(failure, _) => Some(failure.extended_code),
+        _ => None,
+    }
+}
+
+/// The database file was moved or deleted while open: writes would go nowhere anyone reads.
+const SQLITE_READONLY_DBMOVED: std::ffi::c_int = rusqlite::ffi::SQLITE_READONLY_DBMOVED;
+
+/// What failed while opening `database`: a condition that passes (busy, full, an I/O error)
+/// as its own class, so that opening again may succeed; anything else — not a database, a
+/// file that cannot be opened or written at all — as [`StoreError::Open`], its reason after
+/// `context`.
+fn open_failure(database: &str, context: &str, e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::OutOfMemory,
+        ) => classify(e),
+        _ => StoreError::Open {
+            database: database.to_owned(),
+            reason: format!("{context}{}", describe(e)),
+        },
+    }
 }
 
 impl Columns for Row<'_> {
@@ -650,5 +710,148 @@ impl Store for SqliteStore {
 
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
         self.select_dispatchers("WHERE d.heartbeat_at < ?1", Some(cutoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::SqliteStore;
+    use crate::{
+        job::{JobSpec, Priority},
+        store::{ErrorClass, NewJob, Store, StoreError},
+    };
+
+    fn job(params: serde_json::Value) -> NewJob {
+        NewJob {
+            spec: JobSpec {
+                class: "A".into(),
+                method: "handle".into(),
+                params,
+                retries: 0,
+                retry_delay: Duration::from_secs(1),
+                priority: Priority::Normal,
+                delay: Duration::ZERO,
+                timeout: Duration::from_secs(60),
+            },
+            plugin: "/p/liba.so".into(),
+        }
+    }
+
+    fn jobs_in(store: &mut SqliteStore) -> u64 {
+        store.stats().unwrap().by_state.values().sum()
+    }
+
+    #[test]
+    fn a_lock_held_past_the_busy_timeout_is_a_transient_busy_error_that_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let id = store.enqueue(&[job(json!({}))], 1000).unwrap()[0];
+        // The store waits 10 s for a lock; a test need not.
+        store.conn.busy_timeout(Duration::from_millis(100)).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+        let failures = [
+            store.enqueue(&[job(json!({}))], 1100).unwrap_err(),
+            store.cancel(id, 1100).unwrap_err(),
+        ];
+        for e in failures {
+            assert!(matches!(e, StoreError::Busy(_)), "{e}");
+            assert_eq!(e.class(), ErrorClass::Transient, "{e}");
+            assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
+            assert!(e.to_string().contains("held its lock"), "{e}");
+        }
+
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(jobs_in(&mut store), 1, "the refused enqueue stored nothing");
+        let (stored, _) = store.job(id).unwrap().unwrap();
+        assert_eq!(
+            stored.state,
+            crate::store::JobState::Queued,
+            "not cancelled"
+        );
+        store.enqueue(&[job(json!({}))], 1200).unwrap();
+        assert_eq!(jobs_in(&mut store), 2, "the next call succeeds");
+    }
+
+    /// SQLite's page limit fails a write with the very error a full disk gives (SQLITE_FULL),
+    /// without needing a small file system to fill.
+    #[test]
+    fn a_full_database_is_a_transient_disk_full_error_that_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("jobs.sqlite3")).unwrap();
+        store.enqueue(&[job(json!({}))], 1000).unwrap();
+        let pages: i64 = store
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        store
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+            .unwrap();
+
+        let big = job(json!({ "text": "x".repeat(64 * 1024) }));
+        let e = store
+            .enqueue(&[big.clone(), big.clone()], 1100)
+            .unwrap_err();
+        assert!(matches!(e, StoreError::DiskFull(_)), "{e}");
+        assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
+        assert_eq!(jobs_in(&mut store), 1, "the failed batch stored nothing");
+
+        store
+            .conn
+            .query_row("PRAGMA max_page_count = 1073741823", [], |_| Ok(()))
+            .unwrap();
+        store.enqueue(&[big], 1200).unwrap();
+        assert_eq!(jobs_in(&mut store), 2, "once there is room, writes succeed");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_fatal_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let garbage = b"not a database, but someone's precious file\n".repeat(200);
+        std::fs::write(&path, &garbage).unwrap();
+        let Err(e) = SqliteStore::open(&path) else {
+            panic!("opened a file that is not a database")
+        };
+        assert!(matches!(e, StoreError::Open { .. }), "{e}");
+        assert!(e.is_fatal() && !e.is_transient(), "{e}");
+        assert!(e.to_string().contains("not a SQLite database"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), garbage, "not overwritten");
+    }
+
+    #[test]
+    fn a_database_with_corrupt_pages_is_fatal_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let page_size: usize = store
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let batch: Vec<NewJob> = (0..200).map(|n| job(json!({ "n": n }))).collect();
+        store.enqueue(&batch, 1000).unwrap();
+        drop(store); // the last connection to close copies the WAL into the file
+                     // Every page but the first (the header and the schema) overwritten.
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 4 * page_size, "{} bytes", bytes.len());
+        bytes[page_size..].fill(0xA5);
+        std::fs::write(&path, &bytes).unwrap();
+
+        let mut store = SqliteStore::open(&path).unwrap();
+        let e = store.list(&crate::store::ListFilter {
+            limit: 500,
+            ..Default::default()
+        });
+        let e = e.unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
+        assert!(e.is_fatal() && !e.is_transient(), "{e}");
+        assert!(e.to_string().contains("corrupt"), "{e}");
     }
 }
