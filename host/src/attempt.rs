@@ -53,13 +53,17 @@ pub enum Outcome {
     /// The attempt's worker was gone without a report when its dispatcher came back after a
     /// crash; how it ended cannot be known.
     Lost(String),
+    /// No plugin code ran: the worker never got the go-ahead (its dispatcher stopped between
+    /// claiming the job and recording the worker), or no worker was ever started. The attempt
+    /// does not count.
+    NotStarted(String),
 }
 
 impl Outcome {
     /// Whether another attempt could end differently.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Outcome::Ok(_) | Outcome::Cancelled => false,
+            Outcome::Ok(_) | Outcome::Cancelled | Outcome::NotStarted(_) => false,
             Outcome::Error { kind, .. } => kind.is_retryable(),
             Outcome::Crashed { .. }
             | Outcome::TimedOut(_)
@@ -78,6 +82,7 @@ impl Outcome {
             Outcome::Cancelled => "cancelled".into(),
             Outcome::ExitedWithoutResult(code) => format!("exited without a result: code {code}"),
             Outcome::Lost(_) => "lost".into(),
+            Outcome::NotStarted(_) => "not started".into(),
         }
     }
 
@@ -98,7 +103,7 @@ impl Outcome {
             Outcome::ExitedWithoutResult(code) => Some(format!(
                 "worker exited with code {code} without reporting a result"
             )),
-            Outcome::Lost(why) => Some(why.clone()),
+            Outcome::Lost(why) | Outcome::NotStarted(why) => Some(why.clone()),
         }
     }
 }
@@ -222,12 +227,14 @@ pub fn jobhost_program() -> PathBuf {
 }
 
 /// Runs one attempt in a fresh worker process and waits for it to end. `on_spawn` learns the
-/// worker's pid as soon as it exists.
+/// worker's pid as soon as it exists, before the worker may load anything: the worker starts
+/// when it returns true (the caller has recorded the pid durably), and when it returns false
+/// ends without running any plugin code, reporting [`Outcome::NotStarted`].
 pub fn run_attempt(
     settings: &Settings,
     spec: &AttemptSpec<'_>,
     cancel: &CancelToken,
-    on_spawn: &mut dyn FnMut(u32),
+    on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> Result<AttemptRecord, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
     std::fs::create_dir_all(&paths.dir).map_err(|e| paths.error(e))?;
@@ -246,6 +253,7 @@ pub fn run_attempt(
         allowlist: crate::inventory::allowlist_in_force(settings),
         report: paths.report.clone(),
         output: Some(paths.pipe.clone()),
+        gate: true,
     };
     let program = jobhost_program();
     let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
@@ -336,8 +344,16 @@ pub fn adopt_attempt(
     let output = capture.finish().map_err(|e| paths.error(e))?;
     let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
     let outcome = match classify(report, stopped, None, stack_overflow, orphan.timeout) {
+        // Adopted alive, it ended while this dispatcher watched it, but a process this one
+        // did not start has no exit status to read.
         Outcome::Lost(_) if worker.is_some() => Outcome::Lost(
-            "the worker ended without a report while its dispatcher was down; how it ended is unknown"
+            "the adopted worker ended without a report; a worker the dispatcher did not start \
+             has no exit status to read, so how it ended is unknown"
+                .into(),
+        ),
+        // The pid is recorded before a worker may start, so none ever ran plugin code.
+        Outcome::Lost(_) if orphan.pid.is_none() => Outcome::NotStarted(
+            "not started: its dispatcher stopped between claiming the job and starting a worker"
                 .into(),
         ),
         other => other,
@@ -369,6 +385,15 @@ fn classify(
 ) -> Outcome {
     match (report, stopped, exit) {
         (Some(WorkerReport::Ok { result, .. }), _, _) => Outcome::Ok(result),
+        (
+            Some(WorkerReport::Error {
+                kind: FailureKind::NotStarted,
+                message,
+                ..
+            }),
+            _,
+            _,
+        ) => Outcome::NotStarted(message),
         (_, Some(StopReason::Cancelled), _) => Outcome::Cancelled,
         (_, Some(StopReason::TimedOut), _) => Outcome::TimedOut(timeout),
         (Some(WorkerReport::Error { kind, message, .. }), None, _) => {

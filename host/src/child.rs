@@ -25,7 +25,7 @@ use crate::{
     loader,
     protocol::{
         write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
-        WorkerReport, WorkerRequest, PROTOCOL_VERSION,
+        WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
     },
 };
 
@@ -82,8 +82,36 @@ pub fn worker_main(request_json: &str) -> i32 {
             );
         }
     }
-    let report = run_worker(&request);
+    let report = match wait_for_go(&request) {
+        Ok(()) => run_worker(&request),
+        Err(report) => report,
+    };
     finish(write_report(&request.report, &report))
+}
+
+/// For a gated request, waits for the supervisor's go-ahead on stdin (see
+/// [`WorkerRequest::gate`]); the report to write instead when it does not come.
+fn wait_for_go(request: &WorkerRequest) -> Result<(), WorkerReport> {
+    if !request.gate {
+        return Ok(());
+    }
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut std::io::stdin().lock(), &mut byte) {
+        Ok(1) if byte[0] == GO => crate::platform::stdin_to_null().map_err(|e| {
+            error(
+                FailureKind::NotStarted,
+                format!("not started: cannot give the job a null stdin ({e}); no plugin code ran"),
+            )
+        }),
+        Ok(_) => Err(error(
+            FailureKind::NotStarted,
+            "not started: its supervisor stopped before letting the worker run; no plugin code ran",
+        )),
+        Err(e) => Err(error(
+            FailureKind::NotStarted,
+            format!("not started: cannot read the go-ahead from its supervisor ({e}); no plugin code ran"),
+        )),
+    }
 }
 
 /// The `__inspect` subcommand: lists the plugin's classes and writes the report.

@@ -46,10 +46,6 @@ pub const RING_WAKE: u8 = b'w';
 /// mechanism (every change rings the doorbell).
 const SAFETY_WAKE: Duration = Duration::from_secs(5);
 
-/// How often a store call that lost its connection is tried again, and the longest pause
-/// between two tries (they double from 50 ms): about half a minute in all.
-const RECONNECT_TRIES: u32 = 20;
-
 /// The registrations the heartbeat thread keeps alive: this dispatcher's own, and those of
 /// its predecessors on this host and state directory until their attempts are settled.
 #[derive(Debug, Clone)]
@@ -60,6 +56,7 @@ struct Heartbeats {
 
 /// How often at most the loop looks for dispatchers whose lease ran out.
 const RESCUE_TICK: Duration = Duration::from_secs(1);
+/// How long the PostgreSQL listener waits before it connects again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// The files of a state directory that belong to the dispatcher.
@@ -145,15 +142,21 @@ impl std::fmt::Debug for ServeOptions {
 /// What the loop reacts to.
 enum Event {
     Rang(u8),
+    /// A worker exists and waits for `go`: true once its pid is recorded, false if the
+    /// attempt must not start after all.
     Spawned {
         id: JobId,
         attempt: u32,
         start: AttemptStart,
+        go: Sender<bool>,
     },
     Finished {
         id: JobId,
         attempt: u32,
         result: Result<AttemptRecord, AttemptError>,
+        /// Whether its worker was let start (an attempt that could not run may have failed
+        /// before or after).
+        released: bool,
     },
     Signal,
     /// The watcher brought the plugin catalog up to date after a change.
@@ -244,6 +247,9 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         doorbell,
         stopping: None,
         on_change: options.on_change.clone(),
+        trouble: Trouble::default(),
+        unrecorded: Vec::new(),
+        unsettled: Vec::new(),
     };
     joblog::dispatcher(
         "Dispatcher started",
@@ -261,7 +267,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
     );
     let _ = dispatcher.doorbell.unlink();
     let owner = dispatcher.owner;
-    if let Err(e) = dispatcher.with_store(|s| s.deregister(owner)) {
+    if let Err(e) = dispatcher.store.deregister(owner) {
         tracing::warn!("cannot deregister the dispatcher: {e}");
     }
     drop(lock);
@@ -425,12 +431,14 @@ fn start_slots(settings: &Settings, tx: &Sender<Event>) -> Sender<Order> {
             .spawn(move || {
                 for Order::Run { job, cancel } in inbox {
                     let (id, attempt) = (job.id, job.attempts);
-                    let result = run_order(&settings, &job, &cancel, &tx);
+                    let mut released = false;
+                    let result = run_order(&settings, &job, &cancel, &tx, &mut released);
                     if tx
                         .send(Event::Finished {
                             id,
                             attempt,
                             result,
+                            released,
                         })
                         .is_err()
                     {
@@ -450,6 +458,7 @@ fn run_order(
     job: &JobRecord,
     cancel: &CancelToken,
     tx: &Sender<Event>,
+    released: &mut bool,
 ) -> Result<AttemptRecord, AttemptError> {
     let job_id = job.id.to_string();
     let spec = AttemptSpec {
@@ -468,11 +477,16 @@ fn run_order(
             plugin_hash: String::new(),
             output_path: output_path.clone(),
         };
-        let _ = tx.send(Event::Spawned {
+        let (go, answer) = crossbeam_channel::bounded(1);
+        let asked = tx.send(Event::Spawned {
             id: job.id,
             attempt: job.attempts,
             start,
+            go,
         });
+        // No answer (the loop is gone) means no start.
+        *released = asked.is_ok() && answer.recv().unwrap_or(false);
+        *released
     })
 }
 
@@ -500,21 +514,143 @@ struct Dispatcher {
     /// When the running attempts must be stopped, once a stop was asked for.
     stopping: Option<Instant>,
     on_change: Option<OnChange>,
+    /// Why the store or the workers cannot be used just now, if they cannot.
+    trouble: Trouble,
+    /// Spawned workers waiting at their gate until their pid is on record.
+    unrecorded: Vec<Unrecorded>,
+    /// Ended attempts whose settling the store has not taken yet, oldest first.
+    unsettled: Vec<Unsettled>,
+}
+
+/// A spawned worker whose pid the store has not recorded yet: it waits for its go-ahead.
+struct Unrecorded {
+    id: JobId,
+    attempt: u32,
+    start: AttemptStart,
+    go: Sender<bool>,
+}
+
+/// An ended attempt to settle, with what to log once the store has taken it.
+struct Unsettled {
+    job: JobRecord,
+    attempt: u32,
+    end: AttemptEnd,
+    next: Next,
+    /// The attempt as the supervisor saw it, for its log line; none for an attempt nobody
+    /// watched.
+    record: Option<AttemptRecord>,
+    plugin_hash: String,
+}
+
+/// What keeps the dispatcher from its work for a while: the store failing with an error that
+/// passes (busy, disk full, lost connection), or workers that cannot be started. While in
+/// trouble it claims nothing new, keeps supervising what runs, holds what it could not write,
+/// and tries again with a backoff; every change is logged once.
+#[derive(Default)]
+struct Trouble {
+    store: Option<Problem>,
+    workers: Option<Problem>,
+}
+
+/// One ongoing problem.
+struct Problem {
+    since: Instant,
+    error: String,
+    /// When to try again.
+    retry_at: Instant,
+    /// The pause before the next try after this one fails.
+    backoff: Duration,
+}
+
+/// The first pause after a failure, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+impl Problem {
+    fn new(error: String) -> Self {
+        Self {
+            since: Instant::now(),
+            error,
+            retry_at: Instant::now() + BACKOFF_FIRST,
+            backoff: BACKOFF_FIRST * 2,
+        }
+    }
+
+    /// The same problem again: wait longer before the next try.
+    fn again(&mut self, error: String) {
+        self.error = error;
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+impl Trouble {
+    /// Whether the dispatcher may claim now.
+    fn may_claim(&self) -> bool {
+        let now = Instant::now();
+        [&self.store, &self.workers]
+            .into_iter()
+            .flatten()
+            .all(|p| now >= p.retry_at)
+    }
+
+    /// When to look again, if anything waits for a retry.
+    fn retry_at(&self) -> Option<Instant> {
+        [&self.store, &self.workers]
+            .into_iter()
+            .flatten()
+            .map(|p| p.retry_at)
+            .min()
+    }
+
+    /// Records that `what` failed with `error` (`what` names the problem in the log).
+    fn failed(slot: &mut Option<Problem>, what: &str, error: String) {
+        match slot {
+            Some(problem) => problem.again(error),
+            None => {
+                tracing::error!(
+                    "{what}: {error}; running attempts stay supervised, nothing new is claimed \
+                     until it recovers (retrying with a backoff)"
+                );
+                *slot = Some(Problem::new(error));
+            }
+        }
+    }
+
+    /// Records that `what` works again.
+    fn recovered(slot: &mut Option<Problem>, what: &str) {
+        if let Some(problem) = slot.take() {
+            tracing::warn!(
+                "{what} recovered after {} (last error: {})",
+                crate::text::secs(problem.since.elapsed()),
+                problem.error
+            );
+        }
+    }
 }
 
 impl Dispatcher {
     fn run(&mut self, options: &ServeOptions) -> Result<(), DispatcherError> {
-        self.recover()?;
+        let mut recovered = false;
         let mut check_cancels = true;
         let mut idle_since: Option<Instant> = None;
         loop {
-            if self.stopping.is_none() {
+            self.retry_deferred()?;
+            if !recovered {
+                // What a predecessor left running is settled before anything is claimed.
+                recovered = self.recover()?;
+            }
+            if self.stopping.is_none() && recovered {
                 if check_cancels {
                     self.apply_cancels()?;
                 }
                 self.claim()?;
             }
-            if self.stopping.is_some() && self.running.is_empty() {
+            // Once stopping, what the store did not take by the deadline is settled from the
+            // workers' reports by the next dispatcher.
+            let settled_or_late =
+                self.unsettled.is_empty() || self.stopping.is_some_and(|d| Instant::now() >= d);
+            if self.stopping.is_some() && self.running.is_empty() && settled_or_late {
                 return Ok(());
             }
 
@@ -525,10 +661,14 @@ impl Dispatcher {
             let mut wake = now + SAFETY_WAKE;
             let next =
                 if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
-                    self.with_store(|s| s.next_run_at())?
+                    self.store("look for waiting jobs", |s| s.next_run_at())?
+                        .flatten()
                 } else {
                     None
                 };
+            if let Some(at) = self.trouble.retry_at() {
+                wake = wake.min(at);
+            }
             if let Some(deadline) = self.stopping {
                 wake = wake.min(deadline);
             } else if let Some(at) = next {
@@ -536,7 +676,10 @@ impl Dispatcher {
                 wake = wake.min(now + Duration::from_millis(wait));
             }
             if let Some(idle_exit) = options.idle_exit {
-                if self.running.is_empty() && self.stopping.is_none() && next.is_none() {
+                let idle = self.running.is_empty()
+                    && self.unsettled.is_empty()
+                    && self.trouble.retry_at().is_none();
+                if idle && self.stopping.is_none() && next.is_none() {
                     let since = *idle_since.get_or_insert(now);
                     if now >= since + idle_exit {
                         if self.leave_if_still_idle()? {
@@ -567,7 +710,12 @@ impl Dispatcher {
                         check_cancels = true;
                         self.changed();
                     }
-                    Event::Spawned { id, attempt, start } => self.spawned(id, attempt, start)?,
+                    Event::Spawned {
+                        id,
+                        attempt,
+                        start,
+                        go,
+                    } => self.spawned(id, attempt, start, go)?,
                     Event::PluginsChanged => {
                         self.plugins.reload();
                         self.collect_snapshots()?;
@@ -583,7 +731,8 @@ impl Dispatcher {
                         id,
                         attempt,
                         result,
-                    } => self.finished(id, attempt, result)?,
+                        released,
+                    } => self.finished(id, attempt, result, released)?,
                 }
             }
             if self
@@ -606,7 +755,14 @@ impl Dispatcher {
             return Ok(());
         }
         let owner = self.owner;
-        let claimed = self.with_store(|s| s.claim(owner, now_millis(), free))?;
+        if !self.trouble.may_claim() || !self.unsettled.is_empty() {
+            return Ok(());
+        }
+        let Some(claimed) = self.store("claim jobs", |s| s.claim(owner, now_millis(), free))?
+        else {
+            return Ok(());
+        };
+        Trouble::recovered(&mut self.trouble.workers, "Starting workers");
         if !claimed.is_empty() {
             self.changed();
             self.plugins.reload();
@@ -644,7 +800,10 @@ impl Dispatcher {
             return Ok(());
         }
         let mut fired = false;
-        for id in self.with_store(|s| s.cancel_requests())? {
+        let Some(requests) = self.store("read cancel requests", |s| s.cancel_requests())? else {
+            return Ok(());
+        };
+        for id in requests {
             if let Some(running) = self.running.get(&id) {
                 running.cancel.cancel();
                 fired = true;
@@ -656,24 +815,56 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Records a spawned worker, then lets it start: an attempt counts only once its worker
+    /// is on record, so one whose dispatcher died before this point is known never to have
+    /// run ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its
+    /// gate, and is recorded and let go once the store answers.
     fn spawned(
         &mut self,
         id: JobId,
         attempt: u32,
         mut start: AttemptStart,
+        go: Sender<bool>,
     ) -> Result<(), DispatcherError> {
         if let Some(running) = self.running.get(&id) {
             start.plugin_hash.clone_from(&running.plugin_hash);
         }
-        self.with_store(|s| s.attempt_started(id, attempt, &start))?;
-        Ok(())
+        let waiting = Unrecorded {
+            id,
+            attempt,
+            start,
+            go,
+        };
+        if !self.unrecorded.is_empty() {
+            self.unrecorded.push(waiting);
+            return Ok(());
+        }
+        match self.store("record a worker", |s| {
+            s.attempt_started(id, attempt, &waiting.start)
+        }) {
+            Ok(Some(())) => {
+                let _ = waiting.go.send(true);
+                Ok(())
+            }
+            Ok(None) => {
+                self.unrecorded.push(waiting);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = waiting.go.send(false);
+                Err(e)
+            }
+        }
     }
 
+    /// An attempt ended: decides what follows ([`lifecycle`]) and settles it, or holds the
+    /// settling until the store takes it.
     fn finished(
         &mut self,
         id: JobId,
         attempt: u32,
         result: Result<AttemptRecord, AttemptError>,
+        released: bool,
     ) -> Result<(), DispatcherError> {
         let Some(running) = self.running.remove(&id) else {
             return Ok(());
@@ -682,12 +873,24 @@ impl Dispatcher {
         let record = match result {
             Ok(record) => record,
             Err(error) => {
+                let outcome = if released {
+                    Outcome::Lost(format!("the attempt could not be supervised: {error}"))
+                } else {
+                    // A dispatcher's problem, not the job's: it goes back to the queue, and
+                    // claims pause until workers can be started again.
+                    Trouble::failed(
+                        &mut self.trouble.workers,
+                        "Workers cannot be started",
+                        format!("{error:#}"),
+                    );
+                    Outcome::NotStarted(format!("not started: the worker could not start: {error}"))
+                };
                 tracing::error!("attempt {attempt} of job {id} could not run: {error:#}");
                 AttemptRecord {
                     attempt,
                     pid: 0,
                     duration: Duration::ZERO,
-                    outcome: Outcome::Lost(format!("the attempt could not run: {error}")),
+                    outcome,
                     output: crate::capture::CapturedOutput {
                         path: AttemptPaths::new(&self.settings.state_dir, &id.to_string(), attempt)
                             .output,
@@ -698,44 +901,38 @@ impl Dispatcher {
             }
         };
         if !matches!(record.outcome, Outcome::Ok(_)) {
-            // Whether a cancel arrived while it ran decides between "cancelled" and a retry.
-            job.cancel_requested =
-                job.cancel_requested || self.with_store(|s| s.cancel_requests())?.contains(&id);
+            // Whether a cancel arrived while it ran decides between "cancelled" and a retry;
+            // without an answer from the store, what this dispatcher knew decides.
+            let requests = self.store("read cancel requests", |s| s.cancel_requests())?;
+            job.cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
         }
         let now = now_millis();
-        let (next, label) = if running.interrupted && !matches!(record.outcome, Outcome::Ok(_)) {
-            (
-                Next::Requeue,
-                "interrupted: the dispatcher shut down".to_owned(),
-            )
-        } else {
-            (
-                lifecycle::next_after(&job, &record.outcome, now),
-                record.outcome.label(),
-            )
-        };
-        let error = match next {
-            Next::Requeue => Some(label.clone()),
-            _ => record.outcome.error(),
-        };
+        let (next, label, error) =
+            if running.interrupted && !matches!(record.outcome, Outcome::Ok(_)) {
+                let why = "interrupted: the dispatcher shut down".to_owned();
+                (Next::Requeue, why.clone(), Some(why))
+            } else {
+                (
+                    lifecycle::next_after(&job, &record.outcome, now),
+                    record.outcome.label(),
+                    record.outcome.error(),
+                )
+            };
         let end = AttemptEnd {
             finished_at: now,
             outcome: label,
-            error: error.clone(),
+            error,
             output_bytes: record.output.total_bytes,
         };
-        if !self.with_store(|s| s.settle(id, attempt, &end, &next))? {
-            return Ok(());
-        }
-        self.changed();
-        joblog::attempt_finished(&job.name(), id, &record);
-        log_next(&job, attempt, &next, &error.unwrap_or_default(), now);
-        notify_waiters(&self.paths.waiters, id);
-        if !self.plugins.is_active(&running.plugin_hash) {
-            // It may have been the last job needing that version.
-            self.collect_snapshots()?;
-        }
-        Ok(())
+        self.unsettled.push(Unsettled {
+            job,
+            attempt,
+            end,
+            next,
+            record: Some(record),
+            plugin_hash: running.plugin_hash,
+        });
+        self.retry_deferred()
     }
 
     /// Removes the plugin snapshots nothing needs any more: not active, not the version of a
@@ -744,8 +941,13 @@ impl Dispatcher {
         if self.plugins.inventory.is_none() {
             return Ok(());
         }
-        let mut in_use: BTreeSet<String> = self
-            .with_store(|s| s.unfinished_plugins())?
+        let Some(unfinished) = self.store("list the plugin versions in use", |s| {
+            s.unfinished_plugins()
+        })?
+        else {
+            return Ok(());
+        };
+        let mut in_use: BTreeSet<String> = unfinished
             .iter()
             .filter_map(|p| inventory::snapshot_hash(p).map(str::to_owned))
             .collect();
@@ -762,27 +964,108 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `call` on the store; when it finds the connection lost, pauses and tries again
-    /// (the store reconnects on the next call), for about half a minute before giving up.
-    fn with_store<T>(
+    /// Runs `call` on the store (`what` says what for, in the log). An error that passes
+    /// (busy, disk full, a lost connection: [`StoreError::is_transient`]) puts the dispatcher
+    /// in trouble and gives `Ok(None)`: the caller defers or skips its work, and nothing new is
+    /// claimed until the store answers again. A refused call is logged and gives `None` too.
+    /// Only a fatal error (a corrupt database, a newer schema) ends the dispatcher. A lost
+    /// connection is tried once more at once, since the store reconnects on its next call.
+    fn store<T>(
         &mut self,
+        what: &str,
         mut call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut pause = Duration::from_millis(50);
-        for _ in 0..RECONNECT_TRIES {
-            match call(&mut *self.store) {
-                Err(
-                    StoreError::ConnectionLost { reason, .. }
-                    | StoreError::CommitUnknown { reason, .. },
-                ) => {
-                    tracing::warn!("job database connection lost ({reason}); reconnecting");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(RECONNECT_PAUSE);
-                }
-                other => return other,
+    ) -> Result<Option<T>, DispatcherError> {
+        let result = match call(&mut *self.store) {
+            // Repeating is harmless for every call the dispatcher makes (a settle or a start
+            // already stored is refused as such; a claim it did not learn of is requeued).
+            Err(StoreError::ConnectionLost { .. } | StoreError::CommitUnknown { .. }) => {
+                call(&mut *self.store)
+            }
+            other => other,
+        };
+        match result {
+            Ok(value) => {
+                Trouble::recovered(&mut self.trouble.store, "The job database");
+                Ok(Some(value))
+            }
+            Err(e) if e.is_fatal() => Err(e.into()),
+            Err(e) if e.is_transient() => {
+                Trouble::failed(
+                    &mut self.trouble.store,
+                    "The job database cannot be used",
+                    format!("cannot {what}: {e}"),
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!("The job database refused to {what}: {e}");
+                Ok(None)
             }
         }
-        call(&mut *self.store)
+    }
+
+    /// Retries what the store did not take while it was in trouble, once its retry is due:
+    /// first the pids of workers waiting at their gate, then the attempts to settle, in order.
+    fn retry_deferred(&mut self) -> Result<(), DispatcherError> {
+        let due = self
+            .trouble
+            .store
+            .as_ref()
+            .is_none_or(|p| Instant::now() >= p.retry_at);
+        if !due {
+            return Ok(());
+        }
+        while let Some(waiting) = self.unrecorded.first() {
+            let (id, attempt, start) = (waiting.id, waiting.attempt, waiting.start.clone());
+            if self
+                .store("record a worker", |s| {
+                    s.attempt_started(id, attempt, &start)
+                })?
+                .is_none()
+            {
+                return Ok(());
+            }
+            let _ = self.unrecorded.remove(0).go.send(true);
+        }
+        while let Some(first) = self.unsettled.first() {
+            let (id, attempt, end, next) = (first.job.id, first.attempt, &first.end, &first.next);
+            let (end, next) = (end.clone(), next.clone());
+            let Some(settled) =
+                self.store("settle an attempt", |s| s.settle(id, attempt, &end, &next))?
+            else {
+                return Ok(());
+            };
+            let done = self.unsettled.remove(0);
+            if settled {
+                self.settled(done)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What follows an attempt the store has settled: its log lines, the followers' wake-up,
+    /// the dashboard's refresh, and the snapshots it may have been the last to need.
+    fn settled(&mut self, done: Unsettled) -> Result<(), DispatcherError> {
+        let Unsettled {
+            job,
+            attempt,
+            end,
+            next,
+            record,
+            plugin_hash,
+        } = done;
+        self.changed();
+        if let Some(record) = &record {
+            joblog::attempt_finished(&job.name(), job.id, record);
+        }
+        let error = end.error.unwrap_or_default();
+        log_next(&job, attempt, &next, &error, end.finished_at);
+        notify_waiters(&self.paths.waiters, job.id);
+        if record.is_some() && !self.plugins.is_active(&plugin_hash) {
+            // It may have been the last job needing that version.
+            self.collect_snapshots()?;
+        }
+        Ok(())
     }
 
     /// Rescues the jobs of dispatchers whose lease ran out: each of their running attempts is
@@ -794,7 +1077,10 @@ impl Dispatcher {
         let now = now_millis();
         let cutoff = now - self.settings.dispatcher.lease.as_millis() as i64;
         let expired: Vec<DispatcherRecord> = self
-            .with_store(|s| s.expired_dispatchers(cutoff))?
+            .store("look for expired dispatchers", |s| {
+                s.expired_dispatchers(cutoff)
+            })?
+            .unwrap_or_default()
             .into_iter()
             // Never itself: its own heartbeat may just be late on a loaded machine.
             .filter(|d| d.id != self.owner)
@@ -808,7 +1094,9 @@ impl Dispatcher {
         if own_check {
             self.checked_own = Instant::now();
         }
-        let running = self.with_store(|s| s.running())?;
+        let Some(running) = self.store("list running jobs", |s| s.running())? else {
+            return Ok(false);
+        };
         let mut changed = false;
         for (job, attempt) in running {
             if self.running.contains_key(&job.id) {
@@ -817,25 +1105,29 @@ impl Dispatcher {
             let Some(owner) = attempt.dispatcher else {
                 continue;
             };
-            let (reason, next) = if owner == self.owner {
-                // Claimed, but the answer was lost with the connection: it never started, so
-                // it goes back to the queue without using up an attempt.
-                let reason = "its dispatcher did not learn that it had claimed it".to_owned();
-                (reason, Next::Requeue)
+            let outcome = if owner == self.owner {
+                // Claimed, but the answer was lost with the connection: no worker was ever
+                // started for it.
+                Outcome::NotStarted(
+                    "not started: its dispatcher did not learn that it had claimed it".into(),
+                )
             } else if let Some(dead) = expired.iter().find(|d| d.id == owner) {
-                let reason = format!(
-                    "its dispatcher (pid {} on {}) stopped heartbeating",
-                    dead.pid, dead.host
-                );
-                let next = lifecycle::next_after(&job, &Outcome::Lost(reason.clone()), now);
-                (reason, next)
+                let who = format!("its dispatcher (pid {} on {})", dead.pid, dead.host);
+                if attempt.pid.is_none() {
+                    // A worker is on record before it may start: none ran.
+                    Outcome::NotStarted(format!(
+                        "not started: {who} stopped heartbeating before starting a worker"
+                    ))
+                } else {
+                    Outcome::Lost(format!("{who} stopped heartbeating"))
+                }
             } else {
                 continue;
             };
-            changed |= self.settle_lost(&job, &attempt, reason, &next, now)?;
+            changed |= self.settle_unwatched(&job, &attempt, &outcome, now)?;
         }
         for dead in expired {
-            if self.with_store(|s| s.deregister(dead.id))? {
+            if self.store("deregister a dispatcher", |s| s.deregister(dead.id))? == Some(true) {
                 tracing::warn!(
                     "Dispatcher {} (pid {} on {}, state {}) stopped heartbeating; its jobs were rescued",
                     dead.id,
@@ -846,7 +1138,13 @@ impl Dispatcher {
             }
         }
         let mut predecessors = std::mem::take(&mut self.predecessors);
-        predecessors.retain(|&id| !matches!(self.with_store(|s| s.deregister(id)), Ok(true)));
+        let mut gone = Vec::new();
+        for &id in &predecessors {
+            if self.store("deregister a predecessor", |s| s.deregister(id))? == Some(true) {
+                gone.push(id);
+            }
+        }
+        predecessors.retain(|id| !gone.contains(id));
         self.heartbeats().predecessors.clone_from(&predecessors);
         self.predecessors = predecessors;
         if changed {
@@ -855,27 +1153,31 @@ impl Dispatcher {
         Ok(changed)
     }
 
-    /// Settles `attempt` of `job`, which no dispatcher is watching, as lost, moving the job on
-    /// to `next`. Returns false if somebody settled it first.
-    fn settle_lost(
+    /// Settles `attempt` of `job`, which no dispatcher is watching, with `outcome` (lost, or
+    /// not started), moving the job on as [`lifecycle`] decides. Returns false if somebody
+    /// settled it first.
+    fn settle_unwatched(
         &mut self,
         job: &JobRecord,
         attempt: &Attempt,
-        reason: String,
-        next: &Next,
+        outcome: &Outcome,
         now: Millis,
     ) -> Result<bool, DispatcherError> {
+        let next = lifecycle::next_after(job, outcome, now);
+        let reason = outcome.error().unwrap_or_default();
         let end = AttemptEnd {
             finished_at: now,
-            outcome: Outcome::Lost(String::new()).label(),
+            outcome: outcome.label(),
             error: Some(reason.clone()),
             output_bytes: 0,
         };
         let (id, number) = (job.id, attempt.attempt);
-        if !self.with_store(|s| s.settle(id, number, &end, next))? {
+        let settled = self.store("settle an attempt", |s| s.settle(id, number, &end, &next))?;
+        if settled != Some(true) {
+            // Settled by somebody else, or to be tried again at the next look.
             return Ok(false);
         }
-        log_next(job, number, next, &reason, now);
+        log_next(job, number, &next, &reason, now);
         notify_waiters(&self.paths.waiters, id);
         Ok(true)
     }
@@ -894,7 +1196,14 @@ impl Dispatcher {
         );
         self.interrupt_all();
         let info = self.info.clone();
-        self.owner = self.with_store(|s| s.register_dispatcher(&info, now_millis()))?;
+        let Some(owner) = self.store("register again", |s| {
+            s.register_dispatcher(&info, now_millis())
+        })?
+        else {
+            // The heartbeat says so again at its next beat, and this is tried again.
+            return Ok(());
+        };
+        self.owner = owner;
         self.heartbeats().owner = self.owner;
         Ok(())
     }
@@ -920,6 +1229,10 @@ impl Dispatcher {
     }
 
     fn interrupt_all(&mut self) {
+        // Workers still waiting for their pid to be recorded are let go without starting.
+        for waiting in self.unrecorded.drain(..) {
+            let _ = waiting.go.send(false);
+        }
         for running in self.running.values_mut() {
             if !running.interrupted {
                 running.interrupted = true;
@@ -929,16 +1242,17 @@ impl Dispatcher {
     }
 
     /// Settles what a crashed predecessor left running: each orphan is adopted on its own
-    /// thread (it may outnumber the slots) and reports back like any attempt.
-    fn recover(&mut self) -> Result<(), DispatcherError> {
+    /// thread (it may outnumber the slots) and reports back like any attempt. False, with
+    /// nothing done, while the store cannot list them.
+    fn recover(&mut self) -> Result<bool, DispatcherError> {
         let predecessors = self.predecessors.clone();
-        let orphans = self
-            .with_store(|s| s.running())?
-            .into_iter()
-            .filter(|(_, a)| {
-                // Without a dispatcher id: recorded before dispatchers registered.
-                a.dispatcher.is_none_or(|d| predecessors.contains(&d))
-            });
+        let Some(running) = self.store("list running jobs", |s| s.running())? else {
+            return Ok(false);
+        };
+        let orphans = running.into_iter().filter(|(_, a)| {
+            // Without a dispatcher id: recorded before dispatchers registered.
+            a.dispatcher.is_none_or(|d| predecessors.contains(&d))
+        });
         for (job, attempt) in orphans {
             let cancel = CancelToken::new().map_err(|source| DispatcherError::Setup {
                 what: "create a cancel token".into(),
@@ -972,6 +1286,7 @@ impl Dispatcher {
                         id,
                         attempt: number,
                         result,
+                        released: true,
                     });
                 })
                 .map_err(|source| DispatcherError::Setup {
@@ -988,7 +1303,7 @@ impl Dispatcher {
                 },
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The idle exit: stop answering the doorbell, then look once more. An enqueuer that
@@ -996,7 +1311,10 @@ impl Dispatcher {
     /// dispatcher. Returns false (and answers the doorbell again) if work arrived.
     fn leave_if_still_idle(&mut self) -> Result<bool, DispatcherError> {
         let _ = self.doorbell.unlink();
-        if self.with_store(|s| s.next_run_at())?.is_none() {
+        let nothing_waits = self.trouble.retry_at().is_none()
+            && self.unsettled.is_empty()
+            && self.store("look for waiting jobs", |s| s.next_run_at())? == Some(None);
+        if nothing_waits {
             return Ok(true);
         }
         self.doorbell =

@@ -690,7 +690,9 @@ fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus>
     };
     let never = CancelToken::new()?;
     let output = OutputPair::pipe()?;
-    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {})?;
+    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {
+        true
+    })?;
     let report: Option<InspectReport> = read_report(&report_path)?;
     let _ = std::fs::remove_file(&report_path);
     let status = match (report, end.stopped, end.exit) {

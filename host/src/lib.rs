@@ -21,6 +21,7 @@ pub mod authorize;
 pub mod capture;
 pub mod child;
 pub mod dispatcher;
+pub mod health;
 pub mod inventory;
 pub mod job;
 pub mod joblog;

@@ -13,6 +13,8 @@ use crate::{
 ///
 /// - success completes it (even if a cancel arrived too late to stop it);
 /// - a cancellation, or any failure after a cancel was requested, cancels it;
+/// - an attempt that never started (no plugin code ran) queues it again without using up an
+///   attempt;
 /// - a retryable failure with attempts left schedules it `retry_delay` from now;
 /// - anything else fails it.
 pub fn next_after(job: &JobRecord, outcome: &Outcome, now: Millis) -> Next {
@@ -20,6 +22,7 @@ pub fn next_after(job: &JobRecord, outcome: &Outcome, now: Millis) -> Next {
         Outcome::Ok(result) => Next::Complete(result.clone()),
         Outcome::Cancelled => Next::Cancel,
         _ if job.cancel_requested => Next::Cancel,
+        Outcome::NotStarted(_) => Next::Requeue,
         failure if failure.is_retryable() && job.attempts < job.max_attempts => {
             let delay = i64::try_from(job.retry_delay.as_millis()).unwrap_or(i64::MAX);
             Next::Retry(now.saturating_add(delay))
@@ -88,6 +91,15 @@ mod tests {
             next_after(&job(1, 2), &Outcome::Lost("gone".into()), 0),
             Next::Retry(5000)
         );
+    }
+
+    #[test]
+    fn an_attempt_that_never_started_is_requeued_even_on_the_last_attempt() {
+        let never = Outcome::NotStarted("no worker".into());
+        assert_eq!(next_after(&job(1, 1), &never, 0), Next::Requeue);
+        let mut cancelled = job(1, 1);
+        cancelled.cancel_requested = true;
+        assert_eq!(next_after(&cancelled, &never, 0), Next::Cancel);
     }
 
     #[test]

@@ -39,7 +39,17 @@ pub struct WorkerRequest {
     /// for reading so that its output survives a restart of its supervisor.
     #[serde(default)]
     pub output: Option<PathBuf>,
+    /// Whether the worker must wait for its supervisor's go-ahead on stdin before it loads
+    /// anything: one byte `g` once the supervisor has recorded the worker's pid durably. End
+    /// of input without it means the supervisor is gone (or gave up on the attempt), and the
+    /// worker reports [`FailureKind::NotStarted`] without running any plugin code. So an
+    /// attempt whose pid was never recorded is known never to have run.
+    #[serde(default)]
+    pub gate: bool,
 }
+
+/// The byte a supervisor writes to a gated worker's stdin to let it start.
+pub const GO: u8 = b'g';
 
 /// Host → inspector: list the classes of one plugin file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -72,6 +82,9 @@ pub enum FailureKind {
     LoadFailed,
     /// The request itself was unusable.
     BadRequest,
+    /// The supervisor never gave the go-ahead (see [`WorkerRequest::gate`]): no plugin code
+    /// ran, so the attempt does not count.
+    NotStarted,
 }
 
 impl FailureKind {

@@ -15,6 +15,7 @@ mod hot_swap;
 mod inventory;
 mod postgres;
 mod queue;
+mod recovery;
 mod refusals;
 mod retries;
 mod worker;

@@ -7,8 +7,23 @@ use jobhost_e2e::{artifacts_dir, built_library, proc_stat, wait_for, Host};
 use serde_json::{json, Value};
 
 fn run_worker_directly(host: &Host, class: &str, method: &str, plugin: &std::path::Path) -> Value {
+    run_worker_with(host, class, method, plugin, json!({}), b"")
+}
+
+/// Runs `jobhost __worker` with a request for `class@method`, the request fields `extra`
+/// added, and `stdin` as its input; returns its report.
+fn run_worker_with(
+    host: &Host,
+    class: &str,
+    method: &str,
+    plugin: &std::path::Path,
+    extra: Value,
+    stdin: &[u8],
+) -> Value {
+    use std::io::Write;
     let report = host.root().join("report.json");
-    let request = json!({
+    let _ = std::fs::remove_file(&report);
+    let mut request = json!({
         "protocol": 1,
         "job_id": "direct-1",
         "attempt": 1,
@@ -19,10 +34,18 @@ fn run_worker_directly(host: &Host, class: &str, method: &str, plugin: &std::pat
         "allowlist": host.root().join("allowlist.toml"),
         "report": report,
     });
-    let status = std::process::Command::new(artifacts_dir().join("jobhost"))
+    if let (Value::Object(request), Value::Object(extra)) = (&mut request, extra) {
+        request.extend(extra);
+    }
+    let mut worker = std::process::Command::new(artifacts_dir().join("jobhost"))
         .args(["__worker", &request.to_string()])
-        .status()
+        .stdin(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut input = worker.stdin.take().unwrap();
+    input.write_all(stdin).unwrap();
+    drop(input);
+    let status = worker.wait().unwrap();
     assert_eq!(
         status.code(),
         Some(0),
@@ -60,6 +83,33 @@ fn worker_started_directly_with_an_unapproved_class_refuses_to_load_anything() {
         &host.root().join("missing.so"),
     );
     assert_eq!(report["kind"], "unauthorized");
+}
+
+#[test]
+fn gated_worker_runs_nothing_without_its_go_ahead_and_runs_the_job_with_it() {
+    let host = Host::standard();
+    // Were the plugin loaded and the method invoked, this worker would die of SIGSEGV.
+    let gated = json!({"gate": true});
+    let plugin = built_library("misbehave_fixture");
+    let report = run_worker_with(
+        &host,
+        r"Tests\Misbehave",
+        "segfault",
+        &plugin,
+        gated.clone(),
+        b"",
+    );
+    assert_eq!(report["status"], "error", "{report}");
+    assert_eq!(report["kind"], "not_started", "{report}");
+    assert!(
+        report["message"]
+            .as_str()
+            .unwrap()
+            .contains("no plugin code ran"),
+        "{report}"
+    );
+    let report = run_worker_with(&host, r"Tests\Misbehave", "echo", &plugin, gated, b"g");
+    assert_eq!(report["status"], "ok", "the go-ahead starts it: {report}");
 }
 
 #[test]

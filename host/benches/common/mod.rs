@@ -224,7 +224,7 @@ impl<'a> AttemptRunner<'a> {
             plugin: &self.plugin,
             timeout: Duration::from_secs(60),
         };
-        let record = run_attempt(self.settings, &spec, &self.cancel, &mut |_| {})
+        let record = run_attempt(self.settings, &spec, &self.cancel, &mut |_| true)
             .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match record.outcome {
             Outcome::Ok(result) => Ok(result),

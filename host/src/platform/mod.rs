@@ -16,14 +16,16 @@ mod unix;
 #[cfg(unix)]
 pub use unix::{
     adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
-    prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
+    prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
+    OutputPair,
 };
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
 pub use windows::{
     adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
-    prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
+    prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
+    OutputPair,
 };
 
 use std::time::Duration;
@@ -68,6 +70,18 @@ pub struct SuperviseOptions {
     pub kill_grace: Duration,
 }
 
+/// Gives a spawned child its go-ahead (see [`crate::protocol::WorkerRequest::gate`]): writes
+/// [`crate::protocol::GO`] to its stdin when `go`, then closes it, so the child reads end of
+/// input from then on, as from the null device. A child that does not wait for the go-ahead
+/// never notices; one that does and gets only end of input starts nothing.
+fn release(stdin: Option<std::process::ChildStdin>, go: bool) {
+    use std::io::Write;
+    if let (Some(mut stdin), true) = (stdin, go) {
+        // A child that is gone already has nothing to start.
+        let _ = stdin.write_all(&[crate::protocol::GO]);
+    }
+}
+
 /// An exclusive lock on a file, held until dropped (or the process dies).
 #[derive(Debug)]
 pub struct FileLock {
@@ -107,6 +121,22 @@ impl FileLock {
         file.set_len(0)?;
         (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
         Ok(Self { file })
+    }
+
+    /// Whether somebody holds the lock on `path` now. Looks without taking it for long and
+    /// without changing the file: a shared lock cannot be had while the lock is held.
+    pub fn is_held(path: &std::path::Path) -> bool {
+        let Ok(file) = std::fs::File::open(path) else {
+            return false;
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(_)) => false,
+        }
     }
 
     /// The pid written by whoever holds (or last held) the lock on `path`.

@@ -28,7 +28,7 @@ use rustix::{
     process::{kill_process, kill_process_group, pidfd_open, Pid, PidfdFlags, Signal},
 };
 
-use super::{ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
+use super::{release, ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
 
 /// A one-shot cancellation that wakes a supervisor blocked in `poll`. Firing it is
 /// async-signal-safe, so it can be wired to SIGINT/SIGTERM.
@@ -114,6 +114,13 @@ pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// In a gated worker, once its go-ahead is read: stdin becomes `/dev/null`, as for any job.
+pub fn stdin_to_null() -> io::Result<()> {
+    let null = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+    rustix::stdio::dup2_stdin(&null)?;
+    Ok(())
+}
+
 /// The name of signal `signal`, such as `SIGSEGV`.
 pub fn crash_name(signal: i32) -> String {
     const NAMES: [(Signal, &str); 16] = [
@@ -195,7 +202,7 @@ pub fn hold_output_open(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Spawns `command` with stdin from `/dev/null` and stdout and stderr into `output`, calls
+/// Spawns `command` with stdin from a pipe that carries only its go-ahead and stdout and stderr into `output`, calls
 /// `on_spawn` with its pid, streams its output into `sink`, stops its process group at
 /// `options.timeout` or when `cancel` fires (SIGTERM, then SIGKILL after `options.kill_grace`),
 /// kills whatever it left behind in its group, and reports how it ended.
@@ -205,11 +212,11 @@ pub fn supervise(
     options: SuperviseOptions,
     cancel: &CancelToken,
     sink: &mut dyn OutputSink,
-    on_spawn: &mut dyn FnMut(u32),
+    on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> io::Result<ProcessEnd> {
     let OutputPair { read, write } = output;
     command
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::from(write.try_clone()?))
         .stderr(Stdio::from(write));
     let started = Instant::now();
@@ -217,7 +224,8 @@ pub fn supervise(
     // The command holds the write ends; drop them so that only the child writes.
     drop(command);
     let pid = child.id();
-    on_spawn(pid);
+    let go = on_spawn(pid);
+    release(child.stdin.take(), go);
     let raw_pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("child pid 0"))?;
     let pidfd = pidfd_open(raw_pid, PidfdFlags::empty())?;
     let stopped = watch(

@@ -54,7 +54,7 @@ use windows_sys::Win32::{
     },
 };
 
-use super::{ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
+use super::{release, ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
 
 /// The environment variable naming the event a worker watches for a stop request.
 const STOP_EVENT_VAR: &str = "JOBHOST_STOP_EVENT";
@@ -120,6 +120,12 @@ impl CancelToken {
         let waited = unsafe { WaitForSingleObject(raw(&self.event), millis(timeout)) };
         waited == WAIT_OBJECT_0 || self.is_cancelled()
     }
+}
+
+/// In a gated worker, once its go-ahead is read. Its stdin pipe is closed by the supervisor
+/// after the go-ahead, so reading it gives end of input, as `NUL` does: nothing to do.
+pub fn stdin_to_null() -> io::Result<()> {
+    Ok(())
 }
 
 /// What a worker or inspector does to itself first: no error dialogs for a crash, and a
@@ -202,7 +208,7 @@ pub fn hold_output_open(_path: &Path) -> io::Result<()> {
 
 static STOP_EVENTS: AtomicU64 = AtomicU64::new(0);
 
-/// Spawns `command` detached, in a Job Object, with stdin from `NUL` and stdout and stderr
+/// Spawns `command` detached, in a Job Object, with stdin from a pipe that carries only its go-ahead and stdout and stderr
 /// into `output`; calls `on_spawn` with its pid; streams its output into `sink`; at
 /// `options.timeout` or when `cancel` fires, sets its stop event and after `options.kill_grace`
 /// terminates its Job Object; terminates whatever it left in the job; reports how it ended.
@@ -212,7 +218,7 @@ pub fn supervise(
     options: SuperviseOptions,
     cancel: &CancelToken,
     sink: &mut dyn OutputSink,
-    on_spawn: &mut dyn FnMut(u32),
+    on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> io::Result<ProcessEnd> {
     let OutputPair { read, write } = output;
     let name = format!(
@@ -227,7 +233,7 @@ pub fn supervise(
     let job = owned(unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) })?;
     command
         .env(STOP_EVENT_VAR, &name)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::from(write.try_clone()?))
         .stderr(Stdio::from(write))
         .creation_flags(DETACHED);
@@ -239,7 +245,8 @@ pub fn supervise(
     // SAFETY: both handles are valid; the child has not been waited for.
     unsafe { AssignProcessToJobObject(raw(&job), raw(&child)) };
     let pid = child.id();
-    on_spawn(pid);
+    let go = on_spawn(pid);
+    release(child.stdin.take(), go);
 
     let deadline = started + options.timeout;
     let stopped = std::thread::scope(|scope| {

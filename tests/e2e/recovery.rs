@@ -1,0 +1,185 @@
+//! What a dispatcher that dies leaves behind, and how the next one (on this host, or another
+//! sharing the store) settles it: an attempt counts only once its worker was on record, so a
+//! job claimed by a dispatcher that died before starting a worker runs again without using up
+//! an attempt.
+
+use std::time::Duration;
+
+use jobhost::store::{now_millis, DispatcherInfo, Store};
+use jobhost_e2e::{alive, wait_for, Host};
+use serde_json::Value;
+
+/// A pid no process has: one that just ended.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+/// Enqueues a quick `--retries 0` job far in the future and stops the dispatcher `run`
+/// started, so that the test can play a dispatcher that claimed it and died at once.
+fn parked_job(host: &Host) -> i64 {
+    let id = host.enqueue(&[
+        r"Tests\Misbehave",
+        "echo",
+        "n=1",
+        "--retries",
+        "0",
+        "--delay",
+        "3600",
+    ]);
+    let pid = wait_for(
+        "the dispatcher run started",
+        Duration::from_secs(30),
+        || host.dispatcher_pid(),
+    );
+    // Asked again until it is gone: a `stop` that comes before the new dispatcher answers
+    // its doorbell finds nobody to ask.
+    wait_for("the dispatcher to stop", Duration::from_secs(30), || {
+        host.run(&["stop"]).expect_code(0);
+        (!alive(pid)).then_some(())
+    });
+    id
+}
+
+/// Claims job `id` as a dispatcher registered with `info`, which then "dies": it starts no
+/// worker and never heartbeats again.
+fn claim_and_die(store: &mut dyn Store, info: &DispatcherInfo, id: i64) {
+    let owner = store.register_dispatcher(info, now_millis()).unwrap();
+    let due_by_then = now_millis() + 2 * 3_600_000;
+    let claimed = store.claim(owner, due_by_then, 1).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, id);
+}
+
+fn outcomes(shown: &Value) -> Vec<String> {
+    shown["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap_or("(none)").to_owned())
+        .collect()
+}
+
+#[test]
+fn job_claimed_by_a_dispatcher_killed_before_starting_its_worker_runs_without_using_an_attempt() {
+    let host = Host::standard();
+    let id = parked_job(&host);
+    let mut client = host.client();
+    let state_dir = client.settings().state_dir.clone();
+    let info = DispatcherInfo {
+        pid: dead_pid(),
+        ..DispatcherInfo::this_process(2, &state_dir)
+    };
+    claim_and_die(client.store(), &info, id);
+
+    // The next dispatcher on this host and state directory settles what it left.
+    let mut serve = host.serve();
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert!(host.stop_serve(&mut serve));
+    assert_eq!(
+        shown["job"]["state"], "completed",
+        "a job with --retries 0 whose only claim never started a worker still runs: {shown:#}"
+    );
+    assert_eq!(outcomes(&shown), ["not started", "ok"], "{shown:#}");
+    let first = &shown["attempts"][0];
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap()
+            .contains("before starting a worker")
+            || first["error"]
+                .as_str()
+                .unwrap()
+                .contains("between claiming the job and starting a worker"),
+        "the not-started attempt says why: {first:#}"
+    );
+}
+
+#[test]
+fn job_claimed_by_another_host_that_died_before_starting_its_worker_is_rescued_without_using_an_attempt(
+) {
+    let host = Host::standard();
+    host.settings("dispatcher.lease = 2\n");
+    let id = parked_job(&host);
+    let mut client = host.client();
+    let info = DispatcherInfo {
+        host: "elsewhere.invalid".into(),
+        pid: 4_000_000,
+        slots: 2,
+        state_dir: "/srv/jobhost/state".into(),
+    };
+    claim_and_die(client.store(), &info, id);
+
+    // A dispatcher here rescues it once that one's lease has run out.
+    let mut serve = host.serve();
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert!(host.stop_serve(&mut serve));
+    assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    assert_eq!(outcomes(&shown), ["not started", "ok"], "{shown:#}");
+    assert!(
+        shown["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped heartbeating before starting a worker"),
+        "{shown:#}"
+    );
+}
+
+/// The live worker processes of job `id`'s attempts.
+fn workers_of(host: &Host, id: i64) -> Vec<u32> {
+    let marker = format!("attempts/{id}/");
+    host.workers()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(&marker))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+#[test]
+fn dispatcher_survives_a_database_locked_past_its_busy_timeout_and_settles_what_ran_meanwhile() {
+    let host = Host::standard();
+    let mut serve = host.serve();
+    let dispatcher = serve.id();
+    let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=1", "--retries", "0"]);
+    let worker = wait_for("the job's worker", Duration::from_secs(30), || {
+        workers_of(&host, id).pop()
+    });
+
+    // Another process takes the database's write lock and keeps it past SQLite's busy timeout
+    // (10 s), from before the job ends until well after its dispatcher tried to settle it.
+    let database = host.state_dir().join("jobs.sqlite3");
+    let holder = rusqlite::Connection::open(&database).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    wait_for("the job's worker to end", Duration::from_secs(60), || {
+        (!alive(worker)).then_some(())
+    });
+    let busy = host.wait_log(
+        "background_jobs_errors.log",
+        "The job database cannot be used",
+    );
+    assert!(busy.contains("busy") || busy.contains("locked"), "{busy}");
+    assert!(
+        alive(dispatcher),
+        "the dispatcher goes on while the database is locked"
+    );
+    holder.execute_batch("ROLLBACK").unwrap();
+    drop(holder);
+
+    // What ran meanwhile is settled from what the dispatcher held, once, and work goes on.
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    assert_eq!(outcomes(&shown), ["ok"], "{shown:#}");
+    host.wait_log("background_jobs_errors.log", "The job database recovered");
+    let next = host.enqueue(&[r"Tests\Misbehave", "echo", "n=2"]);
+    host.wait_state(next, &["completed"]);
+    assert_eq!(
+        host.dispatcher_pid(),
+        Some(dispatcher),
+        "the same dispatcher serves"
+    );
+    assert!(host.stop_serve(&mut serve));
+    let started = host.logged("started", r"Tests\Misbehave@sleep");
+    assert_eq!(started.len(), 1, "it ran once: {started:?}");
+}
