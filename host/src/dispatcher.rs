@@ -26,6 +26,7 @@ use crate::{
         adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
         Outcome,
     },
+    health::{self, Health, HealthFile},
     inventory::{self, CatalogPaths, FileStamp, Inventory},
     joblog, lifecycle,
     platform::{CancelToken, Doorbell, FileLock},
@@ -70,6 +71,8 @@ pub struct StatePaths {
     pub doorbell: PathBuf,
     /// Where `run --wait` followers put their own doorbells.
     pub waiters: PathBuf,
+    /// The running dispatcher's health report ([`crate::health`]).
+    pub health: PathBuf,
 }
 
 impl StatePaths {
@@ -80,6 +83,7 @@ impl StatePaths {
             lock: state_dir.join("dispatcher.lock"),
             doorbell: state_dir.join("dispatcher.sock"),
             waiters: state_dir.join("waiters"),
+            health: state_dir.join("dispatcher.health"),
         }
     }
 }
@@ -249,6 +253,8 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         on_change: options.on_change.clone(),
         trouble: Trouble::default(),
         unrecorded: Vec::new(),
+        health: open_health(&paths_health(settings)),
+        reported: Vec::new(),
         unsettled: Vec::new(),
     };
     joblog::dispatcher(
@@ -266,12 +272,35 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         &settings.state_dir,
     );
     let _ = dispatcher.doorbell.unlink();
+    if dispatcher.health.take().is_some() {
+        let _ = std::fs::remove_file(paths_health(settings));
+    }
     let owner = dispatcher.owner;
     if let Err(e) = dispatcher.store.deregister(owner) {
         tracing::warn!("cannot deregister the dispatcher: {e}");
     }
     drop(lock);
     result
+}
+
+/// The dispatcher's health file in the state directory of `settings`.
+fn paths_health(settings: &Settings) -> PathBuf {
+    StatePaths::new(&settings.state_dir).health
+}
+
+/// Creates the health file with an empty report; without one the dispatcher still runs.
+fn open_health(path: &Path) -> Option<HealthFile> {
+    let created = HealthFile::create(path).and_then(|mut file| {
+        file.write(&Health {
+            pid: std::process::id(),
+            updated_at: now_millis(),
+            problems: Vec::new(),
+        })?;
+        Ok(file)
+    });
+    created
+        .map_err(|e| tracing::warn!("cannot create the dispatcher's health file: {e}"))
+        .ok()
 }
 
 /// Binds the doorbell and forwards its rings to the loop from a listener thread.
@@ -518,6 +547,9 @@ struct Dispatcher {
     trouble: Trouble,
     /// Spawned workers waiting at their gate until their pid is on record.
     unrecorded: Vec<Unrecorded>,
+    /// Where it reports its health, and what it reported last.
+    health: Option<HealthFile>,
+    reported: Vec<health::Problem>,
     /// Ended attempts whose settling the store has not taken yet, oldest first.
     unsettled: Vec<Unsettled>,
 }
@@ -555,6 +587,8 @@ struct Trouble {
 /// One ongoing problem.
 struct Problem {
     since: Instant,
+    /// The same, for the health report.
+    since_at: Millis,
     error: String,
     /// When to try again.
     retry_at: Instant,
@@ -570,6 +604,7 @@ impl Problem {
     fn new(error: String) -> Self {
         Self {
             since: Instant::now(),
+            since_at: now_millis(),
             error,
             retry_at: Instant::now() + BACKOFF_FIRST,
             backoff: BACKOFF_FIRST * 2,
@@ -601,6 +636,20 @@ impl Trouble {
             .flatten()
             .map(|p| p.retry_at)
             .min()
+    }
+
+    /// The problems as the health report lists them.
+    fn problems(&self) -> Vec<health::Problem> {
+        [
+            (&self.store, "the job database cannot be used"),
+            (&self.workers, "workers cannot be started"),
+        ]
+        .into_iter()
+        .filter_map(|(slot, what)| {
+            let p = slot.as_ref()?;
+            Some(health::Problem::new(what, p.since_at, &p.error))
+        })
+        .collect()
     }
 
     /// Records that `what` failed with `error` (`what` names the problem in the log).
@@ -661,7 +710,7 @@ impl Dispatcher {
             let mut wake = now + SAFETY_WAKE;
             let next =
                 if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
-                    self.store("look for waiting jobs", |s| s.next_run_at())?
+                    self.read("look for waiting jobs", |s| s.next_run_at())?
                         .flatten()
                 } else {
                     None
@@ -741,7 +790,28 @@ impl Dispatcher {
             {
                 self.interrupt_all();
             }
+            self.report_health();
         }
+    }
+
+    /// Rewrites the health file when the list of problems changed.
+    fn report_health(&mut self) {
+        let problems = self.trouble.problems();
+        if problems == self.reported {
+            return;
+        }
+        let Some(file) = &mut self.health else {
+            return;
+        };
+        let report = Health {
+            pid: std::process::id(),
+            updated_at: now_millis(),
+            problems: problems.clone(),
+        };
+        if let Err(e) = file.write(&report) {
+            tracing::warn!("cannot write the dispatcher's health file: {e}");
+        }
+        self.reported = problems;
     }
 
     /// Claims as many due jobs as there are free slots and starts them.
@@ -800,7 +870,7 @@ impl Dispatcher {
             return Ok(());
         }
         let mut fired = false;
-        let Some(requests) = self.store("read cancel requests", |s| s.cancel_requests())? else {
+        let Some(requests) = self.read("read cancel requests", |s| s.cancel_requests())? else {
             return Ok(());
         };
         for id in requests {
@@ -903,7 +973,7 @@ impl Dispatcher {
         if !matches!(record.outcome, Outcome::Ok(_)) {
             // Whether a cancel arrived while it ran decides between "cancelled" and a retry;
             // without an answer from the store, what this dispatcher knew decides.
-            let requests = self.store("read cancel requests", |s| s.cancel_requests())?;
+            let requests = self.read("read cancel requests", |s| s.cancel_requests())?;
             job.cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
         }
         let now = now_millis();
@@ -941,7 +1011,7 @@ impl Dispatcher {
         if self.plugins.inventory.is_none() {
             return Ok(());
         }
-        let Some(unfinished) = self.store("list the plugin versions in use", |s| {
+        let Some(unfinished) = self.read("list the plugin versions in use", |s| {
             s.unfinished_plugins()
         })?
         else {
@@ -973,6 +1043,26 @@ impl Dispatcher {
     fn store<T>(
         &mut self,
         what: &str,
+        call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
+        self.call_store(what, true, call)
+    }
+
+    /// Like [`Dispatcher::store`] for a call that only reads: its success says nothing about
+    /// whether writes work again (SQLite readers go on while another process holds the write
+    /// lock), so it leaves the trouble as it is.
+    fn read<T>(
+        &mut self,
+        what: &str,
+        call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
+        self.call_store(what, false, call)
+    }
+
+    fn call_store<T>(
+        &mut self,
+        what: &str,
+        writes: bool,
         mut call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
     ) -> Result<Option<T>, DispatcherError> {
         let result = match call(&mut *self.store) {
@@ -985,7 +1075,9 @@ impl Dispatcher {
         };
         match result {
             Ok(value) => {
-                Trouble::recovered(&mut self.trouble.store, "The job database");
+                if writes {
+                    Trouble::recovered(&mut self.trouble.store, "The job database");
+                }
                 Ok(Some(value))
             }
             Err(e) if e.is_fatal() => Err(e.into()),
@@ -1077,7 +1169,7 @@ impl Dispatcher {
         let now = now_millis();
         let cutoff = now - self.settings.dispatcher.lease.as_millis() as i64;
         let expired: Vec<DispatcherRecord> = self
-            .store("look for expired dispatchers", |s| {
+            .read("look for expired dispatchers", |s| {
                 s.expired_dispatchers(cutoff)
             })?
             .unwrap_or_default()
@@ -1094,12 +1186,15 @@ impl Dispatcher {
         if own_check {
             self.checked_own = Instant::now();
         }
-        let Some(running) = self.store("list running jobs", |s| s.running())? else {
+        let Some(running) = self.read("list running jobs", |s| s.running())? else {
             return Ok(false);
         };
         let mut changed = false;
         for (job, attempt) in running {
-            if self.running.contains_key(&job.id) {
+            // Its own, ended or not, whose settling it may still hold.
+            let known = self.running.contains_key(&job.id)
+                || self.unsettled.iter().any(|u| u.job.id == job.id);
+            if known {
                 continue;
             }
             let Some(owner) = attempt.dispatcher else {
@@ -1246,7 +1341,7 @@ impl Dispatcher {
     /// nothing done, while the store cannot list them.
     fn recover(&mut self) -> Result<bool, DispatcherError> {
         let predecessors = self.predecessors.clone();
-        let Some(running) = self.store("list running jobs", |s| s.running())? else {
+        let Some(running) = self.read("list running jobs", |s| s.running())? else {
             return Ok(false);
         };
         let orphans = running.into_iter().filter(|(_, a)| {
@@ -1313,7 +1408,7 @@ impl Dispatcher {
         let _ = self.doorbell.unlink();
         let nothing_waits = self.trouble.retry_at().is_none()
             && self.unsettled.is_empty()
-            && self.store("look for waiting jobs", |s| s.next_run_at())? == Some(None);
+            && self.read("look for waiting jobs", |s| s.next_run_at())? == Some(None);
         if nothing_waits {
             return Ok(true);
         }

@@ -18,6 +18,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Millis;
 
+/// The health a dispatcher reports in `file` while it holds the state directory's `lock`:
+/// none when no dispatcher holds it (a file left by one that was killed says nothing).
+pub fn current(lock: &Path, file: &Path) -> Option<Health> {
+    if !crate::platform::FileLock::is_held(lock) {
+        return None;
+    }
+    HealthFile::read(file)
+}
+
 /// The health file's size: every write fits in it, so none needs new space on the disk.
 const SIZE: usize = 8 * 1024;
 

@@ -128,12 +128,46 @@ fn print_job(job: &JobRecord) {
     }
 }
 
+/// `jobhost stats --json`: the counts, and what the dispatcher reports about itself.
+#[derive(serde::Serialize)]
+struct StatsReport {
+    #[serde(flatten)]
+    stats: jobhost::store::Stats,
+    /// None when no dispatcher serves the state directory.
+    dispatcher: Option<jobhost::health::Health>,
+}
+
 pub fn stats(client: &mut Client, json: bool) -> anyhow::Result<u8> {
-    let stats = client.store().stats()?;
+    let paths = jobhost::dispatcher::StatePaths::new(&client.settings().state_dir);
+    // Read first: it holds even when the store does not answer.
+    let dispatcher = jobhost::health::current(&paths.lock, &paths.health);
+    let stats = client.store().stats();
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        let report = StatsReport {
+            stats: stats?,
+            dispatcher,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
     }
+    match &dispatcher {
+        None => println!("dispatcher: none running"),
+        Some(health) if health.problems.is_empty() => {
+            println!("dispatcher: pid {}, healthy", health.pid);
+        }
+        Some(health) => {
+            println!("dispatcher: pid {}, in trouble:", health.pid);
+            for problem in &health.problems {
+                println!(
+                    "  {} since {}: {}",
+                    problem.what,
+                    when(Some(problem.since)),
+                    problem.error
+                );
+            }
+        }
+    }
+    let stats = stats?;
     for state in JobState::ALL {
         println!(
             "{:<10} {}",

@@ -143,9 +143,18 @@ fn dispatcher_survives_a_database_locked_past_its_busy_timeout_and_settles_what_
     let mut serve = host.serve();
     let dispatcher = serve.id();
     let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=1", "--retries", "0"]);
-    let worker = wait_for("the job's worker", Duration::from_secs(30), || {
-        workers_of(&host, id).pop()
-    });
+    // Its worker on record, so let start: a worker waits at its gate while the store cannot
+    // record it.
+    let worker = wait_for(
+        "the job's worker on record",
+        Duration::from_secs(30),
+        || {
+            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
+            workers_of(&host, id)
+                .into_iter()
+                .find(|&w| u64::from(w) == pid)
+        },
+    );
 
     // Another process takes the database's write lock and keeps it past SQLite's busy timeout
     // (10 s), from before the job ends until well after its dispatcher tried to settle it.
@@ -164,6 +173,23 @@ fn dispatcher_survives_a_database_locked_past_its_busy_timeout_and_settles_what_
         alive(dispatcher),
         "the dispatcher goes on while the database is locked"
     );
+    let problem = wait_for(
+        "stats to report the problem",
+        Duration::from_secs(30),
+        || {
+            let stats = host.run(&["stats", "--json"]).json();
+            let problem = stats["dispatcher"]["problems"][0].clone();
+            (!problem.is_null()).then_some(problem)
+        },
+    );
+    assert_eq!(
+        problem["what"], "the job database cannot be used",
+        "{problem:#}"
+    );
+    assert!(
+        problem["error"].as_str().unwrap().contains("busy"),
+        "{problem:#}"
+    );
     holder.execute_batch("ROLLBACK").unwrap();
     drop(holder);
 
@@ -172,6 +198,10 @@ fn dispatcher_survives_a_database_locked_past_its_busy_timeout_and_settles_what_
     assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
     assert_eq!(outcomes(&shown), ["ok"], "{shown:#}");
     host.wait_log("background_jobs_errors.log", "The job database recovered");
+    wait_for("stats to say all is well", Duration::from_secs(30), || {
+        let stats = host.run(&["stats", "--json"]).json();
+        (stats["dispatcher"]["problems"] == serde_json::json!([])).then_some(())
+    });
     let next = host.enqueue(&[r"Tests\Misbehave", "echo", "n=2"]);
     host.wait_state(next, &["completed"]);
     assert_eq!(

@@ -50,7 +50,8 @@ fn parse_id(text: &str) -> Result<JobId, Failure> {
 pub async fn stats(State(app): State<Shared>) -> Response {
     answer(
         blocking(&app, |app| {
-            let overview = data::overview(&mut **app.store(), false)?;
+            let health = app.health();
+            let overview = data::overview(&mut **app.store(), false, health)?;
             serde_json::to_value(overview).map_err(|e| Failure::Internal(e.to_string()))
         })
         .await,

@@ -108,10 +108,17 @@ pub struct Overview {
     /// The dispatchers registered in the store, with their slots, running attempts and last
     /// heartbeat.
     pub dispatchers: Vec<DispatcherRecord>,
+    /// What the dispatcher serving this state directory reports: what keeps it from its
+    /// work, if anything.
+    pub health: Option<crate::health::Health>,
 }
 
 /// Reads the overview.
-pub fn overview(store: &mut dyn Store, with_running: bool) -> Result<Overview, Failure> {
+pub fn overview(
+    store: &mut dyn Store,
+    with_running: bool,
+    health: Option<crate::health::Health>,
+) -> Result<Overview, Failure> {
     let Stats { by_state } = store.stats()?;
     let now = now_millis();
     let mut finished = std::collections::BTreeMap::new();
@@ -135,6 +142,7 @@ pub fn overview(store: &mut dyn Store, with_running: bool) -> Result<Overview, F
         failed,
         running,
         dispatchers: store.dispatchers()?,
+        health,
     })
 }
 

@@ -120,6 +120,12 @@ impl App {
         self.client.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// What the dispatcher serving this state directory reports about itself.
+    fn health(&self) -> Option<crate::health::Health> {
+        let paths = crate::dispatcher::StatePaths::new(&self.settings.state_dir);
+        crate::health::current(&paths.lock, &paths.health)
+    }
+
     fn sessions(&self) -> MutexGuard<'_, auth::Sessions> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }

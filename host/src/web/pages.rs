@@ -232,11 +232,28 @@ fn job_link(id: JobId) -> String {
 /// `GET /`: counts by state, throughput, running jobs.
 pub async fn overview(State(app): State<Shared>, Extension(auth): Extension<Auth>) -> Response {
     let csrf = auth.csrf();
-    let overview = match blocking(&app, |app| data::overview(&mut **app.store(), true)).await {
+    let overview = match blocking(&app, |app| {
+        let health = app.health();
+        data::overview(&mut **app.store(), true, health)
+    })
+    .await
+    {
         Ok(Ok(o)) => o,
         Ok(Err(f)) | Err(f) => return failure_page(csrf, &f),
     };
-    let mut main = String::from("<h1>Overview</h1>\n<section id=\"counts\" class=\"cards\">\n");
+    let mut main = String::from("<h1>Overview</h1>\n");
+    let problems = overview.health.iter().flat_map(|h| &h.problems);
+    for problem in problems {
+        let since = crate::text::local_time(problem.since).unwrap_or_default();
+        let _ = writeln!(
+            main,
+            r#"<p class="problem" role="alert"><strong>The dispatcher reports: {} since {}.</strong> {} Running jobs stay supervised; nothing new starts until it recovers.</p>"#,
+            esc(&problem.what),
+            esc(&since),
+            esc(&problem.error),
+        );
+    }
+    main.push_str("<section id=\"counts\" class=\"cards\">\n");
     for state in JobState::ALL {
         let count = overview.by_state.get(state.as_str()).copied().unwrap_or(0);
         let _ = writeln!(
