@@ -6,10 +6,11 @@
 //! state its attempts justify ([`judge`]); the figures are printed on one line starting
 //! `chaos:` (run with `--no-capture` to see them when the test passes).
 //!
-//! The random choices (how far the queue has drained at each dispatcher kill and the moment
-//! after that, how long the dispatcher stays down, which workers die and when, which jobs have
-//! no retries) come from a seeded generator: the seed is printed, and `JOBHOST_CHAOS_SEED`
-//! replays the choices (not the machine's timing).
+//! The random choices come from a seeded generator, whose seed is printed:
+//! `JOBHOST_CHAOS_SEED` replays which jobs have no retries and the dispatcher kills (how far
+//! the queue has drained at each, the moment after that, whether a worker dies while no
+//! dispatcher runs, how long the dispatcher stays down). Which workers die when, and what each
+//! kill hits, depend on the machine's timing.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -72,50 +73,54 @@ fn jobs_end_as_their_attempts_justify_through_ten_dispatcher_kill_9s_and_killed_
         ids.extend(client.dispatch_batch(jobs).unwrap());
     }
 
-    // Each kill comes once a random share of the queue (2 % to 92 %) is done, a random moment
-    // later.
-    let mut kill_at: Vec<u64> = (0..DISPATCHER_KILLS)
-        .map(|_| (JOBS / 50) as u64 + rng.below((JOBS * 9 / 10) as u64))
+    let plan: Vec<DispatcherKill> = (0..DISPATCHER_KILLS)
+        .map(|_| DispatcherKill::draw(&mut rng))
         .collect();
-    kill_at.sort_unstable();
     let mut chaos = Chaos {
         host: &host,
         trace: &trace,
-        rng,
+        // Which workers die, and when, depends on the machine's timing: their draws must not
+        // shift the plan's.
+        rng: Rng::seeded(rng.next()),
         next_worker_kill: Instant::now(),
         worker_kills: 0,
-        orphan_kills: 0,
     };
     chaos.schedule_worker_kill();
-    let mut dispatcher_kills = 0;
-    for (n, &done) in kill_at.iter().enumerate() {
-        chaos.drain_until(
-            &format!("{done} finished jobs before dispatcher kill {}", n + 1),
-            &mut *client.store(),
-            done,
-        );
-        std::thread::sleep(chaos.rng.up_to(KILL_MOMENT));
+    let (mut dispatcher_kills, mut orphan_kills) = (0, 0);
+    let mut drained = true;
+    for kill in &plan {
+        drained = chaos.drain_until(&mut *client.store(), kill.done);
+        if !drained {
+            break;
+        }
+        std::thread::sleep(kill.moment);
         serve.kill().unwrap();
         serve.wait().unwrap();
         dispatcher_kills += 1;
-        if chaos.rng.below(2) == 0 && chaos.kill_a_worker() {
-            chaos.orphan_kills += 1;
+        if kill.orphan && chaos.kill_a_worker() {
+            orphan_kills += 1;
         }
-        std::thread::sleep(chaos.rng.up_to(DOWN_FOR));
+        std::thread::sleep(kill.down_for);
         serve = host.serve();
     }
-    chaos.drain_until("every job to finish", &mut *client.store(), JOBS as u64);
-    let (worker_kills, orphan_kills) = (chaos.worker_kills, chaos.orphan_kills);
+    if drained {
+        drained = chaos.drain_until(&mut *client.store(), JOBS as u64);
+    }
+    let worker_kills = chaos.worker_kills;
     host.stop_serve(&mut serve);
-    wait_for("every worker to be gone", Duration::from_secs(60), || {
-        host.workers().is_empty().then_some(())
-    });
+    // No run may still be going on when the trace is read.
+    let start = Instant::now();
+    let mut workers = host.workers();
+    while !workers.is_empty() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+        workers = host.workers();
+    }
 
     let verdict = judge(&mut *client.store(), &host, &ids, &read_traces(&trace));
     let figures = format!(
         "chaos: jobs {JOBS} ({} with --retries 0), dispatcher kills {dispatcher_kills}, worker \
-         kills {} ({orphan_kills} while no dispatcher ran), {}; outcomes {:?}, claims that never \
-         ran {}; {:.1} s, seed {seed}",
+         kills {} ({orphan_kills} while no dispatcher ran), {}; attempt outcomes {:?}, claims that \
+         never ran {}; {:.1} s, seed {seed}",
         no_retries.iter().filter(|&&none| none).count(),
         worker_kills + orphan_kills,
         verdict.figures(),
@@ -124,12 +129,43 @@ fn jobs_end_as_their_attempts_justify_through_ten_dispatcher_kill_9s_and_killed_
         clock.elapsed().as_secs_f64(),
     );
     println!("{figures}");
-    assert_eq!(dispatcher_kills, DISPATCHER_KILLS, "{figures}");
+    let mut stuck = String::new();
+    if !drained {
+        stuck += &format!(
+            "the queue did not drain within {DRAIN_DEADLINE:?} after kill {dispatcher_kills}\n"
+        );
+    }
+    if !workers.is_empty() {
+        stuck += &format!("workers still running a minute after the drain: {workers:?}\n");
+    }
     assert!(
-        verdict.findings.is_empty(),
-        "{figures}\n{}",
+        verdict.findings.is_empty() && stuck.is_empty(),
+        "{figures}\n{stuck}{}",
         verdict.report(40)
     );
+}
+
+/// One `kill -9` of the dispatcher, as the plan drawn from the seed has it.
+struct DispatcherKill {
+    /// How many jobs are finished first: 2 % to 92 % of them.
+    done: u64,
+    /// How long after that.
+    moment: Duration,
+    /// Whether a worker is killed while no dispatcher runs.
+    orphan: bool,
+    /// How long the dispatcher stays down.
+    down_for: Duration,
+}
+
+impl DispatcherKill {
+    fn draw(rng: &mut Rng) -> Self {
+        Self {
+            done: (JOBS / 50) as u64 + rng.below((JOBS * 9 / 10) as u64),
+            moment: rng.up_to(KILL_MOMENT),
+            orphan: rng.below(2) == 0,
+            down_for: rng.up_to(DOWN_FOR),
+        }
+    }
 }
 
 /// The test's hand on the installation while the queue drains.
@@ -140,8 +176,6 @@ struct Chaos<'a> {
     next_worker_kill: Instant,
     /// Workers killed while a dispatcher watched them.
     worker_kills: usize,
-    /// Workers killed while no dispatcher ran.
-    orphan_kills: usize,
 }
 
 impl Chaos<'_> {
@@ -149,18 +183,26 @@ impl Chaos<'_> {
         self.next_worker_kill = Instant::now() + self.rng.up_to(WORKER_KILL_EVERY);
     }
 
-    /// Waits (generously) until `done` jobs are finished, killing a worker now and then.
-    fn drain_until(&mut self, what: &str, store: &mut dyn Store, done: u64) {
-        wait_for(what, DRAIN_DEADLINE, || {
+    /// Waits (generously: [`DRAIN_DEADLINE`]) until `done` jobs are finished, killing a worker
+    /// now and then. Returns whether they are: if not, the jobs that never finish are judged.
+    fn drain_until(&mut self, store: &mut dyn Store, done: u64) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < DRAIN_DEADLINE {
             // With no traced worker to kill right now, the next look tries again.
             if Instant::now() >= self.next_worker_kill && self.kill_a_worker() {
                 self.worker_kills += 1;
                 self.schedule_worker_kill();
             }
             // The store may be busy for a moment: then look again.
-            let unfinished = store.unfinished().ok()?;
-            (JOBS as u64 - unfinished >= done).then_some(())
-        });
+            if store
+                .unfinished()
+                .is_ok_and(|unfinished| JOBS as u64 - unfinished >= done)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Kills (SIGKILL) a live worker of the installation, chosen at random among those whose
@@ -592,12 +634,17 @@ impl Rng {
                 .unwrap()
                 .as_nanos() as u64,
         };
+        (seed, Self::seeded(seed))
+    }
+
+    /// The generator seeded by `seed`.
+    fn seeded(seed: u64) -> Self {
         // splitmix64's mix spreads any seed, and the low bit keeps the state off zero, where
         // xorshift would stay.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (seed, Self((z ^ (z >> 31)) | 1))
+        Self((z ^ (z >> 31)) | 1)
     }
 
     fn next(&mut self) -> u64 {
