@@ -283,14 +283,15 @@ fn read_traces(path: &Path) -> BTreeMap<JobId, Vec<Traced>> {
 
 /// Whether `label` is one of the outcomes the host names: those of `jobhost::attempt::Outcome`
 /// (`ok`, `error`, `crashed: SIGNAL`, `timed out`, `cancelled`, `exited without a result: code
-/// N`, `lost`) and the dispatcher's `interrupted: the dispatcher shut down`.
+/// N`, `lost`, `not started`) and the dispatcher's `interrupted: the dispatcher shut down`.
 fn is_named(label: &str) -> bool {
-    const EXACT: [&str; 6] = [
+    const EXACT: [&str; 7] = [
         "ok",
         "error",
         "timed out",
         "cancelled",
         "lost",
+        "not started",
         "interrupted: the dispatcher shut down",
     ];
     let signal = label.strip_prefix("crashed: SIG").is_some_and(|name| {
@@ -400,7 +401,7 @@ impl Verdict {
 ///
 /// - it is finished: `completed` or `failed`;
 /// - every attempt is finished and named ([`is_named`]); a report of success is `ok` and `ok`
-///   has one; `lost` has no report;
+///   has one; `lost` has no report; `not started` did not run;
 /// - every run is an attempt of the store's, no attempt ran twice, and nothing ran, nor was
 ///   attempted, after a success;
 /// - `completed`: exactly one attempt is `ok`, the last, it ran, and the job's result names it;
@@ -482,6 +483,7 @@ fn judge_job(
             (Some("lost"), _) if reports.contains_key(&n) => {
                 Some("lost although its worker's report exists".to_owned())
             }
+            (Some("not started"), _) if ran(n) => Some("not started, yet it ran".to_owned()),
             _ => None,
         };
         if let Some(why) = why {
