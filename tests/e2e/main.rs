@@ -8,6 +8,7 @@
 mod api;
 mod bad_input;
 mod browser;
+mod chaos;
 mod dashboard;
 mod examples;
 mod fixtures;
