@@ -21,9 +21,9 @@ use super::{
         self, attempt_at, dispatcher_at, job_at, prefixed, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo,
+    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Stats, Store, StoreError,
+    Pruned, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
@@ -236,6 +236,49 @@ impl SqliteStore {
             .map_err(query)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(query)
     }
+}
+
+/// The ids of up to `limit` jobs finished before their state's cutoff, oldest first per state:
+/// a range scan of `jobs_finished` per cutoff.
+fn expired_ids(
+    conn: &Connection,
+    cutoffs: &[Cutoff],
+    limit: usize,
+) -> Result<Vec<JobId>, StoreError> {
+    let mut due = conn
+        .prepare_cached(
+            "SELECT id FROM jobs WHERE state = ?1 AND finished_at < ?2 ORDER BY finished_at LIMIT ?3",
+        )
+        .map_err(query)?;
+    let mut ids = Vec::new();
+    for cutoff in cutoffs.iter().filter(|c| c.state.is_terminal()) {
+        let wanted = i64::try_from(limit - ids.len()).unwrap_or(i64::MAX);
+        if wanted == 0 {
+            break;
+        }
+        let rows = due
+            .query_map(params![cutoff.state.as_str(), cutoff.before, wanted], |r| {
+                r.get(0)
+            })
+            .map_err(query)?;
+        for id in rows {
+            ids.push(id.map_err(query)?);
+        }
+    }
+    Ok(ids)
+}
+
+/// How many attempts the jobs `ids` have.
+fn attempt_count(conn: &Connection, ids: &[JobId]) -> Result<u64, StoreError> {
+    let mut count = conn
+        .prepare_cached("SELECT COUNT(*) FROM attempts WHERE job_id = ?1")
+        .map_err(query)?;
+    let mut total = 0;
+    for id in ids {
+        let n: i64 = count.query_row([id], |r| r.get(0)).map_err(query)?;
+        total += n.max(0) as u64;
+    }
+    Ok(total)
 }
 
 impl Store for SqliteStore {
@@ -642,6 +685,51 @@ impl Store for SqliteStore {
             .map_err(query)?;
         tx.commit().map_err(query)?;
         Ok(true)
+    }
+
+    fn prune(&mut self, cutoffs: &[Cutoff], limit: usize) -> Result<Option<Pruned>, StoreError> {
+        let tx = self.immediate()?;
+        let jobs = expired_ids(&tx, cutoffs, limit)?;
+        let mut attempts = 0;
+        {
+            let mut delete_attempts = tx
+                .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")
+                .map_err(query)?;
+            let mut delete_job = tx
+                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                .map_err(query)?;
+            for id in &jobs {
+                attempts += delete_attempts.execute([id]).map_err(query)? as u64;
+                delete_job.execute([id]).map_err(query)?;
+            }
+        }
+        tx.commit().map_err(query)?;
+        Ok(Some(Pruned { jobs, attempts }))
+    }
+
+    fn expired(&mut self, cutoffs: &[Cutoff]) -> Result<Pruned, StoreError> {
+        // One read transaction: the jobs and their attempts counted on the same snapshot.
+        let tx = self.conn.transaction().map_err(query)?;
+        let jobs = expired_ids(&tx, cutoffs, usize::MAX)?;
+        let attempts = attempt_count(&tx, &jobs)?;
+        drop(tx);
+        Ok(Pruned { jobs, attempts })
+    }
+
+    fn existing_jobs(&mut self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let mut exists = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")
+            .map_err(query)?;
+        let mut found = Vec::new();
+        for &id in ids {
+            if exists.query_row([id], |r| r.get(0)).map_err(query)? {
+                found.push(id);
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
     }
 
     fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError> {
