@@ -226,6 +226,8 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         }
     }
     start_heartbeat(settings, &heartbeats, &tx)?;
+    let _retention = crate::retention::start(settings, crate::store::open(&settings.store)?)
+        .map_err(setup("start the retention thread"))?;
     watch_signals(&tx).map_err(setup("install signal handlers"))?;
     let mut dispatcher = Dispatcher {
         settings: settings.clone(),
@@ -394,16 +396,28 @@ fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
 /// How often the database's write-ahead log is folded into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Every this many checkpoints, one truncates the write-ahead log.
+const TRUNCATE_EVERY: u32 = 60;
+
 /// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
-/// for the fsync. Housekeeping on a timer: nothing waits for it.
+/// for the fsync. Housekeeping on a timer: nothing waits for it. Passive checkpoints never
+/// hold anybody up, but cannot finish while readers keep older snapshots; a truncating one
+/// each minute, which gives up rather than hold writers up long, bounds the WAL even then.
 fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
     let store = SqliteStore::open(database)?;
     std::thread::Builder::new()
         .name("checkpoint".into())
-        .spawn(move || loop {
-            std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = store.checkpoint() {
-                tracing::warn!("checkpoint failed: {e}");
+        .spawn(move || {
+            for round in 1u32.. {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                let done = if round % TRUNCATE_EVERY == 0 {
+                    store.truncate_wal().map(drop)
+                } else {
+                    store.checkpoint()
+                };
+                if let Err(e) = done {
+                    tracing::warn!("checkpoint failed: {e}");
+                }
             }
         })
         .map_err(|source| DispatcherError::Setup {

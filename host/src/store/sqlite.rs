@@ -70,7 +70,8 @@ impl SqliteStore {
         // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
         // commit crosses the threshold; the dispatcher runs them in the background instead
         // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
-        // dispatcher runs.
+        // dispatcher runs. `journal_size_limit` cuts the file back when a writer starts the
+        // WAL over after a complete checkpoint.
         // The journal mode is stored in the file: switching needs an exclusive lock, so it is
         // only asked for when the file is not in WAL mode yet (a new database).
         let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
@@ -80,10 +81,10 @@ impl SqliteStore {
                 .map_err(|e| open_error(describe(&e)))?;
         }
         retry_busy(|| {
-            conn.execute_batch(
+            conn.execute_batch(&format!(
                 "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                 PRAGMA wal_autocheckpoint = 20000;",
-            )
+                 PRAGMA wal_autocheckpoint = 20000; PRAGMA journal_size_limit = {WAL_LIMIT};"
+            ))
         })
         .map_err(|e| open_error(describe(&e)))?;
         let supported = MIGRATIONS.len() as i64;
@@ -101,11 +102,27 @@ impl SqliteStore {
     }
 
     /// Copies what the WAL holds into the database file without waiting for readers or
-    /// writers (a passive checkpoint).
+    /// writers (a passive checkpoint). When all of it was copied, the next commit starts the
+    /// WAL over, cutting its file back to [`WAL_LIMIT`].
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .map_err(query)
+    }
+
+    /// Copies all of the WAL into the database file and truncates the WAL to nothing, if
+    /// readers of older snapshots let it within [`TRUNCATE_PATIENCE`] (writers wait that long
+    /// at most). Returns whether it did: a passive checkpoint cannot finish while readers keep
+    /// older snapshots, so under constant reading only this bounds the WAL.
+    pub fn truncate_wal(&self) -> Result<bool, StoreError> {
+        self.conn.busy_timeout(TRUNCATE_PATIENCE).map_err(query)?;
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(query)?;
+        Ok(busy.map_err(query)? == 0)
     }
 
     fn migrate(&mut self, from: i64) -> rusqlite::Result<()> {
@@ -124,6 +141,14 @@ impl SqliteStore {
         Ok(())
     }
 }
+
+/// The size the WAL file is cut back to when a writer starts it over after a complete
+/// checkpoint (`journal_size_limit`): without it the file keeps the size of its largest burst.
+pub const WAL_LIMIT: i64 = 8 * 1024 * 1024;
+
+/// How long a truncating checkpoint waits for readers of older snapshots, holding up writers
+/// meanwhile, before it gives up until next time.
+const TRUNCATE_PATIENCE: Duration = Duration::from_millis(100);
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -738,5 +763,55 @@ impl Store for SqliteStore {
 
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
         self.select_dispatchers("WHERE d.heartbeat_at < ?1", Some(cutoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{SqliteStore, WAL_LIMIT};
+    use crate::{
+        job::{JobSpec, Priority},
+        store::{NewJob, Store},
+    };
+
+    fn job(params_bytes: usize) -> NewJob {
+        NewJob {
+            spec: JobSpec {
+                class: "A".into(),
+                method: "handle".into(),
+                params: serde_json::json!({ "pad": "x".repeat(params_bytes) }),
+                retries: 0,
+                retry_delay: Duration::ZERO,
+                priority: Priority::Normal,
+                delay: Duration::ZERO,
+                timeout: Duration::from_secs(60),
+            },
+            plugin: "/p/liba.so".into(),
+        }
+    }
+
+    #[test]
+    fn the_wal_is_cut_back_to_its_limit_after_a_checkpoint_however_large_a_burst_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let wal = dir.path().join("jobs.sqlite3-wal");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let burst: Vec<NewJob> = (0..2000).map(|_| job(10_000)).collect();
+        store.enqueue(&burst, 0).unwrap();
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            grown > 2 * WAL_LIMIT as u64,
+            "the burst made the WAL {grown} bytes"
+        );
+        // The dispatcher's background checkpoint, then the next commit starts the WAL over.
+        store.checkpoint().unwrap();
+        store.enqueue(&[job(10)], 0).unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        assert!(after <= WAL_LIMIT as u64, "the WAL stayed at {after} bytes");
+        assert!(store.truncate_wal().unwrap());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(store.unfinished().unwrap(), 2001, "nothing was lost");
     }
 }
