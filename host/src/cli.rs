@@ -114,7 +114,7 @@ pub enum Commands {
 #[derive(Debug, Args)]
 pub struct PruneArgs {
     /// Jobs that finished more than this many seconds ago [default: each state's period, retention.completed, .failed, .cancelled]
-    #[arg(long, value_name = "SECS", value_parser = secs)]
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
     pub older_than: Option<std::time::Duration>,
     /// Only jobs in this state: completed, failed or cancelled [default: all three]
     #[arg(long, value_name = "STATE", value_parser = finished_state)]

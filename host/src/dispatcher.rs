@@ -410,7 +410,7 @@ fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
         .spawn(move || {
             for round in 1u32.. {
                 std::thread::sleep(CHECKPOINT_EVERY);
-                let done = if round % TRUNCATE_EVERY == 0 {
+                let done = if round.is_multiple_of(TRUNCATE_EVERY) {
                     store.truncate_wal().map(drop)
                 } else {
                     store.checkpoint()

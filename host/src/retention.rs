@@ -228,7 +228,7 @@ pub fn start(settings: &Settings, mut store: Box<dyn Store>) -> std::io::Result<
                 if let Some(e) = error {
                     tracing::warn!("pruning finished jobs failed, trying again later: {e}");
                 }
-                if round % SWEEP_EVERY == 0 {
+                if round.is_multiple_of(SWEEP_EVERY) {
                     match sweep(&mut *store, &state_dir) {
                         Ok(swept) if swept.jobs > 0 => tracing::info!(
                             "Removed the attempt files of {} pruned jobs ({} bytes)",
@@ -326,8 +326,8 @@ mod tests {
         let info = DispatcherInfo::this_process(1, dir);
         let me = store.register_dispatcher(&info, 0).unwrap();
         let ids = store.enqueue(&vec![job(); n], 0).unwrap();
+        assert_eq!(store.claim(me, at, n).unwrap().len(), n);
         for &id in &ids {
-            store.claim(me, at, 1).unwrap();
             let end = AttemptEnd {
                 finished_at: at,
                 outcome: "ok".into(),

@@ -16,5 +16,6 @@ mod inventory;
 mod postgres;
 mod queue;
 mod refusals;
+mod retention;
 mod retries;
 mod worker;
