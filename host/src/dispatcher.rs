@@ -31,9 +31,11 @@ use crate::{
     platform::{CancelToken, Doorbell, FileLock},
     settings::Settings,
     store::{
-        now_millis, postgres::PgListener, sqlite::SqliteStore, Attempt, AttemptEnd, AttemptStart,
-        DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store,
-        StoreError, StoreLocation,
+        now_millis,
+        postgres::PgListener,
+        sqlite::{SqliteStore, WAL_LIMIT},
+        Attempt, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo, DispatcherRecord, JobId,
+        JobRecord, Millis, Next, Store, StoreError, StoreLocation,
     },
 };
 
@@ -396,28 +398,25 @@ fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
 /// How often the database's write-ahead log is folded into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// Every this many checkpoints, one truncates the write-ahead log.
-const TRUNCATE_EVERY: u32 = 60;
-
 /// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
-/// for the fsync. Housekeeping on a timer: nothing waits for it. Passive checkpoints never
-/// hold anybody up, but cannot finish while readers keep older snapshots; a truncating one
-/// each minute, which gives up rather than hold writers up long, bounds the WAL even then.
+/// for the fsync. Housekeeping on a timer: nothing waits for it. A passive checkpoint never
+/// holds anybody up, but while commits keep coming the WAL seldom starts over; so when it
+/// holds more than [`WAL_LIMIT`] the checkpointer truncates it, which holds writers up briefly
+/// and gives up rather than long.
 fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
     let store = SqliteStore::open(database)?;
     std::thread::Builder::new()
         .name("checkpoint".into())
-        .spawn(move || {
-            for round in 1u32.. {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                let done = if round.is_multiple_of(TRUNCATE_EVERY) {
-                    store.truncate_wal().map(drop)
-                } else {
-                    store.checkpoint()
-                };
-                if let Err(e) = done {
-                    tracing::warn!("checkpoint failed: {e}");
+        .spawn(move || loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            let done = store.checkpoint().and_then(|wal| {
+                if wal > WAL_LIMIT as u64 {
+                    store.truncate_wal()?;
                 }
+                Ok(())
+            });
+            if let Err(e) = done {
+                tracing::warn!("checkpoint failed: {e}");
             }
         })
         .map_err(|source| DispatcherError::Setup {

@@ -102,18 +102,25 @@ impl SqliteStore {
     }
 
     /// Copies what the WAL holds into the database file without waiting for readers or
-    /// writers (a passive checkpoint). When all of it was copied, the next commit starts the
-    /// WAL over, cutting its file back to [`WAL_LIMIT`].
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(query)
+    /// writers (a passive checkpoint); returns how many bytes the WAL holds. When all of it
+    /// was copied, the next commit starts the WAL over, cutting its file back to
+    /// [`WAL_LIMIT`]; under a steady stream of commits that moment seldom comes (each one
+    /// adds frames while the checkpoint runs), and only [`SqliteStore::truncate_wal`] bounds it.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        let frames: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .map_err(query)?;
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(query)?;
+        Ok(u64::try_from(frames.max(0) * page_size).unwrap_or(0))
     }
 
     /// Copies all of the WAL into the database file and truncates the WAL to nothing, if
     /// readers of older snapshots let it within [`TRUNCATE_PATIENCE`] (writers wait that long
-    /// at most). Returns whether it did: a passive checkpoint cannot finish while readers keep
-    /// older snapshots, so under constant reading only this bounds the WAL.
+    /// at most). Returns whether it did.
     pub fn truncate_wal(&self) -> Result<bool, StoreError> {
         self.conn.busy_timeout(TRUNCATE_PATIENCE).map_err(query)?;
         let busy = self
@@ -806,12 +813,41 @@ mod tests {
             "the burst made the WAL {grown} bytes"
         );
         // The dispatcher's background checkpoint, then the next commit starts the WAL over.
-        store.checkpoint().unwrap();
+        assert!(store.checkpoint().unwrap() > 2 * WAL_LIMIT as u64);
         store.enqueue(&[job(10)], 0).unwrap();
         let after = std::fs::metadata(&wal).unwrap().len();
         assert!(after <= WAL_LIMIT as u64, "the WAL stayed at {after} bytes");
         assert!(store.truncate_wal().unwrap());
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
         assert_eq!(store.unfinished().unwrap(), 2001, "nothing was lost");
+    }
+
+    #[test]
+    fn truncating_the_wal_gives_up_quickly_while_a_reader_keeps_an_older_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.enqueue(&[job(10)], 0).unwrap();
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+        store.enqueue(&[job(10)], 0).unwrap();
+        let started = std::time::Instant::now();
+        assert!(!store.truncate_wal().unwrap(), "truncated under a reader");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // Writers go on meanwhile, and once the reader is done the WAL is truncated.
+        store.enqueue(&[job(10)], 0).unwrap();
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(store.truncate_wal().unwrap());
+        let wal = dir.path().join("jobs.sqlite3-wal");
+        assert_eq!(std::fs::metadata(wal).unwrap().len(), 0);
+        assert_eq!(store.unfinished().unwrap(), 3);
     }
 }
