@@ -31,11 +31,9 @@ use crate::{
     platform::{CancelToken, Doorbell, FileLock},
     settings::Settings,
     store::{
-        now_millis,
-        postgres::PgListener,
-        sqlite::{SqliteStore, WAL_LIMIT},
-        Attempt, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo, DispatcherRecord, JobId,
-        JobRecord, Millis, Next, Store, StoreError, StoreLocation,
+        now_millis, postgres::PgListener, sqlite::SqliteStore, Attempt, AttemptEnd, AttemptStart,
+        DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store,
+        StoreError, StoreLocation,
     },
 };
 
@@ -401,8 +399,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
 /// for the fsync. Housekeeping on a timer: nothing waits for it. A passive checkpoint never
 /// holds anybody up, but while commits keep coming the WAL seldom starts over; so when it
-/// holds more than [`WAL_LIMIT`] the checkpointer truncates it, which holds writers up briefly
-/// and gives up rather than long.
+/// holds more than [`crate::store::sqlite::WAL_LIMIT`] the checkpointer truncates it, which
+/// holds writers up briefly and gives up rather than long.
 fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
     let store = SqliteStore::open(database)?;
     std::thread::Builder::new()
@@ -410,7 +408,7 @@ fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
         .spawn(move || loop {
             std::thread::sleep(CHECKPOINT_EVERY);
             let done = store.checkpoint().and_then(|wal| {
-                if wal > WAL_LIMIT as u64 {
+                if wal > crate::store::sqlite::WAL_LIMIT as u64 {
                     store.truncate_wal()?;
                 }
                 Ok(())
