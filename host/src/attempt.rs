@@ -171,6 +171,12 @@ pub enum AttemptError {
     },
 }
 
+/// The directory of every job's attempt files in `state_dir`: `<state_dir>/attempts/`, one
+/// directory per job, named after its id.
+pub fn attempts_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("attempts")
+}
+
 /// The files of one attempt, all under `<state_dir>/attempts/<job_id>/`.
 #[derive(Debug, Clone)]
 pub struct AttemptPaths {
@@ -186,7 +192,7 @@ pub struct AttemptPaths {
 impl AttemptPaths {
     /// The files of attempt `attempt` of job `job_id`.
     pub fn new(state_dir: &Path, job_id: &str, attempt: u32) -> Self {
-        let dir = state_dir.join("attempts").join(job_id);
+        let dir = attempts_dir(state_dir).join(job_id);
         Self {
             output: dir.join(format!("{attempt}.out")),
             report: dir.join(format!("{attempt}.report.json")),

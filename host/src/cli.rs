@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use jobhost::{job::Priority, settings::Overrides};
+use jobhost::{job::Priority, settings::Overrides, store::JobState};
 
 /// Runs approved jobs from shared-library plugins, each in an isolated worker process.
 #[derive(Debug, Parser)]
@@ -106,6 +106,22 @@ pub enum Commands {
     },
     /// Ask the dispatcher of this state directory to stop (running attempts may finish first).
     Stop,
+    /// Delete finished jobs older than their retention period, with their attempts and output
+    /// files (the dispatcher does it every retention.interval)
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Jobs that finished more than this many seconds ago [default: each state's period, retention.completed, .failed, .cancelled]
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
+    pub older_than: Option<std::time::Duration>,
+    /// Only jobs in this state: completed, failed or cancelled [default: all three]
+    #[arg(long, value_name = "STATE", value_parser = finished_state)]
+    pub state: Option<JobState>,
+    /// Change nothing; say what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +202,14 @@ fn positive_secs(text: &str) -> Result<std::time::Duration, String> {
         d if d.is_zero() => Err("must be more than 0 seconds".into()),
         d => Ok(d),
     }
+}
+
+fn finished_state(text: &str) -> Result<JobState, String> {
+    JobState::parse(text)
+        .filter(|state| state.is_terminal())
+        .ok_or_else(|| {
+            format!("only finished jobs are pruned: completed, failed or cancelled, not {text:?}")
+        })
 }
 
 fn priority(text: &str) -> Result<Priority, String> {

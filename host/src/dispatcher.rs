@@ -233,6 +233,8 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         }
     }
     start_heartbeat(settings, &heartbeats, &tx)?;
+    let _retention = crate::retention::start(settings, crate::store::open(&settings.store)?)
+        .map_err(setup("start the retention thread"))?;
     watch_signals(&tx).map_err(setup("install signal handlers"))?;
     let mut dispatcher = Dispatcher {
         settings: settings.clone(),
@@ -430,14 +432,23 @@ fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
-/// for the fsync. Housekeeping on a timer: nothing waits for it.
+/// for the fsync. Housekeeping on a timer: nothing waits for it. A passive checkpoint never
+/// holds anybody up, but while commits keep coming the WAL seldom starts over; so when it
+/// holds more than [`crate::store::sqlite::WAL_LIMIT`] the checkpointer truncates it, which
+/// holds writers up briefly and gives up rather than long.
 fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
     let store = SqliteStore::open(database)?;
     std::thread::Builder::new()
         .name("checkpoint".into())
         .spawn(move || loop {
             std::thread::sleep(CHECKPOINT_EVERY);
-            if let Err(e) = store.checkpoint() {
+            let done = store.checkpoint().and_then(|wal| {
+                if wal > crate::store::sqlite::WAL_LIMIT as u64 {
+                    store.truncate_wal()?;
+                }
+                Ok(())
+            });
+            if let Err(e) = done {
                 tracing::warn!("checkpoint failed: {e}");
             }
         })

@@ -8,7 +8,8 @@
 //! The modules, from the outside in: [`api`] is what applications and the CLI call to
 //! dispatch jobs; [`settings`] and [`allowlist`] read configuration; [`job`] describes a
 //! requested job; [`authorize`] is the gate (allowlist and plugin inventory, [`inventory`]);
-//! [`store`] is the durable queue and [`lifecycle`] the rules for moving a job on;
+//! [`store`] is the durable queue and [`lifecycle`] the rules for moving a job on, and
+//! [`retention`] deletes finished jobs once they are old enough;
 //! [`dispatcher`] is the loop that owns job state and runs attempts through [`attempt`], which
 //! spawns and supervises a worker with [`platform`] and keeps its output with [`capture`];
 //! [`child`] is what the worker itself runs, speaking [`protocol`] and loading plugins with
@@ -29,6 +30,7 @@ pub mod lifecycle;
 pub mod loader;
 pub mod platform;
 pub mod protocol;
+pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod text;

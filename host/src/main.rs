@@ -29,6 +29,7 @@ use jobhost::{
     job::{parse_cli_params, ParamsError},
     joblog::SpecFormatLayer,
     platform,
+    retention::{prune_by_hand, PruneRequest},
     settings::{Settings, SettingsError},
     store::{CancelOutcome, JobState, StoreError},
     text::local_time,
@@ -109,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Commands::List(args) => inspect::list(&mut Client::new(settings)?, &args),
         Commands::Show { id, json } => inspect::show(&mut Client::new(settings)?, id, json),
         Commands::Stats { json } => inspect::stats(&mut Client::new(settings)?, json),
+        Commands::Prune(args) => prune(&settings, args),
         Commands::Stop => {
             if Client::new(settings)?.stop_dispatcher()? {
                 eprintln!("asked the dispatcher to stop");
@@ -199,6 +201,30 @@ fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
             }
         }
     }
+}
+
+fn prune(settings: &Settings, args: cli::PruneArgs) -> anyhow::Result<u8> {
+    let request = PruneRequest {
+        older_than: args.older_than,
+        state: args.state,
+        dry_run: args.dry_run,
+    };
+    if let (None, Some(state)) = (request.older_than, request.state) {
+        if settings.retention.period(state).is_none() {
+            eprintln!("{state} jobs are kept forever (retention.{state} = 0); --older-than prunes them anyway");
+        }
+    }
+    let removed = prune_by_hand(settings, &request)?;
+    let done = if request.dry_run {
+        "would prune"
+    } else {
+        "pruned"
+    };
+    println!(
+        "{done} {} finished jobs ({} attempts, {} bytes of attempt files)",
+        removed.jobs, removed.attempts, removed.bytes
+    );
+    Ok(0)
 }
 
 fn cancel(settings: Settings, id: i64) -> anyhow::Result<u8> {

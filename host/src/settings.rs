@@ -14,7 +14,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::store::StoreLocation;
+use crate::store::{JobState, StoreLocation};
 
 /// The name of the settings file looked for in the current directory.
 pub const CONFIG_FILE: &str = "jobhost.toml";
@@ -63,6 +63,16 @@ pub enum SettingsError {
         #[source]
         source: crate::store::StoreError,
     },
+    /// A `[retention]` value is not a period jobhost can use.
+    #[error("{path}: {key} {message}")]
+    Retention {
+        /// The settings file.
+        path: PathBuf,
+        /// The key, such as `retention.completed`.
+        key: &'static str,
+        /// What is wrong, with the allowed range.
+        message: String,
+    },
     /// `dispatcher.lease` is zero.
     #[error("{path}: dispatcher.lease must be more than 0 seconds")]
     Lease {
@@ -99,6 +109,24 @@ pub struct RawSettings {
     /// The admin dashboard.
     #[serde(default)]
     pub web: RawWeb,
+    /// How long finished jobs are kept.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// The `[retention]` table, as written: each value is checked (and named when refused) by
+/// [`Settings::resolve`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Seconds completed jobs are kept; 0 keeps them forever.
+    pub completed: Option<toml::Value>,
+    /// Seconds failed jobs are kept; 0 keeps them forever.
+    pub failed: Option<toml::Value>,
+    /// Seconds cancelled jobs are kept; 0 keeps them forever.
+    pub cancelled: Option<toml::Value>,
+    /// Seconds between two prunings by the dispatcher.
+    pub interval: Option<toml::Value>,
 }
 
 /// The `[web]` table: the admin dashboard `jobhost serve` runs.
@@ -217,6 +245,108 @@ pub struct DispatcherSettings {
     pub lease: Duration,
 }
 
+/// How long finished jobs, their attempts and their output files are kept before the
+/// dispatcher deletes them (`crate::retention`). `None` keeps them forever.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetentionSettings {
+    /// Completed jobs (default 24 hours).
+    pub completed: Option<Duration>,
+    /// Failed jobs (default 7 days).
+    pub failed: Option<Duration>,
+    /// Cancelled jobs (default 24 hours).
+    pub cancelled: Option<Duration>,
+    /// How often the dispatcher prunes (default 30 s).
+    pub interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        Self {
+            completed: Some(DAY),
+            failed: Some(DAY * 7),
+            cancelled: Some(DAY),
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetentionSettings {
+    /// How long jobs that ended in `state` are kept; `None` for forever, and for the states
+    /// that are not an end.
+    pub fn period(&self, state: JobState) -> Option<Duration> {
+        match state {
+            JobState::Completed => self.completed,
+            JobState::Failed => self.failed,
+            JobState::Cancelled => self.cancelled,
+            JobState::Queued | JobState::Scheduled | JobState::Running => None,
+        }
+    }
+
+    /// The `[retention]` table checked, with the built-in defaults for what it leaves out;
+    /// a refusal names the key and what it allows (errors name `file`).
+    fn resolve(raw: &RawRetention, file: &Path) -> Result<Self, SettingsError> {
+        let builtin = Self::default();
+        let refused = |key: &'static str, message: String| SettingsError::Retention {
+            path: file.to_path_buf(),
+            key,
+            message,
+        };
+        let period = |key: &'static str, state: &str, value: &Option<toml::Value>, default| {
+            let Some(value) = value else {
+                return Ok(default);
+            };
+            match retention_secs(value) {
+                Some(d) if d.is_zero() => Ok(None),
+                Some(d) => Ok(Some(d)),
+                None => Err(refused(
+                    key,
+                    format!(
+                        "must be a number of seconds from 0 to {MAX_SECS} (0 keeps {state} jobs \
+                         forever), not {value}"
+                    ),
+                )),
+            }
+        };
+        let interval = match &raw.interval {
+            None => builtin.interval,
+            Some(value) => retention_secs(value).filter(|d| !d.is_zero()).ok_or_else(|| {
+                refused(
+                    "retention.interval",
+                    format!(
+                        "must be a number of seconds more than 0 and at most {MAX_SECS}, not {value}"
+                    ),
+                )
+            })?,
+        };
+        Ok(Self {
+            completed: period(
+                "retention.completed",
+                "completed",
+                &raw.completed,
+                builtin.completed,
+            )?,
+            failed: period("retention.failed", "failed", &raw.failed, builtin.failed)?,
+            cancelled: period(
+                "retention.cancelled",
+                "cancelled",
+                &raw.cancelled,
+                builtin.cancelled,
+            )?,
+            interval,
+        })
+    }
+}
+
+/// A `[retention]` value as a period: a number of seconds (integer or not) in range.
+fn retention_secs(value: &toml::Value) -> Option<Duration> {
+    match value {
+        toml::Value::Integer(n) => secs_from_f64(*n as f64),
+        toml::Value::Float(v) => secs_from_f64(*v),
+        _ => None,
+    }
+}
+
 /// The admin dashboard (`docs/dashboard.md`).
 #[derive(Clone, PartialEq)]
 pub struct WebSettings {
@@ -288,6 +418,8 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     /// The admin dashboard.
     pub web: WebSettings,
+    /// How long finished jobs are kept.
+    pub retention: RetentionSettings,
     /// The job database (default: SQLite, `jobs.sqlite3` in the state directory).
     pub store: StoreLocation,
 }
@@ -428,6 +560,9 @@ impl Settings {
             });
         }
 
+        let retention =
+            RetentionSettings::resolve(&raw.retention, config_file.as_deref().unwrap_or(cwd))?;
+
         let builtin = WebSettings::default();
         let env_token = match getenv("JOBHOST_ADMIN_TOKEN") {
             Some(value) if value.trim().is_empty() => {
@@ -495,6 +630,7 @@ impl Settings {
             limits,
             dispatcher,
             web,
+            retention,
             store,
         })
     }
@@ -555,8 +691,11 @@ fn de_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D
     })
 }
 
+/// The largest number of seconds a setting takes (about 317 years).
+const MAX_SECS: f64 = 1e10;
+
 fn secs_from_f64(v: f64) -> Option<Duration> {
-    (v.is_finite() && (0.0..1e10).contains(&v)).then(|| Duration::from_secs_f64(v))
+    (v.is_finite() && (0.0..MAX_SECS).contains(&v)).then(|| Duration::from_secs_f64(v))
 }
 
 fn de_token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -713,5 +852,81 @@ mod tests {
                 .contains("dispatcher.lease must be more than 0"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn retention_defaults_to_a_day_for_completed_and_cancelled_jobs_and_a_week_for_failed() {
+        let retention = resolve("", &[]).unwrap().retention;
+        let day = Duration::from_secs(86_400);
+        assert_eq!(retention.period(JobState::Completed), Some(day));
+        assert_eq!(retention.period(JobState::Cancelled), Some(day));
+        assert_eq!(retention.period(JobState::Failed), Some(day * 7));
+        assert_eq!(retention.period(JobState::Queued), None);
+        assert_eq!(retention.interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retention_periods_are_seconds_and_zero_keeps_jobs_forever() {
+        let toml = "[retention]\ncompleted = 3600\nfailed = 0\ncancelled = 0.5\ninterval = 0.25\n";
+        let retention = resolve(toml, &[]).unwrap().retention;
+        assert_eq!(retention.completed, Some(Duration::from_secs(3600)));
+        assert_eq!(retention.failed, None);
+        assert_eq!(retention.cancelled, Some(Duration::from_millis(500)));
+        assert_eq!(retention.interval, Duration::from_millis(250));
+        // A key left out keeps its default.
+        let retention = resolve("retention.failed = 60\n", &[]).unwrap().retention;
+        assert_eq!(retention.failed, Some(Duration::from_secs(60)));
+        assert_eq!(retention.completed, RetentionSettings::default().completed);
+    }
+
+    #[test]
+    fn bad_retention_values_are_refused_naming_the_key_and_the_range() {
+        for (toml, key, shown) in [
+            (
+                "retention.completed = -1\n",
+                "retention.completed",
+                "not -1",
+            ),
+            (
+                "retention.failed = \"7d\"\n",
+                "retention.failed",
+                "not \"7d\"",
+            ),
+            (
+                "retention.cancelled = nan\n",
+                "retention.cancelled",
+                "not nan",
+            ),
+            (
+                "retention.completed = 1e11\n",
+                "retention.completed",
+                "not 100000000000",
+            ),
+            (
+                "retention.interval = 0\n",
+                "retention.interval",
+                "more than 0",
+            ),
+            (
+                "retention.interval = true\n",
+                "retention.interval",
+                "not true",
+            ),
+        ] {
+            let error = resolve(toml, &[]).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                matches!(&error, SettingsError::Retention { key: k, .. } if *k == key),
+                "{toml}: {message}"
+            );
+            assert!(message.contains("jobhost.toml: "), "{message}");
+            assert!(
+                message.contains(&format!("{key} must be a number of seconds")),
+                "{message}"
+            );
+            assert!(message.contains(shown), "{toml}: {message}");
+        }
+        let unknown = resolve("retention.running = 1\n", &[]).unwrap_err();
+        assert!(unknown.to_string().contains("running"), "{unknown}");
     }
 }

@@ -18,5 +18,6 @@ mod postgres;
 mod queue;
 mod recovery;
 mod refusals;
+mod retention;
 mod retries;
 mod worker;

@@ -13,8 +13,9 @@ use std::{
 use serde_json::json;
 
 use super::{
-    AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo, DispatcherRecord,
-    ErrorClass, Finished, JobState, ListFilter, NewJob, Next, Store, StoreError,
+    AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
+    DispatcherRecord, ErrorClass, Finished, JobId, JobState, ListFilter, NewJob, Next, Pruned,
+    Store, StoreError,
 };
 use crate::job::{JobSpec, Priority};
 
@@ -785,6 +786,174 @@ pub fn refused_calls_are_rejected_errors_that_change_nothing(b: &dyn Backend) {
     assert_eq!((job.state, attempts.len()), (JobState::Queued, 0));
 }
 
+/// Cutoffs of `before` for every terminal state.
+fn finished_before(before: i64) -> Vec<Cutoff> {
+    [JobState::Completed, JobState::Failed, JobState::Cancelled]
+        .map(|state| Cutoff { state, before })
+        .to_vec()
+}
+
+/// Enqueues a job at 1000 and runs its attempts to its end, each claimed and ended at `at`:
+/// completed, or failed after `tries` attempts. Nothing else may be due.
+fn finished(s: &mut dyn Store, me: DispatcherId, ok: bool, tries: u32, at: i64) -> JobId {
+    let id = s
+        .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap()[0];
+    for attempt in 1..=tries {
+        assert_eq!(s.claim(me, at, 1).unwrap()[0].id, id);
+        let (outcome, next) = match (attempt == tries, ok) {
+            (false, _) => ("error", Next::Retry(at)),
+            (true, true) => ("ok", Next::Complete(json!(null))),
+            (true, false) => ("error", Next::Fail),
+        };
+        assert!(s.settle(id, attempt, &end(outcome, at), &next).unwrap());
+    }
+    id
+}
+
+pub fn prune_deletes_jobs_finished_before_their_states_cutoff_with_their_attempts(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    // Finished long ago: completed (after 2 attempts), failed, cancelled while waiting.
+    let mut ids = vec![
+        finished(&mut *s, me, true, 2, 2000),
+        finished(&mut *s, me, false, 1, 2000),
+    ];
+    ids.extend(
+        s.enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+            .unwrap(),
+    );
+    assert_eq!(s.cancel(ids[2], 2000).unwrap(), CancelOutcome::Cancelled);
+    // Finished recently.
+    ids.push(finished(&mut *s, me, true, 1, 5000));
+    ids.push(finished(&mut *s, me, false, 1, 5000));
+    // Failed long ago, then retried and running again.
+    ids.push(finished(&mut *s, me, false, 1, 2000));
+    s.retry(ids[5], 5000).unwrap();
+    assert_eq!(s.claim(me, 5000, 1).unwrap()[0].id, ids[5]);
+    // Scheduled for a retry after failing long ago, and queued: never pruned either.
+    ids.extend(
+        s.enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+            .unwrap(),
+    );
+    assert_eq!(s.claim(me, 2000, 1).unwrap()[0].id, ids[6]);
+    assert!(s
+        .settle(ids[6], 1, &end("error", 2000), &Next::Retry(90_000))
+        .unwrap());
+    ids.extend(
+        s.enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("A", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap(),
+    );
+    let old = vec![ids[0], ids[1], ids[2]];
+
+    let cutoffs = finished_before(3000);
+    let expired = s.expired(&cutoffs).unwrap();
+    let mut found = expired.jobs.clone();
+    found.sort_unstable();
+    assert_eq!((found, expired.attempts), (old.clone(), 3));
+    assert_eq!(
+        s.expired(&cutoffs).unwrap(),
+        expired,
+        "expired changes nothing"
+    );
+    // Non-terminal states are never pruned, whatever the cutoff.
+    let waiting = [JobState::Queued, JobState::Scheduled, JobState::Running].map(|state| Cutoff {
+        state,
+        before: i64::MAX,
+    });
+    assert_eq!(s.expired(&waiting).unwrap(), Pruned::default());
+    assert_eq!(s.prune(&waiting, 100).unwrap(), Some(Pruned::default()));
+
+    // In batches of at most the limit; a short batch says there are no more.
+    let first = s.prune(&cutoffs, 2).unwrap().unwrap();
+    assert_eq!(first.jobs.len(), 2);
+    let second = s.prune(&cutoffs, 2).unwrap().unwrap();
+    assert_eq!(second.jobs.len(), 1);
+    assert_eq!(first.attempts + second.attempts, 3);
+    let mut pruned: Vec<JobId> = first.jobs.iter().chain(&second.jobs).copied().collect();
+    pruned.sort_unstable();
+    assert_eq!(pruned, old);
+    assert_eq!(s.prune(&cutoffs, 2).unwrap(), Some(Pruned::default()));
+
+    for &id in &old {
+        assert!(s.job(id).unwrap().is_none(), "job {id} was pruned");
+        assert!(matches!(s.retry(id, 6000), Err(StoreError::NotFound(_))));
+    }
+    let kept: Vec<JobId> = ids[3..].to_vec();
+    let mut asked = ids.clone();
+    asked.push(ids[8] + 1000);
+    assert_eq!(s.existing_jobs(&asked).unwrap(), kept);
+    assert_eq!(s.existing_jobs(&[]).unwrap(), Vec::<JobId>::new());
+    let stats = s.stats().unwrap().by_state;
+    assert_eq!(
+        [
+            "completed",
+            "failed",
+            "cancelled",
+            "running",
+            "scheduled",
+            "queued"
+        ]
+        .map(|state| stats[state]),
+        [1, 1, 0, 1, 1, 2]
+    );
+
+    // Each state has its own cutoff: only completed jobs before 6000 go now.
+    let completed = [Cutoff {
+        state: JobState::Completed,
+        before: 6000,
+    }];
+    assert_eq!(
+        s.prune(&completed, 10).unwrap().unwrap(),
+        Pruned {
+            jobs: vec![ids[3]],
+            attempts: 1
+        }
+    );
+    assert!(s.job(ids[4]).unwrap().is_some(), "failed jobs are kept");
+}
+
+pub fn concurrent_pruners_delete_each_job_once(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let ids: Vec<JobId> = (0..60)
+        .map(|_| finished(&mut *s, me, true, 1, 2000))
+        .collect();
+    let barrier = Arc::new(Barrier::new(3));
+    let pruners: Vec<_> = (0..3)
+        .map(|_| {
+            let (mut conn, barrier) = (b.connect(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut mine = Vec::new();
+                loop {
+                    // `None`: another connection is pruning; ask again.
+                    if let Some(batch) = conn.prune(&finished_before(3000), 4).unwrap() {
+                        if batch.jobs.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(batch.jobs);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for pruner in pruners {
+        for id in pruner.join().unwrap() {
+            assert!(seen.insert(id), "job {id} pruned twice");
+        }
+    }
+    assert_eq!(seen, ids.into_iter().collect());
+    assert_eq!(s.stats().unwrap().by_state["completed"], 0);
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -806,6 +975,8 @@ macro_rules! conformance_suite {
             two_rescuers_racing_settle_each_lost_job_once,
             unfinished_plugins_are_those_of_waiting_and_running_jobs,
             refused_calls_are_rejected_errors_that_change_nothing,
+            prune_deletes_jobs_finished_before_their_states_cutoff_with_their_attempts,
+            concurrent_pruners_delete_each_job_once,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

@@ -304,6 +304,25 @@ pub struct Finished {
     pub failed: u64,
 }
 
+/// Which finished jobs to prune: those in `state` that finished before `before`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    /// A terminal state; cutoffs for other states are ignored (only finished jobs are pruned).
+    pub state: JobState,
+    /// Jobs that reached it at or after this time are kept.
+    pub before: Millis,
+}
+
+/// The finished jobs [`Store::prune`] deleted, or [`Store::expired`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Their ids, in the order they finished.
+    pub jobs: Vec<JobId>,
+    /// How many attempts they had in all. Each attempt's files are under its job's directory,
+    /// `attempts/<job_id>/`, in the state directory of the host that ran it.
+    pub attempts: u64,
+}
+
 /// A dispatcher, as it registers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatcherInfo {
@@ -598,6 +617,20 @@ pub trait Store: Send {
     /// nothing, while an attempt it claimed is unsettled: settle those first. True when it is
     /// not registered any more (including when it was not).
     fn deregister(&mut self, id: DispatcherId) -> Result<bool, StoreError>;
+
+    /// Deletes up to `limit` finished jobs, each finished before its state's cutoff in
+    /// `cutoffs`, oldest first, with their attempts, in one short transaction; returns what it
+    /// deleted. Fewer than `limit` means no more are due. `None`, changing nothing, when another
+    /// connection is pruning this store at the moment (PostgreSQL, where dispatchers on several
+    /// hosts prune one at a time); try again later.
+    fn prune(&mut self, cutoffs: &[Cutoff], limit: usize) -> Result<Option<Pruned>, StoreError>;
+
+    /// What [`Store::prune`] would delete with `cutoffs`, with no limit, changing nothing.
+    fn expired(&mut self, cutoffs: &[Cutoff]) -> Result<Pruned, StoreError>;
+
+    /// Which of `ids` are stored, in ascending order: the others were pruned (ids are never
+    /// reused).
+    fn existing_jobs(&mut self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError>;
 
     /// Every registered dispatcher, by id.
     fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError>;

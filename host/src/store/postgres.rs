@@ -28,9 +28,9 @@ use super::{
         self, attempt_at, dispatcher_at, int, job_at, prefixed, text, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo,
+    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Stats, Store, StoreError,
+    Pruned, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; the table `jobhost_schema` holds the number applied.
@@ -39,6 +39,10 @@ const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/001_jobs.sql")];
 /// The advisory lock migrations run under, so that processes opening a new database at once
 /// migrate it one after the other ("jobhost" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006a_6f62_686f_7374;
+
+/// The advisory lock a pruning transaction holds, so that dispatchers on several hosts prune
+/// one at a time ("jobprune" in ASCII).
+const PRUNE_LOCK: i64 = 0x6a6f_6270_7275_6e65;
 
 /// The channel enqueue, cancel and retry notify, with a [`Wake`] as payload.
 pub const CHANNEL: &str = "jobhost_wake";
@@ -278,6 +282,35 @@ impl<C: GenericClient> Prepared<'_, C> {
     fn notify(&mut self, wake: &Wake) -> Result<(), ::postgres::Error> {
         self.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &wake.payload()])
             .map(drop)
+    }
+
+    /// The ids of up to `limit` jobs finished before their state's cutoff, oldest first per
+    /// state (a range scan of `jobs_finished` per cutoff); with `lock`, locked until the
+    /// transaction ends, skipping those another transaction holds.
+    fn expired_ids(
+        &mut self,
+        cutoffs: &[Cutoff],
+        limit: usize,
+        lock: bool,
+    ) -> Result<Vec<JobId>, Failure> {
+        let sql = format!(
+            "SELECT id FROM jobs WHERE state = $1 AND finished_at < $2 ORDER BY finished_at \
+             LIMIT $3{}",
+            if lock { " FOR UPDATE SKIP LOCKED" } else { "" }
+        );
+        let mut ids = Vec::new();
+        for cutoff in cutoffs.iter().filter(|c| c.state.is_terminal()) {
+            let wanted = i64::try_from(limit - ids.len()).unwrap_or(i64::MAX);
+            if wanted == 0 {
+                break;
+            }
+            ids.extend(self.rows(
+                &sql,
+                &[&cutoff.state.as_str(), &cutoff.before, &wanted],
+                |row| int(row, 0),
+            )?);
+        }
+        Ok(ids)
     }
 
     /// The state of job `id`, locked until the transaction ends.
@@ -846,6 +879,46 @@ impl Store for PostgresStore {
                 tx.execute("DELETE FROM dispatchers WHERE id = $1", &[&id])?;
                 Ok(true)
             })
+        })
+    }
+
+    fn prune(&mut self, cutoffs: &[Cutoff], limit: usize) -> Result<Option<Pruned>, StoreError> {
+        self.run(|session| {
+            session.transaction(|tx| {
+                let row = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?;
+                if !row.flag(0)? {
+                    return Ok(None);
+                }
+                let jobs = tx.expired_ids(cutoffs, limit, true)?;
+                let attempts =
+                    tx.execute("DELETE FROM attempts WHERE job_id = ANY($1)", &[&jobs])?;
+                tx.execute("DELETE FROM jobs WHERE id = ANY($1)", &[&jobs])?;
+                Ok(Some(Pruned { jobs, attempts }))
+            })
+        })
+    }
+
+    fn expired(&mut self, cutoffs: &[Cutoff]) -> Result<Pruned, StoreError> {
+        self.run(|session| {
+            session.snapshot(|tx| {
+                let jobs = tx.expired_ids(cutoffs, usize::MAX, false)?;
+                let row = tx.query_one(
+                    "SELECT COUNT(*) FROM attempts WHERE job_id = ANY($1)",
+                    &[&jobs],
+                )?;
+                let attempts = int(&row, 0)?.max(0) as u64;
+                Ok(Pruned { jobs, attempts })
+            })
+        })
+    }
+
+    fn existing_jobs(&mut self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        self.run(|session| {
+            session.direct().rows(
+                "SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id",
+                &[&ids],
+                |row| int(row, 0),
+            )
         })
     }
 

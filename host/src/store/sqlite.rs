@@ -21,9 +21,9 @@ use super::{
         self, attempt_at, dispatcher_at, job_at, prefixed, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo,
+    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Stats, Store, StoreError,
+    Pruned, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
@@ -71,7 +71,8 @@ impl SqliteStore {
         // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
         // commit crosses the threshold; the dispatcher runs them in the background instead
         // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
-        // dispatcher runs.
+        // dispatcher runs. `journal_size_limit` cuts the file back when a writer starts the
+        // WAL over after a complete checkpoint.
         // The journal mode is stored in the file: switching needs an exclusive lock, so it is
         // only asked for when the file is not in WAL mode yet (a new database).
         let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
@@ -81,10 +82,10 @@ impl SqliteStore {
                 .map_err(failed)?;
         }
         retry_busy(|| {
-            conn.execute_batch(
+            conn.execute_batch(&format!(
                 "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                 PRAGMA wal_autocheckpoint = 20000;",
-            )
+                 PRAGMA wal_autocheckpoint = 20000; PRAGMA journal_size_limit = {WAL_LIMIT};"
+            ))
         })
         .map_err(failed)?;
         let supported = MIGRATIONS.len() as i64;
@@ -102,11 +103,34 @@ impl SqliteStore {
     }
 
     /// Copies what the WAL holds into the database file without waiting for readers or
-    /// writers (a passive checkpoint).
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            .map_err(query)
+    /// writers (a passive checkpoint); returns how many bytes the WAL holds. When all of it
+    /// was copied, the next commit starts the WAL over, cutting its file back to
+    /// [`WAL_LIMIT`]; under a steady stream of commits that moment seldom comes (each one
+    /// adds frames while the checkpoint runs), and only [`SqliteStore::truncate_wal`] bounds it.
+    pub fn checkpoint(&self) -> Result<u64, StoreError> {
+        let frames: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .map_err(query)?;
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(query)?;
+        Ok(u64::try_from(frames.max(0) * page_size).unwrap_or(0))
+    }
+
+    /// Copies all of the WAL into the database file and truncates the WAL to nothing, if
+    /// readers of older snapshots let it within [`TRUNCATE_PATIENCE`] (writers wait that long
+    /// at most). Returns whether it did.
+    pub fn truncate_wal(&self) -> Result<bool, StoreError> {
+        self.conn.busy_timeout(TRUNCATE_PATIENCE).map_err(query)?;
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            });
+        self.conn.busy_timeout(BUSY_TIMEOUT).map_err(query)?;
+        Ok(busy.map_err(query)? == 0)
     }
 
     fn migrate(&mut self, from: i64) -> rusqlite::Result<()> {
@@ -125,6 +149,14 @@ impl SqliteStore {
         Ok(())
     }
 }
+
+/// The size the WAL file is cut back to when a writer starts it over after a complete
+/// checkpoint (`journal_size_limit`): without it the file keeps the size of its largest burst.
+pub const WAL_LIMIT: i64 = 8 * 1024 * 1024;
+
+/// How long a truncating checkpoint waits for readers of older snapshots, holding up writers
+/// meanwhile, before it gives up until next time.
+const TRUNCATE_PATIENCE: Duration = Duration::from_millis(100);
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -296,6 +328,49 @@ impl SqliteStore {
             .map_err(query)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(query)
     }
+}
+
+/// The ids of up to `limit` jobs finished before their state's cutoff, oldest first per state:
+/// a range scan of `jobs_finished` per cutoff.
+fn expired_ids(
+    conn: &Connection,
+    cutoffs: &[Cutoff],
+    limit: usize,
+) -> Result<Vec<JobId>, StoreError> {
+    let mut due = conn
+        .prepare_cached(
+            "SELECT id FROM jobs WHERE state = ?1 AND finished_at < ?2 ORDER BY finished_at LIMIT ?3",
+        )
+        .map_err(query)?;
+    let mut ids = Vec::new();
+    for cutoff in cutoffs.iter().filter(|c| c.state.is_terminal()) {
+        let wanted = i64::try_from(limit - ids.len()).unwrap_or(i64::MAX);
+        if wanted == 0 {
+            break;
+        }
+        let rows = due
+            .query_map(params![cutoff.state.as_str(), cutoff.before, wanted], |r| {
+                r.get(0)
+            })
+            .map_err(query)?;
+        for id in rows {
+            ids.push(id.map_err(query)?);
+        }
+    }
+    Ok(ids)
+}
+
+/// How many attempts the jobs `ids` have.
+fn attempt_count(conn: &Connection, ids: &[JobId]) -> Result<u64, StoreError> {
+    let mut count = conn
+        .prepare_cached("SELECT COUNT(*) FROM attempts WHERE job_id = ?1")
+        .map_err(query)?;
+    let mut total = 0;
+    for id in ids {
+        let n: i64 = count.query_row([id], |r| r.get(0)).map_err(query)?;
+        total += n.max(0) as u64;
+    }
+    Ok(total)
 }
 
 impl Store for SqliteStore {
@@ -704,6 +779,51 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    fn prune(&mut self, cutoffs: &[Cutoff], limit: usize) -> Result<Option<Pruned>, StoreError> {
+        let tx = self.immediate()?;
+        let jobs = expired_ids(&tx, cutoffs, limit)?;
+        let mut attempts = 0;
+        {
+            let mut delete_attempts = tx
+                .prepare_cached("DELETE FROM attempts WHERE job_id = ?1")
+                .map_err(query)?;
+            let mut delete_job = tx
+                .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+                .map_err(query)?;
+            for id in &jobs {
+                attempts += delete_attempts.execute([id]).map_err(query)? as u64;
+                delete_job.execute([id]).map_err(query)?;
+            }
+        }
+        tx.commit().map_err(query)?;
+        Ok(Some(Pruned { jobs, attempts }))
+    }
+
+    fn expired(&mut self, cutoffs: &[Cutoff]) -> Result<Pruned, StoreError> {
+        // One read transaction: the jobs and their attempts counted on the same snapshot.
+        let tx = self.conn.transaction().map_err(query)?;
+        let jobs = expired_ids(&tx, cutoffs, usize::MAX)?;
+        let attempts = attempt_count(&tx, &jobs)?;
+        drop(tx);
+        Ok(Pruned { jobs, attempts })
+    }
+
+    fn existing_jobs(&mut self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        let mut exists = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)")
+            .map_err(query)?;
+        let mut found = Vec::new();
+        for &id in ids {
+            if exists.query_row([id], |r| r.get(0)).map_err(query)? {
+                found.push(id);
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
+    }
+
     fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError> {
         self.select_dispatchers("", None)
     }
@@ -719,7 +839,7 @@ mod tests {
 
     use serde_json::json;
 
-    use super::SqliteStore;
+    use super::{SqliteStore, WAL_LIMIT};
     use crate::{
         job::{JobSpec, Priority},
         store::{ErrorClass, NewJob, Store, StoreError},
@@ -853,5 +973,62 @@ mod tests {
         assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
         assert!(e.is_fatal() && !e.is_transient(), "{e}");
         assert!(e.to_string().contains("corrupt"), "{e}");
+    }
+
+    /// A job whose params are `params_bytes` bytes of padding.
+    fn padded(params_bytes: usize) -> NewJob {
+        job(json!({ "pad": "x".repeat(params_bytes) }))
+    }
+
+    #[test]
+    fn the_wal_is_cut_back_to_its_limit_after_a_checkpoint_however_large_a_burst_made_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let wal = dir.path().join("jobs.sqlite3-wal");
+        let mut store = SqliteStore::open(&path).unwrap();
+        let burst: Vec<NewJob> = (0..2000).map(|_| padded(10_000)).collect();
+        store.enqueue(&burst, 0).unwrap();
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            grown > 2 * WAL_LIMIT as u64,
+            "the burst made the WAL {grown} bytes"
+        );
+        // The dispatcher's background checkpoint, then the next commit starts the WAL over.
+        assert!(store.checkpoint().unwrap() > 2 * WAL_LIMIT as u64);
+        store.enqueue(&[padded(10)], 0).unwrap();
+        let after = std::fs::metadata(&wal).unwrap().len();
+        assert!(after <= WAL_LIMIT as u64, "the WAL stayed at {after} bytes");
+        assert!(store.truncate_wal().unwrap());
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(store.unfinished().unwrap(), 2001, "nothing was lost");
+    }
+
+    #[test]
+    fn truncating_the_wal_gives_up_quickly_while_a_reader_keeps_an_older_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.enqueue(&[padded(10)], 0).unwrap();
+        let reader = rusqlite::Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+        store.enqueue(&[padded(10)], 0).unwrap();
+        let started = std::time::Instant::now();
+        assert!(!store.truncate_wal().unwrap(), "truncated under a reader");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // Writers go on meanwhile, and once the reader is done the WAL is truncated.
+        store.enqueue(&[padded(10)], 0).unwrap();
+        reader.execute_batch("COMMIT").unwrap();
+        assert!(store.truncate_wal().unwrap());
+        let wal = dir.path().join("jobs.sqlite3-wal");
+        assert_eq!(std::fs::metadata(wal).unwrap().len(), 0);
+        assert_eq!(store.unfinished().unwrap(), 3);
     }
 }
