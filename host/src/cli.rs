@@ -17,9 +17,10 @@ pub struct Cli {
 }
 
 pub const EXIT_CODES: &str = "Exit codes:
-  0    success (with --wait: the job completed)
+  0    success (with --wait: the job completed); also when the reader closed stdout
   1    jobhost itself failed (I/O, database, spawning, ...)
-  2    bad input: arguments, params, settings, allowlist file, unknown job id, wrong job state
+  2    bad input: arguments (also one that is not UTF-8), params, settings, allowlist file,
+       unknown job id, wrong job state
   3    refused: not approved by the allowlist, or no plugin offers it
   4    the job failed (with --wait)
   5    the job was cancelled (with --wait)
