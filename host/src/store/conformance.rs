@@ -24,7 +24,8 @@ pub trait Backend {
     fn connect(&self) -> Box<dyn Store>;
 }
 
-fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
+/// A job of `class` with the usual settings.
+pub(super) fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
     NewJob {
         spec: JobSpec {
             class: class.into(),
@@ -40,7 +41,8 @@ fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
     }
 }
 
-fn info(host: &str) -> DispatcherInfo {
+/// The registration of a dispatcher on `host`.
+pub(super) fn info(host: &str) -> DispatcherInfo {
     DispatcherInfo {
         host: host.into(),
         pid: 4242,

@@ -457,8 +457,10 @@ impl Store for SqliteStore {
     }
 
     fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError> {
-        let job = self
-            .conn
+        // One read transaction: both statements see one snapshot, so the attempts counted
+        // are the attempts listed.
+        let tx = self.conn.transaction().map_err(query)?;
+        let job = tx
             .query_row(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
                 [id],
@@ -467,17 +469,16 @@ impl Store for SqliteStore {
             .optional()
             .map_err(query)?;
         let Some(job) = job else { return Ok(None) };
-        let mut stmt = self
-            .conn
+        let attempts = tx
             .prepare_cached(&format!(
                 "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 ORDER BY attempt"
             ))
+            .and_then(|mut stmt| {
+                stmt.query_map([id], attempt_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map_err(query)?;
-        let attempts = stmt
-            .query_map([id], attempt_from_row)
-            .map_err(query)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(query)?;
+        tx.commit().map_err(query)?;
         Ok(Some((job, attempts)))
     }
 
@@ -650,5 +651,84 @@ impl Store for SqliteStore {
 
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
         self.select_dispatchers("WHERE d.heartbeat_at < ?1", Some(cutoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
+
+    use super::SqliteStore;
+    use crate::{
+        job::Priority,
+        store::{
+            conformance::{info, new_job},
+            AttemptEnd, AttemptStart, Next, Store,
+        },
+    };
+
+    thread_local! {
+        /// What the next statement reading `attempts` runs first, on another connection.
+        static BEFORE_ATTEMPTS_READ: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    fn before_attempts_read(event: TraceEvent<'_>) {
+        if let TraceEvent::Stmt(_, sql) = event {
+            if sql.contains("FROM attempts") {
+                if let Some(write) = BEFORE_ATTEMPTS_READ.with(|w| w.borrow_mut().take()) {
+                    write();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn job_reads_the_job_and_its_attempts_from_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let mut reader = SqliteStore::open(&path).unwrap();
+        let mut writer = SqliteStore::open(&path).unwrap();
+        let owner = writer.register_dispatcher(&info("h"), 0).unwrap();
+        let id = writer
+            .enqueue(&[new_job("A", Priority::Normal, 0)], 0)
+            .unwrap()[0];
+        writer.claim(owner, 0, 1).unwrap();
+
+        // Between reading the job and reading its attempts, another connection settles the
+        // first attempt and starts the second.
+        BEFORE_ATTEMPTS_READ.with(|w| {
+            *w.borrow_mut() = Some(Box::new(move || {
+                let end = AttemptEnd {
+                    finished_at: 10,
+                    outcome: "error".into(),
+                    error: Some("boom".into()),
+                    output_bytes: 0,
+                };
+                assert!(writer.settle(id, 1, &end, &Next::Retry(10)).unwrap());
+                assert_eq!(writer.claim(owner, 10, 1).unwrap().len(), 1);
+                let start = AttemptStart {
+                    pid: 1,
+                    plugin_hash: "h".into(),
+                    output_path: "/out/2.out".into(),
+                };
+                writer.attempt_started(id, 2, &start).unwrap();
+            }));
+        });
+        reader.conn.trace_v2(
+            TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(before_attempts_read),
+        );
+        let (job, attempts) = reader.job(id).unwrap().unwrap();
+        assert!(
+            BEFORE_ATTEMPTS_READ.with(|w| w.borrow().is_none()),
+            "the other connection wrote during the read"
+        );
+        assert_eq!(
+            job.attempts as usize,
+            attempts.len(),
+            "counted and listed attempts agree: {job:?} {attempts:?}"
+        );
     }
 }
