@@ -109,6 +109,17 @@ pub enum Commands {
     Stop,
 }
 
+impl Commands {
+    /// Whether the command only reads the queue: it opens no logs and creates no state
+    /// directory or database.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Commands::List(_) | Commands::Show { .. } | Commands::Stats { .. }
+        )
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Attempts run at once [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]

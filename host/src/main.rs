@@ -119,7 +119,9 @@ fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
         overrides.slots = args.slots.map(|n| n as usize);
     }
     let settings = Settings::resolve(&overrides)?;
-    SpecFormatLayer::open(&settings.log_dir, &settings.env)?.install();
+    if !cli.command.is_read_only() {
+        SpecFormatLayer::open(&settings.log_dir, &settings.env)?.install();
+    }
     match cli.command {
         Commands::Run(args) => run_job(settings, args, out),
         Commands::Plugins { json } => list_plugins(&settings, json, out),
@@ -130,9 +132,9 @@ fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
             note!("job {id} queued again");
             Ok(0)
         }
-        Commands::List(args) => inspect::list(&mut Client::new(settings)?, &args, out),
-        Commands::Show { id, json } => inspect::show(&mut Client::new(settings)?, id, json, out),
-        Commands::Stats { json } => inspect::stats(&mut Client::new(settings)?, json, out),
+        Commands::List(args) => inspect::list(&settings, &args, out),
+        Commands::Show { id, json } => inspect::show(&settings, id, json, out),
+        Commands::Stats { json } => inspect::stats(&settings, json, out),
         Commands::Stop => {
             if Client::new(settings)?.stop_dispatcher()? {
                 note!("asked the dispatcher to stop");

@@ -14,14 +14,19 @@ use serde_json::json;
 
 use super::{
     AttemptEnd, AttemptStart, CancelOutcome, DispatcherId, DispatcherInfo, DispatcherRecord,
-    Finished, JobState, ListFilter, NewJob, Next, Store, StoreError,
+    Finished, JobState, ListFilter, NewJob, Next, Store, StoreError, StoreLocation,
 };
 use crate::job::{JobSpec, Priority};
 
 /// A fresh database for one test.
 pub trait Backend {
-    /// A new connection to this test's database.
-    fn connect(&self) -> Box<dyn Store>;
+    /// Where this test's database is; nothing is there until the first [`Backend::connect`].
+    fn location(&self) -> StoreLocation;
+
+    /// A new connection to this test's database, as [`super::open`] makes it.
+    fn connect(&self) -> Box<dyn Store> {
+        super::open(&self.location()).unwrap()
+    }
 }
 
 /// A job of `class` with the usual settings.
@@ -767,6 +772,24 @@ pub fn unfinished_plugins_are_those_of_waiting_and_running_jobs(b: &dyn Backend)
     );
 }
 
+pub fn open_existing_finds_no_store_before_the_first_open_and_creates_none(b: &dyn Backend) {
+    let location = b.location();
+    assert!(super::open_existing(&location).unwrap().is_none());
+    assert!(
+        super::open_existing(&location).unwrap().is_none(),
+        "the first look created nothing"
+    );
+    let mut writer = b.connect();
+    writer
+        .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap();
+    let mut reader = super::open_existing(&location)
+        .unwrap()
+        .expect("the store exists once opened");
+    assert_eq!(reader.stats().unwrap().by_state["queued"], 1);
+    assert_eq!(reader.job(1).unwrap().unwrap().0.class, "A");
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -787,6 +810,7 @@ macro_rules! conformance_suite {
             expired_dispatchers_are_those_whose_heartbeat_is_older_than_the_cutoff,
             two_rescuers_racing_settle_each_lost_job_once,
             unfinished_plugins_are_those_of_waiting_and_running_jobs,
+            open_existing_finds_no_store_before_the_first_open_and_creates_none,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {
@@ -802,31 +826,35 @@ macro_rules! conformance_suite {
 
 mod sqlite {
     use super::Backend;
-    use crate::store::{sqlite::SqliteStore, Store};
+    use crate::store::{open_existing, StoreLocation};
 
     struct Sqlite(tempfile::TempDir);
 
     impl Backend for Sqlite {
-        fn connect(&self) -> Box<dyn Store> {
-            Box::new(SqliteStore::open(&self.0.path().join("jobs.sqlite3")).unwrap())
+        fn location(&self) -> StoreLocation {
+            StoreLocation::Sqlite(self.0.path().join("state").join("jobs.sqlite3"))
         }
     }
 
     conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
+
+    #[test]
+    fn open_existing_creates_no_state_directory() {
+        let backend = Sqlite(tempfile::tempdir().unwrap());
+        assert!(open_existing(&backend.location()).unwrap().is_none());
+        assert!(!backend.0.path().join("state").exists());
+    }
 }
 
 mod postgres {
     use super::Backend;
-    use crate::store::{
-        postgres::{PostgresStore, TestDatabase},
-        Store,
-    };
+    use crate::store::{postgres::TestDatabase, StoreLocation};
 
     struct Postgres(TestDatabase);
 
     impl Backend for Postgres {
-        fn connect(&self) -> Box<dyn Store> {
-            Box::new(PostgresStore::open(self.0.url()).unwrap())
+        fn location(&self) -> StoreLocation {
+            StoreLocation::parse(self.0.url()).unwrap()
         }
     }
 

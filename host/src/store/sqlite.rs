@@ -49,24 +49,14 @@ impl SqliteStore {
     /// Opens (creating if absent) the database at `path` and brings its schema up to date. A
     /// file that is not a jobhost database is reported, never overwritten.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let database = path.display().to_string();
-        let open_error = |reason: String| StoreError::Open {
-            database: database.clone(),
-            reason,
-        };
+        let open_error = open_error(path);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| open_error(e.to_string()))?;
-        // The first statement that reads the file is where a corrupt file shows itself.
-        let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
-            .map_err(|e| open_error(describe(&e)))?;
+        let (conn, version) = connect(path, flags)?;
         // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
         // commit crosses the threshold; the dispatcher runs them in the background instead
         // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
@@ -86,18 +76,29 @@ impl SqliteStore {
             )
         })
         .map_err(|e| open_error(describe(&e)))?;
-        let supported = MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StoreError::NewerSchema {
-                database,
-                found: version,
-                supported,
-            });
-        }
+        check_not_newer(path, version)?;
         let mut store = Self { conn };
         retry_busy(|| store.migrate(version))
             .map_err(|e| open_error(format!("migration failed: {e}")))?;
         Ok(store)
+    }
+
+    /// Opens the database at `path` for reading only, if it exists: `None` when there is no
+    /// file, and nothing is created. A database of an older schema is brought up to date
+    /// first, as [`SqliteStore::open`] does; an up-to-date one is opened read-only, and the
+    /// methods that write fail.
+    pub fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let (conn, version) = match connect(path, flags) {
+            Err(_) if !path.exists() => return Ok(None),
+            other => other?,
+        };
+        check_not_newer(path, version)?;
+        if version < MIGRATIONS.len() as i64 {
+            drop(conn);
+            return Self::open(path).map(Some);
+        }
+        Ok(Some(Self { conn }))
     }
 
     /// Copies what the WAL holds into the database file without waiting for readers or
@@ -123,6 +124,39 @@ impl SqliteStore {
         }
         Ok(())
     }
+}
+
+/// The error for the database at `path` that cannot be opened, for this reason.
+fn open_error(path: &Path) -> impl Fn(String) -> StoreError + '_ {
+    move |reason| StoreError::Open {
+        database: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Opens a connection to `path` with `flags` and reads its schema version.
+fn connect(path: &Path, flags: OpenFlags) -> Result<(Connection, i64), StoreError> {
+    let open_error = open_error(path);
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| open_error(e.to_string()))?;
+    // The first statement that reads the file is where a corrupt file shows itself.
+    let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .map_err(|e| open_error(describe(&e)))?;
+    Ok((conn, version))
+}
+
+/// Refuses a database whose schema is newer than this build's.
+fn check_not_newer(path: &Path, version: i64) -> Result<(), StoreError> {
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::NewerSchema {
+            database: path.display().to_string(),
+            found: version,
+            supported,
+        });
+    }
+    Ok(())
 }
 
 /// How long a statement waits for another connection's lock.
