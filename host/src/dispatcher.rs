@@ -386,8 +386,11 @@ fn start_heartbeat(
 
 fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
     let tx = tx.clone();
-    crate::platform::on_termination(move || {
-        let _ = tx.send(Event::Signal);
+    crate::platform::on_signals(move |request| match request {
+        crate::platform::SignalRequest::Stop => {
+            let _ = tx.send(Event::Signal);
+        }
+        crate::platform::SignalRequest::ReopenLogs => crate::joblog::reopen(),
     })
 }
 

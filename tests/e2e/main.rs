@@ -13,6 +13,7 @@ mod examples;
 mod fixtures;
 mod hot_swap;
 mod inventory;
+mod logs;
 mod output;
 mod postgres;
 mod queue;
