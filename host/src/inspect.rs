@@ -166,23 +166,15 @@ fn state_sentence(job: &JobRecord, recorded: &[Attempt]) -> String {
                 when(since)
             )
         }
-        JobState::Completed => format!("completed on attempt {tries} at {}", when(job.finished_at)),
-        JobState::Failed if tries == 0 => {
-            format!("failed without an attempt at {}", when(job.finished_at))
+        JobState::Completed | JobState::Failed | JobState::Cancelled => {
+            let how = match (job.state, tries) {
+                (JobState::Failed, 0) => "failed without an attempt".into(),
+                (JobState::Cancelled, 0) => "cancelled before it ran,".into(),
+                (JobState::Completed, _) => format!("completed on attempt {tries}"),
+                (state, n) => format!("{state} after {}", attempts(n)),
+            };
+            format!("{how} at {}", when(job.finished_at))
         }
-        JobState::Failed => format!(
-            "failed after {} at {}",
-            attempts(tries),
-            when(job.finished_at)
-        ),
-        JobState::Cancelled if tries == 0 => {
-            format!("cancelled before it ran, at {}", when(job.finished_at))
-        }
-        JobState::Cancelled => format!(
-            "cancelled after {} at {}",
-            attempts(tries),
-            when(job.finished_at)
-        ),
     }
 }
 
