@@ -33,14 +33,23 @@ use crate::{
 /// `jobhost __inspect REQUEST`), runs it and exits; otherwise returns. Call it first thing in
 /// `main` of any program that serves as the jobhost binary.
 pub fn exit_if_child() {
-    let mut args = std::env::args().skip(1);
+    // `args_os`: `args` panics on an argument that is not UTF-8, and this runs before the
+    // command line is checked.
+    let mut args = std::env::args_os().skip(1);
     let (Some(sub), Some(request)) = (args.next(), args.next()) else {
         return;
     };
-    let code = match sub.as_str() {
-        crate::attempt::WORKER_SUBCOMMAND => worker_main(&request),
-        crate::inventory::INSPECT_SUBCOMMAND => inspect_main(&request),
+    let child_main = match sub.to_str() {
+        Some(crate::attempt::WORKER_SUBCOMMAND) => worker_main,
+        Some(crate::inventory::INSPECT_SUBCOMMAND) => inspect_main,
         _ => return,
+    };
+    let code = match request.to_str() {
+        Some(request) => child_main(request),
+        None => {
+            eprintln!("jobhost child: the request is not UTF-8");
+            EXIT_NO_REPORT
+        }
     };
     // Exit at once: a job's threads must not keep the worker alive.
     std::process::exit(code);

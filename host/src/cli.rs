@@ -17,9 +17,10 @@ pub struct Cli {
 }
 
 pub const EXIT_CODES: &str = "Exit codes:
-  0    success (with --wait: the job completed)
+  0    success (with --wait: the job completed); also when the reader closed stdout
   1    jobhost itself failed (I/O, database, spawning, ...)
-  2    bad input: arguments, params, settings, allowlist file, unknown job id, wrong job state
+  2    bad input: arguments (also one that is not UTF-8), params, settings, allowlist file,
+       unknown job id, wrong job state
   3    refused: not approved by the allowlist, or no plugin offers it
   4    the job failed (with --wait)
   5    the job was cancelled (with --wait)
@@ -122,6 +123,17 @@ pub struct PruneArgs {
     /// Change nothing; say what would be removed
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl Commands {
+    /// Whether the command only reads the queue: it opens no logs and creates no state
+    /// directory or database.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Commands::List(_) | Commands::Show { .. } | Commands::Stats { .. }
+        )
+    }
 }
 
 #[derive(Debug, Args)]

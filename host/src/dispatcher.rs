@@ -423,8 +423,11 @@ fn start_heartbeat(
 
 fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
     let tx = tx.clone();
-    crate::platform::on_termination(move || {
-        let _ = tx.send(Event::Signal);
+    crate::platform::on_signals(move |request| match request {
+        crate::platform::SignalRequest::Stop => {
+            let _ = tx.send(Event::Signal);
+        }
+        crate::platform::SignalRequest::ReopenLogs => crate::joblog::reopen(),
     })
 }
 
@@ -807,7 +810,21 @@ impl Dispatcher {
 
     /// Rewrites the health file when the list of problems changed.
     fn report_health(&mut self) {
-        let problems = self.trouble.problems();
+        let mut problems = self.trouble.problems();
+        let logs = joblog::health();
+        if let Some(since) = logs.since {
+            let error = format!(
+                "{} ({} lines waiting to be written, {} dropped)",
+                logs.last_error.unwrap_or_default(),
+                logs.pending_lines,
+                logs.dropped_lines
+            );
+            problems.push(health::Problem::new(
+                "the log files cannot be written",
+                since,
+                &error,
+            ));
+        }
         if problems == self.reported {
             return;
         }

@@ -4,9 +4,14 @@
 //! The hidden `__worker` and `__inspect` subcommands are how the host re-executes itself as
 //! a worker or an inspector; they are dispatched before anything else is set up, since they
 //! must start fast and must not open the logs.
+//!
+//! Commands print through [`output::Stdout`] and [`output::note!`], never `println!`, so that a
+//! closed stdout ends them quietly (see `output`).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
 mod inspect;
+mod output;
 
 use std::{
     process::ExitCode,
@@ -35,6 +40,7 @@ use jobhost::{
     text::local_time,
     Client, DispatchError, Job,
 };
+use output::{note, Stdout, StdoutError};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
@@ -46,14 +52,32 @@ const EXIT_INTERRUPTED: u8 = 130;
 fn main() -> ExitCode {
     child::exit_if_child();
 
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => ExitCode::from(code),
+    let args = match output::check_arguments(std::env::args_os()) {
+        Ok(args) => args,
         Err(error) => {
-            eprintln!("jobhost: {error:#}");
+            note!("jobhost: {error}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let mut out = Stdout::new();
+    match run(cli, &mut out).and_then(|code| Ok(out.flush().map(|()| code)?)) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) if stdout_closed(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            note!("jobhost: {error:#}");
             ExitCode::from(exit_code_for(&error))
         }
     }
+}
+
+/// Whether `error` is stdout's reader having gone away, which ends a command quietly.
+fn stdout_closed(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<StdoutError>()
+            .is_some_and(StdoutError::is_closed)
+    })
 }
 
 /// Bad input is exit 2, refusal exit 3, anything else exit 1.
@@ -86,7 +110,7 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
     EXIT_FAILURE
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
     let mut overrides = cli.global.overrides();
     if let Commands::Serve(args) = &cli.command {
         if args.detached {
@@ -96,33 +120,35 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         overrides.slots = args.slots.map(|n| n as usize);
     }
     let settings = Settings::resolve(&overrides)?;
-    SpecFormatLayer::open(&settings.log_dir, &settings.env)?.install();
+    if !cli.command.is_read_only() {
+        SpecFormatLayer::open(&settings.log_dir, &settings.env)?.install();
+    }
     match cli.command {
-        Commands::Run(args) => run_job(settings, args),
-        Commands::Plugins { json } => list_plugins(&settings, json),
+        Commands::Run(args) => run_job(settings, args, out),
+        Commands::Plugins { json } => list_plugins(&settings, json, out),
         Commands::Serve(args) => serve(&settings, &args),
         Commands::Cancel { id } => cancel(settings, id),
         Commands::Retry { id } => {
             Client::new(settings)?.retry(id)?;
-            eprintln!("job {id} queued again");
+            note!("job {id} queued again");
             Ok(0)
         }
-        Commands::List(args) => inspect::list(&mut Client::new(settings)?, &args),
-        Commands::Show { id, json } => inspect::show(&mut Client::new(settings)?, id, json),
-        Commands::Stats { json } => inspect::stats(&mut Client::new(settings)?, json),
-        Commands::Prune(args) => prune(&settings, args),
+        Commands::List(args) => inspect::list(&settings, &args, out),
+        Commands::Show { id, json } => inspect::show(&settings, id, json, out),
+        Commands::Stats { json } => inspect::stats(&settings, json, out),
+        Commands::Prune(args) => prune(&settings, args, out),
         Commands::Stop => {
             if Client::new(settings)?.stop_dispatcher()? {
-                eprintln!("asked the dispatcher to stop");
+                note!("asked the dispatcher to stop");
             } else {
-                eprintln!("no dispatcher is running");
+                note!("no dispatcher is running");
             }
             Ok(0)
         }
     }
 }
 
-fn run_job(settings: Settings, args: RunArgs) -> anyhow::Result<u8> {
+fn run_job(settings: Settings, args: RunArgs, out: &mut Stdout) -> anyhow::Result<u8> {
     let mut job = Job::new(args.class, args.method)
         .params(parse_cli_params(&args.params, args.params_json.as_deref())?)
         .priority(args.priority)
@@ -139,32 +165,32 @@ fn run_job(settings: Settings, args: RunArgs) -> anyhow::Result<u8> {
     let mut client = Client::new(settings)?;
     let id = client.dispatch(job)?;
     if !args.wait {
-        println!("{id}");
+        writeln!(out, "{id}")?;
         return Ok(0);
     }
-    eprintln!("job {id} queued");
+    note!("job {id} queued");
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     platform::on_termination(move || flag.store(true, Ordering::SeqCst))
         .context("cannot install signal handlers")?;
     let Some(job) = client.follow(id, &|| interrupted.load(Ordering::SeqCst))? else {
-        eprintln!("stopped following job {id}; it goes on in the background (jobhost cancel {id} stops it)");
+        note!("stopped following job {id}; it goes on in the background (jobhost cancel {id} stops it)");
         return Ok(EXIT_INTERRUPTED);
     };
     let tries = job.attempts;
     match job.state {
         JobState::Completed => {
-            eprintln!("job {id} completed on attempt {tries}");
-            println!("{}", job.result.unwrap_or_default());
+            note!("job {id} completed on attempt {tries}");
+            writeln!(out, "{}", job.result.unwrap_or_default())?;
             Ok(0)
         }
         JobState::Cancelled => {
-            eprintln!("job {id} cancelled after {tries} attempt(s)");
+            note!("job {id} cancelled after {tries} attempt(s)");
             Ok(EXIT_JOB_CANCELLED)
         }
         _ => {
             let error = job.last_error.unwrap_or_default();
-            eprintln!("job {id} failed after {tries} attempt(s): {error}");
+            note!("job {id} failed after {tries} attempt(s): {error}");
             Ok(EXIT_JOB_FAILED)
         }
     }
@@ -203,7 +229,7 @@ fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn prune(settings: &Settings, args: cli::PruneArgs) -> anyhow::Result<u8> {
+fn prune(settings: &Settings, args: cli::PruneArgs, out: &mut Stdout) -> anyhow::Result<u8> {
     let request = PruneRequest {
         older_than: args.older_than,
         state: args.state,
@@ -211,7 +237,7 @@ fn prune(settings: &Settings, args: cli::PruneArgs) -> anyhow::Result<u8> {
     };
     if let (None, Some(state)) = (request.older_than, request.state) {
         if settings.retention.period(state).is_none() {
-            eprintln!("{state} jobs are kept forever (retention.{state} = 0); --older-than prunes them anyway");
+            note!("{state} jobs are kept forever (retention.{state} = 0); --older-than prunes them anyway");
         }
     }
     let removed = prune_by_hand(settings, &request)?;
@@ -220,17 +246,18 @@ fn prune(settings: &Settings, args: cli::PruneArgs) -> anyhow::Result<u8> {
     } else {
         "pruned"
     };
-    println!(
+    writeln!(
+        out,
         "{done} {} finished jobs ({} attempts, {} bytes of attempt files)",
         removed.jobs, removed.attempts, removed.bytes
-    );
+    )?;
     Ok(0)
 }
 
 fn cancel(settings: Settings, id: i64) -> anyhow::Result<u8> {
     match Client::new(settings)?.cancel(id)? {
-        CancelOutcome::Cancelled => eprintln!("job {id} cancelled; it will not run"),
-        CancelOutcome::Requested => eprintln!("job {id} is running; its dispatcher is stopping it"),
+        CancelOutcome::Cancelled => note!("job {id} cancelled; it will not run"),
+        CancelOutcome::Requested => note!("job {id} is running; its dispatcher is stopping it"),
         CancelOutcome::AlreadyFinished(state) => {
             anyhow::bail!(StoreError::WrongState {
                 id,
@@ -241,31 +268,35 @@ fn cancel(settings: Settings, id: i64) -> anyhow::Result<u8> {
     }
     Ok(0)
 }
-fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
+fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Result<u8> {
     let inventory = Inventory::refresh(settings)?;
     if json {
         let listing = Listing::from(&inventory);
-        println!("{}", serde_json::to_string_pretty(&listing)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&listing)?)?;
         return Ok(0);
     }
     let since = |millis| local_time(millis).unwrap_or_default();
-    println!("plugin directory: {}", inventory.dir.display());
+    writeln!(out, "plugin directory: {}", inventory.dir.display())?;
     // Mark what the allowlist does not approve: offered, but refused if asked for.
     let allowlist = inventory.allowlist(settings);
     match (&allowlist, &inventory.allowlist) {
-        (Err(e), _) => println!("allowlist: {e:#}"),
+        (Err(e), _) => writeln!(out, "allowlist: {e:#}")?,
         (Ok(list), Some(state)) => {
-            println!(
+            writeln!(
+                out,
                 "allowlist: {} (blake3 {}, in force since {})",
                 list.path().display(),
                 short(&state.hash),
                 since(state.since)
-            );
+            )?;
             if let Some(error) = &state.error {
-                println!("  REJECTED CHANGE, the version above stays in force: {error}");
+                writeln!(
+                    out,
+                    "  REJECTED CHANGE, the version above stays in force: {error}"
+                )?;
             }
         }
-        (Ok(list), None) => println!("allowlist: {}", list.path().display()),
+        (Ok(list), None) => writeln!(out, "allowlist: {}", list.path().display())?,
     }
     let unapproved = |class: &str, method: &str| {
         allowlist
@@ -274,60 +305,64 @@ fn list_plugins(settings: &Settings, json: bool) -> anyhow::Result<u8> {
     };
 
     let classes = inventory.classes();
-    println!("\nclasses serving new jobs:");
+    writeln!(out, "\nclasses serving new jobs:")?;
     if classes.is_empty() {
-        println!("  (none)");
+        writeln!(out, "  (none)")?;
     }
     for class in &classes {
         let file = class.file.file_name().unwrap_or_default().to_string_lossy();
-        println!(
+        writeln!(
+            out,
             "  {}  {file}  blake3 {}  since {}",
             class.class,
             short(class.hash),
             since(class.since)
-        );
+        )?;
     }
     for (class, files) in inventory.conflicts() {
         let names: Vec<String> = files.iter().map(|f| f.file_name()).collect();
-        println!(
+        writeln!(
+            out,
             "  warning: {class} is offered by {}; the first serves",
             names.join(", ")
-        );
+        )?;
     }
 
     if inventory.files.is_empty() {
-        println!("\n(no plugin files)");
+        writeln!(out, "\n(no plugin files)")?;
     }
     for file in &inventory.files {
         let name = file.file_name();
         match &file.status {
             FileStatus::Plugin { sdk_version, .. } => {
-                println!(
+                writeln!(
+                    out,
                     "\n{name}  (job-sdk {sdk_version}, blake3 {})",
                     short(&file.hash)
-                );
+                )?;
             }
-            FileStatus::Rejected { reason } => println!("\n{name}  REJECTED: {reason}"),
+            FileStatus::Rejected { reason } => writeln!(out, "\n{name}  REJECTED: {reason}")?,
         }
         let Some(version) = &file.active else {
             continue;
         };
         if version.hash != file.hash {
-            println!(
+            writeln!(
+                out,
                 "  still serving its previous version, blake3 {} since {}:",
                 short(&version.hash),
                 since(version.since)
-            );
+            )?;
         }
         for class in &version.classes {
-            println!("  {}{}", class.name, doc_suffix(&class.doc));
+            writeln!(out, "  {}{}", class.name, doc_suffix(&class.doc))?;
             for method in &class.methods {
                 let mark = if unapproved(&class.name, &method.name) {
                     "  [not in the allowlist]"
                 } else {
                     ""
                 };
-                println!("    @{}{}{mark}", method.name, doc_suffix(&method.doc));
+                writeln!(out, "    @{}{}{mark}", method.name, doc_suffix(&method.doc))?;
             }
         }
     }

@@ -14,6 +14,8 @@ mod examples;
 mod fixtures;
 mod hot_swap;
 mod inventory;
+mod logs;
+mod output;
 mod postgres;
 mod queue;
 mod recovery;

@@ -413,3 +413,49 @@ fn enqueue_is_fast_to_return_even_for_a_long_job() {
     host.run(&["cancel", &id.to_string()]).expect_code(0);
     host.wait_state(id, &["cancelled"]);
 }
+
+#[test]
+fn read_only_commands_in_a_directory_without_settings_create_nothing() {
+    let host = Host::standard();
+    let empty = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = host
+            .jobhost()
+            .current_dir(empty.path())
+            .args(args)
+            .output()
+            .unwrap();
+        jobhost_e2e::Run::from(output)
+    };
+    let looked_at = "storage/jobhost";
+
+    let list = run(&["list"]);
+    list.expect_code(0);
+    assert!(list.stdout.is_empty(), "{}", list.stdout);
+    assert!(
+        list.stderr.contains(looked_at) && list.stderr.contains("holds no jobs"),
+        "{}",
+        list.stderr
+    );
+    let json = run(&["list", "--json"]);
+    json.expect_code(0);
+    assert_eq!(json.json(), serde_json::json!([]));
+
+    let stats = run(&["stats", "--json"]);
+    stats.expect_code(0);
+    assert_eq!(stats.json()["by_state"]["queued"], 0, "{}", stats.stdout);
+    let stats = run(&["stats"]);
+    stats.expect_code(0);
+    assert!(stats.stdout.contains("queued     0"), "{}", stats.stdout);
+    assert!(stats.stderr.contains(looked_at), "{}", stats.stderr);
+
+    let show = run(&["show", "1"]);
+    show.expect_code(2);
+    assert!(show.stderr.contains("no job with id 1"), "{}", show.stderr);
+
+    let left: Vec<_> = std::fs::read_dir(empty.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "read-only commands created {left:?}");
+}

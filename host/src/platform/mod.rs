@@ -7,7 +7,7 @@
 //! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
 //! [`Doorbell`] and [`ring`] (how an enqueuer wakes a dispatcher), [`FileLock`] (one
 //! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
-//! `nohup … &` / `start /b`), [`find_worker`] and [`on_termination`]. `unix.rs` is the
+//! `nohup … &` / `start /b`), [`find_worker`], [`on_signals`] and [`on_termination`]. `unix.rs` is the
 //! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
 //! beside it as `windows.rs`.
 
@@ -15,20 +15,29 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
-    prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
-    OutputPair,
+    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_signals,
+    on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken,
+    Doorbell, OutputPair,
 };
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
 pub use windows::{
-    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
-    prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
-    OutputPair,
+    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_signals,
+    on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken,
+    Doorbell, OutputPair,
 };
 
 use std::time::Duration;
+
+/// What a signal asks of a long-running process (see [`on_signals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalRequest {
+    /// Stop gracefully: SIGINT, SIGTERM; Ctrl+C on Windows.
+    Stop,
+    /// Open the log files again by their paths: SIGHUP, SIGUSR1 (after logrotate).
+    ReopenLogs,
+}
 
 /// How a supervised process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

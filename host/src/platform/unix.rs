@@ -28,7 +28,9 @@ use rustix::{
     process::{kill_process, kill_process_group, pidfd_open, Pid, PidfdFlags, Signal},
 };
 
-use super::{release, ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
+use super::{
+    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, SuperviseOptions,
+};
 
 /// A one-shot cancellation that wakes a supervisor blocked in `poll`. Firing it is
 /// async-signal-safe, so it can be wired to SIGINT/SIGTERM.
@@ -306,7 +308,27 @@ fn command_line(pid: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " "))
 }
 
-/// Calls `handler` on SIGINT, SIGTERM and SIGHUP, from a thread of its own.
+/// Calls `handler` with what a signal asks of a long-running process — stop on SIGINT and
+/// SIGTERM, reopen the logs on SIGHUP and SIGUSR1 (logrotate's `postrotate` convention) — from
+/// a thread of its own.
+pub fn on_signals(handler: impl Fn(SignalRequest) + Send + Sync + 'static) -> io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                handler(match signal {
+                    SIGHUP | SIGUSR1 => SignalRequest::ReopenLogs,
+                    _ => SignalRequest::Stop,
+                });
+            }
+        })?;
+    Ok(())
+}
+
+/// Calls `handler` on SIGINT, SIGTERM and SIGHUP (the terminal went away), from a thread of
+/// its own: for a command that follows something and has no logs to reopen.
 pub fn on_termination(handler: impl Fn() + Send + Sync + 'static) -> io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;

@@ -54,7 +54,9 @@ use windows_sys::Win32::{
     },
 };
 
-use super::{release, ExitKind, OutputSink, ProcessEnd, StopReason, SuperviseOptions};
+use super::{
+    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, SuperviseOptions,
+};
 
 /// The environment variable naming the event a worker watches for a stop request.
 const STOP_EVENT_VAR: &str = "JOBHOST_STOP_EVENT";
@@ -403,6 +405,12 @@ unsafe extern "system" fn console_event(_kind: u32) -> BOOL {
         }
     }
     1
+}
+
+/// Calls `handler` with [`SignalRequest::Stop`] on Ctrl+C, Ctrl+Break or the console closing;
+/// Windows has no signal asking to reopen the logs.
+pub fn on_signals(handler: impl Fn(SignalRequest) + Send + Sync + 'static) -> io::Result<()> {
+    on_termination(move || handler(SignalRequest::Stop))
 }
 
 /// Calls `handler` on Ctrl+C, Ctrl+Break or the console closing.

@@ -15,17 +15,23 @@ use serde_json::json;
 use super::{
     AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, ErrorClass, Finished, JobId, JobState, ListFilter, NewJob, Next, Pruned,
-    Store, StoreError,
+    Store, StoreError, StoreLocation,
 };
 use crate::job::{JobSpec, Priority};
 
 /// A fresh database for one test.
 pub trait Backend {
-    /// A new connection to this test's database.
-    fn connect(&self) -> Box<dyn Store>;
+    /// Where this test's database is; nothing is there until the first [`Backend::connect`].
+    fn location(&self) -> StoreLocation;
+
+    /// A new connection to this test's database, as [`super::open`] makes it.
+    fn connect(&self) -> Box<dyn Store> {
+        super::open(&self.location()).unwrap()
+    }
 }
 
-fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
+/// A job of `class` with the usual settings.
+pub(super) fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
     NewJob {
         spec: JobSpec {
             class: class.into(),
@@ -41,7 +47,8 @@ fn new_job(class: &str, priority: Priority, delay_ms: u64) -> NewJob {
     }
 }
 
-fn info(host: &str) -> DispatcherInfo {
+/// The registration of a dispatcher on `host`.
+pub(super) fn info(host: &str) -> DispatcherInfo {
     DispatcherInfo {
         host: host.into(),
         pid: 4242,
@@ -954,6 +961,24 @@ pub fn concurrent_pruners_delete_each_job_once(b: &dyn Backend) {
     assert_eq!(s.stats().unwrap().by_state["completed"], 0);
 }
 
+pub fn open_existing_finds_no_store_before_the_first_open_and_creates_none(b: &dyn Backend) {
+    let location = b.location();
+    assert!(super::open_existing(&location).unwrap().is_none());
+    assert!(
+        super::open_existing(&location).unwrap().is_none(),
+        "the first look created nothing"
+    );
+    let mut writer = b.connect();
+    writer
+        .enqueue(&[new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap();
+    let mut reader = super::open_existing(&location)
+        .unwrap()
+        .expect("the store exists once opened");
+    assert_eq!(reader.stats().unwrap().by_state["queued"], 1);
+    assert_eq!(reader.job(1).unwrap().unwrap().0.class, "A");
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -977,6 +1002,7 @@ macro_rules! conformance_suite {
             refused_calls_are_rejected_errors_that_change_nothing,
             prune_deletes_jobs_finished_before_their_states_cutoff_with_their_attempts,
             concurrent_pruners_delete_each_job_once,
+            open_existing_finds_no_store_before_the_first_open_and_creates_none,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {
@@ -992,31 +1018,35 @@ macro_rules! conformance_suite {
 
 mod sqlite {
     use super::Backend;
-    use crate::store::{sqlite::SqliteStore, Store};
+    use crate::store::{open_existing, StoreLocation};
 
     struct Sqlite(tempfile::TempDir);
 
     impl Backend for Sqlite {
-        fn connect(&self) -> Box<dyn Store> {
-            Box::new(SqliteStore::open(&self.0.path().join("jobs.sqlite3")).unwrap())
+        fn location(&self) -> StoreLocation {
+            StoreLocation::Sqlite(self.0.path().join("state").join("jobs.sqlite3"))
         }
     }
 
     conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
+
+    #[test]
+    fn open_existing_creates_no_state_directory() {
+        let backend = Sqlite(tempfile::tempdir().unwrap());
+        assert!(open_existing(&backend.location()).unwrap().is_none());
+        assert!(!backend.0.path().join("state").exists());
+    }
 }
 
 mod postgres {
     use super::Backend;
-    use crate::store::{
-        postgres::{PostgresStore, TestDatabase},
-        Store,
-    };
+    use crate::store::{postgres::TestDatabase, StoreLocation};
 
     struct Postgres(TestDatabase);
 
     impl Backend for Postgres {
-        fn connect(&self) -> Box<dyn Store> {
-            Box::new(PostgresStore::open(self.0.url()).unwrap())
+        fn location(&self) -> StoreLocation {
+            StoreLocation::parse(self.0.url()).unwrap()
         }
     }
 

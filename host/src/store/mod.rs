@@ -6,7 +6,8 @@
 //! settle an attempt twice. Every backend passes the same behaviour suite
 //! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default;
 //! PostgreSQL ([`postgres::PostgresStore`]) lets dispatchers on several hosts share one queue.
-//! [`open`] opens either from a [`StoreLocation`].
+//! [`open`] opens either from a [`StoreLocation`]; [`open_existing`] opens one only if it
+//! exists, creating nothing, for the commands that only read.
 //!
 //! Times are [`Millis`]: milliseconds since the Unix epoch, given by the caller (the clock is
 //! injected, so tests need no sleeps).
@@ -293,6 +294,18 @@ pub struct ListFilter {
 pub struct Stats {
     /// State name → count, for every state.
     pub by_state: std::collections::BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// No jobs: every state counts zero.
+    pub fn empty() -> Self {
+        Self {
+            by_state: JobState::ALL
+                .into_iter()
+                .map(|state| (state.as_str().to_owned(), 0))
+                .collect(),
+        }
+    }
 }
 
 /// How many jobs reached an end, since some time.
@@ -690,6 +703,21 @@ pub fn open(location: &StoreLocation) -> Result<Box<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path)?),
         StoreLocation::Postgres(url) => Box::new(postgres::PostgresStore::open(url)?),
+    })
+}
+
+/// Opens the store at `location` if it exists, for the commands that only read (`list`,
+/// `show`, `stats`): `None` when there is no SQLite file, or the PostgreSQL database holds no
+/// jobhost schema; nothing is created. An older schema is brought up to date, as [`open`]
+/// does.
+pub fn open_existing(location: &StoreLocation) -> Result<Option<Box<dyn Store>>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => {
+            sqlite::SqliteStore::open_existing(path)?.map(|s| Box::new(s) as Box<dyn Store>)
+        }
+        StoreLocation::Postgres(url) => {
+            postgres::PostgresStore::open_existing(url)?.map(|s| Box::new(s) as Box<dyn Store>)
+        }
     })
 }
 

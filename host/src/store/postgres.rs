@@ -404,7 +404,37 @@ impl PostgresStore {
             reason,
         };
         let config = parse_url(url).map_err(open_error)?;
+        let client = connect(&config, "jobhost").map_err(|e| open_error(describe(&e)))?;
+        Self::migrated(config, database, client)
+    }
+
+    /// Connects to the database at `url` for reading, if it holds a jobhost schema: `None`
+    /// when it has none, and nothing is created. An older schema is brought up to date, as
+    /// [`PostgresStore::open`] does.
+    pub fn open_existing(url: &str) -> Result<Option<Self>, StoreError> {
+        let database = masked(url);
+        let open_error = |reason: String| StoreError::Open {
+            database: database.clone(),
+            reason,
+        };
+        let config = parse_url(url).map_err(open_error)?;
         let mut client = connect(&config, "jobhost").map_err(|e| open_error(describe(&e)))?;
+        let exists: bool = client
+            .query_one("SELECT to_regclass('jobhost_schema') IS NOT NULL", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| open_error(describe(&e)))?;
+        if !exists {
+            return Ok(None);
+        }
+        Self::migrated(config, database, client).map(Some)
+    }
+
+    /// The store on `client`, its schema brought up to date.
+    fn migrated(config: Config, database: String, mut client: Client) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            database: database.clone(),
+            reason,
+        };
         match migrate(&mut client) {
             Ok(()) => {}
             Err(Migration::Newer(found)) => {

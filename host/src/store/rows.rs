@@ -260,10 +260,7 @@ pub(super) fn check_retryable(id: JobId, state: JobState) -> Result<(), StoreErr
 
 /// Counts by state from `(state, count)` pairs; states without jobs count zero.
 pub(super) fn stats(counts: impl IntoIterator<Item = (String, i64)>) -> Stats {
-    let mut stats = Stats::default();
-    for state in JobState::ALL {
-        stats.by_state.insert(state.as_str().to_owned(), 0);
-    }
+    let mut stats = Stats::empty();
     for (state, count) in counts {
         stats.by_state.insert(state, count.max(0) as u64);
     }

@@ -49,25 +49,16 @@ impl SqliteStore {
     /// Opens (creating if absent) the database at `path` and brings its schema up to date. A
     /// file that is not a jobhost database is reported, never overwritten.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let database = path.display().to_string();
-        let open_error = |reason: String| StoreError::Open {
-            database: database.clone(),
-            reason,
-        };
+        let open_error = open_error(path);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn =
-            Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| open_error(e.to_string()))?;
-        // The first statement that reads the file is where a corrupt file shows itself.
+        let (conn, version) = connect(path, flags)?;
+        let database = path.display().to_string();
         let failed = |e: rusqlite::Error| open_failure(&database, "", &e);
-        let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
-            .map_err(failed)?;
         // A checkpoint (copying the WAL into the database, with an fsync) would stall whichever
         // commit crosses the threshold; the dispatcher runs them in the background instead
         // ([`SqliteStore::checkpoint`]), and this high threshold only bounds the WAL when no
@@ -88,18 +79,29 @@ impl SqliteStore {
             ))
         })
         .map_err(failed)?;
-        let supported = MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StoreError::NewerSchema {
-                database,
-                found: version,
-                supported,
-            });
-        }
+        check_not_newer(path, version)?;
         let mut store = Self { conn };
         retry_busy(|| store.migrate(version))
             .map_err(|e| open_failure(&database, "migration failed: ", &e))?;
         Ok(store)
+    }
+
+    /// Opens the database at `path` for reading only, if it exists: `None` when there is no
+    /// file, and nothing is created. A database of an older schema is brought up to date
+    /// first, as [`SqliteStore::open`] does; an up-to-date one is opened read-only, and the
+    /// methods that write fail.
+    pub fn open_existing(path: &Path) -> Result<Option<Self>, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let (conn, version) = match connect(path, flags) {
+            Err(_) if !path.exists() => return Ok(None),
+            other => other?,
+        };
+        check_not_newer(path, version)?;
+        if version < MIGRATIONS.len() as i64 {
+            drop(conn);
+            return Self::open(path).map(Some);
+        }
+        Ok(Some(Self { conn }))
     }
 
     /// Copies what the WAL holds into the database file without waiting for readers or
@@ -157,6 +159,39 @@ pub const WAL_LIMIT: i64 = 8 * 1024 * 1024;
 /// How long a truncating checkpoint waits for readers of older snapshots, holding up writers
 /// meanwhile, before it gives up until next time.
 const TRUNCATE_PATIENCE: Duration = Duration::from_millis(100);
+
+/// The error for the database at `path` that cannot be opened, for this reason.
+fn open_error(path: &Path) -> impl Fn(String) -> StoreError + '_ {
+    move |reason| StoreError::Open {
+        database: path.display().to_string(),
+        reason,
+    }
+}
+
+/// Opens a connection to `path` with `flags` and reads its schema version.
+fn connect(path: &Path, flags: OpenFlags) -> Result<(Connection, i64), StoreError> {
+    let open_error = open_error(path);
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| open_error(e.to_string()))?;
+    // The first statement that reads the file is where a corrupt file shows itself.
+    let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .map_err(|e| open_failure(&path.display().to_string(), "", &e))?;
+    Ok((conn, version))
+}
+
+/// Refuses a database whose schema is newer than this build's.
+fn check_not_newer(path: &Path, version: i64) -> Result<(), StoreError> {
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::NewerSchema {
+            database: path.display().to_string(),
+            found: version,
+            supported,
+        });
+    }
+    Ok(())
+}
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -592,8 +627,10 @@ impl Store for SqliteStore {
     }
 
     fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError> {
-        let job = self
-            .conn
+        // One read transaction: both statements see one snapshot, so the attempts counted
+        // are the attempts listed.
+        let tx = self.conn.transaction().map_err(query)?;
+        let job = tx
             .query_row(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
                 [id],
@@ -602,17 +639,16 @@ impl Store for SqliteStore {
             .optional()
             .map_err(query)?;
         let Some(job) = job else { return Ok(None) };
-        let mut stmt = self
-            .conn
+        let attempts = tx
             .prepare_cached(&format!(
                 "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 ORDER BY attempt"
             ))
+            .and_then(|mut stmt| {
+                stmt.query_map([id], attempt_from_row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map_err(query)?;
-        let attempts = stmt
-            .query_map([id], attempt_from_row)
-            .map_err(query)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(query)?;
+        tx.commit().map_err(query)?;
         Ok(Some((job, attempts)))
     }
 
@@ -835,14 +871,18 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{cell::RefCell, time::Duration};
 
+    use rusqlite::trace::{TraceEvent, TraceEventCodes};
     use serde_json::json;
 
     use super::{SqliteStore, WAL_LIMIT};
     use crate::{
         job::{JobSpec, Priority},
-        store::{ErrorClass, NewJob, Store, StoreError},
+        store::{
+            conformance::{info, new_job},
+            AttemptEnd, AttemptStart, ErrorClass, NewJob, Next, Store, StoreError,
+        },
     };
 
     fn job(params: serde_json::Value) -> NewJob {
@@ -1030,5 +1070,68 @@ mod tests {
         let wal = dir.path().join("jobs.sqlite3-wal");
         assert_eq!(std::fs::metadata(wal).unwrap().len(), 0);
         assert_eq!(store.unfinished().unwrap(), 3);
+    }
+
+    thread_local! {
+        /// What the next statement reading `attempts` runs first, on another connection.
+        static BEFORE_ATTEMPTS_READ: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    fn before_attempts_read(event: TraceEvent<'_>) {
+        if let TraceEvent::Stmt(_, sql) = event {
+            if sql.contains("FROM attempts") {
+                if let Some(write) = BEFORE_ATTEMPTS_READ.with(|w| w.borrow_mut().take()) {
+                    write();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn job_reads_the_job_and_its_attempts_from_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let mut reader = SqliteStore::open(&path).unwrap();
+        let mut writer = SqliteStore::open(&path).unwrap();
+        let owner = writer.register_dispatcher(&info("h"), 0).unwrap();
+        let id = writer
+            .enqueue(&[new_job("A", Priority::Normal, 0)], 0)
+            .unwrap()[0];
+        writer.claim(owner, 0, 1).unwrap();
+
+        // Between reading the job and reading its attempts, another connection settles the
+        // first attempt and starts the second.
+        BEFORE_ATTEMPTS_READ.with(|w| {
+            *w.borrow_mut() = Some(Box::new(move || {
+                let end = AttemptEnd {
+                    finished_at: 10,
+                    outcome: "error".into(),
+                    error: Some("boom".into()),
+                    output_bytes: 0,
+                };
+                assert!(writer.settle(id, 1, &end, &Next::Retry(10)).unwrap());
+                assert_eq!(writer.claim(owner, 10, 1).unwrap().len(), 1);
+                let start = AttemptStart {
+                    pid: 1,
+                    plugin_hash: "h".into(),
+                    output_path: "/out/2.out".into(),
+                };
+                writer.attempt_started(id, 2, &start).unwrap();
+            }));
+        });
+        reader.conn.trace_v2(
+            TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(before_attempts_read),
+        );
+        let (job, attempts) = reader.job(id).unwrap().unwrap();
+        assert!(
+            BEFORE_ATTEMPTS_READ.with(|w| w.borrow().is_none()),
+            "the other connection wrote during the read"
+        );
+        assert_eq!(
+            job.attempts as usize,
+            attempts.len(),
+            "counted and listed attempts agree: {job:?} {attempts:?}"
+        );
     }
 }

@@ -177,7 +177,11 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
         .name("web".into())
         .spawn(move || serve(runtime, listener, router, stopping))?;
     if generated {
-        eprintln!("dashboard: {url} (token: {token})");
+        // Best effort: a stderr that is gone must not stop the dispatcher.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("dashboard: {url} (token: {token})\n"),
+        );
     }
     tracing::info!("Dashboard listening on {url}");
     Ok(WebHandle {
