@@ -25,7 +25,7 @@ use crate::{
     loader,
     protocol::{
         write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
-        WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
+        ReservedReport, WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
     },
 };
 
@@ -91,11 +91,32 @@ pub fn worker_main(request_json: &str) -> i32 {
             );
         }
     }
-    let report = match wait_for_go(&request) {
-        Ok(()) => run_worker(&request),
-        Err(report) => report,
+    match wait_for_go(&request) {
+        Ok(()) => {}
+        Err(not_started) => return finish(write_report(&request.report, &not_started)),
+    }
+    // The report's space first: without it, the job does not run at all.
+    let reserved = match ReservedReport::reserve(&request.report) {
+        Ok(reserved) => reserved,
+        Err(e) => {
+            eprintln!("jobhost worker: no room for the report, so the job does not run: {e}");
+            return EXIT_NO_REPORT;
+        }
     };
-    finish(write_report(&request.report, &report))
+    let report = run_worker(&request);
+    finish(reserved.write(&report, |note| shorter(&report, note)))
+}
+
+/// A report that fits the space taken for it, in place of one too large to write: the same
+/// outcome, its result or message replaced by `note`.
+fn shorter(report: &WorkerReport, note: String) -> WorkerReport {
+    match report {
+        WorkerReport::Ok { .. } => WorkerReport::Ok {
+            protocol: PROTOCOL_VERSION,
+            result: serde_json::Value::String(format!("(result not recorded: {note})")),
+        },
+        WorkerReport::Error { kind, .. } => error(*kind, format!("(error not recorded: {note})")),
+    }
 }
 
 /// For a gated request, waits for the supervisor's go-ahead on stdin (see

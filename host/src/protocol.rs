@@ -169,6 +169,74 @@ pub fn write_report<T: Serialize>(path: &Path, message: &T) -> std::io::Result<(
     std::fs::rename(&tmp, path)
 }
 
+/// A report's file, its space taken before the job runs: a job that ends while the disk is
+/// full still has its report, so its outcome is never lost (and a success never run again).
+/// Written like [`write_report`]: into a temporary file of [`ReservedReport::SIZE`] bytes,
+/// then renamed over the report's path.
+#[derive(Debug)]
+pub struct ReservedReport {
+    tmp: PathBuf,
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl ReservedReport {
+    /// The space taken for a report. A larger one is written if the disk has room; on a full
+    /// disk it is replaced by a shorter one that fits (see [`ReservedReport::write`]).
+    pub const SIZE: usize = 64 * 1024;
+
+    /// Takes the space for the report at `path`.
+    pub fn reserve(path: &Path) -> std::io::Result<Self> {
+        use std::io::Write;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let mut file = std::fs::File::create(&tmp)?;
+        // Written, not only sized: a sparse file would need its space at the real write.
+        // The file system takes the space at this write (no sync needed for that).
+        if let Err(e) = file.write_all(&[b' '; Self::SIZE]) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(Self {
+            tmp,
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes `report` and puts it in place. When it does not fit the space taken and the
+    /// disk has no room for the rest, `shorter` makes one that fits from the error (a
+    /// success stays a success, its result replaced by a note).
+    pub fn write<T: Serialize>(
+        mut self,
+        report: &T,
+        shorter: impl FnOnce(String) -> T,
+    ) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        let bytes = serde_json::to_vec(report)?;
+        self.file.rewind()?;
+        let whole = self.file.write_all(&bytes);
+        let bytes = match whole {
+            Ok(()) => bytes,
+            Err(e) => {
+                let note = format!(
+                    "the report ({} bytes) could not be written in full: {e}",
+                    bytes.len()
+                );
+                let mut bytes = serde_json::to_vec(&shorter(note))?;
+                bytes.truncate(Self::SIZE);
+                self.file.rewind()?;
+                self.file.write_all(&bytes)?;
+                bytes
+            }
+        };
+        self.file.set_len(bytes.len() as u64)?;
+        drop(self.file);
+        std::fs::rename(&self.tmp, &self.path)
+    }
+}
+
 /// Reads a report written by [`write_report`]; `Ok(None)` when there is none.
 pub fn read_report<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
     match std::fs::read(path) {

@@ -213,3 +213,91 @@ fn dispatcher_survives_a_database_locked_past_its_busy_timeout_and_settles_what_
     let started = host.logged("started", r"Tests\Misbehave@sleep");
     assert_eq!(started.len(), 1, "it ran once: {started:?}");
 }
+
+/// A small file system of its own mounted over a directory, to fill; unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            mounted.success(),
+            "this test mounts a tmpfs to fill: run the suite as root, as CI does"
+        );
+        Self(dir.to_path_buf())
+    }
+
+    /// Writes a file until the disk is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0xA5u8; 1 << 20];
+        loop {
+            if let Err(e) = file.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(28), "ENOSPC, not {e}");
+                return path;
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: the dispatcher may still have files open on it.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn job_that_ends_while_the_state_disk_is_full_is_settled_from_its_report_and_never_run_again() {
+    let host = Host::standard();
+    host.settings("defaults.retry_delay = 0\n");
+    let disk = SmallDisk::mount(&host.state_dir());
+    let mut serve = host.serve();
+    let trace = host.root().join("runs.trace");
+    let id = host.enqueue(&[
+        r"Tests\Misbehave",
+        "trace",
+        &format!("path={}", trace.display()),
+        "seconds=2",
+    ]);
+    let worker = wait_for(
+        "the job's worker on record",
+        Duration::from_secs(30),
+        || {
+            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
+            workers_of(&host, id)
+                .into_iter()
+                .find(|&w| u64::from(w) == pid)
+        },
+    );
+
+    // The state disk fills up while the job runs; it ends meanwhile.
+    let filler = disk.fill();
+    wait_for("the job's worker to end", Duration::from_secs(60), || {
+        (!alive(worker)).then_some(())
+    });
+    assert!(alive(serve.id()), "the dispatcher goes on on a full disk");
+    std::fs::remove_file(filler).unwrap();
+
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    assert_eq!(outcomes(&shown), ["ok"], "{shown:#}");
+    assert_eq!(
+        shown["job"]["result"]["pid"].as_u64(),
+        Some(u64::from(worker)),
+        "the result its worker reported: {shown:#}"
+    );
+    let runs = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(runs.lines().count(), 1, "it ran once: {runs}");
+    assert!(host.stop_serve(&mut serve));
+}
