@@ -110,8 +110,8 @@ pub enum Commands {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Attempts run at once [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Attempts run at once, 1 to 256 [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]
+    #[arg(long, value_name = "N")]
     pub slots: Option<u32>,
     /// Exit after this many seconds with nothing queued, scheduled or running
     #[arg(long, value_name = "SECS", value_parser = secs)]
@@ -169,7 +169,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = secs, default_value = "0", allow_negative_numbers = true)]
     pub delay: std::time::Duration,
     /// Seconds one attempt may run before it is stopped [default: 3600, or defaults.timeout]
-    #[arg(long, value_name = "SECS", value_parser = positive_secs, allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
     pub timeout: Option<std::time::Duration>,
     /// Follow the job to its end and exit with a code that says how it ended
     #[arg(long)]
@@ -179,13 +179,6 @@ pub struct RunArgs {
 fn secs(text: &str) -> Result<std::time::Duration, String> {
     jobhost::settings::parse_secs(text)
         .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
-}
-
-fn positive_secs(text: &str) -> Result<std::time::Duration, String> {
-    match secs(text)? {
-        d if d.is_zero() => Err("must be more than 0 seconds".into()),
-        d => Ok(d),
-    }
 }
 
 fn priority(text: &str) -> Result<Priority, String> {

@@ -607,7 +607,11 @@ impl Dispatcher {
         }
         let owner = self.owner;
         let claimed = self.with_store(|s| s.claim(owner, now_millis(), free))?;
-        if !claimed.is_empty() {
+        let quarantined = self.store.take_quarantined();
+        for job in &quarantined {
+            joblog::quarantined(job.id, &job.reason);
+        }
+        if !claimed.is_empty() || !quarantined.is_empty() {
             self.changed();
             self.plugins.reload();
         }

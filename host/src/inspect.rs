@@ -52,6 +52,11 @@ pub fn list(client: &mut Client, args: &ListArgs) -> anyhow::Result<u8> {
             when(Some(job.created_at)),
             when(job.finished_at),
             job.name()
+                + if job.problem.is_some() {
+                    "  (unreadable row: see jobhost show)"
+                } else {
+                    ""
+                }
         );
     }
     Ok(0)
@@ -98,6 +103,9 @@ pub fn show(client: &mut Client, id: i64, json: bool) -> anyhow::Result<u8> {
 
 fn print_job(job: &JobRecord) {
     println!("job {}: {}", job.id, job.name());
+    if let Some(problem) = &job.problem {
+        println!("  PROBLEM:   its stored row cannot be read: {problem}");
+    }
     println!("  state:     {}", job.state);
     println!("  priority:  {}", job.priority);
     println!("  attempts:  {} of {}", job.attempts, job.max_attempts);

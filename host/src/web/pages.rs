@@ -592,6 +592,13 @@ fn job_main(
     for (term, value) in facts {
         let _ = writeln!(main, "<dt>{}</dt><dd>{value}</dd>", esc(term));
     }
+    if let Some(problem) = &job.problem {
+        let _ = writeln!(
+            main,
+            r#"<dt>Problem</dt><dd id="problem" class="error-text">its stored row cannot be read: {}</dd>"#,
+            esc(problem)
+        );
+    }
     if let Some(error) = &job.last_error {
         let _ = writeln!(
             main,
@@ -1147,6 +1154,7 @@ mod tests {
             cancel_requested: false,
             last_error: Some("<b>boom</b>".into()),
             result: None,
+            problem: None,
         };
         let attempt = Attempt {
             job_id: 7,
