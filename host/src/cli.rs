@@ -113,8 +113,8 @@ pub struct ServeArgs {
     /// Attempts run at once, 1 to 256 [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]
     #[arg(long, value_name = "N")]
     pub slots: Option<u32>,
-    /// Exit after this many seconds with nothing queued, scheduled or running
-    #[arg(long, value_name = "SECS", value_parser = secs)]
+    /// Exit after this many seconds with nothing queued, scheduled or running (at most 365 days)
+    #[arg(long, value_name = "SECS", value_parser = idle_exit)]
     pub idle_exit: Option<std::time::Duration>,
     /// Detach from the terminal first (how `jobhost run` starts a dispatcher); exit quietly if
     /// another dispatcher already serves the state directory
@@ -179,6 +179,12 @@ pub struct RunArgs {
 fn secs(text: &str) -> Result<std::time::Duration, String> {
     jobhost::settings::parse_secs(text)
         .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+fn idle_exit(text: &str) -> Result<std::time::Duration, String> {
+    let max = jobhost::settings::MAX_IDLE_EXIT;
+    jobhost::job::check_duration("--idle-exit", secs(text)?, std::time::Duration::ZERO, max)
+        .map_err(|e| e.to_string())
 }
 
 fn priority(text: &str) -> Result<Priority, String> {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use jobhost::{DispatchError, Job};
-use jobhost_e2e::{wait_for, Host};
+use jobhost::{store::postgres::TestDatabase, DispatchError, Job};
+use jobhost_e2e::Host;
 use serde_json::Value;
 
 const WELCOME: [&str; 4] = ["run", r"App\Jobs\SendWelcomeEmail", "handle", "user_id=1"];
@@ -231,8 +231,9 @@ fn an_empty_path_variable_is_refused_not_taken_for_the_current_directory() {
     );
 }
 
-/// Writes `sql` into the installation's SQLite database, as a hand edit or a bug would.
-fn corrupt(host: &Host, sql: &str) {
+/// Runs `sql`, which must change one row, on the installation's SQLite database, as a hand
+/// edit or a bug would.
+fn corrupt_sqlite(host: &Host, sql: &str) {
     let database = rusqlite::Connection::open(host.state_dir().join("jobs.sqlite3")).unwrap();
     database.busy_timeout(Duration::from_secs(30)).unwrap();
     assert_eq!(database.execute(sql, []).unwrap(), 1, "{sql}");
@@ -241,6 +242,24 @@ fn corrupt(host: &Host, sql: &str) {
 #[test]
 fn a_row_the_dispatcher_cannot_read_is_quarantined_while_serve_runs_the_rest() {
     let host = Host::standard();
+    quarantined_while_serve_runs_the_rest(&host, |sql| corrupt_sqlite(&host, sql));
+}
+
+#[test]
+fn a_row_the_dispatcher_cannot_read_is_quarantined_on_postgres_too() {
+    let db = TestDatabase::create();
+    let host = Host::on_store(db.url());
+    let run = run_with(&host, &["--retries", "4294967295"]);
+    assert_refused(&host, &run, "retries 4294967295 is out of range");
+    quarantined_while_serve_runs_the_rest(&host, |sql| {
+        let mut client = postgres::Client::connect(db.url(), postgres::NoTls).unwrap();
+        assert_eq!(client.execute(sql, &[]).unwrap(), 1, "{sql}");
+    });
+}
+
+/// Breaks two jobs in the database of `host` with `corrupt` while its `jobhost serve` runs:
+/// they end failed with the reason, every other job completes, and nothing stops.
+fn quarantined_while_serve_runs_the_rest(host: &Host, corrupt: impl Fn(&str)) {
     let mut serve = host.serve();
     let first = host.enqueue(&[r"Tests\Misbehave", "ok"]);
     host.wait_state(first, &["completed"]);
@@ -248,15 +267,13 @@ fn a_row_the_dispatcher_cannot_read_is_quarantined_while_serve_runs_the_rest() {
     // Jobs scheduled for later, broken in the database and made due at once; the jobs
     // enqueued after them wake the dispatcher, which finds the broken ones first in line.
     let poisoned = host.enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
-    corrupt(
-        &host,
-        &format!("UPDATE jobs SET max_attempts = 4294967296, run_at = 0 WHERE id = {poisoned}"),
-    );
+    corrupt(&format!(
+        "UPDATE jobs SET max_attempts = 4294967296, run_at = 0 WHERE id = {poisoned}"
+    ));
     let bad_json = host.enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
-    corrupt(
-        &host,
-        &format!("UPDATE jobs SET params = '{{not json', run_at = 0 WHERE id = {bad_json}"),
-    );
+    corrupt(&format!(
+        "UPDATE jobs SET params = '{{not json', run_at = 0 WHERE id = {bad_json}"
+    ));
     let after: Vec<i64> = (0..5)
         .map(|n| host.enqueue(&[r"Tests\Misbehave", "echo", &format!("n={n}")]))
         .collect();
@@ -276,6 +293,10 @@ fn a_row_the_dispatcher_cannot_read_is_quarantined_while_serve_runs_the_rest() {
         assert!(error.starts_with("quarantined: "), "{shown}");
         assert!(error.contains(why), "{shown}");
         assert_eq!(shown["attempts"], serde_json::json!([]), "it never ran");
+        assert!(
+            shown["job"]["problem"].as_str().unwrap().contains(why),
+            "{shown}"
+        );
         let text = host.run(&["show", &id.to_string()]);
         text.expect_code(0);
         assert!(text.stdout.contains(why), "{}", text.stdout);
@@ -286,19 +307,13 @@ fn a_row_the_dispatcher_cannot_read_is_quarantined_while_serve_runs_the_rest() {
     }
     let list = host.run(&["list"]);
     list.expect_code(0);
-    assert!(
-        list.stdout.contains(&poisoned.to_string()),
-        "{}",
-        list.stdout
-    );
+    assert!(list.stdout.contains("unreadable row"), "{}", list.stdout);
     host.run(&["stats"]).expect_code(0);
 
     // The dispatcher is still the one that started, and still runs jobs.
     assert_eq!(host.dispatcher_pid(), Some(serve.id()));
     let last = host.enqueue(&[r"Tests\Misbehave", "ok"]);
     host.wait_state(last, &["completed"]);
-    wait_for("serve still running", Duration::from_secs(5), || {
-        serve.try_wait().unwrap().is_none().then_some(())
-    });
+    assert!(serve.try_wait().unwrap().is_none(), "serve still runs");
     assert!(host.stop_serve(&mut serve));
 }
