@@ -1016,7 +1016,8 @@ fn the_api_and_the_run_form_refuse_out_of_range_options_naming_field_and_range()
 }
 
 #[test]
-fn retrying_a_job_stored_with_a_retry_count_past_the_bound_renews_a_budget_the_store_can_hold() {
+fn retry_renews_a_budget_the_store_can_hold_and_a_row_that_cannot_be_read_is_shown_with_its_problem(
+) {
     let d = Dashboard::start("");
     let me = As::Bearer(&d.token);
     let id = d.api_run(json!({"class": r"Tests\Misbehave", "method": "always_fail", "retries": 0}));
@@ -1039,4 +1040,29 @@ fn retrying_a_job_stored_with_a_retry_count_past_the_bound_renews_a_budget_the_s
     );
     d.post_json(&format!("/api/jobs/{id}/cancel"), me, &[], None);
     d.wait_state(id, &["cancelled", "failed"]);
+
+    // A row that cannot be read is shown with its problem, not a failed page.
+    let broken = d.api_run(json!({"class": r"Tests\Misbehave", "method": "ok", "delay": 3600}));
+    database
+        .execute(
+            "UPDATE jobs SET params = '{not json' WHERE id = ?1",
+            [broken],
+        )
+        .unwrap();
+    let why = "column params holds text that is not JSON";
+    let page = d.get(&format!("/jobs/{broken}"), As::Cookie(&cookie));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body
+            .contains(&format!("its stored row cannot be read: {why}")),
+        "{}",
+        page.body
+    );
+    assert_eq!(d.get("/jobs", As::Cookie(&cookie)).status, 200);
+    assert_eq!(d.get("/", As::Cookie(&cookie)).status, 200);
+    let shown = d.api_job(broken);
+    assert!(
+        shown["job"]["problem"].as_str().unwrap().starts_with(why),
+        "{shown}"
+    );
 }

@@ -872,18 +872,25 @@ pub fn a_job_whose_row_cannot_be_read_is_listed_and_shown_with_its_problem(b: &d
         Some(r#"column state holds "exploded", not a job state"#)
     );
     assert_eq!(shown.class, "odd", "the readable columns are read");
+    // A bad attempt row leaves the job shown, with the attempts that can be read.
+    s.claim(me, 1500, 1).unwrap();
+    s.settle(fine, 1, &end("error", 1600), &Next::Retry(1700))
+        .unwrap();
+    s.claim(me, 1700, 1).unwrap();
+    b.execute(&format!(
+        "UPDATE attempts SET pid = -5 WHERE job_id = {fine} AND attempt = 1"
+    ));
+    let (job, attempts) = s.job(fine).unwrap().unwrap();
+    assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        job.problem.as_deref(),
+        Some("attempt row 1 left out: column pid holds -5, out of range (0 to 4294967295)")
+    );
     let stats = s.stats().unwrap();
     assert_eq!(stats.by_state.get("exploded"), Some(&1));
-    assert_eq!(stats.by_state.get("queued"), Some(&1));
+    assert_eq!(stats.by_state.get("running"), Some(&1));
     // A job in an unknown state is not due: it is never claimed, so never quarantined.
-    assert_eq!(
-        s.claim(me, 2000, 10)
-            .unwrap()
-            .into_iter()
-            .map(|j| j.id)
-            .collect::<Vec<_>>(),
-        [fine]
-    );
+    assert!(s.claim(me, 2000, 10).unwrap().is_empty());
     assert!(s.take_quarantined().is_empty());
 }
 

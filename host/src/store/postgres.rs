@@ -676,8 +676,8 @@ impl Store for PostgresStore {
                 let Some(row) = tx.query_opt(&job_sql, &[&id])? else {
                     return Ok(None);
                 };
-                let attempts = tx.rows(&attempts_sql, &[&id], |row| Ok(attempt_at(row, 0)?))?;
-                Ok(Some((job_from_row(&row)?, attempts)))
+                let attempts = tx.rows(&attempts_sql, &[&id], |row| Ok(attempt_at(row, 0)))?;
+                Ok(Some(rows::with_attempts(job_at(&row, 0), attempts)))
             })
         })
     }

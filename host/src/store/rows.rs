@@ -245,6 +245,24 @@ pub(super) fn attempt_at<R: Columns>(row: &R, base: usize) -> Result<Attempt, Ba
     r.strict(attempt)
 }
 
+/// A job with the attempts that could be read; what is wrong with the others is added to its
+/// [`JobRecord::problem`], so that one bad attempt row does not hide the job.
+pub(super) fn with_attempts(
+    mut job: JobRecord,
+    attempts: Vec<Result<Attempt, BadColumn>>,
+) -> (JobRecord, Vec<Attempt>) {
+    let mut read = Vec::with_capacity(attempts.len());
+    let mut problems: Vec<String> = job.problem.take().into_iter().collect();
+    for (n, attempt) in attempts.into_iter().enumerate() {
+        match attempt {
+            Ok(attempt) => read.push(attempt),
+            Err(bad) => problems.push(format!("attempt row {} left out: {bad}", n + 1)),
+        }
+    }
+    job.problem = (!problems.is_empty()).then(|| problems.join("; "));
+    (job, read)
+}
+
 /// A dispatcher from a row of [`SELECT_DISPATCHERS`].
 pub(super) fn dispatcher_at<R: Columns>(row: &R) -> Result<DispatcherRecord, BadColumn> {
     let mut r = Reader::new(row, 0);

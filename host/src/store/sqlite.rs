@@ -576,8 +576,12 @@ impl Store for SqliteStore {
                 "SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ?1 ORDER BY attempt"
             ))
             .map_err(query)?;
-        let attempts = decoded(stmt.query_map([id], attempt_from_row).map_err(query)?)?;
-        Ok(Some((job, attempts)))
+        let attempts = stmt
+            .query_map([id], attempt_from_row)
+            .map_err(query)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(query)?;
+        Ok(Some(rows::with_attempts(job, attempts)))
     }
 
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<JobRecord>, StoreError> {
