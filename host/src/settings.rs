@@ -447,50 +447,44 @@ impl Settings {
         };
         let flag_range = |range: OutOfRange| SettingsError::OutOfRange { file: None, range };
         let getenv = &getenv;
-        let env_range = |var: &'static str| {
-            move |range: OutOfRange| SettingsError::Env {
-                name: var,
-                value: getenv(var).unwrap_or_default(),
-                message: format!("out of range: allowed {}", range.allowed),
-            }
+        let env_range = |name: &'static str, range: OutOfRange| SettingsError::Env {
+            name,
+            value: getenv(name).unwrap_or_default(),
+            message: format!("out of range: allowed {}", range.allowed),
         };
         let builtin = JobDefaults::default();
+        let whole = |v: &str| v.parse::<u32>().ok();
         let defaults = JobDefaults {
-            retries: match env_parse(&getenv, "JOBHOST_RETRIES", "a whole number", |v| {
-                v.parse::<u32>().ok()
-            })? {
-                Some(n) => job::check_retries("JOBHOST_RETRIES", n)
-                    .map_err(env_range("JOBHOST_RETRIES"))?,
-                None => raw
-                    .defaults
-                    .retries
-                    .map(|n| job::check_retries("defaults.retries", n))
-                    .transpose()
-                    .map_err(file_range)?
-                    .unwrap_or(builtin.retries),
-            },
-            retry_delay: match env_parse(&getenv, "JOBHOST_RETRY_DELAY", SECONDS, parse_secs)? {
-                Some(d) => job::check_delay("JOBHOST_RETRY_DELAY", d)
-                    .map_err(env_range("JOBHOST_RETRY_DELAY"))?,
-                None => raw
-                    .defaults
-                    .retry_delay
-                    .map(|d| job::check_delay("defaults.retry_delay", d))
-                    .transpose()
-                    .map_err(file_range)?
-                    .unwrap_or(builtin.retry_delay),
-            },
-            timeout: match env_parse(&getenv, "JOBHOST_TIMEOUT", SECONDS, parse_secs)? {
-                Some(d) => job::check_timeout("JOBHOST_TIMEOUT", d)
-                    .map_err(env_range("JOBHOST_TIMEOUT"))?,
-                None => raw
-                    .defaults
-                    .timeout
-                    .map(|d| job::check_timeout("defaults.timeout", d))
-                    .transpose()
-                    .map_err(file_range)?
-                    .unwrap_or(builtin.timeout),
-            },
+            retries: layered(
+                (
+                    env_parse(getenv, "JOBHOST_RETRIES", "a whole number", whole)?,
+                    "JOBHOST_RETRIES",
+                ),
+                (raw.defaults.retries, "defaults.retries"),
+                builtin.retries,
+                job::check_retries,
+                (&env_range, &file_range),
+            )?,
+            retry_delay: layered(
+                (
+                    env_parse(getenv, "JOBHOST_RETRY_DELAY", SECONDS, parse_secs)?,
+                    "JOBHOST_RETRY_DELAY",
+                ),
+                (raw.defaults.retry_delay, "defaults.retry_delay"),
+                builtin.retry_delay,
+                job::check_delay,
+                (&env_range, &file_range),
+            )?,
+            timeout: layered(
+                (
+                    env_parse(getenv, "JOBHOST_TIMEOUT", SECONDS, parse_secs)?,
+                    "JOBHOST_TIMEOUT",
+                ),
+                (raw.defaults.timeout, "defaults.timeout"),
+                builtin.timeout,
+                job::check_timeout,
+                (&env_range, &file_range),
+            )?,
         };
         let count = |key: &'static str, value: Option<usize>, min: usize, max: usize| {
             value
@@ -546,7 +540,7 @@ impl Settings {
         ) {
             (Some(n), _) => job::check_count("--slots", n, 1, MAX_SLOTS).map_err(flag_range)?,
             (None, Some(n)) => job::check_count("JOBHOST_SLOTS", n, 1, MAX_SLOTS)
-                .map_err(env_range("JOBHOST_SLOTS"))?,
+                .map_err(|range| env_range("JOBHOST_SLOTS", range))?,
             (None, None) => count("dispatcher.slots", raw.dispatcher.slots, 1, MAX_SLOTS)?
                 .unwrap_or(builtin.slots),
         };
@@ -696,6 +690,30 @@ impl RawSettings {
             message: e.message().to_owned(),
         })?;
         Ok(raw)
+    }
+}
+
+/// How [`layered`] refuses a value: one from the environment (given the variable), one from
+/// the settings file.
+type RangeErrors<'a> = (
+    &'a dyn Fn(&'static str, OutOfRange) -> SettingsError,
+    &'a dyn Fn(OutOfRange) -> SettingsError,
+);
+
+/// The value from the environment variable (`env`: the value and its name) if set, else the
+/// file's (`file`: the value and its key), else `default`; the one taken checked with `check`
+/// under the name it was given by, its refusal made by the matching one of `errors`.
+fn layered<T>(
+    env: (Option<T>, &'static str),
+    file: (Option<T>, &'static str),
+    default: T,
+    check: fn(&'static str, T) -> Result<T, OutOfRange>,
+    errors: RangeErrors<'_>,
+) -> Result<T, SettingsError> {
+    match (env, file) {
+        ((Some(v), name), _) => check(name, v).map_err(|range| errors.0(name, range)),
+        (_, (Some(v), key)) => check(key, v).map_err(errors.1),
+        _ => Ok(default),
     }
 }
 

@@ -92,25 +92,37 @@ impl<'r, R: Columns> Reader<'r, R> {
         self.problems.push(format!("column {column} {problem}"));
     }
 
-    fn int_or_null(&mut self, offset: usize) -> Option<i64> {
-        self.row.int(self.base + offset).unwrap_or_else(|problem| {
+    /// The value `got` from column `offset`, or `None` (noting why) when it holds none.
+    fn optional<T>(&mut self, offset: usize, got: Result<Option<T>, String>) -> Option<T> {
+        got.unwrap_or_else(|problem| {
             self.note(offset, problem);
             None
         })
     }
 
-    fn int(&mut self, offset: usize) -> i64 {
-        match self.row.int(self.base + offset) {
+    /// The value `got` from column `offset`, which must hold one, or a stand-in (noting why).
+    fn required<T: Default>(&mut self, offset: usize, got: Result<Option<T>, String>) -> T {
+        match got {
             Ok(Some(v)) => v,
             Ok(None) => {
                 self.note(offset, "is NULL");
-                0
+                T::default()
             }
             Err(problem) => {
                 self.note(offset, problem);
-                0
+                T::default()
             }
         }
+    }
+
+    fn int_or_null(&mut self, offset: usize) -> Option<i64> {
+        let got = self.row.int(self.base + offset);
+        self.optional(offset, got)
+    }
+
+    fn int(&mut self, offset: usize) -> i64 {
+        let got = self.row.int(self.base + offset);
+        self.required(offset, got)
     }
 
     /// An integer that must lie in `range`.
@@ -140,24 +152,13 @@ impl<'r, R: Columns> Reader<'r, R> {
     }
 
     fn text_or_null(&mut self, offset: usize) -> Option<String> {
-        self.row.text(self.base + offset).unwrap_or_else(|problem| {
-            self.note(offset, problem);
-            None
-        })
+        let got = self.row.text(self.base + offset);
+        self.optional(offset, got)
     }
 
     fn text(&mut self, offset: usize) -> String {
-        match self.row.text(self.base + offset) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                self.note(offset, "is NULL");
-                String::new()
-            }
-            Err(problem) => {
-                self.note(offset, problem);
-                String::new()
-            }
-        }
+        let got = self.row.text(self.base + offset);
+        self.required(offset, got)
     }
 
     fn json(&mut self, offset: usize, text: &str) -> Value {
@@ -168,10 +169,8 @@ impl<'r, R: Columns> Reader<'r, R> {
     }
 
     fn flag(&mut self, offset: usize) -> bool {
-        self.row.flag(self.base + offset).unwrap_or_else(|problem| {
-            self.note(offset, problem);
-            false
-        })
+        let got = self.row.flag(self.base + offset).map(Some);
+        self.required(offset, got)
     }
 
     /// What was wrong, if anything, in one line.
