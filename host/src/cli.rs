@@ -157,7 +157,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "JSON")]
     pub params_json: Option<String>,
     /// Retries after the first failed attempt [default: 3, or the settings' defaults.retries]
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = retries, allow_negative_numbers = true)]
     pub retries: Option<u32>,
     /// Seconds between attempts [default: 5, or defaults.retry_delay]
     #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
@@ -179,6 +179,14 @@ pub struct RunArgs {
 fn secs(text: &str) -> Result<std::time::Duration, String> {
     jobhost::settings::parse_secs(text)
         .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
+}
+
+fn retries(text: &str) -> Result<u32, String> {
+    let n: i128 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    jobhost::job::retries_from("retries", n).map_err(|e| e.to_string())
 }
 
 fn idle_exit(text: &str) -> Result<std::time::Duration, String> {

@@ -58,6 +58,12 @@ pub fn check_retries(field: &'static str, retries: u32) -> Result<u32, OutOfRang
     check_count(field, retries, 0, MAX_RETRIES)
 }
 
+/// A number of retries as given in text or JSON, any whole number, checked against
+/// 0..=[`MAX_RETRIES`]: a count too large even for the type is refused with the same range.
+pub fn retries_from(field: &'static str, retries: i128) -> Result<u32, OutOfRange> {
+    check_count(field, retries, 0, i128::from(MAX_RETRIES)).map(|n| n as u32)
+}
+
 /// Checks a count (`slots`, a limit in bytes or levels) against `min..=max`.
 pub fn check_count<T: PartialOrd + fmt::Display>(
     field: &'static str,

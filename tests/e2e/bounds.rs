@@ -37,7 +37,7 @@ fn assert_refused(host: &Host, run: &jobhost_e2e::Run, expect: &str) {
 #[test]
 fn retries_the_store_cannot_count_are_refused_on_the_command_line() {
     let host = Host::standard();
-    for retries in ["4294967295", "1001"] {
+    for retries in ["4294967295", "1001", "-1", "99999999999"] {
         let run = run_with(&host, &["--retries", retries]);
         assert_refused(
             &host,

@@ -971,6 +971,14 @@ fn the_api_and_the_run_form_refuse_out_of_range_options_naming_field_and_range()
             "retries 4294967295 is out of range: allowed 0 to 1000",
         ),
         (
+            json!({"retries": -1}),
+            "retries -1 is out of range: allowed 0 to 1000",
+        ),
+        (
+            json!({"retries": 99999999999u64}),
+            "retries 99999999999 is out of range",
+        ),
+        (
             json!({"timeout": 1e-9}),
             "timeout 0.000000001 s is out of range: allowed 0.001 s to 604800 s (7 days)",
         ),

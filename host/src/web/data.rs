@@ -355,7 +355,7 @@ pub struct RunRequest {
     pub delay: Option<f64>,
     /// Retries after the first failure (default: the settings').
     #[serde(default)]
-    pub retries: Option<u32>,
+    pub retries: Option<i64>,
     /// Seconds between attempts (default: the settings').
     #[serde(default)]
     pub retry_delay: Option<f64>,
@@ -398,6 +398,8 @@ impl RunRequest {
             .priority(priority)
             .delay(seconds("delay", self.delay)?.unwrap_or_default());
         if let Some(retries) = self.retries {
+            let retries = crate::job::retries_from("retries", i128::from(retries))
+                .map_err(|e| Failure::BadInput(e.to_string()))?;
             job = job.retries(retries);
         }
         if let Some(d) = seconds("retry_delay", self.retry_delay)? {
