@@ -149,5 +149,14 @@ pub fn stats(client: &mut Client, json: bool) -> anyhow::Result<u8> {
             stats.by_state.get(state.as_str()).copied().unwrap_or(0)
         );
     }
+    // Rows in a state jobhost does not know (a hand edit): counted, not hidden.
+    for (state, count) in &stats.by_state {
+        if JobState::parse(state).is_none() {
+            println!(
+                "{:<10} {count}  (not a job state: see jobhost list)",
+                format!("{state:?}")
+            );
+        }
+    }
     Ok(0)
 }

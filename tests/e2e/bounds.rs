@@ -305,10 +305,25 @@ fn quarantined_while_serve_runs_the_rest(host: &Host, corrupt: impl Fn(&str)) {
             &format!("Job {id} quarantined"),
         );
     }
+    // A row in a state jobhost does not know is never due: listed and counted, not run.
+    let odd = host.enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
+    corrupt(&format!(
+        "UPDATE jobs SET state = 'exploded' WHERE id = {odd}"
+    ));
     let list = host.run(&["list"]);
     list.expect_code(0);
     assert!(list.stdout.contains("unreadable row"), "{}", list.stdout);
-    host.run(&["stats"]).expect_code(0);
+    let shown = host.show(odd);
+    assert!(
+        shown["job"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains(r#"holds "exploded", not a job state"#),
+        "{shown}"
+    );
+    let stats = host.run(&["stats"]);
+    stats.expect_code(0);
+    assert!(stats.stdout.contains(r#""exploded" 1"#), "{}", stats.stdout);
 
     // The dispatcher is still the one that started, and still runs jobs.
     assert_eq!(host.dispatcher_pid(), Some(serve.id()));
