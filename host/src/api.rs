@@ -137,7 +137,8 @@ impl Job {
         self
     }
 
-    /// The job as a spec, with `settings`' defaults filled in, checked.
+    /// The job as a spec, with `settings`' defaults filled in, checked: every option against
+    /// its bound ([`crate::job`]), the params against `settings`' limits.
     ///
     /// ```
     /// use std::{path::Path, time::Duration};
@@ -168,10 +169,6 @@ impl Job {
             (None, true, false) => Value::Array(self.positional),
             (None, _, true) => Value::Object(self.named),
         };
-        let timeout = self.timeout.unwrap_or(settings.defaults.timeout);
-        if timeout.is_zero() {
-            return Err(ParamsError::ZeroTimeout);
-        }
         let spec = JobSpec {
             class: self.class,
             method: self.method,
@@ -180,9 +177,9 @@ impl Job {
             retry_delay: self.retry_delay.unwrap_or(settings.defaults.retry_delay),
             priority: self.priority,
             delay: self.delay,
-            timeout,
+            timeout: self.timeout.unwrap_or(settings.defaults.timeout),
         };
-        spec.validate(settings.limits.max_params_bytes)?;
+        spec.validate(&settings.limits)?;
         Ok(spec)
     }
 }

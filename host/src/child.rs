@@ -22,6 +22,7 @@ use job_sdk::ffi::{ErrorKind, HostApi, HostApiRef, Invocation};
 
 use crate::{
     allowlist::{Allowlist, Verdict},
+    job::{json_text_depth, MAX_RESULT_DEPTH},
     loader,
     protocol::{
         write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
@@ -218,13 +219,7 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
         host: host_api(),
     };
     match (plugin.invoke())(&call) {
-        RResult::ROk(json) => match serde_json::from_str(json.as_str()) {
-            Ok(result) => WorkerReport::Ok {
-                protocol: PROTOCOL_VERSION,
-                result,
-            },
-            Err(e) => error(FailureKind::Permanent, format!("result is not JSON: {e}")),
-        },
+        RResult::ROk(json) => result_report(json.as_str()),
         RResult::RErr(e) => {
             let kind = match e.kind {
                 ErrorKind::Failed => FailureKind::Failed,
@@ -236,6 +231,28 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
             };
             error(kind, e.message.into_string())
         }
+    }
+}
+
+/// The report of a method that returned `json`. A result nested too deep for the report that
+/// wraps it, or for the store and `jobhost show --json` after it, to be read back is a
+/// permanent error: the job ran, and running it again would return the same.
+fn result_report(json: &str) -> WorkerReport {
+    if json_text_depth(json, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH {
+        return error(
+            FailureKind::Permanent,
+            format!(
+                "the job's result nests more than {MAX_RESULT_DEPTH} levels deep, too deep to \
+                 record; return it flatter"
+            ),
+        );
+    }
+    match serde_json::from_str(json) {
+        Ok(result) => WorkerReport::Ok {
+            protocol: PROTOCOL_VERSION,
+            result,
+        },
+        Err(e) => error(FailureKind::Permanent, format!("result is not JSON: {e}")),
     }
 }
 

@@ -138,11 +138,11 @@ impl Commands {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Attempts run at once [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    /// Attempts run at once, 1 to 256 [env: JOBHOST_SLOTS] [default: dispatcher.slots, or the CPU count]
+    #[arg(long, value_name = "N")]
     pub slots: Option<u32>,
-    /// Exit after this many seconds with nothing queued, scheduled or running
-    #[arg(long, value_name = "SECS", value_parser = secs)]
+    /// Exit after this many seconds with nothing queued, scheduled or running (at most 365 days)
+    #[arg(long, value_name = "SECS", value_parser = idle_exit)]
     pub idle_exit: Option<std::time::Duration>,
     /// Detach from the terminal first (how `jobhost run` starts a dispatcher); exit quietly if
     /// another dispatcher already serves the state directory
@@ -185,7 +185,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "JSON")]
     pub params_json: Option<String>,
     /// Retries after the first failed attempt [default: 3, or the settings' defaults.retries]
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = retries, allow_negative_numbers = true)]
     pub retries: Option<u32>,
     /// Seconds between attempts [default: 5, or defaults.retry_delay]
     #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
@@ -197,7 +197,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = secs, default_value = "0", allow_negative_numbers = true)]
     pub delay: std::time::Duration,
     /// Seconds one attempt may run before it is stopped [default: 3600, or defaults.timeout]
-    #[arg(long, value_name = "SECS", value_parser = positive_secs, allow_negative_numbers = true)]
+    #[arg(long, value_name = "SECS", value_parser = secs, allow_negative_numbers = true)]
     pub timeout: Option<std::time::Duration>,
     /// Follow the job to its end and exit with a code that says how it ended
     #[arg(long)]
@@ -209,11 +209,18 @@ fn secs(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
 }
 
-fn positive_secs(text: &str) -> Result<std::time::Duration, String> {
-    match secs(text)? {
-        d if d.is_zero() => Err("must be more than 0 seconds".into()),
-        d => Ok(d),
-    }
+fn retries(text: &str) -> Result<u32, String> {
+    let n: i128 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    jobhost::job::retries_from("retries", n).map_err(|e| e.to_string())
+}
+
+fn idle_exit(text: &str) -> Result<std::time::Duration, String> {
+    let max = jobhost::settings::MAX_IDLE_EXIT;
+    jobhost::job::check_duration("--idle-exit", secs(text)?, std::time::Duration::ZERO, max)
+        .map_err(|e| e.to_string())
 }
 
 fn finished_state(text: &str) -> Result<JobState, String> {

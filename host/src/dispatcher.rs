@@ -861,7 +861,11 @@ impl Dispatcher {
             return Ok(());
         };
         Trouble::recovered(&mut self.trouble.workers, "Starting workers");
-        if !claimed.is_empty() {
+        let quarantined = self.store.take_quarantined();
+        for job in &quarantined {
+            joblog::quarantined(job.id, &job.reason);
+        }
+        if !claimed.is_empty() || !quarantined.is_empty() {
             self.changed();
             self.plugins.reload();
         }

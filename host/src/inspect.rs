@@ -83,6 +83,11 @@ pub fn list(settings: &Settings, args: &ListArgs, out: &mut Stdout) -> anyhow::R
             when(Some(job.created_at)),
             when(job.finished_at),
             job.name()
+                + if job.problem.is_some() {
+                    "  (unreadable row: see jobhost show)"
+                } else {
+                    ""
+                }
         )?;
     }
     Ok(0)
@@ -204,6 +209,9 @@ fn attempt_sentence(a: &Attempt, now: Millis) -> String {
 
 fn print_job(job: &JobRecord, recorded: &[Attempt], out: &mut Stdout) -> Result<(), StdoutError> {
     writeln!(out, "job {}: {}", job.id, job.name())?;
+    if let Some(problem) = &job.problem {
+        writeln!(out, "  PROBLEM:   its stored row cannot be read: {problem}")?;
+    }
     writeln!(out, "  state:     {}", state_sentence(job, recorded))?;
     writeln!(out, "  priority:  {}", job.priority)?;
     writeln!(out, "  attempts:  {} of {}", job.attempts, job.max_attempts)?;
@@ -290,6 +298,16 @@ pub fn stats(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Resul
             stats.by_state.get(state.as_str()).copied().unwrap_or(0)
         )?;
     }
+    // Rows in a state jobhost does not know (a hand edit): counted, not hidden.
+    for (state, count) in &stats.by_state {
+        if JobState::parse(state).is_none() {
+            writeln!(
+                out,
+                "{:<10} {count}  (not a job state: see jobhost list)",
+                format!("{state:?}")
+            )?;
+        }
+    }
     Ok(0)
 }
 
@@ -323,6 +341,7 @@ mod tests {
             cancel_requested: false,
             last_error: None,
             result: None,
+            problem: None,
         }
     }
 

@@ -512,6 +512,17 @@ pub fn failed(job: &str, params: &Value, error: &str) {
     tracing::error!(context = context.as_str(), "Job failed: {job}");
 }
 
+/// `Job ID quarantined` (ERROR): a due job whose stored row cannot be read was settled failed
+/// without running. Named by id: its class and method may be what cannot be read.
+pub fn quarantined(id: i64, reason: &str) {
+    let context = context([
+        ("error", json!(reason)),
+        ("job_id", json!(id)),
+        ("status", json!("failed")),
+    ]);
+    tracing::error!(context = context.as_str(), "Job {id} quarantined");
+}
+
 /// `Job cancelled` (WARNING): the job was cancelled and will not be retried.
 pub fn cancelled(job: &str, params: &Value) {
     let context = context([("params", params.clone()), ("status", json!("cancelled"))]);

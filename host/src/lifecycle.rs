@@ -61,6 +61,7 @@ mod tests {
             cancel_requested: false,
             last_error: None,
             result: None,
+            problem: None,
         }
     }
 

@@ -3,7 +3,10 @@
 //! Parsing only parses ([`RawSettings`] mirrors `jobhost.toml`); [`Settings::resolve`] is the one
 //! place that layers flags over environment over file over built-in defaults and turns relative
 //! paths into absolute ones (relative to the current directory for flags and environment, to
-//! the file's directory for `jobhost.toml`).
+//! the file's directory for `jobhost.toml`). It is also the one place settings are checked:
+//! every value against its bound (defined with the job bounds in [`crate::job`], listed in
+//! `docs/limits.md`), every path for being empty, so that every command refuses the same bad
+//! settings the same way, naming where the value came from.
 
 use std::{
     env,
@@ -14,10 +17,29 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::store::{JobState, StoreLocation};
+use crate::{
+    job::{self, OutOfRange},
+    store::{JobState, StoreLocation},
+};
 
 /// The name of the settings file looked for in the current directory.
 pub const CONFIG_FILE: &str = "jobhost.toml";
+
+/// The most slots a dispatcher may have: each is a thread and, while busy, a worker process.
+pub const MAX_SLOTS: usize = 256;
+
+/// The most `limits.max_output_bytes` may be: 1 GiB kept per attempt.
+pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// The longest `limits.kill_grace` and `dispatcher.lease`: one hour.
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+/// The shortest `dispatcher.lease`: one second. A dispatcher heartbeats every fifth of it, and
+/// a shorter lease would have busy dispatchers rescued from each other.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+
+/// The longest `dispatcher.idle_exit`: 365 days.
+pub const MAX_IDLE_EXIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why settings could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +73,14 @@ pub enum SettingsError {
         /// What is wrong.
         message: String,
     },
+    /// The environment name (`--env`, `JOBHOST_ENV` or `env` in the file) is not a name.
+    #[error("{origin}: environment name {value:?} must be a name like `local` or `production` (letters, digits, `-`, `_`)")]
+    EnvName {
+        /// Where it was given.
+        origin: String,
+        /// The name given.
+        value: String,
+    },
     /// The current directory is unknown.
     #[error("cannot determine the current directory")]
     CurrentDir(#[source] std::io::Error),
@@ -73,11 +103,20 @@ pub enum SettingsError {
         /// What is wrong, with the allowed range.
         message: String,
     },
-    /// `dispatcher.lease` is zero.
-    #[error("{path}: dispatcher.lease must be more than 0 seconds")]
-    Lease {
-        /// The settings file.
-        path: PathBuf,
+    /// A setting outside its allowed range, named as it was given: `--slots`, or a key of
+    /// the settings file `file`.
+    #[error("{}{range}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    OutOfRange {
+        /// The settings file, when the value came from it.
+        file: Option<PathBuf>,
+        /// The value and its range.
+        range: OutOfRange,
+    },
+    /// A path given as the empty string, which would silently mean the current directory.
+    #[error("{origin} is empty: give a path, or leave it out for the default")]
+    EmptyPath {
+        /// Where: `--state-dir`, `environment variable JOBHOST_STATE_DIR`, `FILE: state_dir`.
+        origin: String,
     },
 }
 
@@ -147,7 +186,7 @@ pub struct RawWeb {
 #[serde(deny_unknown_fields)]
 pub struct RawDispatcher {
     /// Attempts run at once.
-    pub slots: Option<std::num::NonZeroUsize>,
+    pub slots: Option<usize>,
     /// Seconds a dispatcher started by `jobhost run` waits idle before it exits.
     #[serde(default, deserialize_with = "de_secs")]
     pub idle_exit: Option<Duration>,
@@ -179,6 +218,8 @@ pub struct RawDefaults {
 pub struct RawLimits {
     /// Largest params, as JSON bytes.
     pub max_params_bytes: Option<usize>,
+    /// Deepest params, in nested arrays and objects.
+    pub max_params_depth: Option<usize>,
     /// Output kept per attempt, in bytes.
     pub max_output_bytes: Option<u64>,
     /// Seconds between asking a job to stop and killing it.
@@ -221,8 +262,12 @@ pub struct JobDefaults {
 /// Named limits, each with a documented default.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
-    /// Largest params accepted, as compact JSON (default 64 KiB).
+    /// Largest params accepted, as compact JSON (default 64 KiB, at most
+    /// [`MAX_PARAMS_BYTES`](crate::job::MAX_PARAMS_BYTES)).
     pub max_params_bytes: usize,
+    /// Deepest params accepted, in arrays and objects nested in each other (default 32, at
+    /// most [`MAX_PARAMS_DEPTH`](crate::job::MAX_PARAMS_DEPTH)).
+    pub max_params_depth: usize,
     /// Output kept per attempt; the rest is counted and dropped (default 1 MiB).
     pub max_output_bytes: u64,
     /// Time between SIGTERM and SIGKILL when an attempt is stopped (default 5 s).
@@ -232,7 +277,8 @@ pub struct Limits {
 /// How the dispatcher runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DispatcherSettings {
-    /// Attempts run at once (default: the number of CPUs).
+    /// Attempts run at once (default: the number of CPUs, at most [`MAX_SLOTS`]), each with a
+    /// thread of its own.
     pub slots: usize,
     /// How long a dispatcher started by `jobhost run` stays with nothing to do before it exits
     /// (default 30 s).
@@ -339,12 +385,16 @@ impl RetentionSettings {
 }
 
 /// A `[retention]` value as a period: a number of seconds (integer or not) in range.
+/// The longest retention period or interval, in seconds (about 317 years).
+const MAX_SECS: f64 = 1e10;
+
 fn retention_secs(value: &toml::Value) -> Option<Duration> {
-    match value {
-        toml::Value::Integer(n) => secs_from_f64(*n as f64),
-        toml::Value::Float(v) => secs_from_f64(*v),
-        _ => None,
-    }
+    let secs = match value {
+        toml::Value::Integer(n) => *n as f64,
+        toml::Value::Float(v) => *v,
+        _ => return None,
+    };
+    (secs < MAX_SECS).then(|| secs_from_f64(secs)).flatten()
 }
 
 /// The admin dashboard (`docs/dashboard.md`).
@@ -383,7 +433,7 @@ impl std::fmt::Debug for WebSettings {
 impl Default for DispatcherSettings {
     fn default() -> Self {
         Self {
-            slots: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            slots: std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_SLOTS)),
             idle_exit: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(15),
@@ -438,6 +488,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_params_bytes: 64 * 1024,
+            max_params_depth: 32,
             max_output_bytes: 1024 * 1024,
             kill_grace: Duration::from_secs(5),
         }
@@ -458,10 +509,20 @@ impl Settings {
         cwd: &Path,
         getenv: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SettingsError> {
-        let explicit = overrides
-            .config
-            .clone()
-            .or_else(|| getenv("JOBHOST_CONFIG").map(PathBuf::from));
+        let explicit = match (&overrides.config, getenv("JOBHOST_CONFIG")) {
+            (Some(path), _) if path.as_os_str().is_empty() => {
+                return Err(SettingsError::EmptyPath {
+                    origin: "--config".into(),
+                })
+            }
+            (Some(path), _) => Some(path.clone()),
+            (None, Some(path)) if path.is_empty() => {
+                return Err(SettingsError::EmptyPath {
+                    origin: "environment variable JOBHOST_CONFIG".into(),
+                })
+            }
+            (None, path) => path.map(PathBuf::from),
+        };
         let (raw, base, config_file) = match explicit {
             Some(path) => {
                 let path = cwd.join(path);
@@ -477,88 +538,172 @@ impl Settings {
             }
         };
 
-        let path = |flag: &Option<PathBuf>, var: &str, file: &Option<PathBuf>, default: &str| match (
-            flag,
-            getenv(var),
-            file,
-        ) {
-            (Some(p), _, _) => cwd.join(p),
-            (None, Some(v), _) => cwd.join(v),
-            (None, None, Some(p)) => base.join(p),
-            (None, None, None) => base.join(default),
+        let path = |flag: &Option<PathBuf>,
+                    flag_name: &str,
+                    var: &str,
+                    file: &Option<PathBuf>,
+                    key: &str,
+                    default: &str|
+         -> Result<PathBuf, SettingsError> {
+            let empty = |origin: String| Err(SettingsError::EmptyPath { origin });
+            match (flag, getenv(var), file) {
+                (Some(p), _, _) if p.as_os_str().is_empty() => empty(flag_name.to_owned()),
+                (Some(p), _, _) => Ok(cwd.join(p)),
+                (None, Some(v), _) if v.is_empty() => empty(format!("environment variable {var}")),
+                (None, Some(v), _) => Ok(cwd.join(v)),
+                (None, None, Some(p)) if p.as_os_str().is_empty() => {
+                    empty(format!("{}: {key}", in_file(&config_file)))
+                }
+                (None, None, Some(p)) => Ok(base.join(p)),
+                (None, None, None) => Ok(base.join(default)),
+            }
         };
-        let env_name = overrides
-            .env
-            .clone()
-            .or_else(|| getenv("JOBHOST_ENV"))
-            .or(raw.env)
-            .unwrap_or_else(|| "local".to_owned());
+        let (env_name, env_origin) = match (&overrides.env, getenv("JOBHOST_ENV"), raw.env) {
+            (Some(name), _, _) => (name.clone(), "--env".to_owned()),
+            (None, Some(name), _) => (name, "environment variable JOBHOST_ENV".to_owned()),
+            (None, None, Some(name)) => (name, format!("{}: env", in_file(&config_file))),
+            (None, None, None) => ("local".to_owned(), String::new()),
+        };
         if env_name.is_empty()
             || !env_name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return Err(SettingsError::Env {
-                name: "JOBHOST_ENV",
+            return Err(SettingsError::EnvName {
+                origin: env_origin,
                 value: env_name,
-                message: "must be a name like `local` or `production` (letters, digits, `-`, `_`)"
-                    .into(),
             });
         }
 
-        let builtin = JobDefaults::default();
-        let defaults = JobDefaults {
-            retries: env_parse(&getenv, "JOBHOST_RETRIES", "a whole number", |v| {
-                v.parse::<u32>().ok()
-            })?
-            .or(raw.defaults.retries)
-            .unwrap_or(builtin.retries),
-            retry_delay: env_parse(&getenv, "JOBHOST_RETRY_DELAY", SECONDS, parse_secs)?
-                .or(raw.defaults.retry_delay)
-                .unwrap_or(builtin.retry_delay),
-            timeout: env_parse(&getenv, "JOBHOST_TIMEOUT", SECONDS, parse_secs)?
-                .or(raw.defaults.timeout)
-                .unwrap_or(builtin.timeout),
+        // A value from the file is checked under its key, one from the environment under its
+        // variable, one from a flag under the flag: the error names where to fix it.
+        let file_range = |range: OutOfRange| SettingsError::OutOfRange {
+            file: config_file.clone(),
+            range,
         };
+        let flag_range = |range: OutOfRange| SettingsError::OutOfRange { file: None, range };
+        let getenv = &getenv;
+        let env_range = |name: &'static str, range: OutOfRange| SettingsError::Env {
+            name,
+            value: getenv(name).unwrap_or_default(),
+            message: format!("out of range: allowed {}", range.allowed),
+        };
+        let builtin = JobDefaults::default();
+        let whole = |v: &str| v.parse::<u32>().ok();
+        let defaults = JobDefaults {
+            retries: layered(
+                (
+                    env_parse(getenv, "JOBHOST_RETRIES", "a whole number", whole)?,
+                    "JOBHOST_RETRIES",
+                ),
+                (raw.defaults.retries, "defaults.retries"),
+                builtin.retries,
+                job::check_retries,
+                (&env_range, &file_range),
+            )?,
+            retry_delay: layered(
+                (
+                    env_parse(getenv, "JOBHOST_RETRY_DELAY", SECONDS, parse_secs)?,
+                    "JOBHOST_RETRY_DELAY",
+                ),
+                (raw.defaults.retry_delay, "defaults.retry_delay"),
+                builtin.retry_delay,
+                job::check_delay,
+                (&env_range, &file_range),
+            )?,
+            timeout: layered(
+                (
+                    env_parse(getenv, "JOBHOST_TIMEOUT", SECONDS, parse_secs)?,
+                    "JOBHOST_TIMEOUT",
+                ),
+                (raw.defaults.timeout, "defaults.timeout"),
+                builtin.timeout,
+                job::check_timeout,
+                (&env_range, &file_range),
+            )?,
+        };
+        let count = |key: &'static str, value: Option<usize>, min: usize, max: usize| {
+            value
+                .map(|n| job::check_count(key, n, min, max))
+                .transpose()
+                .map_err(file_range)
+        };
+        let duration =
+            |key: &'static str, value: Option<Duration>, min: Duration, max: Duration| {
+                value
+                    .map(|d| job::check_duration(key, d, min, max))
+                    .transpose()
+                    .map_err(file_range)
+            };
         let builtin = Limits::default();
         let limits = Limits {
-            max_params_bytes: raw
-                .limits
-                .max_params_bytes
-                .unwrap_or(builtin.max_params_bytes),
+            max_params_bytes: count(
+                "limits.max_params_bytes",
+                raw.limits.max_params_bytes,
+                1,
+                job::MAX_PARAMS_BYTES,
+            )?
+            .unwrap_or(builtin.max_params_bytes),
+            max_params_depth: count(
+                "limits.max_params_depth",
+                raw.limits.max_params_depth,
+                1,
+                job::MAX_PARAMS_DEPTH,
+            )?
+            .unwrap_or(builtin.max_params_depth),
             max_output_bytes: raw
                 .limits
                 .max_output_bytes
+                .map(|n| job::check_count("limits.max_output_bytes", n, 0, MAX_OUTPUT_BYTES))
+                .transpose()
+                .map_err(file_range)?
                 .unwrap_or(builtin.max_output_bytes),
-            kill_grace: raw.limits.kill_grace.unwrap_or(builtin.kill_grace),
+            kill_grace: duration(
+                "limits.kill_grace",
+                raw.limits.kill_grace,
+                Duration::ZERO,
+                MAX_GRACE,
+            )?
+            .unwrap_or(builtin.kill_grace),
         };
 
         let builtin = DispatcherSettings::default();
-        let from_env = env_parse(
-            &getenv,
-            "JOBHOST_SLOTS",
-            "a whole number of at least 1",
-            |v| v.parse::<usize>().ok().filter(|n| *n > 0),
-        )?;
-        let slots = overrides
-            .slots
-            .or(from_env)
-            .or(raw.dispatcher.slots.map(std::num::NonZeroUsize::get))
-            .unwrap_or(builtin.slots);
+        let slots = match (
+            overrides.slots,
+            env_parse(&getenv, "JOBHOST_SLOTS", "a whole number", |v| {
+                v.parse::<usize>().ok()
+            })?,
+        ) {
+            (Some(n), _) => job::check_count("--slots", n, 1, MAX_SLOTS).map_err(flag_range)?,
+            (None, Some(n)) => job::check_count("JOBHOST_SLOTS", n, 1, MAX_SLOTS)
+                .map_err(|range| env_range("JOBHOST_SLOTS", range))?,
+            (None, None) => count("dispatcher.slots", raw.dispatcher.slots, 1, MAX_SLOTS)?
+                .unwrap_or(builtin.slots),
+        };
         let dispatcher = DispatcherSettings {
             slots,
-            idle_exit: raw.dispatcher.idle_exit.unwrap_or(builtin.idle_exit),
-            shutdown_grace: raw
-                .dispatcher
-                .shutdown_grace
-                .unwrap_or(builtin.shutdown_grace),
-            lease: raw.dispatcher.lease.unwrap_or(builtin.lease),
+            idle_exit: duration(
+                "dispatcher.idle_exit",
+                raw.dispatcher.idle_exit,
+                Duration::ZERO,
+                MAX_IDLE_EXIT,
+            )?
+            .unwrap_or(builtin.idle_exit),
+            shutdown_grace: duration(
+                "dispatcher.shutdown_grace",
+                raw.dispatcher.shutdown_grace,
+                Duration::ZERO,
+                job::MAX_TIMEOUT,
+            )?
+            .unwrap_or(builtin.shutdown_grace),
+            lease: duration(
+                "dispatcher.lease",
+                raw.dispatcher.lease,
+                MIN_LEASE,
+                MAX_GRACE,
+            )?
+            .unwrap_or(builtin.lease),
         };
-        if dispatcher.lease.is_zero() {
-            return Err(SettingsError::Lease {
-                path: config_file.clone().unwrap_or_default(),
-            });
-        }
 
         let retention =
             RetentionSettings::resolve(&raw.retention, config_file.as_deref().unwrap_or(cwd))?;
@@ -582,10 +727,12 @@ impl Settings {
 
         let state_dir = path(
             &overrides.state_dir,
+            "--state-dir",
             "JOBHOST_STATE_DIR",
             &raw.state_dir,
+            "state_dir",
             "storage/jobhost",
-        );
+        )?;
         let store = match (&overrides.store, getenv("JOBHOST_STORE"), &raw.store) {
             (Some(url), _, _) => Some(("--store".to_owned(), url.clone())),
             (None, Some(url), _) => Some(("JOBHOST_STORE".to_owned(), url)),
@@ -603,28 +750,37 @@ impl Settings {
             None => StoreLocation::Sqlite(state_dir.join(crate::store::sqlite::DB_FILE)),
         };
 
+        let plugin_dir = path(
+            &overrides.plugin_dir,
+            "--plugin-dir",
+            "JOBHOST_PLUGIN_DIR",
+            &raw.plugin_dir,
+            "plugin_dir",
+            "plugins",
+        )?;
+        let allowlist = path(
+            &overrides.allowlist,
+            "--allowlist",
+            "JOBHOST_ALLOWLIST",
+            &raw.allowlist,
+            "allowlist",
+            "allowlist.toml",
+        )?;
+        let log_dir = path(
+            &overrides.log_dir,
+            "--log-dir",
+            "JOBHOST_LOG_DIR",
+            &raw.log_dir,
+            "log_dir",
+            "storage/logs",
+        )?;
         Ok(Settings {
             work_dir: base.clone(),
             config_file,
-            plugin_dir: path(
-                &overrides.plugin_dir,
-                "JOBHOST_PLUGIN_DIR",
-                &raw.plugin_dir,
-                "plugins",
-            ),
-            allowlist: path(
-                &overrides.allowlist,
-                "JOBHOST_ALLOWLIST",
-                &raw.allowlist,
-                "allowlist.toml",
-            ),
+            plugin_dir,
+            allowlist,
             state_dir,
-            log_dir: path(
-                &overrides.log_dir,
-                "JOBHOST_LOG_DIR",
-                &raw.log_dir,
-                "storage/logs",
-            ),
+            log_dir,
             env: env_name,
             defaults,
             limits,
@@ -677,6 +833,36 @@ impl RawSettings {
     }
 }
 
+/// How [`layered`] refuses a value: one from the environment (given the variable), one from
+/// the settings file.
+type RangeErrors<'a> = (
+    &'a dyn Fn(&'static str, OutOfRange) -> SettingsError,
+    &'a dyn Fn(OutOfRange) -> SettingsError,
+);
+
+/// The value from the environment variable (`env`: the value and its name) if set, else the
+/// file's (`file`: the value and its key), else `default`; the one taken checked with `check`
+/// under the name it was given by, its refusal made by the matching one of `errors`.
+fn layered<T>(
+    env: (Option<T>, &'static str),
+    file: (Option<T>, &'static str),
+    default: T,
+    check: fn(&'static str, T) -> Result<T, OutOfRange>,
+    errors: RangeErrors<'_>,
+) -> Result<T, SettingsError> {
+    match (env, file) {
+        ((Some(v), name), _) => check(name, v).map_err(|range| errors.0(name, range)),
+        (_, (Some(v), key)) => check(key, v).map_err(errors.1),
+        _ => Ok(default),
+    }
+}
+
+/// How messages name the settings file: its path, or `settings` when there is none.
+fn in_file(file: &Option<PathBuf>) -> String {
+    file.as_ref()
+        .map_or_else(|| "settings".to_owned(), |f| f.display().to_string())
+}
+
 fn parent_of(path: &Path) -> PathBuf {
     path.parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
@@ -691,11 +877,10 @@ fn de_secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D
     })
 }
 
-/// The largest number of seconds a setting takes (about 317 years).
-const MAX_SECS: f64 = 1e10;
-
+/// A finite, non-negative number of seconds as a duration; one too long for a [`Duration`]
+/// is the longest, for the bound it is checked against to refuse with its range.
 fn secs_from_f64(v: f64) -> Option<Duration> {
-    (v.is_finite() && (0.0..MAX_SECS).contains(&v)).then(|| Duration::from_secs_f64(v))
+    (v.is_finite() && v >= 0.0).then(|| Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX))
 }
 
 fn de_token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -847,9 +1032,103 @@ mod tests {
 
         let error = resolve("dispatcher.lease = 0\n", &[]).unwrap_err();
         assert!(
-            error
-                .to_string()
-                .contains("dispatcher.lease must be more than 0"),
+            error.to_string().ends_with(
+                "jobhost.toml: dispatcher.lease 0 s is out of range: allowed 1 s to 3600 s"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn every_setting_is_checked_against_its_bound_naming_where_it_came_from() {
+        for (toml, expect) in [
+            ("defaults.timeout = 0\n", "jobhost.toml: defaults.timeout 0 s is out of range: allowed 0.001 s to 604800 s (7 days)"),
+            ("defaults.timeout = 0.0004\n", "defaults.timeout 0.0004 s is out of range"),
+            ("defaults.retries = 4294967295\n", "defaults.retries 4294967295 is out of range: allowed 0 to 1000"),
+            ("defaults.retry_delay = 1e12\n", "defaults.retry_delay 1000000000000 s is out of range"),
+            ("dispatcher.slots = 0\n", "dispatcher.slots 0 is out of range: allowed 1 to 256"),
+            ("dispatcher.slots = 2000\n", "dispatcher.slots 2000 is out of range: allowed 1 to 256"),
+            ("dispatcher.idle_exit = 1e300\n", "dispatcher.idle_exit "),
+            ("dispatcher.shutdown_grace = 1e7\n", "dispatcher.shutdown_grace "),
+            ("limits.kill_grace = 7200\n", "limits.kill_grace 7200 s is out of range: allowed 0 s to 3600 s"),
+            ("limits.max_params_bytes = 0\n", "limits.max_params_bytes 0 is out of range: allowed 1 to 16777216"),
+            ("limits.max_params_depth = 127\n", "limits.max_params_depth 127 is out of range: allowed 1 to 100"),
+            ("limits.max_output_bytes = 1e3\n", "invalid type"),
+            ("limits.max_output_bytes = 2000000000\n", "limits.max_output_bytes 2000000000 is out of range"),
+        ] {
+            let error = resolve(toml, &[]).unwrap_err().to_string();
+            assert!(error.contains(expect), "{toml}: {error}");
+        }
+        for (var, value, expect) in [
+            ("JOBHOST_TIMEOUT", "0", "environment variable JOBHOST_TIMEOUT=\"0\": out of range: allowed 0.001 s to 604800 s (7 days)"),
+            ("JOBHOST_RETRIES", "5000", "JOBHOST_RETRIES=\"5000\": out of range: allowed 0 to 1000"),
+            ("JOBHOST_RETRY_DELAY", "1e300", "JOBHOST_RETRY_DELAY"),
+            ("JOBHOST_SLOTS", "2000", "JOBHOST_SLOTS=\"2000\": out of range: allowed 1 to 256"),
+            ("JOBHOST_SLOTS", "0", "JOBHOST_SLOTS=\"0\": out of range"),
+        ] {
+            let error = resolve("", &[(var, value)]).unwrap_err().to_string();
+            assert!(error.contains(expect), "{var}={value}: {error}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let slots = Overrides {
+            slots: Some(2000),
+            ..Overrides::default()
+        };
+        let error = Settings::resolve_with(&slots, dir.path(), |_| None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--slots 2000 is out of range: allowed 1 to 256"
+        );
+        let settings = resolve("dispatcher.slots = 256\ndefaults.timeout = 0.001\n", &[]).unwrap();
+        assert_eq!(settings.dispatcher.slots, 256);
+        assert_eq!(settings.defaults.timeout, Duration::from_millis(1));
+        assert!(resolve("", &[]).unwrap().dispatcher.slots <= MAX_SLOTS);
+    }
+
+    #[test]
+    fn an_empty_path_is_refused_naming_where_it_was_given() {
+        for var in [
+            "JOBHOST_STATE_DIR",
+            "JOBHOST_LOG_DIR",
+            "JOBHOST_PLUGIN_DIR",
+            "JOBHOST_ALLOWLIST",
+            "JOBHOST_CONFIG",
+        ] {
+            let error = resolve("", &[(var, "")]).unwrap_err().to_string();
+            assert_eq!(
+                error,
+                format!("environment variable {var} is empty: give a path, or leave it out for the default")
+            );
+        }
+        let error = resolve("state_dir = \"\"\n", &[]).unwrap_err().to_string();
+        assert!(
+            error.ends_with(
+                "jobhost.toml: state_dir is empty: give a path, or leave it out for the default"
+            ),
+            "{error}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let flag = Overrides {
+            state_dir: Some(PathBuf::new()),
+            ..Overrides::default()
+        };
+        let error = Settings::resolve_with(&flag, dir.path(), |_| None).unwrap_err();
+        assert!(
+            error.to_string().starts_with("--state-dir is empty"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_environment_name_is_named_where_it_was_given() {
+        let error = resolve("env = \"a b\"\n", &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("jobhost.toml: env: environment name \"a b\""),
+            "{error}"
+        );
+        let error = resolve("", &[("JOBHOST_ENV", "")]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("environment variable JOBHOST_ENV: "),
             "{error}"
         );
     }

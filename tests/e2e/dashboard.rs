@@ -953,3 +953,124 @@ fn the_plugins_page_shows_the_version_serving_each_class_and_what_was_rejected()
         .unwrap()
         .contains(&json!(r"Tests\Misbehave@echo")));
 }
+
+#[test]
+fn the_api_and_the_run_form_refuse_out_of_range_options_naming_field_and_range() {
+    let d = Dashboard::start("");
+    let me = As::Bearer(&d.token);
+    let ok = |extra: Value| {
+        let mut body = json!({"class": r"Tests\Misbehave", "method": "ok"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, says) in [
+        (
+            json!({"retries": 4294967295u32}),
+            "retries 4294967295 is out of range: allowed 0 to 1000",
+        ),
+        (
+            json!({"retries": -1}),
+            "retries -1 is out of range: allowed 0 to 1000",
+        ),
+        (
+            json!({"retries": 99999999999u64}),
+            "retries 99999999999 is out of range",
+        ),
+        (
+            json!({"timeout": 1e-9}),
+            "timeout 0.000000001 s is out of range: allowed 0.001 s to 604800 s (7 days)",
+        ),
+        (json!({"timeout": 1e300}), "timeout "),
+        (json!({"delay": 1e12}), "delay "),
+        (
+            json!({"retry_delay": 4e8}),
+            "retry_delay 400000000 s is out of range",
+        ),
+        (
+            json!({"params": serde_json::from_str::<Value>(&format!("{}{}", "[".repeat(127), "]".repeat(127))).unwrap()}),
+            "params nest more than 32 levels deep",
+        ),
+    ] {
+        let reply = d.post_json("/api/jobs", me, &[], Some(ok(extra.clone())));
+        assert_eq!(reply.status, 400, "{extra}: {reply:?}");
+        let error = reply.json()["error"].as_str().unwrap().to_owned();
+        assert!(error.starts_with(says), "{extra}: {error}");
+    }
+
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let csrf = d.get("/run", me).csrf();
+    let reply = d.post_form(
+        "/run",
+        me,
+        &[
+            ("csrf", &csrf),
+            ("job", r"Tests\Misbehave@ok"),
+            ("params", "{}"),
+            ("priority", "normal"),
+            ("delay", "1e12"),
+        ],
+    );
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply.body.contains("delay 1000000000000 s is out of range"),
+        "{}",
+        reply.body
+    );
+    let list = d.get("/api/jobs", As::Bearer(&d.token)).json();
+    assert_eq!(list["jobs"], json!([]), "nothing was stored");
+}
+
+#[test]
+fn retry_renews_a_budget_the_store_can_hold_and_a_row_that_cannot_be_read_is_shown_with_its_problem(
+) {
+    let d = Dashboard::start("");
+    let me = As::Bearer(&d.token);
+    let id = d.api_run(json!({"class": r"Tests\Misbehave", "method": "always_fail", "retries": 0}));
+    d.wait_state(id, &["failed"]);
+    // As an earlier jobhost, which did not bound retries, could have stored it.
+    let database = rusqlite::Connection::open(d.host.state_dir().join("jobs.sqlite3")).unwrap();
+    database.busy_timeout(Duration::from_secs(30)).unwrap();
+    database
+        .execute("UPDATE jobs SET retries = 4294967294 WHERE id = ?1", [id])
+        .unwrap();
+    let reply = d.post_json(&format!("/api/jobs/{id}/retry"), me, &[], None);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let job = d.api_job(id);
+    assert_eq!(job["job"]["max_attempts"], 1 + 1000 + 1, "{job}");
+    let cookie = d.login();
+    assert_eq!(d.get("/jobs", As::Cookie(&cookie)).status, 200);
+    assert_eq!(
+        d.get(&format!("/jobs/{id}"), As::Cookie(&cookie)).status,
+        200
+    );
+    d.post_json(&format!("/api/jobs/{id}/cancel"), me, &[], None);
+    d.wait_state(id, &["cancelled", "failed"]);
+
+    // A row that cannot be read is shown with its problem, not a failed page.
+    let broken = d.api_run(json!({"class": r"Tests\Misbehave", "method": "ok", "delay": 3600}));
+    database
+        .execute(
+            "UPDATE jobs SET params = '{not json' WHERE id = ?1",
+            [broken],
+        )
+        .unwrap();
+    let why = "column params holds text that is not JSON";
+    let page = d.get(&format!("/jobs/{broken}"), As::Cookie(&cookie));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body
+            .contains(&format!("its stored row cannot be read: {why}")),
+        "{}",
+        page.body
+    );
+    assert_eq!(d.get("/jobs", As::Cookie(&cookie)).status, 200);
+    assert_eq!(d.get("/", As::Cookie(&cookie)).status, 200);
+    let shown = d.api_job(broken);
+    assert!(
+        shown["job"]["problem"].as_str().unwrap().starts_with(why),
+        "{shown}"
+    );
+}

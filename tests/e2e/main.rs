@@ -7,6 +7,7 @@
 
 mod api;
 mod bad_input;
+mod bounds;
 mod browser;
 mod chaos;
 mod dashboard;

@@ -28,6 +28,10 @@ pub trait Backend {
     fn connect(&self) -> Box<dyn Store> {
         super::open(&self.location()).unwrap()
     }
+
+    /// Runs `sql` straight on the database, as a hand edit, a bug or another program would:
+    /// how the cases below write rows jobhost never writes.
+    fn execute(&self, sql: &str);
 }
 
 /// A job of `class` with the usual settings.
@@ -979,6 +983,169 @@ pub fn open_existing_finds_no_store_before_the_first_open_and_creates_none(b: &d
     assert_eq!(reader.job(1).unwrap().unwrap().0.class, "A");
 }
 
+/// Enqueues one normal job and returns its id.
+fn one_job(s: &mut dyn Store, class: &str) -> i64 {
+    s.enqueue(&[new_job(class, Priority::Normal, 0)], 1000)
+        .unwrap()[0]
+}
+
+pub fn a_due_job_whose_row_cannot_be_read_is_quarantined_and_the_claim_goes_on(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let cases = [
+        (
+            "max_attempts = 4294967296",
+            "column max_attempts holds 4294967296, out of range (0 to 4294967295)",
+        ),
+        (
+            "params = '{not json'",
+            "column params holds text that is not JSON",
+        ),
+        (
+            "priority = 7",
+            "column priority holds 7, out of range (0 to 2)",
+        ),
+        ("retries = -1", "column retries holds -1, out of range"),
+        (
+            "timeout_ms = 0",
+            "column timeout_ms holds 0, out of range (1 to ",
+        ),
+        ("attempts = 1000000", "the most attempts a job may have"),
+    ];
+    let mut bad = Vec::new();
+    for (i, (set, _)) in cases.iter().enumerate() {
+        let id = one_job(&mut *s, &format!("bad{i}"));
+        b.execute(&format!("UPDATE jobs SET {set} WHERE id = {id}"));
+        bad.push(id);
+    }
+    let good = one_job(&mut *s, "good");
+
+    let claimed: Vec<i64> = s
+        .claim(me, 2000, 10)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(claimed, [good], "the readable job is claimed, the rest not");
+    let quarantined = s.take_quarantined();
+    assert_eq!(
+        quarantined.iter().map(|q| q.id).collect::<HashSet<_>>(),
+        bad.iter().copied().collect::<HashSet<_>>()
+    );
+    assert!(s.take_quarantined().is_empty(), "reported once");
+    for (id, (set, why)) in bad.iter().zip(cases) {
+        let reported = quarantined.iter().find(|q| q.id == *id).unwrap();
+        assert!(reported.reason.contains(why), "{set}: {}", reported.reason);
+        let (job, attempts) = s.job(*id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed, "{set}");
+        assert_eq!(job.finished_at, Some(2000), "{set}");
+        let error = job.last_error.unwrap();
+        assert!(error.starts_with("quarantined: "), "{set}: {error}");
+        assert!(error.contains(why), "{set}: {error}");
+        assert!(attempts.is_empty(), "{set}: it never ran");
+    }
+    assert!(s.claim(me, 3000, 10).unwrap().is_empty(), "none comes back");
+    assert!(s.take_quarantined().is_empty());
+}
+
+pub fn a_job_whose_row_cannot_be_read_is_listed_and_shown_with_its_problem(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let odd = one_job(&mut *s, "odd");
+    let unparsable = one_job(&mut *s, "unparsable");
+    let fine = one_job(&mut *s, "fine");
+    b.execute(&format!(
+        "UPDATE jobs SET state = 'exploded' WHERE id = {odd}"
+    ));
+    b.execute(&format!(
+        "UPDATE jobs SET state = 'completed', result = '[[' WHERE id = {unparsable}"
+    ));
+
+    let listed = s.list(&ListFilter {
+        limit: 10,
+        ..ListFilter::default()
+    });
+    let listed = listed.unwrap();
+    assert_eq!(
+        listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [fine, unparsable, odd]
+    );
+    assert_eq!(listed[0].problem, None);
+    assert_eq!(
+        listed[1]
+            .problem
+            .as_deref()
+            .map(|p| p.starts_with("column result holds text that is not JSON")),
+        Some(true),
+        "{:?}",
+        listed[1].problem
+    );
+    let (shown, _) = s.job(odd).unwrap().unwrap();
+    assert_eq!(
+        shown.problem.as_deref(),
+        Some(r#"column state holds "exploded", not a job state"#)
+    );
+    assert_eq!(shown.class, "odd", "the readable columns are read");
+    // A bad attempt row leaves the job shown, with the attempts that can be read.
+    s.claim(me, 1500, 1).unwrap();
+    s.settle(fine, 1, &end("error", 1600), &Next::Retry(1700))
+        .unwrap();
+    s.claim(me, 1700, 1).unwrap();
+    b.execute(&format!(
+        "UPDATE attempts SET pid = -5 WHERE job_id = {fine} AND attempt = 1"
+    ));
+    let (job, attempts) = s.job(fine).unwrap().unwrap();
+    assert_eq!(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        job.problem.as_deref(),
+        Some("attempt row 1 left out: column pid holds -5, out of range (0 to 4294967295)")
+    );
+    let stats = s.stats().unwrap();
+    assert_eq!(stats.by_state.get("exploded"), Some(&1));
+    assert_eq!(stats.by_state.get("running"), Some(&1));
+    // A job in an unknown state is not due: it is never claimed, so never quarantined.
+    assert!(s.claim(me, 2000, 10).unwrap().is_empty());
+    assert!(s.take_quarantined().is_empty());
+}
+
+pub fn retry_renews_only_a_budget_the_store_can_hold_and_read_back(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let stored_unbounded = one_job(&mut *s, "A");
+    let worn_out = one_job(&mut *s, "B");
+    s.claim(me, 1000, 2).unwrap();
+    for id in [stored_unbounded, worn_out] {
+        s.settle(id, 1, &end("error", 1100), &Next::Fail).unwrap();
+    }
+    // As a jobhost that did not bound retries could have stored them.
+    b.execute(&format!(
+        "UPDATE jobs SET retries = 4294967294 WHERE id = {stored_unbounded}"
+    ));
+    s.retry(stored_unbounded, 2000).unwrap();
+    let (job, _) = s.job(stored_unbounded).unwrap().unwrap();
+    assert_eq!(job.problem, None);
+    assert_eq!(
+        (job.attempts, job.retries, job.max_attempts),
+        (1, crate::job::MAX_RETRIES, 1 + crate::job::MAX_RETRIES + 1)
+    );
+
+    b.execute(&format!(
+        "UPDATE jobs SET attempts = 999999, max_attempts = 999999 WHERE id = {worn_out}"
+    ));
+    match s.retry(worn_out, 2000) {
+        Err(e @ StoreError::WrongState { .. }) => {
+            assert!(
+                e.to_string()
+                    .contains(&format!("more than {} attempts", crate::job::MAX_ATTEMPTS)),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let (job, _) = s.job(worn_out).unwrap().unwrap();
+    assert_eq!((job.state, job.max_attempts), (JobState::Failed, 999_999));
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -1003,6 +1170,9 @@ macro_rules! conformance_suite {
             prune_deletes_jobs_finished_before_their_states_cutoff_with_their_attempts,
             concurrent_pruners_delete_each_job_once,
             open_existing_finds_no_store_before_the_first_open_and_creates_none,
+            a_due_job_whose_row_cannot_be_read_is_quarantined_and_the_claim_goes_on,
+            a_job_whose_row_cannot_be_read_is_listed_and_shown_with_its_problem,
+            retry_renews_only_a_budget_the_store_can_hold_and_read_back,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {
@@ -1026,6 +1196,11 @@ mod sqlite {
         fn location(&self) -> StoreLocation {
             StoreLocation::Sqlite(self.0.path().join("state").join("jobs.sqlite3"))
         }
+
+        fn execute(&self, sql: &str) {
+            let conn = rusqlite::Connection::open(self.0.path().join("jobs.sqlite3")).unwrap();
+            conn.execute_batch(sql).unwrap();
+        }
     }
 
     conformance_suite!(Sqlite(tempfile::tempdir().unwrap()));
@@ -1047,6 +1222,11 @@ mod postgres {
     impl Backend for Postgres {
         fn location(&self) -> StoreLocation {
             StoreLocation::parse(self.0.url()).unwrap()
+        }
+
+        fn execute(&self, sql: &str) {
+            let mut client = ::postgres::Client::connect(self.0.url(), ::postgres::NoTls).unwrap();
+            client.batch_execute(sql).unwrap();
         }
     }
 

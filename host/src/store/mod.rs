@@ -182,6 +182,12 @@ pub struct JobRecord {
     pub last_error: Option<String>,
     /// The successful attempt's result.
     pub result: Option<Value>,
+    /// Why the stored row cannot be read as jobhost writes it, if it cannot (a hand edit, a
+    /// bug, another program): `column max_attempts holds 4294967296, out of range (...)`.
+    /// The fields it names hold stand-ins (zero, empty, `null`, `failed` for an unknown
+    /// state). Such a job is never run: a claim quarantines it ([`Store::claim`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -261,6 +267,15 @@ pub enum Next {
     /// Queued again at once without using up an attempt: the attempt was interrupted by its
     /// dispatcher shutting down, through no fault of the job.
     Requeue,
+}
+
+/// A due job a claim could not run as stored, and settled `failed` instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// The job.
+    pub id: JobId,
+    /// Why: what its row holds that jobhost does not store.
+    pub reason: String,
 }
 
 /// The result of asking to cancel a job.
@@ -553,6 +568,13 @@ pub trait Store: Send {
     /// the claiming dispatcher. A job is claimed by one caller only, however many claim at
     /// once. Fails with [`StoreError::NotRegistered`] if `owner` is not registered (a `limit`
     /// of zero claims nothing and checks nothing).
+    ///
+    /// A due job whose row cannot be read as jobhost stores it (params that are not JSON, a
+    /// number out of range, an unknown state or priority, a NULL where none belongs:
+    /// [`JobRecord::problem`]) is quarantined instead, in the same transaction: settled
+    /// `failed`, without an attempt, its `last_error` `quarantined: WHY; ...`. It is not
+    /// returned; [`Store::take_quarantined`] reports it once the claim committed, for the
+    /// dispatcher to log. One bad row never fails a claim.
     fn claim(
         &mut self,
         owner: DispatcherId,
@@ -581,8 +603,14 @@ pub trait Store: Send {
     /// Cancels a waiting job, or asks for a running one to be stopped.
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError>;
 
-    /// Queues a failed or cancelled job again, now, with its retry budget renewed.
+    /// Queues a failed or cancelled job again, now, with its retry budget renewed: its
+    /// retries (at most [`crate::job::MAX_RETRIES`]) after the attempts it used. Refuses
+    /// ([`StoreError::WrongState`]) a retry that would allow more than
+    /// [`crate::job::MAX_ATTEMPTS`] attempts in all.
     fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError>;
+
+    /// The jobs this connection's claims quarantined since the last call, oldest first.
+    fn take_quarantined(&mut self) -> Vec<Quarantined>;
 
     /// A job and its attempts.
     fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError>;

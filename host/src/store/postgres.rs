@@ -25,12 +25,12 @@ use ::postgres::{
 
 use super::{
     rows::{
-        self, attempt_at, dispatcher_at, int, job_at, prefixed, text, Columns, NewRow, Settled,
+        self, attempt_at, dispatcher_at, job_at, prefixed, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
     Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Pruned, Stats, Store, StoreError,
+    Pruned, Quarantined, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; the table `jobhost_schema` holds the number applied.
@@ -176,24 +176,32 @@ fn connect(config: &Config, name: &str) -> Result<Client, ::postgres::Error> {
 }
 
 impl Columns for Row {
-    type Error = StoreError;
-
-    fn int(&self, index: usize) -> Result<Option<i64>, StoreError> {
-        self.try_get(index).map_err(|e| query(&e))
+    fn int(&self, index: usize) -> Result<Option<i64>, String> {
+        self.try_get(index)
+            .map_err(|e| format!("cannot be read: {}", describe(&e)))
     }
 
-    fn text(&self, index: usize) -> Result<Option<String>, StoreError> {
-        self.try_get(index).map_err(|e| query(&e))
+    fn text(&self, index: usize) -> Result<Option<String>, String> {
+        self.try_get(index)
+            .map_err(|e| format!("cannot be read: {}", describe(&e)))
     }
 
-    fn flag(&self, index: usize) -> Result<bool, StoreError> {
-        self.try_get(index).map_err(|e| query(&e))
+    fn flag(&self, index: usize) -> Result<bool, String> {
+        self.try_get::<_, Option<bool>>(index)
+            .map_err(|e| format!("cannot be read: {}", describe(&e)))?
+            .ok_or_else(|| "is NULL".to_owned())
     }
 
-    fn invalid(&self, index: usize, what: &str) -> StoreError {
-        let column = self.columns().get(index).map_or("?", |c| c.name());
-        StoreError::Query(format!("column {column}: {what}"))
+    fn name(&self, index: usize) -> String {
+        self.columns()
+            .get(index)
+            .map_or_else(|| index.to_string(), |c| c.name().to_owned())
     }
+}
+
+/// Column `index` of `row`, which the query makes sure has type `T` (a count, an id).
+fn get<'a, T: ::postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
+    row.try_get(index).map_err(|e| query(&e))
 }
 
 fn query(e: &::postgres::Error) -> StoreError {
@@ -307,7 +315,7 @@ impl<C: GenericClient> Prepared<'_, C> {
             ids.extend(self.rows(
                 &sql,
                 &[&cutoff.state.as_str(), &cutoff.before, &wanted],
-                |row| int(row, 0),
+                |row| get::<i64>(row, 0),
             )?);
         }
         Ok(ids)
@@ -391,6 +399,8 @@ pub struct PostgresStore {
     database: String,
     /// None after the connection was lost: the next call connects.
     session: Option<Session>,
+    /// What claims quarantined, until [`Store::take_quarantined`].
+    quarantined: Vec<Quarantined>,
 }
 
 impl PostgresStore {
@@ -457,6 +467,7 @@ impl PostgresStore {
             config,
             database,
             session: Some(Session::new(client)),
+            quarantined: Vec::new(),
         })
     }
 
@@ -533,7 +544,7 @@ fn migrate(client: &mut Client) -> Result<(), Migration> {
 }
 
 fn job_from_row(row: &Row) -> Result<JobRecord, StoreError> {
-    job_at(row, 0)
+    Ok(job_at(row, 0))
 }
 
 impl Store for PostgresStore {
@@ -595,20 +606,23 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let sql = format!(
-            "WITH due AS ( \
-                 SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') AND run_at <= $1 \
-                 ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
-             claimed AS ( \
+        // The due jobs are read whole and locked first, so that a row that cannot be read is
+        // quarantined before anything is claimed, then the readable ones are claimed.
+        let due_sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') AND run_at <= $1 \
+             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+        );
+        let claim_sql = format!(
+            "WITH claimed AS ( \
                  UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, \
-                 started_at = COALESCE(j.started_at, $1) FROM due WHERE j.id = due.id \
+                 started_at = COALESCE(j.started_at, $1) WHERE j.id = ANY($2) \
                  RETURNING j.*), \
              recorded AS ( \
                  INSERT INTO attempts (job_id, attempt, started_at, dispatcher) \
                  SELECT id, attempts, $1, $3 FROM claimed) \
              SELECT {JOB_COLUMNS} FROM claimed ORDER BY priority DESC, run_at, id"
         );
-        self.run(|session| {
+        let (jobs, quarantined) = self.run(|session| {
             session.transaction(|tx| {
                 // A share lock on the owner's row: a concurrent deregister waits for this
                 // claim, then sees its attempts, and a claim after it sees the row gone.
@@ -619,9 +633,39 @@ impl Store for PostgresStore {
                 if registered.is_none() {
                     return Err(StoreError::NotRegistered(owner).into());
                 }
-                tx.rows(&sql, &[&now, &limit, &owner], job_from_row)
+                let mut quarantined = Vec::new();
+                let mut ids = Vec::new();
+                for job in tx.rows(&due_sql, &[&now, &limit], job_from_row)? {
+                    match rows::unclaimable(&job) {
+                        Some(reason) => {
+                            tx.execute(
+                                "UPDATE jobs SET state = 'failed', finished_at = $2, \
+                                 last_error = $3 WHERE id = $1",
+                                &[&job.id, &now, &rows::quarantine_error(&reason)],
+                            )?;
+                            quarantined.push(Quarantined { id: job.id, reason });
+                        }
+                        None => ids.push(job.id),
+                    }
+                }
+                if ids.is_empty() {
+                    return Ok((Vec::new(), quarantined));
+                }
+                let jobs = tx.rows(&claim_sql, &[&now, &ids, &owner], |row| {
+                    let job = job_at(row, 0);
+                    match &job.problem {
+                        None => Ok(job),
+                        Some(problem) => Err(StoreError::Query(format!(
+                            "job {} cannot be read once claimed: {problem}",
+                            job.id
+                        ))),
+                    }
+                })?;
+                Ok((jobs, quarantined))
             })
-        })
+        })?;
+        self.quarantined.extend(quarantined);
+        Ok(jobs)
     }
 
     fn attempt_started(
@@ -726,16 +770,24 @@ impl Store for PostgresStore {
     fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError> {
         self.run(|session| {
             session.transaction(|tx| {
-                rows::check_retryable(id, tx.lock_state(id)?)?;
+                let state = tx.lock_state(id)?;
+                let row =
+                    tx.query_one("SELECT attempts, retries FROM jobs WHERE id = $1", &[&id])?;
+                let (retries, max_attempts) =
+                    rows::renewed_budget(id, state, get(&row, 0)?, get(&row, 1)?)?;
                 tx.execute(
                     "UPDATE jobs SET state = 'queued', run_at = $2, finished_at = NULL, \
-                     cancel_requested = FALSE, max_attempts = attempts + retries + 1 WHERE id = $1",
-                    &[&id, &now],
+                     cancel_requested = FALSE, retries = $3, max_attempts = $4 WHERE id = $1",
+                    &[&id, &now, &retries, &max_attempts],
                 )?;
                 tx.notify(&Wake::Retry(id))?;
                 Ok(())
             })
         })
+    }
+
+    fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
     }
 
     fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError> {
@@ -747,8 +799,8 @@ impl Store for PostgresStore {
                 let Some(row) = tx.query_opt(&job_sql, &[&id])? else {
                     return Ok(None);
                 };
-                let attempts = tx.rows(&attempts_sql, &[&id], |row| attempt_at(row, 0))?;
-                Ok(Some((job_from_row(&row)?, attempts)))
+                let attempts = tx.rows(&attempts_sql, &[&id], |row| Ok(attempt_at(row, 0)))?;
+                Ok(Some(rows::with_attempts(job_at(&row, 0), attempts)))
             })
         })
     }
@@ -776,7 +828,7 @@ impl Store for PostgresStore {
             let counts = session.direct().rows(
                 "SELECT state, COUNT(*) FROM jobs GROUP BY state",
                 &[],
-                |row| Ok((text(row, 0)?, int(row, 1)?)),
+                |row| Ok((get(row, 0)?, get(row, 1)?)),
             )?;
             Ok(rows::stats(counts))
         })
@@ -791,8 +843,8 @@ impl Store for PostgresStore {
                 &[&since],
             )?;
             Ok(Finished {
-                completed: int(&row, 0)?.max(0) as u64,
-                failed: int(&row, 1)?.max(0) as u64,
+                completed: get::<i64>(&row, 0)?.max(0) as u64,
+                failed: get::<i64>(&row, 1)?.max(0) as u64,
             })
         })
     }
@@ -802,7 +854,7 @@ impl Store for PostgresStore {
             session.direct().rows(
                 "SELECT id FROM jobs WHERE state = 'running' AND cancel_requested ORDER BY id",
                 &[],
-                |row| int(row, 0),
+                |row| get(row, 0),
             )
         })
     }
@@ -816,7 +868,7 @@ impl Store for PostgresStore {
         );
         self.run(|session| {
             session.direct().rows(&sql, &[], |row| {
-                Ok((job_from_row(row)?, attempt_at(row, JOB_COLUMN_COUNT)?))
+                Ok((job_at(row, 0), attempt_at(row, JOB_COLUMN_COUNT)?))
             })
         })
     }
@@ -830,7 +882,7 @@ impl Store for PostgresStore {
                  AND priority = p.priority ORDER BY run_at LIMIT 1) AS first",
                 &[],
             )?;
-            Ok(row.int(0)?)
+            Ok(get::<Option<i64>>(&row, 0)?)
         })
     }
 
@@ -840,7 +892,7 @@ impl Store for PostgresStore {
                 "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'scheduled', 'running')",
                 &[],
             )?;
-            Ok(int(&row, 0)?.max(0) as u64)
+            Ok(get::<i64>(&row, 0)?.max(0) as u64)
         })
     }
 
@@ -850,7 +902,7 @@ impl Store for PostgresStore {
                 "SELECT DISTINCT plugin FROM jobs \
                  WHERE state IN ('queued', 'scheduled', 'running') ORDER BY plugin",
                 &[],
-                |row| Ok(text(row, 0)?.into()),
+                |row| Ok(get::<String>(row, 0)?.into()),
             )
         })
     }
@@ -872,7 +924,7 @@ impl Store for PostgresStore {
                     &now,
                 ],
             ).map_err(Failure::Commit)?;
-            Ok(int(&row, 0)?)
+            Ok(get(&row, 0)?)
         })
     }
 
@@ -916,7 +968,7 @@ impl Store for PostgresStore {
         self.run(|session| {
             session.transaction(|tx| {
                 let row = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?;
-                if !row.flag(0)? {
+                if !get::<bool>(&row, 0)? {
                     return Ok(None);
                 }
                 let jobs = tx.expired_ids(cutoffs, limit, true)?;
@@ -936,7 +988,7 @@ impl Store for PostgresStore {
                     "SELECT COUNT(*) FROM attempts WHERE job_id = ANY($1)",
                     &[&jobs],
                 )?;
-                let attempts = int(&row, 0)?.max(0) as u64;
+                let attempts = get::<i64>(&row, 0)?.max(0) as u64;
                 Ok(Pruned { jobs, attempts })
             })
         })
@@ -947,19 +999,27 @@ impl Store for PostgresStore {
             session.direct().rows(
                 "SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id",
                 &[&ids],
-                |row| int(row, 0),
+                |row| get::<i64>(row, 0),
             )
         })
     }
 
     fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError> {
         let sql = format!("{SELECT_DISPATCHERS} ORDER BY d.id");
-        self.run(|session| session.direct().rows(&sql, &[], dispatcher_at))
+        self.run(|session| {
+            session
+                .direct()
+                .rows(&sql, &[], |row| Ok(dispatcher_at(row)?))
+        })
     }
 
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
         let sql = format!("{SELECT_DISPATCHERS} WHERE d.heartbeat_at < $1 ORDER BY d.id");
-        self.run(|session| session.direct().rows(&sql, &[&cutoff], dispatcher_at))
+        self.run(|session| {
+            session
+                .direct()
+                .rows(&sql, &[&cutoff], |row| Ok(dispatcher_at(row)?))
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use super::{
     Attempt, AttemptEnd, CancelOutcome, DispatcherRecord, JobId, JobRecord, JobState, Millis,
     NewJob, Next, Stats, StoreError,
 };
-use crate::job::Priority;
+use crate::job::{Priority, MAX_ATTEMPTS, MAX_RETRIES};
 
 /// The `jobs` columns, in the order [`job_at`] reads them.
 pub(super) const JOB_COLUMNS: &str = "id, class, method, params, priority, state, attempts, \
@@ -39,105 +39,262 @@ pub(super) fn prefixed(columns: &str, alias: &str) -> String {
         .join(", ")
 }
 
-/// A result row, as the decoders below read it.
+/// A result row, as the decoders below read it. Each getter says, when the column does not
+/// hold what its type asks for, what it holds instead (`holds "abc", not an integer`).
 pub(super) trait Columns {
-    /// The backend's error.
-    type Error;
     /// An integer column, or NULL.
-    fn int(&self, index: usize) -> Result<Option<i64>, Self::Error>;
+    fn int(&self, index: usize) -> Result<Option<i64>, String>;
     /// A text column, or NULL.
-    fn text(&self, index: usize) -> Result<Option<String>, Self::Error>;
+    fn text(&self, index: usize) -> Result<Option<String>, String>;
     /// A boolean column.
-    fn flag(&self, index: usize) -> Result<bool, Self::Error>;
-    /// The error for a column whose value is not what jobhost stores there.
-    fn invalid(&self, index: usize, what: &str) -> Self::Error;
+    fn flag(&self, index: usize) -> Result<bool, String>;
+    /// The column's name.
+    fn name(&self, index: usize) -> String;
 }
 
-/// A column that is never NULL.
-pub(super) fn int<R: Columns>(row: &R, index: usize) -> Result<i64, R::Error> {
-    row.int(index)?
-        .ok_or_else(|| row.invalid(index, "unexpected NULL"))
+/// A column whose value is not what jobhost stores there: written by hand, by a bug, or by
+/// another program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BadColumn(String);
+
+impl std::fmt::Display for BadColumn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// A text column that is never NULL.
-pub(super) fn text<R: Columns>(row: &R, index: usize) -> Result<String, R::Error> {
-    row.text(index)?
-        .ok_or_else(|| row.invalid(index, "unexpected NULL"))
+impl From<BadColumn> for StoreError {
+    fn from(bad: BadColumn) -> Self {
+        StoreError::Query(format!("a stored row cannot be read: {bad}"))
+    }
 }
 
-fn small<R: Columns>(row: &R, index: usize) -> Result<u32, R::Error> {
-    u32::try_from(int(row, index)?).map_err(|_| row.invalid(index, "out of range"))
+/// Reads the columns of one row from `base` on, noting every column that does not hold what
+/// jobhost stores there and giving a stand-in for it, so that one bad row can still be shown
+/// (with its problem) rather than fail a whole listing.
+struct Reader<'r, R> {
+    row: &'r R,
+    base: usize,
+    problems: Vec<String>,
 }
 
-fn json<R: Columns>(row: &R, index: usize, text: String) -> Result<Value, R::Error> {
-    serde_json::from_str(&text).map_err(|_| row.invalid(index, "not JSON"))
+impl<'r, R: Columns> Reader<'r, R> {
+    fn new(row: &'r R, base: usize) -> Self {
+        Self {
+            row,
+            base,
+            problems: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, offset: usize, problem: impl std::fmt::Display) {
+        let column = self.row.name(self.base + offset);
+        self.problems.push(format!("column {column} {problem}"));
+    }
+
+    /// The value `got` from column `offset`, or `None` (noting why) when it holds none.
+    fn optional<T>(&mut self, offset: usize, got: Result<Option<T>, String>) -> Option<T> {
+        got.unwrap_or_else(|problem| {
+            self.note(offset, problem);
+            None
+        })
+    }
+
+    /// The value `got` from column `offset`, which must hold one, or a stand-in (noting why).
+    fn required<T: Default>(&mut self, offset: usize, got: Result<Option<T>, String>) -> T {
+        match got {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                self.note(offset, "is NULL");
+                T::default()
+            }
+            Err(problem) => {
+                self.note(offset, problem);
+                T::default()
+            }
+        }
+    }
+
+    fn int_or_null(&mut self, offset: usize) -> Option<i64> {
+        let got = self.row.int(self.base + offset);
+        self.optional(offset, got)
+    }
+
+    fn int(&mut self, offset: usize) -> i64 {
+        let got = self.row.int(self.base + offset);
+        self.required(offset, got)
+    }
+
+    /// An integer that must lie in `range`.
+    fn ranged(&mut self, offset: usize, range: std::ops::RangeInclusive<i64>) -> i64 {
+        let v = self.int(offset);
+        if range.contains(&v) {
+            v
+        } else {
+            self.note(
+                offset,
+                format!(
+                    "holds {v}, out of range ({} to {})",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            *range.start()
+        }
+    }
+
+    fn small(&mut self, offset: usize) -> u32 {
+        self.ranged(offset, 0..=i64::from(u32::MAX)) as u32
+    }
+
+    fn millis(&mut self, offset: usize, min: i64) -> Duration {
+        Duration::from_millis(self.ranged(offset, min..=i64::MAX) as u64)
+    }
+
+    fn text_or_null(&mut self, offset: usize) -> Option<String> {
+        let got = self.row.text(self.base + offset);
+        self.optional(offset, got)
+    }
+
+    fn text(&mut self, offset: usize) -> String {
+        let got = self.row.text(self.base + offset);
+        self.required(offset, got)
+    }
+
+    fn json(&mut self, offset: usize, text: &str) -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| {
+            self.note(offset, format!("holds text that is not JSON ({e})"));
+            Value::Null
+        })
+    }
+
+    fn flag(&mut self, offset: usize) -> bool {
+        let got = self.row.flag(self.base + offset).map(Some);
+        self.required(offset, got)
+    }
+
+    /// What was wrong, if anything, in one line.
+    fn problem(self) -> Option<String> {
+        (!self.problems.is_empty()).then(|| self.problems.join("; "))
+    }
+
+    /// The row, if every column held what jobhost stores there.
+    fn strict<T>(self, value: T) -> Result<T, BadColumn> {
+        match self.problem() {
+            None => Ok(value),
+            Some(problem) => Err(BadColumn(problem)),
+        }
+    }
 }
 
-fn duration(ms: i64) -> Duration {
-    Duration::from_millis(ms.max(0) as u64)
-}
-
-/// A job from the [`JOB_COLUMNS`] starting at column `base`.
-pub(super) fn job_at<R: Columns>(row: &R, base: usize) -> Result<JobRecord, R::Error> {
-    let state = text(row, base + 5)?;
-    Ok(JobRecord {
-        id: int(row, base)?,
-        class: text(row, base + 1)?,
-        method: text(row, base + 2)?,
-        params: json(row, base + 3, text(row, base + 3)?)?,
-        priority: priority_from_i64(int(row, base + 4)?),
-        state: JobState::parse(&state).ok_or_else(|| row.invalid(base + 5, "unknown state"))?,
-        attempts: small(row, base + 6)?,
-        max_attempts: small(row, base + 7)?,
-        retries: small(row, base + 8)?,
-        retry_delay: duration(int(row, base + 9)?),
-        timeout: duration(int(row, base + 10)?),
-        plugin: text(row, base + 11)?.into(),
-        run_at: int(row, base + 12)?,
-        created_at: int(row, base + 13)?,
-        started_at: row.int(base + 14)?,
-        finished_at: row.int(base + 15)?,
-        cancel_requested: row.flag(base + 16)?,
-        last_error: row.text(base + 17)?,
-        result: match row.text(base + 18)? {
-            Some(result) => Some(json(row, base + 18, result)?),
-            None => None,
-        },
-    })
+/// A job from the [`JOB_COLUMNS`] starting at column `base`. A row that does not hold what
+/// jobhost stores is still a record, with stand-ins for what cannot be read and
+/// [`JobRecord::problem`] saying what is wrong: the dispatcher quarantines it, listings show
+/// it.
+pub(super) fn job_at<R: Columns>(row: &R, base: usize) -> JobRecord {
+    let mut r = Reader::new(row, base);
+    let params = r.text(3);
+    let state = r.text(5);
+    let state = JobState::parse(&state).unwrap_or_else(|| {
+        r.note(5, format!("holds {state:?}, not a job state"));
+        JobState::Failed
+    });
+    let mut job = JobRecord {
+        id: r.int(0),
+        class: r.text(1),
+        method: r.text(2),
+        params: r.json(3, &params),
+        priority: priority_from_i64(r.ranged(4, 0..=2)),
+        state,
+        attempts: r.small(6),
+        max_attempts: r.small(7),
+        retries: r.small(8),
+        retry_delay: r.millis(9, 0),
+        timeout: r.millis(10, 1),
+        plugin: r.text(11).into(),
+        run_at: r.int(12),
+        created_at: r.int(13),
+        started_at: r.int_or_null(14),
+        finished_at: r.int_or_null(15),
+        cancel_requested: r.flag(16),
+        last_error: r.text_or_null(17),
+        result: r.text_or_null(18).map(|result| r.json(18, &result)),
+        problem: None,
+    };
+    job.problem = r.problem();
+    job
 }
 
 /// An attempt from the [`ATTEMPT_COLUMNS`] starting at column `base`.
-pub(super) fn attempt_at<R: Columns>(row: &R, base: usize) -> Result<Attempt, R::Error> {
-    Ok(Attempt {
-        job_id: int(row, base)?,
-        attempt: small(row, base + 1)?,
-        started_at: int(row, base + 2)?,
-        finished_at: row.int(base + 3)?,
-        outcome: row.text(base + 4)?,
-        error: row.text(base + 5)?,
-        output_path: row.text(base + 6)?.map(Into::into),
-        output_bytes: row.int(base + 7)?.map(|b| b.max(0) as u64),
-        pid: row
-            .int(base + 8)?
-            .map(|pid| u32::try_from(pid).map_err(|_| row.invalid(base + 8, "out of range")))
-            .transpose()?,
-        plugin_hash: row.text(base + 9)?,
-        dispatcher: row.int(base + 10)?,
-    })
+pub(super) fn attempt_at<R: Columns>(row: &R, base: usize) -> Result<Attempt, BadColumn> {
+    let mut r = Reader::new(row, base);
+    let attempt = Attempt {
+        job_id: r.int(0),
+        attempt: r.small(1),
+        started_at: r.int(2),
+        finished_at: r.int_or_null(3),
+        outcome: r.text_or_null(4),
+        error: r.text_or_null(5),
+        output_path: r.text_or_null(6).map(Into::into),
+        output_bytes: r.int_or_null(7).map(|b| b.max(0) as u64),
+        pid: r.int_or_null(8).is_some().then(|| r.small(8)),
+        plugin_hash: r.text_or_null(9),
+        dispatcher: r.int_or_null(10),
+    };
+    r.strict(attempt)
+}
+
+/// A job with the attempts that could be read; what is wrong with the others is added to its
+/// [`JobRecord::problem`], so that one bad attempt row does not hide the job.
+pub(super) fn with_attempts(
+    mut job: JobRecord,
+    attempts: Vec<Result<Attempt, BadColumn>>,
+) -> (JobRecord, Vec<Attempt>) {
+    let mut read = Vec::with_capacity(attempts.len());
+    let mut problems: Vec<String> = job.problem.take().into_iter().collect();
+    for (n, attempt) in attempts.into_iter().enumerate() {
+        match attempt {
+            Ok(attempt) => read.push(attempt),
+            Err(bad) => problems.push(format!("attempt row {} left out: {bad}", n + 1)),
+        }
+    }
+    job.problem = (!problems.is_empty()).then(|| problems.join("; "));
+    (job, read)
 }
 
 /// A dispatcher from a row of [`SELECT_DISPATCHERS`].
-pub(super) fn dispatcher_at<R: Columns>(row: &R) -> Result<DispatcherRecord, R::Error> {
-    Ok(DispatcherRecord {
-        id: int(row, 0)?,
-        host: text(row, 1)?,
-        pid: small(row, 2)?,
-        slots: small(row, 3)?,
-        state_dir: text(row, 4)?,
-        started_at: int(row, 5)?,
-        heartbeat_at: int(row, 6)?,
-        running: small(row, 7)?,
+pub(super) fn dispatcher_at<R: Columns>(row: &R) -> Result<DispatcherRecord, BadColumn> {
+    let mut r = Reader::new(row, 0);
+    let dispatcher = DispatcherRecord {
+        id: r.int(0),
+        host: r.text(1),
+        pid: r.small(2),
+        slots: r.small(3),
+        state_dir: r.text(4),
+        started_at: r.int(5),
+        heartbeat_at: r.int(6),
+        running: r.small(7),
+    };
+    r.strict(dispatcher)
+}
+
+/// Why a claim must not run `job`, if it must not: its row does not hold what jobhost stores,
+/// or one more attempt could not be counted.
+pub(super) fn unclaimable(job: &JobRecord) -> Option<String> {
+    if let Some(problem) = &job.problem {
+        return Some(problem.clone());
+    }
+    (job.attempts >= MAX_ATTEMPTS).then(|| {
+        format!(
+            "column attempts holds {}, the most attempts a job may have",
+            job.attempts
+        )
     })
+}
+
+/// The `last_error` of a job quarantined for `reason`.
+pub(super) fn quarantine_error(reason: &str) -> String {
+    format!("quarantined: {reason}; the dispatcher cannot run this job as stored")
 }
 
 /// A priority as stored: the higher, the sooner.
@@ -149,6 +306,7 @@ pub(super) fn priority_to_i64(p: Priority) -> i64 {
     }
 }
 
+/// A stored priority, already checked to be 0, 1 or 2.
 fn priority_from_i64(v: i64) -> Priority {
     match v {
         2 => Priority::High,
@@ -256,6 +414,30 @@ pub(super) fn check_retryable(id: JobId, state: JobState) -> Result<(), StoreErr
             what: "only a failed or cancelled job can be retried",
         }),
     }
+}
+
+/// The `(retries, max_attempts)` a retry of job `id` gives it: its retries again after the
+/// attempts it used. A retry count stored past [`MAX_RETRIES`] (by a jobhost that did not bound
+/// it) is renewed as [`MAX_RETRIES`]; a retry that would allow more than [`MAX_ATTEMPTS`] in all
+/// is refused, so the budget always fits the store and reads back.
+pub(super) fn renewed_budget(
+    id: JobId,
+    state: JobState,
+    attempts: i64,
+    retries: i64,
+) -> Result<(i64, i64), StoreError> {
+    check_retryable(id, state)?;
+    let retries = retries.clamp(0, i64::from(MAX_RETRIES));
+    let max_attempts = attempts.max(0) + retries + 1;
+    if max_attempts > i64::from(MAX_ATTEMPTS) {
+        return Err(StoreError::WrongState {
+            id,
+            state,
+            what: "retrying it would allow more than 1000000 attempts, the most a job may have; \
+                   enqueue it anew",
+        });
+    }
+    Ok((retries, max_attempts))
 }
 
 /// Counts by state from `(state, count)` pairs; states without jobs count zero.

@@ -12,18 +12,18 @@ use std::{
 };
 
 use rusqlite::{
-    params, types::Type, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
+    params, types::ValueRef, Connection, ErrorCode, OpenFlags, OptionalExtension, Row,
     TransactionBehavior,
 };
 
 use super::{
     rows::{
-        self, attempt_at, dispatcher_at, job_at, prefixed, Columns, NewRow, Settled,
+        self, attempt_at, dispatcher_at, job_at, prefixed, BadColumn, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
     Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Pruned, Stats, Store, StoreError,
+    Pruned, Quarantined, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
@@ -43,6 +43,8 @@ pub const DB_FILE: &str = "jobs.sqlite3";
 /// A connection to the SQLite job database.
 pub struct SqliteStore {
     conn: Connection,
+    /// What claims quarantined, until [`Store::take_quarantined`].
+    quarantined: Vec<Quarantined>,
 }
 
 impl SqliteStore {
@@ -80,7 +82,10 @@ impl SqliteStore {
         })
         .map_err(failed)?;
         check_not_newer(path, version)?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            quarantined: Vec::new(),
+        };
         retry_busy(|| store.migrate(version))
             .map_err(|e| open_failure(&database, "migration failed: ", &e))?;
         Ok(store)
@@ -101,7 +106,10 @@ impl SqliteStore {
             drop(conn);
             return Self::open(path).map(Some);
         }
-        Ok(Some(Self { conn }))
+        Ok(Some(Self {
+            conn,
+            quarantined: Vec::new(),
+        }))
     }
 
     /// Copies what the WAL holds into the database file without waiting for readers or
@@ -294,32 +302,86 @@ fn open_failure(database: &str, context: &str, e: &rusqlite::Error) -> StoreErro
     }
 }
 
+/// A stored value as messages show it: SQLite lets any column hold any type.
+fn shown(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => "NULL".into(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            let mut short: String = text.chars().take(40).collect();
+            if short.len() < text.len() {
+                short.push_str("...");
+            }
+            format!("{short:?}")
+        }
+        ValueRef::Blob(bytes) => format!("a blob of {} bytes", bytes.len()),
+    }
+}
+
 impl Columns for Row<'_> {
-    type Error = rusqlite::Error;
-
-    fn int(&self, index: usize) -> rusqlite::Result<Option<i64>> {
-        self.get(index)
+    fn int(&self, index: usize) -> Result<Option<i64>, String> {
+        match self.get_ref(index).map_err(|e| e.to_string())? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(i) => Ok(Some(i)),
+            other => Err(format!("holds {}, not an integer", shown(other))),
+        }
     }
 
-    fn text(&self, index: usize) -> rusqlite::Result<Option<String>> {
-        self.get(index)
+    fn text(&self, index: usize) -> Result<Option<String>, String> {
+        match self.get_ref(index).map_err(|e| e.to_string())? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(bytes) => String::from_utf8(bytes.to_vec())
+                .map(Some)
+                .map_err(|_| "holds text that is not UTF-8".into()),
+            other => Err(format!("holds {}, not text", shown(other))),
+        }
     }
 
-    fn flag(&self, index: usize) -> rusqlite::Result<bool> {
-        self.get(index)
+    fn flag(&self, index: usize) -> Result<bool, String> {
+        match self.get_ref(index).map_err(|e| e.to_string())? {
+            ValueRef::Integer(i) => Ok(i != 0),
+            other => Err(format!("holds {}, not 0 or 1", shown(other))),
+        }
     }
 
-    fn invalid(&self, index: usize, what: &str) -> rusqlite::Error {
-        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, what.into())
+    fn name(&self, index: usize) -> String {
+        self.as_ref()
+            .column_name(index)
+            .map_or_else(|_| index.to_string(), str::to_owned)
     }
 }
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    job_at(row, 0)
+    Ok(job_at(row, 0))
 }
 
-fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
-    attempt_at(row, 0)
+fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Result<Attempt, BadColumn>> {
+    Ok(attempt_at(row, 0))
+}
+
+/// Rows decoded with `decode` (which reports a bad column as a [`BadColumn`]), or the first
+/// failure.
+fn decoded<T>(
+    rows: impl Iterator<Item = rusqlite::Result<Result<T, BadColumn>>>,
+) -> Result<Vec<T>, StoreError> {
+    rows.map(|row| Ok(row.map_err(query)??)).collect()
+}
+
+/// Settles job `id`, which a claim found unreadable, as failed for `reason`.
+fn quarantine(
+    tx: &rusqlite::Transaction<'_>,
+    id: JobId,
+    reason: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'failed', finished_at = ?2, last_error = ?3 WHERE id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![id, now, rows::quarantine_error(reason)]))
+    .map_err(query)?;
+    Ok(())
 }
 
 fn state_of(conn: &Connection, id: JobId) -> Result<JobState, StoreError> {
@@ -359,9 +421,9 @@ impl SqliteStore {
             None => &[],
         };
         let rows = stmt
-            .query_map(params, |r| dispatcher_at(r))
+            .query_map(params, |r| Ok(dispatcher_at(r)))
             .map_err(query)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+        decoded(rows)
     }
 }
 
@@ -462,29 +524,48 @@ impl Store for SqliteStore {
         if !registered {
             return Err(StoreError::NotRegistered(owner));
         }
-        // One range scan of `jobs_due` per priority, highest first, until `limit` are found.
-        let mut ids: Vec<JobId> = Vec::with_capacity(limit);
+        // One range scan of `jobs_due` per priority, highest first, until `limit` are found;
+        // then the rows whose priority is none of those (only a hand edit writes them), so
+        // that they are quarantined rather than left waiting for ever.
+        let mut due: Vec<JobRecord> = Vec::with_capacity(limit);
         {
-            let mut due = tx
-                .prepare_cached(
-                    "SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') AND priority = ?1 \
-                     AND run_at <= ?2 ORDER BY run_at, id LIMIT ?3",
-                )
+            let mut by_priority = tx
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') \
+                     AND priority = ?1 AND run_at <= ?2 ORDER BY run_at, id LIMIT ?3"
+                ))
                 .map_err(query)?;
             for priority in PRIORITIES_FIRST_TO_LAST {
-                let wanted = (limit - ids.len()) as i64;
+                let wanted = (limit - due.len()) as i64;
                 if wanted == 0 {
                     break;
                 }
-                let rows = due
-                    .query_map(params![priority, now, wanted], |r| r.get(0))
+                let rows = by_priority
+                    .query_map(params![priority, now, wanted], job_from_row)
                     .map_err(query)?;
-                for id in rows {
-                    ids.push(id.map_err(query)?);
+                for job in rows {
+                    due.push(job.map_err(query)?);
+                }
+            }
+            let wanted = (limit - due.len()) as i64;
+            if wanted > 0 {
+                let mut unknown = tx
+                    .prepare_cached(&format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') \
+                         AND (priority < 0 OR priority > 2) AND run_at <= ?1 \
+                         ORDER BY run_at, id LIMIT ?2"
+                    ))
+                    .map_err(query)?;
+                let rows = unknown
+                    .query_map(params![now, wanted], job_from_row)
+                    .map_err(query)?;
+                for job in rows {
+                    due.push(job.map_err(query)?);
                 }
             }
         }
-        let mut jobs = Vec::with_capacity(ids.len());
+        let mut quarantined = Vec::new();
+        let mut jobs = Vec::with_capacity(due.len());
         {
             let mut claim = tx
                 .prepare_cached(&format!(
@@ -492,12 +573,22 @@ impl Store for SqliteStore {
                      started_at = COALESCE(started_at, ?2) WHERE id = ?1 RETURNING {JOB_COLUMNS}"
                 ))
                 .map_err(query)?;
-            for id in &ids {
-                jobs.push(
-                    claim
-                        .query_row(params![id, now], job_from_row)
-                        .map_err(query)?,
-                );
+            for job in due {
+                if let Some(reason) = rows::unclaimable(&job) {
+                    quarantine(&tx, job.id, &reason, now)?;
+                    quarantined.push(Quarantined { id: job.id, reason });
+                    continue;
+                }
+                let claimed = claim
+                    .query_row(params![job.id, now], job_from_row)
+                    .map_err(query)?;
+                if let Some(problem) = claimed.problem {
+                    return Err(StoreError::Query(format!(
+                        "job {} cannot be read once claimed: {problem}",
+                        job.id
+                    )));
+                }
+                jobs.push(claimed);
             }
         }
         {
@@ -514,6 +605,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(query)?;
+        self.quarantined.extend(quarantined);
         Ok(jobs)
     }
 
@@ -615,15 +707,29 @@ impl Store for SqliteStore {
 
     fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError> {
         let tx = self.immediate()?;
-        rows::check_retryable(id, state_of(&tx, id)?)?;
+        let (attempts, retries): (i64, i64) = tx
+            .query_row(
+                "SELECT attempts, retries FROM jobs WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(query)?
+            .ok_or(StoreError::NotFound(id))?;
+        let (retries, max_attempts) =
+            rows::renewed_budget(id, state_of(&tx, id)?, attempts, retries)?;
         tx.execute(
             "UPDATE jobs SET state = 'queued', run_at = ?2, finished_at = NULL, cancel_requested = 0, \
-             max_attempts = attempts + retries + 1 WHERE id = ?1",
-            params![id, now],
+             retries = ?3, max_attempts = ?4 WHERE id = ?1",
+            params![id, now, retries, max_attempts],
         )
         .map_err(query)?;
         tx.commit().map_err(query)?;
         Ok(())
+    }
+
+    fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
     }
 
     fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError> {
@@ -649,7 +755,7 @@ impl Store for SqliteStore {
             })
             .map_err(query)?;
         tx.commit().map_err(query)?;
-        Ok(Some((job, attempts)))
+        Ok(Some(rows::with_attempts(job, attempts)))
     }
 
     fn list(&mut self, filter: &ListFilter) -> Result<Vec<JobRecord>, StoreError> {
@@ -722,10 +828,10 @@ impl Store for SqliteStore {
             .map_err(query)?;
         let rows = stmt
             .query_map([], |row| {
-                Ok((job_from_row(row)?, attempt_at(row, JOB_COLUMN_COUNT)?))
+                Ok(attempt_at(row, JOB_COLUMN_COUNT).map(|attempt| (job_at(row, 0), attempt)))
             })
             .map_err(query)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(query)
+        decoded(rows)
     }
 
     fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::{
     inventory::Listing,
+    job::{json_text_depth, ParamsError},
     store::{CancelOutcome, JobId},
 };
 
@@ -138,6 +139,15 @@ pub async fn logs(State(app): State<Shared>) -> Response {
 /// `POST /api/jobs` with `{"class", "method", "params", "priority", "delay", "retries",
 /// "retry_delay", "timeout"}` (all but class and method optional): `201 {"id": n}`.
 pub async fn run(State(app): State<Shared>, body: Bytes) -> Response {
+    // Every field but the params is a scalar: a body nested deeper than the params may be is
+    // params over the limit, said so before a JSON reader stops at its own limit.
+    let limit = app.settings.limits.max_params_depth;
+    if json_text_depth(&String::from_utf8_lossy(&body), limit + 1) > limit + 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &ParamsError::TooDeep { limit }.to_string(),
+        );
+    }
     let request: data::RunRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad request body: {e}")),

@@ -363,7 +363,7 @@ pub struct RunRequest {
     pub delay: Option<f64>,
     /// Retries after the first failure (default: the settings').
     #[serde(default)]
-    pub retries: Option<u32>,
+    pub retries: Option<i64>,
     /// Seconds between attempts (default: the settings').
     #[serde(default)]
     pub retry_delay: Option<f64>,
@@ -406,17 +406,14 @@ impl RunRequest {
             .priority(priority)
             .delay(seconds("delay", self.delay)?.unwrap_or_default());
         if let Some(retries) = self.retries {
+            let retries = crate::job::retries_from("retries", i128::from(retries))
+                .map_err(|e| Failure::BadInput(e.to_string()))?;
             job = job.retries(retries);
         }
         if let Some(d) = seconds("retry_delay", self.retry_delay)? {
             job = job.retry_delay(d);
         }
         if let Some(t) = seconds("timeout", self.timeout)? {
-            if t.is_zero() {
-                return Err(Failure::BadInput(
-                    "timeout must be more than 0 seconds".into(),
-                ));
-            }
             job = job.timeout(t);
         }
         Ok(job)
@@ -551,10 +548,12 @@ mod tests {
                 ..base.clone()
             },
             RunRequest {
-                timeout: Some(0.0),
+                retry_delay: Some(-1.0),
                 ..base.clone()
             },
         ];
+        // Ranges (a zero timeout among them) are the spec's to check, as for every entry:
+        // `JobSpec::validate`.
         for request in bad {
             assert!(
                 matches!(request.clone().into_job(), Err(Failure::BadInput(_))),

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     inventory::FileStatus,
-    job::Priority,
+    job::{json_text_depth, ParamsError, Priority},
     store::{now_millis, Attempt, DispatcherRecord, JobId, JobRecord, JobState, Millis},
 };
 
@@ -609,6 +609,13 @@ fn job_main(
     for (term, value) in facts {
         let _ = writeln!(main, "<dt>{}</dt><dd>{value}</dd>", esc(term));
     }
+    if let Some(problem) = &job.problem {
+        let _ = writeln!(
+            main,
+            r#"<dt>Problem</dt><dd id="problem" class="error-text">its stored row cannot be read: {}</dd>"#,
+            esc(problem)
+        );
+    }
     if let Some(error) = &job.last_error {
         let _ = writeln!(
             main,
@@ -1017,12 +1024,19 @@ pub async fn run_form(State(app): State<Shared>, Extension(auth): Extension<Auth
 }
 
 impl RunForm {
-    /// The request it makes, or what is wrong with it.
-    fn request(&self) -> Result<data::RunRequest, Failure> {
+    /// The request it makes, or what is wrong with it. Params nested deeper than
+    /// `max_params_depth` are refused naming that limit before a JSON reader stops at its own.
+    fn request(&self, max_params_depth: usize) -> Result<data::RunRequest, Failure> {
         let job = self.job.trim();
         let Some((class, method)) = job.rsplit_once('@') else {
             return Err(Failure::BadInput("job: choose a job (Class@method)".into()));
         };
+        if json_text_depth(&self.params, max_params_depth) > max_params_depth {
+            let too_deep = ParamsError::TooDeep {
+                limit: max_params_depth,
+            };
+            return Err(Failure::BadInput(format!("params: {too_deep}")));
+        }
         let params = match self.params.trim() {
             "" => serde_json::Value::Object(Default::default()),
             text => serde_json::from_str(text)
@@ -1070,7 +1084,9 @@ pub async fn run(
     };
     let submitted = form.clone();
     let outcome = blocking(&app, move |app| {
-        let result = form.request().and_then(|request| data::run(app, request));
+        let result = form
+            .request(app.settings.limits.max_params_depth)
+            .and_then(|request| data::run(app, request));
         let runnable = data::plugins(app).map(|p| p.runnable()).unwrap_or_default();
         (result, runnable)
     })
@@ -1124,7 +1140,7 @@ mod tests {
             priority: "normal".into(),
             delay: delay.into(),
         };
-        let message = |f: RunForm| match f.request() {
+        let message = |f: RunForm| match f.request(32) {
             Err(Failure::BadInput(m)) => m,
             other => panic!("{other:?}"),
         };
@@ -1132,8 +1148,13 @@ mod tests {
         assert!(message(form("A@m", "{", "0")).starts_with("params: not valid JSON"));
         assert!(message(form("A@m", "3", "0")).starts_with("params: must be"));
         assert!(message(form("A@m", "{}", "-1")).starts_with("delay:"));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            message(form("A@m", &deep, "0")),
+            "params: params nest more than 32 levels deep (limits.max_params_depth)"
+        );
         let ok = form(r"App\Jobs\X@handle", r#"{"a":1}"#, "2.5")
-            .request()
+            .request(32)
             .unwrap();
         assert_eq!(
             (ok.class.as_str(), ok.method.as_str()),
@@ -1164,6 +1185,7 @@ mod tests {
             cancel_requested: false,
             last_error: Some("<b>boom</b>".into()),
             result: None,
+            problem: None,
         };
         let attempt = Attempt {
             job_id: 7,
