@@ -522,7 +522,9 @@ fn dispatchers_whose_connections_are_killed_reconnect_and_lose_nothing() {
 fn the_dashboard_lists_every_dispatcher_sharing_the_database() {
     let db = TestDatabase::create();
     let mut store = open_store(db.url());
-    let others = start_dispatchers(&db, 1, "", &mut *store);
+    // One lease for all: a dispatcher judges the others by its own lease, so a shorter one
+    // would take a peer heartbeating every fifth of a longer lease for dead.
+    let others = start_dispatchers(&db, 1, "dispatcher.lease = 1\n", &mut *store);
     let d = Dashboard::start_in(Host::on_store(db.url()), "dispatcher.lease = 1\n");
     let own = d.host.registered(&mut *store).id;
     let mut expected = vec![

@@ -301,3 +301,40 @@ fn job_that_ends_while_the_state_disk_is_full_is_settled_from_its_report_and_nev
     assert_eq!(runs.lines().count(), 1, "it ran once: {runs}");
     assert!(host.stop_serve(&mut serve));
 }
+
+#[test]
+fn adopted_worker_killed_while_its_new_dispatcher_runs_is_not_said_to_have_ended_while_it_was_down()
+{
+    let host = Host::standard();
+    let mut first = host.serve();
+    let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=60", "--retries", "0"]);
+    let worker = wait_for(
+        "the job's worker on record",
+        Duration::from_secs(30),
+        || {
+            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
+            workers_of(&host, id)
+                .into_iter()
+                .find(|&w| u64::from(w) == pid)
+        },
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The next dispatcher adopts the worker, which is then killed while that one watches.
+    let mut second = host.serve();
+    host.wait_log(
+        "background_jobs_errors.log",
+        &format!("Adopting attempt 1 of job {id}"),
+    );
+    std::process::Command::new("kill")
+        .args(["-9", &worker.to_string()])
+        .status()
+        .unwrap();
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert_eq!(outcomes(&shown), ["lost"], "{shown:#}");
+    let error = shown["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.contains("adopted worker ended"), "{error}");
+    assert!(!error.contains("while its dispatcher was down"), "{error}");
+    assert!(host.stop_serve(&mut second));
+}

@@ -1198,7 +1198,10 @@ mod sqlite {
         }
 
         fn execute(&self, sql: &str) {
-            let conn = rusqlite::Connection::open(self.0.path().join("jobs.sqlite3")).unwrap();
+            let StoreLocation::Sqlite(path) = self.location() else {
+                unreachable!("a SQLite location")
+            };
+            let conn = rusqlite::Connection::open(path).unwrap();
             conn.execute_batch(sql).unwrap();
         }
     }
