@@ -137,24 +137,28 @@ fn workers_of(host: &Host, id: i64) -> Vec<u32> {
         .collect()
 }
 
+/// Waits until job `id`'s first worker is on record (and so let start: a worker waits at its
+/// gate until the store has recorded it), and returns its pid.
+fn worker_on_record(host: &Host, id: i64) -> u32 {
+    wait_for(
+        "the job's worker on record",
+        Duration::from_secs(30),
+        || {
+            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
+            workers_of(host, id)
+                .into_iter()
+                .find(|&w| u64::from(w) == pid)
+        },
+    )
+}
+
 #[test]
 fn dispatcher_survives_a_database_locked_past_its_busy_timeout_and_settles_what_ran_meanwhile() {
     let host = Host::standard();
     let mut serve = host.serve();
     let dispatcher = serve.id();
     let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=1", "--retries", "0"]);
-    // Its worker on record, so let start: a worker waits at its gate while the store cannot
-    // record it.
-    let worker = wait_for(
-        "the job's worker on record",
-        Duration::from_secs(30),
-        || {
-            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
-            workers_of(&host, id)
-                .into_iter()
-                .find(|&w| u64::from(w) == pid)
-        },
-    );
+    let worker = worker_on_record(&host, id);
 
     // Another process takes the database's write lock and keeps it past SQLite's busy timeout
     // (10 s), from before the job ends until well after its dispatcher tried to settle it.
@@ -270,16 +274,7 @@ fn job_that_ends_while_the_state_disk_is_full_is_settled_from_its_report_and_nev
         &format!("path={}", trace.display()),
         "seconds=2",
     ]);
-    let worker = wait_for(
-        "the job's worker on record",
-        Duration::from_secs(30),
-        || {
-            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
-            workers_of(&host, id)
-                .into_iter()
-                .find(|&w| u64::from(w) == pid)
-        },
-    );
+    let worker = worker_on_record(&host, id);
 
     // The state disk fills up while the job runs; it ends meanwhile.
     let filler = disk.fill();
@@ -308,16 +303,7 @@ fn adopted_worker_killed_while_its_new_dispatcher_runs_is_not_said_to_have_ended
     let host = Host::standard();
     let mut first = host.serve();
     let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=60", "--retries", "0"]);
-    let worker = wait_for(
-        "the job's worker on record",
-        Duration::from_secs(30),
-        || {
-            let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
-            workers_of(&host, id)
-                .into_iter()
-                .find(|&w| u64::from(w) == pid)
-        },
-    );
+    let worker = worker_on_record(&host, id);
     first.kill().unwrap();
     first.wait().unwrap();
 
