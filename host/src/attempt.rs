@@ -379,6 +379,12 @@ fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
     platform::find_worker(pid, &paths.report.to_string_lossy())
 }
 
+/// How an attempt ended by its worker's report alone: for a report that turns up after the
+/// attempt was settled `lost` (its dispatcher was rescued while the worker ran on).
+pub fn reported_outcome(report: WorkerReport, timeout: Duration) -> Outcome {
+    classify(Some(report), None, None, false, timeout)
+}
+
 /// Reconciles the worker's report with how its process ended. A report of success wins;
 /// then a stop by the supervisor; then the report's error; then the signal or exit code. With
 /// no report and no exit status (an adopted worker), the attempt is lost.

@@ -30,11 +30,12 @@ use crate::{
     inventory::{self, CatalogPaths, FileStamp, Inventory},
     joblog, lifecycle,
     platform::{CancelToken, Doorbell, FileLock},
+    protocol::{read_report, WorkerReport},
     settings::Settings,
     store::{
-        now_millis, postgres::PgListener, sqlite::SqliteStore, Attempt, AttemptEnd, AttemptStart,
-        DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store,
-        StoreError, StoreLocation,
+        now_millis, postgres::PgListener, sqlite::SqliteStore, Amended, Attempt, AttemptEnd,
+        AttemptStart, DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis,
+        Next, Store, StoreError, StoreLocation,
     },
 };
 
@@ -54,6 +55,9 @@ struct Heartbeats {
     owner: DispatcherId,
     predecessors: Vec<DispatcherId>,
 }
+
+/// How often the dispatcher looks for reports of its host's attempts that were settled lost.
+const AMEND_EVERY: Duration = Duration::from_secs(60);
 
 /// How often at most the loop looks for dispatchers whose lease ran out.
 const RESCUE_TICK: Duration = Duration::from_secs(1);
@@ -245,6 +249,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         heartbeats,
         predecessors,
         checked_own: Instant::now(),
+        amended: Instant::now(),
         running: HashMap::new(),
         orders: start_slots(settings, &tx),
         events: rx,
@@ -548,6 +553,8 @@ struct Dispatcher {
     predecessors: Vec<DispatcherId>,
     /// When it last looked for running attempts of its own that it does not know of.
     checked_own: Instant,
+    /// When it last looked for reports of attempts settled lost ([`Dispatcher::amend_lost`]).
+    amended: Instant,
     running: HashMap<JobId, Running>,
     orders: Sender<Order>,
     events: Receiver<Event>,
@@ -702,6 +709,9 @@ impl Dispatcher {
             if !recovered {
                 // What a predecessor left running is settled before anything is claimed.
                 recovered = self.recover()?;
+                if recovered {
+                    self.amend_lost()?;
+                }
             }
             if self.stopping.is_none() && recovered {
                 if check_cancels {
@@ -787,6 +797,11 @@ impl Dispatcher {
                     Event::Tick => {
                         if self.rescue()? {
                             check_cancels = true;
+                        }
+                        if self.amended.elapsed() >= AMEND_EVERY {
+                            // Workers rescued while they ran on may have ended since.
+                            self.amended = Instant::now();
+                            self.amend_lost()?;
                         }
                     }
                     Event::Evicted(id) => self.evicted(id)?,
@@ -1431,6 +1446,57 @@ impl Dispatcher {
             );
         }
         Ok(true)
+    }
+
+    /// Corrects the attempts of this host's earlier dispatchers that were settled `lost` while
+    /// their workers ran on (the others rescued them after their lease ran out), from the
+    /// reports those workers left in this state directory: the report is the truth. A job
+    /// that still waits for the retry the lost attempt gave it moves on as its report says
+    /// (a success completes it, never to run again); one that moved on keeps its course, its
+    /// record corrected. Reports are only ever in the state directory of the host that ran
+    /// the worker, so only that host's next dispatcher can do this.
+    fn amend_lost(&mut self) -> Result<(), DispatcherError> {
+        let Some(lost) = self.read("list lost attempts", |s| s.lost_attempts())? else {
+            return Ok(());
+        };
+        for (job, attempt) in lost {
+            let number = attempt.attempt;
+            let report_path =
+                AttemptPaths::new(&self.settings.state_dir, &job.id.to_string(), number).report;
+            let Ok(Some(report)) = read_report::<WorkerReport>(&report_path) else {
+                continue;
+            };
+            let outcome = crate::attempt::reported_outcome(report, job.timeout);
+            let now = now_millis();
+            let next = lifecycle::next_after(&job, &outcome, now);
+            let end = AttemptEnd {
+                finished_at: attempt.finished_at.unwrap_or(now),
+                outcome: outcome.label(),
+                error: outcome.error(),
+                output_bytes: attempt.output_bytes.unwrap_or(0),
+            };
+            let (id, label) = (job.id, outcome.label());
+            match self.store("correct a lost attempt", |s| {
+                s.amend_lost(id, number, &end, &next)
+            })? {
+                Some(Amended::Moved) => {
+                    tracing::warn!(
+                        "Attempt {number} of job {id} was settled lost while its dispatcher was \
+                         away, but its worker's report says {label}: the job moves on from it"
+                    );
+                    log_next(&job, number, &next, &end.error.unwrap_or_default(), now);
+                    notify_waiters(&self.paths.waiters, id);
+                    self.changed();
+                }
+                Some(Amended::Recorded) => tracing::warn!(
+                    "Attempt {number} of job {id} was settled lost while its dispatcher was \
+                     away, but its worker's report says {label}; the job had moved on already \
+                     (it may have run again), so only the attempt's record is corrected"
+                ),
+                Some(Amended::NotLost) | None => {}
+            }
+        }
+        Ok(())
     }
 
     /// The idle exit: stop answering the doorbell, then look once more. An enqueuer that

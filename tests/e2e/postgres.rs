@@ -587,3 +587,59 @@ fn the_dashboard_lists_every_dispatcher_sharing_the_database() {
         assert!(row.contains(r#"class="heartbeat""#), "{row}");
     }
 }
+
+#[test]
+fn a_job_that_ended_while_its_dispatcher_was_rescued_is_settled_from_its_report_when_that_host_returns(
+) {
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let settings = "dispatcher.lease = 2\n";
+    // Only the victim runs at first, so the job is its.
+    let mut victim = start_dispatchers(&db, 1, settings, &mut *store).remove(0);
+    let trace = victim.host.root().join("runs.trace");
+    let id = victim
+        .host
+        .client()
+        .dispatch(
+            Job::new(CLASS, "trace")
+                .param("path", trace.display().to_string())
+                .param("seconds", 4)
+                .retries(1)
+                .retry_delay(Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let worker = wait_for("its worker on record", Duration::from_secs(30), || {
+        let (state, attempts) = job(&mut *store, id);
+        let pid = attempts.last()?.pid?;
+        (state == JobState::Running).then_some(pid)
+    });
+    victim.serve.kill().unwrap();
+    victim.serve.wait().unwrap();
+
+    // Another host rescues the job once the lease has run out, while its worker runs on and
+    // ends with a report in the victim's state directory.
+    let mut rescuer = start_dispatchers(&db, 1, settings, &mut *store).remove(0);
+    wait_for("the rescue", Duration::from_secs(60), || {
+        let (state, attempts) = job(&mut *store, id);
+        let lost = attempts[0].outcome.as_deref() == Some("lost");
+        (state == JobState::Scheduled && lost).then_some(())
+    });
+    wait_for("the worker to end", Duration::from_secs(60), || {
+        (!jobhost_e2e::alive(worker)).then_some(())
+    });
+
+    // The host comes back: the report is the truth, and the job does not wait to run again.
+    let mut back = victim.host.serve();
+    let attempts = wait_for("the job to complete", Duration::from_secs(60), || {
+        let (state, attempts) = job(&mut *store, id);
+        (state == JobState::Completed).then_some(attempts)
+    });
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.clone()).collect();
+    assert_eq!(outcomes, [Some("ok".to_owned())], "{attempts:#?}");
+    let (record, _) = store.job(id).unwrap().unwrap();
+    assert_eq!(record.result.unwrap()["pid"], worker, "its worker's result");
+    let runs = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(runs.lines().count(), 1, "it ran once: {runs}");
+    assert!(victim.host.stop_serve(&mut back));
+    assert!(rescuer.host.stop_serve(&mut rescuer.serve));
+}

@@ -13,7 +13,7 @@ use std::{
 use serde_json::json;
 
 use super::{
-    AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
+    Amended, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, ErrorClass, Finished, JobId, JobState, ListFilter, NewJob, Next, Pruned,
     Store, StoreError, StoreLocation,
 };
@@ -1146,6 +1146,85 @@ pub fn retry_renews_only_a_budget_the_store_can_hold_and_read_back(b: &dyn Backe
     assert_eq!((job.state, job.max_attempts), (JobState::Failed, 999_999));
 }
 
+pub fn a_lost_attempt_whose_report_turns_up_moves_its_job_on_only_while_it_still_waits(
+    b: &dyn Backend,
+) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let ids = s
+        .enqueue(
+            &[
+                new_job("A", Priority::Normal, 0),
+                new_job("B", Priority::Normal, 0),
+            ],
+            1000,
+        )
+        .unwrap();
+    // Both rescued as lost, each retried in a while.
+    assert_eq!(s.claim(me, 1000, 2).unwrap().len(), 2);
+    for &id in &ids {
+        assert!(s
+            .settle(id, 1, &end("lost", 2000), &Next::Retry(9000))
+            .unwrap());
+    }
+    assert_eq!(s.lost_attempts().unwrap().len(), 2);
+    // B's retry has run already.
+    assert_eq!(s.claim(me, 9000, 2).unwrap().len(), 2);
+    assert!(s
+        .settle(ids[0], 2, &end("error", 9100), &Next::Retry(20_000))
+        .unwrap());
+
+    // The lost attempts' reports say ok after all.
+    let ok = end("ok", 3000);
+    let done = Next::Complete(json!({"late": true}));
+    // Not the lost attempt: nothing.
+    assert_eq!(
+        s.amend_lost(ids[0], 2, &ok, &done).unwrap(),
+        Amended::NotLost
+    );
+    let (job, _) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    // A's lost first attempt: the job moved on since (a second attempt ran), so only the
+    // attempt's record is corrected.
+    assert_eq!(
+        s.amend_lost(ids[0], 1, &ok, &done).unwrap(),
+        Amended::Recorded
+    );
+    let (job, attempts) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Scheduled, "it had moved on");
+    assert_eq!(attempts[0].outcome.as_deref(), Some("ok"));
+    // B is running its second attempt: only the record.
+    assert_eq!(
+        s.amend_lost(ids[1], 1, &ok, &done).unwrap(),
+        Amended::Recorded
+    );
+    assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Running);
+    assert!(s.lost_attempts().unwrap().is_empty(), "amended once");
+    assert_eq!(
+        s.amend_lost(ids[1], 1, &ok, &done).unwrap(),
+        Amended::NotLost
+    );
+
+    // A third job, lost and still waiting for its retry: its late report completes it.
+    let c = s
+        .enqueue(&[new_job("C", Priority::Normal, 0)], 1000)
+        .unwrap()[0];
+    s.settle(ids[1], 2, &end("ok", 9200), &Next::Complete(json!(null)))
+        .unwrap();
+    let claimed = s.claim(me, 30_000, 1).unwrap();
+    assert_eq!(claimed[0].id, c, "{claimed:?}");
+    assert!(s
+        .settle(c, 1, &end("lost", 30_100), &Next::Retry(90_000))
+        .unwrap());
+    assert_eq!(s.amend_lost(c, 1, &ok, &done).unwrap(), Amended::Moved);
+    let (job, attempts) = s.job(c).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.result, Some(json!({"late": true})));
+    assert_eq!(job.last_error, None);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("ok"));
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -1173,6 +1252,7 @@ macro_rules! conformance_suite {
             a_due_job_whose_row_cannot_be_read_is_quarantined_and_the_claim_goes_on,
             a_job_whose_row_cannot_be_read_is_listed_and_shown_with_its_problem,
             retry_renews_only_a_budget_the_store_can_hold_and_read_back,
+            a_lost_attempt_whose_report_turns_up_moves_its_job_on_only_while_it_still_waits,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

@@ -278,6 +278,18 @@ pub struct Quarantined {
     pub reason: String,
 }
 
+/// What [`Store::amend_lost`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amended {
+    /// The job still waited for what the lost attempt gave it, and moved on as the report says.
+    Moved,
+    /// The attempt's record was corrected; the job had moved on already (another attempt, or a
+    /// cancel), so it stays as it is.
+    Recorded,
+    /// The attempt is not a lost one (corrected already, or no such attempt): nothing changed.
+    NotLost,
+}
+
 /// The result of asking to cancel a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {
@@ -599,6 +611,22 @@ pub trait Store: Send {
         end: &AttemptEnd,
         next: &Next,
     ) -> Result<bool, StoreError>;
+
+    /// The attempts settled `lost` whose jobs are still stored, each with its job: the ones a
+    /// report may still turn up for (a dispatcher rescued while its workers ran on).
+    fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError>;
+
+    /// Attempt `attempt` of job `id`, settled `lost`, has its worker's report after all:
+    /// records it as `end` says. If the job still waits for what the lost attempt gave it
+    /// (queued or scheduled, with no attempt since) it moves on to `next` instead
+    /// ([`Amended::Moved`]); otherwise only the attempt's record is corrected.
+    fn amend_lost(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<Amended, StoreError>;
 
     /// Cancels a waiting job, or asks for a running one to be stopped.
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError>;

@@ -28,9 +28,9 @@ use super::{
         self, attempt_at, dispatcher_at, job_at, prefixed, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
-    DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Pruned, Quarantined, Stats, Store, StoreError,
+    Amended, Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId,
+    DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis,
+    NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; the table `jobhost_schema` holds the number applied.
@@ -856,6 +856,68 @@ impl Store for PostgresStore {
                 &[],
                 |row| get(row, 0),
             )
+        })
+    }
+
+    fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        let sql = format!(
+            "SELECT {}, {} FROM attempts a JOIN jobs j ON j.id = a.job_id \
+             WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
+            prefixed(JOB_COLUMNS, "j"),
+            prefixed(ATTEMPT_COLUMNS, "a")
+        );
+        self.run(|session| {
+            session.direct().rows(&sql, &[], |row| {
+                Ok((job_at(row, 0), attempt_at(row, JOB_COLUMN_COUNT)?))
+            })
+        })
+    }
+
+    fn amend_lost(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<Amended, StoreError> {
+        let attempt = i64::from(attempt);
+        let settled = Settled::of(end, next);
+        self.run(|session| {
+            session.transaction(|tx| {
+                // Locked: a second amender waits here, then finds the attempt amended.
+                let lost = tx.query_opt(
+                    "SELECT 1 FROM attempts WHERE job_id = $1 AND attempt = $2 \
+                     AND outcome = 'lost' FOR UPDATE",
+                    &[&id, &attempt],
+                )?;
+                if lost.is_none() {
+                    return Ok(Amended::NotLost);
+                }
+                tx.execute(
+                    "UPDATE attempts SET outcome = $3, error = $4 WHERE job_id = $1 AND attempt = $2",
+                    &[&id, &attempt, &end.outcome, &end.error],
+                )?;
+                let moved = tx.execute(
+                    "UPDATE jobs SET state = $3, run_at = COALESCE($4, run_at), finished_at = $5, \
+                     last_error = $6, result = $7, max_attempts = max_attempts + $8 \
+                     WHERE id = $1 AND attempts = $2 AND state IN ('queued', 'scheduled')",
+                    &[
+                        &id,
+                        &attempt,
+                        &settled.state.as_str(),
+                        &settled.run_at,
+                        &settled.finished_at,
+                        &end.error,
+                        &settled.result,
+                        &settled.extra_attempts,
+                    ],
+                )?;
+                Ok(if moved == 1 {
+                    Amended::Moved
+                } else {
+                    Amended::Recorded
+                })
+            })
         })
     }
 

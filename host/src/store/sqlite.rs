@@ -21,9 +21,9 @@ use super::{
         self, attempt_at, dispatcher_at, job_at, prefixed, BadColumn, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
-    Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
-    DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis, NewJob, Next,
-    Pruned, Quarantined, Stats, Store, StoreError,
+    Amended, Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId,
+    DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis,
+    NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
@@ -685,6 +685,75 @@ impl Store for SqliteStore {
         .map_err(query)?;
         tx.commit().map_err(query)?;
         Ok(true)
+    }
+
+    fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {}, {} FROM attempts a JOIN jobs j ON j.id = a.job_id \
+                 WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
+                prefixed(JOB_COLUMNS, "j"),
+                prefixed(ATTEMPT_COLUMNS, "a")
+            ))
+            .map_err(query)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(attempt_at(row, JOB_COLUMN_COUNT).map(|attempt| (job_at(row, 0), attempt)))
+            })
+            .map_err(query)?;
+        decoded(rows)
+    }
+
+    fn amend_lost(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<Amended, StoreError> {
+        let tx = self.immediate()?;
+        let lost: bool = tx
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM attempts WHERE job_id = ?1 AND attempt = ?2 \
+                 AND outcome = 'lost')",
+            )
+            .and_then(|mut s| s.query_row(params![id, attempt], |r| r.get(0)))
+            .map_err(query)?;
+        if !lost {
+            return Ok(Amended::NotLost);
+        }
+        tx.prepare_cached(
+            "UPDATE attempts SET outcome = ?3, error = ?4 WHERE job_id = ?1 AND attempt = ?2",
+        )
+        .and_then(|mut s| s.execute(params![id, attempt, end.outcome, end.error]))
+        .map_err(query)?;
+        let settled = Settled::of(end, next);
+        let moved = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = ?3, run_at = COALESCE(?4, run_at), finished_at = ?5, \
+                 last_error = ?6, result = ?7, max_attempts = max_attempts + ?8 \
+                 WHERE id = ?1 AND attempts = ?2 AND state IN ('queued', 'scheduled')",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    attempt,
+                    settled.state.as_str(),
+                    settled.run_at,
+                    settled.finished_at,
+                    end.error,
+                    settled.result,
+                    settled.extra_attempts
+                ])
+            })
+            .map_err(query)?;
+        tx.commit().map_err(query)?;
+        Ok(if moved == 1 {
+            Amended::Moved
+        } else {
+            Amended::Recorded
+        })
     }
 
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError> {
