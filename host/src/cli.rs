@@ -16,14 +16,17 @@ pub struct Cli {
     pub command: Commands,
 }
 
-pub const EXIT_CODES: &str = "Exit codes:
-  0    success (with --wait: the job completed)
+pub const EXIT_CODES: &str =
+    "Exit codes (any but 0 and 6 from run, cancel or retry: nothing was changed):
+  0    success (with --wait and wait: the job completed)
   1    jobhost itself failed (I/O, database, spawning, ...)
   2    bad input: arguments, params, settings, allowlist file, unknown job id, wrong job state
   3    refused: not approved by the allowlist, or no plugin offers it
-  4    the job failed (with --wait)
-  5    the job was cancelled (with --wait)
-  130  --wait was interrupted; the job goes on in the background";
+  4    the job failed (with --wait and wait)
+  5    the job was cancelled (with --wait and wait)
+  6    the database connection broke while the change committed: it may or may not have been
+       stored; the message names the command that tells (list --class CLASS, show ID)
+  130  --wait or wait was interrupted; the job goes on in the background";
 
 /// Options every command takes; each overrides its environment variable and `jobhost.toml`.
 #[derive(Debug, Args)]
@@ -80,6 +83,11 @@ pub enum Commands {
     Serve(ServeArgs),
     /// Cancel a job: a waiting one never starts, a running one is stopped.
     Cancel {
+        /// The job id.
+        id: i64,
+    },
+    /// Follow a job enqueued earlier to its end; exits like `run --wait`.
+    Wait {
         /// The job id.
         id: i64,
     },

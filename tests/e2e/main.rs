@@ -11,6 +11,7 @@ mod browser;
 mod dashboard;
 mod examples;
 mod fixtures;
+mod following;
 mod hot_swap;
 mod inventory;
 mod postgres;

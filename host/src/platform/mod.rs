@@ -5,7 +5,8 @@
 //! deadline, stop its whole process tree on cancel or timeout, and say how it ended), [`adopt`]
 //! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
 //! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
-//! [`Doorbell`] and [`ring`] (how an enqueuer wakes a dispatcher), [`FileLock`] (one
+//! [`Doorbell`], [`ring`] and [`answers`] (how an enqueuer wakes a dispatcher, and how a
+//! follower sees one is there without waking it), [`FileLock`] (one
 //! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
 //! `nohup … &` / `start /b`), [`find_worker`] and [`on_termination`]. `unix.rs` is the
 //! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
@@ -15,15 +16,17 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
-    prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
+    adopt, answers, crash_name, detach_command, detach_self, find_worker, hold_output_open,
+    on_termination, prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell,
+    OutputPair,
 };
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
 pub use windows::{
-    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_termination,
-    prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell, OutputPair,
+    adopt, answers, crash_name, detach_command, detach_self, find_worker, hold_output_open,
+    on_termination, prepare_child, reopen_output, ring, supervise, CancelToken, Doorbell,
+    OutputPair,
 };
 
 use std::time::Duration;

@@ -460,6 +460,24 @@ impl Doorbell {
     }
 }
 
+/// Whether someone listens at the doorbell `path`, found without ringing it: a datagram
+/// socket connects only to a bound one, and connecting delivers nothing to its owner.
+pub fn answers(path: &Path) -> io::Result<bool> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    match socket.connect(path) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Rings the doorbell at `path` with `byte`. `Ok(false)` when nobody is listening there.
 pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
     let socket = std::os::unix::net::UnixDatagram::unbound()?;
