@@ -124,8 +124,9 @@ pub struct ServeArgs {
     /// Exit after this many seconds with nothing queued, scheduled or running
     #[arg(long, value_name = "SECS", value_parser = secs)]
     pub idle_exit: Option<std::time::Duration>,
-    /// Detach from the terminal first (how `jobhost run` starts a dispatcher); exit quietly if
-    /// another dispatcher already serves the state directory
+    /// Detach from the terminal first (how `jobhost run` starts a dispatcher on demand); exit
+    /// quietly if another dispatcher already serves the state directory, and hand it over
+    /// (stopping gracefully) to a `jobhost serve` without --detached that asks
     #[arg(long)]
     pub detached: bool,
 }

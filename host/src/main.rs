@@ -224,6 +224,7 @@ fn follow(client: &mut Client, id: i64) -> anyhow::Result<u8> {
 fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     let mut options = ServeOptions {
         idle_exit: args.idle_exit,
+        on_demand: args.detached,
         ..ServeOptions::default()
     };
     jobhost::web::attach(settings, &mut options);

@@ -14,6 +14,7 @@ mod fixtures;
 mod following;
 mod hot_swap;
 mod inventory;
+mod on_demand;
 mod postgres;
 mod queue;
 mod refusals;
