@@ -586,12 +586,10 @@ fn the_dashboard_lists_every_dispatcher_sharing_the_database() {
     }
 }
 
-#[test]
-fn run_tries_again_after_its_connection_is_lost_before_the_commit_and_stores_the_job_once() {
-    let db = TestDatabase::create();
-    let host = Host::on_store(db.url());
-    drop(open_store(db.url())); // migrated, so that the stall can be set up
-    db.stall_first_enqueue();
+/// Runs `jobhost run` for an `ok` job on `host`, ending its session, as an administrator
+/// would, once it waits in a stall ([`TestDatabase::stall_first_enqueue`],
+/// [`TestDatabase::stall_enqueue_commits`]).
+fn run_ending_its_stalled_session(host: &Host, db: &TestDatabase) -> Run {
     let run = host
         .jobhost()
         .args(["run", CLASS, "ok"])
@@ -599,9 +597,18 @@ fn run_tries_again_after_its_connection_is_lost_before_the_commit_and_stores_the
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Its first enqueue waits inside its transaction; the administrator ends the session.
     db.terminate_when_waiting("jobhost", "PgSleep");
-    let run = Run::from(run.wait_with_output().unwrap());
+    Run::from(run.wait_with_output().unwrap())
+}
+
+#[test]
+fn run_tries_again_after_its_connection_is_lost_before_the_commit_and_stores_the_job_once() {
+    let db = TestDatabase::create();
+    let host = Host::on_store(db.url());
+    drop(open_store(db.url())); // migrated, so that the stall can be set up
+    db.stall_first_enqueue();
+    // Its first enqueue waits inside its transaction when the session is ended.
+    let run = run_ending_its_stalled_session(&host, &db);
     run.expect_code(0);
     let id: JobId = run.stdout.trim().parse().expect("the job id on stdout");
     let mut store = open_store(db.url());
@@ -622,15 +629,7 @@ fn run_whose_connection_breaks_during_the_commit_says_the_outcome_is_unknown_and
     let host = Host::on_store(db.url());
     drop(open_store(db.url()));
     db.stall_enqueue_commits();
-    let run = host
-        .jobhost()
-        .args(["run", CLASS, "ok"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    db.terminate_when_waiting("jobhost", "PgSleep");
-    let run = Run::from(run.wait_with_output().unwrap());
+    let run = run_ending_its_stalled_session(&host, &db);
     run.expect_code(6);
     let lines = run.error_lines();
     assert_eq!(lines.len(), 1, "one error line:\n{}", run.stderr);
