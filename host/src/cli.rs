@@ -17,7 +17,7 @@ pub struct Cli {
 }
 
 pub const EXIT_CODES: &str =
-    "Exit codes (any but 0 and 6 from run, cancel or retry: nothing was changed):
+    "Exit codes (from run without --wait, cancel or retry, any but 0 and 6: nothing was changed):
   0    success (with --wait and wait: the job completed)
   1    jobhost itself failed (I/O, database, spawning, ...)
   2    bad input: arguments, params, settings, allowlist file, unknown job id, wrong job state
