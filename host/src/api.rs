@@ -22,7 +22,19 @@
 //! parsed allowlist and plugin inventory between calls, and enqueues many jobs in one
 //! transaction with [`Client::dispatch_batch`]. Every job passes the same gate as on the
 //! command line ([`crate::authorize`]), is logged as `Job queued`, and wakes the dispatcher at
-//! once — starting one, detached, if none serves the state directory.
+//! once — starting one, detached, if none serves the state directory (unless
+//! `dispatcher.autostart` is off).
+//!
+//! # What an error means
+//!
+//! An `Err` from [`Client::dispatch`], [`Client::cancel`] or [`Client::retry`] means nothing
+//! was changed, so calling again cannot do it twice — with one exception, a
+//! [`StoreError::CommitUnknown`] (see [`DispatchError::outcome_unknown`]): the connection to
+//! the database broke while the change committed, and only a look at the store tells whether
+//! it was made. A connection lost before the commit is retried here a few times first. Telling
+//! the dispatcher is best effort after the commit: when that fails (no dispatcher runs and
+//! none can be started), the change stands, a dispatcher that starts later finds it, and the
+//! client reports a [`WakeError`] to its warning handler ([`Client::on_warning`]) instead.
 
 use std::{
     path::PathBuf,
@@ -208,15 +220,91 @@ pub enum DispatchError {
     /// The logs cannot be opened.
     #[error(transparent)]
     Log(#[from] joblog::LogOpenError),
-    /// No dispatcher could be started.
-    #[error("cannot start a dispatcher ({program})")]
-    StartDispatcher {
+    /// A file of the state directory could not be used (the doorbells).
+    #[error("cannot use {path}")]
+    StateDir {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DispatchError {
+    /// Whether the change may have been stored although the call failed: the connection to the
+    /// database broke while it committed ([`StoreError::outcome_unknown`]). Every other error
+    /// means nothing was changed.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Self::Store(e) if e.outcome_unknown())
+    }
+}
+
+/// Why the dispatcher was not told of a change that was stored. The change stands: a
+/// dispatcher that starts later finds it.
+#[derive(Debug, thiserror::Error)]
+pub enum WakeError {
+    /// No dispatcher answered, and starting one failed.
+    #[error("no dispatcher serves {state_dir} and none could be started ({program})")]
+    Start {
+        /// The state directory.
+        state_dir: PathBuf,
         /// The jobhost program that was tried.
         program: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// No dispatcher answered, and `dispatcher.autostart` is off.
+    #[error(
+        "no dispatcher serves {state_dir}, and dispatcher.autostart is off: start one with `jobhost serve`"
+    )]
+    NotRunning {
+        /// The state directory.
+        state_dir: PathBuf,
+    },
+    /// The dispatcher's doorbell could not be rung.
+    #[error("cannot ring the dispatcher's doorbell {doorbell}")]
+    Ring {
+        /// The doorbell.
+        doorbell: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How often a follower looks at its job and at whether a dispatcher serves, when nothing woke
+/// it before.
+const FOLLOW_LOOK: Duration = Duration::from_secs(1);
+/// How often a follower checks whether it was interrupted.
+const FOLLOW_TICK: Duration = Duration::from_millis(100);
+
+/// What a [`Client`] does with a [`WakeError`].
+pub type OnWarning = Box<dyn Fn(&WakeError) + Send>;
+
+/// How often a store call that failed for a reason a new try at once can cure (a lost
+/// connection, a conflicting transaction) is made in all, the pauses doubling from
+/// [`STORE_RETRY_PAUSE`]: about 1.5 s.
+const STORE_TRIES: u32 = 5;
+const STORE_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs `call`, again after a pause while it fails having changed nothing for a reason a new
+/// try can cure: a lost connection (the store's next call connects again) or a transaction
+/// that conflicted with another. A commit whose outcome is unknown is never repeated.
+fn retrying<T>(mut call: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut pause = STORE_RETRY_PAUSE;
+    for _ in 1..STORE_TRIES {
+        match call() {
+            Err(e @ (StoreError::ConnectionLost { .. } | StoreError::Conflict(_))) => {
+                tracing::debug!("{e}; trying again in {pause:?}");
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
+    call()
 }
 
 /// The allowlist and the plugin catalog, brought up to date only when the plugin directory's
@@ -267,13 +355,14 @@ pub struct Client {
     store: Box<dyn Store>,
     gate: Gate,
     log: tracing::Dispatch,
+    on_warning: OnWarning,
 }
 
 impl Client {
     /// A client for the installation `settings` describe.
     pub fn new(settings: Settings) -> Result<Self, DispatchError> {
         let paths = StatePaths::new(&settings.state_dir);
-        let store = crate::store::open(&settings.store)?;
+        let store = retrying(|| crate::store::open(&settings.store))?;
         let log = SpecFormatLayer::open(&settings.log_dir, &settings.env)?.into_dispatch();
         Ok(Self {
             settings,
@@ -281,7 +370,16 @@ impl Client {
             store,
             gate: Gate::default(),
             log,
+            on_warning: Box::new(|warning| {
+                tracing::warn!("{}", crate::text::chain(warning));
+            }),
         })
+    }
+
+    /// Sets what to do when a change was stored but the dispatcher could not be told (a
+    /// [`WakeError`]); by default it is logged as a `tracing` warning.
+    pub fn on_warning(&mut self, handler: impl Fn(&WakeError) + Send + 'static) {
+        self.on_warning = Box::new(handler);
     }
 
     /// A client with the settings the CLI would use here: environment, `./jobhost.toml`,
@@ -332,7 +430,7 @@ impl Client {
                 })
                 .collect::<Result<Vec<_>, DispatchError>>()
         })?;
-        let ids = store.enqueue(&new_jobs, now_millis())?;
+        let ids = retrying(|| store.enqueue(&new_jobs, now_millis()))?;
         tracing::dispatcher::with_default(log, || {
             for (id, job) in ids.iter().zip(&new_jobs) {
                 let spec = &job.spec;
@@ -345,16 +443,17 @@ impl Client {
                 );
             }
         });
-        self.wake_dispatcher()?;
+        self.wake_dispatcher();
         Ok(ids)
     }
 
     /// Cancels a waiting job, or asks its dispatcher to stop a running one.
     pub fn cancel(&mut self, id: JobId) -> Result<CancelOutcome, DispatchError> {
-        let outcome = self.store.cancel(id, now_millis())?;
+        let store = &mut self.store;
+        let outcome = retrying(|| store.cancel(id, now_millis()))?;
         if outcome == CancelOutcome::Cancelled {
-            let job = self.store.job(id)?;
-            if let Some((job, _)) = job {
+            // Committed: what follows is best effort, and cannot undo the cancel.
+            if let Ok(Some((job, _))) = self.store.job(id) {
                 tracing::dispatcher::with_default(&self.log, || {
                     joblog::cancelled(&job.name(), &job.params);
                 });
@@ -364,15 +463,16 @@ impl Client {
         if !matches!(outcome, CancelOutcome::AlreadyFinished(_)) {
             // A running job must be stopped; for a waiting one, the ring tells whoever watches
             // the queue (the dashboard) that it changed.
-            self.wake_dispatcher()?;
+            self.wake_dispatcher();
         }
         Ok(outcome)
     }
 
     /// Queues a failed or cancelled job again.
     pub fn retry(&mut self, id: JobId) -> Result<(), DispatchError> {
-        self.store.retry(id, now_millis())?;
-        self.wake_dispatcher()?;
+        let store = &mut self.store;
+        retrying(|| store.retry(id, now_millis()))?;
+        self.wake_dispatcher();
         Ok(())
     }
 
@@ -383,24 +483,27 @@ impl Client {
 
     /// Asks the dispatcher serving this state directory to stop; false if none runs.
     pub fn stop_dispatcher(&self) -> Result<bool, DispatchError> {
-        platform::ring(&self.paths.doorbell, RING_STOP).map_err(|source| {
-            DispatchError::StartDispatcher {
-                program: self.paths.doorbell.clone(),
-                source,
-            }
+        platform::ring(&self.paths.doorbell, RING_STOP).map_err(|source| DispatchError::StateDir {
+            path: self.paths.doorbell.clone(),
+            source,
         })
     }
 
     /// Follows job `id` until it reaches a terminal state, or until `interrupted` says to stop
-    /// following (the job goes on). Woken by the dispatcher when the job changes; if the
-    /// dispatcher went away meanwhile, a new one is started.
+    /// following (the job goes on). Costs the dispatcher nothing: the follower is woken by the
+    /// dispatcher's ring on its own doorbell in the state directory when the job moves on, and
+    /// checks that a dispatcher serves the state directory without waking it
+    /// ([`platform::answers`]). It reads the job itself every [`FOLLOW_LOOK`] too (a job
+    /// finished by a dispatcher on another host rings no doorbell here). When no dispatcher
+    /// serves, it starts one (unless `dispatcher.autostart` is off), telling the warning
+    /// handler once if it cannot, and goes on waiting.
     pub fn follow(
         &mut self,
         id: JobId,
         interrupted: &dyn Fn() -> bool,
     ) -> Result<Option<JobRecord>, DispatchError> {
-        let io = |source| DispatchError::StartDispatcher {
-            program: self.paths.waiters.clone(),
+        let io = |source| DispatchError::StateDir {
+            path: self.paths.waiters.clone(),
             source,
         };
         std::fs::create_dir_all(&self.paths.waiters).map_err(io)?;
@@ -415,33 +518,88 @@ impl Client {
             .name("follow".into())
             .spawn(move || while listener.wait().is_ok() && rang.send(()).is_ok() {})
             .map_err(io)?;
+        let mut warned = false;
         let result = loop {
-            match self.store.job(id)? {
-                None => break Err(StoreError::NotFound(id).into()),
-                Some((job, _)) if job.state.is_terminal() => break Ok(Some(job)),
-                Some(_) if interrupted() => break Ok(None),
-                Some(_) => {}
+            let store = &mut self.store;
+            match retrying(|| store.job(id)) {
+                Err(e) => break Err(e.into()),
+                Ok(None) => break Err(StoreError::NotFound(id).into()),
+                Ok(Some((job, _))) if job.state.is_terminal() => break Ok(Some(job)),
+                Ok(Some(_)) => {}
             }
-            // Woken by the dispatcher; the timeout only notices an interrupt and guards
-            // against a dispatcher that died.
-            if rings.recv_timeout(Duration::from_millis(500)).is_err() {
-                self.wake_dispatcher()?;
+            // Woken by the dispatcher; the ticks only notice an interrupt, and every
+            // FOLLOW_LOOK they look at the job and at whether a dispatcher serves.
+            let look = std::time::Instant::now() + FOLLOW_LOOK;
+            let stop = loop {
+                if interrupted() {
+                    break true;
+                }
+                match rings.recv_deadline(look.min(std::time::Instant::now() + FOLLOW_TICK)) {
+                    Ok(()) => break false,
+                    Err(_) if std::time::Instant::now() >= look => {
+                        if let Err(warning) = self.ensure_dispatcher() {
+                            if !std::mem::replace(&mut warned, true) {
+                                (self.on_warning)(&warning);
+                            }
+                        }
+                        break false;
+                    }
+                    Err(_) => {}
+                }
+            };
+            if stop {
+                break Ok(None);
             }
         };
         let _ = bell.unlink();
         result
     }
 
-    /// Rings the dispatcher's doorbell, starting a dispatcher if nobody answers.
-    fn wake_dispatcher(&self) -> Result<(), DispatchError> {
-        let start_error = |source| DispatchError::StartDispatcher {
-            program: crate::attempt::jobhost_program(),
+    /// Starts a dispatcher if none serves the state directory (and `dispatcher.autostart`
+    /// allows), without waking one that does.
+    fn ensure_dispatcher(&self) -> Result<(), WakeError> {
+        let doorbell = &self.paths.doorbell;
+        let serving = platform::answers(doorbell).map_err(|source| WakeError::Ring {
+            doorbell: doorbell.clone(),
             source,
-        };
-        if platform::ring(&self.paths.doorbell, RING_WAKE).map_err(start_error)? {
+        })?;
+        if serving {
             return Ok(());
         }
-        start_dispatcher(&self.settings).map_err(start_error)
+        self.start_dispatcher()
+    }
+
+    /// Rings the dispatcher's doorbell, starting a dispatcher if nobody answers (and
+    /// `dispatcher.autostart` allows). Best effort: what fails goes to the warning handler.
+    fn wake_dispatcher(&self) {
+        if let Err(warning) = self.try_wake_dispatcher() {
+            (self.on_warning)(&warning);
+        }
+    }
+
+    fn try_wake_dispatcher(&self) -> Result<(), WakeError> {
+        let doorbell = &self.paths.doorbell;
+        let answered = platform::ring(doorbell, RING_WAKE).map_err(|source| WakeError::Ring {
+            doorbell: doorbell.clone(),
+            source,
+        })?;
+        if answered {
+            return Ok(());
+        }
+        self.start_dispatcher()
+    }
+
+    /// Starts a dispatcher on demand, if `dispatcher.autostart` allows.
+    fn start_dispatcher(&self) -> Result<(), WakeError> {
+        let state_dir = self.settings.state_dir.clone();
+        if !self.settings.dispatcher.autostart {
+            return Err(WakeError::NotRunning { state_dir });
+        }
+        start_dispatcher(&self.settings).map_err(|source| WakeError::Start {
+            state_dir,
+            program: crate::attempt::jobhost_program(),
+            source,
+        })
     }
 }
 

@@ -16,15 +16,18 @@ pub struct Cli {
     pub command: Commands,
 }
 
-pub const EXIT_CODES: &str = "Exit codes:
-  0    success (with --wait: the job completed); also when the reader closed stdout
+pub const EXIT_CODES: &str =
+    "Exit codes (from run without --wait, cancel or retry, any but 0 and 6: nothing was changed):
+  0    success (with --wait and wait: the job completed); also when the reader closed stdout
   1    jobhost itself failed (I/O, database, spawning, ...)
   2    bad input: arguments (also one that is not UTF-8), params, settings, allowlist file,
        unknown job id, wrong job state
   3    refused: not approved by the allowlist, or no plugin offers it
-  4    the job failed (with --wait)
-  5    the job was cancelled (with --wait)
-  130  --wait was interrupted; the job goes on in the background";
+  4    the job failed (with --wait and wait)
+  5    the job was cancelled (with --wait and wait)
+  6    the database connection broke while the change committed: it may or may not have been
+       stored; the message names the command that tells (list --class CLASS, show ID)
+  130  --wait or wait was interrupted; the job goes on in the background";
 
 /// Options every command takes; each overrides its environment variable and `jobhost.toml`.
 #[derive(Debug, Args)]
@@ -81,6 +84,11 @@ pub enum Commands {
     Serve(ServeArgs),
     /// Cancel a job: a waiting one never starts, a running one is stopped.
     Cancel {
+        /// The job id.
+        id: i64,
+    },
+    /// Follow a job enqueued earlier to its end; exits like `run --wait`.
+    Wait {
         /// The job id.
         id: i64,
     },
@@ -144,8 +152,9 @@ pub struct ServeArgs {
     /// Exit after this many seconds with nothing queued, scheduled or running (at most 365 days)
     #[arg(long, value_name = "SECS", value_parser = idle_exit)]
     pub idle_exit: Option<std::time::Duration>,
-    /// Detach from the terminal first (how `jobhost run` starts a dispatcher); exit quietly if
-    /// another dispatcher already serves the state directory
+    /// Detach from the terminal first (how `jobhost run` starts a dispatcher on demand); exit
+    /// quietly if another dispatcher already serves the state directory, and hand it over
+    /// (stopping gracefully) to a `jobhost serve` without --detached that asks
     #[arg(long)]
     pub detached: bool,
 }

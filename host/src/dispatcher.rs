@@ -8,7 +8,9 @@
 //! `run_at`, never on a polling interval (a slow safety wake-up aside). State transitions are
 //! decided by [`crate::lifecycle`] and applied by [`Store::settle`].
 //!
-//! One dispatcher serves a state directory at a time (a lock file); a second one exits at once.
+//! One dispatcher serves a state directory at a time (a lock file); a second one exits at once,
+//! unless the one holding it was started on demand and the second was not: then the first
+//! hands over (it stops gracefully) and the second serves.
 //! On start it first settles the attempts a crashed predecessor left running
 //! ([`crate::attempt::adopt_attempt`]); see `docs/job_state_machine.md`.
 
@@ -135,6 +137,9 @@ pub struct ServeOptions {
     pub on_change: Option<OnChange>,
     /// Runs beside the dispatcher.
     pub companion: Option<Companion>,
+    /// Started on demand (by an enqueuer, `serve --detached`): it hands the state directory
+    /// over to a `jobhost serve` that is not, stopping gracefully when that one asks.
+    pub on_demand: bool,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -143,6 +148,7 @@ impl std::fmt::Debug for ServeOptions {
             .field("idle_exit", &self.idle_exit)
             .field("on_change", &self.on_change.is_some())
             .field("companion", &self.companion.is_some())
+            .field("on_demand", &self.on_demand)
             .finish()
     }
 }
@@ -201,14 +207,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
     };
     let paths = StatePaths::new(&settings.state_dir);
     std::fs::create_dir_all(&settings.state_dir).map_err(setup("create the state directory"))?;
-    let Some(lock) =
-        FileLock::try_acquire(&paths.lock).map_err(setup("take the dispatcher lock"))?
-    else {
-        return Err(DispatcherError::AlreadyRunning {
-            pid: FileLock::holder(&paths.lock).map_or_else(|| "unknown".into(), |p| p.to_string()),
-            state_dir: settings.state_dir.clone(),
-        });
-    };
+    let lock = take_over(settings, &paths, options.on_demand)?;
     let mut store = crate::store::open(&settings.store)?;
     let info = DispatcherInfo::this_process(settings.dispatcher.slots, &settings.state_dir);
     let owner = store.register_dispatcher(&info, now_millis())?;
@@ -308,6 +307,60 @@ fn open_health(path: &Path) -> Option<HealthFile> {
     created
         .map_err(|e| tracing::warn!("cannot create the dispatcher's health file: {e}"))
         .ok()
+}
+
+/// What a dispatcher started on demand writes under its pid in the lock file.
+const ON_DEMAND: &str = "on-demand";
+/// What any other dispatcher writes there.
+const SUPERVISED: &str = "supervised";
+
+/// Takes the state directory's dispatcher lock. A dispatcher that is not `on_demand` (a
+/// `jobhost serve` of an administrator or a supervisor) that finds one started on demand
+/// holding it asks that one to stop (gracefully: its running attempts get
+/// `dispatcher.shutdown_grace` to finish, then go back to the queue) and takes the lock once
+/// it is gone; otherwise a held lock is [`DispatcherError::AlreadyRunning`].
+fn take_over(
+    settings: &Settings,
+    paths: &StatePaths,
+    on_demand: bool,
+) -> Result<FileLock, DispatcherError> {
+    let note = if on_demand { ON_DEMAND } else { SUPERVISED };
+    // Its attempts' grace, their stopping, and its exit.
+    let deadline = Instant::now()
+        + settings.dispatcher.shutdown_grace
+        + settings.limits.kill_grace
+        + Duration::from_secs(30);
+    let mut asked = None;
+    loop {
+        let taken = FileLock::try_acquire_noted(&paths.lock, note).map_err(|source| {
+            DispatcherError::Setup {
+                what: "take the dispatcher lock".into(),
+                source,
+            }
+        })?;
+        if let Some(lock) = taken {
+            return Ok(lock);
+        }
+        let holder = FileLock::holder(&paths.lock);
+        let held_on_demand = FileLock::holder_note(&paths.lock).as_deref() == Some(ON_DEMAND);
+        if on_demand || !held_on_demand || Instant::now() >= deadline {
+            return Err(DispatcherError::AlreadyRunning {
+                pid: holder.map_or_else(|| "unknown".into(), |p| p.to_string()),
+                state_dir: settings.state_dir.clone(),
+            });
+        }
+        if asked != Some(holder) {
+            tracing::info!(
+                "Dispatcher taking over {} from the dispatcher started on demand (pid {}); it stops first",
+                settings.state_dir.display(),
+                holder.map_or_else(|| "unknown".into(), |p| p.to_string())
+            );
+            // Not answering: it is on its way out already.
+            let _ = crate::platform::ring(&paths.doorbell, RING_STOP);
+            asked = Some(holder);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Binds the doorbell and forwards its rings to the loop from a listener thread.

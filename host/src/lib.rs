@@ -37,6 +37,6 @@ pub mod text;
 pub mod watch;
 pub mod web;
 
-pub use api::{dispatch, Client, DispatchError, Job};
+pub use api::{dispatch, Client, DispatchError, Job, WakeError};
 pub use job::Priority;
 pub use store::JobId;

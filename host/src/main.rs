@@ -47,6 +47,7 @@ const EXIT_BAD_INPUT: u8 = 2;
 const EXIT_REFUSED: u8 = 3;
 const EXIT_JOB_FAILED: u8 = 4;
 const EXIT_JOB_CANCELLED: u8 = 5;
+const EXIT_OUTCOME_UNKNOWN: u8 = 6;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
@@ -80,9 +81,13 @@ fn stdout_closed(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Bad input is exit 2, refusal exit 3, anything else exit 1.
+/// Bad input is exit 2, refusal exit 3, a change whose outcome is unknown exit 6, anything
+/// else exit 1.
 fn exit_code_for(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
+        if cause.is::<OutcomeUnknown>() {
+            return EXIT_OUTCOME_UNKNOWN;
+        }
         match cause.downcast_ref::<DispatchError>() {
             Some(
                 DispatchError::BadInput(_)
@@ -110,6 +115,37 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
     EXIT_FAILURE
 }
 
+/// A change that may or may not have been stored (the database connection broke while it
+/// committed), with the command that tells which.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}; check with `{check}` before trying again")]
+struct OutcomeUnknown {
+    error: DispatchError,
+    check: String,
+}
+
+/// `error` as the CLI reports it: when the change may have been stored after all, with the
+/// command `check` that tells.
+fn reported(error: DispatchError, check: impl FnOnce() -> String) -> anyhow::Error {
+    if error.outcome_unknown() {
+        OutcomeUnknown {
+            error,
+            check: check(),
+        }
+        .into()
+    } else {
+        error.into()
+    }
+}
+
+/// A client whose warnings (a change stored, but the dispatcher could not be told) go to
+/// stderr.
+fn cli_client(settings: Settings) -> anyhow::Result<Client> {
+    let mut client = Client::new(settings)?;
+    client.on_warning(|warning| note!("jobhost: warning: {}", jobhost::text::chain(warning)));
+    Ok(client)
+}
+
 fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
     let mut overrides = cli.global.overrides();
     if let Commands::Serve(args) = &cli.command {
@@ -128,8 +164,11 @@ fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
         Commands::Plugins { json } => list_plugins(&settings, json, out),
         Commands::Serve(args) => serve(&settings, &args),
         Commands::Cancel { id } => cancel(settings, id),
+        Commands::Wait { id } => follow(&mut cli_client(settings)?, id, out),
         Commands::Retry { id } => {
-            Client::new(settings)?.retry(id)?;
+            cli_client(settings)?
+                .retry(id)
+                .map_err(|e| reported(e, || format!("jobhost show {id}")))?;
             note!("job {id} queued again");
             Ok(0)
         }
@@ -149,6 +188,7 @@ fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
 }
 
 fn run_job(settings: Settings, args: RunArgs, out: &mut Stdout) -> anyhow::Result<u8> {
+    let class = args.class.clone();
     let mut job = Job::new(args.class, args.method)
         .params(parse_cli_params(&args.params, args.params_json.as_deref())?)
         .priority(args.priority)
@@ -162,13 +202,26 @@ fn run_job(settings: Settings, args: RunArgs, out: &mut Stdout) -> anyhow::Resul
     if let Some(timeout) = args.timeout {
         job = job.timeout(timeout);
     }
-    let mut client = Client::new(settings)?;
-    let id = client.dispatch(job)?;
+    let mut client = cli_client(settings)?;
+    let id = client
+        .dispatch(job)
+        .map_err(|e| reported(e, || format!("jobhost list --class '{class}'")))?;
     if !args.wait {
         writeln!(out, "{id}")?;
         return Ok(0);
     }
     note!("job {id} queued");
+    // The job stands whatever happens to its follower.
+    follow(&mut client, id, out).with_context(|| {
+        format!(
+            "job {id} is queued, but following it failed (`jobhost wait {id}` follows it again)"
+        )
+    })
+}
+
+/// Follows job `id` to its end (`run --wait`, `wait`): exit 0 when it completed, 4 when it
+/// failed, 5 when it was cancelled, 130 when interrupted (the job goes on).
+fn follow(client: &mut Client, id: i64, out: &mut Stdout) -> anyhow::Result<u8> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     platform::on_termination(move || flag.store(true, Ordering::SeqCst))
@@ -199,6 +252,7 @@ fn run_job(settings: Settings, args: RunArgs, out: &mut Stdout) -> anyhow::Resul
 fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     let mut options = ServeOptions {
         idle_exit: args.idle_exit,
+        on_demand: args.detached,
         ..ServeOptions::default()
     };
     jobhost::web::attach(settings, &mut options);
@@ -255,7 +309,10 @@ fn prune(settings: &Settings, args: cli::PruneArgs, out: &mut Stdout) -> anyhow:
 }
 
 fn cancel(settings: Settings, id: i64) -> anyhow::Result<u8> {
-    match Client::new(settings)?.cancel(id)? {
+    let outcome = cli_client(settings)?
+        .cancel(id)
+        .map_err(|e| reported(e, || format!("jobhost show {id}")))?;
+    match outcome {
         CancelOutcome::Cancelled => note!("job {id} cancelled; it will not run"),
         CancelOutcome::Requested => note!("job {id} is running; its dispatcher is stopping it"),
         CancelOutcome::AlreadyFinished(state) => {

@@ -196,6 +196,8 @@ pub struct RawDispatcher {
     /// Seconds without a heartbeat after which other dispatchers rescue a dispatcher's jobs.
     #[serde(default, deserialize_with = "de_secs")]
     pub lease: Option<Duration>,
+    /// Whether `jobhost run` (and the Rust API) start a dispatcher when none serves.
+    pub autostart: Option<bool>,
 }
 
 /// The `[defaults]` table.
@@ -289,6 +291,10 @@ pub struct DispatcherSettings {
     /// How long a dispatcher may go without a heartbeat before the other dispatchers sharing
     /// its store rescue its running jobs (default 15 s). It heartbeats every fifth of it.
     pub lease: Duration,
+    /// Whether an enqueuer (`jobhost run`, `wait`, the Rust API) that finds no dispatcher
+    /// serving the state directory starts one, detached, on demand (default true). Off, the
+    /// job waits for a dispatcher started otherwise (`jobhost serve` under a supervisor).
+    pub autostart: bool,
 }
 
 /// How long finished jobs, their attempts and their output files are kept before the
@@ -437,6 +443,7 @@ impl Default for DispatcherSettings {
             idle_exit: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(15),
+            autostart: true,
         }
     }
 }
@@ -703,6 +710,11 @@ impl Settings {
                 MAX_GRACE,
             )?
             .unwrap_or(builtin.lease),
+            autostart: env_parse(&getenv, "JOBHOST_AUTOSTART", "true or false", |v| {
+                v.parse::<bool>().ok()
+            })?
+            .or(raw.dispatcher.autostart)
+            .unwrap_or(builtin.autostart),
         };
 
         let retention =
@@ -806,6 +818,10 @@ impl Settings {
             ("JOBHOST_LOG_DIR", self.log_dir.clone().into_os_string()),
             ("JOBHOST_ENV", self.env.clone().into()),
             ("JOBHOST_SLOTS", self.dispatcher.slots.to_string().into()),
+            (
+                "JOBHOST_AUTOSTART",
+                self.dispatcher.autostart.to_string().into(),
+            ),
         ];
         if let Some(file) = &self.config_file {
             vars.push(("JOBHOST_CONFIG", file.clone().into_os_string()));
@@ -985,6 +1001,70 @@ mod tests {
             resolve("web.port = 1\n", &[]).is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn autostart_is_on_unless_the_file_or_the_environment_turns_it_off() {
+        assert!(resolve("", &[]).unwrap().dispatcher.autostart);
+        let off = "[dispatcher]\nautostart = false\n";
+        assert!(!resolve(off, &[]).unwrap().dispatcher.autostart);
+        let on = [("JOBHOST_AUTOSTART", "true")];
+        assert!(resolve(off, &on).unwrap().dispatcher.autostart);
+        let e = resolve("", &[("JOBHOST_AUTOSTART", "maybe")]).unwrap_err();
+        assert!(
+            e.to_string().contains("JOBHOST_AUTOSTART") && e.to_string().contains("true or false"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_dispatcher_started_on_demand_resolves_the_settings_of_its_starter() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &file,
+            "state_dir = \"var/state\"\n[dispatcher]\nslots = 2\nshutdown_grace = 7\nautostart = false\n",
+        )
+        .unwrap();
+        let caller_env = |name: &str| {
+            [
+                ("JOBHOST_SLOTS", "3"),
+                ("JOBHOST_ENV", "staging"),
+                ("JOBHOST_LOG_DIR", "elsewhere/logs"),
+            ]
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+        };
+        let starter =
+            Settings::resolve_with(&Overrides::default(), dir.path(), caller_env).unwrap();
+        // The dispatcher runs in another directory, with nothing but what it is handed.
+        let handed: Vec<(&str, String)> = starter
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+            .collect();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let started = Settings::resolve_with(&Overrides::default(), elsewhere.path(), |name| {
+            handed
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        assert_eq!(started.dispatcher, starter.dispatcher);
+        assert_eq!(started.dispatcher.slots, 3);
+        assert!(!started.dispatcher.autostart);
+        assert_eq!(
+            (&started.state_dir, &started.log_dir, &started.plugin_dir),
+            (&starter.state_dir, &starter.log_dir, &starter.plugin_dir)
+        );
+        assert_eq!(
+            (&started.env, &started.store),
+            (&starter.env, &starter.store)
+        );
+        assert_eq!(started.limits, starter.limits);
+        assert_eq!(started.web, starter.web);
     }
 
     #[test]

@@ -29,3 +29,15 @@ pub fn local_time(millis: i64) -> Option<String> {
             .to_string()
     })
 }
+
+/// An error and its causes on one line, as the CLI prints them: `what failed: why: root cause`.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,9 +1,15 @@
 //! The Rust API (`jobhost::Client`, `jobhost::Job`): the same gate, queue and logs as the
 //! command line, from inside an application.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use jobhost::{store::JobState, DispatchError, Job, Priority};
+use jobhost::{
+    store::{CancelOutcome, JobState},
+    DispatchError, Job, Priority, WakeError,
+};
 use jobhost_e2e::Host;
 
 #[test]
@@ -112,4 +118,56 @@ fn bad_jobs_are_refused_with_one_clear_error() {
         .unwrap_err();
     assert!(unknown.to_string().contains("is not approved"), "{unknown}");
     assert_eq!(client.store().unfinished().unwrap(), 0);
+}
+
+/// The warnings a client reported, as text.
+fn collect_warnings(client: &mut jobhost::Client) -> Arc<Mutex<Vec<String>>> {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&warnings);
+    client.on_warning(move |w: &WakeError| sink.lock().unwrap().push(w.to_string()));
+    warnings
+}
+
+#[test]
+fn dispatch_cancel_and_retry_succeed_with_a_warning_when_no_dispatcher_can_be_started() {
+    let host = Host::standard();
+    let mut settings = host.client().settings().clone();
+    // A dispatcher cannot start in a directory that does not exist.
+    settings.work_dir = host.root().join("nowhere");
+    let mut client = jobhost::Client::new(settings).unwrap();
+    let warnings = collect_warnings(&mut client);
+
+    let id = client
+        .dispatch(Job::new(r"Tests\Misbehave", "ok"))
+        .expect("the job is stored: dispatch is Ok");
+    assert_eq!(client.cancel(id).unwrap(), CancelOutcome::Cancelled);
+    client.retry(id).expect("the retry is stored: Ok");
+
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    for w in &warnings {
+        assert!(w.contains("none could be started"), "{w}");
+    }
+    let (job, _) = client.job(id).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(client.store().unfinished().unwrap(), 1, "stored once");
+    assert!(host.dispatcher_pid().is_none());
+}
+
+#[test]
+fn with_autostart_off_dispatch_stores_the_job_warns_and_starts_no_dispatcher() {
+    let host = Host::standard();
+    host.settings("dispatcher.autostart = false\n");
+    let mut client = host.client();
+    let warnings = collect_warnings(&mut client);
+    let id = client.dispatch(Job::new(r"Tests\Misbehave", "ok")).unwrap();
+    let warnings = warnings.lock().unwrap().clone();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("dispatcher.autostart is off"),
+        "{}",
+        warnings[0]
+    );
+    assert_eq!(client.job(id).unwrap().unwrap().0.state, JobState::Queued);
+    assert!(host.dispatcher_pid().is_none());
 }

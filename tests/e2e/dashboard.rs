@@ -205,6 +205,39 @@ impl Dashboard {
         )
     }
 
+    /// Subscribes to the change events (`GET /events`) with the session `cookie`: each line of
+    /// the stream, as it arrives.
+    pub(crate) fn events(&self, cookie: &str) -> std::sync::mpsc::Receiver<String> {
+        let response = self
+            .agent
+            .get(self.url("/events"))
+            .header("Cookie", cookie)
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        let (lines, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let reader = BufReader::new(response.into_body().into_reader());
+            for line in reader.lines() {
+                let Ok(line) = line else { return };
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        received
+    }
+
     /// Enqueues through the API; returns the id.
     fn api_run(&self, body: Value) -> i64 {
         let reply = self.post_json("/api/jobs", As::Bearer(&self.token), &[], Some(body));
@@ -776,33 +809,7 @@ fn the_jobs_list_filters_and_pages_newest_first() {
 fn events_announce_a_change_after_an_enqueue() {
     let d = Dashboard::start("");
     let cookie = d.login();
-    let response = d
-        .agent
-        .get(d.url("/events"))
-        .header("Cookie", &cookie)
-        .config()
-        .timeout_global(None)
-        .build()
-        .call()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert!(response
-        .headers()
-        .get("content-type")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let (lines, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let reader = BufReader::new(response.into_body().into_reader());
-        for line in reader.lines() {
-            let Ok(line) = line else { return };
-            if lines.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let received = d.events(&cookie);
     // Nothing changes: nothing is sent (keep-alives come every 15 s).
     assert!(received.recv_timeout(Duration::from_millis(500)).is_err());
 

@@ -643,3 +643,63 @@ fn a_job_that_ended_while_its_dispatcher_was_rescued_is_settled_from_its_report_
     assert!(victim.host.stop_serve(&mut back));
     assert!(rescuer.host.stop_serve(&mut rescuer.serve));
 }
+
+/// Runs `jobhost run` for an `ok` job on `host`, ending its session, as an administrator
+/// would, once it waits in a stall ([`TestDatabase::stall_first_enqueue`],
+/// [`TestDatabase::stall_enqueue_commits`]).
+fn run_ending_its_stalled_session(host: &Host, db: &TestDatabase) -> Run {
+    let run = host
+        .jobhost()
+        .args(["run", CLASS, "ok"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    db.terminate_when_waiting("jobhost", "PgSleep");
+    Run::from(run.wait_with_output().unwrap())
+}
+
+#[test]
+fn run_tries_again_after_its_connection_is_lost_before_the_commit_and_stores_the_job_once() {
+    let db = TestDatabase::create();
+    let host = Host::on_store(db.url());
+    drop(open_store(db.url())); // migrated, so that the stall can be set up
+    db.stall_first_enqueue();
+    // Its first enqueue waits inside its transaction when the session is ended.
+    let run = run_ending_its_stalled_session(&host, &db);
+    run.expect_code(0);
+    let id: JobId = run.stdout.trim().parse().expect("the job id on stdout");
+    let mut store = open_store(db.url());
+    let stored = store
+        .list(&jobhost::store::ListFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(stored.len(), 1, "exactly one job stored: {stored:#?}");
+    assert_eq!(stored[0].id, id);
+    host.wait_state(id, &["completed"]);
+}
+
+#[test]
+fn run_whose_connection_breaks_during_the_commit_says_the_outcome_is_unknown_and_how_to_check() {
+    let db = TestDatabase::create();
+    let host = Host::on_store(db.url());
+    drop(open_store(db.url()));
+    db.stall_enqueue_commits();
+    let run = run_ending_its_stalled_session(&host, &db);
+    run.expect_code(6);
+    let lines = run.error_lines();
+    assert_eq!(lines.len(), 1, "one error line:\n{}", run.stderr);
+    assert!(
+        lines[0].contains("may or may not have been stored"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[0].contains(&format!("check with `jobhost list --class '{CLASS}'`")),
+        "{}",
+        lines[0]
+    );
+    assert!(run.stdout.is_empty(), "no job id: {}", run.stdout);
+}

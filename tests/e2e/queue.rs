@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobhost_e2e::{alive, group_alive, proc_stat, wait_for, Host};
+use jobhost_e2e::{alive, group_alive, proc_stat, wait_for, Host, Run};
 use serde_json::Value;
 
 fn state(shown: &Value) -> &str {
@@ -458,4 +458,60 @@ fn read_only_commands_in_a_directory_without_settings_create_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "read-only commands created {left:?}");
+}
+
+#[test]
+fn run_cancel_and_retry_succeed_with_a_warning_when_no_dispatcher_can_be_started() {
+    let host = Host::standard();
+    let nowhere = "/nonexistent/jobhost";
+    let without_dispatcher = |args: &[&str]| {
+        Run::from(
+            host.jobhost()
+                .env("JOBHOST_BIN", nowhere)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let warned = |run: &Run| {
+        let warnings: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("jobhost: warning: no dispatcher serves"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "one warning:\n{}", run.stderr);
+        assert!(warnings[0].contains(nowhere), "{}", warnings[0]);
+        assert!(
+            run.error_lines().len() == 1,
+            "nothing else:\n{}",
+            run.stderr
+        );
+    };
+
+    // The plugins are inspected (by jobhost itself) once, before jobhost cannot be found.
+    host.run(&["plugins"]).expect_code(0);
+    let run = without_dispatcher(&["run", r"Tests\Misbehave", "ok"]);
+    run.expect_code(0);
+    warned(&run);
+    let id: i64 = run.stdout.trim().parse().expect("the job id on stdout");
+    assert_eq!(state(&host.show(id)), "queued");
+
+    let cancel = without_dispatcher(&["cancel", &id.to_string()]);
+    cancel.expect_code(0);
+    warned(&cancel);
+    assert_eq!(state(&host.show(id)), "cancelled");
+
+    let retry = without_dispatcher(&["retry", &id.to_string()]);
+    retry.expect_code(0);
+    warned(&retry);
+    assert_eq!(state(&host.show(id)), "queued");
+
+    assert!(host.dispatcher_pid().is_none(), "no dispatcher started");
+    let listed = host.run(&["list", "--json"]);
+    listed.expect_code(0);
+    assert_eq!(listed.json().as_array().unwrap().len(), 1, "one job stored");
+
+    // A follower that can start a dispatcher has the job run.
+    host.run(&["wait", &id.to_string()]).expect_code(0);
+    assert_eq!(state(&host.show(id)), "completed");
 }

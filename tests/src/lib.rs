@@ -310,7 +310,7 @@ impl Host {
     /// The pid of the dispatcher serving this installation, as written in its lock file.
     pub fn dispatcher_pid(&self) -> Option<u32> {
         let text = fs::read_to_string(self.state_dir().join("dispatcher.lock")).ok()?;
-        let pid: u32 = text.trim().parse().ok()?;
+        let pid: u32 = text.lines().next()?.trim().parse().ok()?;
         alive(pid).then_some(pid)
     }
 

@@ -5,7 +5,8 @@
 //! deadline, stop its whole process tree on cancel or timeout, and say how it ended), [`adopt`]
 //! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
 //! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
-//! [`Doorbell`] and [`ring`] (how an enqueuer wakes a dispatcher), [`FileLock`] (one
+//! [`Doorbell`], [`ring`] and [`answers`] (how an enqueuer wakes a dispatcher, and how a
+//! follower sees one is there without waking it), [`FileLock`] (one
 //! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
 //! `nohup … &` / `start /b`), [`find_worker`], [`on_signals`] and [`on_termination`]. `unix.rs` is the
 //! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
@@ -15,17 +16,17 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_signals,
-    on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken,
-    Doorbell, OutputPair,
+    adopt, answers, crash_name, detach_command, detach_self, find_worker, hold_output_open,
+    on_signals, on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise,
+    CancelToken, Doorbell, OutputPair,
 };
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
 pub use windows::{
-    adopt, crash_name, detach_command, detach_self, find_worker, hold_output_open, on_signals,
-    on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken,
-    Doorbell, OutputPair,
+    adopt, answers, crash_name, detach_command, detach_self, find_worker, hold_output_open,
+    on_signals, on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise,
+    CancelToken, Doorbell, OutputPair,
 };
 
 use std::time::Duration;
@@ -100,20 +101,26 @@ pub struct FileLock {
 impl FileLock {
     /// Takes the lock on `path` if nobody holds it, writing this process's id into the file.
     pub fn try_acquire(path: &std::path::Path) -> std::io::Result<Option<Self>> {
+        Self::try_acquire_noted(path, "")
+    }
+
+    /// Takes the lock on `path` if nobody holds it, writing this process's id into the file
+    /// and `note` (one line: what kind of holder it is) on the line after it.
+    pub fn try_acquire_noted(path: &std::path::Path, note: &str) -> std::io::Result<Option<Self>> {
         let file = Self::open(path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        Self::held(file).map(Some)
+        Self::held(file, note).map(Some)
     }
 
     /// Takes the lock on `path`, waiting for whoever holds it.
     pub fn acquire(path: &std::path::Path) -> std::io::Result<Self> {
         let file = Self::open(path)?;
         file.lock()?;
-        Self::held(file)
+        Self::held(file, "")
     }
 
     fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -125,10 +132,15 @@ impl FileLock {
             .open(path)
     }
 
-    fn held(file: std::fs::File) -> std::io::Result<Self> {
+    fn held(file: std::fs::File, note: &str) -> std::io::Result<Self> {
         use std::io::Write;
         file.set_len(0)?;
-        (&file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        let mut text = format!("{}\n", std::process::id());
+        if !note.is_empty() {
+            text.push_str(note);
+            text.push('\n');
+        }
+        (&file).write_all(text.as_bytes())?;
         Ok(Self { file })
     }
 
@@ -150,7 +162,15 @@ impl FileLock {
 
     /// The pid written by whoever holds (or last held) the lock on `path`.
     pub fn holder(path: &std::path::Path) -> Option<u32> {
-        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+        let text = std::fs::read_to_string(path).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// The note written by whoever holds (or last held) the lock on `path` (see
+    /// [`FileLock::try_acquire_noted`]); empty when it wrote none.
+    pub fn holder_note(path: &std::path::Path) -> Option<String> {
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(text.lines().nth(1).unwrap_or_default().trim().to_owned())
     }
 }
 

@@ -490,6 +490,25 @@ impl Doorbell {
     }
 }
 
+/// Whether someone listens at the doorbell `path`, found without ringing it: a datagram
+/// socket connects only to a bound one, and connecting delivers nothing to its owner.
+pub fn answers(path: &Path) -> io::Result<bool> {
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    match socket.connect(path) {
+        Ok(()) => Ok(true),
+        Err(e) if nobody_listens(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `e`, from reaching a doorbell, says that nobody listens there.
+fn nobody_listens(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
+}
+
 /// Rings the doorbell at `path` with `byte`. `Ok(false)` when nobody is listening there.
 pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
     let socket = std::os::unix::net::UnixDatagram::unbound()?;
@@ -498,14 +517,7 @@ pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
         Ok(_) => Ok(true),
         // A full queue means the listener has wake-ups pending already.
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            Ok(false)
-        }
+        Err(e) if nobody_listens(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }

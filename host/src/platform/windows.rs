@@ -487,29 +487,43 @@ impl Doorbell {
     }
 }
 
+/// Whether someone listens at the doorbell `path`, found without ringing it: a connection
+/// that sends nothing, which [`Doorbell::wait`] drops without waking its owner.
+pub fn answers(path: &Path) -> io::Result<bool> {
+    Ok(connect_doorbell(path)?.is_some())
+}
+
 /// Rings the doorbell at `path` with `byte`. `Ok(false)` when nobody is listening there.
 pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
+    match connect_doorbell(path)? {
+        Some(mut stream) => {
+            stream.write_all(&[byte])?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// A connection to the doorbell at `path`; `None` when nobody is listening there.
+fn connect_doorbell(path: &Path) -> io::Result<Option<TcpStream>> {
     let port: u16 = match std::fs::read_to_string(path) {
         Ok(text) => match text.trim().parse() {
             Ok(port) => port,
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(None),
         },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        Ok(mut stream) => {
-            stream.write_all(&[byte])?;
-            Ok(true)
-        }
+        Ok(stream) => Ok(Some(stream)),
         Err(e)
             if matches!(
                 e.kind(),
                 io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
             ) =>
         {
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e),
     }

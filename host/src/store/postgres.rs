@@ -98,14 +98,7 @@ fn describe(e: &::postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    crate::text::chain(e)
 }
 
 /// Whether `e`, met on `client`, means the connection is gone rather than the statement failed.
@@ -1275,11 +1268,83 @@ impl TestDatabase {
     }
 
     /// A connection to this database, of an application of its own.
-    #[cfg(test)]
     fn client(&self) -> Client {
         parse_url(&self.url)
             .and_then(|config| connect(&config, "jobhost tests").map_err(|e| describe(&e)))
             .unwrap_or_else(|reason| panic!("connecting to {}: {reason}", self.url))
+    }
+
+    /// Runs `sql` (statements separated by `;`) on this database. Panics if it fails.
+    pub fn batch_execute(&self, sql: &str) {
+        self.client()
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    }
+
+    /// Makes the first transaction that inserts a job wait a minute before it can commit (the
+    /// database must be migrated): a connection ended meanwhile fails before the commit.
+    pub fn stall_first_enqueue(&self) {
+        self.batch_execute(
+            "CREATE SEQUENCE stall_once; \
+             CREATE FUNCTION stall_once() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF nextval('stall_once') = 1 THEN PERFORM pg_sleep(60); END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER stall_once BEFORE INSERT ON jobs \
+             FOR EACH ROW EXECUTE FUNCTION stall_once()",
+        );
+    }
+
+    /// Makes every commit of a transaction that inserted a job take a minute (the database
+    /// must be migrated): a connection ended meanwhile breaks during the commit.
+    pub fn stall_enqueue_commits(&self) {
+        self.batch_execute(
+            "CREATE FUNCTION stall_commit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER stall_commit AFTER INSERT ON jobs \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION stall_commit()",
+        );
+    }
+
+    /// Waits, up to a minute, until a session of the application `application` on this
+    /// database waits for `wait_event` (as `pg_stat_activity.wait_event` names it: `PgSleep`,
+    /// `advisory`, `transactionid`, ...); returns its backend's pid. Panics if none does in
+    /// time.
+    pub fn waiting(&self, application: &str, wait_event: &str) -> i32 {
+        let mut client = self.client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pid: Option<i32> = client
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = $2 AND wait_event = $3 LIMIT 1",
+                    &[&self.name, &application, &wait_event],
+                )
+                .unwrap_or_else(|e| panic!("reading pg_stat_activity: {}", describe(&e)))
+                .map(|row| row.get(0));
+            if let Some(pid) = pid {
+                return pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no session of {application} waited for {wait_event}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until a session of `application` waits for `wait_event` ([`TestDatabase::waiting`]),
+    /// then ends it as an administrator would, waiting until it is gone.
+    pub fn terminate_when_waiting(&self, application: &str, wait_event: &str) {
+        let pid = self.waiting(application, wait_event);
+        let gone: bool = self
+            .client()
+            .query_one("SELECT pg_terminate_backend($1, 30000)", &[&pid])
+            .unwrap_or_else(|e| panic!("terminating session {pid}: {}", describe(&e)))
+            .get(0);
+        assert!(
+            gone,
+            "session {pid} of {application} outlived its termination"
+        );
     }
 
     /// Ends the sessions on this database of the application `application` (all of them, when
@@ -1496,48 +1561,14 @@ mod tests {
         assert!(s.settle(ids[0], 1, &failed(1300), &Next::Fail).unwrap());
     }
 
-    /// Waits until a session of the application `jobhost` on `db` waits for `event` (a
-    /// `pg_stat_activity.wait_event`).
-    fn await_wait_event(db: &TestDatabase, event: &str) {
-        let mut client = db.client();
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let waiting: i64 = client
-                .query_one(
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 \
-                     AND application_name = 'jobhost' AND wait_event = $2",
-                    &[&db.name, &event],
-                )
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no jobhost session waited for {event}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     #[test]
     fn a_connection_lost_while_committing_is_an_unknown_outcome() {
         let db = TestDatabase::create();
         let mut s = PostgresStore::open(db.url()).unwrap();
-        // A deferred trigger makes COMMIT itself take long: the connection is ended while the
-        // server works on the commit.
-        db.client()
-            .batch_execute(
-                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
-                 $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$; \
-                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON jobs \
-                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()",
-            )
-            .unwrap();
+        // The connection is ended while the server works on the commit.
+        db.stall_enqueue_commits();
         let enqueue = std::thread::spawn(move || s.enqueue(&[job("A")], 1000).map(drop));
-        await_wait_event(&db, "PgSleep");
-        assert_eq!(db.terminate(Some("jobhost")), 1);
+        db.terminate_when_waiting("jobhost", "PgSleep");
         let e = enqueue.join().unwrap().unwrap_err();
         assert!(matches!(e, StoreError::CommitUnknown { .. }), "{e}");
         assert!(e.outcome_unknown() && e.is_transient(), "{e}");
@@ -1559,8 +1590,7 @@ mod tests {
             .unwrap();
         let url = db.url().to_owned();
         let open = std::thread::spawn(move || PostgresStore::open(&url).map(drop));
-        await_wait_event(&db, "advisory");
-        assert_eq!(db.terminate(Some("jobhost")), 1);
+        db.terminate_when_waiting("jobhost", "advisory");
         let e = open.join().unwrap().unwrap_err();
         assert!(matches!(e, StoreError::ConnectionLost { .. }), "{e}");
         assert!(e.is_transient() && !e.outcome_unknown(), "{e}");
@@ -1592,7 +1622,7 @@ mod tests {
             });
             (s, outcome)
         });
-        await_wait_event(&db, "transactionid");
+        db.waiting("jobhost", "transactionid");
         tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&a])
             .unwrap();
         let (mut s, outcome) = locking.join().unwrap();
