@@ -32,7 +32,6 @@
 pub mod common;
 
 use std::{
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant},
@@ -255,7 +254,20 @@ fn apparent(path: &Path) -> u64 {
 
 /// The bytes allocated to `path`, 0 if it does not exist.
 fn allocated(path: &Path) -> u64 {
-    std::fs::symlink_metadata(path).map_or(0, |m| m.blocks() * 512)
+    std::fs::symlink_metadata(path).map_or(0, |m| blocks(&m))
+}
+
+/// The bytes allocated to a file as `du` counts them; where the platform does not say (Windows),
+/// its length.
+fn blocks(meta: &std::fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::blocks(meta) * 512
+    }
+    #[cfg(not(unix))]
+    {
+        meta.len()
+    }
 }
 
 /// The bytes allocated to `path` and everything under it, as `du` counts them.
@@ -263,7 +275,7 @@ fn du(path: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return 0;
     };
-    let own = meta.blocks() * 512;
+    let own = blocks(&meta);
     match std::fs::read_dir(path) {
         Ok(entries) if meta.is_dir() => own + entries.flatten().map(|e| du(&e.path())).sum::<u64>(),
         _ => own,
