@@ -130,6 +130,14 @@ pub enum InventoryError {
     },
 }
 
+impl InventoryError {
+    /// Whether the plugin directory the settings name does not exist: bad input (a setting
+    /// naming nothing), not a failure of jobhost's.
+    pub fn is_missing_dir(&self) -> bool {
+        matches!(self, Self::ReadDir { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// What the current content of a file in the plugin directory is.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -30,7 +30,7 @@ use jobhost::{
     authorize::Refused,
     child,
     dispatcher::{self, DispatcherError, ServeOptions},
-    inventory::{FileStatus, Inventory, Listing},
+    inventory::{FileStatus, Inventory, InventoryError, Listing},
     job::{parse_cli_params, ParamsError},
     joblog::SpecFormatLayer,
     platform,
@@ -95,11 +95,15 @@ fn exit_code_for(error: &anyhow::Error) -> u8 {
                 | DispatchError::Allowlist(_)
                 | DispatchError::Store(StoreError::NotFound(_) | StoreError::WrongState { .. }),
             ) => return EXIT_BAD_INPUT,
+            Some(DispatchError::Inventory(e)) if e.is_missing_dir() => return EXIT_BAD_INPUT,
             Some(DispatchError::Refused(_)) => return EXIT_REFUSED,
             _ => {}
         }
         let bad_input = cause.is::<ParamsError>()
             || cause.is::<SettingsError>()
+            || cause
+                .downcast_ref::<InventoryError>()
+                .is_some_and(InventoryError::is_missing_dir)
             || cause.is::<AllowlistError>()
             || matches!(
                 cause.downcast_ref::<StoreError>(),

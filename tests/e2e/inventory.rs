@@ -98,13 +98,27 @@ fn plugins_lists_good_plugins_and_rejects_bad_files_with_reasons() {
 }
 
 #[test]
-fn unreadable_plugin_directory_is_a_clear_error() {
+fn a_plugin_directory_that_does_not_exist_is_bad_input_naming_it() {
     let host = Host::standard();
-    let run = host.run(&["plugins", "--plugin-dir", "no-such-dir"]);
-    run.expect_code(1);
-    assert!(
-        run.stderr.contains("cannot read plugin directory"),
-        "{}",
-        run.stderr
-    );
+    // A setting that names nothing is bad input, for every command that reads the directory.
+    for args in [
+        &["plugins", "--plugin-dir", "no-such-dir"][..],
+        &[
+            "run",
+            "--plugin-dir",
+            "no-such-dir",
+            r"App\Jobs\SendWelcomeEmail",
+            "handle",
+            "user_id=1",
+        ],
+    ] {
+        let run = host.run(args);
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains("cannot read plugin directory")
+                && run.stderr.contains("no-such-dir"),
+            "{}",
+            run.stderr
+        );
+    }
 }
