@@ -397,6 +397,21 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Jobs each with one of their attempts, `from` naming `jobs j` and `attempts a`, how they
+    /// join and which rows: what [`Store::running`] and [`Store::lost_attempts`] read.
+    fn jobs_with_attempts(&mut self, from: &str) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        let sql = format!(
+            "SELECT {}, {} {from}",
+            prefixed(JOB_COLUMNS, "j"),
+            prefixed(ATTEMPT_COLUMNS, "a")
+        );
+        self.run(|session| {
+            session.direct().rows(&sql, &[], |row| {
+                Ok((job_at(row, 0), attempt_at(row, JOB_COLUMN_COUNT)?))
+            })
+        })
+    }
+
     /// Connects to the database at the PostgreSQL URL `url` and brings its schema up to date
     /// (creating it in an empty database). A server that does not answer is reported with the
     /// URL, its password masked, and the reason.
@@ -853,17 +868,10 @@ impl Store for PostgresStore {
     }
 
     fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        let sql = format!(
-            "SELECT {}, {} FROM attempts a JOIN jobs j ON j.id = a.job_id \
+        self.jobs_with_attempts(
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id \
              WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
-            prefixed(JOB_COLUMNS, "j"),
-            prefixed(ATTEMPT_COLUMNS, "a")
-        );
-        self.run(|session| {
-            session.direct().rows(&sql, &[], |row| {
-                Ok((job_at(row, 0), attempt_at(row, JOB_COLUMN_COUNT)?))
-            })
-        })
+        )
     }
 
     fn amend_lost(
@@ -915,17 +923,10 @@ impl Store for PostgresStore {
     }
 
     fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        let sql = format!(
-            "SELECT {}, {} FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
+        self.jobs_with_attempts(
+            "FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
              WHERE j.state = 'running' ORDER BY j.id",
-            prefixed(JOB_COLUMNS, "j"),
-            prefixed(ATTEMPT_COLUMNS, "a")
-        );
-        self.run(|session| {
-            session.direct().rows(&sql, &[], |row| {
-                Ok((job_at(row, 0), attempt_at(row, JOB_COLUMN_COUNT)?))
-            })
-        })
+        )
     }
 
     fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {

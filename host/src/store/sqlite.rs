@@ -395,6 +395,25 @@ fn state_of(conn: &Connection, id: JobId) -> Result<JobState, StoreError> {
 }
 
 impl SqliteStore {
+    /// Jobs each with one of their attempts, `from` naming `jobs j` and `attempts a`, how they
+    /// join and which rows: what [`Store::running`] and [`Store::lost_attempts`] read.
+    fn jobs_with_attempts(&self, from: &str) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {}, {} {from}",
+                prefixed(JOB_COLUMNS, "j"),
+                prefixed(ATTEMPT_COLUMNS, "a")
+            ))
+            .map_err(query)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(attempt_at(row, JOB_COLUMN_COUNT).map(|attempt| (job_at(row, 0), attempt)))
+            })
+            .map_err(query)?;
+        decoded(rows)
+    }
+
     fn immediate(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
         self.conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -688,21 +707,10 @@ impl Store for SqliteStore {
     }
 
     fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {}, {} FROM attempts a JOIN jobs j ON j.id = a.job_id \
-                 WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
-                prefixed(JOB_COLUMNS, "j"),
-                prefixed(ATTEMPT_COLUMNS, "a")
-            ))
-            .map_err(query)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(attempt_at(row, JOB_COLUMN_COUNT).map(|attempt| (job_at(row, 0), attempt)))
-            })
-            .map_err(query)?;
-        decoded(rows)
+        self.jobs_with_attempts(
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id \
+             WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
+        )
     }
 
     fn amend_lost(
@@ -886,21 +894,10 @@ impl Store for SqliteStore {
     }
 
     fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {}, {} FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
-                 WHERE j.state = 'running' ORDER BY j.id",
-                prefixed(JOB_COLUMNS, "j"),
-                prefixed(ATTEMPT_COLUMNS, "a")
-            ))
-            .map_err(query)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(attempt_at(row, JOB_COLUMN_COUNT).map(|attempt| (job_at(row, 0), attempt)))
-            })
-            .map_err(query)?;
-        decoded(rows)
+        self.jobs_with_attempts(
+            "FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
+             WHERE j.state = 'running' ORDER BY j.id",
+        )
     }
 
     fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {
