@@ -49,7 +49,11 @@ impl Stdout {
 
 /// Writes a note for people to stderr, with a newline; a stderr that cannot be written loses it.
 pub fn write_note(args: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "{args}");
+    // One write for the whole line: stderr is unbuffered, and a reader (a log collector, a
+    // test reading the file) must never see half of it.
+    let _ = io::stderr()
+        .lock()
+        .write_all(format!("{args}\n").as_bytes());
 }
 
 /// `note!("job {id} queued")`: [`write_note`] with `format!` arguments.

@@ -178,10 +178,9 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
         .spawn(move || serve(runtime, listener, router, stopping))?;
     if generated {
         // Best effort: a stderr that is gone must not stop the dispatcher.
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("dashboard: {url} (token: {token})\n"),
-        );
+        // One write, so that nobody reading stderr sees half the line.
+        let line = format!("dashboard: {url} (token: {token})\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
     }
     tracing::info!("Dashboard listening on {url}");
     Ok(WebHandle {
