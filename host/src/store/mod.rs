@@ -70,9 +70,8 @@ pub type JobId = i64;
 /// decimal number from 1 to `i64::MAX` — digits only, no sign, space or leading zero — so that
 /// one job has one name. The error names the text: `"+1" is not a job id (...)`.
 pub fn parse_job_id(text: &str) -> Result<JobId, String> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && !text.starts_with('0');
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
     text.parse::<JobId>()
         .ok()
         .filter(|_| canonical)
@@ -812,8 +811,21 @@ mod tests {
         assert_eq!(parse_job_id("42"), Ok(42));
         assert_eq!(parse_job_id("9223372036854775807"), Ok(i64::MAX));
         for text in [
-            "", "0", "00", "+1", "-1", "00001", "01", " 1", "1 ", "1e3", "0x1", "1_000", "١",
-            "9223372036854775808", "abc",
+            "",
+            "0",
+            "00",
+            "+1",
+            "-1",
+            "00001",
+            "01",
+            " 1",
+            "1 ",
+            "1e3",
+            "0x1",
+            "1_000",
+            "١",
+            "9223372036854775808",
+            "abc",
         ] {
             let error = parse_job_id(text).unwrap_err();
             assert!(
