@@ -6,8 +6,10 @@
 //! id in the `jobhost_session` cookie (HttpOnly, SameSite=Strict) kept in memory for 12 hours,
 //! each with a CSRF token that every state-changing request made with the cookie must carry:
 //! the form field `csrf` or the header `X-CSRF-Token`. Tokens are compared in constant time.
-//! A wrong admin token is logged (`Failed dashboard login`) and answered only after a delay
-//! that doubles with each consecutive failure from the same address.
+//! A POST whose `Origin` (or `Referer`) names another origin is refused. A wrong admin token is
+//! logged (`Failed dashboard login`) and answered only after a delay that doubles with each
+//! consecutive failure from the same client address (behind a trusted proxy, the one
+//! `X-Forwarded-For` names); a right token is never delayed, whatever fails beside it.
 
 use std::{
     collections::HashMap,
@@ -538,6 +540,136 @@ mod tests {
         assert_eq!(cookie(&headers, COOKIE), Some("xyz"));
         assert_eq!(cookie(&headers, "b"), Some("2"));
         assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy_and_only_its_untrusted_end() {
+        let trusted = [
+            IpRange::parse("127.0.0.1").unwrap(),
+            IpRange::parse("10.0.0.0/8").unwrap(),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let client = |peer: &str, pairs: &[(&'static str, &'static str)]| {
+            client_address(ip(peer), &headers(pairs), &trusted)
+        };
+        let xff = "x-forwarded-for";
+        // Not from a trusted proxy: the peer, whatever it claims.
+        assert_eq!(
+            client("192.0.2.1", &[(xff, "203.0.113.1")]),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            client_address(ip("127.0.0.1"), &headers(&[(xff, "203.0.113.1")]), &[]),
+            ip("127.0.0.1")
+        );
+        // From one: the rightmost address that is not a trusted proxy.
+        assert_eq!(
+            client("127.0.0.1", &[(xff, "203.0.113.1")]),
+            ip("203.0.113.1")
+        );
+        assert_eq!(
+            client("::ffff:127.0.0.1", &[(xff, "203.0.113.1")]),
+            ip("203.0.113.1")
+        );
+        assert_eq!(
+            client("127.0.0.1", &[(xff, "198.51.100.9, 203.0.113.1, 10.0.0.7")]),
+            ip("203.0.113.1")
+        );
+        assert_eq!(
+            client("127.0.0.1", &[(xff, "198.51.100.9"), (xff, "203.0.113.2")]),
+            ip("203.0.113.2")
+        );
+        assert_eq!(
+            client("127.0.0.1", &[(xff, "[2001:db8::1]:443")]),
+            ip("2001:db8::1")
+        );
+        // Nothing, only proxies, or garbage at the end: the peer.
+        assert_eq!(client("127.0.0.1", &[]), ip("127.0.0.1"));
+        assert_eq!(
+            client("127.0.0.1", &[(xff, "10.1.1.1, 127.0.0.1")]),
+            ip("127.0.0.1")
+        );
+        assert_eq!(
+            client("127.0.0.1", &[(xff, "203.0.113.1, unknown")]),
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn a_post_must_not_say_it_comes_from_another_origin() {
+        let host = ("host", "127.0.0.1:8000");
+        for pairs in [
+            vec![host],
+            vec![host, ("origin", "http://127.0.0.1:8000")],
+            vec![host, ("origin", "https://127.0.0.1:8000")],
+            vec![("host", "Jobs.Example"), ("origin", "https://jobs.example")],
+            vec![
+                host,
+                (
+                    "referer",
+                    "http://127.0.0.1:8000/admin/background-jobs/jobs/1",
+                ),
+            ],
+            vec![host, ("referer", "http://127.0.0.1:8000?x")],
+            vec![],
+        ] {
+            assert!(same_origin(&headers(&pairs)), "{pairs:?}");
+        }
+        for pairs in [
+            vec![host, ("origin", "null")],
+            vec![host, ("origin", "http://evil.example")],
+            vec![host, ("origin", "http://127.0.0.1:8001")],
+            vec![host, ("origin", "http://127.0.0.1:8000.evil.example")],
+            vec![host, ("origin", "ftp://127.0.0.1:8000")],
+            vec![host, ("origin", "http://")],
+            vec![host, ("referer", "http://127.0.0.1:8000@evil.example/")],
+            // Origin wins over Referer.
+            vec![
+                host,
+                ("origin", "http://evil.example"),
+                ("referer", "http://127.0.0.1:8000/"),
+            ],
+            vec![("origin", "http://127.0.0.1:8000")],
+        ] {
+            assert!(!same_origin(&headers(&pairs)), "{pairs:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_right_token_passes_while_wrong_ones_wait_their_turn() {
+        let throttle = Arc::new(Throttle::default());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let wrong: Vec<_> = (0..3)
+            .map(|_| {
+                let throttle = Arc::clone(&throttle);
+                tokio::spawn(async move { throttle.check(ip, "wrong", "right").await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        assert!(throttle.check(ip, "right", "right").await);
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the right token did not wait"
+        );
+        for task in wrong {
+            assert!(!task.await.unwrap());
+        }
+        // One after another: 250 ms + 500 ms + 1 s, less what the right token's reset saved.
+        assert!(
+            start.elapsed() >= Duration::from_millis(1000),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -1128,6 +1128,11 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39; &amp; &quot;y&quot;)&lt;/script&gt;"
         );
         assert_eq!(esc("plain text, é ✓"), "plain text, é ✓");
+        assert_eq!(esc("\u{202E}<exe>.txt"), r"\u{202E}&lt;exe&gt;.txt");
+        assert_eq!(
+            esc_json("{\"f\": \"\u{202E}\"}"),
+            r"{&quot;f&quot;: &quot;\u202E&quot;}"
+        );
         assert_eq!(esc(""), "");
     }
 
