@@ -335,12 +335,13 @@ pub async fn guard(
         request = match check_csrf(request, &csrf, app.body_limit).await {
             Ok(passed) => passed,
             Err(failure) => {
-                let id = match failure {
-                    Failure::TooLarge(_) => "too-large",
-                    Failure::BadInput(_) => "bad-request",
-                    _ => "csrf-error",
+                let (id, message) = match &failure {
+                    Failure::TooLarge(m) => ("too-large", m.as_str()),
+                    Failure::BadInput(m) => ("bad-request", m.as_str()),
+                    _ if is_api(&path) => ("csrf-error", "missing or wrong CSRF token"),
+                    _ => ("csrf-error", "The form was missing its CSRF token, or it was wrong. Reload the page and try again."),
                 };
-                return refusal(&path, &csrf, failure.status(), id, failure.message());
+                return refusal(&path, &csrf, failure.status(), id, message);
             }
         };
     }
@@ -357,12 +358,7 @@ pub struct Client(pub IpAddr);
 /// token is right; else why not: a body too large to read, one that is no form, or a missing or
 /// wrong token (403).
 async fn check_csrf(request: Request, csrf: &str, limit: usize) -> Result<Request, Failure> {
-    let wrong = || {
-        Failure::Refused(
-            "The form was missing its CSRF token, or it was wrong. Reload the page and try again."
-                .into(),
-        )
-    };
+    let wrong = || Failure::Refused("missing or wrong CSRF token".into());
     let header = request
         .headers()
         .get("x-csrf-token")
