@@ -4,11 +4,15 @@
 //! Jobs never run from the plugin directory itself: a file overwritten in place while a worker
 //! has it mapped kills that worker. A new or changed file is copied into a content-addressed
 //! snapshot (`<state>/plugins/snapshots/<blake3>.so`, read-only) and the copy is inspected in
-//! a child process (`dlopen` runs the library's constructors, which may crash or hang). A good
+//! a child process (`dlopen` runs the library's constructors, which may crash or hang) — but
+//! only once [`plugin_file`](crate::plugin_file) has looked at it without loading it: what
+//! kind of file it is, its size, its headers and its exports. A good
 //! copy becomes the file's *active version*, the one new jobs of its classes run; a bad one
 //! (not a plugin, another SDK, half written) is reported once and the previous version keeps
-//! serving. A library file is one whose name ends in the platform's suffix (`.so`, `.dll`,
-//! `.dylib`); hidden files and other names are skipped. When two files offer the same class,
+//! serving; so does a name that is no usable file at all (a dangling link, a directory): only
+//! removing the name takes its classes offline. Every entry whose name ends in the platform's
+//! suffix (`.so`, `.dll`, `.dylib`) is listed, whatever it is; hidden names and other names are
+//! skipped. When two files offer the same class,
 //! the first in file-name order wins and a warning names both.
 //!
 //! The result is the *catalog* (`<state>/plugins/catalog.json`), shared by every process of a
