@@ -460,3 +460,31 @@ fn a_file_made_unusable_in_place_keeps_its_last_good_version_until_its_name_goes
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.stderr.contains("no plugin"), "{}", refused.stderr);
 }
+
+#[test]
+fn a_reason_from_the_dynamic_loader_names_the_users_file_not_jobhosts_copy() {
+    let host = Host::standard();
+    // A whole plugin whose import `getcwd` is renamed: it passes every look, and the dynamic
+    // loader refuses it, naming the file it was given.
+    let good = fs::read(jobhost_e2e::built_library("welcome_email")).unwrap();
+    let needle: &[u8] = b"\0getcwd\0";
+    assert!(good.windows(needle.len()).any(|w| w == needle));
+    let mut broken = Vec::with_capacity(good.len());
+    let mut rest = good.as_slice();
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        broken.extend_from_slice(&rest[..at]);
+        broken.extend_from_slice(b"\0getcwX\0");
+        rest = &rest[at + needle.len()..];
+    }
+    broken.extend_from_slice(rest);
+    let file = host.write("plugins/libbroken.so", broken);
+
+    let listed = run(&host, &["plugins", "--json"]);
+    listed.expect_code(0);
+    let reason = reason(&listed.json(), "libbroken.so");
+    let expected = format!(
+        "not a loadable shared library: {}: undefined symbol: getcwX",
+        file.display()
+    );
+    assert_starts(&reason, &expected);
+}
