@@ -154,7 +154,7 @@ pub enum InspectReport {
         /// Must equal [`PROTOCOL_VERSION`].
         protocol: u32,
         /// One line saying why.
-        reason: String,
+        reason: crate::reason::Reason,
     },
 }
 
