@@ -21,6 +21,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -29,7 +30,9 @@ use serde::Serialize;
 use crate::{
     allowlist::{Allowlist, AllowlistError},
     joblog,
-    platform::{self, CancelToken, ExitKind, OutputPair, OutputSink, SuperviseOptions},
+    platform::{
+        self, CancelToken, DiscardOutput, ExitKind, OutputPair, ProcessEnd, SuperviseOptions,
+    },
     protocol::{
         read_report, write_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION,
     },
@@ -92,11 +95,24 @@ pub fn is_library_name(path: &Path) -> bool {
         .is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX))
 }
 
-/// The hidden subcommand that inspects one plugin file.
+/// The hidden subcommand that inspects one plugin file: the inspector, which runs the
+/// [`LOAD_SUBCOMMAND`] child and ends whatever it started.
 pub const INSPECT_SUBCOMMAND: &str = "__inspect";
 
-/// How long inspecting one file may take before it is rejected as hanging.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The hidden subcommand the inspector runs to load the file and list its classes.
+pub const LOAD_SUBCOMMAND: &str = "__inspect-load";
+
+/// How long a file whose loading hung is left alone before it is inspected again, unless it
+/// changes first: so a hanging file costs `limits.inspect_timeout` once per period, not on
+/// every refresh (every `jobhost run`).
+pub const HUNG_RETRY: Duration = Duration::from_secs(10 * 60);
+
+/// The most files inspected at once by one refresh.
+pub const MAX_PARALLEL_INSPECTIONS: usize = 8;
+
+/// How much longer than `limits.inspect_timeout` the inspector may take in all (starting, the
+/// report, ending what loading started) before it is stopped itself.
+const INSPECTOR_MARGIN: Duration = Duration::from_secs(10);
 
 /// Why the inventory could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -106,15 +122,6 @@ pub enum InventoryError {
     ReadDir {
         /// The directory.
         dir: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The inspector could not run.
-    #[error("cannot inspect plugin {path}")]
-    Inspect {
-        /// The file.
-        path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -184,6 +191,12 @@ pub struct PluginFile {
     /// The version serving its classes: the current content when that is a good plugin,
     /// else the last good one (if any).
     pub active: Option<Version>,
+    /// When the verdict is provisional, not the file's own: when jobhost failed to inspect it
+    /// (examined again at the next refresh) or loading it hung (examined again when it changes
+    /// or [`HUNG_RETRY`] after). The time, in ms since the epoch, from which it is examined
+    /// again even unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Millis>,
     /// The version of the file this entry describes.
     stamp: FileStamp,
 }
@@ -292,23 +305,16 @@ impl Inventory {
             old.as_ref()
                 .and_then(|old| old.files.iter().find(|f| f.path == path))
         };
-        let files = std::thread::scope(|scope| {
-            let tasks: Vec<_> = stamped
-                .iter()
-                .map(|(path, stamp)| {
-                    let previous = known(path);
-                    let paths = &paths;
-                    scope.spawn(move || match previous {
-                        Some(file) if file.stamp == *stamp => Ok(file.clone()),
-                        _ => examine(settings, paths, path, *stamp, previous),
-                    })
-                })
-                .collect();
-            tasks
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+        let now = now_millis();
+        let files = in_parallel(&stamped, |(path, stamp)| {
+            let previous = known(path);
+            match previous {
+                Some(file) if file.stamp == *stamp && file.retry_at.is_none_or(|at| now < at) => {
+                    file.clone()
+                }
+                _ => examine(settings, &paths, path, *stamp, previous),
+            }
+        });
         let allowlist = refresh_allowlist(
             settings,
             &paths,
@@ -417,41 +423,44 @@ pub fn allowlist_in_force(settings: &Settings) -> PathBuf {
     }
 }
 
-/// Takes in a file that is new or changed since `previous`: copies it into a snapshot,
-/// inspects the copy and, when good, makes it the active version.
+/// Takes in a file that is new or changed since `previous` (or whose provisional verdict is
+/// due again): copies it into a snapshot, inspects the copy and, when good, makes it the
+/// active version. A failure of jobhost's own (I/O, the inspector) is no verdict on the file:
+/// it is reported, and the file examined again at the next refresh.
 fn examine(
     settings: &Settings,
     paths: &CatalogPaths,
     path: &Path,
     stamp: FileStamp,
     previous: Option<&PluginFile>,
-) -> Result<PluginFile, InventoryError> {
+) -> PluginFile {
     let kept = previous.and_then(|p| p.active.clone());
     let entry = |hash: String, status: FileStatus, active: Option<Version>| PluginFile {
         path: path.to_path_buf(),
         hash,
         status,
         active,
+        retry_at: None,
         stamp,
     };
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
             let reason = format!("unreadable: {e}");
-            return Ok(entry(String::new(), FileStatus::Rejected { reason }, kept));
+            return entry(String::new(), FileStatus::Rejected { reason }, kept);
         }
     };
     let hash = blake3::hash(&bytes).to_hex().to_string();
-    if let Some(previous) = previous.filter(|p| p.hash == hash) {
+    if let Some(previous) = previous.filter(|p| p.hash == hash && p.retry_at.is_none()) {
         // Touched, or moved back and forth: the same content, already judged.
-        return Ok(PluginFile {
+        return PluginFile {
             stamp,
             ..previous.clone()
-        });
+        };
     }
     if bytes.is_empty() {
         let reason = "empty file".to_owned();
-        return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
+        return entry(hash, FileStatus::Rejected { reason }, kept);
     }
     if let Some(needed) = elf_truncated(&bytes) {
         // Loading it would crash the inspector with SIGBUS; say what is wrong instead.
@@ -459,36 +468,33 @@ fn examine(
             "truncated: the file has {} bytes but its ELF segments need {needed} (still being written?)",
             bytes.len()
         );
-        return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
+        return entry(hash, FileStatus::Rejected { reason }, kept);
     }
-    let io = |source| InventoryError::Inspect {
-        path: path.to_path_buf(),
-        source,
-    };
     let snapshot = paths.snapshot(&hash);
-    let status = if snapshot.exists() {
-        inspect_file(settings, &snapshot).map_err(io)?
+    let inspection = if snapshot.exists() {
+        inspect_file(settings, &snapshot)
     } else {
-        // Inspected under a name of its own, then renamed into place only if good: a snapshot
-        // is always a whole, good plugin.
-        let incoming = paths.snapshots.join(format!(
-            ".incoming-{}-{}{}",
-            std::process::id(),
-            &hash[..16],
-            std::env::consts::DLL_SUFFIX
-        ));
-        std::fs::write(&incoming, &bytes).map_err(io)?;
-        drop(bytes);
-        let status = inspect_file(settings, &incoming);
-        if matches!(status, Ok(FileStatus::Plugin { .. })) {
-            let mut permissions = std::fs::metadata(&incoming).map_err(io)?.permissions();
-            permissions.set_readonly(true);
-            std::fs::set_permissions(&incoming, permissions).map_err(io)?;
-            std::fs::rename(&incoming, &snapshot).map_err(io)?;
-        } else {
-            let _ = std::fs::remove_file(&incoming);
+        take_snapshot(settings, paths, &snapshot, bytes)
+    };
+    let provisional = |reason: String, retry_at: Millis| PluginFile {
+        retry_at: Some(retry_at),
+        ..entry(hash.clone(), FileStatus::Rejected { reason }, kept.clone())
+    };
+    let status = match inspection {
+        Inspection::Verdict(status) => status,
+        Inspection::Hung => {
+            let reason = format!(
+                "loading it hung for more than {} (its code that runs at load time, such as a \
+                 static constructor, blocks); inspected again when the file changes, or in {} \
+                 minutes",
+                crate::text::secs(settings.limits.inspect_timeout),
+                HUNG_RETRY.as_secs() / 60
+            );
+            return provisional(reason, now_millis() + HUNG_RETRY.as_millis() as Millis);
         }
-        status.map_err(io)?
+        Inspection::Failed(reason) => {
+            return provisional(format!("inspection failed: {reason} (will retry)"), 0);
+        }
     };
     let active = match &status {
         FileStatus::Plugin {
@@ -503,7 +509,88 @@ fn examine(
         }),
         FileStatus::Rejected { .. } => kept,
     };
-    Ok(entry(hash, status, active))
+    entry(hash, status, active)
+}
+
+/// Inspects `bytes` under a name of their own and, when they are a good plugin, makes them
+/// the snapshot `snapshot`: a snapshot is always a whole, good plugin.
+///
+/// The name is unique to this inspection (process, and a count within it), so two files with
+/// the same content, in one refresh or in two processes at once, never share it. When two
+/// produce the same snapshot at once, the second finds it in place, which is just as good: it
+/// has the same content.
+fn take_snapshot(
+    settings: &Settings,
+    paths: &CatalogPaths,
+    snapshot: &Path,
+    bytes: Vec<u8>,
+) -> Inspection {
+    static INCOMING: AtomicU64 = AtomicU64::new(0);
+    let failed = |what: &str, e: std::io::Error| Inspection::Failed(format!("{what}: {e}"));
+    let incoming = paths.snapshots.join(format!(
+        ".incoming-{}-{}{}",
+        std::process::id(),
+        INCOMING.fetch_add(1, Ordering::Relaxed),
+        std::env::consts::DLL_SUFFIX
+    ));
+    if let Err(e) = std::fs::write(&incoming, &bytes) {
+        let _ = std::fs::remove_file(&incoming);
+        return failed("cannot copy it into the state directory", e);
+    }
+    drop(bytes);
+    let inspection = inspect_file(settings, &incoming);
+    if matches!(inspection, Inspection::Verdict(FileStatus::Plugin { .. })) {
+        if let Err(e) = make_readonly(&incoming).and_then(|()| {
+            std::fs::rename(&incoming, snapshot).or_else(|e| {
+                // Renaming over a snapshot in use can fail (Windows); one in place will do.
+                if snapshot.exists() {
+                    std::fs::remove_file(&incoming)
+                } else {
+                    Err(e)
+                }
+            })
+        }) {
+            let _ = std::fs::remove_file(&incoming);
+            return failed("cannot keep its snapshot", e);
+        }
+    } else {
+        let _ = std::fs::remove_file(&incoming);
+    }
+    inspection
+}
+
+fn make_readonly(path: &Path) -> std::io::Result<()> {
+    let mut permissions = std::fs::metadata(path)?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(path, permissions)
+}
+
+/// `f` of every item, in order, at most [`MAX_PARALLEL_INSPECTIONS`] at once.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let threads = items.len().min(MAX_PARALLEL_INSPECTIONS);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut results = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return results;
+                        };
+                        results.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// For a 64-bit little-endian ELF file shorter than its program headers say: the length it
@@ -674,18 +761,79 @@ pub fn snapshot_hash(path: &Path) -> Option<&str> {
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
-/// Inspects the library at `path` in a child process.
-fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus> {
-    static INSPECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What inspecting a file found.
+enum Inspection {
+    /// A verdict on the file's content.
+    Verdict(FileStatus),
+    /// Loading it took longer than `limits.inspect_timeout`: no verdict.
+    Hung,
+    /// jobhost could not inspect it: no verdict. One line saying why.
+    Failed(String),
+}
+
+/// Inspects the library at `path` in an inspector process (see
+/// [`crate::child::inspect_main`]), which loads it in a child of its own within
+/// `limits.inspect_timeout` and ends whatever loading it started.
+fn inspect_file(settings: &Settings, path: &Path) -> Inspection {
+    static INSPECTIONS: AtomicU64 = AtomicU64::new(0);
     let dir = settings.state_dir.join("inspect");
-    std::fs::create_dir_all(&dir)?;
-    let n = INSPECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let stem = format!("{}-{n}", std::process::id());
-    let report_path = dir.join(format!("{stem}.json"));
+    let n = INSPECTIONS.fetch_add(1, Ordering::Relaxed);
+    let report_path = dir.join(format!("{}-{n}.json", std::process::id()));
+    let ended = std::fs::create_dir_all(&dir)
+        .and_then(|()| run_inspector(settings, path, &report_path))
+        .map_err(|e| format!("cannot start the inspector: {e}"))
+        .and_then(|end| {
+            let report: Option<InspectReport> = read_report(&report_path)
+                .map_err(|e| format!("cannot read the inspector's report: {e}"))?;
+            Ok((end, report))
+        });
+    let _ = std::fs::remove_file(&report_path);
+    let (end, report) = match ended {
+        Ok(ended) => ended,
+        Err(reason) => return Inspection::Failed(reason),
+    };
+    match report {
+        Some(InspectReport::Plugin {
+            sdk_version,
+            classes,
+            ..
+        }) => Inspection::Verdict(FileStatus::Plugin {
+            sdk_version,
+            classes,
+        }),
+        Some(InspectReport::Rejected { reason, .. }) => {
+            Inspection::Verdict(FileStatus::Rejected { reason })
+        }
+        Some(InspectReport::Hung { .. }) => Inspection::Hung,
+        Some(InspectReport::Failed { reason, .. }) => Inspection::Failed(reason),
+        None => Inspection::Failed(match (end.stopped, end.exit) {
+            (Some(_), _) => format!(
+                "the inspector did not finish within {}",
+                crate::text::secs(settings.limits.inspect_timeout + INSPECTOR_MARGIN)
+            ),
+            (None, ExitKind::Signaled(signal)) => format!(
+                "the inspector crashed ({}) without a report",
+                platform::crash_name(signal)
+            ),
+            (None, ExitKind::Exited(code)) => {
+                format!("the inspector ended with code {code} without a report")
+            }
+        }),
+    }
+}
+
+/// Runs the inspector on `path`, its report going to `report_path`.
+fn run_inspector(
+    settings: &Settings,
+    path: &Path,
+    report_path: &Path,
+) -> std::io::Result<ProcessEnd> {
+    let timeout = settings.limits.inspect_timeout;
     let request = InspectRequest {
         protocol: PROTOCOL_VERSION,
         plugin: path.to_path_buf(),
-        report: report_path.clone(),
+        report: report_path.to_path_buf(),
+        timeout_ms: timeout.as_millis().max(1) as u64,
     };
     let mut command = Command::new(crate::attempt::jobhost_program());
     command
@@ -693,54 +841,18 @@ fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus>
         .arg(serde_json::to_string(&request)?)
         .env("RUST_BACKTRACE", "0");
     let options = SuperviseOptions {
-        timeout: INSPECT_TIMEOUT,
+        timeout: timeout + INSPECTOR_MARGIN,
         kill_grace: settings.limits.kill_grace,
     };
     let never = CancelToken::new()?;
-    let output = OutputPair::pipe()?;
-    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {
-        true
-    })?;
-    let report: Option<InspectReport> = read_report(&report_path)?;
-    let _ = std::fs::remove_file(&report_path);
-    let status = match (report, end.stopped, end.exit) {
-        (
-            Some(InspectReport::Plugin {
-                sdk_version,
-                classes,
-                ..
-            }),
-            _,
-            _,
-        ) => FileStatus::Plugin {
-            sdk_version,
-            classes,
-        },
-        (Some(InspectReport::Rejected { reason, .. }), _, _) => FileStatus::Rejected { reason },
-        (None, Some(_), _) => FileStatus::Rejected {
-            reason: format!(
-                "loading it hung for over {}",
-                crate::text::secs(INSPECT_TIMEOUT)
-            ),
-        },
-        (None, None, ExitKind::Signaled(signal)) => FileStatus::Rejected {
-            reason: format!(
-                "loading it crashed the process: {}",
-                platform::crash_name(signal)
-            ),
-        },
-        (None, None, ExitKind::Exited(code)) => FileStatus::Rejected {
-            reason: format!("loading it ended the process with code {code}"),
-        },
-    };
-    Ok(status)
-}
-
-/// What a library prints while being inspected is of no use: its verdict is the report.
-struct Discard;
-
-impl OutputSink for Discard {
-    fn write(&mut self, _: &[u8]) {}
+    platform::supervise(
+        command,
+        OutputPair::pipe()?,
+        options,
+        &never,
+        &mut DiscardOutput,
+        &mut |_| true,
+    )
 }
 
 /// What identifies a version of a file without reading it.

@@ -15,6 +15,7 @@ mod examples;
 mod fixtures;
 mod following;
 mod hot_swap;
+mod inspection;
 mod inventory;
 mod logs;
 mod on_demand;
