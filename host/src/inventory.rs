@@ -402,6 +402,14 @@ impl Inventory {
         classes.into_values().collect()
     }
 
+    /// Whether a file's provisional verdict is due to be examined again (see
+    /// [`PluginFile::retry_at`]), so a refresh would inspect it though nothing changed.
+    pub fn retry_due(&self, now: Millis) -> bool {
+        self.files
+            .iter()
+            .any(|f| f.retry_at.is_some_and(|at| at <= now))
+    }
+
     /// The hashes of the active versions.
     pub fn active_hashes(&self) -> BTreeSet<&str> {
         self.files
@@ -725,10 +733,18 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
     }
 }
 
-/// Removes the snapshots that no active version and nothing in `in_use` (hashes of jobs
-/// waiting or running) refers to.
-pub fn collect_snapshots(settings: &Settings, inventory: &Inventory, in_use: &BTreeSet<String>) {
+/// Removes the snapshots that no active version of the catalog and nothing in `in_use`
+/// (hashes of jobs waiting or running) refers to. Done under the catalog's lock, from the
+/// catalog as written then; skipped while someone holds the lock, since a refresh under way
+/// may have put in place a snapshot its catalog does not name yet (the next round collects).
+pub fn collect_snapshots(settings: &Settings, in_use: &BTreeSet<String>) {
     let paths = CatalogPaths::new(&settings.state_dir);
+    let Ok(Some(_lock)) = platform::FileLock::try_acquire(&paths.lock) else {
+        return;
+    };
+    let Some(inventory) = Inventory::read(&paths.catalog) else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(&paths.snapshots) else {
         return;
     };
