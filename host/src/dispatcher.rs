@@ -381,9 +381,8 @@ fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
 }
 
 /// Starts watching the plugin directory, then brings the plugin catalog up to date (in that
-/// order, so that no change falls between the two), on a thread of its own: the dispatcher
-/// runs jobs with the catalog as last written meanwhile, so files that are slow to inspect
-/// never delay its start. Neither failing stops the dispatcher: the versions in force keep
+/// order, so that no change falls between the two): at most `limits.inspect_timeout` when a
+/// file is slow to load. Neither failing stops the dispatcher: the versions in force keep
 /// serving, and enqueuers bring the catalog up to date themselves.
 fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
     let events = tx.clone();
@@ -395,19 +394,11 @@ fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
             "the plugin directory is not watched ({e}); changes are taken in at the next enqueue"
         );
     }
-    let settings = settings.clone();
-    let tx = tx.clone();
-    let refresh = move || match Inventory::refresh(&settings) {
+    match Inventory::refresh(settings) {
         Ok(_) => {
             let _ = tx.send(Event::PluginsChanged);
         }
         Err(e) => tracing::warn!("plugin catalog not updated: {:#}", anyhow::Error::from(e)),
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("plugin-refresh".into())
-        .spawn(refresh)
-    {
-        tracing::warn!("plugin catalog not updated: cannot start its thread: {e}");
     }
 }
 
