@@ -312,7 +312,7 @@ impl Inventory {
                 Some(file) if file.stamp == *stamp && file.retry_at.is_none_or(|at| now < at) => {
                     file.clone()
                 }
-                _ => examine(settings, &paths, path, *stamp, previous),
+                _ => examine(settings, &paths, path, *stamp, previous, old.as_ref()),
             }
         });
         let allowlist = refresh_allowlist(
@@ -441,6 +441,7 @@ fn examine(
     path: &Path,
     stamp: FileStamp,
     previous: Option<&PluginFile>,
+    old: Option<&Inventory>,
 ) -> PluginFile {
     let kept = previous.and_then(|p| p.active.clone());
     let entry = |hash: String, status: FileStatus, active: Option<Version>| PluginFile {
@@ -464,6 +465,19 @@ fn examine(
         return PluginFile {
             stamp,
             ..previous.clone()
+        };
+    }
+    if let Some(twin) = same_content(old, path, &hash) {
+        let active = match &twin.status {
+            FileStatus::Plugin { .. } => twin.active.clone().map(|v| Version {
+                since: now_millis(),
+                ..v
+            }),
+            FileStatus::Rejected { .. } => kept,
+        };
+        return PluginFile {
+            retry_at: twin.retry_at,
+            ..entry(hash, twin.status.clone(), active)
         };
     }
     if bytes.is_empty() {
@@ -518,6 +532,26 @@ fn examine(
         FileStatus::Rejected { .. } => kept,
     };
     entry(hash, status, active)
+}
+
+/// Another file of the catalog `old` with the content `hash` that is a good plugin (with its
+/// snapshot there to serve) or hung while loading (and is not due to be tried again): its
+/// verdict is this file's too, with no second inspection, so a copy of a hanging file does not
+/// cost the limit again. Other rejections are not shared: their reasons may name the file.
+fn same_content<'a>(old: Option<&'a Inventory>, path: &Path, hash: &str) -> Option<&'a PluginFile> {
+    let now = now_millis();
+    old?.files.iter().find(|f| {
+        f.path != path
+            && f.hash == hash
+            && f.retry_at.is_none_or(|at| now < at)
+            && match &f.status {
+                FileStatus::Plugin { .. } => f
+                    .active
+                    .as_ref()
+                    .is_some_and(|v| v.hash == hash && v.snapshot.exists()),
+                FileStatus::Rejected { .. } => f.retry_at.is_some(),
+            }
+    })
 }
 
 /// Inspects `bytes` under a name of their own and, when they are a good plugin, makes them

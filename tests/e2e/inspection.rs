@@ -273,5 +273,12 @@ fn a_dispatcher_starts_serves_and_hot_swaps_while_a_constructor_hangs() {
         "{:?}",
         swapped.elapsed()
     );
+    // The copy shares the verdict of the content it copies.
+    let listing = listing(&host);
+    let copy = reason(&listing, "libconstructor_sleep_fixture-2.so");
+    assert!(
+        copy.starts_with("loading it hung for more than 2s"),
+        "{copy}"
+    );
     assert!(host.stop_serve(&mut serve));
 }
