@@ -963,6 +963,24 @@ mod tests {
     }
 
     #[test]
+    fn in_parallel_keeps_the_order_and_runs_at_most_the_bound_at_once() {
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..40).collect();
+        let doubled = in_parallel(&items, |&i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(doubled, (0..40).map(|i| i * 2).collect::<Vec<_>>());
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=MAX_PARALLEL_INSPECTIONS).contains(&most), "{most}");
+        assert!(in_parallel(&[] as &[usize], |&i| i).is_empty());
+    }
+
+    #[test]
     fn snapshot_names_are_64_hex_digits_and_the_suffix() {
         let hash = "ab".repeat(32);
         let name = format!("{hash}{}", std::env::consts::DLL_SUFFIX);

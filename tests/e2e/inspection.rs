@@ -282,3 +282,30 @@ fn a_dispatcher_starts_serves_and_hot_swaps_while_a_constructor_hangs() {
     );
     assert!(host.stop_serve(&mut serve));
 }
+
+/// The Rust API: a client whose refresh met a failure of jobhost's own (here the state
+/// directory's `inspect` directory is a file, so no inspector can be given a report path)
+/// inspects the file again at its next dispatch, though the plugin directory did not change.
+#[test]
+fn a_client_inspects_again_after_a_failed_inspection_without_a_change() {
+    let host = Host::with_plugins(&["welcome_email"]);
+    host.settings("dispatcher.autostart = false\n");
+    let obstacle = host.write("state/inspect", "not a directory");
+    let mut client = host.client();
+    let job = || jobhost::Job::new(r"App\Jobs\SendWelcomeEmail", "handle").param("user_id", 5);
+    let refused = client.dispatch(job()).unwrap_err().to_string();
+    assert!(refused.contains("SendWelcomeEmail"), "{refused}");
+    let listing = jobhost::inventory::Inventory::read(
+        &jobhost::inventory::CatalogPaths::new(&host.state_dir()).catalog,
+    )
+    .unwrap();
+    let entry = &listing.files[0];
+    assert!(
+        matches!(&entry.status, jobhost::inventory::FileStatus::Rejected { reason }
+            if reason.starts_with("inspection failed: cannot start the inspector")
+                && reason.ends_with("(will retry)")),
+        "{entry:?}"
+    );
+    fs::remove_file(obstacle).unwrap();
+    client.dispatch(job()).unwrap();
+}
