@@ -330,7 +330,11 @@ impl Gate {
             })?;
         let allowlist_stamp = FileStamp::of(&settings.allowlist).ok();
         let known = match self.known.take() {
-            Some(known) if known.files == files && known.allowlist_stamp == allowlist_stamp => {
+            Some(known)
+                if known.files == files
+                    && known.allowlist_stamp == allowlist_stamp
+                    && !known.inventory.retry_due(crate::store::now_millis()) =>
+            {
                 self.known.insert(known)
             }
             _ => {

@@ -8,10 +8,12 @@
 
 use std::{
     io::Write,
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, OnceLock,
     },
+    time::Duration,
 };
 
 use abi_stable::{
@@ -24,9 +26,10 @@ use crate::{
     allowlist::{Allowlist, Verdict},
     job::{json_text_depth, MAX_RESULT_DEPTH},
     loader,
+    platform::{self, CancelToken, DiscardOutput, ExitKind, OutputPair, SuperviseOptions},
     protocol::{
-        write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
-        ReservedReport, WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
+        read_report, write_report, ClassEntry, FailureKind, InspectReport, InspectRequest,
+        MethodEntry, ReservedReport, WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
     },
     reason::Reason,
 };
@@ -44,6 +47,7 @@ pub fn exit_if_child() {
     let child_main = match sub.to_str() {
         Some(crate::attempt::WORKER_SUBCOMMAND) => worker_main,
         Some(crate::inventory::INSPECT_SUBCOMMAND) => inspect_main,
+        Some(crate::inventory::LOAD_SUBCOMMAND) => load_main,
         _ => return,
     };
     let code = match request.to_str() {
@@ -146,14 +150,111 @@ fn wait_for_go(request: &WorkerRequest) -> Result<(), WorkerReport> {
     }
 }
 
-/// The `__inspect` subcommand: lists the plugin's classes and writes the report.
+/// The `__inspect` subcommand: has the library loaded by a child process of its own
+/// (`__inspect-load`, which lists its classes and writes the report) within the request's
+/// timeout, ends every process that loading it started, and writes the report when the child
+/// did not.
+///
+/// The inspector itself runs no plugin code. Before starting the child it becomes the reaper of
+/// its descendants ([`platform::adopt_orphans`]), so a process the library's load-time code
+/// starts stays within its reach even after leaving the process group and session (`fork`,
+/// `setsid`) and even when the child crashes; once the child has ended it kills them all
+/// ([`platform::kill_adopted`]). So when the inspector is gone, so is everything the
+/// inspection started.
 pub fn inspect_main(request_json: &str) -> i32 {
     let request: InspectRequest = match start(request_json) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let report = inspect(&request);
-    finish(write_report(&request.report, &report))
+    match load_in_child(&request, request_json) {
+        Some(report) => finish(write_report(&request.report, &report)),
+        None => 0,
+    }
+}
+
+/// Runs the `__inspect-load` child and ends what it started; the report to write, or `None`
+/// when the child wrote its own.
+fn load_in_child(request: &InspectRequest, request_json: &str) -> Option<InspectReport> {
+    let failed = |reason: String| InspectReport::Failed {
+        protocol: PROTOCOL_VERSION,
+        reason,
+    };
+    if let Err(e) = platform::adopt_orphans() {
+        return Some(failed(format!(
+            "cannot keep hold of the processes loading it may start: {e}"
+        )));
+    }
+    let ended = load_supervised(request, request_json);
+    platform::kill_adopted();
+    let end = match ended {
+        Ok(end) => end,
+        Err(e) => return Some(failed(format!("cannot run the loading process: {e}"))),
+    };
+    match read_report::<InspectReport>(&request.report) {
+        Ok(Some(_)) => return None,
+        Ok(None) => {}
+        Err(e) => {
+            return Some(failed(format!(
+                "cannot read the loading process's report: {e}"
+            )))
+        }
+    }
+    let rejected = |reason: Reason| InspectReport::Rejected {
+        protocol: PROTOCOL_VERSION,
+        reason,
+    };
+    Some(match (end.stopped, end.exit) {
+        (Some(_), _) => InspectReport::Hung {
+            protocol: PROTOCOL_VERSION,
+        },
+        (None, ExitKind::Signaled(signal)) => {
+            rejected(Reason::crashed(&platform::crash_name(signal)))
+        }
+        (None, ExitKind::Exited(EXIT_NO_REPORT)) => {
+            failed("the loading process could not write its report".to_owned())
+        }
+        (None, ExitKind::Exited(code)) => rejected(Reason::exited(code)),
+    })
+}
+
+/// Starts the `__inspect-load` child and waits for it, stopping it at the request's timeout.
+fn load_supervised(
+    request: &InspectRequest,
+    request_json: &str,
+) -> std::io::Result<platform::ProcessEnd> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg(crate::inventory::LOAD_SUBCOMMAND)
+        .arg(request_json)
+        .env("RUST_BACKTRACE", "0");
+    let options = SuperviseOptions {
+        timeout: Duration::from_millis(request.timeout_ms),
+        // Code that hangs while loading has nothing to clean up.
+        kill_grace: Duration::ZERO,
+    };
+    let never = CancelToken::new()?;
+    platform::supervise(
+        command,
+        OutputPair::pipe()?,
+        options,
+        &never,
+        &mut DiscardOutput,
+        &mut |_| true,
+    )
+}
+
+/// The `__inspect-load` subcommand, run by the inspector: loads the library, lists its
+/// classes and writes the report. It stays in the inspector's process group and keeps the
+/// default SIGTERM, so stopping it stops it.
+pub fn load_main(request_json: &str) -> i32 {
+    let request: InspectRequest = match serde_json::from_str(request_json) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("jobhost child: unreadable request: {e}");
+            return EXIT_NO_REPORT;
+        }
+    };
+    finish(write_report(&request.report, &inspect(&request)))
 }
 
 fn finish(written: std::io::Result<()>) -> i32 {

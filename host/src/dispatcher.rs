@@ -381,8 +381,9 @@ fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
 }
 
 /// Starts watching the plugin directory, then brings the plugin catalog up to date (in that
-/// order, so that no change falls between the two). Neither failing stops the dispatcher: the
-/// versions in force keep serving, and enqueuers bring the catalog up to date themselves.
+/// order, so that no change falls between the two): at most `limits.inspect_timeout` when a
+/// file is slow to load. Neither failing stops the dispatcher: the versions in force keep
+/// serving, and enqueuers bring the catalog up to date themselves.
 fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
     let events = tx.clone();
     let watched = crate::watch::start(settings, move |_| {
@@ -1122,9 +1123,7 @@ impl Dispatcher {
             .filter_map(|p| inventory::snapshot_hash(p).map(str::to_owned))
             .collect();
         in_use.extend(self.running.values().map(|r| r.plugin_hash.clone()));
-        if let Some(inventory) = &self.plugins.inventory {
-            inventory::collect_snapshots(&self.settings, inventory, &in_use);
-        }
+        inventory::collect_snapshots(&self.settings, &in_use);
         Ok(())
     }
 

@@ -25,6 +25,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -33,7 +34,9 @@ use serde::Serialize;
 use crate::{
     allowlist::{Allowlist, AllowlistError},
     joblog,
-    platform::{self, CancelToken, ExitKind, OutputPair, OutputSink, SuperviseOptions},
+    platform::{
+        self, CancelToken, DiscardOutput, ExitKind, OutputPair, ProcessEnd, SuperviseOptions,
+    },
     plugin_file::Candidate,
     protocol::{
         read_report, write_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION,
@@ -100,11 +103,24 @@ pub fn is_library_name(path: &Path) -> bool {
         .is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX))
 }
 
-/// The hidden subcommand that inspects one plugin file.
+/// The hidden subcommand that inspects one plugin file: the inspector, which runs the
+/// [`LOAD_SUBCOMMAND`] child and ends whatever it started.
 pub const INSPECT_SUBCOMMAND: &str = "__inspect";
 
-/// How long inspecting one file may take before it is rejected as hanging.
-const INSPECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The hidden subcommand the inspector runs to load the file and list its classes.
+pub const LOAD_SUBCOMMAND: &str = "__inspect-load";
+
+/// How long a file whose loading hung is left alone before it is inspected again, unless it
+/// changes first: so a hanging file costs `limits.inspect_timeout` once per period, not on
+/// every refresh (every `jobhost run`).
+pub const HUNG_RETRY: Duration = Duration::from_secs(10 * 60);
+
+/// The most files inspected at once by one refresh.
+pub const MAX_PARALLEL_INSPECTIONS: usize = 8;
+
+/// How much longer than `limits.inspect_timeout` the inspector may take in all (starting, the
+/// report, ending what loading started) before it is stopped itself.
+const INSPECTOR_MARGIN: Duration = Duration::from_secs(10);
 
 /// Why the inventory could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +130,6 @@ pub enum InventoryError {
     ReadDir {
         /// The directory.
         dir: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The inspector could not run.
-    #[error("cannot inspect plugin {path}")]
-    Inspect {
-        /// The file.
-        path: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -192,6 +199,12 @@ pub struct PluginFile {
     /// The version serving its classes: the current content when that is a good plugin,
     /// else the last good one (if any).
     pub active: Option<Version>,
+    /// When the verdict is provisional, not the file's own: when jobhost failed to inspect it
+    /// (examined again at the next refresh) or loading it hung (examined again when it changes
+    /// or [`HUNG_RETRY`] after). The time, in ms since the epoch, from which it is examined
+    /// again even unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<Millis>,
     /// The version of the file this entry describes.
     stamp: FileStamp,
 }
@@ -300,28 +313,23 @@ impl Inventory {
             old.as_ref()
                 .and_then(|old| old.files.iter().find(|f| f.path == path))
         };
-        let files = std::thread::scope(|scope| {
-            let tasks: Vec<_> = stamped
-                .iter()
-                .map(|(path, stamp)| {
-                    let previous = known(path);
-                    let paths = &paths;
-                    // A file rejected unread (for what it is, its size, its headers) is looked
-                    // at again: that costs a `stat` and its headers, and settings such as
-                    // `limits.max_plugin_bytes` may have changed.
-                    scope.spawn(move || match previous {
-                        Some(file) if file.stamp == *stamp && !file.hash.is_empty() => {
-                            Ok(file.clone())
-                        }
-                        _ => examine(settings, paths, path, *stamp, previous),
-                    })
-                })
-                .collect();
-            tasks
-                .into_iter()
-                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+        let now = now_millis();
+        let files = in_parallel(&stamped, |(path, stamp)| {
+            let previous = known(path);
+            // A file rejected unread (for what it is, its size, its headers) is looked at
+            // again: that costs a `stat` and its headers, and settings such as
+            // `limits.max_plugin_bytes` may have changed.
+            match previous {
+                Some(file)
+                    if file.stamp == *stamp
+                        && !file.hash.is_empty()
+                        && file.retry_at.is_none_or(|at| now < at) =>
+                {
+                    file.clone()
+                }
+                _ => examine(settings, &paths, path, *stamp, previous, old.as_ref()),
+            }
+        });
         let allowlist = refresh_allowlist(
             settings,
             &paths,
@@ -409,6 +417,14 @@ impl Inventory {
         classes.into_values().collect()
     }
 
+    /// Whether a file's provisional verdict is due to be examined again (see
+    /// [`PluginFile::retry_at`]), so a refresh would inspect it though nothing changed.
+    pub fn retry_due(&self, now: Millis) -> bool {
+        self.files
+            .iter()
+            .any(|f| f.retry_at.is_some_and(|at| at <= now))
+    }
+
     /// The hashes of the active versions.
     pub fn active_hashes(&self) -> BTreeSet<&str> {
         self.files
@@ -430,21 +446,25 @@ pub fn allowlist_in_force(settings: &Settings) -> PathBuf {
     }
 }
 
-/// Takes in a file that is new or changed since `previous`: copies it into a snapshot,
-/// inspects the copy and, when good, makes it the active version.
+/// Takes in a file that is new or changed since `previous` (or whose provisional verdict is
+/// due again): copies it into a snapshot, inspects the copy and, when good, makes it the
+/// active version. A failure of jobhost's own (I/O, the inspector) is no verdict on the file:
+/// it is reported, and the file examined again at the next refresh.
 fn examine(
     settings: &Settings,
     paths: &CatalogPaths,
     path: &Path,
     stamp: FileStamp,
     previous: Option<&PluginFile>,
-) -> Result<PluginFile, InventoryError> {
+    old: Option<&Inventory>,
+) -> PluginFile {
     let kept = previous.and_then(|p| p.active.clone());
     let entry = |hash: String, status: FileStatus, active: Option<Version>| PluginFile {
         path: path.to_path_buf(),
         hash,
         status,
         active,
+        retry_at: None,
         stamp,
     };
     let rejected =
@@ -452,57 +472,54 @@ fn examine(
     // What it is, its size and its headers, before anything reads it whole or loads it.
     let candidate = match Candidate::open(path, settings.limits.max_plugin_bytes) {
         Ok(candidate) => candidate,
-        Err(reason) => return Ok(rejected(String::new(), reason)),
+        Err(reason) => return rejected(String::new(), reason),
     };
     let hash = match candidate.hash() {
         Ok(hash) => hash,
-        Err(reason) => return Ok(rejected(String::new(), reason)),
+        Err(reason) => return rejected(String::new(), reason),
     };
-    if let Some(previous) = previous.filter(|p| p.hash == hash) {
+    if let Some(previous) = previous.filter(|p| p.hash == hash && p.retry_at.is_none()) {
         // Touched, or moved back and forth: the same content, already judged.
-        return Ok(PluginFile {
+        return PluginFile {
             stamp,
             ..previous.clone()
-        });
+        };
     }
-    let io = |source| InventoryError::Inspect {
-        path: path.to_path_buf(),
-        source,
-    };
+    if let Some(twin) = same_content(old, path, &hash) {
+        let active = match &twin.status {
+            FileStatus::Plugin { .. } => twin.active.clone().map(|v| Version {
+                since: now_millis(),
+                ..v
+            }),
+            FileStatus::Rejected { .. } => kept,
+        };
+        return PluginFile {
+            retry_at: twin.retry_at,
+            ..entry(hash, twin.status.clone(), active)
+        };
+    }
     let snapshot = paths.snapshot(&hash);
-    let (inspected, status) = if snapshot.exists() {
-        (
-            snapshot.clone(),
-            inspect_file(settings, &snapshot).map_err(io)?,
-        )
+    let (inspected, inspection) = if snapshot.exists() {
+        (snapshot.clone(), inspect_file(settings, &snapshot))
     } else {
-        // Inspected under a name of its own, then renamed into place only if good: a snapshot
-        // is always a whole, good plugin.
-        let incoming = paths.snapshots.join(format!(
-            ".incoming-{}-{}{}",
-            std::process::id(),
-            &hash[..16],
-            std::env::consts::DLL_SUFFIX
-        ));
-        match candidate.copy_to(&incoming) {
-            Ok(Some(copied)) if copied == hash => {}
-            copied => {
-                let _ = std::fs::remove_file(&incoming);
-                copied.map_err(io)?;
-                return Ok(rejected(hash, Reason::changed_while_read()));
-            }
+        take_snapshot(settings, paths, &snapshot, candidate, &hash)
+    };
+    let provisional = |reason: Reason, retry_at: Millis| PluginFile {
+        retry_at: Some(retry_at),
+        ..rejected(hash.clone(), reason)
+    };
+    let status = match inspection {
+        Inspection::Verdict(status) => status,
+        Inspection::Hung => {
+            let reason = Reason::hung(
+                &crate::text::secs(settings.limits.inspect_timeout),
+                HUNG_RETRY.as_secs() / 60,
+            );
+            return provisional(reason, now_millis() + HUNG_RETRY.as_millis() as Millis);
         }
-        drop(candidate);
-        let status = inspect_file(settings, &incoming);
-        if matches!(status, Ok(FileStatus::Plugin { .. })) {
-            let mut permissions = std::fs::metadata(&incoming).map_err(io)?.permissions();
-            permissions.set_readonly(true);
-            std::fs::set_permissions(&incoming, permissions).map_err(io)?;
-            std::fs::rename(&incoming, &snapshot).map_err(io)?;
-        } else {
-            let _ = std::fs::remove_file(&incoming);
+        Inspection::Failed(reason) => {
+            return provisional(Reason::inspection_failed(&reason), 0);
         }
-        (incoming, status.map_err(io)?)
     };
     let active = match &status {
         FileStatus::Plugin {
@@ -524,7 +541,121 @@ fn examine(
         },
         plugin => plugin,
     };
-    Ok(entry(hash, status, active))
+    entry(hash, status, active)
+}
+
+/// Another file of the catalog `old` with the content `hash` that is a good plugin (with its
+/// snapshot there to serve) or hung while loading (and is not due to be tried again): its
+/// verdict is this file's too, with no second inspection, so a copy of a hanging file does not
+/// cost the limit again. Other rejections are not shared: their reasons may name the file.
+fn same_content<'a>(old: Option<&'a Inventory>, path: &Path, hash: &str) -> Option<&'a PluginFile> {
+    let now = now_millis();
+    old?.files.iter().find(|f| {
+        f.path != path
+            && f.hash == hash
+            && f.retry_at.is_none_or(|at| now < at)
+            && match &f.status {
+                FileStatus::Plugin { .. } => f
+                    .active
+                    .as_ref()
+                    .is_some_and(|v| v.hash == hash && v.snapshot.exists()),
+                FileStatus::Rejected { .. } => f.retry_at.is_some(),
+            }
+    })
+}
+
+/// Copies the file `candidate` (whose content has the hash `hash`) under a name of its own,
+/// inspects the copy and, when it is a good plugin, makes it the snapshot `snapshot`: a
+/// snapshot is always a whole, good plugin. Returns the copy's path (which the loader's
+/// messages name) and what the inspection found.
+///
+/// The name is unique to this inspection (process, and a count within it), so two files with
+/// the same content, in one refresh or in two processes at once, never share it. When two
+/// produce the same snapshot at once, the second finds it in place, which is just as good: it
+/// has the same content.
+fn take_snapshot(
+    settings: &Settings,
+    paths: &CatalogPaths,
+    snapshot: &Path,
+    candidate: Candidate,
+    hash: &str,
+) -> (PathBuf, Inspection) {
+    static INCOMING: AtomicU64 = AtomicU64::new(0);
+    let failed = |what: &str, e: std::io::Error| Inspection::Failed(format!("{what}: {e}"));
+    let incoming = paths.snapshots.join(format!(
+        ".incoming-{}-{}{}",
+        std::process::id(),
+        INCOMING.fetch_add(1, Ordering::Relaxed),
+        std::env::consts::DLL_SUFFIX
+    ));
+    match candidate.copy_to(&incoming) {
+        Ok(Some(copied)) if copied == hash => {}
+        copied => {
+            let _ = std::fs::remove_file(&incoming);
+            let inspection = match copied {
+                Err(e) => failed("cannot copy it into the state directory", e),
+                // Its content is not what was hashed a moment ago: a verdict on this version.
+                Ok(_) => Inspection::Verdict(FileStatus::Rejected {
+                    reason: Reason::changed_while_read(),
+                }),
+            };
+            return (incoming, inspection);
+        }
+    }
+    drop(candidate);
+    let inspection = inspect_file(settings, &incoming);
+    if matches!(inspection, Inspection::Verdict(FileStatus::Plugin { .. })) {
+        if let Err(e) = make_readonly(&incoming).and_then(|()| {
+            std::fs::rename(&incoming, snapshot).or_else(|e| {
+                // Renaming over a snapshot in use can fail (Windows); one in place will do.
+                if snapshot.exists() {
+                    std::fs::remove_file(&incoming)
+                } else {
+                    Err(e)
+                }
+            })
+        }) {
+            let _ = std::fs::remove_file(&incoming);
+            return (incoming, failed("cannot keep its snapshot", e));
+        }
+    } else {
+        let _ = std::fs::remove_file(&incoming);
+    }
+    (incoming, inspection)
+}
+
+fn make_readonly(path: &Path) -> std::io::Result<()> {
+    let mut permissions = std::fs::metadata(path)?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(path, permissions)
+}
+
+/// `f` of every item, in order, at most [`MAX_PARALLEL_INSPECTIONS`] at once.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let threads = items.len().min(MAX_PARALLEL_INSPECTIONS);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut results = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return results;
+                        };
+                        results.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Brings the allowlist in force up to date: a valid new version replaces it, an invalid one
@@ -638,10 +769,18 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
     }
 }
 
-/// Removes the snapshots that no active version and nothing in `in_use` (hashes of jobs
-/// waiting or running) refers to.
-pub fn collect_snapshots(settings: &Settings, inventory: &Inventory, in_use: &BTreeSet<String>) {
+/// Removes the snapshots that no active version of the catalog and nothing in `in_use`
+/// (hashes of jobs waiting or running) refers to. Done under the catalog's lock, from the
+/// catalog as written then; skipped while someone holds the lock, since a refresh under way
+/// may have put in place a snapshot its catalog does not name yet (the next round collects).
+pub fn collect_snapshots(settings: &Settings, in_use: &BTreeSet<String>) {
     let paths = CatalogPaths::new(&settings.state_dir);
+    let Ok(Some(_lock)) = platform::FileLock::try_acquire(&paths.lock) else {
+        return;
+    };
+    let Some(inventory) = Inventory::read(&paths.catalog) else {
+        return;
+    };
     let Ok(entries) = std::fs::read_dir(&paths.snapshots) else {
         return;
     };
@@ -674,18 +813,79 @@ pub fn snapshot_hash(path: &Path) -> Option<&str> {
     (hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hash)
 }
 
-/// Inspects the library at `path` in a child process.
-fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus> {
-    static INSPECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// What inspecting a file found.
+enum Inspection {
+    /// A verdict on the file's content.
+    Verdict(FileStatus),
+    /// Loading it took longer than `limits.inspect_timeout`: no verdict.
+    Hung,
+    /// jobhost could not inspect it: no verdict. One line saying why.
+    Failed(String),
+}
+
+/// Inspects the library at `path` in an inspector process (see
+/// [`crate::child::inspect_main`]), which loads it in a child of its own within
+/// `limits.inspect_timeout` and ends whatever loading it started.
+fn inspect_file(settings: &Settings, path: &Path) -> Inspection {
+    static INSPECTIONS: AtomicU64 = AtomicU64::new(0);
     let dir = settings.state_dir.join("inspect");
-    std::fs::create_dir_all(&dir)?;
-    let n = INSPECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let stem = format!("{}-{n}", std::process::id());
-    let report_path = dir.join(format!("{stem}.json"));
+    let n = INSPECTIONS.fetch_add(1, Ordering::Relaxed);
+    let report_path = dir.join(format!("{}-{n}.json", std::process::id()));
+    let ended = std::fs::create_dir_all(&dir)
+        .and_then(|()| run_inspector(settings, path, &report_path))
+        .map_err(|e| format!("cannot start the inspector: {e}"))
+        .and_then(|end| {
+            let report: Option<InspectReport> = read_report(&report_path)
+                .map_err(|e| format!("cannot read the inspector's report: {e}"))?;
+            Ok((end, report))
+        });
+    let _ = std::fs::remove_file(&report_path);
+    let (end, report) = match ended {
+        Ok(ended) => ended,
+        Err(reason) => return Inspection::Failed(reason),
+    };
+    match report {
+        Some(InspectReport::Plugin {
+            sdk_version,
+            classes,
+            ..
+        }) => Inspection::Verdict(FileStatus::Plugin {
+            sdk_version,
+            classes,
+        }),
+        Some(InspectReport::Rejected { reason, .. }) => {
+            Inspection::Verdict(FileStatus::Rejected { reason })
+        }
+        Some(InspectReport::Hung { .. }) => Inspection::Hung,
+        Some(InspectReport::Failed { reason, .. }) => Inspection::Failed(reason),
+        None => Inspection::Failed(match (end.stopped, end.exit) {
+            (Some(_), _) => format!(
+                "the inspector did not finish within {}",
+                crate::text::secs(settings.limits.inspect_timeout + INSPECTOR_MARGIN)
+            ),
+            (None, ExitKind::Signaled(signal)) => format!(
+                "the inspector crashed ({}) without a report",
+                platform::crash_name(signal)
+            ),
+            (None, ExitKind::Exited(code)) => {
+                format!("the inspector ended with code {code} without a report")
+            }
+        }),
+    }
+}
+
+/// Runs the inspector on `path`, its report going to `report_path`.
+fn run_inspector(
+    settings: &Settings,
+    path: &Path,
+    report_path: &Path,
+) -> std::io::Result<ProcessEnd> {
+    let timeout = settings.limits.inspect_timeout;
     let request = InspectRequest {
         protocol: PROTOCOL_VERSION,
         plugin: path.to_path_buf(),
-        report: report_path.clone(),
+        report: report_path.to_path_buf(),
+        timeout_ms: timeout.as_millis().max(1) as u64,
     };
     let mut command = Command::new(crate::attempt::jobhost_program());
     command
@@ -693,48 +893,18 @@ fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus>
         .arg(serde_json::to_string(&request)?)
         .env("RUST_BACKTRACE", "0");
     let options = SuperviseOptions {
-        timeout: INSPECT_TIMEOUT,
+        timeout: timeout + INSPECTOR_MARGIN,
         kill_grace: settings.limits.kill_grace,
     };
     let never = CancelToken::new()?;
-    let output = OutputPair::pipe()?;
-    let end = platform::supervise(command, output, options, &never, &mut Discard, &mut |_| {
-        true
-    })?;
-    let report: Option<InspectReport> = read_report(&report_path)?;
-    let _ = std::fs::remove_file(&report_path);
-    let status = match (report, end.stopped, end.exit) {
-        (
-            Some(InspectReport::Plugin {
-                sdk_version,
-                classes,
-                ..
-            }),
-            _,
-            _,
-        ) => FileStatus::Plugin {
-            sdk_version,
-            classes,
-        },
-        (Some(InspectReport::Rejected { reason, .. }), _, _) => FileStatus::Rejected { reason },
-        (None, Some(_), _) => FileStatus::Rejected {
-            reason: Reason::hung(&crate::text::secs(INSPECT_TIMEOUT)),
-        },
-        (None, None, ExitKind::Signaled(signal)) => FileStatus::Rejected {
-            reason: Reason::crashed(&platform::crash_name(signal)),
-        },
-        (None, None, ExitKind::Exited(code)) => FileStatus::Rejected {
-            reason: Reason::exited(code),
-        },
-    };
-    Ok(status)
-}
-
-/// What a library prints while being inspected is of no use: its verdict is the report.
-struct Discard;
-
-impl OutputSink for Discard {
-    fn write(&mut self, _: &[u8]) {}
+    platform::supervise(
+        command,
+        OutputPair::pipe()?,
+        options,
+        &never,
+        &mut DiscardOutput,
+        &mut |_| true,
+    )
 }
 
 /// What identifies a version of a file without reading it.
@@ -770,6 +940,24 @@ impl FileStamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_parallel_keeps_the_order_and_runs_at_most_the_bound_at_once() {
+        let running = AtomicUsize::new(0);
+        let most = AtomicUsize::new(0);
+        let items: Vec<usize> = (0..40).collect();
+        let doubled = in_parallel(&items, |&i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(doubled, (0..40).map(|i| i * 2).collect::<Vec<_>>());
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=MAX_PARALLEL_INSPECTIONS).contains(&most), "{most}");
+        assert!(in_parallel(&[] as &[usize], |&i| i).is_empty());
+    }
 
     #[test]
     fn snapshot_names_are_64_hex_digits_and_the_suffix() {

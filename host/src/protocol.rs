@@ -60,6 +60,9 @@ pub struct InspectRequest {
     pub plugin: PathBuf,
     /// Where to write the [`InspectReport`].
     pub report: PathBuf,
+    /// How long loading the library may take, in milliseconds, before the inspector stops it
+    /// and reports [`InspectReport::Hung`].
+    pub timeout_ms: u64,
 }
 
 /// Why an attempt did not produce a result, as the worker saw it.
@@ -155,6 +158,20 @@ pub enum InspectReport {
         protocol: u32,
         /// One line saying why.
         reason: crate::reason::Reason,
+    },
+    /// Loading the library did not end within the request's timeout, and was stopped: no
+    /// verdict on the file (a loaded machine can make a good plugin slow).
+    Hung {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+    },
+    /// The inspection itself failed (its report could not be written, the loading process
+    /// could not be started, ...): no verdict on the file.
+    Failed {
+        /// Must equal [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// One line saying what went wrong.
+        reason: String,
     },
 }
 

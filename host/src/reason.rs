@@ -187,9 +187,18 @@ impl Reason {
         reason!("inspector protocol {requested} requested, this inspector speaks {spoken}: the jobhost binary was replaced while it ran; run the command again")
     }
 
-    /// A library whose loading outlasted the inspection time limit.
-    pub fn hung(limit: &str) -> Self {
-        reason!("loading it hung for over {limit}: code that runs at load time (a static constructor in a dependency) blocked")
+    /// A library whose loading outlasted the inspection time limit `limit`: no verdict on
+    /// its content, tried again when the file changes or after `retry_minutes`.
+    pub fn hung(limit: &str, retry_minutes: u64) -> Self {
+        reason!(
+            "loading it hung for more than {limit} (its code that runs at load time, such as a static constructor, blocks); inspected again when the file changes, or in {retry_minutes} minutes"
+        )
+    }
+
+    /// jobhost itself could not inspect the file (`why`): no verdict on its content, tried
+    /// again at the next refresh.
+    pub fn inspection_failed(why: &str) -> Self {
+        reason!("inspection failed: {why} (will retry)")
     }
 
     /// A library whose loading killed the inspector.

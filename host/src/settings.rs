@@ -37,6 +37,12 @@ pub const MAX_PLUGIN_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// The longest `limits.kill_grace` and `dispatcher.lease`: one hour.
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
+/// The shortest `limits.inspect_timeout`: one millisecond.
+pub const MIN_INSPECT_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The longest `limits.inspect_timeout`: ten minutes.
+pub const MAX_INSPECT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The shortest `dispatcher.lease`: one second. A dispatcher heartbeats every fifth of it, and
 /// a shorter lease would have busy dispatchers rescued from each other.
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
@@ -289,6 +295,9 @@ pub struct RawLimits {
     /// Seconds between asking a job to stop and killing it.
     #[serde(default, deserialize_with = "de_secs")]
     pub kill_grace: Option<Duration>,
+    /// Seconds loading a plugin file to inspect it may take.
+    #[serde(default, deserialize_with = "de_secs")]
+    pub inspect_timeout: Option<Duration>,
 }
 
 /// Settings given on the command line; they win over everything else.
@@ -339,6 +348,9 @@ pub struct Limits {
     pub max_plugin_bytes: u64,
     /// Time between SIGTERM and SIGKILL when an attempt is stopped (default 5 s).
     pub kill_grace: Duration,
+    /// How long loading a plugin file to inspect it may take before it is stopped and the
+    /// file reported as hanging (default 5 s).
+    pub inspect_timeout: Duration,
 }
 
 /// How the dispatcher runs.
@@ -569,6 +581,7 @@ impl Default for Limits {
             max_output_bytes: 1024 * 1024,
             max_plugin_bytes: 256 * 1024 * 1024,
             kill_grace: Duration::from_secs(5),
+            inspect_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -750,6 +763,13 @@ impl Settings {
                 MAX_GRACE,
             )?
             .unwrap_or(builtin.kill_grace),
+            inspect_timeout: duration(
+                "limits.inspect_timeout",
+                raw.limits.inspect_timeout,
+                MIN_INSPECT_TIMEOUT,
+                MAX_INSPECT_TIMEOUT,
+            )?
+            .unwrap_or(builtin.inspect_timeout),
         };
 
         let builtin = DispatcherSettings::default();
@@ -1271,6 +1291,8 @@ mod tests {
             ("dispatcher.idle_exit = 1e300\n", "dispatcher.idle_exit "),
             ("dispatcher.shutdown_grace = 1e7\n", "dispatcher.shutdown_grace "),
             ("limits.kill_grace = 7200\n", "limits.kill_grace 7200 s is out of range: allowed 0 s to 3600 s"),
+            ("limits.inspect_timeout = 0\n", "limits.inspect_timeout 0 s is out of range: allowed 0.001 s to 600 s"),
+            ("limits.inspect_timeout = 3600\n", "limits.inspect_timeout 3600 s is out of range"),
             ("limits.max_params_bytes = 0\n", "limits.max_params_bytes 0 is out of range: allowed 1 to 16777216"),
             ("limits.max_params_depth = 127\n", "limits.max_params_depth 127 is out of range: allowed 1 to 100"),
             ("limits.max_output_bytes = 1e3\n", "invalid type"),

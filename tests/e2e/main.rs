@@ -16,6 +16,7 @@ mod fixtures;
 mod following;
 mod hostile_files;
 mod hot_swap;
+mod inspection;
 mod inventory;
 mod logs;
 mod on_demand;

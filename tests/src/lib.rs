@@ -218,6 +218,13 @@ impl Host {
         Run::from(output(command))
     }
 
+    /// Runs `jobhost ARGS` to its end with the variables `env` added to its environment.
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = self.jobhost();
+        command.args(args).envs(env.iter().copied());
+        Run::from(output(command))
+    }
+
     /// Enqueues `jobhost run ARGS` in the background and returns the job id it printed.
     pub fn enqueue(&self, args: &[&str]) -> i64 {
         let mut full = vec!["run"];

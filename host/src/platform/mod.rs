@@ -16,17 +16,17 @@
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, answers, crash_name, detach_command, detach_self, find_worker, hold_output_open,
-    on_signals, on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise,
-    CancelToken, Doorbell, OutputPair,
+    adopt, adopt_orphans, answers, crash_name, detach_command, detach_self, find_worker,
+    hold_output_open, kill_adopted, on_signals, on_termination, prepare_child, reopen_output, ring,
+    stdin_to_null, supervise, CancelToken, Doorbell, OutputPair,
 };
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
 pub use windows::{
-    adopt, answers, crash_name, detach_command, detach_self, find_worker, hold_output_open,
-    on_signals, on_termination, prepare_child, reopen_output, ring, stdin_to_null, supervise,
-    CancelToken, Doorbell, OutputPair,
+    adopt, adopt_orphans, answers, crash_name, detach_command, detach_self, find_worker,
+    hold_output_open, kill_adopted, on_signals, on_termination, prepare_child, reopen_output, ring,
+    stdin_to_null, supervise, CancelToken, Doorbell, OutputPair,
 };
 
 use std::time::Duration;
@@ -178,6 +178,14 @@ impl Drop for FileLock {
     fn drop(&mut self) {
         let _ = self.file.unlock();
     }
+}
+
+/// An [`OutputSink`] that drops everything: for a child whose output is of no use, such as
+/// an inspector's (its verdict is its report).
+pub struct DiscardOutput;
+
+impl OutputSink for DiscardOutput {
+    fn write(&mut self, _: &[u8]) {}
 }
 
 /// Where a supervised process's output goes, chunk by chunk, as it is produced (on Windows,

@@ -116,6 +116,55 @@ pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Makes this process the reaper of its descendants (`PR_SET_CHILD_SUBREAPER`): a process
+/// whose parent dies is re-parented to it rather than to init, even one that left the process
+/// group and session with `setsid()`. So [`kill_adopted`] can find every descendant, however
+/// it tried to escape, as long as this process lives.
+pub fn adopt_orphans() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
+    Ok(())
+}
+
+/// Kills every descendant of this process and reaps them, until it has no child left. Meant
+/// for a process made a reaper by [`adopt_orphans`]: killing a child re-parents the child's
+/// own children to it, so repeating until none is left ends the whole tree. Each one killed is
+/// a child not yet waited for, so its pid cannot have been reused.
+pub fn kill_adopted() {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    loop {
+        for child in children_of(me) {
+            if let Some(pid) = Pid::from_raw(child) {
+                let _ = kill_process(pid, Signal::KILL);
+            }
+        }
+        match rustix::process::waitpid(None, rustix::process::WaitOptions::empty()) {
+            Ok(_) | Err(Errno::INTR) => {}
+            // ECHILD: no child left, so no descendant either.
+            Err(_) => return,
+        }
+    }
+}
+
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The parent's pid is the second field after the command name, which is in
+            // parentheses and may contain anything.
+            stat.rfind(')')
+                .and_then(|end| stat[end + 1..].split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<i32>().ok())
+                == Some(parent)
+        })
+        .collect()
+}
+
 /// In a gated worker, once its go-ahead is read: stdin becomes `/dev/null`, as for any job.
 pub fn stdin_to_null() -> io::Result<()> {
     let null = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;

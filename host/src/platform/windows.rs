@@ -124,6 +124,16 @@ impl CancelToken {
     }
 }
 
+/// Nothing to do on Windows: the Job Object [`supervise`] puts a child in holds the child's
+/// whole process tree (Unix: becomes the reaper of its descendants).
+pub fn adopt_orphans() -> io::Result<()> {
+    Ok(())
+}
+
+/// Nothing to do on Windows: [`supervise`] terminates the child's Job Object, and with it
+/// every process the child started, when the child ends (Unix: kills every descendant).
+pub fn kill_adopted() {}
+
 /// In a gated worker, once its go-ahead is read. Its stdin pipe is closed by the supervisor
 /// after the go-ahead, so reading it gives end of input, as `NUL` does: nothing to do.
 pub fn stdin_to_null() -> io::Result<()> {
