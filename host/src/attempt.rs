@@ -257,6 +257,7 @@ pub fn run_attempt(
         params: spec.params.clone(),
         plugin: spec.plugin.to_path_buf(),
         allowlist: crate::inventory::allowlist_in_force(settings),
+        allowlist_file: Some(settings.allowlist.clone()),
         report: paths.report.clone(),
         output: Some(paths.pipe.clone()),
         gate: true,

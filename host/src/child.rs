@@ -22,7 +22,7 @@ use job_sdk::ffi::{ErrorKind, HostApi, HostApiRef, Invocation};
 
 use crate::{
     allowlist::{Allowlist, Verdict},
-    job::{json_text_depth, MAX_RESULT_DEPTH},
+    job::{json_text_depth, MAX_RESULT_BYTES, MAX_RESULT_DEPTH},
     loader,
     protocol::{
         write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
@@ -185,7 +185,11 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
             ),
         );
     }
-    let allowlist = match Allowlist::load(&request.allowlist) {
+    let named = request
+        .allowlist_file
+        .as_deref()
+        .unwrap_or(&request.allowlist);
+    let allowlist = match Allowlist::load_as(&request.allowlist, named) {
         Ok(a) => a,
         Err(e) => return error(FailureKind::Unauthorized, format!("refused: {e}")),
     };
@@ -234,10 +238,20 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
     }
 }
 
-/// The report of a method that returned `json`. A result nested too deep for the report that
+/// The report of a method that returned `json`. A result too big, or nested too deep, for the report that
 /// wraps it, or for the store and `jobhost show --json` after it, to be read back is a
 /// permanent error: the job ran, and running it again would return the same.
 fn result_report(json: &str) -> WorkerReport {
+    if json.len() > MAX_RESULT_BYTES {
+        return error(
+            FailureKind::Permanent,
+            format!(
+                "the job's result is {} bytes of JSON, over the limit of {MAX_RESULT_BYTES} \
+                 bytes; return less (write big results to a file and return its path)",
+                json.len()
+            ),
+        );
+    }
     if json_text_depth(json, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH {
         return error(
             FailureKind::Permanent,

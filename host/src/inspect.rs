@@ -112,7 +112,14 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
             writeln!(out, "  error: {error}")?;
         }
         if let Some(path) = &a.output_path {
-            let output = std::fs::read_to_string(path).unwrap_or_default();
+            // Capped like the capture that wrote it (a file put there later may be anything).
+            let output = jobhost::files::read_capped(
+                path,
+                jobhost::capture::max_file_bytes(settings.limits.max_output_bytes),
+                "an attempt's output",
+            )
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_else(|e| format!("(cannot be shown: {e})"));
             writeln!(out, "  output ({}):", path.display())?;
             for line in output.lines() {
                 writeln!(out, "  | {line}")?;

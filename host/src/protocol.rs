@@ -33,6 +33,9 @@ pub struct WorkerRequest {
     pub plugin: PathBuf,
     /// The allowlist to check before loading anything.
     pub allowlist: PathBuf,
+    /// The allowlist file messages name, when `allowlist` is the copy of it in force.
+    #[serde(default)]
+    pub allowlist_file: Option<PathBuf>,
     /// Where to write the [`WorkerReport`].
     pub report: PathBuf,
     /// The named pipe the worker's stdout and stderr are connected to, which it keeps open
@@ -237,9 +240,10 @@ impl ReservedReport {
     }
 }
 
-/// Reads a report written by [`write_report`]; `Ok(None)` when there is none.
+/// Reads a report written by [`write_report`]; `Ok(None)` when there is none. At most
+/// [`crate::files::MAX_REPORT_BYTES`] are read, and only from a regular file.
 pub fn read_report<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    match std::fs::read(path) {
+    match crate::files::read_capped(path, crate::files::MAX_REPORT_BYTES, "a report") {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),

@@ -10,6 +10,7 @@ mod bad_input;
 mod bounds;
 mod browser;
 mod chaos;
+mod config_files;
 mod dashboard;
 mod examples;
 mod fixtures;

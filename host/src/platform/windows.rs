@@ -506,7 +506,11 @@ pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
 
 /// A connection to the doorbell at `path`; `None` when nobody is listening there.
 fn connect_doorbell(path: &Path) -> io::Result<Option<TcpStream>> {
-    let port: u16 = match std::fs::read_to_string(path) {
+    let port: u16 = match crate::files::read_capped_text(
+        path,
+        crate::files::MAX_STATE_FILE_BYTES,
+        "a doorbell file",
+    ) {
         Ok(text) => match text.trim().parse() {
             Ok(port) => port,
             Err(_) => return Ok(None),
