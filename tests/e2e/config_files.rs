@@ -73,12 +73,13 @@ fn assert_refused(
         let run = run_bounded(command);
         run.expect_code(2);
         let shown = path.display().to_string();
+        let errors = run.error_lines();
+        assert_eq!(errors.len(), 1, "one error: {}", run.stderr);
         assert!(
-            run.stderr.contains(&shown) && run.stderr.contains(problem),
+            errors[0].contains(&shown) && errors[0].contains(problem),
             "expected {shown} and {problem:?} in:\n{}",
             run.stderr
         );
-        assert_eq!(run.stderr.lines().count(), 1, "one line: {}", run.stderr);
     }
     let listed = host.run(&["list", "--json"]);
     listed.expect_code(0);
