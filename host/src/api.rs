@@ -422,10 +422,9 @@ impl Client {
             jobs.into_iter()
                 .map(|job| {
                     let spec = job.into_spec(settings)?;
-                    let plugin = authorize(allowlist, inventory, &spec)?
-                        .version
-                        .snapshot
-                        .clone();
+                    let offer = authorize(allowlist, inventory, &spec)?;
+                    crate::authorize::params_fit(&offer, &spec)?;
+                    let plugin = offer.version.snapshot.clone();
                     Ok(NewJob { spec, plugin })
                 })
                 .collect::<Result<Vec<_>, DispatchError>>()

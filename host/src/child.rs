@@ -270,6 +270,27 @@ fn result_report(json: &str) -> WorkerReport {
     }
 }
 
+/// The params `class@method` of `plugin` declares; `None` when it declares none, or was built
+/// before plugins could declare them.
+fn declared_params(
+    plugin: &job_sdk::ffi::PluginModRef,
+    class: &str,
+    method: &str,
+) -> Option<Vec<job_sdk::Param>> {
+    let params = plugin.params()?;
+    let declared: Option<abi_stable::std_types::RVec<job_sdk::ffi::ParamInfo>> =
+        params(RStr::from_str(class), RStr::from_str(method)).into();
+    Some(
+        declared?
+            .into_iter()
+            .map(|p| job_sdk::Param {
+                name: p.name.into_string(),
+                required: p.required,
+            })
+            .collect(),
+    )
+}
+
 /// The host services a job sees: its log lines go to the captured output, and its
 /// cancellation flag is the one SIGTERM sets.
 fn host_api() -> HostApiRef {
@@ -307,16 +328,17 @@ pub fn inspect(request: &InspectRequest) -> InspectReport {
             classes: classes
                 .into_iter()
                 .map(|c| ClassEntry {
-                    name: c.name.into_string(),
-                    doc: c.doc.into_string(),
                     methods: c
                         .methods
                         .into_iter()
                         .map(|m| MethodEntry {
+                            params: declared_params(&plugin, &c.name, &m.name),
                             name: m.name.into_string(),
                             doc: m.doc.into_string(),
                         })
                         .collect(),
+                    name: c.name.into_string(),
+                    doc: c.doc.into_string(),
                 })
                 .collect(),
         },

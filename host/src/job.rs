@@ -258,6 +258,15 @@ pub enum ParamsError {
     /// A param could not be turned into JSON.
     #[error("{0}")]
     Unserializable(String),
+    /// The params do not fit the params the method declares: the message the worker would
+    /// give.
+    #[error("invalid params for {job}: {message}")]
+    DoNotFit {
+        /// `Class@method`.
+        job: String,
+        /// What does not fit, as the worker would say it.
+        message: String,
+    },
     /// An option outside its allowed range.
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),

@@ -126,6 +126,10 @@ pub struct MethodEntry {
     pub name: String,
     /// Its one-line description.
     pub doc: String,
+    /// The params it declares, in order, when it does (see `job_sdk::ffi::PluginMod::params`):
+    /// jobs are checked against them when they are requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<job_sdk::Param>>,
 }
 
 /// One class as listed by a plugin.

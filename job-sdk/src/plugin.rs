@@ -10,12 +10,13 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
-use abi_stable::std_types::{RResult, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    ffi::{ClassInfo, ErrorKind, FfiError, Invocation, MethodInfo},
-    params, JobContext, JobError,
+    ffi::{ClassInfo, ErrorKind, FfiError, Invocation, MethodInfo, ParamInfo},
+    params::{self, Param},
+    JobContext, JobError,
 };
 
 /// A job class: a type whose methods are jobs.
@@ -36,6 +37,8 @@ type Handler = Box<dyn Fn(&JobContext<'_>, &str) -> Result<String, JobError> + S
 struct MethodEntry {
     name: &'static str,
     doc: &'static str,
+    /// The params the method declares, when its params type is a struct.
+    params: Option<Vec<Param>>,
     handler: Handler,
 }
 
@@ -61,8 +64,10 @@ impl<C: JobClass> Methods<C> {
         P: DeserializeOwned + 'static,
         R: Serialize + 'static,
     {
+        let declared = params::declared::<P>();
+        let checked = declared.clone();
         let handler = move |ctx: &JobContext<'_>, params_json: &str| {
-            let params = params::decode::<P>(params_json)
+            let params = params::decode::<P>(params_json, checked.as_deref())
                 .map_err(|e| JobError::with_kind(ErrorKind::InvalidParams, e))?;
             let result = method(&C::default(), ctx, params)?;
             serde_json::to_string(&result)
@@ -71,6 +76,7 @@ impl<C: JobClass> Methods<C> {
         self.entries.push(MethodEntry {
             name,
             doc,
+            params: declared,
             handler: Box::new(handler),
         });
         self
@@ -152,15 +158,12 @@ impl Plugin {
             .collect())
     }
 
-    /// Calls `class@method` with JSON params and returns the JSON result. Panics are not caught
-    /// here; the exported entry point catches them.
-    pub fn invoke(
-        &self,
-        class: &str,
-        method: &str,
-        params_json: &str,
-        ctx: &JobContext<'_>,
-    ) -> Result<String, JobError> {
+    /// The params `class@method` declares (see [`crate::ffi::PluginMod::params`]).
+    pub fn params(&self, class: &str, method: &str) -> Option<&[Param]> {
+        self.method(class, method).ok()?.params.as_deref()
+    }
+
+    fn method(&self, class: &str, method: &str) -> Result<&MethodEntry, JobError> {
         let entry = self
             .classes
             .iter()
@@ -171,7 +174,7 @@ impl Plugin {
                     format!("this plugin does not offer class `{class}`"),
                 )
             })?;
-        let m = entry
+        entry
             .methods
             .iter()
             .find(|m| m.name == method)
@@ -180,8 +183,19 @@ impl Plugin {
                     ErrorKind::UnknownMethod,
                     format!("class `{class}` has no method `{method}`"),
                 )
-            })?;
-        (m.handler)(ctx, params_json)
+            })
+    }
+
+    /// Calls `class@method` with JSON params and returns the JSON result. Panics are not caught
+    /// here; the exported entry point catches them.
+    pub fn invoke(
+        &self,
+        class: &str,
+        method: &str,
+        params_json: &str,
+        ctx: &JobContext<'_>,
+    ) -> Result<String, JobError> {
+        (self.method(class, method)?.handler)(ctx, params_json)
     }
 }
 
@@ -209,6 +223,28 @@ pub fn invoke(
             .map(RString::from)
     })
     .into()
+}
+
+/// The body of the exported `params` entry point. Nothing here runs plugin code: the params
+/// were read when the methods were registered.
+#[doc(hidden)]
+pub fn params(
+    plugin: fn() -> &'static Plugin,
+    class: RStr<'_>,
+    method: RStr<'_>,
+) -> ROption<RVec<ParamInfo>> {
+    let declared = catch_unwind(|| {
+        plugin().params(class.as_str(), method.as_str()).map(|params| {
+            params
+                .iter()
+                .map(|p| ParamInfo {
+                    name: p.name.as_str().into(),
+                    required: p.required,
+                })
+                .collect::<RVec<_>>()
+        })
+    });
+    declared.ok().flatten().into()
 }
 
 /// Runs plugin code, turning a panic into an [`ErrorKind::Panicked`] error.

@@ -20,6 +20,7 @@ mod inventory;
 mod logs;
 mod on_demand;
 mod output;
+mod params_check;
 mod postgres;
 mod queue;
 mod recovery;
