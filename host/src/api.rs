@@ -505,7 +505,7 @@ impl Client {
             path: self.paths.waiters.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.paths.waiters).map_err(io)?;
+        crate::files::create_private_dir(&self.paths.waiters).map_err(io)?;
         let bell_path = self
             .paths
             .waiters

@@ -89,6 +89,34 @@ pub fn open_regular(
     ))
 }
 
+/// Creates the directory `path` and any missing parents, each owner-only (mode 0700 on Unix:
+/// the state directory holds the queue, the dashboard's login URL and every job's params and
+/// output). A directory that exists already is left as it is (see [`loose_permissions`]).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// The permission bits of the directory `path` when others than its owner may use it (Unix),
+/// so that the dispatcher can warn about a state directory made by hand or by an earlier
+/// version; `None` when it is owner-only, or cannot be looked at.
+pub fn loose_permissions(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// What kind of file `kind` is, for people.
 fn describe(kind: &std::fs::FileType) -> &'static str {
     #[cfg(unix)]

@@ -286,7 +286,7 @@ impl Inventory {
             dir: paths.snapshots.clone(),
             source,
         };
-        std::fs::create_dir_all(&paths.snapshots).map_err(catalog_error)?;
+        crate::files::create_private_dir(&paths.snapshots).map_err(catalog_error)?;
         let _lock = platform::FileLock::acquire(&paths.lock).map_err(catalog_error)?;
         let old = Self::read(&paths.catalog).filter(|old| old.dir == settings.plugin_dir);
         let stamped =

@@ -203,3 +203,45 @@ fn removing_the_allowlist_while_serving_revokes_every_approval_and_restoring_it_
     );
     assert!(host.stop_serve(&mut serve));
 }
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_state_directory_and_what_jobhost_makes_in_it_are_owner_only() {
+    let host = Host::standard();
+    let run = host.run(&[&["run"][..], &WELCOME, &["--wait"]].concat());
+    run.expect_code(0);
+    let state = host.state_dir();
+    for dir in [
+        state.clone(),
+        state.join("plugins"),
+        state.join("plugins/snapshots"),
+        state.join("attempts"),
+        state.join(format!("attempts/{}", run.job_id())),
+        state.join("waiters"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+
+    // One made by hand, open to others: left as it is, and the dispatcher says so.
+    let host = Host::standard();
+    std::fs::create_dir(host.state_dir()).unwrap();
+    std::fs::set_permissions(
+        host.state_dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    host.run(&[&["run"][..], &WELCOME, &["--wait"]].concat())
+        .expect_code(0);
+    let line = host.wait_log("background_jobs_errors.log", "is open to other users");
+    assert!(line.contains("(mode 755)") && line.contains("chmod 700"), "{line}");
+    assert_eq!(mode(&host.state_dir()), 0o755);
+}
