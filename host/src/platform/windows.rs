@@ -243,9 +243,21 @@ pub fn supervise(
     let mut child = command.spawn()?;
     drop(command);
     // A process the worker started before this line would escape the job; the worker starts
-    // none before it has loaded the plugin, which takes far longer.
+    // none before it has loaded the plugin, which takes far longer (and nothing before its
+    // go-ahead, which comes after).
     // SAFETY: both handles are valid; the child has not been waited for.
-    unsafe { AssignProcessToJobObject(raw(&job), raw(&child)) };
+    if unsafe { AssignProcessToJobObject(raw(&job), raw(&child)) } == 0 {
+        let error = io::Error::last_os_error();
+        // Outside a job it could not be stopped with what it starts: it never gets its
+        // go-ahead, and goes now.
+        // SAFETY: the child's handle is valid; it has not been waited for.
+        unsafe { TerminateProcess(raw(&child), 1) };
+        let _ = child.wait();
+        return Err(io::Error::new(
+            error.kind(),
+            format!("cannot put the worker in a Job Object, so it was not started: {error}"),
+        ));
+    }
     let pid = child.id();
     let go = on_spawn(pid);
     release(child.stdin.take(), go);
@@ -262,14 +274,10 @@ pub fn supervise(
                 // SAFETY: the event handle is valid for this scope.
                 unsafe { SetEvent(raw(&stop_event)) };
             },
-            || {
-                // SAFETY: the job handle is valid for this scope.
-                unsafe { TerminateJobObject(raw(&job), 1) };
-            },
+            || terminate(&job, &child),
         );
         // Whatever the job left behind goes now, which also closes the pipe's last writers.
-        // SAFETY: the job handle is valid for this scope.
-        unsafe { TerminateJobObject(raw(&job), 1) };
+        terminate(&job, &child);
         let pumped = reader
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -288,6 +296,17 @@ pub fn supervise(
         exit,
         stopped,
     })
+}
+
+/// Ends everything in `job`, and `child` itself (in it, but a stop must not depend on that):
+/// what a stop forces.
+fn terminate(job: &OwnedHandle, child: &std::process::Child) {
+    // SAFETY: both handles are valid while the caller holds them; the child has not been
+    // waited for, so its handle names it (terminating one that ended does nothing).
+    unsafe {
+        TerminateJobObject(raw(job), 1);
+        TerminateProcess(raw(child), 1);
+    }
 }
 
 /// Copies what the child writes into `sink` until the pipe closes.
