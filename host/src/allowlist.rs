@@ -128,12 +128,9 @@ impl Allowlist {
     /// Reads and validates the allowlist at `path`, a copy of the allowlist file `named`:
     /// errors (and [`Allowlist::path`]) name that file.
     pub fn load_as(path: &Path, named: &Path) -> Result<Self, AllowlistError> {
-        let text = crate::files::read_capped_text(
-            path,
-            crate::files::MAX_ALLOWLIST_BYTES,
-            "an allowlist",
-        )
-        .map_err(|source| AllowlistError::read(named, source))?;
+        let text =
+            crate::files::read_capped_text(path, crate::files::MAX_ALLOWLIST_BYTES, "an allowlist")
+                .map_err(|source| AllowlistError::read(named, source))?;
         Self::parse(named, &text)
     }
 

@@ -208,7 +208,7 @@ pub enum DispatchError {
     /// The settings are invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    /// The allowlist file is invalid.
+    /// The allowlist file is invalid, or does not exist (then nothing is approved).
     #[error(transparent)]
     Allowlist(#[from] AllowlistError),
     /// The plugin directory cannot be read.

@@ -152,7 +152,10 @@ mod tests {
         let err = read_capped(&path, 4, "a settings file").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
         let message = err.to_string();
-        assert!(message.contains("5 bytes, over the limit of 4 bytes"), "{message}");
+        assert!(
+            message.contains("5 bytes, over the limit of 4 bytes"),
+            "{message}"
+        );
         assert_eq!(
             read_capped(&dir.path().join("none"), 4, "a settings file")
                 .unwrap_err()
@@ -174,8 +177,12 @@ mod tests {
     fn a_fifo_and_a_device_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR)
-            .unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
         let err = read_capped(&fifo, 4, "an allowlist").unwrap_err();
         assert!(err.to_string().contains("a FIFO"), "{err}");
         let err = read_capped(Path::new("/dev/zero"), 4, "an allowlist").unwrap_err();

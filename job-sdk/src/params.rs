@@ -66,7 +66,10 @@ fn unknown_field(field: &str, names: &[&str]) -> String {
         [] => format!("unknown field `{field}`, there are no fields"),
         [one] => format!("unknown field `{field}`, expected {one}"),
         [a, b] => format!("unknown field `{field}`, expected {a} or {b}"),
-        all => format!("unknown field `{field}`, expected one of {}", all.join(", ")),
+        all => format!(
+            "unknown field `{field}`, expected one of {}",
+            all.join(", ")
+        ),
     }
 }
 
@@ -565,7 +568,10 @@ mod tests {
             check(r#"{"usr_id":1,"message":"m"}"#),
             Err("unknown field `usr_id`, expected `user_id` or `message`".into())
         );
-        assert_eq!(check(r#"{"user_id":1}"#), Err("missing field `message`".into()));
+        assert_eq!(
+            check(r#"{"user_id":1}"#),
+            Err("missing field `message`".into())
+        );
         assert_eq!(check("null"), Err("missing field `user_id`".into()));
         assert_eq!(check("[1]"), Err("missing field `message`".into()));
         assert_eq!(
@@ -573,7 +579,12 @@ mod tests {
             Err("too many positional params: the method takes 2 (user_id, message), got 3".into())
         );
         // What the worker says is what the host said.
-        for json in [r#"{"usr_id":1,"message":"m"}"#, r#"{"user_id":1}"#, "[1]", r#"[1,"m",3]"#] {
+        for json in [
+            r#"{"usr_id":1,"message":"m"}"#,
+            r#"{"user_id":1}"#,
+            "[1]",
+            r#"[1,"m",3]"#,
+        ] {
             assert_eq!(decoded::<Send>(json).map(|_| ()), check(json), "{json}");
         }
     }

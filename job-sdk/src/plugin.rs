@@ -234,15 +234,17 @@ pub fn params(
     method: RStr<'_>,
 ) -> ROption<RVec<ParamInfo>> {
     let declared = catch_unwind(|| {
-        plugin().params(class.as_str(), method.as_str()).map(|params| {
-            params
-                .iter()
-                .map(|p| ParamInfo {
-                    name: p.name.as_str().into(),
-                    required: p.required,
-                })
-                .collect::<RVec<_>>()
-        })
+        plugin()
+            .params(class.as_str(), method.as_str())
+            .map(|params| {
+                params
+                    .iter()
+                    .map(|p| ParamInfo {
+                        name: p.name.as_str().into(),
+                        required: p.required,
+                    })
+                    .collect::<RVec<_>>()
+            })
     });
     declared.ok().flatten().into()
 }

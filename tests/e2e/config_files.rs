@@ -83,7 +83,11 @@ fn assert_refused(
     }
     let listed = host.run(&["list", "--json"]);
     listed.expect_code(0);
-    assert!(!listed.stdout.contains("SendWelcomeEmail"), "nothing stored: {}", listed.stdout);
+    assert!(
+        !listed.stdout.contains("SendWelcomeEmail"),
+        "nothing stored: {}",
+        listed.stdout
+    );
 }
 
 /// Every command reads the settings file.
@@ -95,9 +99,21 @@ const GATED: [&[&str]; 1] = [&JOB];
 fn a_settings_file_that_is_a_fifo_a_device_or_huge_is_a_clear_error_at_once() {
     let host = Host::standard();
     let pipe = fifo(&host, "jobhost.fifo");
-    assert_refused(&host, &EVERY, "JOBHOST_CONFIG", &pipe, "a FIFO (named pipe), not a regular file");
+    assert_refused(
+        &host,
+        &EVERY,
+        "JOBHOST_CONFIG",
+        &pipe,
+        "a FIFO (named pipe), not a regular file",
+    );
     let zero = std::path::Path::new("/dev/zero");
-    assert_refused(&host, &EVERY, "JOBHOST_CONFIG", zero, "a device, not a regular file");
+    assert_refused(
+        &host,
+        &EVERY,
+        "JOBHOST_CONFIG",
+        zero,
+        "a device, not a regular file",
+    );
     let big = huge(&host, "big.toml");
     assert_refused(
         &host,
@@ -112,9 +128,21 @@ fn a_settings_file_that_is_a_fifo_a_device_or_huge_is_a_clear_error_at_once() {
 fn an_allowlist_that_is_a_fifo_a_device_or_huge_is_a_clear_error_at_once() {
     let host = Host::standard();
     let pipe = fifo(&host, "allowlist.fifo");
-    assert_refused(&host, &GATED, "JOBHOST_ALLOWLIST", &pipe, "a FIFO (named pipe), not a regular file");
+    assert_refused(
+        &host,
+        &GATED,
+        "JOBHOST_ALLOWLIST",
+        &pipe,
+        "a FIFO (named pipe), not a regular file",
+    );
     let zero = std::path::Path::new("/dev/zero");
-    assert_refused(&host, &GATED, "JOBHOST_ALLOWLIST", zero, "a device, not a regular file");
+    assert_refused(
+        &host,
+        &GATED,
+        "JOBHOST_ALLOWLIST",
+        zero,
+        "a device, not a regular file",
+    );
     let big = huge(&host, "big-allowlist.toml");
     assert_refused(
         &host,
@@ -173,16 +201,26 @@ fn removing_the_allowlist_while_serving_revokes_every_approval_and_restoring_it_
         "{refused:?}"
     );
     let listed = host.run(&["plugins"]);
-    assert!(listed.stdout.contains("does not exist"), "{}", listed.stdout);
+    assert!(
+        listed.stdout.contains("does not exist"),
+        "{}",
+        listed.stdout
+    );
 
     // The job already queued is refused when it starts: the worker loads nothing.
     host.run(&["cancel", &blocker.to_string()]).expect_code(0);
     let done = host.wait_state(queued, &["completed", "failed"]);
     assert_eq!(done["job"]["state"], "failed", "{done:#}");
     let error = done["attempts"][0]["error"].as_str().unwrap();
-    assert!(error.contains(&format!("allowlist {user_file} does not exist")), "{error}");
+    assert!(
+        error.contains(&format!("allowlist {user_file} does not exist")),
+        "{error}"
+    );
     assert!(!error.contains(&internal), "{error}");
-    assert!(!host.storage_dir().join("mail").exists(), "the job did not run");
+    assert!(
+        !host.storage_dir().join("mail").exists(),
+        "the job did not run"
+    );
 
     // Restored: approved again, logged.
     host.write("allowlist.toml", jobhost_e2e::SPEC_ALLOWLIST);
@@ -197,7 +235,8 @@ fn removing_the_allowlist_while_serving_revokes_every_approval_and_restoring_it_
     let run = host.run(&[&["run"][..], &WELCOME].concat());
     run.expect_code(3);
     assert!(
-        run.stderr.contains(&format!("is not in the allowlist {user_file}")),
+        run.stderr
+            .contains(&format!("is not in the allowlist {user_file}")),
         "{}",
         run.stderr
     );
@@ -242,6 +281,9 @@ fn the_state_directory_and_what_jobhost_makes_in_it_are_owner_only() {
     host.run(&[&["run"][..], &WELCOME, &["--wait"]].concat())
         .expect_code(0);
     let line = host.wait_log("background_jobs_errors.log", "is open to other users");
-    assert!(line.contains("(mode 755)") && line.contains("chmod 700"), "{line}");
+    assert!(
+        line.contains("(mode 755)") && line.contains("chmod 700"),
+        "{line}"
+    );
     assert_eq!(mode(&host.state_dir()), 0o755);
 }

@@ -63,7 +63,9 @@ fn run_refuses_params_that_do_not_fit_with_the_worker_s_message() {
     let host = Host::standard();
     let listed = host.run(&["plugins"]);
     assert!(
-        listed.stdout.contains("      params: user_id, email?, name?"),
+        listed
+            .stdout
+            .contains("      params: user_id, email?, name?"),
         "{}",
         listed.stdout
     );
@@ -94,14 +96,20 @@ fn the_rust_api_refuses_params_that_do_not_fit() {
         let DispatchError::BadInput(ParamsError::DoNotFit { job, message }) = &refused else {
             panic!("{params}: {refused:?}");
         };
-        assert_eq!((job.as_str(), message.as_str()), (r"App\Jobs\SendWelcomeEmail@handle", problem));
+        assert_eq!(
+            (job.as_str(), message.as_str()),
+            (r"App\Jobs\SendWelcomeEmail@handle", problem)
+        );
     }
     // A batch with one job that does not fit stores none.
     let batch = client.dispatch_batch([
         Job::new(CLASS, "handle").param("user_id", 1),
         Job::new(CLASS, "handle").param("usr_id", 2),
     ]);
-    assert!(matches!(batch, Err(DispatchError::BadInput(_))), "{batch:?}");
+    assert!(
+        matches!(batch, Err(DispatchError::BadInput(_))),
+        "{batch:?}"
+    );
     nothing_stored(&host);
     // A method whose params are not a struct declares none: anything goes to the worker.
     client
@@ -134,7 +142,15 @@ fn the_dashboard_refuses_params_that_do_not_fit() {
                 ("csrf", &csrf),
                 ("job", &format!("{CLASS}@handle")),
                 // The form takes an object or an array: none given is `{}`.
-                ("params", &if params.is_null() { json!({}) } else { params.clone() }.to_string()),
+                (
+                    "params",
+                    &if params.is_null() {
+                        json!({})
+                    } else {
+                        params.clone()
+                    }
+                    .to_string(),
+                ),
                 ("priority", "normal"),
                 ("delay", "0"),
             ],
