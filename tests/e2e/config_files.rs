@@ -287,3 +287,28 @@ fn the_state_directory_and_what_jobhost_makes_in_it_are_owner_only() {
     );
     assert_eq!(mode(&host.state_dir()), 0o755);
 }
+
+#[test]
+fn the_dashboard_refuses_every_job_while_the_allowlist_is_removed() {
+    use crate::dashboard::{As, Dashboard};
+    let d = Dashboard::start("");
+    std::fs::remove_file(d.host.root().join("allowlist.toml")).unwrap();
+    d.host
+        .wait_log("background_jobs_errors.log", "Allowlist removed");
+    let reply = d.post_json(
+        "/api/jobs",
+        As::Bearer(&d.token),
+        &[],
+        Some(serde_json::json!({"class": WELCOME[0], "method": WELCOME[1], "params": {"user_id": 1}})),
+    );
+    assert_eq!(reply.status, 403, "{reply:?}");
+    let user_file = d.host.root().join("allowlist.toml").display().to_string();
+    assert_eq!(
+        reply.json()["error"].as_str().unwrap(),
+        format!(
+            "allowlist {user_file} does not exist, so no job is approved: create it (a `[jobs]` \
+             table naming the classes and methods that may run), or name another with \
+             --allowlist or JOBHOST_ALLOWLIST"
+        )
+    );
+}
