@@ -85,16 +85,19 @@ pub enum Commands {
     /// Cancel a job: a waiting one never starts, a running one is stopped.
     Cancel {
         /// The job id.
+        #[arg(value_parser = jobhost::store::parse_job_id)]
         id: i64,
     },
     /// Follow a job enqueued earlier to its end; exits like `run --wait`.
     Wait {
         /// The job id.
+        #[arg(value_parser = jobhost::store::parse_job_id)]
         id: i64,
     },
     /// Run a failed or cancelled job again.
     Retry {
         /// The job id.
+        #[arg(value_parser = jobhost::store::parse_job_id)]
         id: i64,
     },
     /// List jobs, newest first.
@@ -102,6 +105,7 @@ pub enum Commands {
     /// Show a job: params, result, and every attempt with its outcome and output.
     Show {
         /// The job id.
+        #[arg(value_parser = jobhost::store::parse_job_id)]
         id: i64,
         /// Print JSON.
         #[arg(long)]

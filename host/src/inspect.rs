@@ -7,6 +7,7 @@
 use jobhost::{
     settings::Settings,
     store::{self, Attempt, JobRecord, JobState, ListFilter, Millis, Stats, Store, StoreError},
+    text::{visible, Escape},
 };
 
 use crate::{
@@ -82,7 +83,7 @@ pub fn list(settings: &Settings, args: &ListArgs, out: &mut Stdout) -> anyhow::R
             format!("{}/{}", job.attempts, job.max_attempts),
             when(Some(job.created_at)),
             when(job.finished_at),
-            job.name()
+            visible(&job.name(), Escape::Text)
                 + if job.problem.is_some() {
                     "  (unreadable row: see jobhost show)"
                 } else {
@@ -109,7 +110,7 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
     for a in &attempts {
         writeln!(out, "\n{}", attempt_sentence(a, now))?;
         if let Some(error) = &a.error {
-            writeln!(out, "  error: {error}")?;
+            writeln!(out, "  error: {}", visible(error, Escape::Text))?;
         }
         if let Some(path) = &a.output_path {
             // Capped like the capture that wrote it (a file put there later may be anything).
@@ -118,11 +119,10 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
                 jobhost::capture::max_file_bytes(settings.limits.max_output_bytes),
                 "an attempt's output",
             )
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_else(|e| format!("(cannot be shown: {e})"));
+            .unwrap_or_else(|e| format!("(cannot be shown: {e})").into_bytes());
             writeln!(out, "  output ({}):", path.display())?;
-            for line in output.lines() {
-                writeln!(out, "  | {line}")?;
+            for line in String::from_utf8_lossy(&output).lines() {
+                writeln!(out, "  | {}", visible(line, Escape::Text))?;
             }
         }
     }
@@ -215,8 +215,14 @@ fn attempt_sentence(a: &Attempt, now: Millis) -> String {
 }
 
 fn print_job(job: &JobRecord, recorded: &[Attempt], out: &mut Stdout) -> Result<(), StdoutError> {
-    writeln!(out, "job {}: {}", job.id, job.name())?;
+    writeln!(
+        out,
+        "job {}: {}",
+        job.id,
+        visible(&job.name(), Escape::Text)
+    )?;
     if let Some(problem) = &job.problem {
+        let problem = visible(problem, Escape::Text);
         writeln!(out, "  PROBLEM:   its stored row cannot be read: {problem}")?;
     }
     writeln!(out, "  state:     {}", state_sentence(job, recorded))?;
@@ -225,9 +231,11 @@ fn print_job(job: &JobRecord, recorded: &[Attempt], out: &mut Stdout) -> Result<
     writeln!(
         out,
         "  params:    {}",
-        serde_json::to_string_pretty(&job.params)
-            .unwrap_or_default()
-            .replace('\n', "\n             ")
+        visible(
+            &serde_json::to_string_pretty(&job.params).unwrap_or_default(),
+            Escape::Json
+        )
+        .replace('\n', "\n             ")
     )?;
     writeln!(out, "  created:   {}", when(Some(job.created_at)))?;
     writeln!(out, "  run at:    {}", when(Some(job.run_at)))?;
@@ -242,12 +250,17 @@ fn print_job(job: &JobRecord, recorded: &[Attempt], out: &mut Stdout) -> Result<
         job.timeout.as_secs_f64(),
         job.retry_delay.as_secs_f64()
     )?;
-    writeln!(out, "  plugin:    {}", job.plugin.display())?;
+    let plugin = job.plugin.display().to_string();
+    writeln!(out, "  plugin:    {}", visible(&plugin, Escape::Text))?;
     if let Some(result) = &job.result {
-        writeln!(out, "  result:    {result}")?;
+        writeln!(
+            out,
+            "  result:    {}",
+            visible(&result.to_string(), Escape::Json)
+        )?;
     }
     if let Some(error) = &job.last_error {
-        writeln!(out, "  error:     {error}")?;
+        writeln!(out, "  error:     {}", visible(error, Escape::Text))?;
     }
     Ok(())
 }

@@ -36,7 +36,10 @@ use serde_json::{json, Map, Value};
 use tracing::{field::Field, Event, Level, Subscriber};
 use tracing_subscriber::{layer::Context, prelude::*, Layer};
 
-use crate::store::{now_millis, Millis};
+use crate::{
+    store::{now_millis, Millis},
+    text::{visible, Escape},
+};
 
 /// The main log's file name.
 pub const LOG_FILE: &str = "background_jobs.log";
@@ -466,14 +469,18 @@ impl<S: Subscriber> Layer<S> for SpecFormatLayer {
     }
 }
 
-/// One spec-format line, newline included.
+/// One spec-format line, newline included. Characters that would not show as themselves (a
+/// right-to-left override in a param, a zero-width space in an error) are written as escapes
+/// ([`crate::text::visible`]): `\u{202E}` in the message, `\u202E` in the JSON context, which
+/// stays JSON with the exact value.
 fn render(env: &str, level: &Level, message: &str, context: Option<&str>) -> String {
     let mut line = String::with_capacity(128);
     let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+    let message = visible(message, Escape::Text);
     let _ = write!(line, "[{now}] {env}.{}: {message}", level_name(level));
     if let Some(context) = context {
         line.push(' ');
-        line.push_str(context);
+        line.push_str(&visible(context, Escape::Json));
     }
     line.push('\n');
     line
@@ -842,6 +849,22 @@ mod tests {
             rest,
             "local.INFO: Job started: App\\Jobs\\SendWelcomeEmail@handle {\"params\":{\"user_id\":123},\"status\":\"running\"}\n"
         );
+    }
+
+    #[test]
+    fn hidden_characters_are_escaped_and_the_context_stays_exact_json() {
+        let params = json!({"file": "\u{202E}exe.txt\u{200B}"});
+        let context = context([("params", params.clone())]);
+        let line = render("local", &Level::INFO, "Job x\u{2066}: A@b", Some(&context));
+        assert!(
+            line.ends_with(
+                "local.INFO: Job x\\u{2066}: A@b {\"params\":{\"file\":\"\\u202Eexe.txt\\u200B\"}}\n"
+            ),
+            "{line}"
+        );
+        let json = &line[line.find(" {\"").unwrap() + 1..];
+        let back: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(back["params"], params);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use jobhost::{
     retention::{prune_by_hand, PruneRequest},
     settings::{Settings, SettingsError},
     store::{CancelOutcome, JobState, StoreError},
-    text::local_time,
+    text::{local_time, visible, Escape},
     Client, DispatchError, Job,
 };
 use output::{note, Stdout, StdoutError};
@@ -238,7 +238,8 @@ fn follow(client: &mut Client, id: i64, out: &mut Stdout) -> anyhow::Result<u8> 
     match job.state {
         JobState::Completed => {
             note!("job {id} completed on attempt {tries}");
-            writeln!(out, "{}", job.result.unwrap_or_default())?;
+            let result = job.result.unwrap_or_default().to_string();
+            writeln!(out, "{}", visible(&result, Escape::Json))?;
             Ok(0)
         }
         JobState::Cancelled => {
@@ -247,6 +248,7 @@ fn follow(client: &mut Client, id: i64, out: &mut Stdout) -> anyhow::Result<u8> 
         }
         _ => {
             let error = job.last_error.unwrap_or_default();
+            let error = visible(&error, Escape::Text);
             note!("job {id} failed after {tries} attempt(s): {error}");
             Ok(EXIT_JOB_FAILED)
         }

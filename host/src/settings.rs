@@ -10,7 +10,7 @@
 
 use std::{
     env,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -179,6 +179,63 @@ pub struct RawWeb {
     /// The admin token; generated at each start when neither this nor the environment sets one.
     #[serde(default, deserialize_with = "de_token")]
     pub admin_token: Option<String>,
+    /// The reverse proxies whose `X-Forwarded-For` names the client: addresses and CIDR ranges.
+    #[serde(default, deserialize_with = "de_proxies")]
+    pub trusted_proxies: Option<Vec<IpRange>>,
+}
+
+/// An address (`127.0.0.1`, `::1`) or a CIDR range of them (`10.0.0.0/8`, `fd00::/8`), as
+/// `web.trusted_proxies` lists them. IPv4 addresses written as IPv6 (`::ffff:10.0.0.1`) are
+/// IPv4 addresses here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    first: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `10.0.0.0/8`, `::1`, ...; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("{text:?} is not an IP address or CIDR range ({why})");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("such as 127.0.0.1, ::1 or 10.0.0.0/8"))?;
+        let addr = addr.to_canonical();
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(text) => text
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= bits && p.to_string() == text)
+                .ok_or_else(|| bad(&format!("the prefix length must be 0 to {bits}")))?,
+        };
+        Ok(Self {
+            first: addr,
+            prefix,
+        })
+    }
+
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let masked = |bits: u128, width: u32| {
+            let shift = width - u32::from(self.prefix);
+            bits.checked_shr(shift).unwrap_or(0)
+        };
+        match (self.first, ip.to_canonical()) {
+            (IpAddr::V4(first), IpAddr::V4(ip)) => {
+                masked(u32::from(first).into(), 32) == masked(u32::from(ip).into(), 32)
+            }
+            (IpAddr::V6(first), IpAddr::V6(ip)) => {
+                masked(u128::from(first), 128) == masked(u128::from(ip), 128)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The `[dispatcher]` table.
@@ -413,6 +470,9 @@ pub struct WebSettings {
     /// The admin token (`web.admin_token`, or `JOBHOST_ADMIN_TOKEN`); `None`: `serve`
     /// generates one at each start.
     pub admin_token: Option<String>,
+    /// The reverse proxies whose `X-Forwarded-For` names the client (default none: the client
+    /// is the address the request comes from).
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for WebSettings {
@@ -421,6 +481,7 @@ impl Default for WebSettings {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             admin_token: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -432,6 +493,7 @@ impl std::fmt::Debug for WebSettings {
             .field("enabled", &self.enabled)
             .field("listen", &self.listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "(set)"))
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -735,6 +797,7 @@ impl Settings {
             enabled: raw.web.enabled.unwrap_or(builtin.enabled),
             listen: raw.web.listen.unwrap_or(builtin.listen),
             admin_token: env_token.or(raw.web.admin_token),
+            trusted_proxies: raw.web.trusted_proxies.unwrap_or(builtin.trusted_proxies),
         };
 
         let state_dir = path(
@@ -914,6 +977,14 @@ fn de_token<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D:
     Ok(Some(token))
 }
 
+fn de_proxies<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<IpRange>>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| IpRange::parse(text.trim()).map_err(serde::de::Error::custom))
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
 const SECONDS: &str = "a non-negative number of seconds";
 
 /// Parses a non-negative number of seconds, such as `5` or `0.25`.
@@ -980,6 +1051,59 @@ mod tests {
             !format!("{web:?}").contains("from-env"),
             "Debug hides the token"
         );
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_and_cidr_ranges() {
+        let web = resolve(
+            "[web]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"fd00::/8\", \"::ffff:192.0.2.1\"]\n",
+            &[],
+        )
+        .unwrap()
+        .web;
+        let trusted = |ip: &str| {
+            let ip: IpAddr = ip.parse().unwrap();
+            web.trusted_proxies.iter().any(|r| r.contains(ip))
+        };
+        for ip in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "10.255.0.1",
+            "fd12::1",
+            "192.0.2.1",
+        ] {
+            assert!(trusted(ip), "{ip}");
+        }
+        for ip in ["127.0.0.2", "11.0.0.1", "fe80::1", "::1", "192.0.2.2"] {
+            assert!(!trusted(ip), "{ip}");
+        }
+        assert!(IpRange::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(!IpRange::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("::2".parse().unwrap()));
+        assert_eq!(resolve("", &[]).unwrap().web.trusted_proxies, []);
+        for (bad, why) in [
+            ("localhost", "such as 127.0.0.1"),
+            ("10.0.0.0/33", "0 to 32"),
+            ("::1/129", "0 to 128"),
+            ("10.0.0.0/", "0 to 32"),
+            ("10.0.0.0/+8", "0 to 32"),
+            ("", "such as"),
+        ] {
+            let error = resolve(&format!("web.trusted_proxies = [\"{bad}\"]\n"), &[]).unwrap_err();
+            assert!(
+                matches!(error, SettingsError::Parse { line: 1, .. }),
+                "{bad}: {error}"
+            );
+            let message = error.to_string();
+            assert!(
+                message.contains(&format!("{bad:?} is not an IP address or CIDR range")),
+                "{message}"
+            );
+            assert!(message.contains(why), "{message}");
+        }
     }
 
     #[test]

@@ -121,3 +121,34 @@ fn bad_settings_file_is_an_error_naming_file_and_line() {
         run.stderr
     );
 }
+
+#[test]
+fn a_job_id_is_a_canonical_decimal_number_in_every_command() {
+    let host = Host::standard();
+    let id = host.enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
+    assert_eq!(id, 1);
+    for command in ["show", "cancel", "retry", "wait"] {
+        for text in [
+            "+1",
+            "00001",
+            "01",
+            " 1",
+            "1 ",
+            "1e3",
+            "0",
+            "-1",
+            "0x1",
+            "9223372036854775808",
+        ] {
+            let run = host.run(&[command, "--", text]);
+            run.expect_code(2);
+            assert!(
+                run.stderr.contains(&format!("{text:?} is not a job id")),
+                "{command} {text:?}: {}",
+                run.stderr
+            );
+        }
+    }
+    // Nothing happened to job 1.
+    assert_eq!(host.show(id)["job"]["state"], "scheduled");
+}

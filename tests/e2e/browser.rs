@@ -256,7 +256,8 @@ fn html_in_params_and_filters_is_shown_as_text_and_runs_nothing() {
     let b = &s.browser;
     let script = "<script>window.__xss=1</script>";
     let img = r#"<img src=x onerror="window.__xss=1">"#;
-    let params = json!({"script": script, "img": img}).to_string();
+    let file = "\u{202E}exe.txt";
+    let params = json!({"script": script, "img": img, "file": file}).to_string();
     let id = s
         .host
         .enqueue(&[r"Tests\Misbehave", "echo", "--params-json", &params]);
@@ -264,9 +265,16 @@ fn html_in_params_and_filters_is_shown_as_text_and_runs_nothing() {
 
     b.goto(&s.url(&format!("/jobs/{id}")));
     b.wait_for_text("#job-state", "completed");
-    let shown: Value = serde_json::from_str(&b.text("#params")).unwrap();
+    let text = b.text("#params");
+    // A right-to-left override shows as its escape; the JSON shown still means the same value.
+    assert!(
+        !text.contains('\u{202E}') && text.contains(r"\u202Eexe.txt"),
+        "{text}"
+    );
+    let shown: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(shown["script"], script);
     assert_eq!(shown["img"], img);
+    assert_eq!(shown["file"], file);
     let result: Value = serde_json::from_str(&b.text("#result")).unwrap();
     assert_eq!(result["params"], shown);
     let elements = b.execute(

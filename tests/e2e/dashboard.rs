@@ -170,6 +170,110 @@ impl Dashboard {
         }
     }
 
+    /// A request written to the socket by hand, so that a refusal that comes before the whole
+    /// body is sent is still read: `method path` with `headers` (the cookie or bearer token of
+    /// `who` added) and `body`, written by a thread of its own while the answer is read.
+    pub(crate) fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        who: As<'_>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
+        use std::io::{Read as _, Write as _};
+        let authority = self.authority();
+        let mut head = format!(
+            "{method} {PREFIX}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n"
+        );
+        // A chunked body (the caller encodes it) has no length.
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+        {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        match who {
+            As::Nobody => {}
+            As::Cookie(c) => head.push_str(&format!("Cookie: {c}\r\n")),
+            As::Bearer(t) => head.push_str(&format!("Authorization: Bearer {t}\r\n")),
+        }
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut stream = std::net::TcpStream::connect(&authority).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let sending = std::thread::spawn(move || {
+            // The server may answer and close before it has read everything: not an error here.
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(&body);
+        });
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let _ = sending.join();
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no answer: {text:?}"));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// A form POST of `body` (already encoded) with extra `headers`, written by hand.
+    pub(crate) fn raw_form(
+        &self,
+        path: &str,
+        who: As<'_>,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let mut all = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        all.extend_from_slice(headers);
+        self.raw("POST", path, who, &all, body.as_bytes().to_vec())
+    }
+
+    /// `127.0.0.1:PORT`
+    fn authority(&self) -> String {
+        self.base
+            .strip_prefix("http://")
+            .and_then(|rest| rest.strip_suffix(PREFIX))
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The failed logins logged so far: the address each names.
+    fn failed_logins(&self) -> Vec<String> {
+        self.host
+            .log("background_jobs_errors.log")
+            .iter()
+            .filter_map(|line| line.strip_prefix("local.WARNING: Failed dashboard login "))
+            .map(|context| {
+                let context: Value = serde_json::from_str(context).unwrap();
+                context["ip"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
     /// Logs in; returns the cookie to send (`jobhost_session=...`).
     pub(crate) fn login(&self) -> String {
         let reply = self.post_form("/login", As::Nobody, &[("token", &self.token)]);
@@ -272,9 +376,10 @@ impl Drop for Dashboard {
 fn assert_security_headers(reply: &Reply) {
     assert_eq!(
         reply.header("content-security-policy"),
-        Some("default-src 'self'; frame-ancestors 'none'"),
+        Some("default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
         "{reply:?}"
     );
+    assert_eq!(reply.header("x-frame-options"), Some("DENY"), "{reply:?}");
     assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(reply.header("cache-control"), Some("no-store"));
 }
@@ -535,7 +640,7 @@ fn params_with_a_script_are_shown_as_text() {
     let list = d.get("/jobs", As::Cookie(&cookie));
     assert!(!list.body.contains("<script>alert"));
     assert_eq!(d.get("/jobs/424242", As::Cookie(&cookie)).status, 404);
-    assert_eq!(d.get("/jobs/abc", As::Cookie(&cookie)).status, 404);
+    assert_eq!(d.get("/jobs/abc", As::Cookie(&cookie)).status, 400);
 }
 
 #[test]
@@ -810,8 +915,19 @@ fn events_announce_a_change_after_an_enqueue() {
     let d = Dashboard::start("");
     let cookie = d.login();
     let received = d.events(&cookie);
-    // Nothing changes: nothing is sent (keep-alives come every 15 s).
-    assert!(received.recv_timeout(Duration::from_millis(500)).is_err());
+    // Nothing changes: nothing is sent (keep-alives come every 15 s). The dispatcher's own
+    // start-up (its registration, its first look at the plugins) may still change the store
+    // when the stream opens, so the stream must fall quiet, not be quiet from its first moment.
+    wait_for(
+        "the event stream to fall quiet",
+        Duration::from_secs(30),
+        || {
+            received
+                .recv_timeout(Duration::from_millis(500))
+                .is_err()
+                .then_some(())
+        },
+    );
 
     let id = d.api_run(json!({"class": r"Tests\Misbehave", "method": "ok"}));
     let line = received
@@ -1080,4 +1196,428 @@ fn retry_renews_a_budget_the_store_can_hold_and_a_row_that_cannot_be_read_is_sho
         shown["job"]["problem"].as_str().unwrap().starts_with(why),
         "{shown}"
     );
+}
+
+#[test]
+fn a_right_token_never_waits_for_wrong_ones_sent_at_the_same_time() {
+    let d = Dashboard::start("");
+    let (done, answered) = std::sync::mpsc::channel();
+    let early = std::thread::scope(|s| {
+        for n in 0..5 {
+            let done = done.clone();
+            let d = &d;
+            s.spawn(move || {
+                let reply = d.post_form("/login", As::Nobody, &[("token", &format!("wrong-{n}"))]);
+                done.send(reply.status).unwrap();
+            });
+        }
+        // The server has seen the wrong tokens (it logs each as it refuses it) ...
+        wait_for(
+            "the wrong logins to reach the server",
+            Duration::from_secs(60),
+            || (d.failed_logins().len() == 5).then_some(()),
+        );
+        // ... and answers the right one, by form and by bearer, while they still wait:
+        // the last of five failures from one address waits 0.25 + 0.5 + 1 + 2 + 4 s.
+        let cookie = d.login();
+        let api = d.get("/api/stats", As::Bearer(&d.token));
+        let early: Vec<u16> = answered.try_iter().collect();
+        assert_eq!(api.status, 200, "{api:?}");
+        assert_eq!(d.get("/", As::Cookie(&cookie)).status, 200);
+        early
+    });
+    drop(done);
+    assert!(
+        early.len() < 5,
+        "the right token was answered only after every wrong one: {early:?}"
+    );
+    let all: Vec<u16> = early.into_iter().chain(answered.iter()).collect();
+    assert_eq!(all, [401; 5]);
+}
+
+#[test]
+fn forwarded_for_names_the_client_only_when_a_trusted_proxy_sends_it() {
+    let wrong = |d: &Dashboard, forwarded: Option<&str>| {
+        let headers: Vec<(&str, &str)> = forwarded
+            .map(|f| ("X-Forwarded-For", f))
+            .into_iter()
+            .collect();
+        let reply = d.raw_form("/login", As::Nobody, &headers, "token=wrong");
+        assert_eq!(reply.status, 401, "{reply:?}");
+    };
+    // From a peer that is no trusted proxy, the header is anybody's claim.
+    let direct = Dashboard::start("");
+    wrong(&direct, Some("203.0.113.7"));
+    assert_eq!(direct.failed_logins(), ["127.0.0.1"]);
+    drop(direct);
+
+    let proxied = Dashboard::start("web.trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]");
+    wrong(&proxied, Some("203.0.113.7"));
+    // The rightmost address that is not a trusted proxy: what the client claimed before it
+    // is not believed.
+    wrong(&proxied, Some("198.51.100.1, 203.0.113.8"));
+    wrong(&proxied, Some("203.0.113.9, 10.1.2.3"));
+    wrong(&proxied, None);
+    assert_eq!(
+        proxied.failed_logins(),
+        ["203.0.113.7", "203.0.113.8", "203.0.113.9", "127.0.0.1"]
+    );
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[test]
+fn oversized_requests_get_413_and_malformed_ones_400_as_a_page_or_as_json() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let csrf = d.get("/run", me).csrf();
+    let id = d
+        .host
+        .enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
+    let is_page = |reply: &Reply, status: u16, id: &str| {
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap()
+                .starts_with("text/html"),
+            "{reply:?}"
+        );
+        assert!(reply.body.contains(&format!(r#"id="{id}""#)), "{reply:?}");
+    };
+    let is_json = |reply: &Reply, status: u16| {
+        assert_eq!(reply.status, status, "{reply:?}");
+        assert!(reply.json()["error"].is_string(), "{reply:?}");
+    };
+    let pad = "a".repeat(MIB + 1);
+    // A form over 1 MiB is too large, whatever carries its CSRF token: not a CSRF failure.
+    for path in [format!("/jobs/{id}/cancel"), "/run".into()] {
+        let body = format!("csrf={csrf}&pad={pad}");
+        is_page(&d.raw_form(&path, me, &[], &body), 413, "too-large");
+        let body = format!("job=Tests%5CMisbehave%40ok&pad={pad}");
+        is_page(
+            &d.raw_form(&path, me, &[("X-CSRF-Token", &csrf)], &body),
+            413,
+            "too-large",
+        );
+    }
+    // A body of unknown length (chunked) is cut at the limit where it is read: the same answers.
+    let chunked = |body: &str| format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).into_bytes();
+    let form = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Transfer-Encoding", "chunked"),
+    ];
+    let body = chunked(&format!("csrf={csrf}&pad={pad}"));
+    is_page(
+        &d.raw("POST", &format!("/jobs/{id}/cancel"), me, &form, body),
+        413,
+        "too-large",
+    );
+    let body = chunked(&format!("token=x&pad={pad}"));
+    is_page(
+        &d.raw("POST", "/login", As::Nobody, &form, body),
+        413,
+        "too-large",
+    );
+    let json_chunked = [
+        ("Content-Type", "application/json"),
+        ("Transfer-Encoding", "chunked"),
+    ];
+    let body = chunked(&json!({"class": "A", "method": "m", "params": {"pad": pad}}).to_string());
+    is_json(
+        &d.raw(
+            "POST",
+            "/api/jobs",
+            As::Bearer(&d.token),
+            &json_chunked,
+            body,
+        ),
+        413,
+    );
+
+    // The API says so in JSON.
+    let body = json!({"class": r"Tests\Misbehave", "method": "echo", "params": {"pad": pad}});
+    let json_headers = [("Content-Type", "application/json")];
+    let reply = d.raw(
+        "POST",
+        "/api/jobs",
+        As::Bearer(&d.token),
+        &json_headers,
+        body.to_string().into_bytes(),
+    );
+    is_json(&reply, 413);
+    // A 10 MB login is too large, and no failed login.
+    let huge = format!("token={}", "x".repeat(10_000_000));
+    is_page(
+        &d.raw_form("/login", As::Nobody, &[], &huge),
+        413,
+        "too-large",
+    );
+    assert_eq!(d.failed_logins(), Vec::<String>::new());
+
+    // Invalid UTF-8 in an id or a form is malformed: 400, a page or JSON.
+    is_page(&d.get("/jobs/%FF", me), 400, "bad-request");
+    is_json(&d.get("/api/jobs/%FF", As::Bearer(&d.token)), 400);
+    let reply = d.raw_form("/jobs/%FF/cancel", me, &[("X-CSRF-Token", &csrf)], "");
+    is_page(&reply, 400, "bad-request");
+    let reply = d.raw(
+        "POST",
+        "/api/jobs/%FF/cancel",
+        As::Bearer(&d.token),
+        &[],
+        Vec::new(),
+    );
+    is_json(&reply, 400);
+    let reply = d.raw_form(
+        "/run",
+        me,
+        &[],
+        &format!("csrf={csrf}&job=%FF&params=%7B%7D"),
+    );
+    is_page(&reply, 400, "bad-request");
+    is_page(&d.get("/jobs?state=%FF", me), 400, "bad-request");
+    is_json(&d.get("/api/jobs?state=%FF", As::Bearer(&d.token)), 400);
+    let reply = d.raw_form("/login", As::Nobody, &[], "token=%FF");
+    is_page(&reply, 400, "bad-request");
+    assert_eq!(d.failed_logins(), Vec::<String>::new());
+
+    // Nothing was done on the way.
+    assert_eq!(d.api_job(id)["job"]["state"], "scheduled");
+}
+
+#[test]
+fn ids_are_canonical_decimal_numbers_on_every_route() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let csrf = d.get("/", me).csrf();
+    let id = d
+        .host
+        .enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
+    assert_eq!(id, 1);
+    for text in [
+        "+1",
+        "00001",
+        "01",
+        "%201",
+        "1%20",
+        "1e3",
+        "0",
+        "-1",
+        "abc",
+        "9223372036854775808",
+        "0x1",
+    ] {
+        let shown = text.replace("%20", " ");
+        let page = d.get(&format!("/jobs/{text}"), me);
+        assert_eq!(page.status, 400, "{text}: {page:?}");
+        let named = format!("&quot;{shown}&quot; is not a job id");
+        assert!(page.body.contains(&named), "{text}: {}", page.body);
+        let api = d.get(&format!("/api/jobs/{text}"), As::Bearer(&d.token));
+        assert_eq!(api.status, 400, "{text}: {api:?}");
+        let named = format!("{shown:?} is not a job id");
+        assert!(
+            api.json()["error"].as_str().unwrap().contains(&named),
+            "{api:?}"
+        );
+        for action in ["cancel", "retry"] {
+            let reply = d.raw_form(
+                &format!("/jobs/{text}/{action}"),
+                me,
+                &[],
+                &format!("csrf={csrf}"),
+            );
+            assert_eq!(reply.status, 400, "{text}/{action}: {reply:?}");
+            let reply = d.raw(
+                "POST",
+                &format!("/api/jobs/{text}/{action}"),
+                As::Bearer(&d.token),
+                &[],
+                Vec::new(),
+            );
+            assert_eq!(reply.status, 400, "{text}/{action}: {reply:?}");
+        }
+    }
+    // The canonical id still names the job, and one that names none is 404.
+    assert_eq!(d.get("/jobs/1", me).status, 200);
+    assert_eq!(d.get("/jobs/2", me).status, 404);
+    assert_eq!(
+        d.get("/api/jobs/9223372036854775807", As::Bearer(&d.token))
+            .status,
+        404
+    );
+    assert_eq!(d.api_job(id)["job"]["state"], "scheduled");
+}
+
+#[test]
+fn posts_from_another_origin_are_refused_and_logging_in_again_opens_a_new_session() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let page = d.get("/", me);
+    assert_security_headers(&page);
+    let csrf = page.csrf();
+    let id = d
+        .host
+        .enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
+    let own = format!("http://{}", d.authority());
+    let foreign = [
+        ("Origin", "http://evil.example".to_owned()),
+        ("Origin", "null".to_owned()),
+        ("Origin", format!("{own}.evil.example")),
+        ("Origin", format!("http://x{}", d.authority())),
+        (
+            "Referer",
+            "http://evil.example/admin/background-jobs/".to_owned(),
+        ),
+        ("Referer", format!("{own}.evil.example/")),
+    ];
+    for (name, value) in &foreign {
+        let header = [(*name, value.as_str())];
+        let form = format!("csrf={csrf}");
+        let reply = d.raw_form(&format!("/jobs/{id}/cancel"), me, &header, &form);
+        assert_eq!(reply.status, 403, "{name}: {value}: {reply:?}");
+        assert!(reply.body.contains(r#"id="origin-error""#), "{reply:?}");
+        let reply = d.raw(
+            "POST",
+            &format!("/api/jobs/{id}/cancel"),
+            As::Bearer(&d.token),
+            &header,
+            Vec::new(),
+        );
+        assert_eq!(reply.status, 403, "{name}: {value}: {reply:?}");
+        assert!(
+            reply.json()["error"].as_str().unwrap().contains("origin"),
+            "{reply:?}"
+        );
+        let reply = d.raw_form("/login", As::Nobody, &header, &format!("token={}", d.token));
+        assert_eq!(reply.status, 403, "{name}: {value}: {reply:?}");
+        assert!(reply.header("set-cookie").is_none(), "{reply:?}");
+    }
+    assert_eq!(d.api_job(id)["job"]["state"], "scheduled");
+    // The dashboard's own origin (a browser's form or script) and no origin at all (curl, an
+    // API client) pass.
+    let reply = d.raw_form(
+        &format!("/jobs/{id}/cancel"),
+        me,
+        &[("Origin", &own)],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(reply.status, 303, "{reply:?}");
+    assert_eq!(d.api_job(id)["job"]["state"], "cancelled");
+    let referer = format!("{own}{PREFIX}/jobs/{id}");
+    let reply = d.raw_form(
+        &format!("/jobs/{id}/retry"),
+        me,
+        &[("Referer", &referer)],
+        &format!("csrf={csrf}"),
+    );
+    assert_eq!(reply.status, 303, "{reply:?}");
+    let reply = d.post_json(
+        &format!("/api/jobs/{id}/cancel"),
+        As::Bearer(&d.token),
+        &[],
+        None,
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    // Logging in again with a session ends it and opens a new one.
+    let reply = d.raw_form(
+        "/login",
+        me,
+        &[("Origin", &own)],
+        &format!("token={}", d.token),
+    );
+    assert_eq!(reply.status, 303, "{reply:?}");
+    let renewed = reply
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(renewed, cookie);
+    assert_eq!(d.get("/", me).status, 303, "the old session is closed");
+    assert_eq!(d.get("/", As::Cookie(&renewed)).status, 200);
+    // Another login (another browser) leaves that one open.
+    let other = d.login();
+    assert_ne!(other, renewed);
+    assert_eq!(d.get("/", As::Cookie(&renewed)).status, 200);
+    assert_eq!(d.get("/", As::Cookie(&other)).status, 200);
+}
+
+#[test]
+fn right_to_left_and_invisible_characters_are_shown_escaped_and_kept_exact_as_data() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    let text = "\u{202E}exe.txt\u{200B}\u{2066}\u{FEFF}\u{7}";
+    let hidden = ['\u{202E}', '\u{200B}', '\u{2066}', '\u{FEFF}', '\u{7}'];
+    let params = json!({ "text": text }).to_string();
+    let id = d
+        .host
+        .enqueue(&[r"Tests\Misbehave", "say_and_fail", "--params-json", &params]);
+    d.wait_state(id, &["failed"]);
+    let shows_none = |what: &str, shown: &str| {
+        for c in hidden {
+            assert!(!shown.contains(c), "{what} shows {c:?} as it is: {shown}");
+        }
+    };
+    // Escaped like Rust in text (the error, the output), like JSON in JSON (the params).
+    let plain = r"\u{202E}exe.txt\u{200B}\u{2066}\u{FEFF}\u{7}";
+    let in_json = r"\u202Eexe.txt\u200B\u2066\uFEFF\u0007";
+    let page = d.get(&format!("/jobs/{id}"), me);
+    shows_none("the job page", &page.body);
+    assert!(page.body.contains(in_json), "params: {}", page.body);
+    assert!(
+        page.body.contains(&format!(
+            r#"<dd id="last-error" class="error-text">{plain}</dd>"#
+        )),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains(&format!(">{plain}\n</pre>")),
+        "output: {}",
+        page.body
+    );
+    let logs = d.get("/logs", me);
+    shows_none("the logs page", &logs.body);
+    assert!(logs.body.contains(in_json), "{}", logs.body);
+
+    // The command line shows them escaped; its JSON keeps them exact.
+    let show = d.host.run(&["show", &id.to_string()]);
+    show.expect_code(0);
+    shows_none("jobhost show", &show.stdout);
+    assert!(show.stdout.contains(in_json), "{}", show.stdout);
+    assert!(
+        show.stdout.contains(&format!("  | {plain}\n")),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout.contains(&format!("error:     {plain}\n")),
+        "{}",
+        show.stdout
+    );
+    assert_eq!(d.host.show(id)["job"]["params"]["text"], text);
+
+    // The log files too: their JSON stays JSON, with the exact value.
+    let lines = d.host.log("background_jobs.log");
+    let failed = lines
+        .iter()
+        .find(|l| l.contains("Job failed:"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    for line in &lines {
+        shows_none("background_jobs.log", line);
+    }
+    let context: Value = serde_json::from_str(&failed[failed.find('{').unwrap()..]).unwrap();
+    assert_eq!(context["params"]["text"], text);
+    assert_eq!(context["error"], text);
+
+    // The API is data: exact.
+    let job = d.api_job(id);
+    assert_eq!(job["job"]["params"]["text"], text);
+    assert_eq!(job["job"]["last_error"], text);
 }

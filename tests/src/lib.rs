@@ -86,7 +86,7 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 'App\Jobs\SendWelcomeEmail' = ["handle"]
 'App\Jobs\ProcessUserReport' = ["generate", "send"]
 'App\Jobs\SendNotification' = ["send"]
-'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "trace", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "nest", "env", "clock", "console"]
+'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "trace", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "nest", "env", "clock", "console", "say_and_fail"]
 "#;
 
 /// The settings of every test installation: everything under its root, a short kill grace so

@@ -66,6 +66,23 @@ pub type Millis = i64;
 /// A job's id: positive, increasing in enqueue order.
 pub type JobId = i64;
 
+/// A job id as people write it (the command line, the dashboard's addresses): a canonical
+/// decimal number from 1 to `i64::MAX` — digits only, no sign, space or leading zero — so that
+/// one job has one name. The error names the text: `"+1" is not a job id (...)`.
+pub fn parse_job_id(text: &str) -> Result<JobId, String> {
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    text.parse::<JobId>()
+        .ok()
+        .filter(|_| canonical)
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is not a job id (a whole number from 1 to {}, written without sign, spaces or leading zeros)",
+                JobId::MAX
+            )
+        })
+}
+
 /// A registered dispatcher's id: positive, never reused.
 pub type DispatcherId = i64;
 
@@ -786,7 +803,37 @@ pub fn now_millis() -> Millis {
 
 #[cfg(test)]
 mod tests {
-    use super::{open, StoreError, StoreLocation};
+    use super::{open, parse_job_id, StoreError, StoreLocation};
+
+    #[test]
+    fn a_job_id_is_written_one_way_only() {
+        assert_eq!(parse_job_id("1"), Ok(1));
+        assert_eq!(parse_job_id("42"), Ok(42));
+        assert_eq!(parse_job_id("9223372036854775807"), Ok(i64::MAX));
+        for text in [
+            "",
+            "0",
+            "00",
+            "+1",
+            "-1",
+            "00001",
+            "01",
+            " 1",
+            "1 ",
+            "1e3",
+            "0x1",
+            "1_000",
+            "١",
+            "9223372036854775808",
+            "abc",
+        ] {
+            let error = parse_job_id(text).unwrap_err();
+            assert!(
+                error.starts_with(&format!("{text:?} is not a job id (")),
+                "{text:?}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn a_store_location_is_a_postgres_url_and_never_shows_its_password() {

@@ -1,12 +1,15 @@
 //! The dashboard's JSON API under `PREFIX/api/`: the same data and actions as the pages, for
-//! scripts. Errors are `{"error": "..."}` with 400, 401, 403, 404 or 500. Routes, auth and
+//! scripts. Errors are `{"error": "..."}` with 400, 401, 403, 404, 413 or 500. Routes, auth and
 //! examples: `docs/dashboard.md`.
 
 use std::collections::HashMap;
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
     Json,
@@ -21,7 +24,7 @@ use super::{
 use crate::{
     inventory::Listing,
     job::{json_text_depth, ParamsError},
-    store::{CancelOutcome, JobId},
+    store::CancelOutcome,
 };
 
 /// `{"error": message}` with `status`.
@@ -40,13 +43,6 @@ fn answer(result: Result<Result<Value, Failure>, Failure>) -> Response {
     }
 }
 
-fn parse_id(text: &str) -> Result<JobId, Failure> {
-    text.parse::<JobId>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| Failure::NotFound(format!("no job with id {text:?}")))
-}
-
 /// `GET /api/stats`: `{"by_state": {...}, "finished": {"5m": n, ...}, "failed": {...}}`.
 pub async fn stats(State(app): State<Shared>) -> Response {
     answer(
@@ -63,9 +59,9 @@ pub async fn stats(State(app): State<Shared>) -> Response {
 /// "has_more": bool}`, newest first.
 pub async fn jobs(
     State(app): State<Shared>,
-    Query(pairs): Query<HashMap<String, String>>,
+    pairs: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    let query = match JobsQuery::parse(&pairs) {
+    let query = match JobsQuery::from_query(pairs) {
         Ok(q) => q,
         Err(f) => return failure(&f),
     };
@@ -84,8 +80,8 @@ pub async fn jobs(
 }
 
 /// `GET /api/jobs/{id}`: `{"job": {...}, "attempts": [...]}`, as `jobhost show --json`.
-pub async fn job(State(app): State<Shared>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+pub async fn job(State(app): State<Shared>, id: Result<Path<String>, PathRejection>) -> Response {
+    let id = match data::job_id(id) {
         Ok(id) => id,
         Err(f) => return failure(&f),
     };
@@ -138,7 +134,17 @@ pub async fn logs(State(app): State<Shared>) -> Response {
 
 /// `POST /api/jobs` with `{"class", "method", "params", "priority", "delay", "retries",
 /// "retry_delay", "timeout"}` (all but class and method optional): `201 {"id": n}`.
-pub async fn run(State(app): State<Shared>, body: Bytes) -> Response {
+pub async fn run(State(app): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            return failure(&Failure::unreadable(
+                e.status(),
+                e.body_text(),
+                app.body_limit,
+            ))
+        }
+    };
     // Every field but the params is a scalar: a body nested deeper than the params may be is
     // params over the limit, said so before a JSON reader stops at its own limit.
     let limit = app.settings.limits.max_params_depth;
@@ -159,8 +165,11 @@ pub async fn run(State(app): State<Shared>, body: Bytes) -> Response {
 }
 
 /// `POST /api/jobs/{id}/cancel`: `{"id": n, "outcome": "cancelled" | "cancel_requested"}`.
-pub async fn cancel(State(app): State<Shared>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+pub async fn cancel(
+    State(app): State<Shared>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match data::job_id(id) {
         Ok(id) => id,
         Err(f) => return failure(&f),
     };
@@ -177,8 +186,8 @@ pub async fn cancel(State(app): State<Shared>, Path(id): Path<String>) -> Respon
 }
 
 /// `POST /api/jobs/{id}/retry`: `{"id": n, "state": "queued"}`.
-pub async fn retry(State(app): State<Shared>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+pub async fn retry(State(app): State<Shared>, id: Result<Path<String>, PathRejection>) -> Response {
+    let id = match data::job_id(id) {
         Ok(id) => id,
         Err(f) => return failure(&f),
     };

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -43,6 +44,8 @@ pub const WINDOWS: [(&str, i64); 3] = [("5m", 5), ("15m", 15), ("60m", 60)];
 pub enum Failure {
     /// The request itself is wrong (400).
     BadInput(String),
+    /// The request is larger than the dashboard reads (413).
+    TooLarge(String),
     /// Refused: not approved, or no plugin offers it (403).
     Refused(String),
     /// No such thing (404).
@@ -55,8 +58,8 @@ impl Failure {
     /// Its message.
     pub fn message(&self) -> &str {
         match self {
-            Failure::BadInput(m) | Failure::Refused(m) | Failure::NotFound(m) => m,
-            Failure::Internal(m) => m,
+            Failure::BadInput(m) | Failure::TooLarge(m) | Failure::Refused(m) => m,
+            Failure::NotFound(m) | Failure::Internal(m) => m,
         }
     }
 
@@ -65,11 +68,87 @@ impl Failure {
         use axum::http::StatusCode;
         match self {
             Failure::BadInput(_) => StatusCode::BAD_REQUEST,
+            Failure::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Failure::Refused(_) => StatusCode::FORBIDDEN,
             Failure::NotFound(_) => StatusCode::NOT_FOUND,
             Failure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+impl Failure {
+    /// A request body over `limit` bytes.
+    pub fn too_large(limit: usize) -> Self {
+        Failure::TooLarge(format!(
+            "the request is too large: the dashboard reads at most {limit} bytes of a request body"
+        ))
+    }
+
+    /// What it means that a request could not be read as asked (`status` and `text` from the
+    /// extractor's rejection): too large (the body is over `limit` bytes) or malformed, such as
+    /// invalid UTF-8 in the address or a form.
+    pub fn unreadable(status: axum::http::StatusCode, text: String, limit: usize) -> Self {
+        if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Self::too_large(limit)
+        } else {
+            Failure::BadInput(text)
+        }
+    }
+}
+
+/// A form body (`application/x-www-form-urlencoded`) as `T`, or why not: too large, or
+/// malformed — a field that is not UTF-8 once percent-decoded is refused here rather than read
+/// with U+FFFD in its place.
+pub fn read_form<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, Failure> {
+    let bytes = body.map_err(|e| Failure::unreadable(e.status(), e.body_text(), limit))?;
+    if !form_is_utf8(&bytes) {
+        return Err(Failure::BadInput(
+            "the form is not valid UTF-8 text once decoded".into(),
+        ));
+    }
+    serde_urlencoded::from_bytes(&bytes).map_err(|e| Failure::BadInput(format!("bad form: {e}")))
+}
+
+/// Whether every name and value of form body `body` is UTF-8 once percent-decoded.
+pub fn form_is_utf8(body: &[u8]) -> bool {
+    body.split(|&b| b == b'&')
+        .flat_map(|pair| pair.splitn(2, |&b| b == b'='))
+        .all(|part| std::str::from_utf8(&percent_decoded(part)).is_ok())
+}
+
+/// `part` of a form with `+` and `%XX` decoded (a `%` without two hex digits is itself).
+fn percent_decoded(part: &[u8]) -> Vec<u8> {
+    let hex = |b: &u8| char::from(*b).to_digit(16);
+    let mut out = Vec::with_capacity(part.len());
+    let mut rest = part;
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b == b'+' {
+            out.push(b' ');
+            continue;
+        }
+        if b == b'%' {
+            if let [h, l, more @ ..] = tail {
+                if let (Some(h), Some(l)) = (hex(h), hex(l)) {
+                    out.push((h * 16 + l) as u8);
+                    rest = more;
+                    continue;
+                }
+            }
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// The job id of a route's `{id}`: a canonical decimal number, otherwise bad input (400).
+pub fn job_id(path: Result<axum::extract::Path<String>, PathRejection>) -> Result<JobId, Failure> {
+    let axum::extract::Path(text) = path
+        .map_err(|e| Failure::BadInput(format!("bad job id in the address: {}", e.body_text())))?;
+    crate::store::parse_job_id(&text).map_err(Failure::BadInput)
 }
 
 impl From<StoreError> for Failure {
@@ -163,9 +242,18 @@ pub struct JobsQuery {
 }
 
 impl JobsQuery {
+    /// The query of a request, or why it cannot be read (invalid UTF-8 is bad input).
+    pub fn from_query(
+        query: Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>,
+    ) -> Result<Self, Failure> {
+        let axum::extract::Query(pairs) =
+            query.map_err(|e| Failure::BadInput(format!("bad query: {}", e.body_text())))?;
+        Self::parse(&pairs)
+    }
+
     /// Reads `state`, `class`, `priority` and `page` from a query string's pairs; empty values
     /// mean no filter.
-    pub fn parse(pairs: &HashMap<String, String>) -> Result<Self, Failure> {
+    fn parse(pairs: &HashMap<String, String>) -> Result<Self, Failure> {
         let get = |key: &str| pairs.get(key).map(|v| v.trim()).filter(|v| !v.is_empty());
         let state = get("state")
             .map(|s| {
@@ -473,6 +561,24 @@ pub fn elapsed(start: Millis, end: Option<Millis>) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_form_is_utf8_once_decoded_or_refused() {
+        for good in [
+            &b"a=1&b=x+y"[..],
+            b"t=%C3%A9",
+            b"q=%zz&r=%",
+            b"",
+            b"=&&x",
+            b"a=%E2%80%AE",
+        ] {
+            assert!(super::form_is_utf8(good), "{good:?}");
+        }
+        for bad in [&b"a=%FF"[..], b"%C3=1", b"a=1&b=%E2%80", b"x=\xff"] {
+            assert!(!super::form_is_utf8(bad), "{bad:?}");
+        }
+        assert_eq!(super::percent_decoded(b"a+b%41%4"), b"a bA%4");
+    }
+
     use super::*;
 
     fn pairs(list: &[(&str, &str)]) -> HashMap<String, String> {

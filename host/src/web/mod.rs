@@ -25,7 +25,7 @@ use std::{
 };
 
 use axum::{
-    extract::Request,
+    extract::{DefaultBodyLimit, Request, State},
     http::{header, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -44,6 +44,22 @@ pub const DASHBOARD_FILE: &str = "dashboard.json";
 
 /// How long a stopping dashboard waits for open connections before it drops them.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The largest request body the dashboard reads, unless params may be larger: 1 MiB.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The largest request body the dashboard reads: 1 MiB, or room for the largest params
+/// (`limits.max_params_bytes`) percent-encoded in a form, when that is more. A larger one is
+/// answered 413 without being read.
+fn body_limit(settings: &Settings) -> usize {
+    MAX_BODY_BYTES.max(
+        settings
+            .limits
+            .max_params_bytes
+            .saturating_mul(3)
+            .saturating_add(64 * 1024),
+    )
+}
 
 /// A counter of changes to the queue: bumped by the dispatcher and by the dashboard's own
 /// actions, watched by every open event stream.
@@ -102,6 +118,8 @@ impl Drop for WebHandle {
 /// What every handler shares.
 pub(crate) struct App {
     settings: Settings,
+    /// The largest request body read ([`body_limit`]).
+    body_limit: usize,
     token: String,
     sessions: Mutex<auth::Sessions>,
     throttle: auth::Throttle,
@@ -154,6 +172,7 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
     let (stop, stopping) = watch::channel(false);
     let app = Arc::new(App {
         settings: settings.clone(),
+        body_limit: body_limit(settings),
         token: token.clone(),
         sessions: Mutex::new(auth::Sessions::default()),
         throttle: auth::Throttle::default(),
@@ -313,19 +332,67 @@ fn router(app: Shared) -> Router {
         .route(&p("/api/dispatchers"), get(api::dispatchers))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), auth::guard))
+        .layer(middleware::from_fn_with_state(app.clone(), limit_body))
+        .layer(DefaultBodyLimit::max(app.body_limit))
         .layer(middleware::from_fn(security_headers))
         .with_state(app)
 }
 
-/// The headers every response carries: no framing, no foreign scripts or styles, no MIME
-/// sniffing, nothing cached.
+/// Whether `path` is a route of the JSON API, whose every answer is JSON.
+pub(crate) fn is_api(path: &str) -> bool {
+    path.strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.starts_with("/api/"))
+}
+
+/// The answer to a request that is refused before any route sees it: JSON on the API, a page
+/// (with the session's CSRF token `csrf`, if known) elsewhere.
+pub(crate) fn refusal(
+    path: &str,
+    csrf: &str,
+    status: StatusCode,
+    id: &str,
+    message: &str,
+) -> Response {
+    if is_api(path) {
+        api::error(status, message)
+    } else {
+        pages::error_page(csrf, status, id, message)
+    }
+}
+
+/// Answers 413 to a request whose declared body is over the limit, before anything reads it
+/// (a body of unknown length is cut at the limit by [`DefaultBodyLimit`] where it is read).
+async fn limit_body(State(app): State<Shared>, request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.body_limit as u64) {
+        let too_large = data::Failure::too_large(app.body_limit);
+        return refusal(
+            request.uri().path(),
+            "",
+            too_large.status(),
+            "too-large",
+            too_large.message(),
+        );
+    }
+    next.run(request).await
+}
+
+/// The headers every response carries: no framing, no foreign scripts or styles, no `<base>`,
+/// forms posting only here, no MIME sniffing, nothing cached.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -360,11 +427,13 @@ async fn script() -> Response {
 
 async fn not_found(auth: Option<axum::Extension<auth::Auth>>, request: Request) -> Response {
     let path = request.uri().path();
-    if path.starts_with(&format!("{PREFIX}/api/")) {
-        return api::error(StatusCode::NOT_FOUND, "no such route");
-    }
     let csrf = auth.map(|a| a.0.csrf().to_owned()).unwrap_or_default();
-    pages::error_page(&csrf, StatusCode::NOT_FOUND, "not-found", "No such page.")
+    let message = if is_api(path) {
+        "no such route"
+    } else {
+        "No such page."
+    };
+    refusal(path, &csrf, StatusCode::NOT_FOUND, "not-found", message)
 }
 
 /// A `303 See Other` to `location`.

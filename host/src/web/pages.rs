@@ -9,10 +9,14 @@
 use std::{collections::HashMap, fmt::Write as _};
 
 use axum::{
-    extract::{rejection::FormRejection, Path, Query, State},
+    body::Bytes,
+    extract::{
+        rejection::{BytesRejection, PathRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::StatusCode,
     response::{Html, IntoResponse, Response},
-    Extension, Form,
+    Extension,
 };
 use serde::Deserialize;
 
@@ -26,10 +30,14 @@ use crate::{
     inventory::FileStatus,
     job::{json_text_depth, ParamsError, Priority},
     store::{now_millis, Attempt, DispatcherRecord, JobId, JobRecord, JobState, Millis},
+    text::{visible, Escape},
 };
 
-/// Escapes `text` for HTML text and quoted attribute values: `& < > " '`.
+/// Escapes `text` for HTML text and quoted attribute values: `& < > " '`, and shows the
+/// characters that would not show as themselves (right-to-left controls, zero-width and
+/// control characters) as `\u{202E}` escapes ([`crate::text::visible`]).
 pub fn esc(text: &str) -> String {
+    let text = visible(text, Escape::Text);
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     for c in text.chars() {
         match c {
@@ -42,6 +50,12 @@ pub fn esc(text: &str) -> String {
         }
     }
     out
+}
+
+/// [`esc`] for JSON text: hidden characters become JSON escapes (`\u202E`), so that what is
+/// shown is still the JSON of the same value.
+fn esc_json(text: &str) -> String {
+    esc(&visible(text, Escape::Json))
 }
 
 /// The page a request is on, for the navigation.
@@ -138,9 +152,12 @@ pub fn error_page(csrf: &str, status: StatusCode, id: &str, message: &str) -> Re
     page(status, layout("Error", Nav::Other, csrf, Live::No, &main))
 }
 
-fn failure_page(csrf: &str, failure: &Failure) -> Response {
+/// The error page for `failure`: its status, its message, an id that says its kind.
+pub(crate) fn failure_page(csrf: &str, failure: &Failure) -> Response {
     let id = match failure {
         Failure::NotFound(_) => "not-found",
+        Failure::BadInput(_) => "bad-request",
+        Failure::TooLarge(_) => "too-large",
         _ => "error",
     };
     error_page(csrf, failure.status(), id, failure.message())
@@ -388,10 +405,10 @@ const PRIORITIES: [&str; 3] = ["high", "normal", "low"];
 pub async fn jobs(
     State(app): State<Shared>,
     Extension(auth): Extension<Auth>,
-    Query(pairs): Query<HashMap<String, String>>,
+    pairs: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
     let csrf = auth.csrf();
-    let query = match JobsQuery::parse(&pairs) {
+    let query = match JobsQuery::from_query(pairs) {
         Ok(q) => q,
         Err(f) => return failure_page(csrf, &f),
     };
@@ -479,21 +496,14 @@ pub async fn jobs(
     )
 }
 
-fn parse_id(text: &str) -> Result<JobId, Failure> {
-    text.parse::<JobId>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| Failure::NotFound(format!("no job with id {text:?}")))
-}
-
 /// `GET /jobs/{id}`: the job, its params and result, every attempt with its output.
 pub async fn job(
     State(app): State<Shared>,
     Extension(auth): Extension<Auth>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
     let csrf = auth.csrf();
-    let id = match parse_id(&id) {
+    let id = match data::job_id(id) {
         Ok(id) => id,
         Err(f) => return failure_page(csrf, &f),
     };
@@ -629,13 +639,13 @@ fn job_main(
     let _ = writeln!(
         main,
         "<h2>Params</h2>\n<pre id=\"params\">{}</pre>",
-        esc(&pretty(&job.params))
+        esc_json(&pretty(&job.params))
     );
     if let Some(result) = &job.result {
         let _ = writeln!(
             main,
             "<h2>Result</h2>\n<pre id=\"result\">{}</pre>",
-            esc(&pretty(result))
+            esc_json(&pretty(result))
         );
     }
 
@@ -703,7 +713,7 @@ fn job_main(
 pub async fn cancel(
     State(app): State<Shared>,
     Extension(auth): Extension<Auth>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
     act(app, auth, id, |app, id| data::cancel(app, id).map(|_| ())).await
 }
@@ -712,7 +722,7 @@ pub async fn cancel(
 pub async fn retry(
     State(app): State<Shared>,
     Extension(auth): Extension<Auth>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Response {
     act(app, auth, id, data::retry).await
 }
@@ -720,11 +730,11 @@ pub async fn retry(
 async fn act(
     app: Shared,
     auth: Auth,
-    id: String,
+    id: Result<Path<String>, PathRejection>,
     action: fn(&super::App, JobId) -> Result<(), Failure>,
 ) -> Response {
     let csrf = auth.csrf();
-    let id = match parse_id(&id) {
+    let id = match data::job_id(id) {
         Ok(id) => id,
         Err(f) => return failure_page(csrf, &f),
     };
@@ -1003,7 +1013,7 @@ fn run_main(csrf: &str, runnable: &[String], form: &RunForm, error: Option<&str>
 </form>"#,
         action = esc(&format!("{PREFIX}/run")),
         csrf = esc(csrf),
-        params = esc(params),
+        params = esc_json(params),
         priorities = options(PRIORITIES, Some(priority), None),
         delay = esc(delay),
     )
@@ -1075,12 +1085,12 @@ impl RunForm {
 pub async fn run(
     State(app): State<Shared>,
     Extension(auth): Extension<Auth>,
-    form: Result<Form<RunForm>, FormRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let csrf = auth.csrf().to_owned();
-    let form = match form {
-        Ok(Form(form)) => form,
-        Err(e) => return failure_page(&csrf, &Failure::BadInput(e.body_text())),
+    let form: RunForm = match data::read_form(body, app.body_limit) {
+        Ok(form) => form,
+        Err(failure) => return failure_page(&csrf, &failure),
     };
     let submitted = form.clone();
     let outcome = blocking(&app, move |app| {
@@ -1118,6 +1128,11 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39; &amp; &quot;y&quot;)&lt;/script&gt;"
         );
         assert_eq!(esc("plain text, é ✓"), "plain text, é ✓");
+        assert_eq!(esc("\u{202E}<exe>.txt"), r"\u{202E}&lt;exe&gt;.txt");
+        assert_eq!(
+            esc_json("{\"f\": \"\u{202E}\"}"),
+            r"{&quot;f&quot;: &quot;\u202E&quot;}"
+        );
         assert_eq!(esc(""), "");
     }
 
