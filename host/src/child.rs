@@ -270,26 +270,29 @@ fn result_report(json: &str) -> WorkerReport {
     }
 }
 
-/// The params `class@method` of `plugin` declares; `None` when it declares none, or was built
-/// before plugins could declare them.
-fn declared_params(
-    plugin: &job_sdk::ffi::PluginModRef,
-    class: &str,
-    method: &str,
-) -> Option<Vec<job_sdk::Param>> {
-    let params = plugin.params()?;
-    let declared: Option<abi_stable::std_types::RVec<job_sdk::ffi::ParamInfo>> =
-        params(RStr::from_str(class), RStr::from_str(method)).into();
-    Some(
-        declared?
-            .into_iter()
-            .map(|p| job_sdk::Param {
-                name: p.name.into_string(),
-                required: p.required,
-            })
-            .collect(),
-    )
+/// The params every method of `plugin` declares: `{class: {method: [param…] or null}}`, asked
+/// with [`job_sdk::PARAMS_QUERY`] (which runs no plugin code). Empty when the plugin was built
+/// before plugins could declare them (it offers no such class).
+fn declared_params(plugin: &job_sdk::ffi::PluginModRef) -> DeclaredParams {
+    let call = Invocation {
+        class: RStr::from_str(job_sdk::PARAMS_QUERY),
+        method: RStr::from_str(""),
+        params_json: RStr::from_str("null"),
+        job_id: RStr::from_str(""),
+        attempt: 0,
+        host: host_api(),
+    };
+    match (plugin.invoke())(&call) {
+        RResult::ROk(json) => serde_json::from_str(json.as_str()).unwrap_or_default(),
+        RResult::RErr(_) => DeclaredParams::new(),
+    }
 }
+
+/// What [`job_sdk::PARAMS_QUERY`] answers.
+type DeclaredParams = std::collections::BTreeMap<
+    String,
+    std::collections::BTreeMap<String, Option<Vec<job_sdk::Param>>>,
+>;
 
 /// The host services a job sees: its log lines go to the captured output, and its
 /// cancellation flag is the one SIGTERM sets.
@@ -322,26 +325,31 @@ pub fn inspect(request: &InspectRequest) -> InspectReport {
         Err(reason) => return rejected(reason),
     };
     match (plugin.classes())() {
-        RResult::ROk(classes) => InspectReport::Plugin {
-            protocol: PROTOCOL_VERSION,
-            sdk_version: plugin.sdk_version().to_string(),
-            classes: classes
-                .into_iter()
-                .map(|c| ClassEntry {
-                    methods: c
-                        .methods
-                        .into_iter()
-                        .map(|m| MethodEntry {
-                            params: declared_params(&plugin, &c.name, &m.name),
-                            name: m.name.into_string(),
-                            doc: m.doc.into_string(),
-                        })
-                        .collect(),
-                    name: c.name.into_string(),
-                    doc: c.doc.into_string(),
-                })
-                .collect(),
-        },
+        RResult::ROk(classes) => {
+            let declared = declared_params(&plugin);
+            let params =
+                |class: &str, method: &str| declared.get(class)?.get(method).cloned().flatten();
+            InspectReport::Plugin {
+                protocol: PROTOCOL_VERSION,
+                sdk_version: plugin.sdk_version().to_string(),
+                classes: classes
+                    .into_iter()
+                    .map(|c| ClassEntry {
+                        methods: c
+                            .methods
+                            .into_iter()
+                            .map(|m| MethodEntry {
+                                params: params(&c.name, &m.name),
+                                name: m.name.into_string(),
+                                doc: m.doc.into_string(),
+                            })
+                            .collect(),
+                        name: c.name.into_string(),
+                        doc: c.doc.into_string(),
+                    })
+                    .collect(),
+            }
+        }
         RResult::RErr(e) => rejected(format!("the plugin cannot list its classes: {}", e.message)),
     }
 }

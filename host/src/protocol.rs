@@ -126,7 +126,7 @@ pub struct MethodEntry {
     pub name: String,
     /// Its one-line description.
     pub doc: String,
-    /// The params it declares, in order, when it does (see `job_sdk::ffi::PluginMod::params`):
+    /// The params it declares, in order, when it does (see `job_sdk::PARAMS_QUERY`):
     /// jobs are checked against them when they are requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<job_sdk::Param>>,

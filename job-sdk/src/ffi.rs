@@ -12,7 +12,7 @@ use abi_stable::{
     library::RootModule,
     package_version_strings,
     sabi_types::VersionStrings,
-    std_types::{ROption, RResult, RStr, RString, RVec},
+    std_types::{RResult, RStr, RString, RVec},
     StableAbi,
 };
 
@@ -24,16 +24,6 @@ pub struct MethodInfo {
     pub name: RString,
     /// A one-line description of what the method does.
     pub doc: RString,
-}
-
-/// One param a method declares (see [`PluginMod::params`]).
-#[repr(C)]
-#[derive(StableAbi, Debug, Clone)]
-pub struct ParamInfo {
-    /// The param's name, e.g. `user_id`.
-    pub name: RString,
-    /// Whether a job must give it.
-    pub required: bool,
 }
 
 /// One job class offered by a plugin.
@@ -122,12 +112,6 @@ pub struct PluginMod {
     /// Invokes `class@method` with JSON params, returning the JSON result.
     #[sabi(last_prefix_field)]
     pub invoke: extern "C" fn(call: &Invocation<'_>) -> RResult<RString, FfiError>,
-    /// The params `class@method` declares, in declaration order: `RSome` when the method's
-    /// params type is a struct whose fields the SDK could read, `RNone` otherwise (and for an
-    /// unknown class or method). Missing from plugins built against job-sdk 0.1 before it was
-    /// added: the host then checks params only in the worker.
-    #[sabi(missing_field(option))]
-    pub params: extern "C" fn(class: RStr<'_>, method: RStr<'_>) -> ROption<RVec<ParamInfo>>,
 }
 
 impl RootModule for PluginModRef {
@@ -145,7 +129,3 @@ pub type InvokeResult = RResult<RString, FfiError>;
 pub type ClassesFn = extern "C" fn() -> ClassesResult;
 /// The type of [`PluginMod::invoke`].
 pub type InvokeFn = extern "C" fn(call: &Invocation<'_>) -> InvokeResult;
-/// What [`PluginMod::params`] returns.
-pub type ParamsResult = ROption<RVec<ParamInfo>>;
-/// The type of [`PluginMod::params`].
-pub type ParamsFn = extern "C" fn(class: RStr<'_>, method: RStr<'_>) -> ParamsResult;

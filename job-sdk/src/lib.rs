@@ -111,14 +111,14 @@ pub use context::JobContext;
 pub use error::{JobError, JobResult};
 pub use ffi::ErrorKind;
 pub use params::{check_params, NoParams, Param};
-pub use plugin::{JobClass, Methods, Plugin};
+pub use plugin::{JobClass, Methods, Plugin, PARAMS_QUERY};
 
 /// The version of this SDK, recorded in every plugin built against it.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::plugin::{classes, invoke, params};
+    pub use crate::plugin::{classes, invoke};
     pub use abi_stable::{
         library::{__call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult},
         prefix_type::PrefixTypeTrait,
@@ -129,13 +129,11 @@ pub mod __private {
     pub fn root_module(
         classes: crate::ffi::ClassesFn,
         invoke: crate::ffi::InvokeFn,
-        params: crate::ffi::ParamsFn,
     ) -> crate::ffi::PluginModRef {
         crate::ffi::PluginMod {
             sdk_version: RStr::from_str(crate::SDK_VERSION),
             classes,
             invoke,
-            params,
         }
         .leak_into_prefix()
     }
@@ -168,21 +166,9 @@ macro_rules! export_plugin {
         }
 
         #[doc(hidden)]
-        extern "C" fn __jobhost_params(
-            class: $crate::__private::RStr<'_>,
-            method: $crate::__private::RStr<'_>,
-        ) -> $crate::ffi::ParamsResult {
-            $crate::__private::params(__jobhost_plugin, class, method)
-        }
-
-        #[doc(hidden)]
         extern "C" fn __jobhost_root_module() -> $crate::__private::RootModuleResult {
             $crate::__private::__call_root_module_loader(|| {
-                $crate::__private::root_module(
-                    __jobhost_classes,
-                    __jobhost_invoke,
-                    __jobhost_params,
-                )
+                $crate::__private::root_module(__jobhost_classes, __jobhost_invoke)
             })
         }
 

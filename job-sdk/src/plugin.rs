@@ -10,14 +10,21 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
-use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{RResult, RString, RVec};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    ffi::{ClassInfo, ErrorKind, FfiError, Invocation, MethodInfo, ParamInfo},
+    ffi::{ClassInfo, ErrorKind, FfiError, Invocation, MethodInfo},
     params::{self, Param},
     JobContext, JobError,
 };
+
+/// The class the host invokes to ask a plugin which params its methods declare: the result
+/// is [`Plugin::declared_params`], and no plugin code runs. It is no valid class name (the
+/// allowlist accepts only letters, digits, `_` and `\`), so no job can name it. Asked
+/// through `invoke` rather than a root-module field of its own, so that plugins built before
+/// it stay loadable: they answer that they offer no such class, and declare nothing.
+pub const PARAMS_QUERY: &str = "jobhost:params";
 
 /// A job class: a type whose methods are jobs.
 ///
@@ -158,9 +165,22 @@ impl Plugin {
             .collect())
     }
 
-    /// The params `class@method` declares (see [`crate::ffi::PluginMod::params`]).
-    pub fn params(&self, class: &str, method: &str) -> Option<&[Param]> {
-        self.method(class, method).ok()?.params.as_deref()
+    /// The params every method declares, as JSON: `{class: {method: [param…] or null}}`
+    /// (null when a method declares none). What [`PARAMS_QUERY`] answers.
+    pub fn declared_params(&self) -> serde_json::Value {
+        let classes = self.classes.iter().map(|c| {
+            let methods = c.methods.iter().map(|m| {
+                (
+                    m.name.to_owned(),
+                    serde_json::to_value(&m.params).unwrap_or_default(),
+                )
+            });
+            (
+                c.name.to_owned(),
+                serde_json::Value::Object(methods.collect()),
+            )
+        });
+        serde_json::Value::Object(classes.collect())
     }
 
     fn method(&self, class: &str, method: &str) -> Result<&MethodEntry, JobError> {
@@ -195,6 +215,9 @@ impl Plugin {
         params_json: &str,
         ctx: &JobContext<'_>,
     ) -> Result<String, JobError> {
+        if class == PARAMS_QUERY {
+            return Ok(self.declared_params().to_string());
+        }
         (self.method(class, method)?.handler)(ctx, params_json)
     }
 }
@@ -223,30 +246,6 @@ pub fn invoke(
             .map(RString::from)
     })
     .into()
-}
-
-/// The body of the exported `params` entry point. Nothing here runs plugin code: the params
-/// were read when the methods were registered.
-#[doc(hidden)]
-pub fn params(
-    plugin: fn() -> &'static Plugin,
-    class: RStr<'_>,
-    method: RStr<'_>,
-) -> ROption<RVec<ParamInfo>> {
-    let declared = catch_unwind(|| {
-        plugin()
-            .params(class.as_str(), method.as_str())
-            .map(|params| {
-                params
-                    .iter()
-                    .map(|p| ParamInfo {
-                        name: p.name.as_str().into(),
-                        required: p.required,
-                    })
-                    .collect::<RVec<_>>()
-            })
-    });
-    declared.ok().flatten().into()
 }
 
 /// Runs plugin code, turning a panic into an [`ErrorKind::Panicked`] error.
