@@ -266,3 +266,55 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a non-string panic payload")
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Mailer;
+
+    #[derive(Deserialize)]
+    struct Send {
+        to: String,
+        subject: Option<String>,
+    }
+
+    impl Mailer {
+        fn send(&self, _: &JobContext<'_>, params: Send) -> Result<String, JobError> {
+            Ok(format!(
+                "{}{}",
+                params.to,
+                params.subject.unwrap_or_default()
+            ))
+        }
+
+        fn raw(&self, _: &JobContext<'_>, params: Value) -> Result<Value, JobError> {
+            Ok(params)
+        }
+    }
+
+    impl JobClass for Mailer {
+        const NAME: &'static str = r"App\Mailer";
+        fn methods(methods: &mut Methods<Self>) {
+            methods
+                .add("send", "", Self::send)
+                .add("raw", "", Self::raw);
+        }
+    }
+
+    #[test]
+    fn the_params_query_lists_what_each_method_declares() {
+        let plugin = Plugin::new().class::<Mailer>();
+        assert_eq!(
+            plugin.declared_params(),
+            json!({r"App\Mailer": {
+                "send": [{"name": "to", "required": true}, {"name": "subject", "required": false}],
+                "raw": null,
+            }})
+        );
+    }
+}
