@@ -28,6 +28,7 @@ use crate::{
         write_report, ClassEntry, FailureKind, InspectReport, InspectRequest, MethodEntry,
         ReservedReport, WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
     },
+    reason::Reason,
 };
 
 /// If this process was started as a worker or an inspector (`jobhost __worker REQUEST`,
@@ -310,14 +311,14 @@ fn host_api() -> HostApiRef {
 
 /// Lists the classes of one plugin file.
 pub fn inspect(request: &InspectRequest) -> InspectReport {
-    let rejected = |reason: String| InspectReport::Rejected {
+    let rejected = |reason: Reason| InspectReport::Rejected {
         protocol: PROTOCOL_VERSION,
         reason,
     };
     if request.protocol != PROTOCOL_VERSION {
-        return rejected(format!(
-            "inspector protocol {} requested, this inspector speaks {PROTOCOL_VERSION}",
-            request.protocol
+        return rejected(Reason::inspector_protocol(
+            request.protocol,
+            PROTOCOL_VERSION,
         ));
     }
     let plugin = match loader::load(&request.plugin) {
@@ -350,6 +351,6 @@ pub fn inspect(request: &InspectRequest) -> InspectReport {
                     .collect(),
             }
         }
-        RResult::RErr(e) => rejected(format!("the plugin cannot list its classes: {}", e.message)),
+        RResult::RErr(e) => rejected(Reason::cannot_list_classes(e.message)),
     }
 }

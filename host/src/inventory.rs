@@ -4,11 +4,15 @@
 //! Jobs never run from the plugin directory itself: a file overwritten in place while a worker
 //! has it mapped kills that worker. A new or changed file is copied into a content-addressed
 //! snapshot (`<state>/plugins/snapshots/<blake3>.so`, read-only) and the copy is inspected in
-//! a child process (`dlopen` runs the library's constructors, which may crash or hang). A good
+//! a child process (`dlopen` runs the library's constructors, which may crash or hang) — but
+//! only once [`plugin_file`](crate::plugin_file) has looked at it without loading it: what
+//! kind of file it is, its size, its headers and its exports. A good
 //! copy becomes the file's *active version*, the one new jobs of its classes run; a bad one
 //! (not a plugin, another SDK, half written) is reported once and the previous version keeps
-//! serving. A library file is one whose name ends in the platform's suffix (`.so`, `.dll`,
-//! `.dylib`); hidden files and other names are skipped. When two files offer the same class,
+//! serving; so does a name that is no usable file at all (a dangling link, a directory): only
+//! removing the name takes its classes offline. Every entry whose name ends in the platform's
+//! suffix (`.so`, `.dll`, `.dylib`) is listed, whatever it is; hidden names and other names are
+//! skipped. When two files offer the same class,
 //! the first in file-name order wins and a warning names both.
 //!
 //! The result is the *catalog* (`<state>/plugins/catalog.json`), shared by every process of a
@@ -30,9 +34,11 @@ use crate::{
     allowlist::{Allowlist, AllowlistError},
     joblog,
     platform::{self, CancelToken, ExitKind, OutputPair, OutputSink, SuperviseOptions},
+    plugin_file::Candidate,
     protocol::{
         read_report, write_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION,
     },
+    reason::Reason,
     settings::Settings,
     store::{now_millis, Millis},
 };
@@ -69,12 +75,14 @@ impl CatalogPaths {
     }
 }
 
-/// The library files in `dir`, in name order, with their stamps.
+/// The entries of `dir` named like libraries, in name order, with their stamps: every one,
+/// whatever it is (a directory, a named pipe, a dangling link), so that each is listed with
+/// what it is.
 pub fn library_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileStamp)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if is_library_name(&path) && !path.is_dir() {
+        if is_library_name(&path) {
             // A file that vanished since the listing is simply not there any more.
             if let Ok(stamp) = FileStamp::of(&path) {
                 files.push((path, stamp));
@@ -152,7 +160,7 @@ pub enum FileStatus {
     /// Not usable.
     Rejected {
         /// Why, in one line.
-        reason: String,
+        reason: Reason,
     },
 }
 
@@ -304,8 +312,13 @@ impl Inventory {
                 .map(|(path, stamp)| {
                     let previous = known(path);
                     let paths = &paths;
+                    // A file rejected unread (for what it is, its size, its headers) is looked
+                    // at again: that costs a `stat` and its headers, and settings such as
+                    // `limits.max_plugin_bytes` may have changed.
                     scope.spawn(move || match previous {
-                        Some(file) if file.stamp == *stamp => Ok(file.clone()),
+                        Some(file) if file.stamp == *stamp && !file.hash.is_empty() => {
+                            Ok(file.clone())
+                        }
                         _ => examine(settings, paths, path, *stamp, previous),
                     })
                 })
@@ -446,14 +459,17 @@ fn examine(
         active,
         stamp,
     };
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            let reason = format!("unreadable: {e}");
-            return Ok(entry(String::new(), FileStatus::Rejected { reason }, kept));
-        }
+    let rejected =
+        |hash: String, reason: Reason| entry(hash, FileStatus::Rejected { reason }, kept.clone());
+    // What it is, its size and its headers, before anything reads it whole or loads it.
+    let candidate = match Candidate::open(path, settings.limits.max_plugin_bytes) {
+        Ok(candidate) => candidate,
+        Err(reason) => return Ok(rejected(String::new(), reason)),
     };
-    let hash = blake3::hash(&bytes).to_hex().to_string();
+    let hash = match candidate.hash() {
+        Ok(hash) => hash,
+        Err(reason) => return Ok(rejected(String::new(), reason)),
+    };
     if let Some(previous) = previous.filter(|p| p.hash == hash) {
         // Touched, or moved back and forth: the same content, already judged.
         return Ok(PluginFile {
@@ -461,25 +477,16 @@ fn examine(
             ..previous.clone()
         });
     }
-    if bytes.is_empty() {
-        let reason = "empty file".to_owned();
-        return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
-    }
-    if let Some(needed) = elf_truncated(&bytes) {
-        // Loading it would crash the inspector with SIGBUS; say what is wrong instead.
-        let reason = format!(
-            "truncated: the file has {} bytes but its ELF segments need {needed} (still being written?)",
-            bytes.len()
-        );
-        return Ok(entry(hash, FileStatus::Rejected { reason }, kept));
-    }
     let io = |source| InventoryError::Inspect {
         path: path.to_path_buf(),
         source,
     };
     let snapshot = paths.snapshot(&hash);
-    let status = if snapshot.exists() {
-        inspect_file(settings, &snapshot).map_err(io)?
+    let (inspected, status) = if snapshot.exists() {
+        (
+            snapshot.clone(),
+            inspect_file(settings, &snapshot).map_err(io)?,
+        )
     } else {
         // Inspected under a name of its own, then renamed into place only if good: a snapshot
         // is always a whole, good plugin.
@@ -489,8 +496,15 @@ fn examine(
             &hash[..16],
             std::env::consts::DLL_SUFFIX
         ));
-        std::fs::write(&incoming, &bytes).map_err(io)?;
-        drop(bytes);
+        match candidate.copy_to(&incoming) {
+            Ok(Some(copied)) if copied == hash => {}
+            copied => {
+                let _ = std::fs::remove_file(&incoming);
+                copied.map_err(io)?;
+                return Ok(rejected(hash, Reason::changed_while_read()));
+            }
+        }
+        drop(candidate);
         let status = inspect_file(settings, &incoming);
         if matches!(status, Ok(FileStatus::Plugin { .. })) {
             let mut permissions = std::fs::metadata(&incoming).map_err(io)?.permissions();
@@ -500,7 +514,7 @@ fn examine(
         } else {
             let _ = std::fs::remove_file(&incoming);
         }
-        status.map_err(io)?
+        (incoming, status.map_err(io)?)
     };
     let active = match &status {
         FileStatus::Plugin {
@@ -513,32 +527,16 @@ fn examine(
             sdk_version: sdk_version.clone(),
             classes: classes.clone(),
         }),
-        FileStatus::Rejected { .. } => kept,
+        FileStatus::Rejected { .. } => kept.clone(),
+    };
+    // The loader's messages name the copy it was given: name the user's file instead.
+    let status = match status {
+        FileStatus::Rejected { reason } => FileStatus::Rejected {
+            reason: reason.naming(&inspected, path),
+        },
+        plugin => plugin,
     };
     Ok(entry(hash, status, active))
-}
-
-/// For a 64-bit little-endian ELF file shorter than its program headers say: the length it
-/// needs. `None` for a whole file, or one that is not such an ELF file (its loader judges it).
-fn elf_truncated(bytes: &[u8]) -> Option<u64> {
-    let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
-    let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
-    // ELF magic, 64-bit class, little-endian.
-    if bytes.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let headers = u64_at(0x20)?;
-    let (size, count) = (u64::from(u16_at(0x36)?), u64::from(u16_at(0x38)?));
-    let mut needed = headers.saturating_add(size.saturating_mul(count));
-    for i in 0..count {
-        let header = usize::try_from(headers + i * size).ok()?;
-        // p_offset and p_filesz of each program header that is there to read.
-        let (Some(offset), Some(file_size)) = (u64_at(header + 8), u64_at(header + 32)) else {
-            break;
-        };
-        needed = needed.max(offset.saturating_add(file_size));
-    }
-    (needed > bytes.len() as u64).then_some(needed)
 }
 
 /// Brings the allowlist in force up to date: a valid new version replaces it, an invalid one
@@ -640,9 +638,11 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
                 }
             }
             FileStatus::Rejected { reason } => {
-                if before.is_none_or(|b| b.stamp != file.stamp && b.hash != file.hash) {
+                // An unread file (empty hash) may be anything new.
+                let new = |b: &PluginFile| b.hash != file.hash || file.hash.is_empty();
+                if before.is_none_or(|b| b.stamp != file.stamp && new(b)) {
                     let serving = file.active.as_ref().map(|v| v.hash.as_str());
-                    joblog::plugin_rejected(&name, reason, serving);
+                    joblog::plugin_rejected(&name, reason.as_str(), serving);
                 }
             }
         }
@@ -762,19 +762,13 @@ fn inspect_file(settings: &Settings, path: &Path) -> std::io::Result<FileStatus>
         },
         (Some(InspectReport::Rejected { reason, .. }), _, _) => FileStatus::Rejected { reason },
         (None, Some(_), _) => FileStatus::Rejected {
-            reason: format!(
-                "loading it hung for over {}",
-                crate::text::secs(INSPECT_TIMEOUT)
-            ),
+            reason: Reason::hung(&crate::text::secs(INSPECT_TIMEOUT)),
         },
         (None, None, ExitKind::Signaled(signal)) => FileStatus::Rejected {
-            reason: format!(
-                "loading it crashed the process: {}",
-                platform::crash_name(signal)
-            ),
+            reason: Reason::crashed(&platform::crash_name(signal)),
         },
         (None, None, ExitKind::Exited(code)) => FileStatus::Rejected {
-            reason: format!("loading it ended the process with code {code}"),
+            reason: Reason::exited(code),
         },
     };
     Ok(status)
@@ -796,9 +790,10 @@ pub struct FileStamp {
 }
 
 impl FileStamp {
-    /// The stamp of the file at `path`.
+    /// The stamp of the file at `path`, following links; of the link itself when it leads
+    /// nowhere.
     pub fn of(path: &Path) -> std::io::Result<Self> {
-        let meta = std::fs::metadata(path)?;
+        let meta = std::fs::metadata(path).or_else(|_| std::fs::symlink_metadata(path))?;
         #[cfg(unix)]
         let inode = std::os::unix::fs::MetadataExt::ino(&meta);
         #[cfg(not(unix))]
@@ -819,30 +814,6 @@ impl FileStamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A 64-bit little-endian ELF header with one program header whose segment spans
-    /// `segment_end` bytes of the file, padded to `len` bytes.
-    fn elf(segment_end: u64, len: usize) -> Vec<u8> {
-        let mut bytes = vec![0u8; len.max(64 + 56)];
-        bytes[..6].copy_from_slice(b"\x7fELF\x02\x01");
-        bytes[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        bytes[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        bytes[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        bytes[64 + 32..64 + 40].copy_from_slice(&segment_end.to_le_bytes());
-        bytes.truncate(len);
-        bytes
-    }
-
-    #[test]
-    fn a_file_shorter_than_its_segments_is_truncated() {
-        assert_eq!(elf_truncated(&elf(4096, 4096)), None);
-        assert_eq!(elf_truncated(&elf(4096, 8192)), None);
-        assert_eq!(elf_truncated(&elf(4096, 1000)), Some(4096));
-        // Cut inside the program headers: they alone need more than there is.
-        assert_eq!(elf_truncated(&elf(4096, 80)), Some(64 + 56));
-        assert_eq!(elf_truncated(b"not an ELF file at all"), None);
-        assert_eq!(elf_truncated(b""), None);
-    }
 
     #[test]
     fn snapshot_names_are_64_hex_digits_and_the_suffix() {

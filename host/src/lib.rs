@@ -14,7 +14,7 @@
 //! [`dispatcher`] is the loop that owns job state and runs attempts through [`attempt`], which
 //! spawns and supervises a worker with [`platform`] and keeps its output with [`capture`];
 //! [`child`] is what the worker itself runs, speaking [`protocol`] and loading plugins with
-//! [`loader`]; [`joblog`] writes the spec-format logs; [`web`] is the admin dashboard `jobhost serve` runs.
+//! [`loader`] ([`reason`] says why a file is not a plugin); [`joblog`] writes the spec-format logs; [`web`] is the admin dashboard `jobhost serve` runs.
 
 pub mod allowlist;
 pub mod api;
@@ -31,7 +31,9 @@ pub mod joblog;
 pub mod lifecycle;
 pub mod loader;
 pub mod platform;
+pub mod plugin_file;
 pub mod protocol;
+pub mod reason;
 pub mod retention;
 pub mod settings;
 pub mod store;

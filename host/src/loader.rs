@@ -7,42 +7,48 @@
 
 use std::path::Path;
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use job_sdk::ffi::PluginModRef;
 
-/// Loads the plugin at `path` and checks its layout and SDK version against this host's.
-pub fn load(path: &Path) -> Result<PluginModRef, String> {
-    lib_header_from_path(path)
-        .and_then(|header| header.init_root_module::<PluginModRef>())
+use crate::reason::Reason;
+
+/// Loads the plugin at `path` and checks its root module, layout and SDK version against this
+/// host's.
+pub fn load(path: &Path) -> Result<PluginModRef, Reason> {
+    let header = lib_header_from_path(path).map_err(|e| condense(&e))?;
+    // Every abi_stable library exports the same header; whose root module it carries is named
+    // in it. Another application's is neither an SDK version nor a layout problem.
+    let consts = header.root_mod_consts();
+    if consts.name().as_str() != PluginModRef::NAME {
+        return Err(Reason::foreign_plugin(
+            consts.name().as_str(),
+            consts.version_strings().version.as_str(),
+            PluginModRef::NAME,
+        ));
+    }
+    header
+        .init_root_module::<PluginModRef>()
         .map_err(|e| condense(&e))
 }
 
 /// One line saying why a library is not a usable plugin.
-pub fn condense(error: &LibraryError) -> String {
+pub fn condense(error: &LibraryError) -> Reason {
     match error {
-        LibraryError::OpenError { err, .. } => {
-            format!("not a loadable shared library: {err}")
-        }
-        LibraryError::GetSymbolError { .. } => {
-            "not a jobhost plugin: the library exports no job-sdk root module (was it built with job_sdk::export_plugin!?)".to_owned()
-        }
-        LibraryError::ParseVersionError(e) => format!("unreadable SDK version: {e}"),
+        LibraryError::OpenError { err, .. } => Reason::not_loadable(err),
+        LibraryError::GetSymbolError { .. } => Reason::no_export(),
+        LibraryError::ParseVersionError(e) => Reason::unreadable_sdk_version(e),
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,
             ..
-        } => format!(
-            "incompatible SDK version: built against job-sdk {actual_version}, this host uses job-sdk {expected_version}"
-        ),
-        LibraryError::RootModule { err, .. } => format!("the plugin's root module failed to initialise: {err}"),
+        } => Reason::incompatible_sdk_version(actual_version, expected_version),
+        LibraryError::RootModule { err, .. } => Reason::root_module_failed(err),
         LibraryError::AbiInstability(report) => {
-            format!("incompatible SDK layout: {}", error_lines(&report.to_string()))
+            Reason::incompatible_layout(&error_lines(&report.to_string()))
         }
-        LibraryError::InvalidAbiHeader(_) => {
-            "built with an incompatible version of abi_stable".to_owned()
-        }
-        LibraryError::InvalidCAbi { .. } => "built for an incompatible C ABI".to_owned(),
-        LibraryError::Many(errors) => errors.iter().map(condense).collect::<Vec<_>>().join("; "),
+        LibraryError::InvalidAbiHeader(_) => Reason::incompatible_abi_stable(),
+        LibraryError::InvalidCAbi { .. } => Reason::incompatible_c_abi(),
+        LibraryError::Many(errors) => Reason::all(errors.iter().map(condense)),
     }
 }
 

@@ -161,7 +161,7 @@ pub enum InspectReport {
         /// Must equal [`PROTOCOL_VERSION`].
         protocol: u32,
         /// One line saying why.
-        reason: String,
+        reason: crate::reason::Reason,
     },
 }
 

@@ -31,6 +31,9 @@ pub const MAX_SLOTS: usize = 256;
 /// The most `limits.max_output_bytes` may be: 1 GiB kept per attempt.
 pub const MAX_OUTPUT_BYTES: u64 = 1024 * 1024 * 1024;
 
+/// The most `limits.max_plugin_bytes` may be: 4 GiB.
+pub const MAX_PLUGIN_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
 /// The longest `limits.kill_grace` and `dispatcher.lease`: one hour.
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
@@ -281,6 +284,8 @@ pub struct RawLimits {
     pub max_params_depth: Option<usize>,
     /// Output kept per attempt, in bytes.
     pub max_output_bytes: Option<u64>,
+    /// Largest file in the plugin directory that is read, in bytes.
+    pub max_plugin_bytes: Option<u64>,
     /// Seconds between asking a job to stop and killing it.
     #[serde(default, deserialize_with = "de_secs")]
     pub kill_grace: Option<Duration>,
@@ -329,6 +334,9 @@ pub struct Limits {
     pub max_params_depth: usize,
     /// Output kept per attempt; the rest is counted and dropped (default 1 MiB).
     pub max_output_bytes: u64,
+    /// Largest file in the plugin directory that is read (default 256 MiB, at most
+    /// [`MAX_PLUGIN_BYTES`]); a larger one is rejected unread.
+    pub max_plugin_bytes: u64,
     /// Time between SIGTERM and SIGKILL when an attempt is stopped (default 5 s).
     pub kill_grace: Duration,
 }
@@ -559,6 +567,7 @@ impl Default for Limits {
             max_params_bytes: 64 * 1024,
             max_params_depth: 32,
             max_output_bytes: 1024 * 1024,
+            max_plugin_bytes: 256 * 1024 * 1024,
             kill_grace: Duration::from_secs(5),
         }
     }
@@ -727,6 +736,13 @@ impl Settings {
                 .transpose()
                 .map_err(file_range)?
                 .unwrap_or(builtin.max_output_bytes),
+            max_plugin_bytes: raw
+                .limits
+                .max_plugin_bytes
+                .map(|n| job::check_count("limits.max_plugin_bytes", n, 1, MAX_PLUGIN_BYTES))
+                .transpose()
+                .map_err(file_range)?
+                .unwrap_or(builtin.max_plugin_bytes),
             kill_grace: duration(
                 "limits.kill_grace",
                 raw.limits.kill_grace,
@@ -1264,6 +1280,8 @@ mod tests {
             ("limits.max_params_depth = 127\n", "limits.max_params_depth 127 is out of range: allowed 1 to 100"),
             ("limits.max_output_bytes = 1e3\n", "invalid type"),
             ("limits.max_output_bytes = 2000000000\n", "limits.max_output_bytes 2000000000 is out of range"),
+            ("limits.max_plugin_bytes = 0\n", "limits.max_plugin_bytes 0 is out of range: allowed 1 to 4294967296"),
+            ("limits.max_plugin_bytes = 5000000000\n", "limits.max_plugin_bytes 5000000000 is out of range"),
         ] {
             let error = resolve(toml, &[]).unwrap_err().to_string();
             assert!(error.contains(expect), "{toml}: {error}");

@@ -1053,7 +1053,9 @@ fn the_plugins_page_shows_the_version_serving_each_class_and_what_was_rejected()
         "{}",
         page.body
     );
-    assert!(page.body.contains("not a loadable shared library"));
+    assert!(page
+        .body
+        .contains("not a shared library: its first bytes are not an ELF header"));
     assert!(
         page.body
             .contains("was changed but is not valid, so the previous version stays in force"),

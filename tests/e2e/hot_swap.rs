@@ -181,7 +181,7 @@ fn broken_files_never_replace_the_working_version() {
         (
             "not a plugin",
             fs::read(jobhost_e2e::built_library("not_a_plugin_fixture")).unwrap(),
-            "not a jobhost plugin:",
+            "does not export job-sdk's root module:",
         ),
         (
             "another SDK",
@@ -191,7 +191,7 @@ fn broken_files_never_replace_the_working_version() {
         (
             "truncated",
             v2[..64 * 1024].to_vec(),
-            "truncated: the file has 65536 bytes but its ELF segments need",
+            "truncated: the file has 65536 bytes but its ELF headers and segments need",
         ),
     ];
     for (n, (what, bytes, reason)) in bad.iter().enumerate() {

@@ -873,7 +873,7 @@ fn plugin_file(main: &mut String, plugins: &Plugins, file: &crate::inventory::Pl
                 r#"<section class="card plugin-file rejected" data-file="{name}">
 <h2>{name} <span class="tag bad">rejected</span></h2>
 <p class="reason">{reason}</p>"#,
-                reason = esc(reason),
+                reason = esc(reason.as_str()),
             );
         }
     }
