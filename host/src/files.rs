@@ -64,7 +64,8 @@ pub fn read_capped_text(path: &Path, limit: u64, what: &str) -> io::Result<Strin
 }
 
 /// Opens `path` with `options`, never waiting for a FIFO's other end (`O_NONBLOCK` on Unix,
-/// which changes nothing for a regular file), and checks that it is a regular file.
+/// which changes nothing for a regular file) nor making a terminal the controlling one
+/// (`O_NOCTTY`), and checks that it is a regular file.
 pub fn open_regular(
     options: &mut std::fs::OpenOptions,
     path: &Path,
@@ -73,7 +74,7 @@ pub fn open_regular(
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(
         options,
-        rustix::fs::OFlags::NONBLOCK.bits() as i32,
+        (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
     );
     let file = options.open(path)?;
     let kind = file.metadata()?.file_type();
