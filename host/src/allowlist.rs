@@ -9,6 +9,9 @@
 //! 'App\Jobs\ProcessUserReport' = ["generate", "send"]
 //! ```
 //!
+//! An empty file approves nothing, and so does a missing one, which is an error
+//! ([`AllowlistError::Missing`]): nothing runs until it exists.
+//!
 //! The allowlist is checked twice: when a job is requested, and again in the worker before any
 //! plugin code is loaded. This module only parses and answers questions; logging a refusal is
 //! the caller's business.
@@ -26,6 +29,25 @@ use crate::text::line_of;
 /// Why an allowlist file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AllowlistError {
+    /// The file does not exist: nothing is approved.
+    #[error(
+        "allowlist {path} does not exist, so no job is approved: create it (a `[jobs]` table \
+         naming the classes and methods that may run), or name another with --allowlist or \
+         JOBHOST_ALLOWLIST"
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The version of the file in force (its copy in the state directory) could not be read.
+    #[error("cannot read the version of allowlist {path} in force")]
+    InForce {
+        /// The allowlist file (not its copy).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The file could not be read.
     #[error("cannot read allowlist {path}")]
     Read {
@@ -47,12 +69,28 @@ pub enum AllowlistError {
     },
 }
 
+impl AllowlistError {
+    /// The error for reading the allowlist `path` failing with `source`: [`Self::Missing`]
+    /// when there is no such file.
+    pub fn read(path: &Path, source: std::io::Error) -> Self {
+        let path = path.to_path_buf();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Self::Missing { path }
+        } else {
+            Self::Read { path, source }
+        }
+    }
+}
+
 /// A class's approved methods as written, with where each one stands.
 type RawMethods = Spanned<Vec<Spanned<String>>>;
 
+/// The file as written. An empty file (or one of comments only) is a valid allowlist that
+/// approves nothing, as an empty `[jobs]` table is: emptying the file revokes every approval.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAllowlist {
+    #[serde(default)]
     jobs: BTreeMap<Spanned<String>, RawMethods>,
 }
 
@@ -84,11 +122,16 @@ pub enum Verdict {
 impl Allowlist {
     /// Reads and validates the allowlist at `path`.
     pub fn load(path: &Path) -> Result<Self, AllowlistError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AllowlistError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(path, &text)
+        Self::load_as(path, path)
+    }
+
+    /// Reads and validates the allowlist at `path`, a copy of the allowlist file `named`:
+    /// errors (and [`Allowlist::path`]) name that file.
+    pub fn load_as(path: &Path, named: &Path) -> Result<Self, AllowlistError> {
+        let text =
+            crate::files::read_capped_text(path, crate::files::MAX_ALLOWLIST_BYTES, "an allowlist")
+                .map_err(|source| AllowlistError::read(named, source))?;
+        Self::parse(named, &text)
     }
 
     /// Parses and validates allowlist `text`, naming `path` in errors.
@@ -263,10 +306,21 @@ mod tests {
         assert!(parse("[jobs]\n'A B' = [\"x\"]\n").is_err());
         assert!(parse("[jobs]\n'A' = [\"x y\"]\n").is_err());
         assert!(parse("[jobs]\n'A' = [\"x\", \"x\"]\n").is_err());
-        assert!(parse("[jobz]\n'A' = [\"x\"]\n").is_err());
         assert!(
-            parse("").is_err(),
-            "a file without [jobs] approves nothing by mistake"
+            parse("[jobz]\n'A' = [\"x\"]\n").is_err(),
+            "a misspelt table approves nothing by mistake"
         );
+    }
+
+    #[test]
+    fn an_empty_file_is_valid_and_approves_nothing() {
+        for text in ["", "\n", "# nothing may run\n", "[jobs]\n"] {
+            let list = parse(text).expect(text);
+            assert!(list.jobs().is_empty(), "{text:?}");
+            assert_eq!(
+                list.check(r"App\Jobs\SendWelcomeEmail", "handle"),
+                Verdict::UnknownClass { unescaped: None }
+            );
+        }
     }
 }

@@ -208,7 +208,7 @@ pub enum DispatchError {
     /// The settings are invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    /// The allowlist file is invalid.
+    /// The allowlist file is invalid, or does not exist (then nothing is approved).
     #[error(transparent)]
     Allowlist(#[from] AllowlistError),
     /// The plugin directory cannot be read.
@@ -426,10 +426,9 @@ impl Client {
             jobs.into_iter()
                 .map(|job| {
                     let spec = job.into_spec(settings)?;
-                    let plugin = authorize(allowlist, inventory, &spec)?
-                        .version
-                        .snapshot
-                        .clone();
+                    let offer = authorize(allowlist, inventory, &spec)?;
+                    crate::authorize::params_fit(&offer, &spec)?;
+                    let plugin = offer.version.snapshot.clone();
                     Ok(NewJob { spec, plugin })
                 })
                 .collect::<Result<Vec<_>, DispatchError>>()
@@ -510,7 +509,7 @@ impl Client {
             path: self.paths.waiters.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.paths.waiters).map_err(io)?;
+        crate::files::create_private_dir(&self.paths.waiters).map_err(io)?;
         let bell_path = self
             .paths
             .waiters

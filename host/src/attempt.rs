@@ -243,7 +243,7 @@ pub fn run_attempt(
     on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> Result<AttemptRecord, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
-    std::fs::create_dir_all(&paths.dir).map_err(|e| paths.error(e))?;
+    crate::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
     match std::fs::remove_file(&paths.report) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(paths.error(e)),
         _ => {}
@@ -257,6 +257,7 @@ pub fn run_attempt(
         params: spec.params.clone(),
         plugin: spec.plugin.to_path_buf(),
         allowlist: crate::inventory::allowlist_in_force(settings),
+        allowlist_file: Some(settings.allowlist.clone()),
         report: paths.report.clone(),
         output: Some(paths.pipe.clone()),
         gate: true,
@@ -322,7 +323,7 @@ pub fn adopt_attempt(
     cancel: &CancelToken,
 ) -> Result<AttemptRecord, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, orphan.job_id, orphan.attempt);
-    std::fs::create_dir_all(&paths.dir).map_err(|e| paths.error(e))?;
+    crate::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
     let worker = find_worker(&paths, orphan.pid);
     let mut capture = Capture::append(&paths.output, settings.limits.max_output_bytes)
         .map_err(|e| paths.error(e))?;

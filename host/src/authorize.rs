@@ -1,11 +1,11 @@
 //! The gate every job passes before it is stored or run: the allowlist must approve
-//! `class@method` and a plugin must offer it. A refusal is logged here, as the spec's
+//! `class@method`, a plugin must offer it, and its params must fit those the method declares. A refusal is logged here, as the spec's
 //! `Unauthorized job execution attempt` (or `Job not found`), so no caller can forget to.
 
 use crate::{
     allowlist::{Allowlist, Verdict},
     inventory::{Inventory, Offer},
-    job::JobSpec,
+    job::{JobSpec, ParamsError},
     joblog,
 };
 
@@ -107,4 +107,24 @@ pub fn authorize<'a>(
         )));
     }
     Ok(offer)
+}
+
+/// Checks `spec`'s params against those its method declares in `offer`, when it declares them,
+/// with the message the worker would give ([`job_sdk::check_params`]): an unknown name, a
+/// required param missing, too many positional ones. The worker checks again (and checks the
+/// types).
+pub fn params_fit(offer: &Offer<'_>, spec: &JobSpec) -> Result<(), ParamsError> {
+    let declared = offer
+        .class
+        .methods
+        .iter()
+        .find(|m| m.name == spec.method)
+        .and_then(|m| m.params.as_deref());
+    match declared.map(|declared| job_sdk::check_params(declared, &spec.params)) {
+        Some(Err(message)) => Err(ParamsError::DoNotFit {
+            job: spec.name(),
+            message,
+        }),
+        _ => Ok(()),
+    }
 }

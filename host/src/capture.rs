@@ -39,6 +39,12 @@ pub struct CapturedOutput {
     pub dropped_bytes: u64,
 }
 
+/// The most an output file kept with `limit` holds: the kept bytes, the truncation notice and
+/// the tail.
+pub fn max_file_bytes(limit: u64) -> u64 {
+    limit + TAIL_BYTES as u64 + 256
+}
+
 impl Capture {
     /// Creates (truncating) the output file at `path`, keeping at most `limit` leading bytes.
     pub fn create(path: &Path, limit: u64) -> io::Result<Self> {

@@ -24,7 +24,7 @@ use job_sdk::ffi::{ErrorKind, HostApi, HostApiRef, Invocation};
 
 use crate::{
     allowlist::{Allowlist, Verdict},
-    job::{json_text_depth, MAX_RESULT_DEPTH},
+    job::{json_text_depth, MAX_RESULT_BYTES, MAX_RESULT_DEPTH},
     loader,
     platform::{self, CancelToken, DiscardOutput, ExitKind, OutputPair, SuperviseOptions},
     protocol::{
@@ -287,7 +287,11 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
             ),
         );
     }
-    let allowlist = match Allowlist::load(&request.allowlist) {
+    let named = request
+        .allowlist_file
+        .as_deref()
+        .unwrap_or(&request.allowlist);
+    let allowlist = match Allowlist::load_as(&request.allowlist, named) {
         Ok(a) => a,
         Err(e) => return error(FailureKind::Unauthorized, format!("refused: {e}")),
     };
@@ -336,10 +340,20 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
     }
 }
 
-/// The report of a method that returned `json`. A result nested too deep for the report that
+/// The report of a method that returned `json`. A result too big, or nested too deep, for the report that
 /// wraps it, or for the store and `jobhost show --json` after it, to be read back is a
 /// permanent error: the job ran, and running it again would return the same.
 fn result_report(json: &str) -> WorkerReport {
+    if json.len() > MAX_RESULT_BYTES {
+        return error(
+            FailureKind::Permanent,
+            format!(
+                "the job's result is {} bytes of JSON, over the limit of {MAX_RESULT_BYTES} \
+                 bytes; return less (write big results to a file and return its path)",
+                json.len()
+            ),
+        );
+    }
     if json_text_depth(json, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH {
         return error(
             FailureKind::Permanent,
@@ -357,6 +371,30 @@ fn result_report(json: &str) -> WorkerReport {
         Err(e) => error(FailureKind::Permanent, format!("result is not JSON: {e}")),
     }
 }
+
+/// The params every method of `plugin` declares: `{class: {method: [param…] or null}}`, asked
+/// with [`job_sdk::PARAMS_QUERY`] (which runs no plugin code). Empty when the plugin was built
+/// before plugins could declare them (it offers no such class).
+fn declared_params(plugin: &job_sdk::ffi::PluginModRef) -> DeclaredParams {
+    let call = Invocation {
+        class: RStr::from_str(job_sdk::PARAMS_QUERY),
+        method: RStr::from_str(""),
+        params_json: RStr::from_str("null"),
+        job_id: RStr::from_str(""),
+        attempt: 0,
+        host: host_api(),
+    };
+    match (plugin.invoke())(&call) {
+        RResult::ROk(json) => serde_json::from_str(json.as_str()).unwrap_or_default(),
+        RResult::RErr(_) => DeclaredParams::new(),
+    }
+}
+
+/// What [`job_sdk::PARAMS_QUERY`] answers.
+type DeclaredParams = std::collections::BTreeMap<
+    String,
+    std::collections::BTreeMap<String, Option<Vec<job_sdk::Param>>>,
+>;
 
 /// The host services a job sees: its log lines go to the captured output, and its
 /// cancellation flag is the one SIGTERM sets.
@@ -389,25 +427,31 @@ pub fn inspect(request: &InspectRequest) -> InspectReport {
         Err(reason) => return rejected(reason),
     };
     match (plugin.classes())() {
-        RResult::ROk(classes) => InspectReport::Plugin {
-            protocol: PROTOCOL_VERSION,
-            sdk_version: plugin.sdk_version().to_string(),
-            classes: classes
-                .into_iter()
-                .map(|c| ClassEntry {
-                    name: c.name.into_string(),
-                    doc: c.doc.into_string(),
-                    methods: c
-                        .methods
-                        .into_iter()
-                        .map(|m| MethodEntry {
-                            name: m.name.into_string(),
-                            doc: m.doc.into_string(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        },
+        RResult::ROk(classes) => {
+            let declared = declared_params(&plugin);
+            let params =
+                |class: &str, method: &str| declared.get(class)?.get(method).cloned().flatten();
+            InspectReport::Plugin {
+                protocol: PROTOCOL_VERSION,
+                sdk_version: plugin.sdk_version().to_string(),
+                classes: classes
+                    .into_iter()
+                    .map(|c| ClassEntry {
+                        methods: c
+                            .methods
+                            .into_iter()
+                            .map(|m| MethodEntry {
+                                params: params(&c.name, &m.name),
+                                name: m.name.into_string(),
+                                doc: m.doc.into_string(),
+                            })
+                            .collect(),
+                        name: c.name.into_string(),
+                        doc: c.doc.into_string(),
+                    })
+                    .collect(),
+            }
+        }
         RResult::RErr(e) => rejected(Reason::cannot_list_classes(e.message)),
     }
 }

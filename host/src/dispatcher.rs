@@ -206,7 +206,16 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         move |source| DispatcherError::Setup { what, source }
     };
     let paths = StatePaths::new(&settings.state_dir);
-    std::fs::create_dir_all(&settings.state_dir).map_err(setup("create the state directory"))?;
+    crate::files::create_private_dir(&settings.state_dir)
+        .map_err(setup("create the state directory"))?;
+    if let Some(mode) = crate::files::loose_permissions(&settings.state_dir) {
+        let dir = settings.state_dir.display();
+        tracing::warn!(
+            "the state directory {dir} is open to other users (mode {mode:o}); it holds every \
+             job's params and output, and the dashboard's login: make it owner-only with \
+             chmod 700 {dir}"
+        );
+    }
     let lock = take_over(settings, &paths, options.on_demand)?;
     let mut store = crate::store::open(&settings.store)?;
     let info = DispatcherInfo::this_process(settings.dispatcher.slots, &settings.state_dir);

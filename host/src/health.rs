@@ -114,7 +114,12 @@ impl HealthFile {
 
     /// What the health file at `path` says, if it exists and reads.
     pub fn read(path: &Path) -> Option<Health> {
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = crate::files::read_capped_text(
+            path,
+            crate::files::MAX_STATE_FILE_BYTES,
+            "a health file",
+        )
+        .ok()?;
         serde_json::from_str(text.trim()).ok()
     }
 }

@@ -113,7 +113,13 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
             writeln!(out, "  error: {}", visible(error, Escape::Text))?;
         }
         if let Some(path) = &a.output_path {
-            let output = std::fs::read(path).unwrap_or_default();
+            // Capped like the capture that wrote it (a file put there later may be anything).
+            let output = jobhost::files::read_capped(
+                path,
+                jobhost::capture::max_file_bytes(settings.limits.max_output_bytes),
+                "an attempt's output",
+            )
+            .unwrap_or_else(|e| format!("(cannot be shown: {e})").into_bytes());
             writeln!(out, "  output ({}):", path.display())?;
             for line in String::from_utf8_lossy(&output).lines() {
                 writeln!(out, "  | {}", visible(line, Escape::Text))?;

@@ -220,6 +220,12 @@ pub struct AllowlistState {
     pub since: Millis,
     /// Why the file as it is now is not in force, when it is not.
     pub error: Option<String>,
+    /// Whether the file does not exist: then no version is in force, and nothing is approved.
+    #[serde(default)]
+    pub missing: bool,
+    /// How many classes the version in force approves.
+    #[serde(default)]
+    pub classes: usize,
     /// The version of the file this describes.
     stamp: Option<FileStamp>,
 }
@@ -301,7 +307,7 @@ impl Inventory {
             dir: paths.snapshots.clone(),
             source,
         };
-        std::fs::create_dir_all(&paths.snapshots).map_err(catalog_error)?;
+        crate::files::create_private_dir(&paths.snapshots).map_err(catalog_error)?;
         let _lock = platform::FileLock::acquire(&paths.lock).map_err(catalog_error)?;
         let old = Self::read(&paths.catalog).filter(|old| old.dir == settings.plugin_dir);
         let stamped =
@@ -384,16 +390,22 @@ impl Inventory {
     }
 
     /// The allowlist in force, read from its copy in the catalog, with errors naming the
-    /// allowlist file. When no version of it was ever valid, the file's own error.
+    /// allowlist file (never the copy). When no version of it is in force (none was ever
+    /// valid, or the file was removed), the file's own error: [`AllowlistError::Missing`] for
+    /// a file that does not exist.
     pub fn allowlist(&self, settings: &Settings) -> Result<Allowlist, AllowlistError> {
         let copy = CatalogPaths::new(&settings.state_dir).allowlist;
         match &self.allowlist {
             Some(state) if !state.hash.is_empty() => {
-                let text =
-                    std::fs::read_to_string(&copy).map_err(|source| AllowlistError::Read {
-                        path: copy.clone(),
-                        source,
-                    })?;
+                let text = crate::files::read_capped_text(
+                    &copy,
+                    crate::files::MAX_ALLOWLIST_BYTES,
+                    "an allowlist",
+                )
+                .map_err(|source| AllowlistError::InForce {
+                    path: state.path.clone(),
+                    source,
+                })?;
                 Allowlist::parse(&state.path, &text)
             }
             _ => Allowlist::load(&settings.allowlist),
@@ -435,8 +447,8 @@ impl Inventory {
     }
 }
 
-/// The allowlist workers check: the version in force, or the file itself before the catalog
-/// ever took one.
+/// The allowlist workers check: the version in force, or the file itself when none is (before
+/// the catalog ever took one, or after the file was removed, when the copy is removed too).
 pub fn allowlist_in_force(settings: &Settings) -> PathBuf {
     let copy = CatalogPaths::new(&settings.state_dir).allowlist;
     if copy.exists() {
@@ -659,7 +671,9 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
 }
 
 /// Brings the allowlist in force up to date: a valid new version replaces it, an invalid one
-/// is recorded as the error and changes nothing else.
+/// (unreadable, too big, not a regular file, not valid TOML) is recorded as the error and
+/// changes nothing else. A file that does not exist is a deliberate removal: nothing is in
+/// force any more (the copy is removed too), so nothing is approved until it exists again.
 fn refresh_allowlist(
     settings: &Settings,
     paths: &CatalogPaths,
@@ -676,15 +690,38 @@ fn refresh_allowlist(
         hash: previous.map(|p| p.hash.clone()).unwrap_or_default(),
         since: previous.map_or(0, |p| p.since),
         error: Some(error),
+        missing: false,
+        classes: previous.map_or(0, |p| p.classes),
         stamp,
     };
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::files::read_capped_text(
+        &path,
+        crate::files::MAX_ALLOWLIST_BYTES,
+        "an allowlist",
+    ) {
         Ok(text) => text,
-        Err(e) => return Ok(kept(format!("cannot read {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::remove_file(&paths.allowlist) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let error = AllowlistError::Missing { path: path.clone() }.to_string();
+            return Ok(AllowlistState {
+                path,
+                hash: String::new(),
+                since: now_millis(),
+                error: Some(error),
+                missing: true,
+                classes: 0,
+                stamp: None,
+            });
+        }
+        Err(e) => return Ok(kept(crate::text::chain(&AllowlistError::read(&path, e)))),
     };
-    if let Err(e) = Allowlist::parse(&path, &text) {
-        return Ok(kept(e.to_string()));
-    }
+    let classes = match Allowlist::parse(&path, &text) {
+        Ok(allowlist) => allowlist.jobs().len(),
+        Err(e) => return Ok(kept(e.to_string())),
+    };
     let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
     let since = match previous {
         Some(p) if p.hash == hash && paths.allowlist.exists() => p.since,
@@ -698,6 +735,8 @@ fn refresh_allowlist(
         hash,
         since,
         error: None,
+        missing: false,
+        classes,
         stamp,
     })
 }
@@ -758,11 +797,16 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
         let was = old.and_then(|o| o.allowlist.as_ref());
         let path = allowlist.path.display().to_string();
         match &allowlist.error {
+            Some(_) if allowlist.missing => {
+                if let Some(was) = was.filter(|w| !w.missing) {
+                    joblog::allowlist_removed(&path, !was.hash.is_empty());
+                }
+            }
             Some(error) if was.is_none_or(|w| w.stamp != allowlist.stamp) => {
                 joblog::allowlist_rejected(&path, error, !allowlist.hash.is_empty());
             }
             None if was.is_some_and(|w| w.hash != allowlist.hash) => {
-                joblog::allowlist_reloaded(&path);
+                joblog::allowlist_reloaded(&path, allowlist.classes);
             }
             _ => {}
         }

@@ -37,6 +37,10 @@ pub const MAX_PARAMS_DEPTH: usize = 100;
 /// same reason as [`MAX_PARAMS_DEPTH`]: its report and `jobhost show --json` wrap it.
 pub const MAX_RESULT_DEPTH: usize = 100;
 
+/// The largest result a job may return, as JSON: half the largest report the host reads
+/// ([`crate::files::MAX_REPORT_BYTES`]), whose escaping may double it.
+pub const MAX_RESULT_BYTES: usize = (crate::files::MAX_REPORT_BYTES / 2) as usize;
+
 /// The most attempts a job may have in all, manual retries renewing its budget included: a
 /// retry that would allow more is refused.
 pub const MAX_ATTEMPTS: u32 = 1_000_000;
@@ -254,6 +258,15 @@ pub enum ParamsError {
     /// A param could not be turned into JSON.
     #[error("{0}")]
     Unserializable(String),
+    /// The params do not fit the params the method declares: the message the worker would
+    /// give.
+    #[error("invalid params for {job}: {message}")]
+    DoNotFit {
+        /// `Class@method`.
+        job: String,
+        /// What does not fit, as the worker would say it.
+        message: String,
+    },
     /// An option outside its allowed range.
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),

@@ -657,10 +657,37 @@ pub fn plugin_conflict(class: &str, files: &[std::path::PathBuf]) {
     );
 }
 
-/// `Allowlist reloaded` (INFO): a new version of the allowlist is in force.
-pub fn allowlist_reloaded(file: &str) {
-    let context = context([("file", json!(file)), ("status", json!("active"))]);
-    tracing::info!(context = context.as_str(), "Allowlist reloaded: {file}");
+/// `Allowlist reloaded` (INFO): a new version of the allowlist is in force, approving
+/// `classes` classes; a WARNING when that is none (the file was emptied).
+pub fn allowlist_reloaded(file: &str, classes: usize) {
+    let context = context([
+        ("classes", json!(classes)),
+        ("file", json!(file)),
+        ("status", json!("active")),
+    ]);
+    if classes == 0 {
+        tracing::warn!(
+            context = context.as_str(),
+            "Allowlist reloaded: {file} approves nothing"
+        );
+    } else {
+        tracing::info!(context = context.as_str(), "Allowlist reloaded: {file}");
+    }
+}
+
+/// `Allowlist removed` (ERROR): the allowlist file no longer exists, so nothing is approved:
+/// queued jobs are refused when they start, new ones when they are requested. `revoked` when a
+/// version was in force until then.
+pub fn allowlist_removed(file: &str, revoked: bool) {
+    let context = context([
+        ("file", json!(file)),
+        ("revoked", json!(revoked)),
+        ("status", json!("removed")),
+    ]);
+    tracing::error!(
+        context = context.as_str(),
+        "Allowlist removed: {file}; nothing is approved until it exists again"
+    );
 }
 
 /// `Allowlist rejected` (ERROR): the allowlist file is not valid; the previous version stays

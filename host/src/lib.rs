@@ -6,7 +6,8 @@
 //! runaway job ends that process alone. See `docs/architecture.md` for the whole picture.
 //!
 //! The modules, from the outside in: [`api`] is what applications and the CLI call to
-//! dispatch jobs; [`settings`] and [`allowlist`] read configuration; [`job`] describes a
+//! dispatch jobs; [`settings`] and [`allowlist`] read configuration (every file through [`files`], which
+//! bounds what it reads); [`job`] describes a
 //! requested job; [`authorize`] is the gate (allowlist and plugin inventory, [`inventory`]);
 //! [`store`] is the durable queue and [`lifecycle`] the rules for moving a job on, and
 //! [`retention`] deletes finished jobs once they are old enough;
@@ -22,6 +23,7 @@ pub mod authorize;
 pub mod capture;
 pub mod child;
 pub mod dispatcher;
+pub mod files;
 pub mod health;
 pub mod inventory;
 pub mod job;

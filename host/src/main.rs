@@ -426,10 +426,26 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
                     ""
                 };
                 writeln!(out, "    @{}{}{mark}", method.name, doc_suffix(&method.doc))?;
+                if let Some(params) = &method.params {
+                    writeln!(out, "      params: {}", params_summary(params))?;
+                }
             }
         }
     }
     Ok(0)
+}
+
+/// A method's declared params for people: `user_id, email?, name?` (`?` marks an optional
+/// one), `none` when it takes none.
+fn params_summary(params: &[job_sdk::Param]) -> String {
+    if params.is_empty() {
+        return "none".into();
+    }
+    let names: Vec<String> = params
+        .iter()
+        .map(|p| format!("{}{}", p.name, if p.required { "" } else { "?" }))
+        .collect();
+    names.join(", ")
 }
 
 /// The first 16 hex digits of a hash, as shown to people.

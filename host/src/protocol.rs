@@ -33,6 +33,9 @@ pub struct WorkerRequest {
     pub plugin: PathBuf,
     /// The allowlist to check before loading anything.
     pub allowlist: PathBuf,
+    /// The allowlist file messages name, when `allowlist` is the copy of it in force.
+    #[serde(default)]
+    pub allowlist_file: Option<PathBuf>,
     /// Where to write the [`WorkerReport`].
     pub report: PathBuf,
     /// The named pipe the worker's stdout and stderr are connected to, which it keeps open
@@ -126,6 +129,10 @@ pub struct MethodEntry {
     pub name: String,
     /// Its one-line description.
     pub doc: String,
+    /// The params it declares, in order, when it does (see `job_sdk::PARAMS_QUERY`):
+    /// jobs are checked against them when they are requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<job_sdk::Param>>,
 }
 
 /// One class as listed by a plugin.
@@ -254,9 +261,10 @@ impl ReservedReport {
     }
 }
 
-/// Reads a report written by [`write_report`]; `Ok(None)` when there is none.
+/// Reads a report written by [`write_report`]; `Ok(None)` when there is none. At most
+/// [`crate::files::MAX_REPORT_BYTES`] are read, and only from a regular file.
 pub fn read_report<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    match std::fs::read(path) {
+    match crate::files::read_capped(path, crate::files::MAX_REPORT_BYTES, "a report") {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),

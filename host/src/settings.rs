@@ -935,7 +935,12 @@ impl Settings {
 impl RawSettings {
     /// Reads and parses a settings file.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+        let text = crate::files::read_capped_text(
+            path,
+            crate::files::MAX_SETTINGS_BYTES,
+            "a settings file",
+        )
+        .map_err(|source| SettingsError::Read {
             path: path.to_path_buf(),
             source,
         })?;

@@ -110,8 +110,8 @@ mod plugin;
 pub use context::JobContext;
 pub use error::{JobError, JobResult};
 pub use ffi::ErrorKind;
-pub use params::NoParams;
-pub use plugin::{JobClass, Methods, Plugin};
+pub use params::{check_params, NoParams, Param};
+pub use plugin::{JobClass, Methods, Plugin, PARAMS_QUERY};
 
 /// The version of this SDK, recorded in every plugin built against it.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");

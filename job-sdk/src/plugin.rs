@@ -15,8 +15,16 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     ffi::{ClassInfo, ErrorKind, FfiError, Invocation, MethodInfo},
-    params, JobContext, JobError,
+    params::{self, Param},
+    JobContext, JobError,
 };
+
+/// The class the host invokes to ask a plugin which params its methods declare: the result
+/// is [`Plugin::declared_params`], and no plugin code runs. It is no valid class name (the
+/// allowlist accepts only letters, digits, `_` and `\`), so no job can name it. Asked
+/// through `invoke` rather than a root-module field of its own, so that plugins built before
+/// it stay loadable: they answer that they offer no such class, and declare nothing.
+pub const PARAMS_QUERY: &str = "jobhost:params";
 
 /// A job class: a type whose methods are jobs.
 ///
@@ -36,6 +44,8 @@ type Handler = Box<dyn Fn(&JobContext<'_>, &str) -> Result<String, JobError> + S
 struct MethodEntry {
     name: &'static str,
     doc: &'static str,
+    /// The params the method declares, when its params type is a struct.
+    params: Option<Vec<Param>>,
     handler: Handler,
 }
 
@@ -61,8 +71,10 @@ impl<C: JobClass> Methods<C> {
         P: DeserializeOwned + 'static,
         R: Serialize + 'static,
     {
+        let declared = params::declared::<P>();
+        let checked = declared.clone();
         let handler = move |ctx: &JobContext<'_>, params_json: &str| {
-            let params = params::decode::<P>(params_json)
+            let params = params::decode::<P>(params_json, checked.as_deref())
                 .map_err(|e| JobError::with_kind(ErrorKind::InvalidParams, e))?;
             let result = method(&C::default(), ctx, params)?;
             serde_json::to_string(&result)
@@ -71,6 +83,7 @@ impl<C: JobClass> Methods<C> {
         self.entries.push(MethodEntry {
             name,
             doc,
+            params: declared,
             handler: Box::new(handler),
         });
         self
@@ -152,15 +165,25 @@ impl Plugin {
             .collect())
     }
 
-    /// Calls `class@method` with JSON params and returns the JSON result. Panics are not caught
-    /// here; the exported entry point catches them.
-    pub fn invoke(
-        &self,
-        class: &str,
-        method: &str,
-        params_json: &str,
-        ctx: &JobContext<'_>,
-    ) -> Result<String, JobError> {
+    /// The params every method declares, as JSON: `{class: {method: [param…] or null}}`
+    /// (null when a method declares none). What [`PARAMS_QUERY`] answers.
+    pub fn declared_params(&self) -> serde_json::Value {
+        let classes = self.classes.iter().map(|c| {
+            let methods = c.methods.iter().map(|m| {
+                (
+                    m.name.to_owned(),
+                    serde_json::to_value(&m.params).unwrap_or_default(),
+                )
+            });
+            (
+                c.name.to_owned(),
+                serde_json::Value::Object(methods.collect()),
+            )
+        });
+        serde_json::Value::Object(classes.collect())
+    }
+
+    fn method(&self, class: &str, method: &str) -> Result<&MethodEntry, JobError> {
         let entry = self
             .classes
             .iter()
@@ -171,7 +194,7 @@ impl Plugin {
                     format!("this plugin does not offer class `{class}`"),
                 )
             })?;
-        let m = entry
+        entry
             .methods
             .iter()
             .find(|m| m.name == method)
@@ -180,8 +203,22 @@ impl Plugin {
                     ErrorKind::UnknownMethod,
                     format!("class `{class}` has no method `{method}`"),
                 )
-            })?;
-        (m.handler)(ctx, params_json)
+            })
+    }
+
+    /// Calls `class@method` with JSON params and returns the JSON result. Panics are not caught
+    /// here; the exported entry point catches them.
+    pub fn invoke(
+        &self,
+        class: &str,
+        method: &str,
+        params_json: &str,
+        ctx: &JobContext<'_>,
+    ) -> Result<String, JobError> {
+        if class == PARAMS_QUERY {
+            return Ok(self.declared_params().to_string());
+        }
+        (self.method(class, method)?.handler)(ctx, params_json)
     }
 }
 
@@ -228,4 +265,56 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a non-string panic payload")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Mailer;
+
+    #[derive(Deserialize)]
+    struct Send {
+        to: String,
+        subject: Option<String>,
+    }
+
+    impl Mailer {
+        fn send(&self, _: &JobContext<'_>, params: Send) -> Result<String, JobError> {
+            Ok(format!(
+                "{}{}",
+                params.to,
+                params.subject.unwrap_or_default()
+            ))
+        }
+
+        fn raw(&self, _: &JobContext<'_>, params: Value) -> Result<Value, JobError> {
+            Ok(params)
+        }
+    }
+
+    impl JobClass for Mailer {
+        const NAME: &'static str = r"App\Mailer";
+        fn methods(methods: &mut Methods<Self>) {
+            methods
+                .add("send", "", Self::send)
+                .add("raw", "", Self::raw);
+        }
+    }
+
+    #[test]
+    fn the_params_query_lists_what_each_method_declares() {
+        let plugin = Plugin::new().class::<Mailer>();
+        assert_eq!(
+            plugin.declared_params(),
+            json!({r"App\Mailer": {
+                "send": [{"name": "to", "required": true}, {"name": "subject", "required": false}],
+                "raw": null,
+            }})
+        );
+    }
 }

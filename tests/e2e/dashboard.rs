@@ -53,7 +53,7 @@ impl Reply {
     }
 
     /// The page's CSRF token, from `<meta name="csrf-token">`.
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let marker = r#"<meta name="csrf-token" content=""#;
         let start = self.body.find(marker).expect("a csrf-token meta tag") + marker.len();
         let len = self.body[start..].find('"').unwrap();
@@ -89,7 +89,7 @@ pub(crate) enum As<'a> {
 impl Dashboard {
     /// Starts `jobhost serve` with the dashboard on a free port, the admin token [`TOKEN`]
     /// unless `extra` settings say otherwise.
-    fn start(extra: &str) -> Self {
+    pub(crate) fn start(extra: &str) -> Self {
         let host = Host::standard();
         Self::start_in(host, &format!("web.admin_token = \"{TOKEN}\"\n{extra}"))
     }
@@ -133,7 +133,7 @@ impl Dashboard {
     }
 
     /// A form POST.
-    fn post_form(&self, path: &str, who: As<'_>, fields: &[(&str, &str)]) -> Reply {
+    pub(crate) fn post_form(&self, path: &str, who: As<'_>, fields: &[(&str, &str)]) -> Reply {
         let request = self.agent.post(self.url(path));
         let request = match who {
             As::Nobody => request,
@@ -144,7 +144,7 @@ impl Dashboard {
     }
 
     /// A JSON POST (`body` None: no body), with extra headers.
-    fn post_json(
+    pub(crate) fn post_json(
         &self,
         path: &str,
         who: As<'_>,

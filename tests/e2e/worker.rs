@@ -12,7 +12,7 @@ fn run_worker_directly(host: &Host, class: &str, method: &str, plugin: &std::pat
 
 /// Runs `jobhost __worker` with a request for `class@method`, the request fields `extra`
 /// added, and `stdin` as its input; returns its report.
-fn run_worker_with(
+pub(crate) fn run_worker_with(
     host: &Host,
     class: &str,
     method: &str,

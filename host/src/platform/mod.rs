@@ -123,13 +123,12 @@ impl FileLock {
         Self::held(file, "")
     }
 
+    /// Opens (creating) the lock file at `path`: never blocking on a FIFO, and only a regular
+    /// file.
     fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).read(true).write(true);
+        crate::files::open_regular(&mut options, path, "a lock file")
     }
 
     fn held(file: std::fs::File, note: &str) -> std::io::Result<Self> {
@@ -147,7 +146,8 @@ impl FileLock {
     /// Whether somebody holds the lock on `path` now. Looks without taking it for long and
     /// without changing the file: a shared lock cannot be had while the lock is held.
     pub fn is_held(path: &std::path::Path) -> bool {
-        let Ok(file) = std::fs::File::open(path) else {
+        let mut options = std::fs::OpenOptions::new();
+        let Ok(file) = crate::files::open_regular(options.read(true), path, "a lock file") else {
             return false;
         };
         match file.try_lock_shared() {
@@ -162,15 +162,20 @@ impl FileLock {
 
     /// The pid written by whoever holds (or last held) the lock on `path`.
     pub fn holder(path: &std::path::Path) -> Option<u32> {
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = Self::read(path)?;
         text.lines().next()?.trim().parse().ok()
     }
 
     /// The note written by whoever holds (or last held) the lock on `path` (see
     /// [`FileLock::try_acquire_noted`]); empty when it wrote none.
     pub fn holder_note(path: &std::path::Path) -> Option<String> {
-        let text = std::fs::read_to_string(path).ok()?;
+        let text = Self::read(path)?;
         Some(text.lines().nth(1).unwrap_or_default().trim().to_owned())
+    }
+
+    /// What the lock file at `path` says, if it is a regular file of a lock file's size.
+    fn read(path: &std::path::Path) -> Option<String> {
+        crate::files::read_capped_text(path, crate::files::MAX_STATE_FILE_BYTES, "a lock file").ok()
     }
 }
 

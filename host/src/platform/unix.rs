@@ -4,7 +4,8 @@
 //! vfork path); the worker makes itself a session leader (`setsid`) as its first act, which
 //! gives it its own process group, no controlling terminal and so no SIGHUP when the caller's
 //! terminal goes away: the spec's `nohup … &`. Until it has done so the group does not exist
-//! yet, so a stop falls back to signalling the child itself. The supervisor waits on a pidfd,
+//! yet, so a stop falls back to signalling the child itself, through its pidfd: a worker is
+//! never signalled by a bare pid (see [`Worker::signal`]). The supervisor waits on a pidfd,
 //! the output pipe and the cancel token with one `poll`, so it wakes for events, never on a
 //! timer, except for the deadline it is enforcing.
 
@@ -25,7 +26,7 @@ use rustix::{
     fs::{Mode, OFlags},
     io::Errno,
     pipe::{pipe_with, PipeFlags},
-    process::{kill_process, kill_process_group, pidfd_open, Pid, PidfdFlags, Signal},
+    process::{kill_process_group, pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal},
 };
 
 use super::{
@@ -127,14 +128,17 @@ pub fn adopt_orphans() -> io::Result<()> {
 
 /// Kills every descendant of this process and reaps them, until it has no child left. Meant
 /// for a process made a reaper by [`adopt_orphans`]: killing a child re-parents the child's
-/// own children to it, so repeating until none is left ends the whole tree. Each one killed is
-/// a child not yet waited for, so its pid cannot have been reused.
+/// own children to it, so repeating until none is left ends the whole tree. Each one is a
+/// child not yet waited for, so its pid cannot have been reused; it is still signalled through
+/// a pidfd, as every process jobhost stops is.
 pub fn kill_adopted() {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     loop {
         for child in children_of(me) {
-            if let Some(pid) = Pid::from_raw(child) {
-                let _ = kill_process(pid, Signal::KILL);
+            if let Some(pidfd) =
+                Pid::from_raw(child).and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+            {
+                let _ = pidfd_send_signal(&pidfd, Signal::KILL);
             }
         }
         match rustix::process::waitpid(None, rustix::process::WaitOptions::empty()) {
@@ -279,9 +283,13 @@ pub fn supervise(
     release(child.stdin.take(), go);
     let raw_pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("child pid 0"))?;
     let pidfd = pidfd_open(raw_pid, PidfdFlags::empty())?;
+    let worker = Worker {
+        pidfd: &pidfd,
+        pid: raw_pid,
+        our_child: true,
+    };
     let stopped = watch(
-        &pidfd,
-        raw_pid,
+        &worker,
         Some(read),
         started + options.timeout,
         options.kill_grace,
@@ -290,7 +298,7 @@ pub fn supervise(
     )?;
     // The worker is a zombie until waited for, so its pid (and group id) cannot have been
     // reused: killing the group now reaches only what the job left behind.
-    signal_tree(raw_pid, Signal::KILL);
+    worker.signal(Signal::KILL);
     let status = child.wait()?;
     let exit = match status.signal() {
         Some(signal) => ExitKind::Signaled(signal),
@@ -324,16 +332,22 @@ pub fn adopt(
         Err(Errno::SRCH) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    let worker = Worker {
+        pidfd: &pidfd,
+        pid: raw_pid,
+        our_child: false,
+    };
     let stopped = watch(
-        &pidfd,
-        raw_pid,
+        &worker,
         output,
         Instant::now() + time_left,
         kill_grace,
         cancel,
         sink,
     )?;
-    signal_tree(raw_pid, Signal::KILL);
+    // Not our child: its parent has reaped it by now, or will at any moment, and then its
+    // pid, and group id, may name another process. What it left behind in its group is not
+    // signalled: only a stop, while it runs, reaches its group.
     Ok(stopped)
 }
 
@@ -394,8 +408,7 @@ pub fn on_termination(handler: impl Fn() + Send + Sync + 'static) -> io::Result<
 /// The loop shared by [`supervise`] and [`adopt`]: one `poll` over the pidfd, the output and
 /// the cancel token, waking for events and for the one deadline being enforced.
 fn watch(
-    pidfd: &OwnedFd,
-    pid: Pid,
+    worker: &Worker<'_>,
     output: Option<OwnedFd>,
     deadline: Instant,
     kill_grace: Duration,
@@ -417,11 +430,11 @@ fn watch(
             } else {
                 StopReason::Cancelled
             });
-            signal_tree(pid, Signal::TERM);
+            worker.signal(Signal::TERM);
             kill_at = Some(now + kill_grace);
         }
         if kill_at.is_some_and(|at| now >= at) {
-            signal_tree(pid, Signal::KILL);
+            worker.signal(Signal::KILL);
             kill_at = None;
         }
         let wake_at = match (stopped, kill_at) {
@@ -436,7 +449,7 @@ fn watch(
         } else {
             None
         };
-        let mut fds: Vec<PollFd<'_>> = [Some(pidfd), output.as_ref(), watched_cancel]
+        let mut fds: Vec<PollFd<'_>> = [Some(worker.pidfd), output.as_ref(), watched_cancel]
             .into_iter()
             .flatten()
             .map(|fd| PollFd::new(fd, PollFlags::IN))
@@ -481,10 +494,38 @@ fn drain(fd: &OwnedFd, buf: &mut [u8], sink: &mut dyn OutputSink) -> io::Result<
     }
 }
 
-/// Signals the child's process group; before the child has made its group, the child alone.
-fn signal_tree(pid: Pid, signal: Signal) {
-    if kill_process_group(pid, signal).is_err() {
-        let _ = kill_process(pid, signal);
+/// A worker being watched, signalled only through its pidfd: never a bare pid that may have
+/// been reused by another process.
+struct Worker<'a> {
+    pidfd: &'a OwnedFd,
+    pid: Pid,
+    /// Whether it is this process's child, not yet waited for: then its pid stays its own
+    /// (alive, or a zombie) until this process waits for it.
+    our_child: bool,
+}
+
+impl Worker<'_> {
+    /// Signals the worker's process group (the worker, once it has made its own, and what its
+    /// job started), but only while the group id is known to be the worker's: it is our
+    /// unreaped child, or its pidfd says it has not ended. Before it has made its group, and
+    /// whenever the group cannot be signalled, the worker alone, through its pidfd (a no-op
+    /// once it has ended).
+    fn signal(&self, signal: Signal) {
+        let group_is_its = self.our_child || !has_ended(self.pidfd);
+        if !(group_is_its && kill_process_group(self.pid, signal).is_ok()) {
+            let _ = pidfd_send_signal(self.pidfd, signal);
+        }
+    }
+}
+
+/// Whether the process of `pidfd` has ended (its pidfd is readable then).
+fn has_ended(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = timespec(Duration::ZERO);
+    match poll(&mut fds, Some(&zero)) {
+        Ok(n) => n > 0,
+        // Unknown: treat it as ended, so that nothing is signalled by number.
+        Err(_) => true,
     }
 }
 
@@ -579,5 +620,79 @@ pub fn detach_self() -> io::Result<()> {
     match rustix::process::setsid() {
         Ok(_) | Err(Errno::PERM) => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+
+    use super::*;
+
+    /// A process group of two `sleep 600`: its leader, and a member in the leader's group (a
+    /// child of the test, so that the test learns which signal ended it).
+    fn group() -> (std::process::Child, std::process::Child) {
+        let leader = Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let member = Command::new("sleep")
+            .arg("600")
+            .process_group(leader.id() as i32)
+            .spawn()
+            .unwrap();
+        (leader, member)
+    }
+
+    /// Ends `member` with SIGTERM and says which signal ended it: SIGKILL if one sent earlier
+    /// reached it.
+    fn ending_signal(mut member: std::process::Child) -> Option<i32> {
+        let pid = Pid::from_raw(member.id() as i32).unwrap();
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
+        pidfd_send_signal(&pidfd, Signal::TERM).unwrap();
+        member.wait().unwrap().signal()
+    }
+
+    #[test]
+    fn a_worker_that_ended_is_never_signalled_by_its_number() {
+        let (mut leader, member) = group();
+        let pid = Pid::from_raw(leader.id() as i32).unwrap();
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
+        let adopted = Worker {
+            pidfd: &pidfd,
+            pid,
+            our_child: false,
+        };
+        assert!(!has_ended(&pidfd));
+        // The leader ends and is reaped: from now on its number may be anyone's.
+        pidfd_send_signal(&pidfd, Signal::KILL).unwrap();
+        leader.wait().unwrap();
+        assert!(has_ended(&pidfd));
+        adopted.signal(Signal::KILL);
+        assert_eq!(
+            ending_signal(member),
+            Some(Signal::TERM.as_raw()),
+            "a group whose leader ended is not signalled by number"
+        );
+    }
+
+    #[test]
+    fn a_running_worker_is_stopped_with_its_whole_group() {
+        let (mut leader, member) = group();
+        let pid = Pid::from_raw(leader.id() as i32).unwrap();
+        let pidfd = pidfd_open(pid, PidfdFlags::empty()).unwrap();
+        let adopted = Worker {
+            pidfd: &pidfd,
+            pid,
+            our_child: false,
+        };
+        adopted.signal(Signal::KILL);
+        assert_eq!(leader.wait().unwrap().signal(), Some(Signal::KILL.as_raw()));
+        assert_eq!(
+            ending_signal(member),
+            Some(Signal::KILL.as_raw()),
+            "the group member was killed with its leader"
+        );
     }
 }

@@ -253,9 +253,21 @@ pub fn supervise(
     let mut child = command.spawn()?;
     drop(command);
     // A process the worker started before this line would escape the job; the worker starts
-    // none before it has loaded the plugin, which takes far longer.
+    // none before it has loaded the plugin, which takes far longer (and nothing before its
+    // go-ahead, which comes after).
     // SAFETY: both handles are valid; the child has not been waited for.
-    unsafe { AssignProcessToJobObject(raw(&job), raw(&child)) };
+    if unsafe { AssignProcessToJobObject(raw(&job), raw(&child)) } == 0 {
+        let error = io::Error::last_os_error();
+        // Outside a job it could not be stopped with what it starts: it never gets its
+        // go-ahead, and goes now.
+        // SAFETY: the child's handle is valid; it has not been waited for.
+        unsafe { TerminateProcess(raw(&child), 1) };
+        let _ = child.wait();
+        return Err(io::Error::new(
+            error.kind(),
+            format!("cannot put the worker in a Job Object, so it was not started: {error}"),
+        ));
+    }
     let pid = child.id();
     let go = on_spawn(pid);
     release(child.stdin.take(), go);
@@ -272,14 +284,10 @@ pub fn supervise(
                 // SAFETY: the event handle is valid for this scope.
                 unsafe { SetEvent(raw(&stop_event)) };
             },
-            || {
-                // SAFETY: the job handle is valid for this scope.
-                unsafe { TerminateJobObject(raw(&job), 1) };
-            },
+            || terminate(&job, &child),
         );
         // Whatever the job left behind goes now, which also closes the pipe's last writers.
-        // SAFETY: the job handle is valid for this scope.
-        unsafe { TerminateJobObject(raw(&job), 1) };
+        terminate(&job, &child);
         let pumped = reader
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -298,6 +306,17 @@ pub fn supervise(
         exit,
         stopped,
     })
+}
+
+/// Ends everything in `job`, and `child` itself (in it, but a stop must not depend on that):
+/// what a stop forces.
+fn terminate(job: &OwnedHandle, child: &std::process::Child) {
+    // SAFETY: both handles are valid while the caller holds them; the child has not been
+    // waited for, so its handle names it (terminating one that ended does nothing).
+    unsafe {
+        TerminateJobObject(raw(job), 1);
+        TerminateProcess(raw(child), 1);
+    }
 }
 
 /// Copies what the child writes into `sink` until the pipe closes.
@@ -516,7 +535,11 @@ pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
 
 /// A connection to the doorbell at `path`; `None` when nobody is listening there.
 fn connect_doorbell(path: &Path) -> io::Result<Option<TcpStream>> {
-    let port: u16 = match std::fs::read_to_string(path) {
+    let port: u16 = match crate::files::read_capped_text(
+        path,
+        crate::files::MAX_STATE_FILE_BYTES,
+        "a doorbell file",
+    ) {
         Ok(text) => match text.trim().parse() {
             Ok(port) => port,
             Err(_) => return Ok(None),

@@ -165,7 +165,10 @@ impl From<DispatchError> for Failure {
     fn from(e: DispatchError) -> Self {
         match e {
             DispatchError::BadInput(_) => Failure::BadInput(e.to_string()),
-            DispatchError::Refused(_) => Failure::Refused(e.to_string()),
+            // Without a valid allowlist in force (a removed file) nothing is approved.
+            DispatchError::Refused(_) | DispatchError::Allowlist(_) => {
+                Failure::Refused(e.to_string())
+            }
             DispatchError::Store(store) => store.into(),
             other => Failure::Internal(format!("{:#}", anyhow::Error::from(other))),
         }

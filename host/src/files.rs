@@ -1,0 +1,192 @@
+//! Reading the files jobhost reads whole — settings, the allowlist, the plugin catalog, the
+//! reports its children write, lock and health files — without trusting what is at the path.
+//!
+//! A path may name a FIFO (opening it for reading would wait for a writer), a device such as
+//! `/dev/zero` (endless) or a file far larger than any the host writes. [`read_capped`] opens
+//! without blocking, accepts only a regular file (after following symlinks), and reads at most
+//! a limit, so none of these can hang a process or exhaust its memory; each gets one error
+//! naming the file, what is wrong and what to do. The limits are in `docs/limits.md`.
+
+use std::{
+    io::{self, Read},
+    path::Path,
+};
+
+/// The largest settings file (`jobhost.toml`) read.
+pub const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
+/// The largest allowlist file read.
+pub const MAX_ALLOWLIST_BYTES: u64 = 1024 * 1024;
+/// The largest report read: one a child process writes (a worker's result, an inspector's
+/// listing), and the plugin catalog (`catalog.json`), written the same way.
+pub const MAX_REPORT_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest small state file read: a lock file, the health file, a doorbell's port.
+pub const MAX_STATE_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the whole file at `path`, at most `limit` bytes of it. `what` says what the file is
+/// (`"a settings file"`), for the error. Opens without blocking, and refuses anything but a
+/// regular file: a FIFO, a device, a directory or a socket is an
+/// [`io::ErrorKind::InvalidInput`] error; a file over `limit` an [`io::ErrorKind::FileTooLarge`]
+/// error. Both messages say what is wrong and what to do; the caller's error names the file
+/// (`cannot read settings file PATH: it is a FIFO …`). A missing file is the usual
+/// [`io::ErrorKind::NotFound`].
+pub fn read_capped(path: &Path, limit: u64, what: &str) -> io::Result<Vec<u8>> {
+    let file = open_regular(std::fs::OpenOptions::new().read(true), path, what)?;
+    let too_big = |len: u64| {
+        io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!(
+                "it is {len} bytes, over the limit of {limit} bytes for {what}: name the right \
+                 file, or make it smaller"
+            ),
+        )
+    };
+    let len = file.metadata()?.len();
+    if len > limit {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    // One byte over the limit tells a file that grew since the `fstat` from one that did not.
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`], as UTF-8 text.
+pub fn read_capped_text(path: &Path, limit: u64, what: &str) -> io::Result<String> {
+    String::from_utf8(read_capped(path, limit, what)?).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("it is not UTF-8 text: {e}"),
+        )
+    })
+}
+
+/// Opens `path` with `options`, never waiting for a FIFO's other end (`O_NONBLOCK` on Unix,
+/// which changes nothing for a regular file) nor making a terminal the controlling one
+/// (`O_NOCTTY`), and checks that it is a regular file.
+pub fn open_regular(
+    options: &mut std::fs::OpenOptions,
+    path: &Path,
+    what: &str,
+) -> io::Result<std::fs::File> {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        options,
+        (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
+    );
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "it is {}, not a regular file: {what} must be a regular file",
+            describe(&kind)
+        ),
+    ))
+}
+
+/// Creates the directory `path` and any missing parents, each owner-only (mode 0700 on Unix:
+/// the state directory holds the queue, the dashboard's login URL and every job's params and
+/// output). A directory that exists already is left as it is (see [`loose_permissions`]).
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
+/// The permission bits of the directory `path` when others than its owner may use it (Unix),
+/// so that the dispatcher can warn about a state directory made by hand or by an earlier
+/// version; `None` when it is owner-only, or cannot be looked at.
+pub fn loose_permissions(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// What kind of file `kind` is, for people.
+fn describe(kind: &std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_regular_file_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_capped(&path, 5, "a settings file").unwrap(), b"12345");
+        let err = read_capped(&path, 4, "a settings file").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+        let message = err.to_string();
+        assert!(
+            message.contains("5 bytes, over the limit of 4 bytes"),
+            "{message}"
+        );
+        assert_eq!(
+            read_capped(&dir.path().join("none"), 4, "a settings file")
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn a_directory_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_capped(dir.path(), 4, "an allowlist").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("a directory"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_and_a_device_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+        let err = read_capped(&fifo, 4, "an allowlist").unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        let err = read_capped(Path::new("/dev/zero"), 4, "an allowlist").unwrap_err();
+        assert!(err.to_string().contains("a device"), "{err}");
+    }
+}
