@@ -19,11 +19,11 @@ use serde_json::Value;
 
 /// How long a command may take before it counts as hung: far beyond what it needs on a loaded
 /// machine, so only a real hang reaches it.
-const HANG: Duration = Duration::from_secs(60);
+pub(crate) const HANG: Duration = Duration::from_secs(60);
 
 /// Runs `command` to its end, killing it if it has not ended within [`HANG`]: a command that
 /// hangs fails the test instead of hanging it.
-fn bounded(what: &str, mut command: Command) -> Run {
+pub(crate) fn bounded(what: &str, mut command: Command) -> Run {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().unwrap();
     let n = N.fetch_add(1, Ordering::Relaxed);
@@ -67,10 +67,10 @@ fn run(host: &Host, args: &[&str]) -> Run {
 
 /// A named pipe. When it goes, it is opened for writing once, which lets go of any reader
 /// blocked opening it (so a failing test leaves no process stuck), then removed.
-struct Fifo(PathBuf);
+pub(crate) struct Fifo(PathBuf);
 
 impl Fifo {
-    fn new(path: PathBuf) -> Self {
+    pub(crate) fn new(path: PathBuf) -> Self {
         let made = Command::new("mkfifo").arg(&path).status().unwrap();
         assert!(made.success(), "mkfifo {}", path.display());
         Self(path)
@@ -88,7 +88,7 @@ impl Drop for Fifo {
 }
 
 /// The catalog's entry for the file named `name`, from `jobhost plugins --json`.
-fn entry(inventory: &Value, name: &str) -> Value {
+pub(crate) fn entry(inventory: &Value, name: &str) -> Value {
     inventory["files"]
         .as_array()
         .unwrap()
@@ -100,7 +100,7 @@ fn entry(inventory: &Value, name: &str) -> Value {
 
 /// The reason the file named `name` was rejected, checked to be one line that names no file
 /// of jobhost's own (a snapshot, the state directory).
-fn reason(inventory: &Value, name: &str) -> String {
+pub(crate) fn reason(inventory: &Value, name: &str) -> String {
     let file = entry(inventory, name);
     assert_eq!(file["status"], "rejected", "{name}: {file:#}");
     let reason = file["reason"].as_str().unwrap().to_owned();
@@ -114,7 +114,7 @@ fn reason(inventory: &Value, name: &str) -> String {
     reason
 }
 
-fn assert_starts(reason: &str, start: &str) {
+pub(crate) fn assert_starts(reason: &str, start: &str) {
     assert!(
         reason.starts_with(start),
         "expected {start:?}…, got {reason:?}"
@@ -122,7 +122,7 @@ fn assert_starts(reason: &str, start: &str) {
 }
 
 /// A job of an example plugin runs to completion.
-fn welcome_email_runs(host: &Host) {
+pub(crate) fn welcome_email_runs(host: &Host) {
     run(
         host,
         &[

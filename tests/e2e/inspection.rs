@@ -15,14 +15,14 @@ use jobhost_e2e::{alive, blake3_hex, built_library, versioned_build, wait_for, H
 use serde_json::Value;
 
 /// The fixtures whose static constructor misbehaves (plugins/fixtures/constructor-*).
-const CONSTRUCTOR_SLEEP: &str = "constructor_sleep_fixture";
-const CONSTRUCTOR_FORK: &str = "constructor_fork_fixture";
-const CONSTRUCTOR_CRASH: &str = "constructor_crash_fixture";
-const CONSTRUCTOR_EXIT: &str = "constructor_exit_fixture";
+pub(crate) const CONSTRUCTOR_SLEEP: &str = "constructor_sleep_fixture";
+pub(crate) const CONSTRUCTOR_FORK: &str = "constructor_fork_fixture";
+pub(crate) const CONSTRUCTOR_CRASH: &str = "constructor_crash_fixture";
+pub(crate) const CONSTRUCTOR_EXIT: &str = "constructor_exit_fixture";
 /// The environment variable the fork fixture appends its forked child's pid to.
-const FORKED_PIDS: &str = "JOBHOST_FIXTURE_FORKED_PIDS";
+pub(crate) const FORKED_PIDS: &str = "JOBHOST_FIXTURE_FORKED_PIDS";
 /// How long the sleep fixture's constructor sleeps: every bound asserted here is well below it.
-const CONSTRUCTOR_SLEEPS: Duration = Duration::from_secs(60);
+pub(crate) const CONSTRUCTOR_SLEEPS: Duration = Duration::from_secs(60);
 
 /// `jobhost plugins --json`, expected to succeed.
 fn listing(host: &Host) -> Value {
@@ -148,7 +148,7 @@ fn a_timed_out_inspection_is_retried_when_the_same_bytes_are_installed_again() {
 }
 
 /// The pids the fork fixture wrote, once it wrote `count` of them.
-fn forked_pids(list: &Path, count: usize) -> Vec<u32> {
+pub(crate) fn forked_pids(list: &Path, count: usize) -> Vec<u32> {
     wait_for("the fork fixture's pids", Duration::from_secs(60), || {
         let text = fs::read_to_string(list).ok()?;
         let pids: Vec<u32> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
@@ -157,7 +157,7 @@ fn forked_pids(list: &Path, count: usize) -> Vec<u32> {
 }
 
 /// Waits until every process in `pids` is gone, killing what is left when they are not.
-fn wait_gone(pids: &[u32]) {
+pub(crate) fn wait_gone(pids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && pids.iter().any(|&pid| alive(pid)) {
         std::thread::sleep(Duration::from_millis(20));
