@@ -63,6 +63,19 @@ pub fn read_capped_text(path: &Path, limit: u64, what: &str) -> io::Result<Strin
     })
 }
 
+/// `options` made to open without waiting for a FIFO's other end (`O_NONBLOCK` on Unix, which
+/// changes nothing for a regular file) and without making a terminal the controlling one
+/// (`O_NOCTTY`): a path that turned into something other than a file since it was looked at
+/// cannot hang the process that opens it.
+pub fn without_blocking(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        options,
+        (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
+    );
+    options
+}
+
 /// Opens `path` with `options`, never waiting for a FIFO's other end (`O_NONBLOCK` on Unix,
 /// which changes nothing for a regular file) nor making a terminal the controlling one
 /// (`O_NOCTTY`), and checks that it is a regular file.
@@ -71,12 +84,7 @@ pub fn open_regular(
     path: &Path,
     what: &str,
 ) -> io::Result<std::fs::File> {
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(
-        options,
-        (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32,
-    );
-    let file = options.open(path)?;
+    let file = without_blocking(options).open(path)?;
     let kind = file.metadata()?.file_type();
     if kind.is_file() {
         return Ok(file);

@@ -42,7 +42,9 @@ impl Candidate {
     pub fn open(path: &Path, limit: u64) -> Result<Self, Reason> {
         let meta = std::fs::metadata(path).map_err(|e| unresolved(path, &e))?;
         regular(&meta, path)?;
-        let file = open_nonblocking(path).map_err(|e| Reason::unreadable(&e))?;
+        let file = crate::files::without_blocking(std::fs::OpenOptions::new().read(true))
+            .open(path)
+            .map_err(|e| Reason::unreadable(&e))?;
         // The file opened, not the name looked at: it may have been swapped in between.
         let meta = file.metadata().map_err(|e| Reason::unreadable(&e))?;
         regular(&meta, path)?;
@@ -154,24 +156,6 @@ fn regular(meta: &std::fs::Metadata, path: &Path) -> Result<(), Reason> {
     #[cfg(not(unix))]
     let _ = path;
     Err(Reason::not_regular())
-}
-
-/// Opens `path` for reading without blocking, should it have become a named pipe since it
-/// was looked at, and without making a terminal its controlling terminal.
-#[cfg(unix)]
-fn open_nonblocking(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)
-}
-
-/// Opens `path` for reading (Windows has no named pipes in directories).
-#[cfg(not(unix))]
-fn open_nonblocking(path: &Path) -> std::io::Result<File> {
-    File::open(path)
 }
 
 /// The executable formats a plugin file may be in.
