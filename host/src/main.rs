@@ -339,6 +339,9 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
         return Ok(0);
     }
     let since = |millis| local_time(millis).unwrap_or_default();
+    // File names, reasons and docs come from the plugin directory and the plugins: hidden and
+    // right-to-left characters in them are shown as escapes, never acted on by the terminal.
+    let shown = |text: &str| jobhost::text::visible(text, jobhost::text::Escape::Text).into_owned();
     writeln!(out, "plugin directory: {}", inventory.dir.display())?;
     // Mark what the allowlist does not approve: offered, but refused if asked for.
     let allowlist = inventory.allowlist(settings);
@@ -373,20 +376,21 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
         writeln!(out, "  (none)")?;
     }
     for class in &classes {
-        let file = class.file.file_name().unwrap_or_default().to_string_lossy();
+        let file = shown(&class.file.file_name().unwrap_or_default().to_string_lossy());
         writeln!(
             out,
             "  {}  {file}  blake3 {}  since {}",
-            class.class,
+            shown(class.class),
             short(class.hash),
             since(class.since)
         )?;
     }
     for (class, files) in inventory.conflicts() {
-        let names: Vec<String> = files.iter().map(|f| f.file_name()).collect();
+        let names: Vec<String> = files.iter().map(|f| shown(&f.file_name())).collect();
         writeln!(
             out,
-            "  warning: {class} is offered by {}; the first serves",
+            "  warning: {} is offered by {}; the first serves",
+            shown(class),
             names.join(", ")
         )?;
     }
@@ -395,7 +399,7 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
         writeln!(out, "\n(no plugin files)")?;
     }
     for file in &inventory.files {
-        let name = file.file_name();
+        let name = shown(&file.file_name());
         match &file.status {
             FileStatus::Plugin { sdk_version, .. } => {
                 writeln!(
@@ -404,7 +408,9 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
                     short(&file.hash)
                 )?;
             }
-            FileStatus::Rejected { reason } => writeln!(out, "\n{name}  REJECTED: {reason}")?,
+            FileStatus::Rejected { reason } => {
+                writeln!(out, "\n{name}  REJECTED: {}", shown(reason.as_str()))?;
+            }
         }
         let Some(version) = &file.active else {
             continue;
@@ -418,14 +424,24 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
             )?;
         }
         for class in &version.classes {
-            writeln!(out, "  {}{}", class.name, doc_suffix(&class.doc))?;
+            writeln!(
+                out,
+                "  {}{}",
+                shown(&class.name),
+                shown(&doc_suffix(&class.doc))
+            )?;
             for method in &class.methods {
                 let mark = if unapproved(&class.name, &method.name) {
                     "  [not in the allowlist]"
                 } else {
                     ""
                 };
-                writeln!(out, "    @{}{}{mark}", method.name, doc_suffix(&method.doc))?;
+                writeln!(
+                    out,
+                    "    @{}{}{mark}",
+                    shown(&method.name),
+                    shown(&doc_suffix(&method.doc))
+                )?;
                 if let Some(params) = &method.params {
                     writeln!(out, "      params: {}", params_summary(params))?;
                 }

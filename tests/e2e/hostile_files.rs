@@ -488,3 +488,21 @@ fn a_reason_from_the_dynamic_loader_names_the_users_file_not_jobhosts_copy() {
     );
     assert_starts(&reason, &expected);
 }
+
+#[test]
+fn a_file_name_with_a_right_to_left_override_is_listed_escaped() {
+    let host = Host::standard();
+    host.write("plugins/evil\u{202E}os.txt.so", "not a library\n");
+    let listed = run(&host, &["plugins"]);
+    listed.expect_code(0);
+    assert!(
+        listed.stdout.contains("evil\\u{202E}os.txt.so  REJECTED: "),
+        "{}",
+        listed.stdout
+    );
+    assert!(!listed.stdout.contains('\u{202E}'), "{}", listed.stdout);
+    // As data, the name stays exact.
+    let json = run(&host, &["plugins", "--json"]);
+    json.expect_code(0);
+    entry(&json.json(), "evil\u{202E}os.txt.so");
+}
