@@ -376,8 +376,10 @@ impl Inventory {
         })
     }
 
-    /// Every class offered by more than one file's active version, with those files in name
-    /// order (the first serves).
+    /// Every class offered by active versions of different content, with the files offering
+    /// it in name order (the first serves). Files with the same content (two copies of one
+    /// build, the usual `libfoo.so -> libfoo-1.0.so` link) are no conflict: whichever serves,
+    /// the same code runs.
     pub fn conflicts(&self) -> BTreeMap<&str, Vec<&PluginFile>> {
         let mut offered: BTreeMap<&str, Vec<&PluginFile>> = BTreeMap::new();
         for file in &self.files {
@@ -385,7 +387,8 @@ impl Inventory {
                 offered.entry(class.name.as_str()).or_default().push(file);
             }
         }
-        offered.retain(|_, files| files.len() > 1);
+        let hash = |file: &PluginFile| file.active.as_ref().map(|v| v.hash.clone());
+        offered.retain(|_, files| files.iter().map(|f| hash(f)).collect::<BTreeSet<_>>().len() > 1);
         offered
     }
 

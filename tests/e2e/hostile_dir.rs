@@ -143,6 +143,15 @@ fn a_directory_of_every_hostile_file_at_once_is_listed_in_time_leaves_nothing_an
     ] {
         assert_eq!(entry(&cold, good)["status"], "plugin", "{good}: {cold:#}");
     }
+    // Each rejection is logged; the copies are the same code, so no class is offered twice.
+    let log = host.log("background_jobs.log");
+    assert!(
+        log.iter().any(|l| l.contains("Plugin rejected: "))
+            && log
+                .iter()
+                .all(|l| !l.contains("Plugin class offered twice")),
+        "{log:#?}"
+    );
     let listed = cold["files"].as_array().unwrap().len();
     assert_eq!(listed, 21, "every entry named like a library: {cold:#}");
 
