@@ -346,7 +346,8 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
     // Mark what the allowlist does not approve: offered, but refused if asked for.
     let allowlist = inventory.allowlist(settings);
     match (&allowlist, &inventory.allowlist) {
-        (Err(e), _) => writeln!(out, "allowlist: {e:#}")?,
+        // The error names the allowlist file itself.
+        (Err(e), _) => writeln!(out, "{e:#}")?,
         (Ok(list), Some(state)) => {
             writeln!(
                 out,

@@ -121,6 +121,14 @@ pub enum SettingsError {
         /// The value and its range.
         range: OutOfRange,
     },
+    /// A directory setting naming something that is not a directory (a file, a device).
+    #[error("{origin} is {}, not a directory: name a directory (or leave it out for the default)", path.display())]
+    NotADirectory {
+        /// Where: `--state-dir`, `environment variable JOBHOST_STATE_DIR`, `FILE: state_dir`.
+        origin: String,
+        /// The path it names.
+        path: PathBuf,
+    },
     /// A path given as the empty string, which would silently mean the current directory.
     #[error("{origin} is empty: give a path, or leave it out for the default")]
     EmptyPath {
@@ -635,19 +643,35 @@ impl Settings {
                     file: &Option<PathBuf>,
                     key: &str,
                     default: &str|
-         -> Result<PathBuf, SettingsError> {
-            let empty = |origin: String| Err(SettingsError::EmptyPath { origin });
-            match (flag, getenv(var), file) {
-                (Some(p), _, _) if p.as_os_str().is_empty() => empty(flag_name.to_owned()),
-                (Some(p), _, _) => Ok(cwd.join(p)),
-                (None, Some(v), _) if v.is_empty() => empty(format!("environment variable {var}")),
-                (None, Some(v), _) => Ok(cwd.join(v)),
-                (None, None, Some(p)) if p.as_os_str().is_empty() => {
-                    empty(format!("{}: {key}", in_file(&config_file)))
+         -> Result<(PathBuf, String), SettingsError> {
+            let (path, origin) = match (flag, getenv(var), file) {
+                (Some(p), _, _) => (cwd.join(p), flag_name.to_owned()),
+                (None, Some(v), _) => (cwd.join(v), format!("environment variable {var}")),
+                (None, None, Some(p)) => {
+                    (base.join(p), format!("{}: {key}", in_file(&config_file)))
                 }
-                (None, None, Some(p)) => Ok(base.join(p)),
-                (None, None, None) => Ok(base.join(default)),
+                (None, None, None) => {
+                    return Ok((base.join(default), format!("{key} (by default {default})")))
+                }
+            };
+            // `cwd.join("")` is the current directory: an empty value is refused instead.
+            let given = flag.as_deref().map(Path::as_os_str).map(|p| p.is_empty());
+            let empty = match (given, getenv(var), file) {
+                (Some(empty), _, _) => empty,
+                (None, Some(v), _) => v.is_empty(),
+                (None, None, Some(p)) => p.as_os_str().is_empty(),
+                (None, None, None) => false,
+            };
+            if empty {
+                return Err(SettingsError::EmptyPath { origin });
             }
+            Ok((path, origin))
+        };
+        // A directory setting that names something other than a directory is bad input, said
+        // once here for every command, not an I/O failure later.
+        let directory = |(path, origin): (PathBuf, String)| match std::fs::metadata(&path) {
+            Ok(meta) if !meta.is_dir() => Err(SettingsError::NotADirectory { origin, path }),
+            _ => Ok(path),
         };
         let (env_name, env_origin) = match (&overrides.env, getenv("JOBHOST_ENV"), raw.env) {
             (Some(name), _, _) => (name.clone(), "--env".to_owned()),
@@ -836,14 +860,14 @@ impl Settings {
             trusted_proxies: raw.web.trusted_proxies.unwrap_or(builtin.trusted_proxies),
         };
 
-        let state_dir = path(
+        let state_dir = directory(path(
             &overrides.state_dir,
             "--state-dir",
             "JOBHOST_STATE_DIR",
             &raw.state_dir,
             "state_dir",
             "storage/jobhost",
-        )?;
+        )?)?;
         let store = match (&overrides.store, getenv("JOBHOST_STORE"), &raw.store) {
             (Some(url), _, _) => Some(("--store".to_owned(), url.clone())),
             (None, Some(url), _) => Some(("JOBHOST_STORE".to_owned(), url)),
@@ -861,14 +885,14 @@ impl Settings {
             None => StoreLocation::Sqlite(state_dir.join(crate::store::sqlite::DB_FILE)),
         };
 
-        let plugin_dir = path(
+        let plugin_dir = directory(path(
             &overrides.plugin_dir,
             "--plugin-dir",
             "JOBHOST_PLUGIN_DIR",
             &raw.plugin_dir,
             "plugin_dir",
             "plugins",
-        )?;
+        )?)?;
         let allowlist = path(
             &overrides.allowlist,
             "--allowlist",
@@ -876,15 +900,16 @@ impl Settings {
             &raw.allowlist,
             "allowlist",
             "allowlist.toml",
-        )?;
-        let log_dir = path(
+        )?
+        .0;
+        let log_dir = directory(path(
             &overrides.log_dir,
             "--log-dir",
             "JOBHOST_LOG_DIR",
             &raw.log_dir,
             "log_dir",
             "storage/logs",
-        )?;
+        )?)?;
         Ok(Settings {
             work_dir: base.clone(),
             config_file,

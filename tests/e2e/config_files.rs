@@ -312,3 +312,46 @@ fn the_dashboard_refuses_every_job_while_the_allowlist_is_removed() {
         )
     );
 }
+
+#[test]
+fn a_directory_setting_that_names_a_file_or_a_device_is_bad_input_for_every_command() {
+    let host = Host::standard();
+    let file = host.write("not-a-dir", "a file\n");
+    let file = file.to_str().unwrap();
+    for (how, args, env) in [
+        (
+            "--state-dir",
+            vec!["--state-dir", "/dev/zero", "stats"],
+            None,
+        ),
+        ("--plugin-dir", vec!["--plugin-dir", file, "plugins"], None),
+        (
+            "environment variable JOBHOST_LOG_DIR",
+            vec!["list"],
+            Some(("JOBHOST_LOG_DIR", file)),
+        ),
+        (
+            "environment variable JOBHOST_STATE_DIR",
+            vec!["run", r"Tests\Misbehave", "ok"],
+            Some(("JOBHOST_STATE_DIR", file)),
+        ),
+    ] {
+        let mut command = host.jobhost();
+        command.args(&args);
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let run = run_bounded(command);
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains(&format!("{how} is "))
+                && run.stderr.contains(", not a directory: name a directory"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // Nothing was queued by the refused run.
+    assert!(
+        !host.state_dir().exists() || host.run(&["list", "--json"]).json() == serde_json::json!([])
+    );
+}
