@@ -116,13 +116,16 @@ fn gated_worker_runs_nothing_without_its_go_ahead_and_runs_the_job_with_it() {
 fn worker_runs_in_its_own_session_without_terminal_stdin_or_core_dumps() {
     let host = Host::standard();
     let id = host.enqueue(&[r"Tests\Misbehave", "sleep", "seconds=60", "--retries", "0"]);
+    // Its stdin carries only the go-ahead, and becomes /dev/null once that is read: wait for
+    // a worker that leads its own session and has read it.
+    let stdin = |pid: u32| std::fs::read_link(format!("/proc/{pid}/fd/0")).ok();
     let worker = wait_for(
-        "the worker to start and call setsid",
+        "the worker to call setsid and read its go-ahead",
         Duration::from_secs(30),
         || {
             let (pid, _) = host.workers().pop()?;
             let stat = proc_stat(pid)?;
-            (stat.3 == pid).then_some(pid)
+            (stat.3 == pid && stdin(pid)? == std::path::Path::new("/dev/null")).then_some(pid)
         },
     );
     let dispatcher = host.dispatcher_pid().unwrap();
@@ -142,8 +145,6 @@ fn worker_runs_in_its_own_session_without_terminal_stdin_or_core_dumps() {
         "the dispatcher `run` started is detached too"
     );
     assert_eq!(dispatcher_session, dispatcher, "and leads its own session");
-    let stdin = std::fs::read_link(format!("/proc/{worker}/fd/0")).unwrap();
-    assert_eq!(stdin, std::path::Path::new("/dev/null"));
     let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
     let core = limits
         .lines()
