@@ -9,7 +9,7 @@
 
 use std::{
     io::{self, Read},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 /// The largest settings file (`jobhost.toml`) read.
@@ -148,9 +148,49 @@ fn describe(kind: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// The temporary file `path` is written under before it is renamed into place: beside it (so
+/// the rename stays on one file system) and unique per process, so two writers of one file
+/// never share a temporary.
+pub fn temporary_beside(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(tmp)
+}
+
+/// Writes `bytes` to `path` atomically: to [`temporary_beside`] it, then renamed over it, so
+/// a reader sees the whole file or the one before, never half of it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temporary_beside(path);
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.json");
+        write_atomically(&path, b"first").unwrap();
+        write_atomically(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["catalog.json"]);
+        // A target that cannot be replaced (a directory): an error, and no temporary left.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("inside"), b"x").unwrap();
+        assert!(write_atomically(&blocked, b"x").is_err());
+        assert!(!temporary_beside(&blocked).exists());
+    }
 
     #[test]
     fn reads_a_regular_file_up_to_the_limit() {

@@ -729,7 +729,7 @@ fn refresh_allowlist(
     let since = match previous {
         Some(p) if p.hash == hash && paths.allowlist.exists() => p.since,
         _ => {
-            write_report_text(&paths.allowlist, &text)?;
+            crate::files::write_atomically(&paths.allowlist, text.as_bytes())?;
             now_millis()
         }
     };
@@ -742,14 +742,6 @@ fn refresh_allowlist(
         classes,
         stamp,
     })
-}
-
-/// Writes `text` to `path` through a temporary file and a rename, so readers see all or none.
-fn write_report_text(path: &Path, text: &str) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Logs what changed between two catalogs.

@@ -185,12 +185,7 @@ pub enum InspectReport {
 /// Writes `message` as JSON to `path` atomically: a temporary file in the same directory,
 /// renamed over `path`, so a reader sees the whole report or none.
 pub fn write_report<T: Serialize>(path: &Path, message: &T) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    // Unique per process, so two writers of the same file never share a temporary.
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, serde_json::to_vec(message)?)?;
-    std::fs::rename(&tmp, path)
+    crate::files::write_atomically(path, &serde_json::to_vec(message)?)
 }
 
 /// A report's file, its space taken before the job runs: a job that ends while the disk is
@@ -212,9 +207,7 @@ impl ReservedReport {
     /// Takes the space for the report at `path`.
     pub fn reserve(path: &Path) -> std::io::Result<Self> {
         use std::io::Write;
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".{}.tmp", std::process::id()));
-        let tmp = PathBuf::from(tmp);
+        let tmp = crate::files::temporary_beside(path);
         let mut file = std::fs::File::create(&tmp)?;
         // Written, not only sized: a sparse file would need its space at the real write.
         // The file system takes the space at this write (no sync needed for that).

@@ -472,9 +472,7 @@ impl Doorbell {
     pub fn bind(path: &Path) -> io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        std::fs::write(&tmp, port.to_string())?;
-        std::fs::rename(&tmp, path)?;
+        crate::files::write_atomically(path, port.to_string().as_bytes())?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),
