@@ -29,7 +29,7 @@ pub use windows::{
     stdin_to_null, supervise, CancelToken, Doorbell, OutputPair,
 };
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a signal asks of a long-running process (see [`on_signals`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,73 @@ pub enum StopReason {
     TimedOut,
     /// Someone cancelled it.
     Cancelled,
+}
+
+/// When a supervisor stops a process, shared by every platform: nothing until the deadline
+/// passes or the process is cancelled; then it is asked to stop (SIGTERM, its stop event) and,
+/// if it still runs `kill_grace` later, forced (SIGKILL, `TerminateProcess`), once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StopSchedule {
+    deadline: Instant,
+    kill_grace: Duration,
+    stopped: Option<StopReason>,
+    force_at: Option<Instant>,
+}
+
+/// What a supervisor does to its process now, by [`StopSchedule::at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct StopActions {
+    /// Ask it to stop.
+    pub ask: bool,
+    /// Force it to stop.
+    pub force: bool,
+}
+
+impl StopSchedule {
+    /// A schedule for a process whose deadline is `deadline`.
+    pub(crate) fn new(deadline: Instant, kill_grace: Duration) -> Self {
+        Self {
+            deadline,
+            kill_grace,
+            stopped: None,
+            force_at: None,
+        }
+    }
+
+    /// What to do at `now`, when the process has been cancelled if `cancelled`: each action
+    /// comes once, the ask when the stop begins, the force when its grace is over (at once
+    /// with no grace).
+    pub(crate) fn at(&mut self, now: Instant, cancelled: bool) -> StopActions {
+        let mut actions = StopActions::default();
+        if self.stopped.is_none() && (now >= self.deadline || cancelled) {
+            self.stopped = Some(if now >= self.deadline {
+                StopReason::TimedOut
+            } else {
+                StopReason::Cancelled
+            });
+            self.force_at = Some(now + self.kill_grace);
+            actions.ask = true;
+        }
+        if self.force_at.is_some_and(|at| now >= at) {
+            self.force_at = None;
+            actions.force = true;
+        }
+        actions
+    }
+
+    /// When the supervisor must look again even if nothing happens: the deadline while the
+    /// process runs unstopped, the end of the grace while it is being stopped, then never.
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        match self.stopped {
+            None => Some(self.deadline),
+            Some(_) => self.force_at,
+        }
+    }
+
+    /// Why the process was stopped, once it was.
+    pub(crate) fn stopped(&self) -> Option<StopReason> {
+        self.stopped
+    }
 }
 
 /// What [`supervise`] observed.
@@ -198,4 +265,96 @@ impl OutputSink for DiscardOutput {
 pub trait OutputSink: Send {
     /// Takes the next chunk of combined stdout and stderr.
     fn write(&mut self, chunk: &[u8]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(5);
+
+    fn schedule() -> (Instant, StopSchedule) {
+        let start = Instant::now();
+        (
+            start,
+            StopSchedule::new(start + Duration::from_secs(60), GRACE),
+        )
+    }
+
+    const NOTHING: StopActions = StopActions {
+        ask: false,
+        force: false,
+    };
+    const ASK: StopActions = StopActions {
+        ask: true,
+        force: false,
+    };
+    const FORCE: StopActions = StopActions {
+        ask: false,
+        force: true,
+    };
+
+    #[test]
+    fn nothing_happens_before_the_deadline_and_it_wakes_at_the_deadline() {
+        let (start, mut schedule) = schedule();
+        assert_eq!(schedule.at(start + Duration::from_secs(59), false), NOTHING);
+        assert_eq!(schedule.wake_at(), Some(start + Duration::from_secs(60)));
+        assert_eq!(schedule.stopped(), None);
+    }
+
+    #[test]
+    fn at_the_deadline_it_is_asked_then_forced_once_after_the_grace() {
+        let (start, mut schedule) = schedule();
+        let deadline = start + Duration::from_secs(60);
+        assert_eq!(schedule.at(deadline, false), ASK);
+        assert_eq!(schedule.stopped(), Some(StopReason::TimedOut));
+        assert_eq!(schedule.wake_at(), Some(deadline + GRACE));
+        // Within the grace: asked once only.
+        assert_eq!(
+            schedule.at(deadline + Duration::from_secs(4), false),
+            NOTHING
+        );
+        assert_eq!(schedule.at(deadline + GRACE, false), FORCE);
+        assert_eq!(schedule.wake_at(), None);
+        assert_eq!(schedule.at(deadline + GRACE * 2, true), NOTHING);
+        assert_eq!(schedule.stopped(), Some(StopReason::TimedOut));
+    }
+
+    #[test]
+    fn a_cancel_before_the_deadline_stops_it_as_cancelled() {
+        let (start, mut schedule) = schedule();
+        let cancelled = start + Duration::from_secs(1);
+        assert_eq!(schedule.at(cancelled, true), ASK);
+        assert_eq!(schedule.stopped(), Some(StopReason::Cancelled));
+        assert_eq!(schedule.wake_at(), Some(cancelled + GRACE));
+        assert_eq!(schedule.at(cancelled + Duration::from_secs(4), true), NOTHING);
+        assert_eq!(schedule.at(cancelled + GRACE, true), FORCE);
+        // The deadline passing afterwards changes neither the reason nor asks again.
+        assert_eq!(schedule.at(start + Duration::from_secs(60), true), NOTHING);
+        assert_eq!(schedule.stopped(), Some(StopReason::Cancelled));
+    }
+
+    #[test]
+    fn without_a_grace_it_is_asked_and_forced_at_once() {
+        let start = Instant::now();
+        let mut schedule = StopSchedule::new(start, Duration::ZERO);
+        assert_eq!(
+            schedule.at(start, false),
+            StopActions {
+                ask: true,
+                force: true
+            }
+        );
+        assert_eq!(schedule.wake_at(), None);
+    }
+
+    #[test]
+    fn a_late_look_past_deadline_and_grace_asks_first_and_forces_at_the_next() {
+        let (start, mut schedule) = schedule();
+        let late = start + Duration::from_secs(120);
+        // The grace counts from when the stop began, so a supervisor that wakes late still
+        // gives the process its grace.
+        assert_eq!(schedule.at(late, false), ASK);
+        assert_eq!(schedule.wake_at(), Some(late + GRACE));
+    }
 }

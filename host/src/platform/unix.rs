@@ -30,7 +30,8 @@ use rustix::{
 };
 
 use super::{
-    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, SuperviseOptions,
+    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule,
+    SuperviseOptions,
 };
 
 /// A one-shot cancellation that wakes a supervisor blocked in `poll`. Firing it is
@@ -419,32 +420,22 @@ fn watch(
         rustix::io::ioctl_fionbio(fd, true)?;
     }
     let mut output = output;
-    let mut stopped: Option<StopReason> = None;
-    let mut kill_at: Option<Instant> = None;
+    let mut schedule = StopSchedule::new(deadline, kill_grace);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let now = Instant::now();
-        if stopped.is_none() && (now >= deadline || cancel.is_cancelled()) {
-            stopped = Some(if now >= deadline {
-                StopReason::TimedOut
-            } else {
-                StopReason::Cancelled
-            });
+        let actions = schedule.at(Instant::now(), cancel.is_cancelled());
+        if actions.ask {
             worker.signal(Signal::TERM);
-            kill_at = Some(now + kill_grace);
         }
-        if kill_at.is_some_and(|at| now >= at) {
+        if actions.force {
             worker.signal(Signal::KILL);
-            kill_at = None;
         }
-        let wake_at = match (stopped, kill_at) {
-            (None, _) => Some(deadline),
-            (Some(_), at) => at,
-        };
-        let timeout = wake_at.map(|at| timespec(at.saturating_duration_since(Instant::now())));
+        let timeout = schedule
+            .wake_at()
+            .map(|at| timespec(at.saturating_duration_since(Instant::now())));
 
         // Once stopping, the fired token stays readable; watching it would spin.
-        let watched_cancel = if stopped.is_none() {
+        let watched_cancel = if schedule.stopped().is_none() {
             Some(&cancel.read)
         } else {
             None
@@ -469,7 +460,7 @@ fn watch(
             }
         }
         if exited {
-            return Ok(stopped);
+            return Ok(schedule.stopped());
         }
     }
 }

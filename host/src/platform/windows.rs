@@ -55,7 +55,8 @@ use windows_sys::Win32::{
 };
 
 use super::{
-    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, SuperviseOptions,
+    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule,
+    SuperviseOptions,
 };
 
 /// The environment variable naming the event a worker watches for a stop request.
@@ -343,29 +344,21 @@ fn watch(
     ask: impl Fn(),
     force: impl Fn(),
 ) -> Option<StopReason> {
-    let mut stopped = None;
-    let mut kill_at: Option<Instant> = None;
+    let mut schedule = StopSchedule::new(deadline, kill_grace);
     loop {
         let now = Instant::now();
-        if stopped.is_none() && (now >= deadline || cancel.is_cancelled()) {
-            stopped = Some(if now >= deadline {
-                StopReason::TimedOut
-            } else {
-                StopReason::Cancelled
-            });
+        let actions = schedule.at(now, cancel.is_cancelled());
+        if actions.ask {
             ask();
-            kill_at = Some(now + kill_grace);
         }
-        if kill_at.is_some_and(|at| now >= at) {
+        if actions.force {
             force();
-            kill_at = None;
         }
-        let wake = match (stopped, kill_at) {
-            (None, _) => Some(deadline),
-            (Some(_), at) => at,
-        };
-        let timeout = wake.map_or(INFINITE, |at| millis(at.saturating_duration_since(now)));
+        let timeout = schedule
+            .wake_at()
+            .map_or(INFINITE, |at| millis(at.saturating_duration_since(now)));
         let handles = [process, raw(&cancel.event)];
+        let stopped = schedule.stopped();
         let count = if stopped.is_none() { 2 } else { 1 };
         // SAFETY: both handles are valid for the duration of the call.
         let waited = unsafe { WaitForMultipleObjects(count, handles.as_ptr(), 0, timeout) };
