@@ -302,20 +302,28 @@ mod tests {
         assert_eq!(schedule.stopped(), None);
     }
 
+    /// A stop that begins at `begin` (`cancelled` or not) for `reason`: asked once at once,
+    /// nothing within the grace, forced once when it is over, then nothing to wake for.
+    fn stops_once(
+        schedule: &mut StopSchedule,
+        begin: Instant,
+        cancelled: bool,
+        reason: StopReason,
+    ) {
+        assert_eq!(schedule.at(begin, cancelled), ASK);
+        assert_eq!(schedule.stopped(), Some(reason));
+        assert_eq!(schedule.wake_at(), Some(begin + GRACE));
+        assert_eq!(schedule.at(begin + GRACE / 2, cancelled), NOTHING);
+        assert_eq!(schedule.at(begin + GRACE, cancelled), FORCE);
+        assert_eq!(schedule.wake_at(), None);
+    }
+
     #[test]
     fn at_the_deadline_it_is_asked_then_forced_once_after_the_grace() {
         let (start, mut schedule) = schedule();
         let deadline = start + Duration::from_secs(60);
-        assert_eq!(schedule.at(deadline, false), ASK);
-        assert_eq!(schedule.stopped(), Some(StopReason::TimedOut));
-        assert_eq!(schedule.wake_at(), Some(deadline + GRACE));
-        // Within the grace: asked once only.
-        assert_eq!(
-            schedule.at(deadline + Duration::from_secs(4), false),
-            NOTHING
-        );
-        assert_eq!(schedule.at(deadline + GRACE, false), FORCE);
-        assert_eq!(schedule.wake_at(), None);
+        stops_once(&mut schedule, deadline, false, StopReason::TimedOut);
+        // A cancel arriving afterwards changes nothing.
         assert_eq!(schedule.at(deadline + GRACE * 2, true), NOTHING);
         assert_eq!(schedule.stopped(), Some(StopReason::TimedOut));
     }
@@ -323,12 +331,12 @@ mod tests {
     #[test]
     fn a_cancel_before_the_deadline_stops_it_as_cancelled() {
         let (start, mut schedule) = schedule();
-        let cancelled = start + Duration::from_secs(1);
-        assert_eq!(schedule.at(cancelled, true), ASK);
-        assert_eq!(schedule.stopped(), Some(StopReason::Cancelled));
-        assert_eq!(schedule.wake_at(), Some(cancelled + GRACE));
-        assert_eq!(schedule.at(cancelled + Duration::from_secs(4), true), NOTHING);
-        assert_eq!(schedule.at(cancelled + GRACE, true), FORCE);
+        stops_once(
+            &mut schedule,
+            start + Duration::from_secs(1),
+            true,
+            StopReason::Cancelled,
+        );
         // The deadline passing afterwards changes neither the reason nor asks again.
         assert_eq!(schedule.at(start + Duration::from_secs(60), true), NOTHING);
         assert_eq!(schedule.stopped(), Some(StopReason::Cancelled));
