@@ -26,7 +26,7 @@ use crate::{
     allowlist::{Allowlist, Verdict},
     job::{json_text_depth, MAX_RESULT_BYTES, MAX_RESULT_DEPTH},
     loader,
-    platform::{self, CancelToken, DiscardOutput, ExitKind, OutputPair, SuperviseOptions},
+    platform::{self, ExitKind, SuperviseOptions},
     protocol::{
         read_report, write_report, ClassEntry, FailureKind, InspectReport, InspectRequest,
         MethodEntry, ReservedReport, WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
@@ -232,15 +232,7 @@ fn load_supervised(
         // Code that hangs while loading has nothing to clean up.
         kill_grace: Duration::ZERO,
     };
-    let never = CancelToken::new()?;
-    platform::supervise(
-        command,
-        OutputPair::pipe()?,
-        options,
-        &never,
-        &mut DiscardOutput,
-        &mut |_| true,
-    )
+    platform::supervise_quietly(command, options)
 }
 
 /// The `__inspect-load` subcommand, run by the inspector: loads the library, lists its

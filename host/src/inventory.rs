@@ -34,9 +34,7 @@ use serde::Serialize;
 use crate::{
     allowlist::{Allowlist, AllowlistError},
     joblog,
-    platform::{
-        self, CancelToken, DiscardOutput, ExitKind, OutputPair, ProcessEnd, SuperviseOptions,
-    },
+    platform::{self, ExitKind, ProcessEnd, SuperviseOptions},
     plugin_file::Candidate,
     protocol::{
         read_report, write_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION,
@@ -935,15 +933,7 @@ fn run_inspector(
         timeout: timeout + INSPECTOR_MARGIN,
         kill_grace: settings.limits.kill_grace,
     };
-    let never = CancelToken::new()?;
-    platform::supervise(
-        command,
-        OutputPair::pipe()?,
-        options,
-        &never,
-        &mut DiscardOutput,
-        &mut |_| true,
-    )
+    platform::supervise_quietly(command, options)
 }
 
 /// What identifies a version of a file without reading it.

@@ -254,10 +254,27 @@ impl Drop for FileLock {
 
 /// An [`OutputSink`] that drops everything: for a child whose output is of no use, such as
 /// an inspector's (its verdict is its report).
-pub struct DiscardOutput;
+struct DiscardOutput;
 
 impl OutputSink for DiscardOutput {
     fn write(&mut self, _: &[u8]) {}
+}
+
+/// [`supervise`] for a helper child whose verdict is a report file: its output is dropped,
+/// nothing cancels it but `options.timeout`, and it starts without waiting for a go-ahead.
+pub fn supervise_quietly(
+    command: std::process::Command,
+    options: SuperviseOptions,
+) -> std::io::Result<ProcessEnd> {
+    let never = CancelToken::new()?;
+    supervise(
+        command,
+        OutputPair::pipe()?,
+        options,
+        &never,
+        &mut DiscardOutput,
+        &mut |_| true,
+    )
 }
 
 /// Where a supervised process's output goes, chunk by chunk, as it is produced (on Windows,
