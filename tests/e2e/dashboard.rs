@@ -1388,6 +1388,129 @@ fn oversized_requests_get_413_and_malformed_ones_400_as_a_page_or_as_json() {
     assert_eq!(d.api_job(id)["job"]["state"], "scheduled");
 }
 
+/// Writes `head` (a request whose body is declared but not sent) on a keep-alive connection and
+/// reads the answer: its status, whether it says `Connection: close`, and whether the server then
+/// closed the connection.
+fn answer_before_the_body(d: &Dashboard, head: &str) -> (u16, bool, bool) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(d.authority()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status_line = String::new();
+    reader.read_line(&mut status_line).unwrap();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let (mut says_close, mut length) = (false, 0);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        let value = value.trim();
+        says_close |=
+            name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close");
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().unwrap();
+        }
+    }
+    reader.read_exact(&mut vec![0; length]).unwrap();
+    // Closed: the next read ends (rather than waiting out the timeout for a next answer).
+    let closed = matches!(reader.read(&mut [0; 1]), Ok(0));
+    (status, says_close, closed)
+}
+
+#[test]
+fn a_request_refused_before_its_body_is_read_closes_its_connection_and_says_so() {
+    // A client that reuses a connection the server dropped without saying so fails its next
+    // request ("peer disconnected"); every refusal that leaves the body unread must say close.
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let authority = d.authority();
+    let head = |path: &str, extra: &str| {
+        format!(
+            "POST {PREFIX}{path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 100\r\n{extra}\r\n"
+        )
+    };
+    let json = "Content-Type: application/json\r\n";
+    let session = format!("Cookie: {cookie}\r\n");
+    let csrf = format!(
+        "X-CSRF-Token: {}\r\n",
+        d.get("/", As::Cookie(&cookie)).csrf()
+    );
+    for (what, request, status) in [
+        (
+            "no CSRF token",
+            head("/api/jobs", &format!("{session}{json}")),
+            403,
+        ),
+        (
+            "a wrong CSRF token",
+            head(
+                "/api/jobs",
+                &format!("{session}{json}X-CSRF-Token: wrong\r\n"),
+            ),
+            403,
+        ),
+        ("no session", head("/api/jobs", json), 401),
+        (
+            "a wrong bearer token",
+            head(
+                "/api/jobs",
+                &format!("{json}Authorization: Bearer wrong\r\n"),
+            ),
+            401,
+        ),
+        (
+            "another origin",
+            head("/login", "Origin: http://evil.example\r\n"),
+            403,
+        ),
+        (
+            "no such route",
+            head("/nowhere", &format!("{session}{csrf}")),
+            404,
+        ),
+        (
+            "outside the dashboard",
+            format!("POST /elsewhere HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 100\r\n\r\n"),
+            404,
+        ),
+    ] {
+        let (got, says_close, closed) = answer_before_the_body(&d, &request);
+        assert_eq!(got, status, "{what}");
+        assert!(
+            says_close,
+            "{what}: answered {got} without Connection: close"
+        );
+        assert!(closed, "{what}: the connection stayed open");
+    }
+    // A request whose body is read keeps its connection: two answers on one.
+    let get = format!(
+        "GET {PREFIX}/api/stats HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {}\r\n\r\n",
+        d.token
+    );
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(&authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "{get}{}",
+                get.replace("HTTP/1.1\r\n", "HTTP/1.1\r\nConnection: close\r\n")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut answers = String::new();
+    stream.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
+}
+
 #[test]
 fn ids_are_canonical_decimal_numbers_on_every_route() {
     let d = Dashboard::start("");

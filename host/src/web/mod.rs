@@ -19,7 +19,12 @@ mod pages;
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+    task::{Context, Poll},
     thread::JoinHandle,
     time::Duration,
 };
@@ -32,6 +37,7 @@ use axum::{
     routing::{get, post},
     Router,
 };
+use http_body::Body as HttpBody;
 use tokio::sync::watch;
 
 use crate::{dispatcher::ServeOptions, settings::Settings, store::Store, Client, DispatchError};
@@ -335,6 +341,7 @@ fn router(app: Shared) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), limit_body))
         .layer(DefaultBodyLimit::max(app.body_limit))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(close_if_body_unread))
         .with_state(app)
 }
 
@@ -403,6 +410,56 @@ async fn security_headers(request: Request, next: Next) -> Response {
         HeaderValue::from_static("same-origin"),
     );
     response
+}
+
+/// Says `Connection: close` on the answer to a request whose body was not read to its end (a
+/// refusal before the body, a route that takes none). The server cannot reuse such a connection
+/// and drops it; without the header a client that keeps connections alive would send its next
+/// request on the dropped one and see it fail.
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let body = axum::body::Body::new(Watched {
+        inner: body,
+        read: Arc::clone(&read),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if !read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that notes when it has been read to its end.
+struct Watched {
+    inner: axum::body::Body,
+    read: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn to_overview() -> Response {
