@@ -147,15 +147,18 @@ pub struct SuperviseOptions {
     pub kill_grace: Duration,
 }
 
-/// Gives a spawned child its go-ahead (see [`crate::protocol::WorkerRequest::gate`]): writes
-/// [`crate::protocol::GO`] to its stdin when `go`, then closes it, so the child reads end of
+/// The byte [`supervise`] writes to a gated child's stdin to let it start
+/// (`crate::runner::protocol::WorkerRequest::gate`).
+pub const GO: u8 = b'g';
+
+/// Gives a spawned child its go-ahead: writes [`GO`] to its stdin when `go`, then closes it, so the child reads end of
 /// input from then on, as from the null device. A child that does not wait for the go-ahead
 /// never notices; one that does and gets only end of input starts nothing.
 fn release(stdin: Option<std::process::ChildStdin>, go: bool) {
     use std::io::Write;
     if let (Some(mut stdin), true) = (stdin, go) {
         // A child that is gone already has nothing to start.
-        let _ = stdin.write_all(&[crate::protocol::GO]);
+        let _ = stdin.write_all(&[GO]);
     }
 }
 
@@ -195,7 +198,7 @@ impl FileLock {
     fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         let mut options = std::fs::OpenOptions::new();
         options.create(true).truncate(false).read(true).write(true);
-        crate::files::open_regular(&mut options, path, "a lock file")
+        crate::shared::files::open_regular(&mut options, path, "a lock file")
     }
 
     fn held(file: std::fs::File, note: &str) -> std::io::Result<Self> {
@@ -214,7 +217,8 @@ impl FileLock {
     /// without changing the file: a shared lock cannot be had while the lock is held.
     pub fn is_held(path: &std::path::Path) -> bool {
         let mut options = std::fs::OpenOptions::new();
-        let Ok(file) = crate::files::open_regular(options.read(true), path, "a lock file") else {
+        let Ok(file) = crate::shared::files::open_regular(options.read(true), path, "a lock file")
+        else {
             return false;
         };
         match file.try_lock_shared() {
@@ -242,7 +246,12 @@ impl FileLock {
 
     /// What the lock file at `path` says, if it is a regular file of a lock file's size.
     fn read(path: &std::path::Path) -> Option<String> {
-        crate::files::read_capped_text(path, crate::files::MAX_STATE_FILE_BYTES, "a lock file").ok()
+        crate::shared::files::read_capped_text(
+            path,
+            crate::shared::files::MAX_STATE_FILE_BYTES,
+            "a lock file",
+        )
+        .ok()
     }
 }
 

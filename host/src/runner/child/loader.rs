@@ -10,7 +10,7 @@ use std::path::Path;
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use job_sdk::ffi::PluginModRef;
 
-use crate::reason::Reason;
+use crate::runner::reason::Reason;
 
 /// Loads the plugin at `path` and checks its root module, layout and SDK version against this
 /// host's.

@@ -24,7 +24,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::text::line_of;
+use crate::shared::text::line_of;
 
 /// Why an allowlist file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -128,9 +128,12 @@ impl Allowlist {
     /// Reads and validates the allowlist at `path`, a copy of the allowlist file `named`:
     /// errors (and [`Allowlist::path`]) name that file.
     pub fn load_as(path: &Path, named: &Path) -> Result<Self, AllowlistError> {
-        let text =
-            crate::files::read_capped_text(path, crate::files::MAX_ALLOWLIST_BYTES, "an allowlist")
-                .map_err(|source| AllowlistError::read(named, source))?;
+        let text = crate::shared::files::read_capped_text(
+            path,
+            crate::shared::files::MAX_ALLOWLIST_BYTES,
+            "an allowlist",
+        )
+        .map_err(|source| AllowlistError::read(named, source))?;
         Self::parse(named, &text)
     }
 

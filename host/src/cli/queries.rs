@@ -5,20 +5,20 @@
 //! looked; and they open no logs.
 
 use jobhost::{
-    settings::Settings,
+    config::settings::Settings,
+    shared::text::{visible, Escape},
     store::{self, Attempt, JobRecord, JobState, ListFilter, Millis, Stats, Store, StoreError},
-    text::{visible, Escape},
 };
 
 use crate::{
-    cli::ListArgs,
-    output::{note, Stdout, StdoutError},
+    cli::args::ListArgs,
+    cli::output::{note, Stdout, StdoutError},
 };
 
 /// A time for people, in the local time zone, as the logs write it.
 fn when(millis: Option<Millis>) -> String {
     millis
-        .and_then(jobhost::text::local_time)
+        .and_then(jobhost::shared::text::local_time)
         .unwrap_or_else(|| "-".into())
 }
 
@@ -114,9 +114,11 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
         }
         if let Some(path) = &a.output_path {
             // Capped like the capture that wrote it (a file put there later may be anything).
-            let output = jobhost::files::read_capped(
+            let output = jobhost::shared::files::read_capped(
                 path,
-                jobhost::capture::max_file_bytes(settings.limits.max_output_bytes),
+                jobhost::runner::supervisor::capture::max_file_bytes(
+                    settings.limits.max_output_bytes,
+                ),
                 "an attempt's output",
             )
             .unwrap_or_else(|e| format!("(cannot be shown: {e})").into_bytes());
@@ -271,13 +273,13 @@ struct StatsReport {
     #[serde(flatten)]
     stats: Stats,
     /// None when no dispatcher serves the state directory.
-    dispatcher: Option<jobhost::health::Health>,
+    dispatcher: Option<jobhost::queue::health::Health>,
 }
 
 pub fn stats(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Result<u8> {
-    let paths = jobhost::dispatcher::StatePaths::new(&settings.state_dir);
+    let paths = jobhost::queue::StatePaths::new(&settings.state_dir);
     // Read first: it holds even when the store does not answer.
-    let dispatcher = jobhost::health::current(&paths.lock, &paths.health);
+    let dispatcher = jobhost::queue::health::current(&paths.lock, &paths.health);
     // Without an answer from the store, what the dispatcher reports is still said first.
     let stats = open(settings).and_then(|store| match store {
         Some(mut store) => Ok(store.stats()?),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use jobhost::{job::Priority, settings::Overrides, store::JobState};
+use jobhost::{config::settings::Overrides, job::Priority, store::JobState};
 
 /// Runs approved jobs from shared-library plugins, each in an isolated worker process.
 #[derive(Debug, Parser)]
@@ -218,7 +218,7 @@ pub struct RunArgs {
 }
 
 fn secs(text: &str) -> Result<std::time::Duration, String> {
-    jobhost::settings::parse_secs(text)
+    jobhost::config::settings::parse_secs(text)
         .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
 }
 
@@ -231,7 +231,7 @@ fn retries(text: &str) -> Result<u32, String> {
 }
 
 fn idle_exit(text: &str) -> Result<std::time::Duration, String> {
-    let max = jobhost::settings::MAX_IDLE_EXIT;
+    let max = jobhost::config::settings::MAX_IDLE_EXIT;
     jobhost::job::check_duration("--idle-exit", secs(text)?, std::time::Duration::ZERO, max)
         .map_err(|e| e.to_string())
 }

@@ -3,8 +3,8 @@
 //! `Unauthorized job execution attempt` (or `Job not found`), so no caller can forget to.
 
 use crate::{
-    allowlist::{Allowlist, Verdict},
-    inventory::{Inventory, Offer},
+    catalog::inventory::{Inventory, Offer},
+    config::allowlist::{Allowlist, Verdict},
     job::{JobSpec, ParamsError},
     joblog,
 };

@@ -6,6 +6,8 @@
 //! a fork server; neither keeps per-job state in globals set up at start-up. They never write
 //! logs: the host that reads the report does.
 
+pub mod loader;
+
 use std::{
     io::Write,
     process::Command,
@@ -23,15 +25,14 @@ use abi_stable::{
 use job_sdk::ffi::{ErrorKind, HostApi, HostApiRef, Invocation};
 
 use crate::{
-    allowlist::{Allowlist, Verdict},
+    config::allowlist::{Allowlist, Verdict},
     job::{json_text_depth, MAX_RESULT_BYTES, MAX_RESULT_DEPTH},
-    loader,
     platform::{self, ExitKind, SuperviseOptions},
-    protocol::{
-        read_report, write_report, ClassEntry, FailureKind, InspectReport, InspectRequest,
+    runner::protocol::{
+        self, read_report, write_report, ClassEntry, FailureKind, InspectReport, InspectRequest,
         MethodEntry, ReservedReport, WorkerReport, WorkerRequest, GO, PROTOCOL_VERSION,
     },
-    reason::Reason,
+    runner::reason::Reason,
 };
 
 /// If this process was started as a worker or an inspector (`jobhost __worker REQUEST`,
@@ -45,9 +46,9 @@ pub fn exit_if_child() {
         return;
     };
     let child_main = match sub.to_str() {
-        Some(crate::attempt::WORKER_SUBCOMMAND) => worker_main,
-        Some(crate::inventory::INSPECT_SUBCOMMAND) => inspect_main,
-        Some(crate::inventory::LOAD_SUBCOMMAND) => load_main,
+        Some(protocol::WORKER_SUBCOMMAND) => worker_main,
+        Some(protocol::INSPECT_SUBCOMMAND) => inspect_main,
+        Some(protocol::LOAD_SUBCOMMAND) => load_main,
         _ => return,
     };
     let code = match request.to_str() {
@@ -224,7 +225,7 @@ fn load_supervised(
 ) -> std::io::Result<platform::ProcessEnd> {
     let mut command = Command::new(std::env::current_exe()?);
     command
-        .arg(crate::inventory::LOAD_SUBCOMMAND)
+        .arg(protocol::LOAD_SUBCOMMAND)
         .arg(request_json)
         .env("RUST_BACKTRACE", "0");
     let options = SuperviseOptions {

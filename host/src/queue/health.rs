@@ -114,9 +114,9 @@ impl HealthFile {
 
     /// What the health file at `path` says, if it exists and reads.
     pub fn read(path: &Path) -> Option<Health> {
-        let text = crate::files::read_capped_text(
+        let text = crate::shared::files::read_capped_text(
             path,
-            crate::files::MAX_STATE_FILE_BYTES,
+            crate::shared::files::MAX_STATE_FILE_BYTES,
             "a health file",
         )
         .ok()?;

@@ -21,7 +21,7 @@
 //! A [`Client`] does the same with explicit settings, keeps its database connection and the
 //! parsed allowlist and plugin inventory between calls, and enqueues many jobs in one
 //! transaction with [`Client::dispatch_batch`]. Every job passes the same gate as on the
-//! command line ([`crate::authorize`]), is logged as `Job queued`, and wakes the dispatcher at
+//! command line ([`crate::catalog::gate`]), is logged as `Job queued`, and wakes the dispatcher at
 //! once — starting one, detached, if none serves the state directory (unless
 //! `dispatcher.autostart` is off).
 //!
@@ -47,14 +47,17 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::{
-    allowlist::{Allowlist, AllowlistError},
-    authorize::{authorize, Refused},
-    dispatcher::{StatePaths, RING_STOP, RING_WAKE},
-    inventory::{library_files, FileStamp, Inventory, InventoryError},
+    catalog::gate::{authorize, Refused},
+    catalog::inventory::{library_files, FileStamp, Inventory, InventoryError},
+    config::allowlist::{Allowlist, AllowlistError},
+    config::settings::{Overrides, Settings, SettingsError},
     job::{JobSpec, ParamsError, Priority},
     joblog::{self, SpecFormatLayer},
     platform::{self, Doorbell},
-    settings::{Overrides, Settings, SettingsError},
+    queue::{
+        doorbell::{RING_STOP, RING_WAKE},
+        StatePaths,
+    },
     store::{now_millis, Attempt, CancelOutcome, JobId, JobRecord, NewJob, Store, StoreError},
 };
 
@@ -154,7 +157,7 @@ impl Job {
     ///
     /// ```
     /// use std::{path::Path, time::Duration};
-    /// use jobhost::{settings::{Overrides, Settings}, Job, Priority};
+    /// use jobhost::{config::settings::{Overrides, Settings}, Job, Priority};
     ///
     /// let settings = Settings::resolve_with(&Overrides::default(), Path::new("/srv/app"), |_| None)?;
     /// let spec = Job::new(r"App\Jobs\SendNotification", "send")
@@ -191,7 +194,7 @@ impl Job {
             delay: self.delay,
             timeout: self.timeout.unwrap_or(settings.defaults.timeout),
         };
-        spec.validate(&settings.limits)?;
+        spec.validate(&settings.limits.params())?;
         Ok(spec)
     }
 }
@@ -375,7 +378,7 @@ impl Client {
             gate: Gate::default(),
             log,
             on_warning: Box::new(|warning| {
-                tracing::warn!("{}", crate::text::chain(warning));
+                tracing::warn!("{}", crate::shared::text::chain(warning));
             }),
         })
     }
@@ -427,7 +430,7 @@ impl Client {
                 .map(|job| {
                     let spec = job.into_spec(settings)?;
                     let offer = authorize(allowlist, inventory, &spec)?;
-                    crate::authorize::params_fit(&offer, &spec)?;
+                    crate::catalog::gate::params_fit(&offer, &spec)?;
                     let plugin = offer.version.snapshot.clone();
                     Ok(NewJob { spec, plugin })
                 })
@@ -461,7 +464,7 @@ impl Client {
                     joblog::cancelled(&job.name(), &job.params);
                 });
             }
-            crate::dispatcher::notify_waiters(&self.paths.waiters, id);
+            crate::queue::doorbell::notify_waiters(&self.paths.waiters, id);
         }
         if !matches!(outcome, CancelOutcome::AlreadyFinished(_)) {
             // A running job must be stopped; for a waiting one, the ring tells whoever watches
@@ -509,7 +512,7 @@ impl Client {
             path: self.paths.waiters.clone(),
             source,
         };
-        crate::files::create_private_dir(&self.paths.waiters).map_err(io)?;
+        crate::shared::files::create_private_dir(&self.paths.waiters).map_err(io)?;
         let bell_path = self
             .paths
             .waiters
@@ -600,7 +603,7 @@ impl Client {
         }
         start_dispatcher(&self.settings).map_err(|source| WakeError::Start {
             state_dir,
-            program: crate::attempt::jobhost_program(),
+            program: crate::runner::jobhost_program(),
             source,
         })
     }
@@ -609,7 +612,7 @@ impl Client {
 /// Starts a detached dispatcher for `settings` that exits once idle. A thread reaps it when
 /// it ends, so a long-running caller keeps no zombie.
 fn start_dispatcher(settings: &Settings) -> std::io::Result<()> {
-    let mut command = Command::new(crate::attempt::jobhost_program());
+    let mut command = Command::new(crate::runner::jobhost_program());
     command
         .current_dir(&settings.work_dir)
         .args(["serve", "--detached", "--idle-exit"])

@@ -6,13 +6,13 @@
 //! enqueued, cancelled or retried by some other process), an attempt's worker was spawned or
 //! ended, a signal arrived. The loop sleeps until the next event or the next scheduled
 //! `run_at`, never on a polling interval (a slow safety wake-up aside). State transitions are
-//! decided by [`crate::lifecycle`] and applied by [`Store::settle`].
+//! decided by [`crate::job::lifecycle`] and applied by [`Store::settle`].
 //!
 //! One dispatcher serves a state directory at a time (a lock file); a second one exits at once,
 //! unless the one holding it was started on demand and the second was not: then the first
 //! hands over (it stops gracefully) and the second serves.
 //! On start it first settles the attempts a crashed predecessor left running
-//! ([`crate::attempt::adopt_attempt`]); see `docs/job_state_machine.md`.
+//! ([`crate::runner::supervisor::adopt_attempt`]); see `docs/job_state_machine.md`.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -24,27 +24,27 @@ use std::{
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::{
-    attempt::{
+    catalog::inventory::{self, CatalogPaths, FileStamp, Inventory},
+    config::settings::Settings,
+    job::lifecycle,
+    joblog,
+    platform::{CancelToken, Doorbell, FileLock},
+    queue::health::{self, Health, HealthFile},
+    queue::{
+        doorbell::{notify_waiters, RING_STOP, RING_WAKE},
+        StatePaths,
+    },
+    runner::protocol::{read_report, WorkerReport},
+    runner::supervisor::{
         adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
         Outcome,
     },
-    health::{self, Health, HealthFile},
-    inventory::{self, CatalogPaths, FileStamp, Inventory},
-    joblog, lifecycle,
-    platform::{CancelToken, Doorbell, FileLock},
-    protocol::{read_report, WorkerReport},
-    settings::Settings,
     store::{
         now_millis, postgres::PgListener, sqlite::SqliteStore, Amended, Attempt, AttemptEnd,
         AttemptStart, DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis,
         Next, Store, StoreError, StoreLocation,
     },
 };
-
-/// The doorbell byte that asks a dispatcher to stop.
-pub const RING_STOP: u8 = b's';
-/// The doorbell byte that says the queue changed.
-pub const RING_WAKE: u8 = b'w';
 
 /// How long the loop sleeps at most, even with nothing scheduled: a safety net, not the
 /// mechanism (every change rings the doorbell).
@@ -65,34 +65,6 @@ const AMEND_EVERY: Duration = Duration::from_secs(60);
 const RESCUE_TICK: Duration = Duration::from_secs(1);
 /// How long the PostgreSQL listener waits before it connects again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
-
-/// The files of a state directory that belong to the dispatcher.
-#[derive(Debug, Clone)]
-pub struct StatePaths {
-    /// The job database.
-    pub database: PathBuf,
-    /// The lock a running dispatcher holds.
-    pub lock: PathBuf,
-    /// The dispatcher's doorbell socket.
-    pub doorbell: PathBuf,
-    /// Where `run --wait` followers put their own doorbells.
-    pub waiters: PathBuf,
-    /// The running dispatcher's health report ([`crate::health`]).
-    pub health: PathBuf,
-}
-
-impl StatePaths {
-    /// The paths under `state_dir`.
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            database: state_dir.join(crate::store::sqlite::DB_FILE),
-            lock: state_dir.join("dispatcher.lock"),
-            doorbell: state_dir.join("dispatcher.sock"),
-            waiters: state_dir.join("waiters"),
-            health: state_dir.join("dispatcher.health"),
-        }
-    }
-}
 
 /// Why the dispatcher could not run.
 #[derive(Debug, thiserror::Error)]
@@ -206,9 +178,9 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         move |source| DispatcherError::Setup { what, source }
     };
     let paths = StatePaths::new(&settings.state_dir);
-    crate::files::create_private_dir(&settings.state_dir)
+    crate::shared::files::create_private_dir(&settings.state_dir)
         .map_err(setup("create the state directory"))?;
-    if let Some(mode) = crate::files::loose_permissions(&settings.state_dir) {
+    if let Some(mode) = crate::shared::files::loose_permissions(&settings.state_dir) {
         let dir = settings.state_dir.display();
         tracing::warn!(
             "the state directory {dir} is open to other users (mode {mode:o}); it holds every \
@@ -245,7 +217,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         }
     }
     start_heartbeat(settings, &heartbeats, &tx)?;
-    let _retention = crate::retention::start(settings, crate::store::open(&settings.store)?)
+    let _retention = crate::queue::retention::start(settings, crate::store::open(&settings.store)?)
         .map_err(setup("start the retention thread"))?;
     watch_signals(&tx).map_err(setup("install signal handlers"))?;
     let mut dispatcher = Dispatcher {
@@ -395,7 +367,7 @@ fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
 /// serving, and enqueuers bring the catalog up to date themselves.
 fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
     let events = tx.clone();
-    let watched = crate::watch::start(settings, move |_| {
+    let watched = crate::catalog::watch::start(settings, move |_| {
         events.send(Event::PluginsChanged).is_ok()
     });
     if let Err(e) = watched {
@@ -572,6 +544,7 @@ fn run_order(
     released: &mut bool,
 ) -> Result<AttemptRecord, AttemptError> {
     let job_id = job.id.to_string();
+    let allowlist = crate::catalog::inventory::allowlist_in_force(settings);
     let spec = AttemptSpec {
         job_id: &job_id,
         attempt: job.attempts,
@@ -580,6 +553,7 @@ fn run_order(
         params: &job.params,
         plugin: &job.plugin,
         timeout: job.timeout,
+        allowlist: &allowlist,
     };
     let output_path = AttemptPaths::new(&settings.state_dir, &job_id, job.attempts).output;
     run_attempt(settings, &spec, cancel, &mut |pid| {
@@ -755,7 +729,7 @@ impl Trouble {
         if let Some(problem) = slot.take() {
             tracing::warn!(
                 "{what} recovered after {} (last error: {})",
-                crate::text::secs(problem.since.elapsed()),
+                crate::shared::text::secs(problem.since.elapsed()),
                 problem.error
             );
         }
@@ -1071,7 +1045,7 @@ impl Dispatcher {
                     pid: 0,
                     duration: Duration::ZERO,
                     outcome,
-                    output: crate::capture::CapturedOutput {
+                    output: crate::runner::supervisor::capture::CapturedOutput {
                         path: AttemptPaths::new(&self.settings.state_dir, &id.to_string(), attempt)
                             .output,
                         total_bytes: 0,
@@ -1256,7 +1230,14 @@ impl Dispatcher {
         } = done;
         self.changed();
         if let Some(record) = &record {
-            joblog::attempt_finished(&job.name(), job.id, record);
+            let attempt = joblog::FinishedAttempt {
+                attempt: record.attempt,
+                pid: record.pid,
+                duration: record.duration,
+                outcome: &record.outcome.label(),
+                output: &record.output.path,
+            };
+            joblog::attempt_finished(&job.name(), job.id, &attempt);
         }
         let error = end.error.unwrap_or_default();
         log_next(&job, attempt, &next, &error, end.finished_at);
@@ -1394,7 +1375,7 @@ impl Dispatcher {
         }
         tracing::error!(
             "Dispatcher {id} was taken for dead by the others (no heartbeat for {}); stopping its {} attempts and registering again",
-            crate::text::secs(self.settings.dispatcher.lease),
+            crate::shared::text::secs(self.settings.dispatcher.lease),
             self.running.len()
         );
         self.interrupt_all();
@@ -1527,7 +1508,7 @@ impl Dispatcher {
             let Ok(Some(report)) = read_report::<WorkerReport>(&report_path) else {
                 continue;
             };
-            let outcome = crate::attempt::reported_outcome(report, job.timeout);
+            let outcome = crate::runner::supervisor::reported_outcome(report, job.timeout);
             let now = now_millis();
             let next = lifecycle::next_after(&job, &outcome, now);
             let end = AttemptEnd {
@@ -1642,22 +1623,5 @@ fn log_next(job: &JobRecord, attempt: u32, next: &Next, error: &str, now: Millis
         Next::Fail => joblog::failed(&name, &job.params, error),
         Next::Cancel => joblog::cancelled(&name, &job.params),
         Next::Requeue => joblog::requeued(&name, &job.params, error),
-    }
-}
-
-/// Rings the doorbells of everyone following job `id` (`jobhost run --wait`).
-pub fn notify_waiters(dir: &Path, id: JobId) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let prefix = format!("{id}.");
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let path = entry.path();
-            if matches!(crate::platform::ring(&path, RING_WAKE), Ok(false)) {
-                // Its follower is gone.
-                let _ = std::fs::remove_file(&path);
-            }
-        }
     }
 }

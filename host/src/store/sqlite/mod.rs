@@ -28,10 +28,10 @@ use super::{
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/sqlite/001_jobs.sql"),
-    include_str!("migrations/sqlite/002_claim_by_priority.sql"),
-    include_str!("migrations/sqlite/003_finished_index.sql"),
-    include_str!("migrations/sqlite/004_dispatchers.sql"),
+    include_str!("migrations/001_jobs.sql"),
+    include_str!("migrations/002_claim_by_priority.sql"),
+    include_str!("migrations/003_finished_index.sql"),
+    include_str!("migrations/004_dispatchers.sql"),
 ];
 
 /// Priorities from first to last served, as stored.
@@ -53,7 +53,7 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let open_error = open_error(path);
         if let Some(dir) = path.parent() {
-            crate::files::create_private_dir(dir).map_err(|e| open_error(e.to_string()))?;
+            crate::shared::files::create_private_dir(dir).map_err(|e| open_error(e.to_string()))?;
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE

@@ -4,12 +4,12 @@
 //! the dashboard's API and forms, the settings file): [`JobSpec::validate`] and the constants
 //! below are the one place they are defined (`docs/limits.md` lists them).
 
+pub mod lifecycle;
+
 use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-
-use crate::settings::Limits;
 
 /// The most retries a job may ask for.
 pub const MAX_RETRIES: u32 = 1_000;
@@ -38,8 +38,8 @@ pub const MAX_PARAMS_DEPTH: usize = 100;
 pub const MAX_RESULT_DEPTH: usize = 100;
 
 /// The largest result a job may return, as JSON: half the largest report the host reads
-/// ([`crate::files::MAX_REPORT_BYTES`]), whose escaping may double it.
-pub const MAX_RESULT_BYTES: usize = (crate::files::MAX_REPORT_BYTES / 2) as usize;
+/// ([`crate::shared::files::MAX_REPORT_BYTES`]), whose escaping may double it.
+pub const MAX_RESULT_BYTES: usize = (crate::shared::files::MAX_REPORT_BYTES / 2) as usize;
 
 /// The most attempts a job may have in all, manual retries renewing its budget included: a
 /// retry that would allow more is refused.
@@ -304,6 +304,26 @@ pub struct JobSpec {
     pub timeout: Duration,
 }
 
+/// How large and how deep a job's params may be (`limits.max_params_bytes` and
+/// `limits.max_params_depth` in the settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamsLimits {
+    /// The most bytes the params may take as JSON.
+    pub max_bytes: usize,
+    /// The deepest they may nest.
+    pub max_depth: usize,
+}
+
+impl Default for ParamsLimits {
+    /// 64 KiB, 32 levels.
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024,
+            max_depth: 32,
+        }
+    }
+}
+
 impl JobSpec {
     /// `Class@method`, as the logs name a job.
     pub fn name(&self) -> String {
@@ -312,7 +332,7 @@ impl JobSpec {
 
     /// Checks the parts that need no outside knowledge: names, every option against its
     /// bound, and the params' depth and size against `limits`.
-    pub fn validate(&self, limits: &Limits) -> Result<(), ParamsError> {
+    pub fn validate(&self, limits: &ParamsLimits) -> Result<(), ParamsError> {
         check_name("class", &self.class, true)?;
         check_name("method", &self.method, false)?;
         check_retries("retries", self.retries)?;
@@ -320,16 +340,16 @@ impl JobSpec {
         check_delay("delay", self.delay)?;
         check_timeout("timeout", self.timeout)?;
         // Depth first: measuring the size of something nested too deep would recurse as deep.
-        if json_depth(&self.params, limits.max_params_depth) > limits.max_params_depth {
+        if json_depth(&self.params, limits.max_depth) > limits.max_depth {
             return Err(ParamsError::TooDeep {
-                limit: limits.max_params_depth,
+                limit: limits.max_depth,
             });
         }
         let size = self.params.to_string().len();
-        if size > limits.max_params_bytes {
+        if size > limits.max_bytes {
             return Err(ParamsError::TooLarge {
                 size,
-                limit: limits.max_params_bytes,
+                limit: limits.max_bytes,
             });
         }
         match self.params {
@@ -509,11 +529,10 @@ mod tests {
         }
     }
 
-    fn limits(max_params_bytes: usize, max_params_depth: usize) -> Limits {
-        Limits {
-            max_params_bytes,
-            max_params_depth,
-            ..Limits::default()
+    fn limits(max_bytes: usize, max_depth: usize) -> ParamsLimits {
+        ParamsLimits {
+            max_bytes,
+            max_depth,
         }
     }
 
@@ -581,7 +600,7 @@ mod tests {
 
     #[test]
     fn every_option_is_checked_against_its_bound_naming_field_and_range() {
-        let refused = |spec: JobSpec| match spec.validate(&Limits::default()) {
+        let refused = |spec: JobSpec| match spec.validate(&ParamsLimits::default()) {
             Err(ParamsError::OutOfRange(e)) => e.to_string(),
             other => panic!("{other:?}"),
         };
@@ -626,13 +645,13 @@ mod tests {
             timeout: MIN_TIMEOUT,
             ..spec()
         }
-        .validate(&Limits::default())
+        .validate(&ParamsLimits::default())
         .expect("the bounds themselves are allowed");
         JobSpec {
             timeout: MAX_TIMEOUT,
             ..spec()
         }
-        .validate(&Limits::default())
+        .validate(&ParamsLimits::default())
         .expect("the longest timeout is allowed");
     }
 

@@ -6,6 +6,8 @@
 //! when there is one (a job that succeeded just before its timeout succeeded), otherwise the
 //! supervisor's stop reason, the signal or the exit code explains the end.
 
+pub mod capture;
+
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -16,14 +18,13 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    capture::{Capture, CapturedOutput},
+    config::settings::Settings,
     platform::{self, CancelToken, ExitKind, OutputPair, StopReason, SuperviseOptions},
-    protocol::{read_report, FailureKind, WorkerReport, WorkerRequest, PROTOCOL_VERSION},
-    settings::Settings,
+    runner::protocol::{
+        self, read_report, FailureKind, WorkerReport, WorkerRequest, PROTOCOL_VERSION,
+    },
+    runner::supervisor::capture::{Capture, CapturedOutput},
 };
-
-/// The hidden subcommand that runs a worker.
-pub const WORKER_SUBCOMMAND: &str = "__worker";
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,9 +97,10 @@ impl Outcome {
                 stack_overflow: true,
             } => Some(format!("worker crashed: stack overflow ({signal})")),
             Outcome::Crashed { signal, .. } => Some(format!("worker crashed: {signal}")),
-            Outcome::TimedOut(after) => {
-                Some(format!("timed out after {}", crate::text::secs(*after)))
-            }
+            Outcome::TimedOut(after) => Some(format!(
+                "timed out after {}",
+                crate::shared::text::secs(*after)
+            )),
             Outcome::Cancelled => Some("cancelled".into()),
             Outcome::ExitedWithoutResult(code) => Some(format!(
                 "worker exited with code {code} without reporting a result"
@@ -131,6 +133,8 @@ pub struct AttemptSpec<'a> {
     pub plugin: &'a Path,
     /// How long the attempt may run.
     pub timeout: Duration,
+    /// The allowlist the worker checks the job against before it loads anything.
+    pub allowlist: &'a Path,
 }
 
 /// Everything recorded about one attempt.
@@ -209,29 +213,6 @@ impl AttemptPaths {
     }
 }
 
-/// The `jobhost` program: `$JOBHOST_BIN`; else this executable when it is jobhost; else a
-/// `jobhost` beside this executable or one directory up (cargo's target layout); else the
-/// one on `PATH`.
-pub fn jobhost_program() -> PathBuf {
-    if let Some(bin) = std::env::var_os("JOBHOST_BIN") {
-        return bin.into();
-    }
-    let name = format!("jobhost{}", std::env::consts::EXE_SUFFIX);
-    let exe = std::env::current_exe().ok();
-    if let Some(exe) = &exe {
-        if exe.file_name().is_some_and(|n| n == name.as_str()) {
-            return exe.clone();
-        }
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join(&name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    PathBuf::from(name)
-}
-
 /// Runs one attempt in a fresh worker process and waits for it to end. `on_spawn` learns the
 /// worker's pid as soon as it exists, before the worker may load anything: the worker starts
 /// when it returns true (the caller has recorded the pid durably), and when it returns false
@@ -243,7 +224,7 @@ pub fn run_attempt(
     on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> Result<AttemptRecord, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
-    crate::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
+    crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
     match std::fs::remove_file(&paths.report) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(paths.error(e)),
         _ => {}
@@ -256,18 +237,18 @@ pub fn run_attempt(
         method: spec.method.to_owned(),
         params: spec.params.clone(),
         plugin: spec.plugin.to_path_buf(),
-        allowlist: crate::inventory::allowlist_in_force(settings),
+        allowlist: spec.allowlist.to_path_buf(),
         allowlist_file: Some(settings.allowlist.clone()),
         report: paths.report.clone(),
         output: Some(paths.pipe.clone()),
         gate: true,
     };
-    let program = jobhost_program();
+    let program = super::jobhost_program();
     let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
     let mut command = Command::new(&program);
     command
         .current_dir(&settings.work_dir)
-        .arg(WORKER_SUBCOMMAND)
+        .arg(protocol::WORKER_SUBCOMMAND)
         .arg(request_json)
         // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.
         .env("RUST_BACKTRACE", "0");
@@ -323,7 +304,7 @@ pub fn adopt_attempt(
     cancel: &CancelToken,
 ) -> Result<AttemptRecord, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, orphan.job_id, orphan.attempt);
-    crate::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
+    crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
     let worker = find_worker(&paths, orphan.pid);
     let mut capture = Capture::append(&paths.output, settings.limits.max_output_bytes)
         .map_err(|e| paths.error(e))?;

@@ -59,7 +59,7 @@ pub fn write_note(args: std::fmt::Arguments<'_>) {
 /// `note!("job {id} queued")`: [`write_note`] with `format!` arguments.
 macro_rules! note {
     ($($arg:tt)*) => {
-        $crate::output::write_note(format_args!($($arg)*))
+        $crate::cli::output::write_note(format_args!($($arg)*))
     };
 }
 pub(crate) use note;

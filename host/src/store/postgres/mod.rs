@@ -34,7 +34,7 @@ use super::{
 };
 
 /// The migrations, in order; the table `jobhost_schema` holds the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/001_jobs.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("migrations/001_jobs.sql")];
 
 /// The advisory lock migrations run under, so that processes opening a new database at once
 /// migrate it one after the other ("jobhost" in ASCII).
@@ -98,7 +98,7 @@ fn describe(e: &::postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
     }
-    crate::text::chain(e)
+    crate::shared::text::chain(e)
 }
 
 /// Whether `e`, met on `client`, means the connection is gone rather than the statement failed.

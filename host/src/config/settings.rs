@@ -18,7 +18,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
-    job::{self, OutOfRange},
+    job::{self, OutOfRange, ParamsLimits},
     store::{JobState, StoreLocation},
 };
 
@@ -383,7 +383,7 @@ pub struct DispatcherSettings {
 }
 
 /// How long finished jobs, their attempts and their output files are kept before the
-/// dispatcher deletes them (`crate::retention`). `None` keeps them forever.
+/// dispatcher deletes them (`crate::queue::retention`). `None` keeps them forever.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetentionSettings {
     /// Completed jobs (default 24 hours).
@@ -581,11 +581,21 @@ impl Default for JobDefaults {
     }
 }
 
+impl Limits {
+    /// The bounds of a job's params.
+    pub fn params(&self) -> ParamsLimits {
+        ParamsLimits {
+            max_bytes: self.max_params_bytes,
+            max_depth: self.max_params_depth,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_params_bytes: 64 * 1024,
-            max_params_depth: 32,
+            max_params_bytes: ParamsLimits::default().max_bytes,
+            max_params_depth: ParamsLimits::default().max_depth,
             max_output_bytes: 1024 * 1024,
             max_plugin_bytes: 256 * 1024 * 1024,
             kill_grace: Duration::from_secs(5),
@@ -960,9 +970,9 @@ impl Settings {
 impl RawSettings {
     /// Reads and parses a settings file.
     pub fn load(path: &Path) -> Result<Self, SettingsError> {
-        let text = crate::files::read_capped_text(
+        let text = crate::shared::files::read_capped_text(
             path,
-            crate::files::MAX_SETTINGS_BYTES,
+            crate::shared::files::MAX_SETTINGS_BYTES,
             "a settings file",
         )
         .map_err(|source| SettingsError::Read {
@@ -971,7 +981,7 @@ impl RawSettings {
         })?;
         let raw: RawSettings = toml::from_str(&text).map_err(|e| SettingsError::Parse {
             path: path.to_path_buf(),
-            line: crate::text::line_of(&text, e.span().map_or(0, |s| s.start)),
+            line: crate::shared::text::line_of(&text, e.span().map_or(0, |s| s.start)),
             message: e.message().to_owned(),
         })?;
         Ok(raw)

@@ -5,7 +5,7 @@
 //! and who moves a job out of each are drawn in `docs/job_state_machine.md`.
 
 use crate::{
-    attempt::Outcome,
+    runner::supervisor::Outcome,
     store::{JobRecord, Millis, Next},
 };
 
@@ -38,7 +38,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{job::Priority, protocol::FailureKind, store::JobState};
+    use crate::{job::Priority, runner::protocol::FailureKind, store::JobState};
 
     fn job(attempts: u32, max_attempts: u32) -> JobRecord {
         JobRecord {

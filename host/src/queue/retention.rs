@@ -25,8 +25,8 @@ use std::{
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
 use crate::{
-    attempt::attempts_dir,
-    settings::{RetentionSettings, Settings},
+    config::settings::{RetentionSettings, Settings},
+    runner::supervisor::attempts_dir,
     store::{now_millis, Cutoff, JobId, JobState, Millis, Store, StoreError},
 };
 

@@ -15,7 +15,7 @@ use std::{
 
 use notify::{EventKind, RecursiveMode, Watcher as _};
 
-use crate::{inventory::Inventory, settings::Settings};
+use crate::{catalog::inventory::Inventory, config::settings::Settings};
 
 /// How long a burst of events must have been quiet before the catalog is refreshed.
 pub const QUIET: Duration = Duration::from_millis(30);

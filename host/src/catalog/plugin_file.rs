@@ -26,7 +26,7 @@ use object::{
     Endianness, ReadCache, ReadRef,
 };
 
-use crate::reason::Reason;
+use crate::runner::reason::Reason;
 
 /// A regular file of the plugin directory that looks like a plugin library, open.
 #[derive(Debug)]
@@ -42,7 +42,7 @@ impl Candidate {
     pub fn open(path: &Path, limit: u64) -> Result<Self, Reason> {
         let meta = std::fs::metadata(path).map_err(|e| unresolved(path, &e))?;
         regular(&meta, path)?;
-        let file = crate::files::without_blocking(std::fs::OpenOptions::new().read(true))
+        let file = crate::shared::files::without_blocking(std::fs::OpenOptions::new().read(true))
             .open(path)
             .map_err(|e| Reason::unreadable(&e))?;
         // The file opened, not the name looked at: it may have been swapped in between.

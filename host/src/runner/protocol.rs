@@ -14,6 +14,16 @@ use serde_json::Value;
 /// The version of this protocol; a child refuses a request with another version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The hidden subcommand that runs a worker: one attempt of one job.
+pub const WORKER_SUBCOMMAND: &str = "__worker";
+
+/// The hidden subcommand that inspects one plugin file: the inspector, which runs the
+/// [`LOAD_SUBCOMMAND`] child and ends whatever it started.
+pub const INSPECT_SUBCOMMAND: &str = "__inspect";
+
+/// The hidden subcommand the inspector runs to load the file and list its classes.
+pub const LOAD_SUBCOMMAND: &str = "__inspect-load";
+
 /// Host → worker: run one attempt of one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRequest {
@@ -51,8 +61,9 @@ pub struct WorkerRequest {
     pub gate: bool,
 }
 
-/// The byte a supervisor writes to a gated worker's stdin to let it start.
-pub const GO: u8 = b'g';
+/// The byte a supervisor writes to a gated worker's stdin to let it start (the platform's
+/// supervisor writes it; it is part of the contract all the same).
+pub use crate::platform::GO;
 
 /// Host → inspector: list the classes of one plugin file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,7 +175,7 @@ pub enum InspectReport {
         /// Must equal [`PROTOCOL_VERSION`].
         protocol: u32,
         /// One line saying why.
-        reason: crate::reason::Reason,
+        reason: crate::runner::reason::Reason,
     },
     /// Loading the library did not end within the request's timeout, and was stopped: no
     /// verdict on the file (a loaded machine can make a good plugin slow).
@@ -185,7 +196,7 @@ pub enum InspectReport {
 /// Writes `message` as JSON to `path` atomically: a temporary file in the same directory,
 /// renamed over `path`, so a reader sees the whole report or none.
 pub fn write_report<T: Serialize>(path: &Path, message: &T) -> std::io::Result<()> {
-    crate::files::write_atomically(path, &serde_json::to_vec(message)?)
+    crate::shared::files::write_atomically(path, &serde_json::to_vec(message)?)
 }
 
 /// A report's file, its space taken before the job runs: a job that ends while the disk is
@@ -207,7 +218,7 @@ impl ReservedReport {
     /// Takes the space for the report at `path`.
     pub fn reserve(path: &Path) -> std::io::Result<Self> {
         use std::io::Write;
-        let tmp = crate::files::temporary_beside(path);
+        let tmp = crate::shared::files::temporary_beside(path);
         let mut file = std::fs::File::create(&tmp)?;
         // Written, not only sized: a sparse file would need its space at the real write.
         // The file system takes the space at this write (no sync needed for that).
@@ -255,9 +266,13 @@ impl ReservedReport {
 }
 
 /// Reads a report written by [`write_report`]; `Ok(None)` when there is none. At most
-/// [`crate::files::MAX_REPORT_BYTES`] are read, and only from a regular file.
+/// [`crate::shared::files::MAX_REPORT_BYTES`] are read, and only from a regular file.
 pub fn read_report<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Option<T>> {
-    match crate::files::read_capped(path, crate::files::MAX_REPORT_BYTES, "a report") {
+    match crate::shared::files::read_capped(
+        path,
+        crate::shared::files::MAX_REPORT_BYTES,
+        "a report",
+    ) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),

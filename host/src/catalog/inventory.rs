@@ -5,7 +5,7 @@
 //! has it mapped kills that worker. A new or changed file is copied into a content-addressed
 //! snapshot (`<state>/plugins/snapshots/<blake3>.so`, read-only) and the copy is inspected in
 //! a child process (`dlopen` runs the library's constructors, which may crash or hang) — but
-//! only once [`plugin_file`](crate::plugin_file) has looked at it without loading it: what
+//! only once [`plugin_file`](crate::catalog::plugin_file) has looked at it without loading it: what
 //! kind of file it is, its size, its headers and its exports. A good
 //! copy becomes the file's *active version*, the one new jobs of its classes run; a bad one
 //! (not a plugin, another SDK, half written) is reported once and the previous version keeps
@@ -32,15 +32,15 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    allowlist::{Allowlist, AllowlistError},
+    catalog::plugin_file::Candidate,
+    config::allowlist::{Allowlist, AllowlistError},
+    config::settings::Settings,
     joblog,
     platform::{self, ExitKind, ProcessEnd, SuperviseOptions},
-    plugin_file::Candidate,
-    protocol::{
+    runner::protocol::{
         read_report, write_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION,
     },
-    reason::Reason,
-    settings::Settings,
+    runner::reason::Reason,
     store::{now_millis, Millis},
 };
 
@@ -100,13 +100,6 @@ pub fn is_library_name(path: &Path) -> bool {
         .map(|n| n.to_string_lossy())
         .is_some_and(|n| !n.starts_with('.') && n.ends_with(std::env::consts::DLL_SUFFIX))
 }
-
-/// The hidden subcommand that inspects one plugin file: the inspector, which runs the
-/// [`LOAD_SUBCOMMAND`] child and ends whatever it started.
-pub const INSPECT_SUBCOMMAND: &str = "__inspect";
-
-/// The hidden subcommand the inspector runs to load the file and list its classes.
-pub const LOAD_SUBCOMMAND: &str = "__inspect-load";
 
 /// How long a file whose loading hung is left alone before it is inspected again, unless it
 /// changes first: so a hanging file costs `limits.inspect_timeout` once per period, not on
@@ -182,6 +175,13 @@ pub struct Version {
     pub sdk_version: String,
     /// Its classes.
     pub classes: Vec<ClassEntry>,
+}
+
+impl Version {
+    /// The names of its classes.
+    pub fn class_names(&self) -> Vec<&str> {
+        self.classes.iter().map(|c| c.name.as_str()).collect()
+    }
 }
 
 /// One file of the plugin directory.
@@ -305,7 +305,7 @@ impl Inventory {
             dir: paths.snapshots.clone(),
             source,
         };
-        crate::files::create_private_dir(&paths.snapshots).map_err(catalog_error)?;
+        crate::shared::files::create_private_dir(&paths.snapshots).map_err(catalog_error)?;
         let _lock = platform::FileLock::acquire(&paths.lock).map_err(catalog_error)?;
         let old = Self::read(&paths.catalog).filter(|old| old.dir == settings.plugin_dir);
         let stamped =
@@ -398,9 +398,9 @@ impl Inventory {
         let copy = CatalogPaths::new(&settings.state_dir).allowlist;
         match &self.allowlist {
             Some(state) if !state.hash.is_empty() => {
-                let text = crate::files::read_capped_text(
+                let text = crate::shared::files::read_capped_text(
                     &copy,
-                    crate::files::MAX_ALLOWLIST_BYTES,
+                    crate::shared::files::MAX_ALLOWLIST_BYTES,
                     "an allowlist",
                 )
                 .map_err(|source| AllowlistError::InForce {
@@ -525,7 +525,7 @@ fn examine(
         Inspection::Verdict(status) => status,
         Inspection::Hung => {
             let reason = Reason::hung(
-                &crate::text::secs(settings.limits.inspect_timeout),
+                &crate::shared::text::secs(settings.limits.inspect_timeout),
                 HUNG_RETRY.as_secs() / 60,
             );
             return provisional(reason, now_millis() + HUNG_RETRY.as_millis() as Millis);
@@ -695,9 +695,9 @@ fn refresh_allowlist(
         classes: previous.map_or(0, |p| p.classes),
         stamp,
     };
-    let text = match crate::files::read_capped_text(
+    let text = match crate::shared::files::read_capped_text(
         &path,
-        crate::files::MAX_ALLOWLIST_BYTES,
+        crate::shared::files::MAX_ALLOWLIST_BYTES,
         "an allowlist",
     ) {
         Ok(text) => text,
@@ -717,7 +717,11 @@ fn refresh_allowlist(
                 stamp: None,
             });
         }
-        Err(e) => return Ok(kept(crate::text::chain(&AllowlistError::read(&path, e)))),
+        Err(e) => {
+            return Ok(kept(crate::shared::text::chain(&AllowlistError::read(
+                &path, e,
+            ))))
+        }
     };
     let classes = match Allowlist::parse(&path, &text) {
         Ok(allowlist) => allowlist.jobs().len(),
@@ -727,7 +731,7 @@ fn refresh_allowlist(
     let since = match previous {
         Some(p) if p.hash == hash && paths.allowlist.exists() => p.since,
         _ => {
-            crate::files::write_atomically(&paths.allowlist, text.as_bytes())?;
+            crate::shared::files::write_atomically(&paths.allowlist, text.as_bytes())?;
             now_millis()
         }
     };
@@ -758,7 +762,7 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
                     .as_ref()
                     .filter(|a| Some(a.hash.as_str()) != was)
                 {
-                    joblog::plugin_active(&name, active, was);
+                    joblog::plugin_active(&name, &active.hash, &active.class_names(), was);
                 }
             }
             FileStatus::Rejected { reason } => {
@@ -774,7 +778,11 @@ fn log_changes(old: Option<&Inventory>, new: &Inventory) {
     for gone in old.iter().flat_map(|o| &o.files) {
         if !new.files.iter().any(|f| f.path == gone.path) {
             if let Some(version) = &gone.active {
-                joblog::plugin_removed(&gone.path.display().to_string(), version);
+                joblog::plugin_removed(
+                    &gone.path.display().to_string(),
+                    &version.hash,
+                    &version.class_names(),
+                );
             }
         }
     }
@@ -861,7 +869,7 @@ enum Inspection {
 }
 
 /// Inspects the library at `path` in an inspector process (see
-/// [`crate::child::inspect_main`]), which loads it in a child of its own within
+/// [`crate::runner::child::inspect_main`]), which loads it in a child of its own within
 /// `limits.inspect_timeout` and ends whatever loading it started.
 fn inspect_file(settings: &Settings, path: &Path) -> Inspection {
     static INSPECTIONS: AtomicU64 = AtomicU64::new(0);
@@ -898,7 +906,7 @@ fn inspect_file(settings: &Settings, path: &Path) -> Inspection {
         None => Inspection::Failed(match (end.stopped, end.exit) {
             (Some(_), _) => format!(
                 "the inspector did not finish within {}",
-                crate::text::secs(settings.limits.inspect_timeout + INSPECTOR_MARGIN)
+                crate::shared::text::secs(settings.limits.inspect_timeout + INSPECTOR_MARGIN)
             ),
             (None, ExitKind::Signaled(signal)) => format!(
                 "the inspector crashed ({}) without a report",
@@ -924,9 +932,9 @@ fn run_inspector(
         report: report_path.to_path_buf(),
         timeout_ms: timeout.as_millis().max(1) as u64,
     };
-    let mut command = Command::new(crate::attempt::jobhost_program());
+    let mut command = Command::new(crate::runner::jobhost_program());
     command
-        .arg(INSPECT_SUBCOMMAND)
+        .arg(crate::runner::protocol::INSPECT_SUBCOMMAND)
         .arg(serde_json::to_string(&request)?)
         .env("RUST_BACKTRACE", "0");
     let options = SuperviseOptions {

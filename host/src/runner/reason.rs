@@ -270,7 +270,7 @@ mod tests {
 
     #[test]
     fn every_reason_is_in_the_troubleshooting_table_of_the_plugin_guide() {
-        let doc = include_str!("../../docs/writing-a-plugin.md");
+        let doc = include_str!("../../../docs/writing-a-plugin.md");
         let section = doc
             .split("\n## Troubleshooting")
             .nth(1)
