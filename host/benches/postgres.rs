@@ -63,9 +63,10 @@ use common::{
 };
 use jobhost::{
     runner::child,
-    store::{postgres::TestDatabase, DispatcherId, JobState},
+    store::{DispatcherId, JobState},
     Job,
 };
+use jobhost_testing::TestDatabase;
 use serde_json::Value;
 
 const BENCH: &str = "postgres";

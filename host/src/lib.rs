@@ -23,6 +23,8 @@
 
 pub mod api;
 pub mod catalog;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod job;
 pub mod joblog;
@@ -31,6 +33,7 @@ pub mod queue;
 pub mod runner;
 pub mod shared;
 pub mod store;
+#[cfg(feature = "dashboard")]
 pub mod web;
 
 pub use api::{dispatch, Client, DispatchError, Job, WakeError};

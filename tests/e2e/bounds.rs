@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use jobhost::{store::postgres::TestDatabase, DispatchError, Job};
+use jobhost::{DispatchError, Job};
 use jobhost_e2e::Host;
+use jobhost_testing::TestDatabase;
 use serde_json::Value;
 
 const WELCOME: [&str; 4] = ["run", r"App\Jobs\SendWelcomeEmail", "handle", "user_id=1"];

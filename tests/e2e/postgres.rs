@@ -12,12 +12,11 @@ use std::{
 };
 
 use jobhost::{
-    store::{
-        now_millis, postgres::TestDatabase, Attempt, DispatcherId, JobId, JobState, Millis, Store,
-    },
+    store::{now_millis, Attempt, DispatcherId, JobId, JobState, Millis, Store},
     Job,
 };
 use jobhost_e2e::{group_alive, open_store, wait_for, Host, Run};
+use jobhost_testing::TestDatabase;
 use serde_json::Value;
 
 use crate::dashboard::{As, Dashboard};

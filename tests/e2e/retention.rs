@@ -6,8 +6,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use jobhost::store::{now_millis, postgres::TestDatabase, JobId};
+use jobhost::store::{now_millis, JobId};
 use jobhost_e2e::{wait_for, Host};
+use jobhost_testing::TestDatabase;
 
 const CLASS: &str = r"Tests\Misbehave";
 

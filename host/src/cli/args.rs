@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use jobhost::{config::settings::Overrides, job::Priority, store::JobState};
+use crate::{config::settings::Overrides, job::Priority, store::JobState};
 
 /// Runs approved jobs from shared-library plugins, each in an isolated worker process.
 #[derive(Debug, Parser)]
@@ -85,19 +85,19 @@ pub enum Commands {
     /// Cancel a job: a waiting one never starts, a running one is stopped.
     Cancel {
         /// The job id.
-        #[arg(value_parser = jobhost::store::parse_job_id)]
+        #[arg(value_parser = crate::store::parse_job_id)]
         id: i64,
     },
     /// Follow a job enqueued earlier to its end; exits like `run --wait`.
     Wait {
         /// The job id.
-        #[arg(value_parser = jobhost::store::parse_job_id)]
+        #[arg(value_parser = crate::store::parse_job_id)]
         id: i64,
     },
     /// Run a failed or cancelled job again.
     Retry {
         /// The job id.
-        #[arg(value_parser = jobhost::store::parse_job_id)]
+        #[arg(value_parser = crate::store::parse_job_id)]
         id: i64,
     },
     /// List jobs, newest first.
@@ -105,7 +105,7 @@ pub enum Commands {
     /// Show a job: params, result, and every attempt with its outcome and output.
     Show {
         /// The job id.
-        #[arg(value_parser = jobhost::store::parse_job_id)]
+        #[arg(value_parser = crate::store::parse_job_id)]
         id: i64,
         /// Print JSON.
         #[arg(long)]
@@ -218,7 +218,7 @@ pub struct RunArgs {
 }
 
 fn secs(text: &str) -> Result<std::time::Duration, String> {
-    jobhost::config::settings::parse_secs(text)
+    crate::config::settings::parse_secs(text)
         .ok_or_else(|| format!("{text:?} is not a non-negative number of seconds"))
 }
 
@@ -227,12 +227,12 @@ fn retries(text: &str) -> Result<u32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a whole number"))?;
-    jobhost::job::retries_from("retries", n).map_err(|e| e.to_string())
+    crate::job::retries_from("retries", n).map_err(|e| e.to_string())
 }
 
 fn idle_exit(text: &str) -> Result<std::time::Duration, String> {
-    let max = jobhost::config::settings::MAX_IDLE_EXIT;
-    jobhost::job::check_duration("--idle-exit", secs(text)?, std::time::Duration::ZERO, max)
+    let max = crate::config::settings::MAX_IDLE_EXIT;
+    crate::job::check_duration("--idle-exit", secs(text)?, std::time::Duration::ZERO, max)
         .map_err(|e| e.to_string())
 }
 
@@ -246,5 +246,5 @@ fn finished_state(text: &str) -> Result<JobState, String> {
 
 fn priority(text: &str) -> Result<Priority, String> {
     text.parse()
-        .map_err(|e: jobhost::job::ParamsError| e.to_string())
+        .map_err(|e: crate::job::ParamsError| e.to_string())
 }

@@ -4,7 +4,7 @@
 //! nothing was ever queued gets no state directory or database, only a note saying where they
 //! looked; and they open no logs.
 
-use jobhost::{
+use crate::{
     config::settings::Settings,
     shared::text::{visible, Escape},
     store::{self, Attempt, JobRecord, JobState, ListFilter, Millis, Stats, Store, StoreError},
@@ -18,7 +18,7 @@ use crate::{
 /// A time for people, in the local time zone, as the logs write it.
 fn when(millis: Option<Millis>) -> String {
     millis
-        .and_then(jobhost::shared::text::local_time)
+        .and_then(crate::shared::text::local_time)
         .unwrap_or_else(|| "-".into())
 }
 
@@ -32,6 +32,7 @@ fn open(settings: &Settings) -> anyhow::Result<Option<Box<dyn Store>>> {
                 "state directory {} holds no jobs: nothing was queued there",
                 settings.state_dir.display()
             ),
+            #[cfg(feature = "postgres")]
             postgres @ store::StoreLocation::Postgres(_) => {
                 note!("job database {postgres} holds no jobs: nothing was queued there")
             }
@@ -43,14 +44,12 @@ fn open(settings: &Settings) -> anyhow::Result<Option<Box<dyn Store>>> {
 pub fn list(settings: &Settings, args: &ListArgs, out: &mut Stdout) -> anyhow::Result<u8> {
     let state = match &args.status {
         None => None,
-        Some(name) => {
-            Some(
-                JobState::parse(name).ok_or_else(|| jobhost::job::ParamsError::Name {
-                    what: "status (use queued, scheduled, running, completed, failed or cancelled)",
-                    name: name.clone(),
-                })?,
-            )
-        }
+        Some(name) => Some(
+            JobState::parse(name).ok_or_else(|| crate::job::ParamsError::Name {
+                what: "status (use queued, scheduled, running, completed, failed or cancelled)",
+                name: name.clone(),
+            })?,
+        ),
     };
     let filter = ListFilter {
         state,
@@ -114,9 +113,9 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
         }
         if let Some(path) = &a.output_path {
             // Capped like the capture that wrote it (a file put there later may be anything).
-            let output = jobhost::shared::files::read_capped(
+            let output = crate::shared::files::read_capped(
                 path,
-                jobhost::runner::supervisor::capture::max_file_bytes(
+                crate::runner::supervisor::capture::max_file_bytes(
                     settings.limits.max_output_bytes,
                 ),
                 "an attempt's output",
@@ -273,13 +272,13 @@ struct StatsReport {
     #[serde(flatten)]
     stats: Stats,
     /// None when no dispatcher serves the state directory.
-    dispatcher: Option<jobhost::queue::health::Health>,
+    dispatcher: Option<crate::queue::health::Health>,
 }
 
 pub fn stats(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Result<u8> {
-    let paths = jobhost::queue::StatePaths::new(&settings.state_dir);
+    let paths = crate::queue::StatePaths::new(&settings.state_dir);
     // Read first: it holds even when the store does not answer.
-    let dispatcher = jobhost::queue::health::current(&paths.lock, &paths.health);
+    let dispatcher = crate::queue::health::current(&paths.lock, &paths.health);
     // Without an answer from the store, what the dispatcher reports is still said first.
     let stats = open(settings).and_then(|store| match store {
         Some(mut store) => Ok(store.stats()?),
@@ -337,7 +336,7 @@ pub fn stats(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Resul
 mod tests {
     use std::time::Duration;
 
-    use jobhost::{job::Priority, store::Attempt};
+    use crate::{job::Priority, store::Attempt};
     use serde_json::json;
 
     use super::*;

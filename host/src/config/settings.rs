@@ -960,6 +960,7 @@ impl Settings {
         if let Some(file) = &self.config_file {
             vars.push(("JOBHOST_CONFIG", file.clone().into_os_string()));
         }
+        #[cfg(feature = "postgres")]
         if let StoreLocation::Postgres(url) = &self.store {
             vars.push(("JOBHOST_STORE", url.into()));
         }
@@ -1275,7 +1276,11 @@ mod tests {
             StoreLocation::Sqlite(settings.state_dir.join("jobs.sqlite3"))
         );
         assert_eq!(settings.dispatcher.lease, Duration::from_secs(15));
+    }
 
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_postgres_url_names_the_store() {
         let file = "store = \"postgres://jobs:secret@db.example/queue\"\ndispatcher.lease = 2.5\n";
         let settings = resolve(file, &[]).unwrap();
         assert_eq!(
@@ -1293,6 +1298,29 @@ mod tests {
         assert!(settings
             .to_env()
             .contains(&("JOBHOST_STORE", "postgresql://other/db".into())));
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn without_the_postgres_feature_a_postgres_url_is_one_error_saying_so() {
+        let file = "store = \"postgres://jobs:secret@db.example/queue\"\n";
+        for (file, env) in [
+            (file, &[][..]),
+            ("", &[("JOBHOST_STORE", "postgresql://other/db")][..]),
+        ] {
+            let error = resolve(file, env).unwrap_err();
+            let chain = format!("{:#}", anyhow::Error::from(error));
+            assert!(
+                chain.contains(
+                    "this jobhost was built without PostgreSQL support (the `postgres` feature)"
+                ),
+                "{chain}"
+            );
+            assert!(
+                !chain.contains("secret"),
+                "the password is never shown: {chain}"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::{
     platform::{CancelToken, Doorbell, FileLock},
     queue::health::{self, Health, HealthFile},
     queue::{
-        doorbell::{notify_waiters, RING_STOP, RING_WAKE},
+        doorbell::{notify_waiters, RING_STOP},
         StatePaths,
     },
     runner::protocol::{read_report, WorkerReport},
@@ -40,9 +40,9 @@ use crate::{
         Outcome,
     },
     store::{
-        now_millis, postgres::PgListener, sqlite::SqliteStore, Amended, Attempt, AttemptEnd,
-        AttemptStart, DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis,
-        Next, Store, StoreError, StoreLocation,
+        now_millis, sqlite::SqliteStore, Amended, Attempt, AttemptEnd, AttemptStart, DispatcherId,
+        DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store, StoreError,
+        StoreLocation,
     },
 };
 
@@ -64,6 +64,7 @@ const AMEND_EVERY: Duration = Duration::from_secs(60);
 /// How often at most the loop looks for dispatchers whose lease ran out.
 const RESCUE_TICK: Duration = Duration::from_secs(1);
 /// How long the PostgreSQL listener waits before it connects again.
+#[cfg(feature = "postgres")]
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// Why the dispatcher could not run.
@@ -212,6 +213,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
     }));
     match &settings.store {
         StoreLocation::Sqlite(database) => start_checkpointer(database)?,
+        #[cfg(feature = "postgres")]
         StoreLocation::Postgres(url) => {
             listen_postgres(url, &tx).map_err(setup("start the PostgreSQL listener"))?;
         }
@@ -385,8 +387,10 @@ fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
 
 /// Forwards PostgreSQL's notifications (enqueue, cancel, retry on any host) to the loop, as
 /// the doorbell does for this host's processes.
+#[cfg(feature = "postgres")]
 fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
-    let mut listener = PgListener::connect(url).map_err(std::io::Error::other)?;
+    let mut listener =
+        crate::store::postgres::PgListener::connect(url).map_err(std::io::Error::other)?;
     let tx = tx.clone();
     std::thread::Builder::new()
         .name("pg-listen".into())
@@ -395,7 +399,10 @@ fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
                 Ok(None) => {}
                 // After a reconnection too: what was sent meanwhile is unknown.
                 Ok(Some(_)) => {
-                    if tx.send(Event::Rang(RING_WAKE)).is_err() {
+                    if tx
+                        .send(Event::Rang(crate::queue::doorbell::RING_WAKE))
+                        .is_err()
+                    {
                         return;
                     }
                 }

@@ -1272,16 +1272,19 @@ mod sqlite {
 
     struct Sqlite(tempfile::TempDir);
 
+    impl Sqlite {
+        fn path(&self) -> std::path::PathBuf {
+            self.0.path().join("state").join("jobs.sqlite3")
+        }
+    }
+
     impl Backend for Sqlite {
         fn location(&self) -> StoreLocation {
-            StoreLocation::Sqlite(self.0.path().join("state").join("jobs.sqlite3"))
+            StoreLocation::Sqlite(self.path())
         }
 
         fn execute(&self, sql: &str) {
-            let StoreLocation::Sqlite(path) = self.location() else {
-                unreachable!("a SQLite location")
-            };
-            let conn = rusqlite::Connection::open(path).unwrap();
+            let conn = rusqlite::Connection::open(self.path()).unwrap();
             conn.execute_batch(sql).unwrap();
         }
     }
@@ -1296,9 +1299,11 @@ mod sqlite {
     }
 }
 
+#[cfg(feature = "postgres")]
 mod postgres {
     use super::Backend;
-    use crate::store::{postgres::TestDatabase, StoreLocation};
+    use crate::store::StoreLocation;
+    use jobhost_testing::TestDatabase;
 
     struct Postgres(TestDatabase);
 

@@ -44,6 +44,7 @@
 
 mod rows;
 
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
 
@@ -732,20 +733,60 @@ pub enum StoreLocation {
     /// A SQLite file: the embedded default, under the state directory.
     Sqlite(PathBuf),
     /// A PostgreSQL database, as a `postgres://` or `postgresql://` URL.
+    #[cfg(feature = "postgres")]
     Postgres(String),
 }
 
 impl StoreLocation {
     /// The store a setting names: a `postgres://` or `postgresql://` URL (checked here, without
     /// connecting). Anything else is an error naming it; SQLite, the default, has no URL (the
-    /// caller gives its path as [`StoreLocation::Sqlite`]).
+    /// caller gives its path as [`StoreLocation::Sqlite`]). A jobhost built without the
+    /// `postgres` feature has no store to name: every value is refused, saying so.
     pub fn parse(value: &str) -> Result<Self, StoreError> {
-        postgres::parse_url(value).map_err(|reason| StoreError::InvalidLocation {
-            location: postgres::masked(value),
+        #[cfg(feature = "postgres")]
+        let parsed = postgres::parse_url(value).map(|_| Self::Postgres(value.to_owned()));
+        #[cfg(not(feature = "postgres"))]
+        let parsed = Err(WITHOUT_POSTGRES.to_owned());
+        parsed.map_err(|reason| StoreError::InvalidLocation {
+            location: masked(value),
             reason,
-        })?;
-        Ok(Self::Postgres(value.to_owned()))
+        })
     }
+}
+
+/// Why a jobhost built without the `postgres` feature refuses every store location.
+#[cfg(not(feature = "postgres"))]
+const WITHOUT_POSTGRES: &str = "this jobhost was built without PostgreSQL support (the \
+                                `postgres` feature); SQLite under the state directory is its \
+                                only store, so leave the store setting out";
+
+/// `url` with its password, if any, replaced by `***`: in the user part
+/// (`postgres://user:secret@host`) and in a `password=` parameter.
+fn masked(url: &str) -> String {
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((user_info, host)) => match user_info.split_once(':') {
+                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+                    None => url.to_owned(),
+                },
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    };
+    let mut from = 0;
+    while let Some(at) = out[from..].find("password=") {
+        let start = from + at + "password=".len();
+        let end = out[start..]
+            .find(['&', ' ', '#'])
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
 }
 
 /// The file, or the URL with its password masked.
@@ -753,7 +794,8 @@ impl std::fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "{}", path.display()),
-            Self::Postgres(url) => f.write_str(&postgres::masked(url)),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(url) => f.write_str(&masked(url)),
         }
     }
 }
@@ -763,10 +805,8 @@ impl std::fmt::Debug for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
-            Self::Postgres(url) => f
-                .debug_tuple("Postgres")
-                .field(&postgres::masked(url))
-                .finish(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&masked(url)).finish(),
         }
     }
 }
@@ -775,6 +815,7 @@ impl std::fmt::Debug for StoreLocation {
 pub fn open(location: &StoreLocation) -> Result<Box<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Box::new(sqlite::SqliteStore::open(path)?),
+        #[cfg(feature = "postgres")]
         StoreLocation::Postgres(url) => Box::new(postgres::PostgresStore::open(url)?),
     })
 }
@@ -788,6 +829,7 @@ pub fn open_existing(location: &StoreLocation) -> Result<Option<Box<dyn Store>>,
         StoreLocation::Sqlite(path) => {
             sqlite::SqliteStore::open_existing(path)?.map(|s| Box::new(s) as Box<dyn Store>)
         }
+        #[cfg(feature = "postgres")]
         StoreLocation::Postgres(url) => {
             postgres::PostgresStore::open_existing(url)?.map(|s| Box::new(s) as Box<dyn Store>)
         }
@@ -803,7 +845,7 @@ pub fn now_millis() -> Millis {
 
 #[cfg(test)]
 mod tests {
-    use super::{open, parse_job_id, StoreError, StoreLocation};
+    use super::{masked, open, parse_job_id, StoreError, StoreLocation};
 
     #[test]
     fn a_job_id_is_written_one_way_only() {
@@ -836,6 +878,21 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_masked_in_the_user_part_and_in_parameters() {
+        assert_eq!(
+            masked("postgres://jobs:s3cr:et@db.example:5432/queue"),
+            "postgres://jobs:***@db.example:5432/queue"
+        );
+        assert_eq!(
+            masked("postgresql://jobs@db/queue?password=s3cret&sslmode=disable"),
+            "postgresql://jobs@db/queue?password=***&sslmode=disable"
+        );
+        assert_eq!(masked("postgres://db/queue"), "postgres://db/queue");
+        assert_eq!(masked("host=db password=s3cret"), "host=db password=***");
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
     fn a_store_location_is_a_postgres_url_and_never_shows_its_password() {
         for url in [
             "postgres://jobs:s3cret@db.example:5432/queue",
@@ -854,6 +911,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn anything_else_is_an_error_naming_it() {
         for (value, named) in [
@@ -869,6 +927,32 @@ mod tests {
             assert!(
                 message.starts_with(&format!("invalid store location {named}: ")),
                 "{message}"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[test]
+    fn without_the_postgres_feature_every_location_is_one_error_saying_so() {
+        for (value, named) in [
+            (
+                "postgres://jobs:s3cret@db.example:5432/queue",
+                "postgres://jobs:***@db.example:5432/queue",
+            ),
+            ("postgresql://jobs@db/queue", "postgresql://jobs@db/queue"),
+            ("/var/jobs.sqlite3", "/var/jobs.sqlite3"),
+        ] {
+            let Err(e) = StoreLocation::parse(value) else {
+                panic!("{value} was taken for a store location")
+            };
+            assert!(matches!(e, StoreError::InvalidLocation { .. }), "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "invalid store location {named}: this jobhost was built without PostgreSQL \
+                     support (the `postgres` feature); SQLite under the state directory is its \
+                     only store, so leave the store setting out"
+                )
             );
         }
     }
