@@ -153,11 +153,11 @@ impl Job {
     }
 
     /// The job as a spec, with `settings`' defaults filled in, checked: every option against
-    /// its bound ([`crate::job`]), the params against `settings`' limits.
+    /// its bound, the params against `settings`' limits.
     ///
     /// ```
     /// use std::{path::Path, time::Duration};
-    /// use jobhost::{config::settings::{Overrides, Settings}, Job, Priority};
+    /// use jobhost::{Job, Overrides, Priority, Settings};
     ///
     /// let settings = Settings::resolve_with(&Overrides::default(), Path::new("/srv/app"), |_| None)?;
     /// let spec = Job::new(r"App\Jobs\SendNotification", "send")
@@ -400,7 +400,9 @@ impl Client {
         &self.settings
     }
 
-    /// The job database, for reading.
+    /// The job database, for reading. Unstable: for jobhost's own tests and benches only (the
+    /// `internals` feature).
+    #[cfg(feature = "internals")]
     pub fn store(&mut self) -> &mut dyn Store {
         &mut *self.store
     }
@@ -499,7 +501,7 @@ impl Client {
     /// following (the job goes on). Costs the dispatcher nothing: the follower is woken by the
     /// dispatcher's ring on its own doorbell in the state directory when the job moves on, and
     /// checks that a dispatcher serves the state directory without waking it
-    /// ([`platform::answers`]). It reads the job itself every [`FOLLOW_LOOK`] too (a job
+    /// (`platform::answers`). It reads the job itself every second too (a job
     /// finished by a dispatcher on another host rings no doorbell here). When no dispatcher
     /// serves, it starts one (unless `dispatcher.autostart` is off), telling the warning
     /// handler once if it cannot, and goes on waiting.

@@ -1,7 +1,7 @@
 //! The `jobhost` command line, which the binary runs ([`main`]): parses the command line,
 //! resolves settings, runs the command, and maps every error to one message and a documented
-//! exit code (see `jobhost --help`). [`args`] is the command line as clap parses it; [`queries`]
-//! the read-only commands (`list`, `show`, `stats`); [`output`] how every command prints
+//! exit code (see `jobhost --help`). `args` is the command line as clap parses it; `queries`
+//! the read-only commands (`list`, `show`, `stats`); `output` how every command prints
 //! (stdout that may close, notes on stderr). The commands that change things go through the
 //! library's API, as an application's would.
 //!
@@ -9,7 +9,7 @@
 //! a worker or an inspector; they are dispatched before anything else is set up, since they
 //! must start fast and must not open the logs.
 //!
-//! Commands print through [`output::Stdout`] and [`output::note!`], never `println!`, so that a
+//! Commands print through `output::Stdout` and `output::note!`, never `println!`, so that a
 //! closed stdout ends them quietly (see `output`).
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 

@@ -344,15 +344,15 @@ pub struct JobDefaults {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     /// Largest params accepted, as compact JSON (default 64 KiB, at most
-    /// [`MAX_PARAMS_BYTES`](crate::job::MAX_PARAMS_BYTES)).
+    /// 16 MiB).
     pub max_params_bytes: usize,
     /// Deepest params accepted, in arrays and objects nested in each other (default 32, at
-    /// most [`MAX_PARAMS_DEPTH`](crate::job::MAX_PARAMS_DEPTH)).
+    /// most 100).
     pub max_params_depth: usize,
     /// Output kept per attempt; the rest is counted and dropped (default 1 MiB).
     pub max_output_bytes: u64,
     /// Largest file in the plugin directory that is read (default 256 MiB, at most
-    /// [`MAX_PLUGIN_BYTES`]); a larger one is rejected unread.
+    /// 4 GiB); a larger one is rejected unread.
     pub max_plugin_bytes: u64,
     /// Time between SIGTERM and SIGKILL when an attempt is stopped (default 5 s).
     pub kill_grace: Duration,
@@ -364,7 +364,7 @@ pub struct Limits {
 /// How the dispatcher runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DispatcherSettings {
-    /// Attempts run at once (default: the number of CPUs, at most [`MAX_SLOTS`]), each with a
+    /// Attempts run at once (default: the number of CPUs, at most 256), each with a
     /// thread of its own.
     pub slots: usize,
     /// How long a dispatcher started by `jobhost run` stays with nothing to do before it exits

@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 pub enum SignalRequest {
     /// Stop gracefully: SIGINT, SIGTERM; Ctrl+C on Windows.
     Stop,
-    /// Open the log files again by their paths: SIGHUP, SIGUSR1 (after logrotate).
+    /// Open the log files again by their paths: SIGHUP, SIGUSR1 (after logrotate). Windows has
+    /// no such signal.
+    #[cfg_attr(windows, allow(dead_code))]
     ReopenLogs,
 }
 

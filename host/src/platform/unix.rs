@@ -74,23 +74,6 @@ impl CancelToken {
         }
         got
     }
-
-    /// Waits until the token fires or `timeout` passes; true if it fired. This is how a delay
-    /// or a retry's wait stays cancellable without polling.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.is_cancelled() {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let mut fds = [PollFd::new(&self.read, PollFlags::IN)];
-            let _ = poll(&mut fds, Some(&timespec(left)));
-        }
-    }
 }
 
 /// What a worker or inspector process does to itself before anything else: become a session

@@ -116,13 +116,6 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         self.fired.load(Ordering::SeqCst)
     }
-
-    /// Waits until the token fires or `timeout` passes; true if it fired.
-    pub fn wait(&self, timeout: Duration) -> bool {
-        // SAFETY: the event handle is valid for as long as self lives.
-        let waited = unsafe { WaitForSingleObject(raw(&self.event), millis(timeout)) };
-        waited == WAIT_OBJECT_0 || self.is_cancelled()
-    }
 }
 
 /// Nothing to do on Windows: the Job Object [`supervise`] puts a child in holds the child's

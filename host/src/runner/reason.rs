@@ -47,16 +47,19 @@ impl Reason {
     }
 
     /// A named pipe: never opened, since opening one blocks until something writes to it.
+    #[cfg(unix)]
     pub fn fifo() -> Self {
         reason!("a named pipe (FIFO), not a library: jobhost does not open it; remove it")
     }
 
     /// A Unix socket.
+    #[cfg(unix)]
     pub fn socket() -> Self {
         reason!("a socket, not a library: remove it")
     }
 
     /// A device, such as a link to `/dev/zero`: never read, it may never end.
+    #[cfg(unix)]
     pub fn device(what: &str) -> Self {
         reason!("a device, not a library: {what}; jobhost does not read devices, remove it")
     }

@@ -203,7 +203,7 @@ pub struct JobRecord {
     /// Why the stored row cannot be read as jobhost writes it, if it cannot (a hand edit, a
     /// bug, another program): `column max_attempts holds 4294967296, out of range (...)`.
     /// The fields it names hold stand-ins (zero, empty, `null`, `failed` for an unknown
-    /// state). Such a job is never run: a claim quarantines it ([`Store::claim`]).
+    /// state). Such a job is never run: a claim quarantines it (`Store::claim`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
@@ -679,7 +679,8 @@ pub trait Store: Send {
     /// The earliest `run_at` of a waiting job.
     fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError>;
 
-    /// How many jobs are waiting or running.
+    /// How many jobs are waiting or running. For tests and benches (the `internals` feature).
+    #[cfg(any(test, feature = "internals"))]
     fn unfinished(&mut self) -> Result<u64, StoreError>;
 
     /// The distinct plugin files of the jobs waiting or running: the plugin versions that must

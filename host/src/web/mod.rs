@@ -99,17 +99,9 @@ impl Changes {
 
 /// The running dashboard. Dropping it stops the server and removes `dashboard.json`.
 pub struct WebHandle {
-    addr: SocketAddr,
     stop: Option<watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
     file: PathBuf,
-}
-
-impl WebHandle {
-    /// The address it listens on (with the real port when the settings said 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 }
 
 impl Drop for WebHandle {
@@ -212,7 +204,6 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
     }
     tracing::info!("Dashboard listening on {url}");
     Ok(WebHandle {
-        addr,
         stop: Some(stop),
         thread: Some(thread),
         file,

@@ -914,6 +914,7 @@ impl Store for PostgresStore {
         })
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn unfinished(&mut self) -> Result<u64, StoreError> {
         self.run(|session| {
             let row = session.direct().query_one(

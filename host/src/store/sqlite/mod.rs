@@ -919,6 +919,7 @@ impl Store for SqliteStore {
         Ok(earliest)
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn unfinished(&mut self) -> Result<u64, StoreError> {
         self.conn
             .prepare_cached(
