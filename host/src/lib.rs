@@ -117,7 +117,7 @@ internal!(
 #[cfg(feature = "cli")]
 pub mod cli;
 
-pub use api::{dispatch, Client, DispatchError, Job, OnWarning, WakeError};
+pub use api::{dispatch, Client, DispatchError, Job, WakeError};
 pub use catalog::{gate::Refused, inventory::InventoryError};
 pub use config::{
     allowlist::AllowlistError,
