@@ -1,16 +1,19 @@
-//! Everything that differs between operating systems, behind one small interface.
+//! Everything that differs between operating systems, behind one small interface: `unix.rs`
+//! implements it for Linux (pidfds, `poll`, process groups, signals, a Unix datagram doorbell)
+//! and `windows.rs` for Windows (detached spawn, a Job Object per worker, a named stop event,
+//! a loopback-TCP doorbell); the rest of the host is the same code on both.
 //!
-//! The rest of the host sees: [`CancelToken`] (a wake-up another thread or a signal handler can
-//! fire), [`supervise`] (spawn a child detached from its caller, stream its output, enforce a
-//! deadline, stop its whole process tree on cancel or timeout, and say how it ended), [`adopt`]
-//! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
-//! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
-//! [`Doorbell`], [`ring`] and [`answers`] (how an enqueuer wakes a dispatcher, and how a
-//! follower sees one is there without waking it), [`FileLock`] (one
-//! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
-//! `nohup … &` / `start /b`), [`find_worker`], [`on_signals`] and [`on_termination`]. `unix.rs` is the
-//! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
-//! beside it as `windows.rs`.
+//! The interface, by what it is for:
+//! - supervising a child: [`supervise`] (spawn it detached, stream its output, enforce a
+//!   deadline, stop its whole tree on cancel or timeout, say how it ended), [`supervise_quietly`]
+//!   (the same for a helper child judged by its report alone), [`adopt`] (the same for a worker
+//!   a crashed dispatcher left running), [`CancelToken`], [`OutputPair`], [`reopen_output`],
+//!   [`crash_name`], and the `StopSchedule` both implementations follow;
+//! - in the child: [`prepare_child`], [`hold_output_open`], [`stdin_to_null`], and for the
+//!   inspector [`adopt_orphans`] and [`kill_adopted`];
+//! - between processes: [`Doorbell`], [`ring`], [`answers`], [`FileLock`], [`find_worker`];
+//! - detaching and signals: [`detach_command`], [`detach_self`] (the spec's `nohup … &` and
+//!   `start /b`), [`on_signals`] and [`on_termination`].
 
 #[cfg(unix)]
 mod unix;
