@@ -37,8 +37,8 @@ use tracing::{field::Field, Event, Level, Subscriber};
 use tracing_subscriber::{layer::Context, prelude::*, Layer};
 
 use crate::{
+    shared::text::{visible, Escape},
     store::{now_millis, Millis},
-    text::{visible, Escape},
 };
 
 /// The main log's file name.
@@ -332,7 +332,10 @@ fn dropped_line(env: &str, path: &Path, dropped: u64, since: Millis) -> String {
     let file = path.file_name().unwrap_or_default().to_string_lossy();
     let context = context([
         ("dropped_lines", json!(dropped)),
-        ("failing_since", json!(crate::text::local_time(since))),
+        (
+            "failing_since",
+            json!(crate::shared::text::local_time(since)),
+        ),
         ("status", json!("dropped")),
     ]);
     render(
@@ -361,7 +364,7 @@ fn report(change: Option<Change>) {
             "jobhost: log file {} is written again, after {failed_writes} failed writes since \
              {}; {dropped_lines} lines were dropped",
             path.display(),
-            crate::text::local_time(since).unwrap_or_default()
+            crate::shared::text::local_time(since).unwrap_or_default()
         ),
     };
     let _ = writeln!(io::stderr().lock(), "{message}");
@@ -471,7 +474,7 @@ impl<S: Subscriber> Layer<S> for SpecFormatLayer {
 
 /// One spec-format line, newline included. Characters that would not show as themselves (a
 /// right-to-left override in a param, a zero-width space in an error) are written as escapes
-/// ([`crate::text::visible`]): `\u{202E}` in the message, `\u202E` in the JSON context, which
+/// ([`crate::shared::text::visible`]): `\u{202E}` in the message, `\u202E` in the JSON context, which
 /// stays JSON with the exact value.
 fn render(env: &str, level: &Level, message: &str, context: Option<&str>) -> String {
     let mut line = String::with_capacity(128);
@@ -604,14 +607,13 @@ pub fn dispatcher(message: &str, slots: usize, state_dir: &std::path::Path) {
     tracing::info!(context = context.as_str(), "{message}");
 }
 
-/// `Plugin version active` (INFO): a plugin file's new version serves new jobs of its
-/// classes from now on.
-pub fn plugin_active(file: &str, version: &crate::inventory::Version, previous: Option<&str>) {
-    let classes: Vec<&str> = version.classes.iter().map(|c| c.name.as_str()).collect();
+/// `Plugin version active` (INFO): the version `hash` of a plugin file serves new jobs of its
+/// `classes` from now on, in place of `previous`.
+pub fn plugin_active(file: &str, hash: &str, classes: &[&str], previous: Option<&str>) {
     let context = context([
         ("classes", json!(classes)),
         ("file", json!(file)),
-        ("hash", json!(version.hash)),
+        ("hash", json!(hash)),
         ("previous_hash", json!(previous)),
         ("status", json!("active")),
     ]);
@@ -630,14 +632,13 @@ pub fn plugin_rejected(file: &str, reason: &str, serving: Option<&str>) {
     tracing::error!(context = context.as_str(), "Plugin rejected: {file}");
 }
 
-/// `Plugin removed` (WARNING): a plugin file left the plugin directory; its classes are no
-/// longer accepted for new jobs.
-pub fn plugin_removed(file: &str, version: &crate::inventory::Version) {
-    let classes: Vec<&str> = version.classes.iter().map(|c| c.name.as_str()).collect();
+/// `Plugin removed` (WARNING): a plugin file left the plugin directory; its `classes` (of the
+/// version `hash`) are no longer accepted for new jobs.
+pub fn plugin_removed(file: &str, hash: &str, classes: &[&str]) {
     let context = context([
         ("classes", json!(classes)),
         ("file", json!(file)),
-        ("hash", json!(version.hash)),
+        ("hash", json!(hash)),
         ("status", json!("removed")),
     ]);
     tracing::warn!(context = context.as_str(), "Plugin removed: {file}");
@@ -708,15 +709,30 @@ pub fn failed_login(ip: &str) {
     tracing::warn!(context = context.as_str(), "Failed dashboard login");
 }
 
-/// A DEBUG line with the details of a finished attempt.
-pub fn attempt_finished(job: &str, id: i64, record: &crate::attempt::AttemptRecord) {
+/// What the DEBUG line of a finished attempt says.
+#[derive(Debug, Clone, Copy)]
+pub struct FinishedAttempt<'a> {
+    /// The attempt number.
+    pub attempt: u32,
+    /// Its worker's pid.
+    pub pid: u32,
+    /// How long it ran.
+    pub duration: std::time::Duration,
+    /// How it ended, as the host names outcomes (`completed`, `crashed: SIGSEGV`, ...).
+    pub outcome: &'a str,
+    /// Where its output is kept.
+    pub output: &'a Path,
+}
+
+/// A DEBUG line with the details of a finished attempt of job `id`.
+pub fn attempt_finished(job: &str, id: i64, attempt: &FinishedAttempt<'_>) {
     let context = context([
-        ("attempt", json!(record.attempt)),
+        ("attempt", json!(attempt.attempt)),
         ("job_id", json!(id)),
-        ("duration_ms", json!(record.duration.as_millis() as u64)),
-        ("outcome", json!(record.outcome.label())),
-        ("output", json!(record.output.path)),
-        ("pid", json!(record.pid)),
+        ("duration_ms", json!(attempt.duration.as_millis() as u64)),
+        ("outcome", json!(attempt.outcome)),
+        ("output", json!(attempt.output)),
+        ("pid", json!(attempt.pid)),
     ]);
     tracing::debug!(context = context.as_str(), "Attempt finished: {job}");
 }

@@ -38,7 +38,7 @@ pub async fn overview(State(app): State<Shared>, Extension(auth): Extension<Auth
             p class="problem" role="alert" {
                 strong {
                     "The dispatcher reports: " (text(&problem.what)) " since "
-                    (crate::text::local_time(problem.since).unwrap_or_default()) "."
+                    (crate::shared::text::local_time(problem.since).unwrap_or_default()) "."
                 }
                 " " (text(&problem.error))
                 " Running jobs stay supervised; nothing new starts until it recovers."

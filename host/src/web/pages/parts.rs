@@ -5,13 +5,13 @@ use maud::{html, Markup, Render};
 
 use super::PREFIX;
 use crate::{
+    shared::text::{visible, Escape},
     store::{JobId, JobState, Millis},
-    text::{visible, Escape},
 };
 
 /// A value from the queue, a plugin or a log, as a page shows it: the characters that would
 /// not show as themselves (right-to-left controls, zero-width and control characters) written
-/// as escapes ([`crate::text::visible`]), then escaped by maud, `'` too.
+/// as escapes ([`crate::shared::text::visible`]), then escaped by maud, `'` too.
 pub(super) struct Shown<'a> {
     text: &'a str,
     escape: Escape,
@@ -61,7 +61,7 @@ pub(super) fn short_hash(hash: &str) -> &str {
 /// A time for people, in the local time zone, as the logs write it; `—` for none.
 pub(super) fn when(millis: Option<Millis>) -> String {
     millis
-        .and_then(crate::text::local_time)
+        .and_then(crate::shared::text::local_time)
         .unwrap_or_else(|| "—".into())
 }
 

@@ -10,7 +10,7 @@ use super::{
     Live, Nav,
 };
 use crate::{
-    inventory::{FileStatus, Inventory, PluginFile},
+    catalog::inventory::{FileStatus, Inventory, PluginFile},
     web::{
         auth::Auth,
         blocking,
