@@ -11,7 +11,8 @@
 //! every interpolated value by default, and needs no template files to ship nor a build step.
 //! Values from the queue, the plugins or the logs go through [`parts::text`] (or
 //! [`parts::json`] for JSON), which also shows hidden characters as escapes and writes `'` as
-//! `&#39;`; nothing is written unescaped but the templates' own literals (no `PreEscaped`).
+//! `&#39;`. Nothing is written unescaped but the templates' own literals and maud's constant
+//! `DOCTYPE`; no `PreEscaped` is used.
 //! Each table row starts a line of the page's source (a `"\n"` before it), one row a line for
 //! whoever reads the source.
 
