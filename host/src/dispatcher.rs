@@ -30,14 +30,15 @@ use crate::{
     },
     health::{self, Health, HealthFile},
     inventory::{self, CatalogPaths, FileStamp, Inventory},
-    joblog, lifecycle,
+    joblog,
+    lifecycle::{self, Ending, Transition},
     platform::{CancelToken, Doorbell, FileLock},
     protocol::{read_report, WorkerReport},
     settings::Settings,
     store::{
-        now_millis, postgres::PgListener, sqlite::SqliteStore, Amended, Attempt, AttemptEnd,
-        AttemptStart, DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis,
-        Next, Store, StoreError, StoreLocation,
+        now_millis, postgres::PgListener, sqlite::SqliteStore, Amended, AttemptEnd, AttemptStart,
+        DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store,
+        StoreError, StoreLocation,
     },
 };
 
@@ -1049,7 +1050,7 @@ impl Dispatcher {
         let Some(running) = self.running.remove(&id) else {
             return Ok(());
         };
-        let mut job = running.job;
+        let job = running.job;
         let record = match result {
             Ok(record) => record,
             Err(error) => {
@@ -1080,27 +1081,27 @@ impl Dispatcher {
                 }
             }
         };
+        let mut cancel_requested = job.cancel_requested;
         if !matches!(record.outcome, Outcome::Ok(_)) {
             // Whether a cancel arrived while it ran decides between "cancelled" and a retry;
             // without an answer from the store, what this dispatcher knew decides.
             let requests = self.read("read cancel requests", |s| s.cancel_requests())?;
-            job.cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
+            cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
         }
         let now = now_millis();
-        let (next, label, error) =
-            if running.interrupted && !matches!(record.outcome, Outcome::Ok(_)) {
-                let why = "interrupted: the dispatcher shut down".to_owned();
-                (Next::Requeue, why.clone(), Some(why))
-            } else {
-                (
-                    lifecycle::next_after(&job, &record.outcome, now),
-                    record.outcome.label(),
-                    record.outcome.error(),
-                )
-            };
+        let ending = if running.interrupted {
+            Ending::Interrupted(&record.outcome)
+        } else {
+            Ending::Ended(&record.outcome)
+        };
+        let Transition {
+            outcome,
+            error,
+            next,
+        } = lifecycle::decide(&job, ending, cancel_requested, now);
         let end = AttemptEnd {
             finished_at: now,
-            outcome: label,
+            outcome,
             error,
             output_bytes: record.output.total_bytes,
         };
@@ -1308,26 +1309,19 @@ impl Dispatcher {
             let Some(owner) = attempt.dispatcher else {
                 continue;
             };
-            let outcome = if owner == self.owner {
-                // Claimed, but the answer was lost with the connection: no worker was ever
-                // started for it.
-                Outcome::NotStarted(
-                    "not started: its dispatcher did not learn that it had claimed it".into(),
-                )
+            let ending = if owner == self.owner {
+                // Claimed, but the answer was lost with the connection.
+                Ending::ClaimNotLearned
             } else if let Some(dead) = expired.iter().find(|d| d.id == owner) {
-                let who = format!("its dispatcher (pid {} on {})", dead.pid, dead.host);
-                if attempt.pid.is_none() {
-                    // A worker is on record before it may start: none ran.
-                    Outcome::NotStarted(format!(
-                        "not started: {who} stopped heartbeating before starting a worker"
-                    ))
-                } else {
-                    Outcome::Lost(format!("{who} stopped heartbeating"))
+                Ending::OwnerExpired {
+                    owner: dead,
+                    worker_recorded: attempt.pid.is_some(),
                 }
             } else {
                 continue;
             };
-            changed |= self.settle_unwatched(&job, &attempt, &outcome, now)?;
+            let transition = lifecycle::decide(&job, ending, job.cancel_requested, now);
+            changed |= self.settle_unwatched(&job, attempt.attempt, transition, now)?;
         }
         for dead in expired {
             if self.store("deregister a dispatcher", |s| s.deregister(dead.id))? == Some(true) {
@@ -1356,25 +1350,28 @@ impl Dispatcher {
         Ok(changed)
     }
 
-    /// Settles `attempt` of `job`, which no dispatcher is watching, with `outcome` (lost, or
-    /// not started), moving the job on as [`lifecycle`] decides. Returns false if somebody
-    /// settled it first.
+    /// Settles attempt `number` of `job`, which no dispatcher is watching, as [`lifecycle`]
+    /// decided (lost, or not started). Returns false if somebody settled it first.
     fn settle_unwatched(
         &mut self,
         job: &JobRecord,
-        attempt: &Attempt,
-        outcome: &Outcome,
+        number: u32,
+        transition: Transition,
         now: Millis,
     ) -> Result<bool, DispatcherError> {
-        let next = lifecycle::next_after(job, outcome, now);
-        let reason = outcome.error().unwrap_or_default();
+        let Transition {
+            outcome,
+            error,
+            next,
+        } = transition;
+        let reason = error.unwrap_or_default();
         let end = AttemptEnd {
             finished_at: now,
-            outcome: outcome.label(),
+            outcome,
             error: Some(reason.clone()),
             output_bytes: 0,
         };
-        let (id, number) = (job.id, attempt.attempt);
+        let id = job.id;
         let settled = self.store("settle an attempt", |s| s.settle(id, number, &end, &next))?;
         if settled != Some(true) {
             // Settled by somebody else, or to be tried again at the next look.
@@ -1529,14 +1526,18 @@ impl Dispatcher {
             };
             let outcome = crate::attempt::reported_outcome(report, job.timeout);
             let now = now_millis();
-            let next = lifecycle::next_after(&job, &outcome, now);
+            let Transition {
+                outcome: label,
+                error,
+                next,
+            } = lifecycle::decide(&job, Ending::Ended(&outcome), job.cancel_requested, now);
             let end = AttemptEnd {
                 finished_at: attempt.finished_at.unwrap_or(now),
-                outcome: outcome.label(),
-                error: outcome.error(),
+                outcome: label.clone(),
+                error,
                 output_bytes: attempt.output_bytes.unwrap_or(0),
             };
-            let (id, label) = (job.id, outcome.label());
+            let id = job.id;
             match self.store("correct a lost attempt", |s| {
                 s.amend_lost(id, number, &end, &next)
             })? {
