@@ -36,9 +36,8 @@ use crate::{
     protocol::{read_report, WorkerReport},
     settings::Settings,
     store::{
-        now_millis, postgres::PgListener, sqlite::SqliteStore, Amended, AttemptEnd, AttemptStart,
-        DispatcherId, DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store,
-        StoreError, StoreLocation,
+        now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
+        DispatcherRecord, JobId, JobRecord, Listener, Maintenance, Millis, Next, Store, StoreError,
     },
 };
 
@@ -64,14 +63,12 @@ const AMEND_EVERY: Duration = Duration::from_secs(60);
 
 /// How often at most the loop looks for dispatchers whose lease ran out.
 const RESCUE_TICK: Duration = Duration::from_secs(1);
-/// How long the PostgreSQL listener waits before it connects again.
+/// How long the store's listener waits after failing to connect again before it tries again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// The files of a state directory that belong to the dispatcher.
 #[derive(Debug, Clone)]
 pub struct StatePaths {
-    /// The job database.
-    pub database: PathBuf,
     /// The lock a running dispatcher holds.
     pub lock: PathBuf,
     /// The dispatcher's doorbell socket.
@@ -86,7 +83,6 @@ impl StatePaths {
     /// The paths under `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
         Self {
-            database: state_dir.join(crate::store::sqlite::DB_FILE),
             lock: state_dir.join("dispatcher.lock"),
             doorbell: state_dir.join("dispatcher.sock"),
             waiters: state_dir.join("waiters"),
@@ -239,11 +235,13 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         owner,
         predecessors: predecessors.clone(),
     }));
-    match &settings.store {
-        StoreLocation::Sqlite(database) => start_checkpointer(database)?,
-        StoreLocation::Postgres(url) => {
-            listen_postgres(url, &tx).map_err(setup("start the PostgreSQL listener"))?;
-        }
+    if let Some(maintenance) = crate::store::maintenance(&settings.store)? {
+        start_maintenance(maintenance)?;
+    }
+    let listener = crate::store::listener(&settings.store)
+        .map_err(|e| setup("start the job database's listener")(std::io::Error::other(e)))?;
+    if let Some(listener) = listener {
+        forward_changes(listener, &tx).map_err(setup("start the job database's listener"))?;
     }
     start_heartbeat(settings, &heartbeats, &tx)?;
     let _retention = crate::retention::start(settings, crate::store::open(&settings.store)?)
@@ -412,24 +410,22 @@ fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
     }
 }
 
-/// Forwards PostgreSQL's notifications (enqueue, cancel, retry on any host) to the loop, as
-/// the doorbell does for this host's processes.
-fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
-    let mut listener = PgListener::connect(url).map_err(std::io::Error::other)?;
+/// Forwards the store's word that processes on other hosts changed the queue (enqueue,
+/// cancel, retry) to the loop, as the doorbell does for this host's processes.
+fn forward_changes(mut listener: Box<dyn Listener>, tx: &Sender<Event>) -> std::io::Result<()> {
     let tx = tx.clone();
     std::thread::Builder::new()
-        .name("pg-listen".into())
+        .name("store-listen".into())
         .spawn(move || loop {
-            match listener.wait(SAFETY_WAKE) {
-                Ok(None) => {}
-                // After a reconnection too: what was sent meanwhile is unknown.
-                Ok(Some(_)) => {
+            match listener.wait_for_change(SAFETY_WAKE) {
+                Ok(false) => {}
+                Ok(true) => {
                     if tx.send(Event::Rang(RING_WAKE)).is_err() {
                         return;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("PostgreSQL listener: {e}; reconnecting");
+                    tracing::warn!("job database listener: {e}; reconnecting");
                     std::thread::sleep(RECONNECT_PAUSE);
                 }
             }
@@ -500,32 +496,19 @@ fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
     })
 }
 
-/// How often the database's write-ahead log is folded into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
-/// for the fsync. Housekeeping on a timer: nothing waits for it. A passive checkpoint never
-/// holds anybody up, but while commits keep coming the WAL seldom starts over; so when it
-/// holds more than [`crate::store::sqlite::WAL_LIMIT`] the checkpointer truncates it, which
-/// holds writers up briefly and gives up rather than long.
-fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
-    let store = SqliteStore::open(database)?;
+/// Runs the store's housekeeping ([`Maintenance`]) from a thread of its own, on its timer:
+/// nothing waits for it.
+fn start_maintenance(mut maintenance: Box<dyn Maintenance>) -> Result<(), DispatcherError> {
     std::thread::Builder::new()
-        .name("checkpoint".into())
+        .name("store-maintain".into())
         .spawn(move || loop {
-            std::thread::sleep(CHECKPOINT_EVERY);
-            let done = store.checkpoint().and_then(|wal| {
-                if wal > crate::store::sqlite::WAL_LIMIT as u64 {
-                    store.truncate_wal()?;
-                }
-                Ok(())
-            });
-            if let Err(e) = done {
-                tracing::warn!("checkpoint failed: {e}");
+            std::thread::sleep(maintenance.interval());
+            if let Err(e) = maintenance.maintain() {
+                tracing::warn!("maintenance of the job database failed: {e}");
             }
         })
         .map_err(|source| DispatcherError::Setup {
-            what: "start the checkpoint thread".into(),
+            what: "start the job database's maintenance thread".into(),
             source,
         })?;
     Ok(())
@@ -1158,8 +1141,8 @@ impl Dispatcher {
     }
 
     /// Like [`Dispatcher::store`] for a call that only reads: its success says nothing about
-    /// whether writes work again (SQLite readers go on while another process holds the write
-    /// lock), so it leaves the trouble as it is.
+    /// whether writes work again (a store may let readers go on while another process holds
+    /// its write lock), so it leaves the trouble as it is.
     fn read<T>(
         &mut self,
         what: &str,
