@@ -171,6 +171,19 @@ pub enum AttemptError {
     },
 }
 
+impl AttemptError {
+    /// The outcome of an attempt that could not run for this error: `lost` if its worker had
+    /// been let start (`released`: plugin code may have run), else `not started` (the
+    /// dispatcher's problem, not the job's: the attempt does not count).
+    pub fn outcome(&self, released: bool) -> Outcome {
+        if released {
+            Outcome::Lost(format!("the attempt could not be supervised: {self}"))
+        } else {
+            Outcome::NotStarted(format!("not started: the worker could not start: {self}"))
+        }
+    }
+}
+
 /// The directory of every job's attempt files in `state_dir`: `<state_dir>/attempts/`, one
 /// directory per job, named after its id.
 pub fn attempts_dir(state_dir: &Path) -> PathBuf {
@@ -709,6 +722,34 @@ mod tests {
             )
         );
         assert!(!never.is_retryable());
+    }
+
+    #[test]
+    fn an_attempt_that_could_not_run_is_lost_once_its_worker_was_let_start() {
+        let error = AttemptError::Spawn {
+            program: "/bin/jobhost".into(),
+            source: std::io::Error::other("no processes left"),
+        };
+        assert_eq!(
+            error.outcome(false),
+            Outcome::NotStarted(
+                "not started: the worker could not start: cannot run worker /bin/jobhost".into()
+            )
+        );
+        let error = AttemptError::Files {
+            dir: "/state/attempts/1".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        let lost = error.outcome(true);
+        assert_eq!(
+            lost,
+            Outcome::Lost(
+                "the attempt could not be supervised: cannot prepare attempt files in \
+                 /state/attempts/1"
+                    .into()
+            )
+        );
+        assert!(lost.is_retryable());
     }
 
     #[test]

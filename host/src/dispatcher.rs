@@ -1037,9 +1037,7 @@ impl Dispatcher {
         let record = match result {
             Ok(record) => record,
             Err(error) => {
-                let outcome = if released {
-                    Outcome::Lost(format!("the attempt could not be supervised: {error}"))
-                } else {
+                if !released {
                     // A dispatcher's problem, not the job's: it goes back to the queue, and
                     // claims pause until workers can be started again.
                     Trouble::failed(
@@ -1047,14 +1045,13 @@ impl Dispatcher {
                         "Workers cannot be started",
                         format!("{error:#}"),
                     );
-                    Outcome::NotStarted(format!("not started: the worker could not start: {error}"))
-                };
+                }
                 tracing::error!("attempt {attempt} of job {id} could not run: {error:#}");
                 AttemptRecord {
                     attempt,
                     pid: 0,
                     duration: Duration::ZERO,
-                    outcome,
+                    outcome: error.outcome(released),
                     output: crate::capture::CapturedOutput {
                         path: AttemptPaths::new(&self.settings.state_dir, &id.to_string(), attempt)
                             .output,
