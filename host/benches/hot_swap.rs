@@ -37,8 +37,8 @@ use common::{
     bench_main, count, cpus, find_fixture, jobhost_binary, ms, Installation, Scratch, Served,
 };
 use jobhost::{
-    child,
-    inventory::{CatalogPaths, Inventory},
+    catalog::inventory::{CatalogPaths, Inventory},
+    runner::child,
     store::JobState,
     Job,
 };

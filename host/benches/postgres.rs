@@ -41,9 +41,9 @@
 //! serving someone else); above 0.15 of a core the figures are flagged as unreliable.
 //!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
-//! binary's directory by [`jobhost::attempt::jobhost_program`] (or `$JOBHOST_BIN`); `main`
+//! binary's directory by [`jobhost::runner::jobhost_program`] (or `$JOBHOST_BIN`); `main`
 //! still first handles the hidden `__worker` and `__inspect` subcommands
-//! ([`jobhost::child::exit_if_child`]), so the bench binary can stand in as a worker.
+//! ([`jobhost::runner::child::exit_if_child`]), so the bench binary can stand in as a worker.
 
 // Public, so that what only the other benches use of it is not reported unused here.
 pub mod common;
@@ -62,7 +62,7 @@ use common::{
     CLASS, NOISY, OK, PLUGIN_FILE, WARM_UP,
 };
 use jobhost::{
-    child,
+    runner::child,
     store::{postgres::TestDatabase, DispatcherId, JobState},
     Job,
 };

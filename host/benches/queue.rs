@@ -40,9 +40,9 @@
 //! the rest of the supervision; `QUEUE_SCRATCH_DIR=/dev/shm` measures on tmpfs instead.
 //!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
-//! binary's directory by [`jobhost::attempt::jobhost_program`] (or `$JOBHOST_BIN`); `main`
+//! binary's directory by [`jobhost::runner::jobhost_program`] (or `$JOBHOST_BIN`); `main`
 //! still first handles the hidden `__worker` and `__inspect` subcommands
-//! ([`jobhost::child::exit_if_child`]), so the bench binary can stand in as a worker.
+//! ([`jobhost::runner::child::exit_if_child`]), so the bench binary can stand in as a worker.
 
 // Public, so that what only the other benches use of it is not reported unused here.
 pub mod common;
@@ -62,8 +62,8 @@ use common::{
     WARM_UP,
 };
 use jobhost::{
-    child,
     platform::{Doorbell, FileLock},
+    runner::child,
     store::JobState,
     Client, Job,
 };

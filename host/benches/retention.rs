@@ -42,7 +42,7 @@ use common::{
     bench_main, count, cpus, dispatch_in_batches, find_fixture, jobhost_binary, Installation,
     Scratch, Served, CLASS, OK, PLUGIN_FILE,
 };
-use jobhost::{child, store::sqlite::DB_FILE, Job};
+use jobhost::{runner::child, store::sqlite::DB_FILE, Job};
 
 const BENCH: &str = "retention";
 const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\"]\n";

@@ -15,7 +15,7 @@
 //! --all-targets`) it makes a quick smoke run of a few iterations instead.
 //!
 //! `run_attempt` spawns the real release `jobhost` binary as the worker (found beside the bench
-//! binary's directory by `jobhost::attempt::jobhost_program`, or `$JOBHOST_BIN`): each attempt
+//! binary's directory by `jobhost::runner::jobhost_program`, or `$JOBHOST_BIN`): each attempt
 //! runs in a real worker process.
 
 // Public, so that what only the other benches use of it is not reported unused here.
@@ -31,7 +31,7 @@ use common::{
     bench_main, count, cpus, find_fixture, install, measure, ms, AttemptRunner, Scratch, CLASS, OK,
     PLUGIN_FILE,
 };
-use jobhost::settings::{Overrides, Settings};
+use jobhost::config::settings::{Overrides, Settings};
 
 const BENCH: &str = "worker_spawn";
 const ITERS_VAR: &str = "WORKER_SPAWN_ITERS";
@@ -63,7 +63,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
          ({ITERS_VAR}={attempts}){}",
         if bench_mode { "" } else { ", smoke run" }
     );
-    println!("worker: {}", jobhost::attempt::jobhost_program().display());
+    println!("worker: {}", jobhost::runner::jobhost_program().display());
     println!(
         "plugin: {} (copied from {})",
         plugin.display(),
@@ -117,7 +117,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "an attempt is {CLASS}@{OK} through jobhost::attempt::run_attempt: worker spawn, \
+        "an attempt is {CLASS}@{OK} through jobhost::runner::supervisor::run_attempt: worker spawn, \
          plugin load, invoke, output capture, report file, supervision"
     );
     Ok(())

@@ -5,40 +5,32 @@
 //! runs in a fresh worker process that loads the plugin itself, so a crashing, hanging or
 //! runaway job ends that process alone. See `docs/architecture.md` for the whole picture.
 //!
-//! The modules, from the outside in: [`api`] is what applications and the CLI call to
-//! dispatch jobs; [`settings`] and [`allowlist`] read configuration (every file through [`files`], which
-//! bounds what it reads); [`job`] describes a
-//! requested job; [`authorize`] is the gate (allowlist and plugin inventory, [`inventory`]);
-//! [`store`] is the durable queue and [`lifecycle`] the rules for moving a job on, and
-//! [`retention`] deletes finished jobs once they are old enough;
-//! [`dispatcher`] is the loop that owns job state and runs attempts through [`attempt`], which
-//! spawns and supervises a worker with [`platform`] and keeps its output with [`capture`];
-//! [`child`] is what the worker itself runs, speaking [`protocol`] and loading plugins with
-//! [`loader`] ([`reason`] says why a file is not a plugin); [`joblog`] writes the spec-format logs; [`web`] is the admin dashboard `jobhost serve` runs.
+//! The folders are the layers, from the outside in; each one's arrows point only down this list:
+//!
+//! - [`web`] — the admin dashboard `jobhost serve` runs; [`api`] — what applications and the CLI
+//!   call to dispatch and follow jobs ([`dispatch`], [`Job`], [`Client`]).
+//! - [`queue`] — the dispatcher that owns job state, retention, health, and the doorbell other
+//!   processes ring.
+//! - [`catalog`] — what may run: the plugin inventory, its watcher and the gate every job passes.
+//! - [`runner`] — one attempt in a child process: the supervisor side in the host, the child side
+//!   (which alone loads plugin code) in the worker, and the wire contract between them.
+//! - [`joblog`] — the spec-format job logs.
+//! - [`config`] — `jobhost.toml` and `allowlist.toml`, parsed.
+//! - [`store`] — the durable queue, one folder per backend; [`job`] — what a job is and the rules
+//!   that move it from state to state.
+//! - [`platform`] — processes, signals and locks on Unix and Windows; [`shared`] — bounded file
+//!   reads, atomic writes and text helpers.
 
-pub mod allowlist;
 pub mod api;
-pub mod attempt;
-pub mod authorize;
-pub mod capture;
-pub mod child;
-pub mod dispatcher;
-pub mod files;
-pub mod health;
-pub mod inventory;
+pub mod catalog;
+pub mod config;
 pub mod job;
 pub mod joblog;
-pub mod lifecycle;
-pub mod loader;
 pub mod platform;
-pub mod plugin_file;
-pub mod protocol;
-pub mod reason;
-pub mod retention;
-pub mod settings;
+pub mod queue;
+pub mod runner;
+pub mod shared;
 pub mod store;
-pub mod text;
-pub mod watch;
 pub mod web;
 
 pub use api::{dispatch, Client, DispatchError, Job, WakeError};

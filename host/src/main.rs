@@ -10,8 +10,6 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod cli;
-mod inspect;
-mod output;
 
 use std::{
     process::ExitCode,
@@ -24,23 +22,26 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser;
 
-use cli::{Cli, Commands, RunArgs};
+use cli::{
+    args::{self, Cli, Commands, RunArgs},
+    output::{self, note, Stdout, StdoutError},
+    queries,
+};
 use jobhost::{
-    allowlist::{AllowlistError, Verdict},
-    authorize::Refused,
-    child,
-    dispatcher::{self, DispatcherError, ServeOptions},
-    inventory::{FileStatus, Inventory, InventoryError, Listing},
+    catalog::gate::Refused,
+    catalog::inventory::{FileStatus, Inventory, InventoryError, Listing},
+    config::allowlist::{AllowlistError, Verdict},
+    config::settings::{Settings, SettingsError},
     job::{parse_cli_params, ParamsError},
     joblog::SpecFormatLayer,
     platform,
-    retention::{prune_by_hand, PruneRequest},
-    settings::{Settings, SettingsError},
+    queue::dispatcher::{self, DispatcherError, ServeOptions},
+    queue::retention::{prune_by_hand, PruneRequest},
+    runner::child,
+    shared::text::{local_time, visible, Escape},
     store::{CancelOutcome, JobState, StoreError},
-    text::{local_time, visible, Escape},
     Client, DispatchError, Job,
 };
-use output::{note, Stdout, StdoutError};
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_BAD_INPUT: u8 = 2;
@@ -146,7 +147,12 @@ fn reported(error: DispatchError, check: impl FnOnce() -> String) -> anyhow::Err
 /// stderr.
 fn cli_client(settings: Settings) -> anyhow::Result<Client> {
     let mut client = Client::new(settings)?;
-    client.on_warning(|warning| note!("jobhost: warning: {}", jobhost::text::chain(warning)));
+    client.on_warning(|warning| {
+        note!(
+            "jobhost: warning: {}",
+            jobhost::shared::text::chain(warning)
+        )
+    });
     Ok(client)
 }
 
@@ -176,9 +182,9 @@ fn run(cli: Cli, out: &mut Stdout) -> anyhow::Result<u8> {
             note!("job {id} queued again");
             Ok(0)
         }
-        Commands::List(args) => inspect::list(&settings, &args, out),
-        Commands::Show { id, json } => inspect::show(&settings, id, json, out),
-        Commands::Stats { json } => inspect::stats(&settings, json, out),
+        Commands::List(args) => queries::list(&settings, &args, out),
+        Commands::Show { id, json } => queries::show(&settings, id, json, out),
+        Commands::Stats { json } => queries::stats(&settings, json, out),
         Commands::Prune(args) => prune(&settings, args, out),
         Commands::Stop => {
             if Client::new(settings)?.stop_dispatcher()? {
@@ -255,7 +261,7 @@ fn follow(client: &mut Client, id: i64, out: &mut Stdout) -> anyhow::Result<u8> 
     }
 }
 
-fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
+fn serve(settings: &Settings, args: &args::ServeArgs) -> anyhow::Result<u8> {
     let mut options = ServeOptions {
         idle_exit: args.idle_exit,
         on_demand: args.detached,
@@ -269,13 +275,13 @@ fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     // Started by an enqueuer that found nobody answering. Another dispatcher may hold the
     // state directory while it is on its way out (its idle exit); wait for it a little rather
     // than leave the new job without a dispatcher.
-    let paths = dispatcher::StatePaths::new(&settings.state_dir);
+    let paths = jobhost::queue::StatePaths::new(&settings.state_dir);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match dispatcher::serve(settings, options.clone()) {
             Err(DispatcherError::AlreadyRunning { .. }) => {
-                let answered =
-                    platform::ring(&paths.doorbell, dispatcher::RING_WAKE).unwrap_or(false);
+                let answered = platform::ring(&paths.doorbell, jobhost::queue::doorbell::RING_WAKE)
+                    .unwrap_or(false);
                 if answered || std::time::Instant::now() >= deadline {
                     return Ok(0);
                 }
@@ -289,7 +295,7 @@ fn serve(settings: &Settings, args: &cli::ServeArgs) -> anyhow::Result<u8> {
     }
 }
 
-fn prune(settings: &Settings, args: cli::PruneArgs, out: &mut Stdout) -> anyhow::Result<u8> {
+fn prune(settings: &Settings, args: args::PruneArgs, out: &mut Stdout) -> anyhow::Result<u8> {
     let request = PruneRequest {
         older_than: args.older_than,
         state: args.state,
@@ -341,7 +347,9 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
     let since = |millis| local_time(millis).unwrap_or_default();
     // File names, reasons and docs come from the plugin directory and the plugins: hidden and
     // right-to-left characters in them are shown as escapes, never acted on by the terminal.
-    let shown = |text: &str| jobhost::text::visible(text, jobhost::text::Escape::Text).into_owned();
+    let shown = |text: &str| {
+        jobhost::shared::text::visible(text, jobhost::shared::text::Escape::Text).into_owned()
+    };
     writeln!(out, "plugin directory: {}", inventory.dir.display())?;
     // Mark what the allowlist does not approve: offered, but refused if asked for.
     let allowlist = inventory.allowlist(settings);

@@ -55,7 +55,7 @@ fn jobs_end_as_their_attempts_justify_through_ten_dispatcher_kill_9s_and_killed_
     let mut serve = host.serve();
     // Enqueued once the dispatcher answers its doorbell: a wake-up that found none would start
     // a dispatcher on demand, one the test does not hold and could not kill.
-    let doorbell = jobhost::dispatcher::StatePaths::new(&host.state_dir()).doorbell;
+    let doorbell = jobhost::queue::StatePaths::new(&host.state_dir()).doorbell;
     wait_for("the dispatcher's doorbell", Duration::from_secs(30), || {
         doorbell.exists().then_some(())
     });
@@ -281,7 +281,7 @@ fn read_traces(path: &Path) -> BTreeMap<JobId, Vec<Traced>> {
     traces
 }
 
-/// Whether `label` is one of the outcomes the host names: those of `jobhost::attempt::Outcome`
+/// Whether `label` is one of the outcomes the host names: those of `jobhost::runner::supervisor::Outcome`
 /// (`ok`, `error`, `crashed: SIGNAL`, `timed out`, `cancelled`, `exited without a result: code
 /// N`, `lost`, `not started`) and the dispatcher's `interrupted: the dispatcher shut down`.
 fn is_named(label: &str) -> bool {

@@ -196,7 +196,9 @@ fn removing_the_allowlist_while_serving_revokes_every_approval_and_restoring_it_
     assert!(
         matches!(
             refused,
-            jobhost::DispatchError::Allowlist(jobhost::allowlist::AllowlistError::Missing { .. })
+            jobhost::DispatchError::Allowlist(
+                jobhost::config::allowlist::AllowlistError::Missing { .. }
+            )
         ),
         "{refused:?}"
     );

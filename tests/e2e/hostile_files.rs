@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use jobhost::inventory::{FileStatus, Inventory};
+use jobhost::catalog::inventory::{FileStatus, Inventory};
 use jobhost_e2e::{wait_for, Host, Run};
 use serde_json::Value;
 
@@ -186,7 +186,7 @@ fn a_dispatcher_that_sees_a_fifo_appear_runs_jobs_and_obeys_sigterm() {
     let mut serve = host.serve();
     let _fifo = Fifo::new(host.plugin_dir().join("pipe.so"));
     wait_for("the pipe to be catalogued", HANG, || {
-        let catalog = jobhost::inventory::CatalogPaths::new(&host.state_dir()).catalog;
+        let catalog = jobhost::catalog::inventory::CatalogPaths::new(&host.state_dir()).catalog;
         let inventory = Inventory::read(&catalog)?;
         inventory
             .files
@@ -271,7 +271,7 @@ fn a_dev_zero_link_and_a_huge_sparse_file_are_refused_unread() {
     let peak = children_peak_rss();
     assert!(peak < SMALL_RSS, "jobhost plugins peaked at {peak} bytes");
     // Nothing of them was copied into the state directory.
-    let snapshots = jobhost::inventory::CatalogPaths::new(&host.state_dir()).snapshots;
+    let snapshots = jobhost::catalog::inventory::CatalogPaths::new(&host.state_dir()).snapshots;
     let copied: u64 = fs::read_dir(snapshots)
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -297,7 +297,7 @@ fn a_dispatcher_catalogues_a_dev_zero_link_and_a_huge_sparse_file_in_little_memo
     let mut serve = host.serve();
     endless_and_huge(&host);
     wait_for("both to be catalogued", HANG, || {
-        let catalog = jobhost::inventory::CatalogPaths::new(&host.state_dir()).catalog;
+        let catalog = jobhost::catalog::inventory::CatalogPaths::new(&host.state_dir()).catalog;
         let inventory = Inventory::read(&catalog)?;
         let rejected = |name: &str| {
             inventory

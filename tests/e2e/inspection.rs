@@ -295,13 +295,13 @@ fn a_client_inspects_again_after_a_failed_inspection_without_a_change() {
     let job = || jobhost::Job::new(r"App\Jobs\SendWelcomeEmail", "handle").param("user_id", 5);
     let refused = client.dispatch(job()).unwrap_err().to_string();
     assert!(refused.contains("SendWelcomeEmail"), "{refused}");
-    let listing = jobhost::inventory::Inventory::read(
-        &jobhost::inventory::CatalogPaths::new(&host.state_dir()).catalog,
+    let listing = jobhost::catalog::inventory::Inventory::read(
+        &jobhost::catalog::inventory::CatalogPaths::new(&host.state_dir()).catalog,
     )
     .unwrap();
     let entry = &listing.files[0];
     assert!(
-        matches!(&entry.status, jobhost::inventory::FileStatus::Rejected { reason }
+        matches!(&entry.status, jobhost::catalog::inventory::FileStatus::Rejected { reason }
             if reason.as_str().starts_with("inspection failed: cannot start the inspector")
                 && reason.as_str().ends_with("(will retry)")),
         "{entry:?}"

@@ -259,12 +259,13 @@ impl Host {
 
     /// A Rust API client for this installation.
     pub fn client(&self) -> jobhost::Client {
-        let overrides = jobhost::settings::Overrides {
+        let overrides = jobhost::config::settings::Overrides {
             config: Some(self.root().join("jobhost.toml")),
             ..Default::default()
         };
         let settings =
-            jobhost::settings::Settings::resolve_with(&overrides, self.root(), |_| None).unwrap();
+            jobhost::config::settings::Settings::resolve_with(&overrides, self.root(), |_| None)
+                .unwrap();
         jobhost::Client::new(settings).unwrap()
     }
 
@@ -302,12 +303,12 @@ impl Host {
     /// (`<state>/plugins/catalog.json`, read without asking anyone to bring it up to date) says
     /// `class` is served by the version with hash `hash`, or by none when `hash` is `None`.
     pub fn wait_catalog(&self, class: &str, hash: Option<&str>) {
-        let catalog = jobhost::inventory::CatalogPaths::new(&self.state_dir()).catalog;
+        let catalog = jobhost::catalog::inventory::CatalogPaths::new(&self.state_dir()).catalog;
         wait_for(
             &format!("the catalog to serve {class} with {hash:?}"),
             Duration::from_secs(60),
             || {
-                let inventory = jobhost::inventory::Inventory::read(&catalog)?;
+                let inventory = jobhost::catalog::inventory::Inventory::read(&catalog)?;
                 let serving = inventory.find(class).map(|o| o.version.hash.as_str());
                 (serving == hash).then_some(())
             },

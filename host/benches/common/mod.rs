@@ -18,10 +18,16 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use jobhost::{
-    attempt::{jobhost_program, run_attempt, AttemptSpec, Outcome},
-    dispatcher::{StatePaths, RING_STOP, RING_WAKE},
+    config::settings::{Overrides, Settings},
     platform::{self, CancelToken},
-    settings::{Overrides, Settings},
+    queue::{
+        doorbell::{RING_STOP, RING_WAKE},
+        StatePaths,
+    },
+    runner::{
+        jobhost_program,
+        supervisor::{run_attempt, AttemptSpec, Outcome},
+    },
     store::{JobId, JobState},
     Client, Job,
 };
@@ -215,6 +221,7 @@ impl<'a> AttemptRunner<'a> {
     /// One attempt of `method` of the fixture class; its result.
     pub fn attempt(&self, job_id: &str, method: &str) -> anyhow::Result<Value> {
         let params = Value::Object(serde_json::Map::new());
+        let allowlist = jobhost::catalog::inventory::allowlist_in_force(self.settings);
         let spec = AttemptSpec {
             job_id,
             attempt: 1,
@@ -223,6 +230,7 @@ impl<'a> AttemptRunner<'a> {
             params: &params,
             plugin: &self.plugin,
             timeout: Duration::from_secs(60),
+            allowlist: &allowlist,
         };
         let record = run_attempt(self.settings, &spec, &self.cancel, &mut |_| true)
             .with_context(|| format!("attempt of job {job_id} could not run"))?;

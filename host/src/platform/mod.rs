@@ -1,16 +1,19 @@
-//! Everything that differs between operating systems, behind one small interface.
+//! Everything that differs between operating systems, behind one small interface: `unix.rs`
+//! implements it for Linux (pidfds, `poll`, process groups, signals, a Unix datagram doorbell)
+//! and `windows.rs` for Windows (detached spawn, a Job Object per worker, a named stop event,
+//! a loopback-TCP doorbell); the rest of the host is the same code on both.
 //!
-//! The rest of the host sees: [`CancelToken`] (a wake-up another thread or a signal handler can
-//! fire), [`supervise`] (spawn a child detached from its caller, stream its output, enforce a
-//! deadline, stop its whole process tree on cancel or timeout, and say how it ended), [`adopt`]
-//! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
-//! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
-//! [`Doorbell`], [`ring`] and [`answers`] (how an enqueuer wakes a dispatcher, and how a
-//! follower sees one is there without waking it), [`FileLock`] (one
-//! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
-//! `nohup … &` / `start /b`), [`find_worker`], [`on_signals`] and [`on_termination`]. `unix.rs` is the
-//! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
-//! beside it as `windows.rs`.
+//! The interface, by what it is for:
+//! - supervising a child: [`supervise`] (spawn it detached, stream its output, enforce a
+//!   deadline, stop its whole tree on cancel or timeout, say how it ended), [`supervise_quietly`]
+//!   (the same for a helper child judged by its report alone), [`adopt`] (the same for a worker
+//!   a crashed dispatcher left running), [`CancelToken`], [`OutputPair`], [`reopen_output`],
+//!   [`crash_name`], and the `StopSchedule` both implementations follow;
+//! - in the child: [`prepare_child`], [`hold_output_open`], [`stdin_to_null`], and for the
+//!   inspector [`adopt_orphans`] and [`kill_adopted`];
+//! - between processes: [`Doorbell`], [`ring`], [`answers`], [`FileLock`], [`find_worker`];
+//! - detaching and signals: [`detach_command`], [`detach_self`] (the spec's `nohup … &` and
+//!   `start /b`), [`on_signals`] and [`on_termination`].
 
 #[cfg(unix)]
 mod unix;
@@ -181,15 +184,18 @@ pub struct SuperviseOptions {
     pub kill_grace: Duration,
 }
 
-/// Gives a spawned child its go-ahead (see [`crate::protocol::WorkerRequest::gate`]): writes
-/// [`crate::protocol::GO`] to its stdin when `go`, then closes it, so the child reads end of
+/// The byte [`supervise`] writes to a gated child's stdin to let it start
+/// (`crate::runner::protocol::WorkerRequest::gate`).
+pub const GO: u8 = b'g';
+
+/// Gives a spawned child its go-ahead: writes [`GO`] to its stdin when `go`, then closes it, so the child reads end of
 /// input from then on, as from the null device. A child that does not wait for the go-ahead
 /// never notices; one that does and gets only end of input starts nothing.
 fn release(stdin: Option<std::process::ChildStdin>, go: bool) {
     use std::io::Write;
     if let (Some(mut stdin), true) = (stdin, go) {
         // A child that is gone already has nothing to start.
-        let _ = stdin.write_all(&[crate::protocol::GO]);
+        let _ = stdin.write_all(&[GO]);
     }
 }
 
@@ -229,7 +235,7 @@ impl FileLock {
     fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         let mut options = std::fs::OpenOptions::new();
         options.create(true).truncate(false).read(true).write(true);
-        crate::files::open_regular(&mut options, path, "a lock file")
+        crate::shared::files::open_regular(&mut options, path, "a lock file")
     }
 
     fn held(file: std::fs::File, note: &str) -> std::io::Result<Self> {
@@ -248,7 +254,8 @@ impl FileLock {
     /// without changing the file: a shared lock cannot be had while the lock is held.
     pub fn is_held(path: &std::path::Path) -> bool {
         let mut options = std::fs::OpenOptions::new();
-        let Ok(file) = crate::files::open_regular(options.read(true), path, "a lock file") else {
+        let Ok(file) = crate::shared::files::open_regular(options.read(true), path, "a lock file")
+        else {
             return false;
         };
         match file.try_lock_shared() {
@@ -276,7 +283,12 @@ impl FileLock {
 
     /// What the lock file at `path` says, if it is a regular file of a lock file's size.
     fn read(path: &std::path::Path) -> Option<String> {
-        crate::files::read_capped_text(path, crate::files::MAX_STATE_FILE_BYTES, "a lock file").ok()
+        crate::shared::files::read_capped_text(
+            path,
+            crate::shared::files::MAX_STATE_FILE_BYTES,
+            "a lock file",
+        )
+        .ok()
     }
 }
 

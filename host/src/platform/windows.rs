@@ -438,7 +438,7 @@ impl Doorbell {
     pub fn bind(path: &Path) -> io::Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         let port = listener.local_addr()?.port();
-        crate::files::write_atomically(path, port.to_string().as_bytes())?;
+        crate::shared::files::write_atomically(path, port.to_string().as_bytes())?;
         Ok(Self {
             listener,
             path: path.to_path_buf(),
@@ -499,9 +499,9 @@ pub fn ring(path: &Path, byte: u8) -> io::Result<bool> {
 
 /// A connection to the doorbell at `path`; `None` when nobody is listening there.
 fn connect_doorbell(path: &Path) -> io::Result<Option<TcpStream>> {
-    let port: u16 = match crate::files::read_capped_text(
+    let port: u16 = match crate::shared::files::read_capped_text(
         path,
-        crate::files::MAX_STATE_FILE_BYTES,
+        crate::shared::files::MAX_STATE_FILE_BYTES,
         "a doorbell file",
     ) {
         Ok(text) => match text.trim().parse() {

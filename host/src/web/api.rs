@@ -22,7 +22,7 @@ use super::{
     Shared,
 };
 use crate::{
-    inventory::Listing,
+    catalog::inventory::Listing,
     job::{json_text_depth, ParamsError},
     store::CancelOutcome,
 };

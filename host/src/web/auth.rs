@@ -35,7 +35,7 @@ use super::{
     data::{self, Failure},
     is_api, pages, redirect, refusal, Shared, PREFIX,
 };
-use crate::settings::IpRange;
+use crate::config::settings::IpRange;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "jobhost_session";

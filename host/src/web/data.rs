@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use super::App;
 use crate::{
-    allowlist::{Allowlist, Verdict},
-    inventory::Inventory,
+    catalog::inventory::Inventory,
+    config::allowlist::{Allowlist, Verdict},
     job::{ParamsError, Priority},
     joblog::{ERRORS_FILE, LOG_FILE},
     store::{
@@ -192,14 +192,14 @@ pub struct Overview {
     pub dispatchers: Vec<DispatcherRecord>,
     /// What the dispatcher serving this state directory reports: what keeps it from its
     /// work, if anything.
-    pub health: Option<crate::health::Health>,
+    pub health: Option<crate::queue::health::Health>,
 }
 
 /// Reads the overview.
 pub fn overview(
     store: &mut dyn Store,
     with_running: bool,
-    health: Option<crate::health::Health>,
+    health: Option<crate::queue::health::Health>,
 ) -> Result<Overview, Failure> {
     let Stats { by_state } = store.stats()?;
     let now = now_millis();
@@ -466,7 +466,7 @@ pub struct RunRequest {
 fn seconds(what: &str, value: Option<f64>) -> Result<Option<Duration>, Failure> {
     value
         .map(|v| {
-            crate::settings::parse_secs(&v.to_string()).ok_or_else(|| {
+            crate::config::settings::parse_secs(&v.to_string()).ok_or_else(|| {
                 Failure::BadInput(format!("{what} must be a non-negative number of seconds"))
             })
         })

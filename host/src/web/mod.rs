@@ -40,7 +40,10 @@ use axum::{
 use http_body::Body as HttpBody;
 use tokio::sync::watch;
 
-use crate::{dispatcher::ServeOptions, settings::Settings, store::Store, Client, DispatchError};
+use crate::{
+    config::settings::Settings, queue::dispatcher::ServeOptions, store::Store, Client,
+    DispatchError,
+};
 
 /// Where the dashboard lives.
 pub const PREFIX: &str = "/admin/background-jobs";
@@ -145,9 +148,9 @@ impl App {
     }
 
     /// What the dispatcher serving this state directory reports about itself.
-    fn health(&self) -> Option<crate::health::Health> {
-        let paths = crate::dispatcher::StatePaths::new(&self.settings.state_dir);
-        crate::health::current(&paths.lock, &paths.health)
+    fn health(&self) -> Option<crate::queue::health::Health> {
+        let paths = crate::queue::StatePaths::new(&self.settings.state_dir);
+        crate::queue::health::current(&paths.lock, &paths.health)
     }
 
     fn sessions(&self) -> MutexGuard<'_, auth::Sessions> {

@@ -27,15 +27,15 @@ use super::{
     redirect, Shared, PREFIX,
 };
 use crate::{
-    inventory::FileStatus,
+    catalog::inventory::FileStatus,
     job::{json_text_depth, ParamsError, Priority},
+    shared::text::{visible, Escape},
     store::{now_millis, Attempt, DispatcherRecord, JobId, JobRecord, JobState, Millis},
-    text::{visible, Escape},
 };
 
 /// Escapes `text` for HTML text and quoted attribute values: `& < > " '`, and shows the
 /// characters that would not show as themselves (right-to-left controls, zero-width and
-/// control characters) as `\u{202E}` escapes ([`crate::text::visible`]).
+/// control characters) as `\u{202E}` escapes ([`crate::shared::text::visible`]).
 pub fn esc(text: &str) -> String {
     let text = visible(text, Escape::Text);
     let mut out = String::with_capacity(text.len() + text.len() / 8);
@@ -202,7 +202,7 @@ pub fn login_page(status: StatusCode, failed: bool) -> Response {
 /// A time for people, in the local time zone, as the logs write it; `—` for none.
 fn when(millis: Option<Millis>) -> String {
     millis
-        .and_then(crate::text::local_time)
+        .and_then(crate::shared::text::local_time)
         .unwrap_or_else(|| "—".into())
 }
 
@@ -261,7 +261,7 @@ pub async fn overview(State(app): State<Shared>, Extension(auth): Extension<Auth
     let mut main = String::from("<h1>Overview</h1>\n");
     let problems = overview.health.iter().flat_map(|h| &h.problems);
     for problem in problems {
-        let since = crate::text::local_time(problem.since).unwrap_or_default();
+        let since = crate::shared::text::local_time(problem.since).unwrap_or_default();
         let _ = writeln!(
             main,
             r#"<p class="problem" role="alert"><strong>The dispatcher reports: {} since {}.</strong> {} Running jobs stay supervised; nothing new starts until it recovers.</p>"#,
@@ -818,7 +818,7 @@ fn plugins_main(plugins: &Plugins) -> String {
 
 /// The table of classes and the versions serving them, with a warning per class offered by
 /// several files.
-fn active_classes(main: &mut String, inventory: &crate::inventory::Inventory) {
+fn active_classes(main: &mut String, inventory: &crate::catalog::inventory::Inventory) {
     main.push_str(
         "<section>\n<h2>Serving new jobs</h2>\n<table id=\"active-classes\">\n<thead><tr><th>Class</th><th>File</th><th>Version (blake3)</th><th>Since</th></tr></thead>\n<tbody>\n",
     );
@@ -852,7 +852,7 @@ fn active_classes(main: &mut String, inventory: &crate::inventory::Inventory) {
 }
 
 /// One file of the plugin directory: what it is now, and the version of it that serves.
-fn plugin_file(main: &mut String, plugins: &Plugins, file: &crate::inventory::PluginFile) {
+fn plugin_file(main: &mut String, plugins: &Plugins, file: &crate::catalog::inventory::PluginFile) {
     let name = esc(&file.file_name());
     let short = |hash: &str| esc(&hash[..hash.len().min(16)]);
     match &file.status {

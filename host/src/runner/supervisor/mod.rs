@@ -1,0 +1,754 @@
+//! One attempt of one job, from the host's side: spawn the worker, supervise it, and turn what
+//! happened into an [`Outcome`].
+//!
+//! The worker's report says how the job ended *inside* the worker; the process's end says
+//! how the worker itself ended. This module is where the two are reconciled: a report wins
+//! when there is one (a job that succeeded just before its timeout succeeded), otherwise the
+//! supervisor's stop reason, the signal or the exit code explains the end.
+
+pub mod capture;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    config::settings::Settings,
+    platform::{self, CancelToken, ExitKind, OutputPair, StopReason, SuperviseOptions},
+    runner::protocol::{
+        self, read_report, FailureKind, WorkerReport, WorkerRequest, PROTOCOL_VERSION,
+    },
+    runner::supervisor::capture::{Capture, CapturedOutput},
+};
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The job returned this result.
+    Ok(Value),
+    /// The job (or the worker on its behalf) reported an error.
+    Error {
+        /// What kind.
+        kind: FailureKind,
+        /// The message.
+        message: String,
+    },
+    /// The worker died of a signal (Unix) or crash code (Windows).
+    Crashed {
+        /// Its name, e.g. `SIGSEGV`.
+        signal: String,
+        /// Whether the runtime reported a stack overflow just before.
+        stack_overflow: bool,
+    },
+    /// The attempt ran past its timeout and was stopped.
+    TimedOut(Duration),
+    /// The attempt was cancelled.
+    Cancelled,
+    /// The worker exited without writing a report.
+    ExitedWithoutResult(i32),
+    /// The attempt's worker was gone without a report when its dispatcher came back after a
+    /// crash; how it ended cannot be known.
+    Lost(String),
+    /// No plugin code ran: the worker never got the go-ahead (its dispatcher stopped between
+    /// claiming the job and recording the worker), or no worker was ever started. The attempt
+    /// does not count.
+    NotStarted(String),
+}
+
+impl Outcome {
+    /// Whether another attempt could end differently.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Outcome::Ok(_) | Outcome::Cancelled | Outcome::NotStarted(_) => false,
+            Outcome::Error { kind, .. } => kind.is_retryable(),
+            Outcome::Crashed { .. }
+            | Outcome::TimedOut(_)
+            | Outcome::ExitedWithoutResult(_)
+            | Outcome::Lost(_) => true,
+        }
+    }
+
+    /// The short outcome label: `ok`, `error`, `crashed: SIGSEGV`, `timed out`, ...
+    pub fn label(&self) -> String {
+        match self {
+            Outcome::Ok(_) => "ok".into(),
+            Outcome::Error { .. } => "error".into(),
+            Outcome::Crashed { signal, .. } => format!("crashed: {signal}"),
+            Outcome::TimedOut(_) => "timed out".into(),
+            Outcome::Cancelled => "cancelled".into(),
+            Outcome::ExitedWithoutResult(code) => format!("exited without a result: code {code}"),
+            Outcome::Lost(_) => "lost".into(),
+            Outcome::NotStarted(_) => "not started".into(),
+        }
+    }
+
+    /// The error message, for every outcome but success.
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Outcome::Ok(_) => None,
+            Outcome::Error { message, .. } => Some(message.clone()),
+            Outcome::Crashed {
+                signal,
+                stack_overflow: true,
+            } => Some(format!("worker crashed: stack overflow ({signal})")),
+            Outcome::Crashed { signal, .. } => Some(format!("worker crashed: {signal}")),
+            Outcome::TimedOut(after) => Some(format!(
+                "timed out after {}",
+                crate::shared::text::secs(*after)
+            )),
+            Outcome::Cancelled => Some("cancelled".into()),
+            Outcome::ExitedWithoutResult(code) => Some(format!(
+                "worker exited with code {code} without reporting a result"
+            )),
+            Outcome::Lost(why) | Outcome::NotStarted(why) => Some(why.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct AttemptSpec<'a> {
+    /// The job id.
+    pub job_id: &'a str,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+    /// The class.
+    pub class: &'a str,
+    /// The method.
+    pub method: &'a str,
+    /// The params.
+    pub params: &'a Value,
+    /// The plugin library offering the class.
+    pub plugin: &'a Path,
+    /// How long the attempt may run.
+    pub timeout: Duration,
+    /// The allowlist the worker checks the job against before it loads anything.
+    pub allowlist: &'a Path,
+}
+
+/// Everything recorded about one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    /// The attempt number.
+    pub attempt: u32,
+    /// The worker's pid.
+    pub pid: u32,
+    /// How long it ran (as seen by whoever supervised its end).
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Its captured output.
+    pub output: CapturedOutput,
+}
+
+/// Why an attempt could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// The attempt's files could not be set up or read.
+    #[error("cannot prepare attempt files in {dir}")]
+    Files {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The worker could not be spawned or supervised.
+    #[error("cannot run worker {program}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AttemptError {
+    /// The outcome of an attempt that could not run for this error: `lost` if its worker had
+    /// been let start (`released`: plugin code may have run), else `not started` (the
+    /// dispatcher's problem, not the job's: the attempt does not count).
+    pub fn outcome(&self, released: bool) -> Outcome {
+        if released {
+            Outcome::Lost(format!("the attempt could not be supervised: {self}"))
+        } else {
+            Outcome::NotStarted(format!("not started: the worker could not start: {self}"))
+        }
+    }
+}
+
+/// The directory of every job's attempt files in `state_dir`: `<state_dir>/attempts/`, one
+/// directory per job, named after its id.
+pub fn attempts_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("attempts")
+}
+
+/// The files of one attempt, all under `<state_dir>/attempts/<job_id>/`.
+#[derive(Debug, Clone)]
+pub struct AttemptPaths {
+    dir: PathBuf,
+    /// The captured output.
+    pub output: PathBuf,
+    /// The worker's report.
+    pub report: PathBuf,
+    /// The named pipe the worker writes its output into.
+    pub pipe: PathBuf,
+}
+
+impl AttemptPaths {
+    /// The files of attempt `attempt` of job `job_id`.
+    pub fn new(state_dir: &Path, job_id: &str, attempt: u32) -> Self {
+        let dir = attempts_dir(state_dir).join(job_id);
+        Self {
+            output: dir.join(format!("{attempt}.out")),
+            report: dir.join(format!("{attempt}.report.json")),
+            pipe: dir.join(format!("{attempt}.pipe")),
+            dir,
+        }
+    }
+
+    fn error(&self, source: std::io::Error) -> AttemptError {
+        AttemptError::Files {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+}
+
+/// Runs one attempt in a fresh worker process and waits for it to end. `on_spawn` learns the
+/// worker's pid as soon as it exists, before the worker may load anything: the worker starts
+/// when it returns true (the caller has recorded the pid durably), and when it returns false
+/// ends without running any plugin code, reporting [`Outcome::NotStarted`].
+pub fn run_attempt(
+    settings: &Settings,
+    spec: &AttemptSpec<'_>,
+    cancel: &CancelToken,
+    on_spawn: &mut dyn FnMut(u32) -> bool,
+) -> Result<AttemptRecord, AttemptError> {
+    let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
+    crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
+    match std::fs::remove_file(&paths.report) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(paths.error(e)),
+        _ => {}
+    }
+    let request = WorkerRequest {
+        protocol: PROTOCOL_VERSION,
+        job_id: spec.job_id.to_owned(),
+        attempt: spec.attempt,
+        class: spec.class.to_owned(),
+        method: spec.method.to_owned(),
+        params: spec.params.clone(),
+        plugin: spec.plugin.to_path_buf(),
+        allowlist: spec.allowlist.to_path_buf(),
+        allowlist_file: Some(settings.allowlist.clone()),
+        report: paths.report.clone(),
+        output: Some(paths.pipe.clone()),
+        gate: true,
+    };
+    let program = super::jobhost_program();
+    let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
+    let mut command = Command::new(&program);
+    command
+        .current_dir(&settings.work_dir)
+        .arg(protocol::WORKER_SUBCOMMAND)
+        .arg(request_json)
+        // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.
+        .env("RUST_BACKTRACE", "0");
+    let mut capture = Capture::create(&paths.output, settings.limits.max_output_bytes)
+        .map_err(|e| paths.error(e))?;
+    let output = OutputPair::fifo(&paths.pipe).map_err(|e| paths.error(e))?;
+    let options = SuperviseOptions {
+        timeout: spec.timeout,
+        kill_grace: settings.limits.kill_grace,
+    };
+    let end = platform::supervise(command, output, options, cancel, &mut capture, on_spawn)
+        .map_err(|source| AttemptError::Spawn { program, source })?;
+    let _ = std::fs::remove_file(&paths.pipe);
+    let stack_overflow = capture.tail_contains("has overflowed its stack");
+    let output = capture.finish().map_err(|e| paths.error(e))?;
+    let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
+    Ok(AttemptRecord {
+        attempt: spec.attempt,
+        pid: end.pid,
+        duration: end.duration,
+        outcome: classify(
+            report,
+            end.stopped,
+            Exit::Status(end.exit),
+            stack_overflow,
+            spec.timeout,
+        ),
+        output,
+    })
+}
+
+/// What to adopt: an attempt whose dispatcher died while it ran.
+#[derive(Debug, Clone)]
+pub struct Orphan<'a> {
+    /// The job id.
+    pub job_id: &'a str,
+    /// The attempt number.
+    pub attempt: u32,
+    /// The worker's pid, if it was recorded.
+    pub pid: Option<u32>,
+    /// How long the attempt may still run.
+    pub time_left: Duration,
+    /// The attempt's timeout, for the record.
+    pub timeout: Duration,
+}
+
+/// Settles an attempt left behind by a crashed dispatcher: if its worker still runs, watches
+/// it to its end (deadline and cancellation included) and reads its report; if the worker is
+/// gone, its report says how it ended, and without one the attempt is [`Outcome::Lost`].
+pub fn adopt_attempt(
+    settings: &Settings,
+    orphan: &Orphan<'_>,
+    cancel: &CancelToken,
+) -> Result<AttemptRecord, AttemptError> {
+    let paths = AttemptPaths::new(&settings.state_dir, orphan.job_id, orphan.attempt);
+    crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
+    let worker = find_worker(&paths, orphan.pid);
+    let mut capture = Capture::append(&paths.output, settings.limits.max_output_bytes)
+        .map_err(|e| paths.error(e))?;
+    let started = std::time::Instant::now();
+    let stopped = match worker {
+        Some(pid) => {
+            let output = platform::reopen_output(&paths.pipe).ok();
+            platform::adopt(
+                pid,
+                output,
+                orphan.time_left,
+                settings.limits.kill_grace,
+                cancel,
+                &mut capture,
+            )
+            .map_err(|source| AttemptError::Spawn {
+                program: PathBuf::from(format!("adopted worker {pid}")),
+                source,
+            })?
+        }
+        None => None,
+    };
+    let _ = std::fs::remove_file(&paths.pipe);
+    let stack_overflow = capture.tail_contains("has overflowed its stack");
+    let output = capture.finish().map_err(|e| paths.error(e))?;
+    let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
+    let exit = match worker {
+        Some(_) => Exit::Adopted,
+        None => Exit::Gone {
+            pid_recorded: orphan.pid.is_some(),
+        },
+    };
+    let outcome = classify(report, stopped, exit, stack_overflow, orphan.timeout);
+    Ok(AttemptRecord {
+        attempt: orphan.attempt,
+        pid: worker.or(orphan.pid).unwrap_or(0),
+        duration: started.elapsed(),
+        outcome,
+        output,
+    })
+}
+
+/// The live worker of an attempt: the recorded pid if it is still that attempt's worker, else
+/// any worker process running the attempt (its pid may not have been recorded).
+fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
+    platform::find_worker(pid, &paths.report.to_string_lossy())
+}
+
+/// How an attempt ended by its worker's report alone: for a report that turns up after the
+/// attempt was settled `lost` (its dispatcher was rescued while the worker ran on).
+pub fn reported_outcome(report: WorkerReport, timeout: Duration) -> Outcome {
+    let gone = Exit::Gone { pid_recorded: true };
+    classify(Some(report), None, gone, false, timeout)
+}
+
+/// How a worker's process ended, as far as its supervisor can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The supervisor's own child ended so.
+    Status(ExitKind),
+    /// An adopted worker ended while its new dispatcher watched it: a process that dispatcher
+    /// did not start has no exit status to read.
+    Adopted,
+    /// The worker was gone when its dispatcher came back; `pid_recorded` says whether its pid
+    /// had been recorded (it is, before a worker may start).
+    Gone {
+        /// Whether the worker's pid was on record.
+        pid_recorded: bool,
+    },
+}
+
+/// Reconciles the worker's report with how its process ended. A report of success wins;
+/// then a report of `not started`; then a stop by the supervisor; then the report's error;
+/// then the signal or exit code. With no report and no exit status the attempt is lost, or
+/// never started if no worker was ever on record.
+fn classify(
+    report: Option<WorkerReport>,
+    stopped: Option<StopReason>,
+    exit: Exit,
+    stack_overflow: bool,
+    timeout: Duration,
+) -> Outcome {
+    match (report, stopped, exit) {
+        (Some(WorkerReport::Ok { result, .. }), _, _) => Outcome::Ok(result),
+        (
+            Some(WorkerReport::Error {
+                kind: FailureKind::NotStarted,
+                message,
+                ..
+            }),
+            _,
+            _,
+        ) => Outcome::NotStarted(message),
+        (_, Some(StopReason::Cancelled), _) => Outcome::Cancelled,
+        (_, Some(StopReason::TimedOut), _) => Outcome::TimedOut(timeout),
+        (Some(WorkerReport::Error { kind, message, .. }), None, _) => {
+            Outcome::Error { kind, message }
+        }
+        (None, None, Exit::Status(ExitKind::Signaled(signal))) => Outcome::Crashed {
+            signal: platform::crash_name(signal),
+            stack_overflow,
+        },
+        (None, None, Exit::Status(ExitKind::Exited(code))) => Outcome::ExitedWithoutResult(code),
+        (None, None, Exit::Adopted) => Outcome::Lost(
+            "the adopted worker ended without a report; a worker the dispatcher did not start \
+             has no exit status to read, so how it ended is unknown"
+                .into(),
+        ),
+        // The pid is recorded before a worker may start, so none ever ran plugin code.
+        (
+            None,
+            None,
+            Exit::Gone {
+                pid_recorded: false,
+            },
+        ) => Outcome::NotStarted(
+            "not started: its dispatcher stopped between claiming the job and starting a worker"
+                .into(),
+        ),
+        (None, None, Exit::Gone { pid_recorded: true }) => Outcome::Lost(
+            "the worker was gone without a report when its dispatcher restarted".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn ok(result: Value) -> Option<WorkerReport> {
+        Some(WorkerReport::Ok {
+            protocol: PROTOCOL_VERSION,
+            result,
+        })
+    }
+
+    fn error(kind: FailureKind, message: &str) -> Option<WorkerReport> {
+        Some(WorkerReport::Error {
+            protocol: PROTOCOL_VERSION,
+            kind,
+            message: message.into(),
+        })
+    }
+
+    /// The outcome of the supervisor's own child, stopped or not, without a stack overflow.
+    fn of_child(
+        report: Option<WorkerReport>,
+        stopped: Option<StopReason>,
+        exit: ExitKind,
+    ) -> Outcome {
+        classify(report, stopped, Exit::Status(exit), false, TIMEOUT)
+    }
+
+    /// Every way a process can end, as its supervisor sees it.
+    fn every_exit() -> [Exit; 5] {
+        [
+            Exit::Status(ExitKind::Exited(0)),
+            Exit::Status(ExitKind::Exited(1)),
+            Exit::Status(ExitKind::Signaled(9)),
+            Exit::Adopted,
+            Exit::Gone {
+                pid_recorded: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_report_of_success_wins_over_everything() {
+        for stopped in [
+            None,
+            Some(StopReason::TimedOut),
+            Some(StopReason::Cancelled),
+        ] {
+            for exit in every_exit() {
+                assert_eq!(
+                    classify(ok(json!({"n": 1})), stopped, exit, true, TIMEOUT),
+                    Outcome::Ok(json!({"n": 1})),
+                    "{stopped:?} {exit:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_report_of_not_started_means_no_plugin_code_ran_however_it_was_stopped() {
+        for stopped in [
+            None,
+            Some(StopReason::TimedOut),
+            Some(StopReason::Cancelled),
+        ] {
+            assert_eq!(
+                of_child(
+                    error(FailureKind::NotStarted, "no go-ahead"),
+                    stopped,
+                    ExitKind::Exited(3)
+                ),
+                Outcome::NotStarted("no go-ahead".into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_stop_by_the_supervisor_wins_over_a_reported_error_and_the_exit() {
+        for exit in every_exit() {
+            for report in [None, error(FailureKind::Failed, "boom")] {
+                assert_eq!(
+                    classify(
+                        report.clone(),
+                        Some(StopReason::Cancelled),
+                        exit,
+                        false,
+                        TIMEOUT
+                    ),
+                    Outcome::Cancelled
+                );
+                assert_eq!(
+                    classify(report, Some(StopReason::TimedOut), exit, false, TIMEOUT),
+                    Outcome::TimedOut(TIMEOUT)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_reported_error_is_the_outcome_whatever_the_exit() {
+        for kind in [
+            FailureKind::Failed,
+            FailureKind::Permanent,
+            FailureKind::InvalidParams,
+            FailureKind::Panicked,
+            FailureKind::Cancelled,
+            FailureKind::Unauthorized,
+            FailureKind::LoadFailed,
+            FailureKind::BadRequest,
+        ] {
+            for exit in every_exit() {
+                assert_eq!(
+                    classify(error(kind, "why"), None, exit, true, TIMEOUT),
+                    Outcome::Error {
+                        kind,
+                        message: "why".into()
+                    },
+                    "{kind:?} {exit:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_exit_without_a_report_is_an_exit_without_a_result_whatever_its_code() {
+        for code in [0, 1, 2, 101, 255, -1] {
+            let outcome = of_child(None, None, ExitKind::Exited(code));
+            assert_eq!(outcome, Outcome::ExitedWithoutResult(code));
+            assert!(outcome.is_retryable());
+        }
+        assert_eq!(
+            of_child(None, None, ExitKind::Exited(101)).error().unwrap(),
+            "worker exited with code 101 without reporting a result"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_signal_without_a_report_is_a_crash_named_by_the_signal() {
+        use rustix::process::Signal;
+        for (signal, name) in [
+            (Signal::SEGV, "SIGSEGV"),
+            (Signal::ABORT, "SIGABRT"),
+            (Signal::BUS, "SIGBUS"),
+            (Signal::ILL, "SIGILL"),
+            (Signal::FPE, "SIGFPE"),
+            (Signal::KILL, "SIGKILL"),
+            (Signal::TERM, "SIGTERM"),
+        ] {
+            let outcome = of_child(None, None, ExitKind::Signaled(signal.as_raw()));
+            assert_eq!(
+                outcome,
+                Outcome::Crashed {
+                    signal: name.into(),
+                    stack_overflow: false
+                }
+            );
+            assert_eq!(outcome.label(), format!("crashed: {name}"));
+            assert_eq!(outcome.error().unwrap(), format!("worker crashed: {name}"));
+        }
+        let overflowed = classify(
+            None,
+            None,
+            Exit::Status(ExitKind::Signaled(Signal::SEGV.as_raw())),
+            true,
+            TIMEOUT,
+        );
+        assert_eq!(
+            overflowed.error().unwrap(),
+            "worker crashed: stack overflow (SIGSEGV)"
+        );
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn a_crash_code_without_a_report_is_a_crash_named_by_the_code() {
+        for (code, name) in [
+            (0xC000_0005_u32, "0xC0000005 access violation"),
+            (0xC000_00FD, "0xC00000FD stack overflow"),
+            (0xC000_0409, "0xC0000409 stack buffer overrun / abort"),
+        ] {
+            assert_eq!(
+                of_child(None, None, ExitKind::Signaled(code as i32)),
+                Outcome::Crashed {
+                    signal: name.into(),
+                    stack_overflow: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_crash_is_retryable_and_says_whether_the_stack_overflowed() {
+        let outcome = classify(
+            None,
+            None,
+            Exit::Status(ExitKind::Signaled(11)),
+            true,
+            TIMEOUT,
+        );
+        let Outcome::Crashed {
+            signal,
+            stack_overflow,
+        } = &outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert!(stack_overflow);
+        assert_eq!(*signal, platform::crash_name(11));
+        assert!(outcome.is_retryable());
+    }
+
+    #[test]
+    fn an_adopted_worker_that_ended_without_a_report_is_lost() {
+        assert_eq!(
+            classify(None, None, Exit::Adopted, false, TIMEOUT),
+            Outcome::Lost(
+                "the adopted worker ended without a report; a worker the dispatcher did not \
+                 start has no exit status to read, so how it ended is unknown"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_gone_worker_without_a_report_is_lost_or_never_started() {
+        assert_eq!(
+            classify(
+                None,
+                None,
+                Exit::Gone { pid_recorded: true },
+                false,
+                TIMEOUT
+            ),
+            Outcome::Lost(
+                "the worker was gone without a report when its dispatcher restarted".into()
+            )
+        );
+        let never = classify(
+            None,
+            None,
+            Exit::Gone {
+                pid_recorded: false,
+            },
+            false,
+            TIMEOUT,
+        );
+        assert_eq!(
+            never,
+            Outcome::NotStarted(
+                "not started: its dispatcher stopped between claiming the job and starting a \
+                 worker"
+                    .into()
+            )
+        );
+        assert!(!never.is_retryable());
+    }
+
+    #[test]
+    fn an_attempt_that_could_not_run_is_lost_once_its_worker_was_let_start() {
+        let error = AttemptError::Spawn {
+            program: "/bin/jobhost".into(),
+            source: std::io::Error::other("no processes left"),
+        };
+        assert_eq!(
+            error.outcome(false),
+            Outcome::NotStarted(
+                "not started: the worker could not start: cannot run worker /bin/jobhost".into()
+            )
+        );
+        let error = AttemptError::Files {
+            dir: "/state/attempts/1".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        let lost = error.outcome(true);
+        assert_eq!(
+            lost,
+            Outcome::Lost(
+                "the attempt could not be supervised: cannot prepare attempt files in \
+                 /state/attempts/1"
+                    .into()
+            )
+        );
+        assert!(lost.is_retryable());
+    }
+
+    #[test]
+    fn a_report_found_late_is_its_outcome() {
+        assert_eq!(
+            reported_outcome(ok(json!(3)).unwrap(), TIMEOUT),
+            Outcome::Ok(json!(3))
+        );
+        assert_eq!(
+            reported_outcome(error(FailureKind::Panicked, "oops").unwrap(), TIMEOUT),
+            Outcome::Error {
+                kind: FailureKind::Panicked,
+                message: "oops".into()
+            }
+        );
+        assert_eq!(
+            reported_outcome(error(FailureKind::NotStarted, "no").unwrap(), TIMEOUT),
+            Outcome::NotStarted("no".into())
+        );
+    }
+}
