@@ -141,6 +141,40 @@ pub struct ProcessEnd {
     pub stopped: Option<StopReason>,
 }
 
+/// The name of a Windows crash code (an NTSTATUS error), such as `0xC0000005 access
+/// violation`: what [`crash_name`] says on Windows. Platform-independent, so it is tested
+/// everywhere.
+#[cfg(any(windows, test))]
+fn ntstatus_name(code: u32) -> String {
+    let what = match code {
+        0xC000_0005 => "access violation",
+        0xC000_0409 => "stack buffer overrun / abort",
+        0xC000_00FD => "stack overflow",
+        0xC000_001D => "illegal instruction",
+        0xC000_0094 => "integer divide by zero",
+        0xC000_0374 => "heap corruption",
+        0xC000_0135 => "DLL not found",
+        0xC000_013A => "terminated by Ctrl+C",
+        _ => "",
+    };
+    if what.is_empty() {
+        format!("0x{code:08X}")
+    } else {
+        format!("0x{code:08X} {what}")
+    }
+}
+
+/// How a Windows process that exited with `code` ended: a crash for an NTSTATUS error code
+/// (`0xC0000000` and up), else an exit with a code the program chose.
+#[cfg(any(windows, test))]
+fn exit_kind_of_code(code: u32) -> ExitKind {
+    if code >= 0xC000_0000 {
+        ExitKind::Signaled(code as i32)
+    } else {
+        ExitKind::Exited(code as i32)
+    }
+}
+
 /// Limits for one supervised process.
 #[derive(Debug, Clone, Copy)]
 pub struct SuperviseOptions {
@@ -299,6 +333,44 @@ pub trait OutputSink: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_crash_codes_are_named_with_their_hex_code() {
+        for (code, name) in [
+            (0xC000_0005, "0xC0000005 access violation"),
+            (0xC000_00FD, "0xC00000FD stack overflow"),
+            (0xC000_0409, "0xC0000409 stack buffer overrun / abort"),
+            (0xC000_001D, "0xC000001D illegal instruction"),
+            (0xC000_0094, "0xC0000094 integer divide by zero"),
+            (0xC000_0374, "0xC0000374 heap corruption"),
+            (0xC000_0135, "0xC0000135 DLL not found"),
+            (0xC000_013A, "0xC000013A terminated by Ctrl+C"),
+            (0xC000_0001, "0xC0000001"),
+            (0xE06D_7363, "0xE06D7363"),
+        ] {
+            assert_eq!(ntstatus_name(code), name);
+        }
+    }
+
+    #[test]
+    fn a_windows_exit_code_is_a_crash_only_when_it_is_an_ntstatus_error() {
+        assert_eq!(exit_kind_of_code(0), ExitKind::Exited(0));
+        assert_eq!(exit_kind_of_code(1), ExitKind::Exited(1));
+        assert_eq!(
+            exit_kind_of_code(0xBFFF_FFFF),
+            ExitKind::Exited(-1_073_741_825)
+        );
+        assert_eq!(
+            exit_kind_of_code(0xC000_0005),
+            ExitKind::Signaled(0xC000_0005_u32 as i32)
+        );
+        assert_eq!(
+            exit_kind_of_code(0xC000_00FD),
+            ExitKind::Signaled(0xC000_00FD_u32 as i32)
+        );
+        // What `unwrap_or(-1)` gives for a process with no exit code.
+        assert_eq!(exit_kind_of_code(-1_i32 as u32), ExitKind::Signaled(-1));
+    }
 
     const GRACE: Duration = Duration::from_secs(5);
 

@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 /// The files of a state directory that belong to the dispatcher.
 #[derive(Debug, Clone)]
 pub struct StatePaths {
-    /// The job database.
-    pub database: PathBuf,
     /// The lock a running dispatcher holds.
     pub lock: PathBuf,
     /// The dispatcher's doorbell socket.
@@ -31,7 +29,6 @@ impl StatePaths {
     /// The paths under `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
         Self {
-            database: state_dir.join(crate::store::sqlite::DB_FILE),
             lock: state_dir.join("dispatcher.lock"),
             doorbell: state_dir.join("dispatcher.sock"),
             waiters: state_dir.join("waiters"),
