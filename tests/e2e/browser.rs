@@ -1,7 +1,8 @@
 //! The admin dashboard in a real browser: Debian's headless Chromium, driven over WebDriver
 //! (`jobhost_e2e::webdriver`), against `jobhost serve` on a free port. Logging in, a running
 //! job appearing on the overview without a reload, its detail page, cancelling it and retrying
-//! a failed job in place, running a job from the form, and an XSS payload that stays text.
+//! a failed job in place, running a job from the form, and XSS payloads that stay text: in
+//! params and filters, and in every field of every page.
 //!
 //! The tests save whole-page screenshots to `target/screenshots/`: `overview.png` (a job
 //! running), `jobs.png`, `job.png` (a completed job with its result), `job-cancelled.png` and
@@ -15,6 +16,8 @@ use jobhost_e2e::{
     Host,
 };
 use serde_json::{json, Value};
+
+use crate::dashboard::{payload_everywhere, PAYLOAD};
 
 /// A `jobhost serve` with its dashboard on a free port, and a headless Chromium.
 struct Session {
@@ -306,4 +309,49 @@ fn html_in_params_and_filters_is_shown_as_text_and_runs_nothing() {
         json!("undefined")
     );
     s.finish("html_in_params_and_filters_is_shown_as_text_and_runs_nothing");
+}
+
+#[test]
+fn a_payload_in_every_field_runs_nothing_on_any_page() {
+    let s = Session::logged_in();
+    let b = &s.browser;
+    let none_from_data = |what: &str| {
+        let elements = b.execute(
+            "return document.querySelectorAll('#main script, #main img, #main [onerror]').length;",
+            &[],
+        );
+        assert_eq!(
+            elements,
+            json!(0),
+            "{what}: markup from data became elements"
+        );
+        assert_eq!(
+            b.execute("return typeof window.__xss;", &[]),
+            json!("undefined"),
+            "{what}"
+        );
+    };
+    for path in payload_everywhere(&s.host) {
+        b.goto(&s.url(&path));
+        b.find("#main");
+        none_from_data(&path);
+    }
+
+    // The run form gives back what was sent as the fields' values.
+    b.goto(&s.url("/run"));
+    b.clear("#run-params");
+    b.send_keys("#run-params", PAYLOAD);
+    b.clear("#run-delay");
+    b.send_keys("#run-delay", PAYLOAD);
+    b.click("#run-submit");
+    b.find("#run-error");
+    none_from_data("the run form sent back");
+    for field in ["run-params", "run-delay"] {
+        let value = b.execute(
+            "return document.getElementById(arguments[0]).value;",
+            &[json!(field)],
+        );
+        assert_eq!(value, json!(PAYLOAD), "{field}");
+    }
+    s.finish("a_payload_in_every_field_runs_nothing_on_any_page");
 }

@@ -643,6 +643,146 @@ fn params_with_a_script_are_shown_as_text() {
     assert_eq!(d.get("/jobs/abc", As::Cookie(&cookie)).status, 400);
 }
 
+/// HTML that must stay text wherever a page shows it: a script, a break out of a quoted
+/// attribute into an image with a handler, and a quote.
+pub(crate) const PAYLOAD: &str =
+    r#"<script>window.__xss=1</script>"><img src=x onerror=window.__xss=1>'"#;
+
+/// Every byte of `text` percent-encoded, for an address.
+pub(crate) fn percent_encoded(text: &str) -> String {
+    text.bytes().map(|byte| format!("%{byte:02X}")).collect()
+}
+
+/// Puts [`PAYLOAD`] in every field of `host` that a page shows and that can carry text: params
+/// (keys and values) and so a result, an error and the output of a job, the log lines about
+/// them, store rows written by something else (a job's class, method and plugin, an attempt's
+/// outcome and plugin hash, a dispatcher's host and state directory), a file name in the
+/// plugin directory and an invalid allowlist. Returns the pages that show it, with the filter
+/// and the job id of an address among them.
+pub(crate) fn payload_everywhere(host: &Host) -> Vec<String> {
+    let params = json!({ PAYLOAD: PAYLOAD }).to_string();
+    let echo = host.enqueue(&[r"Tests\Misbehave", "echo", "--params-json", &params]);
+    host.wait_state(echo, &["completed"]);
+    let say = json!({ "text": PAYLOAD }).to_string();
+    let failed = host.enqueue(&[r"Tests\Misbehave", "say_and_fail", "--params-json", &say]);
+    host.wait_state(failed, &["failed"]);
+
+    // The store is data too: a row another program wrote (a second dispatcher, an older
+    // version), and a hash that is not ASCII, whose shortened form must not split a character.
+    let database = rusqlite::Connection::open(host.state_dir().join("jobs.sqlite3")).unwrap();
+    database
+        .execute(
+            "UPDATE jobs SET class = ?1, method = ?1, plugin = ?1 WHERE id = ?2",
+            rusqlite::params![PAYLOAD, echo],
+        )
+        .unwrap();
+    let hash = format!("a{}{PAYLOAD}", "é".repeat(20));
+    database
+        .execute(
+            "UPDATE attempts SET outcome = ?1, plugin_hash = ?2 WHERE job_id = ?3",
+            rusqlite::params![PAYLOAD, hash, echo],
+        )
+        .unwrap();
+    database
+        .execute(
+            "UPDATE dispatchers SET host = ?1, state_dir = ?1",
+            [PAYLOAD],
+        )
+        .unwrap();
+
+    // A file name cannot hold a `/`.
+    let file = format!("{}.so", PAYLOAD.replace('/', ""));
+    fs::write(host.plugin_dir().join(file), "not a library").unwrap();
+    // A class that is no class name: the allowlist's error names it.
+    let class = serde_json::to_string(PAYLOAD).unwrap();
+    host.write(
+        "allowlist.toml",
+        format!("[jobs]\n{class} = [\"handle\"]\n"),
+    );
+
+    let id = percent_encoded(PAYLOAD);
+    [
+        "/".to_owned(),
+        "/jobs".to_owned(),
+        format!("/jobs?class={id}"),
+        format!("/jobs/{echo}"),
+        format!("/jobs/{failed}"),
+        format!("/jobs/{id}"),
+        "/plugins".to_owned(),
+        "/logs".to_owned(),
+    ]
+    .into()
+}
+
+/// Asserts that `body`, the page `what`, shows [`PAYLOAD`] as text only: escaped, never as
+/// markup.
+pub(crate) fn assert_payload_escaped(what: &str, body: &str) {
+    for markup in ["<script>window", "<img", "onerror=window.__xss=1>"] {
+        assert!(
+            !body.contains(markup),
+            "{what} has {markup:?} as markup:\n{body}"
+        );
+    }
+    for escaped in [
+        "&lt;script&gt;window.__xss=1&lt;",
+        "&lt;img src=x onerror=window.__xss=1&gt;",
+        "&#39;",
+    ] {
+        assert!(body.contains(escaped), "{what} lacks {escaped:?}:\n{body}");
+    }
+}
+
+#[test]
+fn a_payload_in_every_field_a_page_shows_stays_text() {
+    let d = Dashboard::start("");
+    let cookie = d.login();
+    let me = As::Cookie(&cookie);
+    for path in payload_everywhere(&d.host) {
+        let page = d.get(&path, me);
+        assert!(matches!(page.status, 200 | 400), "{path}: {page:?}");
+        assert_payload_escaped(&path, &page.body);
+    }
+    // The job page shows each field escaped whole.
+    let escaped = "&lt;script&gt;window.__xss=1&lt;/script&gt;&quot;&gt;&lt;img src=x \
+                   onerror=window.__xss=1&gt;&#39;";
+    let jobs = d.get("/jobs", me).body;
+    assert!(
+        jobs.contains(&format!(r#"<td class="job">{escaped}@{escaped}</td>"#)),
+        "{jobs}"
+    );
+
+    // The run form shows back what was sent, and what was wrong with it.
+    let csrf = d.get("/run", me).csrf();
+    let job = format!("{PAYLOAD}@{PAYLOAD}");
+    for (job, params, delay, status) in [
+        (job.as_str(), PAYLOAD, "0", 400),
+        (r"Tests\Misbehave@echo", "{}", PAYLOAD, 400),
+        (job.as_str(), "{}", "0", 400),
+    ] {
+        let reply = d.post_form(
+            "/run",
+            me,
+            &[
+                ("csrf", &csrf),
+                ("job", job),
+                ("params", params),
+                ("priority", "normal"),
+                ("delay", delay),
+            ],
+        );
+        assert_eq!(reply.status, status, "{job} {params} {delay}: {reply:?}");
+        let what = format!("POST /run of {job} {params} {delay}");
+        for markup in ["<script>window", "<img", "onerror=window.__xss=1>"] {
+            assert!(!reply.body.contains(markup), "{what}:\n{}", reply.body);
+        }
+        assert!(
+            reply.body.contains("&lt;script&gt;window.__xss=1&lt;"),
+            "{what}:\n{}",
+            reply.body
+        );
+    }
+}
+
 #[test]
 fn run_cancel_and_retry_through_the_forms() {
     let d = Dashboard::start("");

@@ -275,6 +275,13 @@ fn job_that_ends_while_the_state_disk_is_full_is_settled_from_its_report_and_nev
         "seconds=2",
     ]);
     let worker = worker_on_record(&host, id);
+    // The job runs (its worker has taken the space for its report first): its trace line is
+    // written. A disk that fills before that leaves the worker no room, and it never starts.
+    wait_for("the job to start", Duration::from_secs(60), || {
+        std::fs::read_to_string(&trace)
+            .ok()
+            .filter(|runs| runs.lines().count() == 1)
+    });
 
     // The state disk fills up while the job runs; it ends meanwhile.
     let filler = disk.fill();

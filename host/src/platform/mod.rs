@@ -1,16 +1,19 @@
-//! Everything that differs between operating systems, behind one small interface.
+//! Everything that differs between operating systems, behind one small interface: `unix.rs`
+//! implements it for Linux (pidfds, `poll`, process groups, signals, a Unix datagram doorbell)
+//! and `windows.rs` for Windows (detached spawn, a Job Object per worker, a named stop event,
+//! a loopback-TCP doorbell); the rest of the host is the same code on both.
 //!
-//! The rest of the host sees: [`CancelToken`] (a wake-up another thread or a signal handler can
-//! fire), [`supervise`] (spawn a child detached from its caller, stream its output, enforce a
-//! deadline, stop its whole process tree on cancel or timeout, and say how it ended), [`adopt`]
-//! (the same for a worker left behind by a crashed dispatcher), [`OutputPair`] (where a child's
-//! output goes), [`prepare_child`] (what a worker does to itself first), [`crash_name`],
-//! [`Doorbell`], [`ring`] and [`answers`] (how an enqueuer wakes a dispatcher, and how a
-//! follower sees one is there without waking it), [`FileLock`] (one
-//! dispatcher per state directory), [`detach_command`] and [`detach_self`] (the spec's
-//! `nohup … &` / `start /b`), [`find_worker`], [`on_signals`] and [`on_termination`]. `unix.rs` is the
-//! implementation for Linux; a Windows implementation (`start /b` semantics, Job Objects) goes
-//! beside it as `windows.rs`.
+//! The interface, by what it is for:
+//! - supervising a child: [`supervise`] (spawn it detached, stream its output, enforce a
+//!   deadline, stop its whole tree on cancel or timeout, say how it ended), [`supervise_quietly`]
+//!   (the same for a helper child judged by its report alone), [`adopt`] (the same for a worker
+//!   a crashed dispatcher left running), [`CancelToken`], [`OutputPair`], [`reopen_output`],
+//!   [`crash_name`], and the `StopSchedule` both implementations follow;
+//! - in the child: [`prepare_child`], [`hold_output_open`], [`stdin_to_null`], and for the
+//!   inspector [`adopt_orphans`] and [`kill_adopted`];
+//! - between processes: [`Doorbell`], [`ring`], [`answers`], [`FileLock`], [`find_worker`];
+//! - detaching and signals: [`detach_command`], [`detach_self`] (the spec's `nohup … &` and
+//!   `start /b`), [`on_signals`] and [`on_termination`].
 
 #[cfg(unix)]
 mod unix;
@@ -138,6 +141,40 @@ pub struct ProcessEnd {
     pub exit: ExitKind,
     /// Whether, and why, the supervisor stopped it.
     pub stopped: Option<StopReason>,
+}
+
+/// The name of a Windows crash code (an NTSTATUS error), such as `0xC0000005 access
+/// violation`: what [`crash_name`] says on Windows. Platform-independent, so it is tested
+/// everywhere.
+#[cfg(any(windows, test))]
+fn ntstatus_name(code: u32) -> String {
+    let what = match code {
+        0xC000_0005 => "access violation",
+        0xC000_0409 => "stack buffer overrun / abort",
+        0xC000_00FD => "stack overflow",
+        0xC000_001D => "illegal instruction",
+        0xC000_0094 => "integer divide by zero",
+        0xC000_0374 => "heap corruption",
+        0xC000_0135 => "DLL not found",
+        0xC000_013A => "terminated by Ctrl+C",
+        _ => "",
+    };
+    if what.is_empty() {
+        format!("0x{code:08X}")
+    } else {
+        format!("0x{code:08X} {what}")
+    }
+}
+
+/// How a Windows process that exited with `code` ended: a crash for an NTSTATUS error code
+/// (`0xC0000000` and up), else an exit with a code the program chose.
+#[cfg(any(windows, test))]
+fn exit_kind_of_code(code: u32) -> ExitKind {
+    if code >= 0xC000_0000 {
+        ExitKind::Signaled(code as i32)
+    } else {
+        ExitKind::Exited(code as i32)
+    }
 }
 
 /// Limits for one supervised process.
@@ -298,6 +335,44 @@ pub trait OutputSink: Send {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_crash_codes_are_named_with_their_hex_code() {
+        for (code, name) in [
+            (0xC000_0005, "0xC0000005 access violation"),
+            (0xC000_00FD, "0xC00000FD stack overflow"),
+            (0xC000_0409, "0xC0000409 stack buffer overrun / abort"),
+            (0xC000_001D, "0xC000001D illegal instruction"),
+            (0xC000_0094, "0xC0000094 integer divide by zero"),
+            (0xC000_0374, "0xC0000374 heap corruption"),
+            (0xC000_0135, "0xC0000135 DLL not found"),
+            (0xC000_013A, "0xC000013A terminated by Ctrl+C"),
+            (0xC000_0001, "0xC0000001"),
+            (0xE06D_7363, "0xE06D7363"),
+        ] {
+            assert_eq!(ntstatus_name(code), name);
+        }
+    }
+
+    #[test]
+    fn a_windows_exit_code_is_a_crash_only_when_it_is_an_ntstatus_error() {
+        assert_eq!(exit_kind_of_code(0), ExitKind::Exited(0));
+        assert_eq!(exit_kind_of_code(1), ExitKind::Exited(1));
+        assert_eq!(
+            exit_kind_of_code(0xBFFF_FFFF),
+            ExitKind::Exited(-1_073_741_825)
+        );
+        assert_eq!(
+            exit_kind_of_code(0xC000_0005),
+            ExitKind::Signaled(0xC000_0005_u32 as i32)
+        );
+        assert_eq!(
+            exit_kind_of_code(0xC000_00FD),
+            ExitKind::Signaled(0xC000_00FD_u32 as i32)
+        );
+        // What `unwrap_or(-1)` gives for a process with no exit code.
+        assert_eq!(exit_kind_of_code(-1_i32 as u32), ExitKind::Signaled(-1));
+    }
 
     const GRACE: Duration = Duration::from_secs(5);
 

@@ -603,6 +603,37 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_signal_without_a_name_is_named_by_its_number() {
+        assert_eq!(crash_name(0), "signal 0");
+        assert_eq!(crash_name(99), "signal 99");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_signal_numbers_are_named() {
+        for (number, name) in [
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (3, "SIGQUIT"),
+            (4, "SIGILL"),
+            (5, "SIGTRAP"),
+            (6, "SIGABRT"),
+            (7, "SIGBUS"),
+            (8, "SIGFPE"),
+            (9, "SIGKILL"),
+            (11, "SIGSEGV"),
+            (13, "SIGPIPE"),
+            (14, "SIGALRM"),
+            (15, "SIGTERM"),
+            (24, "SIGXCPU"),
+            (25, "SIGXFSZ"),
+            (31, "SIGSYS"),
+        ] {
+            assert_eq!(crash_name(number), name);
+        }
+    }
+
     /// A process group of two `sleep 600`: its leader, and a member in the leader's group (a
     /// child of the test, so that the test learns which signal ended it).
     fn group() -> (std::process::Child, std::process::Child) {

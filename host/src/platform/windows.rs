@@ -55,8 +55,7 @@ use windows_sys::Win32::{
 };
 
 use super::{
-    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule,
-    SuperviseOptions,
+    release, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule, SuperviseOptions,
 };
 
 /// The environment variable naming the event a worker watches for a stop request.
@@ -159,28 +158,7 @@ pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
 
 /// The name of a crash code, such as `0xC0000005 access violation`.
 pub fn crash_name(code: i32) -> String {
-    let code = code as u32;
-    let what = match code {
-        0xC000_0005 => "access violation",
-        0xC000_0409 => "stack buffer overrun / abort",
-        0xC000_00FD => "stack overflow",
-        0xC000_001D => "illegal instruction",
-        0xC000_0094 => "integer divide by zero",
-        0xC000_0374 => "heap corruption",
-        0xC000_0135 => "DLL not found",
-        0xC000_013A => "terminated by Ctrl+C",
-        _ => "",
-    };
-    if what.is_empty() {
-        format!("0x{code:08X}")
-    } else {
-        format!("0x{code:08X} {what}")
-    }
-}
-
-/// Whether an exit code is a crash (an NTSTATUS error) rather than a code the program chose.
-fn is_crash(code: u32) -> bool {
-    code >= 0xC000_0000
+    super::ntstatus_name(code as u32)
 }
 
 /// Where a child's stdout and stderr go: the supervisor reads `read`, the child gets `write`.
@@ -288,12 +266,7 @@ pub fn supervise(
         pumped.and(Ok(stopped))
     })?;
     let status = child.wait()?;
-    let code = status.code().unwrap_or(-1) as u32;
-    let exit = if is_crash(code) {
-        ExitKind::Signaled(code as i32)
-    } else {
-        ExitKind::Exited(code as i32)
-    };
+    let exit = super::exit_kind_of_code(status.code().unwrap_or(-1) as u32);
     Ok(ProcessEnd {
         pid,
         duration: started.elapsed(),

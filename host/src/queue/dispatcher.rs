@@ -26,12 +26,12 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::{
     catalog::inventory::{self, CatalogPaths, FileStamp, Inventory},
     config::settings::Settings,
-    job::lifecycle,
+    job::lifecycle::{self, Ending, Transition},
     joblog,
     platform::{CancelToken, Doorbell, FileLock},
     queue::health::{self, Health, HealthFile},
     queue::{
-        doorbell::{notify_waiters, RING_STOP},
+        doorbell::{notify_waiters, RING_STOP, RING_WAKE},
         StatePaths,
     },
     runner::protocol::{read_report, WorkerReport},
@@ -40,9 +40,8 @@ use crate::{
         Outcome,
     },
     store::{
-        now_millis, sqlite::SqliteStore, Amended, Attempt, AttemptEnd, AttemptStart, DispatcherId,
-        DispatcherInfo, DispatcherRecord, JobId, JobRecord, Millis, Next, Store, StoreError,
-        StoreLocation,
+        now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
+        DispatcherRecord, JobId, JobRecord, Listener, Maintenance, Millis, Next, Store, StoreError,
     },
 };
 
@@ -63,8 +62,7 @@ const AMEND_EVERY: Duration = Duration::from_secs(60);
 
 /// How often at most the loop looks for dispatchers whose lease ran out.
 const RESCUE_TICK: Duration = Duration::from_secs(1);
-/// How long the PostgreSQL listener waits before it connects again.
-#[cfg(feature = "postgres")]
+/// How long the store's listener waits after failing to connect again before it tries again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
 /// Why the dispatcher could not run.
@@ -211,12 +209,13 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         owner,
         predecessors: predecessors.clone(),
     }));
-    match &settings.store {
-        StoreLocation::Sqlite(database) => start_checkpointer(database)?,
-        #[cfg(feature = "postgres")]
-        StoreLocation::Postgres(url) => {
-            listen_postgres(url, &tx).map_err(setup("start the PostgreSQL listener"))?;
-        }
+    if let Some(maintenance) = crate::store::maintenance(&settings.store)? {
+        start_maintenance(maintenance)?;
+    }
+    let listener = crate::store::listener(&settings.store)
+        .map_err(|e| setup("start the job database's listener")(std::io::Error::other(e)))?;
+    if let Some(listener) = listener {
+        forward_changes(listener, &tx).map_err(setup("start the job database's listener"))?;
     }
     start_heartbeat(settings, &heartbeats, &tx)?;
     let _retention = crate::queue::retention::start(settings, crate::store::open(&settings.store)?)
@@ -385,29 +384,22 @@ fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
     }
 }
 
-/// Forwards PostgreSQL's notifications (enqueue, cancel, retry on any host) to the loop, as
-/// the doorbell does for this host's processes.
-#[cfg(feature = "postgres")]
-fn listen_postgres(url: &str, tx: &Sender<Event>) -> std::io::Result<()> {
-    let mut listener =
-        crate::store::postgres::PgListener::connect(url).map_err(std::io::Error::other)?;
+/// Forwards the store's word that processes on other hosts changed the queue (enqueue,
+/// cancel, retry) to the loop, as the doorbell does for this host's processes.
+fn forward_changes(mut listener: Box<dyn Listener>, tx: &Sender<Event>) -> std::io::Result<()> {
     let tx = tx.clone();
     std::thread::Builder::new()
-        .name("pg-listen".into())
+        .name("store-listen".into())
         .spawn(move || loop {
-            match listener.wait(SAFETY_WAKE) {
-                Ok(None) => {}
-                // After a reconnection too: what was sent meanwhile is unknown.
-                Ok(Some(_)) => {
-                    if tx
-                        .send(Event::Rang(crate::queue::doorbell::RING_WAKE))
-                        .is_err()
-                    {
+            match listener.wait_for_change(SAFETY_WAKE) {
+                Ok(false) => {}
+                Ok(true) => {
+                    if tx.send(Event::Rang(RING_WAKE)).is_err() {
                         return;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("PostgreSQL listener: {e}; reconnecting");
+                    tracing::warn!("job database listener: {e}; reconnecting");
                     std::thread::sleep(RECONNECT_PAUSE);
                 }
             }
@@ -478,32 +470,19 @@ fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
     })
 }
 
-/// How often the database's write-ahead log is folded into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
-/// Checkpoints the database from a thread of its own, so that no commit on the hot path pays
-/// for the fsync. Housekeeping on a timer: nothing waits for it. A passive checkpoint never
-/// holds anybody up, but while commits keep coming the WAL seldom starts over; so when it
-/// holds more than [`crate::store::sqlite::WAL_LIMIT`] the checkpointer truncates it, which
-/// holds writers up briefly and gives up rather than long.
-fn start_checkpointer(database: &Path) -> Result<(), DispatcherError> {
-    let store = SqliteStore::open(database)?;
+/// Runs the store's housekeeping ([`Maintenance`]) from a thread of its own, on its timer:
+/// nothing waits for it.
+fn start_maintenance(mut maintenance: Box<dyn Maintenance>) -> Result<(), DispatcherError> {
     std::thread::Builder::new()
-        .name("checkpoint".into())
+        .name("store-maintain".into())
         .spawn(move || loop {
-            std::thread::sleep(CHECKPOINT_EVERY);
-            let done = store.checkpoint().and_then(|wal| {
-                if wal > crate::store::sqlite::WAL_LIMIT as u64 {
-                    store.truncate_wal()?;
-                }
-                Ok(())
-            });
-            if let Err(e) = done {
-                tracing::warn!("checkpoint failed: {e}");
+            std::thread::sleep(maintenance.interval());
+            if let Err(e) = maintenance.maintain() {
+                tracing::warn!("maintenance of the job database failed: {e}");
             }
         })
         .map_err(|source| DispatcherError::Setup {
-            what: "start the checkpoint thread".into(),
+            what: "start the job database's maintenance thread".into(),
             source,
         })?;
     Ok(())
@@ -1030,13 +1009,11 @@ impl Dispatcher {
         let Some(running) = self.running.remove(&id) else {
             return Ok(());
         };
-        let mut job = running.job;
+        let job = running.job;
         let record = match result {
             Ok(record) => record,
             Err(error) => {
-                let outcome = if released {
-                    Outcome::Lost(format!("the attempt could not be supervised: {error}"))
-                } else {
+                if !released {
                     // A dispatcher's problem, not the job's: it goes back to the queue, and
                     // claims pause until workers can be started again.
                     Trouble::failed(
@@ -1044,14 +1021,13 @@ impl Dispatcher {
                         "Workers cannot be started",
                         format!("{error:#}"),
                     );
-                    Outcome::NotStarted(format!("not started: the worker could not start: {error}"))
-                };
+                }
                 tracing::error!("attempt {attempt} of job {id} could not run: {error:#}");
                 AttemptRecord {
                     attempt,
                     pid: 0,
                     duration: Duration::ZERO,
-                    outcome,
+                    outcome: error.outcome(released),
                     output: crate::runner::supervisor::capture::CapturedOutput {
                         path: AttemptPaths::new(&self.settings.state_dir, &id.to_string(), attempt)
                             .output,
@@ -1061,27 +1037,27 @@ impl Dispatcher {
                 }
             }
         };
+        let mut cancel_requested = job.cancel_requested;
         if !matches!(record.outcome, Outcome::Ok(_)) {
             // Whether a cancel arrived while it ran decides between "cancelled" and a retry;
             // without an answer from the store, what this dispatcher knew decides.
             let requests = self.read("read cancel requests", |s| s.cancel_requests())?;
-            job.cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
+            cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
         }
         let now = now_millis();
-        let (next, label, error) =
-            if running.interrupted && !matches!(record.outcome, Outcome::Ok(_)) {
-                let why = "interrupted: the dispatcher shut down".to_owned();
-                (Next::Requeue, why.clone(), Some(why))
-            } else {
-                (
-                    lifecycle::next_after(&job, &record.outcome, now),
-                    record.outcome.label(),
-                    record.outcome.error(),
-                )
-            };
+        let ending = if running.interrupted {
+            Ending::Interrupted(&record.outcome)
+        } else {
+            Ending::Ended(&record.outcome)
+        };
+        let Transition {
+            outcome,
+            error,
+            next,
+        } = lifecycle::decide(&job, ending, cancel_requested, now);
         let end = AttemptEnd {
             finished_at: now,
-            outcome: label,
+            outcome,
             error,
             output_bytes: record.output.total_bytes,
         };
@@ -1138,8 +1114,8 @@ impl Dispatcher {
     }
 
     /// Like [`Dispatcher::store`] for a call that only reads: its success says nothing about
-    /// whether writes work again (SQLite readers go on while another process holds the write
-    /// lock), so it leaves the trouble as it is.
+    /// whether writes work again (a store may let readers go on while another process holds
+    /// its write lock), so it leaves the trouble as it is.
     fn read<T>(
         &mut self,
         what: &str,
@@ -1296,26 +1272,19 @@ impl Dispatcher {
             let Some(owner) = attempt.dispatcher else {
                 continue;
             };
-            let outcome = if owner == self.owner {
-                // Claimed, but the answer was lost with the connection: no worker was ever
-                // started for it.
-                Outcome::NotStarted(
-                    "not started: its dispatcher did not learn that it had claimed it".into(),
-                )
+            let ending = if owner == self.owner {
+                // Claimed, but the answer was lost with the connection.
+                Ending::ClaimNotLearned
             } else if let Some(dead) = expired.iter().find(|d| d.id == owner) {
-                let who = format!("its dispatcher (pid {} on {})", dead.pid, dead.host);
-                if attempt.pid.is_none() {
-                    // A worker is on record before it may start: none ran.
-                    Outcome::NotStarted(format!(
-                        "not started: {who} stopped heartbeating before starting a worker"
-                    ))
-                } else {
-                    Outcome::Lost(format!("{who} stopped heartbeating"))
+                Ending::OwnerExpired {
+                    owner: dead,
+                    worker_recorded: attempt.pid.is_some(),
                 }
             } else {
                 continue;
             };
-            changed |= self.settle_unwatched(&job, &attempt, &outcome, now)?;
+            let transition = lifecycle::decide(&job, ending, job.cancel_requested, now);
+            changed |= self.settle_unwatched(&job, attempt.attempt, transition, now)?;
         }
         for dead in expired {
             if self.store("deregister a dispatcher", |s| s.deregister(dead.id))? == Some(true) {
@@ -1344,25 +1313,28 @@ impl Dispatcher {
         Ok(changed)
     }
 
-    /// Settles `attempt` of `job`, which no dispatcher is watching, with `outcome` (lost, or
-    /// not started), moving the job on as [`lifecycle`] decides. Returns false if somebody
-    /// settled it first.
+    /// Settles attempt `number` of `job`, which no dispatcher is watching, as [`lifecycle`]
+    /// decided (lost, or not started). Returns false if somebody settled it first.
     fn settle_unwatched(
         &mut self,
         job: &JobRecord,
-        attempt: &Attempt,
-        outcome: &Outcome,
+        number: u32,
+        transition: Transition,
         now: Millis,
     ) -> Result<bool, DispatcherError> {
-        let next = lifecycle::next_after(job, outcome, now);
-        let reason = outcome.error().unwrap_or_default();
+        let Transition {
+            outcome,
+            error,
+            next,
+        } = transition;
+        let reason = error.unwrap_or_default();
         let end = AttemptEnd {
             finished_at: now,
-            outcome: outcome.label(),
+            outcome,
             error: Some(reason.clone()),
             output_bytes: 0,
         };
-        let (id, number) = (job.id, attempt.attempt);
+        let id = job.id;
         let settled = self.store("settle an attempt", |s| s.settle(id, number, &end, &next))?;
         if settled != Some(true) {
             // Settled by somebody else, or to be tried again at the next look.
@@ -1517,14 +1489,18 @@ impl Dispatcher {
             };
             let outcome = crate::runner::supervisor::reported_outcome(report, job.timeout);
             let now = now_millis();
-            let next = lifecycle::next_after(&job, &outcome, now);
+            let Transition {
+                outcome: label,
+                error,
+                next,
+            } = lifecycle::decide(&job, Ending::Ended(&outcome), job.cancel_requested, now);
             let end = AttemptEnd {
                 finished_at: attempt.finished_at.unwrap_or(now),
-                outcome: outcome.label(),
-                error: outcome.error(),
+                outcome: label.clone(),
+                error,
                 output_bytes: attempt.output_bytes.unwrap_or(0),
             };
-            let (id, label) = (job.id, outcome.label());
+            let id = job.id;
             match self.store("correct a lost attempt", |s| {
                 s.amend_lost(id, number, &end, &next)
             })? {

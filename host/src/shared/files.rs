@@ -160,12 +160,40 @@ pub fn temporary_beside(path: &Path) -> PathBuf {
 /// Writes `bytes` to `path` atomically: to [`temporary_beside`] it, then renamed over it, so
 /// a reader sees the whole file or the one before, never half of it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+/// [`write_atomically`] for a file that holds a secret: readable by its owner only (0600 on
+/// Unix, from its creation on, so no reader ever opens it wider) and on disk before it takes
+/// the old one's place.
+pub fn write_privately(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+fn replace(path: &Path, bytes: &[u8], private: bool) -> io::Result<()> {
+    use std::io::Write as _;
     let tmp = temporary_beside(path);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
+    let write = || {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            // A temporary left by a killed writer may be wider: start from none.
             let _ = std::fs::remove_file(&tmp);
-        })
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options.create_new(true);
+        }
+        let mut file = options.open(&tmp)?;
+        file.write_all(bytes)?;
+        if private {
+            file.sync_all()?;
+        }
+        drop(file);
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@
 //! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default;
 //! PostgreSQL ([`postgres::PostgresStore`]) lets dispatchers on several hosts share one queue.
 //! [`open`] opens either from a [`StoreLocation`]; [`open_existing`] opens one only if it
-//! exists, creating nothing, for the commands that only read.
+//! exists, creating nothing, for the commands that only read. What else a backend gives a
+//! dispatcher comes from here too, so that the dispatcher never names one: a [`Listener`] for
+//! changes made on other hosts ([`listener`]), and the housekeeping it needs on a timer
+//! ([`maintenance`]).
 //!
 //! Times are [`Millis`]: milliseconds since the Unix epoch, given by the caller (the clock is
 //! injected, so tests need no sleeps).
@@ -726,6 +729,49 @@ pub trait Store: Send {
     /// The registered dispatchers whose last heartbeat is before `cutoff` (now less the
     /// lease), by id: the ones to rescue.
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError>;
+}
+
+/// Tells a dispatcher that processes on other hosts changed the queue (enqueued, cancelled,
+/// retried), as the doorbell does for this host's processes: [`listener`] gives one for a
+/// backend that several hosts share.
+pub trait Listener: Send {
+    /// Waits up to `timeout` for a change. True when the queue may have changed (a
+    /// notification came, or the listener connected again and what was sent meanwhile is
+    /// unknown), false when nothing came. An error means the listener lost its connection and
+    /// connecting again failed: the next call tries again, and a caller looping on this
+    /// should pause after an error.
+    fn wait_for_change(&mut self, timeout: Duration) -> Result<bool, StoreError>;
+}
+
+/// Housekeeping a backend needs while a dispatcher serves, done from a connection of its own
+/// on a timer so that nothing on the hot path pays for it: [`maintenance`] gives it.
+pub trait Maintenance: Send {
+    /// How long to wait between two rounds.
+    fn interval(&self) -> Duration;
+
+    /// One round. A failure is for the log: the next round tries again.
+    fn maintain(&mut self) -> Result<(), StoreError>;
+}
+
+/// A listener for the store at `location`, connected, if its backend is shared by several
+/// hosts (PostgreSQL's notifications); none for SQLite, which only this host's processes
+/// share, and they ring the doorbell.
+pub fn listener(location: &StoreLocation) -> Result<Option<Box<dyn Listener>>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(_) => None,
+        #[cfg(feature = "postgres")]
+        StoreLocation::Postgres(url) => Some(Box::new(postgres::PgListener::connect(url)?)),
+    })
+}
+
+/// The housekeeping the store at `location` needs beside a dispatcher, with its own
+/// connection, if it needs any: SQLite checkpoints its write-ahead log; PostgreSQL needs none.
+pub fn maintenance(location: &StoreLocation) -> Result<Option<Box<dyn Maintenance>>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Some(Box::new(sqlite::SqliteStore::open(path)?)),
+        #[cfg(feature = "postgres")]
+        StoreLocation::Postgres(_) => None,
+    })
 }
 
 /// Where the job database is.

@@ -288,19 +288,8 @@ fn login_url(addr: SocketAddr) -> String {
 /// Writes `{"url": ..., "token": ...}`, readable by its owner only (written under a temporary
 /// name and renamed, so nobody reads half of it).
 fn write_dashboard_file(path: &Path, url: &str, token: Option<&str>) -> std::io::Result<()> {
-    use std::io::Write as _;
     let body = serde_json::json!({ "url": url, "token": token }).to_string();
-    let tmp = path.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
-    file.write_all(body.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)
+    crate::shared::files::write_privately(path, body.as_bytes())
 }
 
 /// Every route. The guard ([`auth::guard`]) runs before all of them, the fallback included.

@@ -175,6 +175,19 @@ pub enum AttemptError {
     },
 }
 
+impl AttemptError {
+    /// The outcome of an attempt that could not run for this error: `lost` if its worker had
+    /// been let start (`released`: plugin code may have run), else `not started` (the
+    /// dispatcher's problem, not the job's: the attempt does not count).
+    pub fn outcome(&self, released: bool) -> Outcome {
+        if released {
+            Outcome::Lost(format!("the attempt could not be supervised: {self}"))
+        } else {
+            Outcome::NotStarted(format!("not started: the worker could not start: {self}"))
+        }
+    }
+}
+
 /// The directory of every job's attempt files in `state_dir`: `<state_dir>/attempts/`, one
 /// directory per job, named after its id.
 pub fn attempts_dir(state_dir: &Path) -> PathBuf {
@@ -272,7 +285,7 @@ pub fn run_attempt(
         outcome: classify(
             report,
             end.stopped,
-            Some(end.exit),
+            Exit::Status(end.exit),
             stack_overflow,
             spec.timeout,
         ),
@@ -331,21 +344,13 @@ pub fn adopt_attempt(
     let stack_overflow = capture.tail_contains("has overflowed its stack");
     let output = capture.finish().map_err(|e| paths.error(e))?;
     let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
-    let outcome = match classify(report, stopped, None, stack_overflow, orphan.timeout) {
-        // Adopted alive, it ended while this dispatcher watched it, but a process this one
-        // did not start has no exit status to read.
-        Outcome::Lost(_) if worker.is_some() => Outcome::Lost(
-            "the adopted worker ended without a report; a worker the dispatcher did not start \
-             has no exit status to read, so how it ended is unknown"
-                .into(),
-        ),
-        // The pid is recorded before a worker may start, so none ever ran plugin code.
-        Outcome::Lost(_) if orphan.pid.is_none() => Outcome::NotStarted(
-            "not started: its dispatcher stopped between claiming the job and starting a worker"
-                .into(),
-        ),
-        other => other,
+    let exit = match worker {
+        Some(_) => Exit::Adopted,
+        None => Exit::Gone {
+            pid_recorded: orphan.pid.is_some(),
+        },
     };
+    let outcome = classify(report, stopped, exit, stack_overflow, orphan.timeout);
     Ok(AttemptRecord {
         attempt: orphan.attempt,
         pid: worker.or(orphan.pid).unwrap_or(0),
@@ -364,16 +369,34 @@ fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
 /// How an attempt ended by its worker's report alone: for a report that turns up after the
 /// attempt was settled `lost` (its dispatcher was rescued while the worker ran on).
 pub fn reported_outcome(report: WorkerReport, timeout: Duration) -> Outcome {
-    classify(Some(report), None, None, false, timeout)
+    let gone = Exit::Gone { pid_recorded: true };
+    classify(Some(report), None, gone, false, timeout)
+}
+
+/// How a worker's process ended, as far as its supervisor can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// The supervisor's own child ended so.
+    Status(ExitKind),
+    /// An adopted worker ended while its new dispatcher watched it: a process that dispatcher
+    /// did not start has no exit status to read.
+    Adopted,
+    /// The worker was gone when its dispatcher came back; `pid_recorded` says whether its pid
+    /// had been recorded (it is, before a worker may start).
+    Gone {
+        /// Whether the worker's pid was on record.
+        pid_recorded: bool,
+    },
 }
 
 /// Reconciles the worker's report with how its process ended. A report of success wins;
-/// then a stop by the supervisor; then the report's error; then the signal or exit code. With
-/// no report and no exit status (an adopted worker), the attempt is lost.
+/// then a report of `not started`; then a stop by the supervisor; then the report's error;
+/// then the signal or exit code. With no report and no exit status the attempt is lost, or
+/// never started if no worker was ever on record.
 fn classify(
     report: Option<WorkerReport>,
     stopped: Option<StopReason>,
-    exit: Option<ExitKind>,
+    exit: Exit,
     stack_overflow: bool,
     timeout: Duration,
 ) -> Outcome {
@@ -393,13 +416,339 @@ fn classify(
         (Some(WorkerReport::Error { kind, message, .. }), None, _) => {
             Outcome::Error { kind, message }
         }
-        (None, None, Some(ExitKind::Signaled(signal))) => Outcome::Crashed {
+        (None, None, Exit::Status(ExitKind::Signaled(signal))) => Outcome::Crashed {
             signal: platform::crash_name(signal),
             stack_overflow,
         },
-        (None, None, Some(ExitKind::Exited(code))) => Outcome::ExitedWithoutResult(code),
-        (None, None, None) => Outcome::Lost(
+        (None, None, Exit::Status(ExitKind::Exited(code))) => Outcome::ExitedWithoutResult(code),
+        (None, None, Exit::Adopted) => Outcome::Lost(
+            "the adopted worker ended without a report; a worker the dispatcher did not start \
+             has no exit status to read, so how it ended is unknown"
+                .into(),
+        ),
+        // The pid is recorded before a worker may start, so none ever ran plugin code.
+        (
+            None,
+            None,
+            Exit::Gone {
+                pid_recorded: false,
+            },
+        ) => Outcome::NotStarted(
+            "not started: its dispatcher stopped between claiming the job and starting a worker"
+                .into(),
+        ),
+        (None, None, Exit::Gone { pid_recorded: true }) => Outcome::Lost(
             "the worker was gone without a report when its dispatcher restarted".into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    fn ok(result: Value) -> Option<WorkerReport> {
+        Some(WorkerReport::Ok {
+            protocol: PROTOCOL_VERSION,
+            result,
+        })
+    }
+
+    fn error(kind: FailureKind, message: &str) -> Option<WorkerReport> {
+        Some(WorkerReport::Error {
+            protocol: PROTOCOL_VERSION,
+            kind,
+            message: message.into(),
+        })
+    }
+
+    /// The outcome of the supervisor's own child, stopped or not, without a stack overflow.
+    fn of_child(
+        report: Option<WorkerReport>,
+        stopped: Option<StopReason>,
+        exit: ExitKind,
+    ) -> Outcome {
+        classify(report, stopped, Exit::Status(exit), false, TIMEOUT)
+    }
+
+    /// Every way a process can end, as its supervisor sees it.
+    fn every_exit() -> [Exit; 5] {
+        [
+            Exit::Status(ExitKind::Exited(0)),
+            Exit::Status(ExitKind::Exited(1)),
+            Exit::Status(ExitKind::Signaled(9)),
+            Exit::Adopted,
+            Exit::Gone {
+                pid_recorded: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_report_of_success_wins_over_everything() {
+        for stopped in [
+            None,
+            Some(StopReason::TimedOut),
+            Some(StopReason::Cancelled),
+        ] {
+            for exit in every_exit() {
+                assert_eq!(
+                    classify(ok(json!({"n": 1})), stopped, exit, true, TIMEOUT),
+                    Outcome::Ok(json!({"n": 1})),
+                    "{stopped:?} {exit:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_report_of_not_started_means_no_plugin_code_ran_however_it_was_stopped() {
+        for stopped in [
+            None,
+            Some(StopReason::TimedOut),
+            Some(StopReason::Cancelled),
+        ] {
+            assert_eq!(
+                of_child(
+                    error(FailureKind::NotStarted, "no go-ahead"),
+                    stopped,
+                    ExitKind::Exited(3)
+                ),
+                Outcome::NotStarted("no go-ahead".into())
+            );
+        }
+    }
+
+    #[test]
+    fn a_stop_by_the_supervisor_wins_over_a_reported_error_and_the_exit() {
+        for exit in every_exit() {
+            for report in [None, error(FailureKind::Failed, "boom")] {
+                assert_eq!(
+                    classify(
+                        report.clone(),
+                        Some(StopReason::Cancelled),
+                        exit,
+                        false,
+                        TIMEOUT
+                    ),
+                    Outcome::Cancelled
+                );
+                assert_eq!(
+                    classify(report, Some(StopReason::TimedOut), exit, false, TIMEOUT),
+                    Outcome::TimedOut(TIMEOUT)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_reported_error_is_the_outcome_whatever_the_exit() {
+        for kind in [
+            FailureKind::Failed,
+            FailureKind::Permanent,
+            FailureKind::InvalidParams,
+            FailureKind::Panicked,
+            FailureKind::Cancelled,
+            FailureKind::Unauthorized,
+            FailureKind::LoadFailed,
+            FailureKind::BadRequest,
+        ] {
+            for exit in every_exit() {
+                assert_eq!(
+                    classify(error(kind, "why"), None, exit, true, TIMEOUT),
+                    Outcome::Error {
+                        kind,
+                        message: "why".into()
+                    },
+                    "{kind:?} {exit:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_exit_without_a_report_is_an_exit_without_a_result_whatever_its_code() {
+        for code in [0, 1, 2, 101, 255, -1] {
+            let outcome = of_child(None, None, ExitKind::Exited(code));
+            assert_eq!(outcome, Outcome::ExitedWithoutResult(code));
+            assert!(outcome.is_retryable());
+        }
+        assert_eq!(
+            of_child(None, None, ExitKind::Exited(101)).error().unwrap(),
+            "worker exited with code 101 without reporting a result"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_signal_without_a_report_is_a_crash_named_by_the_signal() {
+        use rustix::process::Signal;
+        for (signal, name) in [
+            (Signal::SEGV, "SIGSEGV"),
+            (Signal::ABORT, "SIGABRT"),
+            (Signal::BUS, "SIGBUS"),
+            (Signal::ILL, "SIGILL"),
+            (Signal::FPE, "SIGFPE"),
+            (Signal::KILL, "SIGKILL"),
+            (Signal::TERM, "SIGTERM"),
+        ] {
+            let outcome = of_child(None, None, ExitKind::Signaled(signal.as_raw()));
+            assert_eq!(
+                outcome,
+                Outcome::Crashed {
+                    signal: name.into(),
+                    stack_overflow: false
+                }
+            );
+            assert_eq!(outcome.label(), format!("crashed: {name}"));
+            assert_eq!(outcome.error().unwrap(), format!("worker crashed: {name}"));
+        }
+        let overflowed = classify(
+            None,
+            None,
+            Exit::Status(ExitKind::Signaled(Signal::SEGV.as_raw())),
+            true,
+            TIMEOUT,
+        );
+        assert_eq!(
+            overflowed.error().unwrap(),
+            "worker crashed: stack overflow (SIGSEGV)"
+        );
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn a_crash_code_without_a_report_is_a_crash_named_by_the_code() {
+        for (code, name) in [
+            (0xC000_0005_u32, "0xC0000005 access violation"),
+            (0xC000_00FD, "0xC00000FD stack overflow"),
+            (0xC000_0409, "0xC0000409 stack buffer overrun / abort"),
+        ] {
+            assert_eq!(
+                of_child(None, None, ExitKind::Signaled(code as i32)),
+                Outcome::Crashed {
+                    signal: name.into(),
+                    stack_overflow: false
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_crash_is_retryable_and_says_whether_the_stack_overflowed() {
+        let outcome = classify(
+            None,
+            None,
+            Exit::Status(ExitKind::Signaled(11)),
+            true,
+            TIMEOUT,
+        );
+        let Outcome::Crashed {
+            signal,
+            stack_overflow,
+        } = &outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert!(stack_overflow);
+        assert_eq!(*signal, platform::crash_name(11));
+        assert!(outcome.is_retryable());
+    }
+
+    #[test]
+    fn an_adopted_worker_that_ended_without_a_report_is_lost() {
+        assert_eq!(
+            classify(None, None, Exit::Adopted, false, TIMEOUT),
+            Outcome::Lost(
+                "the adopted worker ended without a report; a worker the dispatcher did not \
+                 start has no exit status to read, so how it ended is unknown"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_gone_worker_without_a_report_is_lost_or_never_started() {
+        assert_eq!(
+            classify(
+                None,
+                None,
+                Exit::Gone { pid_recorded: true },
+                false,
+                TIMEOUT
+            ),
+            Outcome::Lost(
+                "the worker was gone without a report when its dispatcher restarted".into()
+            )
+        );
+        let never = classify(
+            None,
+            None,
+            Exit::Gone {
+                pid_recorded: false,
+            },
+            false,
+            TIMEOUT,
+        );
+        assert_eq!(
+            never,
+            Outcome::NotStarted(
+                "not started: its dispatcher stopped between claiming the job and starting a \
+                 worker"
+                    .into()
+            )
+        );
+        assert!(!never.is_retryable());
+    }
+
+    #[test]
+    fn an_attempt_that_could_not_run_is_lost_once_its_worker_was_let_start() {
+        let error = AttemptError::Spawn {
+            program: "/bin/jobhost".into(),
+            source: std::io::Error::other("no processes left"),
+        };
+        assert_eq!(
+            error.outcome(false),
+            Outcome::NotStarted(
+                "not started: the worker could not start: cannot run worker /bin/jobhost".into()
+            )
+        );
+        let error = AttemptError::Files {
+            dir: "/state/attempts/1".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        let lost = error.outcome(true);
+        assert_eq!(
+            lost,
+            Outcome::Lost(
+                "the attempt could not be supervised: cannot prepare attempt files in \
+                 /state/attempts/1"
+                    .into()
+            )
+        );
+        assert!(lost.is_retryable());
+    }
+
+    #[test]
+    fn a_report_found_late_is_its_outcome() {
+        assert_eq!(
+            reported_outcome(ok(json!(3)).unwrap(), TIMEOUT),
+            Outcome::Ok(json!(3))
+        );
+        assert_eq!(
+            reported_outcome(error(FailureKind::Panicked, "oops").unwrap(), TIMEOUT),
+            Outcome::Error {
+                kind: FailureKind::Panicked,
+                message: "oops".into()
+            }
+        );
+        assert_eq!(
+            reported_outcome(error(FailureKind::NotStarted, "no").unwrap(), TIMEOUT),
+            Outcome::NotStarted("no".into())
+        );
     }
 }

@@ -30,8 +30,8 @@ use super::{
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
     Amended, Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId,
-    DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis,
-    NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
+    DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Listener,
+    Millis, NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; the table `jobhost_schema` holds the number applied.
@@ -1171,6 +1171,12 @@ impl PgListener {
     }
 }
 
+impl Listener for PgListener {
+    fn wait_for_change(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        Ok(self.wait(timeout)?.is_some())
+    }
+}
+
 /// A new connection listening on [`CHANNEL`].
 fn listen(config: &Config) -> Result<Client, ::postgres::Error> {
     let mut client = connect(config, "jobhost listener")?;
@@ -1441,5 +1447,20 @@ mod tests {
         assert_eq!(listener.wait(PATIENCE).unwrap(), Some(Wake::Reconnected));
         s.enqueue(&[job("A")], 1000).unwrap();
         assert_eq!(listener.wait(PATIENCE).unwrap(), Some(Wake::Enqueued));
+    }
+
+    #[test]
+    fn a_dispatcher_gets_a_listener_that_sees_changes_and_reconnections_and_no_maintenance() {
+        let db = TestDatabase::create();
+        let location = crate::store::StoreLocation::Postgres(db.url().into());
+        assert!(crate::store::maintenance(&location).unwrap().is_none());
+        let mut listener = crate::store::listener(&location).unwrap().unwrap();
+        let mut s = PostgresStore::open(db.url()).unwrap();
+        assert!(!listener.wait_for_change(Duration::ZERO).unwrap());
+        s.enqueue(&[job("A")], 1000).unwrap();
+        assert!(listener.wait_for_change(PATIENCE).unwrap());
+        assert_eq!(db.terminate(Some("jobhost listener")), 1);
+        assert!(listener.wait_for_change(PATIENCE).unwrap(), "reconnected");
+        assert!(!listener.wait_for_change(Duration::ZERO).unwrap());
     }
 }

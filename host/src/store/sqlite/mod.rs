@@ -22,8 +22,8 @@ use super::{
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
     Amended, Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId,
-    DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Millis,
-    NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
+    DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter,
+    Maintenance, Millis, NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
 };
 
 /// The migrations, in order; `PRAGMA user_version` is the number applied.
@@ -155,6 +155,26 @@ impl SqliteStore {
                 tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
             }
             tx.commit()?;
+        }
+        Ok(())
+    }
+}
+
+/// How often the database's write-ahead log is folded into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// A dispatcher's checkpointer: so that no commit on the hot path pays for the fsync. A
+/// passive checkpoint never holds anybody up, but while commits keep coming the WAL seldom
+/// starts over; so when it holds more than [`WAL_LIMIT`] the checkpointer truncates it, which
+/// holds writers up briefly and gives up rather than long.
+impl Maintenance for SqliteStore {
+    fn interval(&self) -> Duration {
+        CHECKPOINT_EVERY
+    }
+
+    fn maintain(&mut self) -> Result<(), StoreError> {
+        if self.checkpoint()? > WAL_LIMIT as u64 {
+            self.truncate_wal()?;
         }
         Ok(())
     }
@@ -1214,6 +1234,30 @@ mod tests {
         assert!(store.truncate_wal().unwrap());
         assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
         assert_eq!(store.unfinished().unwrap(), 2001, "nothing was lost");
+    }
+
+    #[test]
+    fn a_dispatchers_maintenance_truncates_a_wal_past_its_limit_and_it_needs_no_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.sqlite3");
+        let wal = dir.path().join("jobs.sqlite3-wal");
+        let location = crate::store::StoreLocation::Sqlite(path.clone());
+        assert!(crate::store::listener(&location).unwrap().is_none());
+        let mut maintenance = crate::store::maintenance(&location).unwrap().unwrap();
+        assert_eq!(maintenance.interval(), Duration::from_secs(1));
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.enqueue(&[padded(10)], 0).unwrap();
+        maintenance.maintain().unwrap();
+        assert!(
+            std::fs::metadata(&wal).unwrap().len() > 0,
+            "a small WAL is kept"
+        );
+        let burst: Vec<NewJob> = (0..1000).map(|_| padded(10_000)).collect();
+        store.enqueue(&burst, 0).unwrap();
+        assert!(std::fs::metadata(&wal).unwrap().len() > WAL_LIMIT as u64);
+        maintenance.maintain().unwrap();
+        assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+        assert_eq!(store.unfinished().unwrap(), 1001, "nothing was lost");
     }
 
     #[test]
