@@ -9,15 +9,15 @@
 //!
 //! - [`web`] — the admin dashboard `jobhost serve` runs; [`api`] — what applications and the CLI
 //!   call to dispatch and follow jobs ([`dispatch`], [`Job`], [`Client`]).
-//! - [`queue`] — the dispatcher that owns job state, retention, health, and the doorbell other
-//!   processes ring.
+//! - [`queue`] — the dispatcher that owns job state, the lifecycle rules it applies, retention,
+//!   health, and the doorbell other processes ring.
 //! - [`catalog`] — what may run: the plugin inventory, its watcher and the gate every job passes.
 //! - [`runner`] — one attempt in a child process: the supervisor side in the host, the child side
 //!   (which alone loads plugin code) in the worker, and the wire contract between them.
 //! - [`joblog`] — the spec-format job logs.
 //! - [`config`] — `jobhost.toml` and `allowlist.toml`, parsed.
-//! - [`store`] — the durable queue, one folder per backend; [`job`] — what a job is and the rules
-//!   that move it from state to state.
+//! - [`store`] — the durable queue, one folder per backend; [`job`] — what a job is, its bounds, and
+//!   how an attempt of it can end.
 //! - [`platform`] — processes, signals and locks on Unix and Windows; [`shared`] — bounded file
 //!   reads, atomic writes and text helpers.
 

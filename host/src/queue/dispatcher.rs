@@ -6,7 +6,7 @@
 //! enqueued, cancelled or retried by some other process), an attempt's worker was spawned or
 //! ended, a signal arrived. The loop sleeps until the next event or the next scheduled
 //! `run_at`, never on a polling interval (a slow safety wake-up aside). State transitions are
-//! decided by [`crate::job::lifecycle`] and applied by [`Store::settle`].
+//! decided by [`crate::queue::lifecycle`] and applied by [`Store::settle`].
 //!
 //! One dispatcher serves a state directory at a time (a lock file); a second one exits at once,
 //! unless the one holding it was started on demand and the second was not: then the first
@@ -26,10 +26,11 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::{
     catalog::inventory::{self, CatalogPaths, FileStamp, Inventory},
     config::settings::Settings,
-    job::lifecycle::{self, Ending, Transition},
+    job::outcome::Outcome,
     joblog,
     platform::{CancelToken, Doorbell, FileLock},
     queue::health::{self, Health, HealthFile},
+    queue::lifecycle::{self, Ending, Transition},
     queue::{
         doorbell::{notify_waiters, RING_STOP, RING_WAKE},
         StatePaths,
@@ -37,7 +38,6 @@ use crate::{
     runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
         adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
-        Outcome,
     },
     store::{
         now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,

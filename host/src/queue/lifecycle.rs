@@ -9,7 +9,7 @@
 //! The states and who moves a job out of each are drawn in `docs/job_state_machine.md`.
 
 use crate::{
-    runner::supervisor::Outcome,
+    job::outcome::Outcome,
     store::{DispatcherRecord, JobRecord, Millis, Next},
 };
 
@@ -126,7 +126,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{job::Priority, runner::protocol::FailureKind, store::JobState};
+    use crate::{job::outcome::FailureKind, job::Priority, store::JobState};
 
     fn job(attempts: u32, max_attempts: u32) -> JobRecord {
         JobRecord {
