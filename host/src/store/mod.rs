@@ -780,6 +780,11 @@ pub enum StoreLocation {
 }
 
 impl StoreLocation {
+    /// The default store of a state directory: the embedded one, a file in it.
+    pub fn in_state_dir(state_dir: &Path) -> Self {
+        Self::Sqlite(state_dir.join(sqlite::DB_FILE))
+    }
+
     /// The store a setting names: a `postgres://` or `postgresql://` URL (checked here, without
     /// connecting). Anything else is an error naming it; SQLite, the default, has no URL (the
     /// caller gives its path as [`StoreLocation::Sqlite`]).
