@@ -45,15 +45,15 @@
 //! - `web` — the admin dashboard `jobhost serve` runs; `cli` — the command line; `api` — what
 //!   applications and the CLI call to dispatch and follow jobs ([`dispatch`], [`Job`],
 //!   [`Client`]).
-//! - `queue` — the dispatcher that owns job state, retention, health, and the doorbell other
-//!   processes ring.
+//! - `queue` — the dispatcher that owns job state, the lifecycle rules it applies, retention,
+//!   health, and the doorbell other processes ring.
 //! - `catalog` — what may run: the plugin inventory, its watcher and the gate every job passes.
 //! - `runner` — one attempt in a child process: the supervisor side in the host, the child side
 //!   (which alone loads plugin code) in the worker, and the wire contract between them.
 //! - `joblog` — the spec-format job logs.
 //! - `config` — `jobhost.toml` and `allowlist.toml`, parsed.
-//! - `store` — the durable queue, one folder per backend; `job` — what a job is and the rules
-//!   that move it from state to state.
+//! - `store` — the durable queue, one folder per backend; `job` — what a job is, its bounds, and
+//!   how an attempt of it can end.
 //! - `platform` — processes, signals and locks on Unix and Windows; `shared` — bounded file
 //!   reads, atomic writes and text helpers.
 
@@ -66,53 +66,33 @@
     allow(dead_code, unused_imports)
 )]
 
-/// `item`, public with the unstable `internals` feature (for jobhost's own tests and benches),
-/// else visible in this crate only.
+/// Declares the internal modules: public with the unstable `internals` feature (for jobhost's
+/// own tests and benches), else visible in this crate only.
 macro_rules! internal {
-    ($(#[$meta:meta])* $keyword:ident $($item:tt)*) => {
+    ($($(#[$meta:meta])* mod $name:ident;)*) => {$(
         $(#[$meta])*
         #[cfg(feature = "internals")]
-        pub $keyword $($item)*
+        pub mod $name;
         $(#[$meta])*
         #[cfg(not(feature = "internals"))]
-        pub(crate) $keyword $($item)*
-    };
+        pub(crate) mod $name;
+    )*};
 }
 
-internal!(
+internal! {
     mod api;
-);
-internal!(
     mod catalog;
-);
-internal!(
     mod config;
-);
-internal!(
     mod job;
-);
-internal!(
     mod joblog;
-);
-internal!(
     mod platform;
-);
-internal!(
     mod queue;
-);
-internal!(
     mod runner;
-);
-internal!(
     mod shared;
-);
-internal!(
     mod store;
-);
-#[cfg(feature = "dashboard")]
-internal!(
+    #[cfg(feature = "dashboard")]
     mod web;
-);
+}
 
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -281,7 +281,7 @@ fn read_traces(path: &Path) -> BTreeMap<JobId, Vec<Traced>> {
     traces
 }
 
-/// Whether `label` is one of the outcomes the host names: those of `jobhost::runner::supervisor::Outcome`
+/// Whether `label` is one of the outcomes the host names: those of `jobhost::job::outcome::Outcome`
 /// (`ok`, `error`, `crashed: SIGNAL`, `timed out`, `cancelled`, `exited without a result: code
 /// N`, `lost`, `not started`) and the dispatcher's `interrupted: the dispatcher shut down`.
 fn is_named(label: &str) -> bool {

@@ -128,23 +128,37 @@ fn a_failed_inspection_is_reported_and_tried_again_never_remembered() {
 /// inspected again, and serve under a sensible limit.
 #[test]
 fn a_timed_out_inspection_is_retried_when_the_same_bytes_are_installed_again() {
-    let host = Host::with_plugins(&["welcome_email"]);
-    host.settings("limits.inspect_timeout = 0.001\n");
+    // Loading the fixture waits while `hold` exists: it hangs until the test says otherwise.
+    let host = Host::with_plugins(&[CONSTRUCTOR_SLEEP]);
+    let hold = host.write("hold", "");
+    let hold = hold.to_str().unwrap();
+    let listing = |host: &Host| {
+        let run = host.run_with_env(&["plugins", "--json"], &[("CONSTRUCTOR_SLEEP_WHILE", hold)]);
+        run.expect_code(0);
+        run.json()
+    };
+    let name = "libconstructor_sleep_fixture.so";
+    host.settings("limits.inspect_timeout = 0.5\n");
     let hung = listing(&host);
-    let reason = reason(&hung, "libwelcome_email.so");
     assert!(
-        reason.starts_with("loading it hung for more than"),
+        reason(&hung, name).starts_with("loading it hung for more than"),
         "{hung:#}"
     );
-    host.settings("limits.inspect_timeout = 30\n");
-    host.install_plugin("welcome_email");
+    // The same bytes again, and now loading them ends: no verdict was kept from the hang.
+    std::fs::remove_file(hold).unwrap();
+    host.install_plugin(CONSTRUCTOR_SLEEP);
     let good = listing(&host);
-    assert_eq!(
-        file(&good, "libwelcome_email.so")["status"],
-        "plugin",
-        "{good:#}"
+    assert_eq!(file(&good, name)["status"], "plugin", "{good:#}");
+    // And it serves: its worker loads it (with the hold gone, at once).
+    host.write(
+        "allowlist.toml",
+        "[jobs]\n'Tests\\ConstructorSleep' = [\"ok\"]\n",
     );
-    run_welcome(&host).expect_code(0);
+    host.run_with_env(
+        &["run", r"Tests\ConstructorSleep", "ok", "--wait"],
+        &[("CONSTRUCTOR_SLEEP_WHILE", hold)],
+    )
+    .expect_code(0);
 }
 
 /// The pids the fork fixture wrote, once it wrote `count` of them.

@@ -19,6 +19,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use jobhost::{
     config::settings::{Overrides, Settings},
+    job::outcome::Outcome,
     platform::{self, CancelToken},
     queue::{
         doorbell::{RING_STOP, RING_WAKE},
@@ -26,7 +27,7 @@ use jobhost::{
     },
     runner::{
         jobhost_program,
-        supervisor::{run_attempt, AttemptSpec, Outcome},
+        supervisor::{run_attempt, AttemptSpec},
     },
     store::{JobId, JobState},
     Client, Job,

@@ -11,18 +11,35 @@ use std::{
     time::Duration,
 };
 
-use super::{
-    inventory::{CatalogPaths, FileStatus},
-    plugin_file::Candidate,
-};
+use serde::Serialize;
+
+use super::plugin_file::Candidate;
 use crate::{
     config::settings::Settings,
     platform::{self, ExitKind, ProcessEnd, SuperviseOptions},
     runner::{
-        protocol::{read_report, InspectReport, InspectRequest, PROTOCOL_VERSION},
+        protocol::{read_report, ClassEntry, InspectReport, InspectRequest, PROTOCOL_VERSION},
         reason::Reason,
     },
 };
+
+/// What the current content of a file in the plugin directory is.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum FileStatus {
+    /// A usable plugin.
+    Plugin {
+        /// The job-sdk version it was built with.
+        sdk_version: String,
+        /// Its classes.
+        classes: Vec<ClassEntry>,
+    },
+    /// Not usable.
+    Rejected {
+        /// Why, in one line.
+        reason: Reason,
+    },
+}
 
 /// The most files inspected at once by one refresh.
 pub const MAX_PARALLEL_INSPECTIONS: usize = 8;
@@ -42,14 +59,14 @@ const INSPECTOR_MARGIN: Duration = Duration::from_secs(10);
 /// has the same content.
 pub(super) fn take_snapshot(
     settings: &Settings,
-    paths: &CatalogPaths,
+    snapshots: &Path,
     snapshot: &Path,
     candidate: Candidate,
     hash: &str,
 ) -> (PathBuf, Inspection) {
     static INCOMING: AtomicU64 = AtomicU64::new(0);
     let failed = |what: &str, e: std::io::Error| Inspection::Failed(format!("{what}: {e}"));
-    let incoming = paths.snapshots.join(format!(
+    let incoming = snapshots.join(format!(
         ".incoming-{}-{}{}",
         std::process::id(),
         INCOMING.fetch_add(1, Ordering::Relaxed),

@@ -29,6 +29,7 @@ use std::{
 
 use serde::Serialize;
 
+pub use super::inspection::FileStatus;
 use super::inspection::{in_parallel, inspect_file, take_snapshot, Inspection};
 use crate::{
     catalog::plugin_file::Candidate,
@@ -132,24 +133,6 @@ impl InventoryError {
     pub fn is_missing_dir(&self) -> bool {
         matches!(self, Self::ReadDir { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
-}
-
-/// What the current content of a file in the plugin directory is.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum FileStatus {
-    /// A usable plugin.
-    Plugin {
-        /// The job-sdk version it was built with.
-        sdk_version: String,
-        /// Its classes.
-        classes: Vec<ClassEntry>,
-    },
-    /// Not usable.
-    Rejected {
-        /// Why, in one line.
-        reason: Reason,
-    },
 }
 
 /// A good version of a plugin file, snapshotted: what new jobs of its classes run.
@@ -505,7 +488,7 @@ fn examine(
     let (inspected, inspection) = if snapshot.exists() {
         (snapshot.clone(), inspect_file(settings, &snapshot))
     } else {
-        take_snapshot(settings, paths, &snapshot, candidate, &hash)
+        take_snapshot(settings, &paths.snapshots, &snapshot, candidate, &hash)
     };
     let provisional = |reason: Reason, retry_at: Millis| PluginFile {
         retry_at: Some(retry_at),

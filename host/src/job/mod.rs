@@ -4,7 +4,7 @@
 //! the dashboard's API and forms, the settings file): [`JobSpec::validate`] and the constants
 //! below are the one place they are defined (`docs/limits.md` lists them).
 
-pub mod lifecycle;
+pub mod outcome;
 
 use std::{fmt, str::FromStr, time::Duration};
 

@@ -15,7 +15,7 @@ use tracing::Level;
 
 use crate::store::{now_millis, Millis};
 
-use super::{context, format::render, PENDING_LINES_MAX};
+use super::{context, render, PENDING_LINES_MAX};
 
 /// Why the logs could not be opened.
 #[derive(Debug, thiserror::Error)]

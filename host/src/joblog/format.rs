@@ -3,7 +3,6 @@
 //! the errors log).
 
 use std::{
-    fmt::Write as _,
     io::Write as _,
     path::Path,
     sync::{Arc, Mutex},
@@ -14,12 +13,9 @@ use tracing_subscriber::{layer::Context, prelude::*, Layer};
 
 use super::{
     file::{lock, report, shared, LogFile},
-    LogOpenError, ERRORS_FILE, LOG_FILE,
+    render, LogOpenError, ERRORS_FILE, LOG_FILE,
 };
-use crate::{
-    shared::text::{visible, Escape},
-    store::now_millis,
-};
+use crate::store::now_millis;
 
 /// Renders events as spec-format lines into the two log files.
 pub struct SpecFormatLayer {
@@ -56,17 +52,6 @@ impl SpecFormatLayer {
     /// whatever subscriber its application installed (see `tracing::dispatcher::with_default`).
     pub fn into_dispatch(self) -> tracing::Dispatch {
         tracing::Dispatch::new(tracing_subscriber::registry().with(self))
-    }
-}
-
-/// The spec's name for a level.
-fn level_name(level: &Level) -> &'static str {
-    match *level {
-        Level::ERROR => "ERROR",
-        Level::WARN => "WARNING",
-        Level::INFO => "INFO",
-        Level::DEBUG => "DEBUG",
-        Level::TRACE => "TRACE",
     }
 }
 
@@ -121,23 +106,6 @@ impl<S: Subscriber> Layer<S> for SpecFormatLayer {
             let _ = std::io::stderr().write_all(line.as_bytes());
         }
     }
-}
-
-/// One spec-format line, newline included. Characters that would not show as themselves (a
-/// right-to-left override in a param, a zero-width space in an error) are written as escapes
-/// ([`crate::shared::text::visible`]): `\u{202E}` in the message, `\u202E` in the JSON context, which
-/// stays JSON with the exact value.
-pub(super) fn render(env: &str, level: &Level, message: &str, context: Option<&str>) -> String {
-    let mut line = String::with_capacity(128);
-    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
-    let message = visible(message, Escape::Text);
-    let _ = write!(line, "[{now}] {env}.{}: {message}", level_name(level));
-    if let Some(context) = context {
-        line.push(' ');
-        line.push_str(&visible(context, Escape::Json));
-    }
-    line.push('\n');
-    line
 }
 
 #[cfg(test)]

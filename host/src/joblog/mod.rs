@@ -30,9 +30,12 @@ mod format;
 pub use file::{health, reopen, LogOpenError};
 pub use format::SpecFormatLayer;
 
-use std::path::Path;
+use std::{fmt::Write as _, path::Path};
 
 use serde_json::{json, Map, Value};
+use tracing::Level;
+
+use crate::shared::text::{visible, Escape};
 
 /// The main log's file name.
 pub const LOG_FILE: &str = "background_jobs.log";
@@ -41,6 +44,34 @@ pub const ERRORS_FILE: &str = "background_jobs_errors.log";
 
 /// The most lines kept in memory for one log file that cannot be written.
 pub const PENDING_LINES_MAX: usize = 10_000;
+
+/// One spec-format line, newline included. Characters that would not show as themselves (a
+/// right-to-left override in a param, a zero-width space in an error) are written as escapes
+/// ([`crate::shared::text::visible`]): `\u{202E}` in the message, `\u202E` in the JSON context, which
+/// stays JSON with the exact value.
+fn render(env: &str, level: &Level, message: &str, context: Option<&str>) -> String {
+    let mut line = String::with_capacity(128);
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+    let message = visible(message, Escape::Text);
+    let _ = write!(line, "[{now}] {env}.{}: {message}", level_name(level));
+    if let Some(context) = context {
+        line.push(' ');
+        line.push_str(&visible(context, Escape::Json));
+    }
+    line.push('\n');
+    line
+}
+
+/// The spec's name for a level.
+fn level_name(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARNING",
+        Level::INFO => "INFO",
+        Level::DEBUG => "DEBUG",
+        Level::TRACE => "TRACE",
+    }
+}
 
 /// A context object with the spec's keys; `serde_json::Map` keeps them sorted.
 fn context(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> String {

@@ -1,13 +1,14 @@
 //! The queue at work: the [`dispatcher`] owns job state in a state directory — it claims due
-//! jobs from the store, runs each attempt through the runner, applies what the job's lifecycle
-//! decides, and rescues attempts of dispatchers that died; [`doorbell`] is how other processes
-//! wake it, stop it and wait for a job (both sides use it); [`retention`] deletes finished jobs
-//! once they are old enough; [`health`] is the dispatcher's report of what keeps it from its
-//! work, readable by other processes.
+//! jobs from the store, runs each attempt through the runner, applies what [`lifecycle`]
+//! decides (the one function that settles every attempt), and rescues attempts of dispatchers
+//! that died; [`doorbell`] is how other processes wake it, stop it and wait for a job (both
+//! sides use it); [`retention`] deletes finished jobs once they are old enough; [`health`] is
+//! the dispatcher's report of what keeps it from its work, readable by other processes.
 
 pub mod dispatcher;
 pub mod doorbell;
 pub mod health;
+pub mod lifecycle;
 pub mod retention;
 
 use std::path::{Path, PathBuf};

@@ -79,37 +79,9 @@ pub struct InspectRequest {
     pub timeout_ms: u64,
 }
 
-/// Why an attempt did not produce a result, as the worker saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureKind {
-    /// The job returned an error; a retry may help.
-    Failed,
-    /// The job returned an error no retry can fix.
-    Permanent,
-    /// The params did not fit the method.
-    InvalidParams,
-    /// The job panicked.
-    Panicked,
-    /// The job stopped after seeing its cancellation.
-    Cancelled,
-    /// The allowlist does not approve the job; nothing was loaded.
-    Unauthorized,
-    /// The plugin could not be loaded, or does not offer the class or method.
-    LoadFailed,
-    /// The request itself was unusable.
-    BadRequest,
-    /// The supervisor never gave the go-ahead (see [`WorkerRequest::gate`]): no plugin code
-    /// ran, so the attempt does not count.
-    NotStarted,
-}
-
-impl FailureKind {
-    /// Whether another attempt could succeed.
-    pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Failed | Self::Panicked)
-    }
-}
+/// Why an attempt did not produce a result, as the worker saw it (the job's domain names the
+/// kinds; the report carries one).
+pub use crate::job::outcome::FailureKind;
 
 /// Worker → host: how the attempt ended inside the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

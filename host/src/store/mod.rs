@@ -1,7 +1,7 @@
 //! The durable queue: jobs and their attempts, behind one [`Store`] trait.
 //!
 //! A store only stores: it never decides. Which state a job moves to after an attempt is
-//! decided by [`crate::job::lifecycle`] and applied here with [`Store::settle`]; the only logic a
+//! decided by [`crate::queue::lifecycle`] and applied here with [`Store::settle`]; the only logic a
 //! store owns is what must be atomic — claiming due jobs in order, cancelling, and refusing to
 //! settle an attempt twice. Every backend passes the same behaviour suite
 //! (`store/conformance.rs`). SQLite ([`sqlite::SqliteStore`]) is the embedded default;
@@ -33,7 +33,7 @@
 //! ([`Store::expired_dispatchers`]) is rescued by any other:
 //!
 //! 1. for each expired dispatcher, settle its running attempts (those of [`Store::running`]
-//!    whose `dispatcher` is its id) with the outcome `lost` and what [`crate::job::lifecycle`]
+//!    whose `dispatcher` is its id) with the outcome `lost` and what [`crate::queue::lifecycle`]
 //!    decides for them;
 //! 2. then [`Store::deregister`] it. If that refuses, the dispatcher claimed more since it was
 //!    read as expired (it was only slow): look again on the next round.
@@ -274,7 +274,7 @@ pub struct AttemptEnd {
     pub output_bytes: u64,
 }
 
-/// What happens to the job after an attempt, as decided by [`crate::job::lifecycle`].
+/// What happens to the job after an attempt, as decided by [`crate::queue::lifecycle`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Next {
     /// Completed with this result.
@@ -785,6 +785,11 @@ pub enum StoreLocation {
 }
 
 impl StoreLocation {
+    /// The default store of a state directory: the embedded one, a file in it.
+    pub fn in_state_dir(state_dir: &Path) -> Self {
+        Self::Sqlite(state_dir.join(sqlite::DB_FILE))
+    }
+
     /// The store a setting names: a `postgres://` or `postgresql://` URL (checked here, without
     /// connecting). Anything else is an error naming it; SQLite, the default, has no URL (the
     /// caller gives its path as [`StoreLocation::Sqlite`]). A jobhost built without the

@@ -45,7 +45,7 @@ pub struct RawSettings {
 }
 
 /// The `[retention]` table, as written: each value is checked (and named when refused) by
-/// [`Settings::resolve`].
+/// [`super::Settings::resolve`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {

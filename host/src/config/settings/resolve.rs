@@ -440,9 +440,7 @@ impl Resolver<'_> {
             Some((origin, url)) => {
                 StoreLocation::parse(&url).map_err(|source| SettingsError::Store { origin, source })
             }
-            None => Ok(StoreLocation::Sqlite(
-                state_dir.join(crate::store::sqlite::DB_FILE),
-            )),
+            None => Ok(StoreLocation::in_state_dir(state_dir)),
         }
     }
 }

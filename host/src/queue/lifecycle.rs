@@ -9,7 +9,7 @@
 //! The states and who moves a job out of each are drawn in `docs/job_state_machine.md`.
 
 use crate::{
-    runner::supervisor::Outcome,
+    job::outcome::Outcome,
     store::{DispatcherRecord, JobRecord, Millis, Next},
 };
 
@@ -54,7 +54,8 @@ const INTERRUPTED: &str = "interrupted: the dispatcher shut down";
 /// own flag is not read: the caller may know better).
 ///
 /// - An interrupted attempt that did not succeed queues the job again at once without using up
-///   an attempt (even when a cancel was requested: the next attempt sees the request).
+///   an attempt — unless a cancel was requested: then the job is cancelled, so that a job
+///   someone cancelled never starts again.
 /// - A claim whose dispatcher never learned of it, or whose dispatcher stopped heartbeating
 ///   before recording a worker, never started: `not started`. One whose dispatcher stopped
 ///   heartbeating with a worker on record is `lost`. Then:
@@ -76,7 +77,11 @@ pub fn decide(
             return Transition {
                 outcome: INTERRUPTED.into(),
                 error: Some(INTERRUPTED.into()),
-                next: Next::Requeue,
+                next: if cancel_requested {
+                    Next::Cancel
+                } else {
+                    Next::Requeue
+                },
             };
         }
         Ending::Ended(outcome) | Ending::Interrupted(outcome) => outcome,
@@ -126,7 +131,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{job::Priority, runner::protocol::FailureKind, store::JobState};
+    use crate::{job::outcome::FailureKind, job::Priority, store::JobState};
 
     fn job(attempts: u32, max_attempts: u32) -> JobRecord {
         JobRecord {
@@ -337,21 +342,25 @@ mod tests {
 
     #[test]
     fn an_attempt_interrupted_by_shutdown_is_requeued_without_using_up_an_attempt() {
-        let interrupted = Transition {
+        let interrupted = |next| Transition {
             outcome: "interrupted: the dispatcher shut down".into(),
             error: Some("interrupted: the dispatcher shut down".into()),
-            next: Next::Requeue,
+            next,
         };
         let timed_out = Outcome::TimedOut(Duration::from_secs(1));
         for outcome in [Outcome::Cancelled, failed(), crashed(), timed_out] {
-            // On its last attempt, and with a cancel requested, alike.
-            for cancel in [false, true] {
-                assert_eq!(
-                    decide(&job(1, 1), Ending::Interrupted(&outcome), cancel, 0),
-                    interrupted,
-                    "{outcome:?}"
-                );
-            }
+            // On its last attempt alike.
+            assert_eq!(
+                decide(&job(1, 1), Ending::Interrupted(&outcome), false, 0),
+                interrupted(Next::Requeue),
+                "{outcome:?}"
+            );
+            // A job someone cancelled while it ran never starts again.
+            assert_eq!(
+                decide(&job(1, 4), Ending::Interrupted(&outcome), true, 0),
+                interrupted(Next::Cancel),
+                "{outcome:?}"
+            );
         }
     }
 

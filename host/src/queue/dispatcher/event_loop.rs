@@ -1,0 +1,582 @@
+//! The loop itself: wait for the next event, then claim what is due into free slots, apply
+//! cancels, record spawns and settle finished attempts as [`crate::queue::lifecycle`] decides.
+
+use super::*;
+
+impl Dispatcher {
+    pub(super) fn run(&mut self, options: &ServeOptions) -> Result<(), DispatcherError> {
+        let mut recovered = false;
+        let mut check_cancels = true;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            self.retry_deferred()?;
+            if !recovered {
+                // What a predecessor left running is settled before anything is claimed.
+                recovered = self.recover()?;
+                if recovered {
+                    self.amend_lost()?;
+                }
+            }
+            if self.stopping.is_none() && recovered {
+                if check_cancels {
+                    self.apply_cancels()?;
+                }
+                self.claim()?;
+            }
+            // Once stopping, what the store did not take by the deadline is settled from the
+            // workers' reports by the next dispatcher.
+            let settled_or_late =
+                self.unsettled.is_empty() || self.stopping.is_some_and(|d| Instant::now() >= d);
+            if self.stopping.is_some() && self.running.is_empty() && settled_or_late {
+                return Ok(());
+            }
+
+            // How long to sleep: until the next scheduled job, the idle exit, or the stop
+            // deadline, whichever is first. Idle is nothing waiting in the store and nothing
+            // running here (other dispatchers' running jobs are theirs to finish).
+            let now = Instant::now();
+            let mut wake = now + SAFETY_WAKE;
+            let next =
+                if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
+                    self.read("look for waiting jobs", |s| s.next_run_at())?
+                        .flatten()
+                } else {
+                    None
+                };
+            if let Some(at) = self.trouble.retry_at() {
+                wake = wake.min(at);
+            }
+            if let Some(deadline) = self.stopping {
+                wake = wake.min(deadline);
+            } else if let Some(at) = next {
+                let wait = u64::try_from(at - now_millis()).unwrap_or(0);
+                wake = wake.min(now + Duration::from_millis(wait));
+            }
+            if let Some(idle_exit) = options.idle_exit {
+                let idle = self.running.is_empty()
+                    && self.unsettled.is_empty()
+                    && self.trouble.retry_at().is_none();
+                if idle && self.stopping.is_none() && next.is_none() {
+                    let since = *idle_since.get_or_insert(now);
+                    if now >= since + idle_exit {
+                        if self.leave_if_still_idle()? {
+                            return Ok(());
+                        }
+                        idle_since = None;
+                        continue;
+                    }
+                    wake = wake.min(since + idle_exit);
+                } else {
+                    idle_since = None;
+                }
+            }
+
+            check_cancels = false;
+            let first = match self.events.recv_deadline(wake) {
+                Ok(event) => Some(event),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+            };
+            // Handle everything that is waiting before touching the store again.
+            let pending: Vec<Event> = first.into_iter().chain(self.events.try_iter()).collect();
+            for event in pending {
+                match event {
+                    Event::Rang(RING_STOP) | Event::Signal => self.begin_stop(),
+                    Event::Rang(_) => {
+                        // Another process enqueued, cancelled or retried.
+                        check_cancels = true;
+                        self.changed();
+                    }
+                    Event::Spawned {
+                        id,
+                        attempt,
+                        start,
+                        go,
+                    } => self.spawned(id, attempt, start, go)?,
+                    Event::PluginsChanged => {
+                        self.plugins.reload();
+                        self.collect_snapshots()?;
+                        self.changed();
+                    }
+                    Event::Tick => {
+                        if self.rescue()? {
+                            check_cancels = true;
+                        }
+                        if self.amended.elapsed() >= AMEND_EVERY {
+                            // Workers rescued while they ran on may have ended since.
+                            self.amended = Instant::now();
+                            self.amend_lost()?;
+                        }
+                    }
+                    Event::Evicted(id) => self.evicted(id)?,
+                    Event::Finished {
+                        id,
+                        attempt,
+                        result,
+                        released,
+                    } => self.finished(id, attempt, result, released)?,
+                }
+            }
+            if self
+                .stopping
+                .is_some_and(|deadline| Instant::now() >= deadline)
+            {
+                self.interrupt_all();
+            }
+            self.report_health();
+        }
+    }
+
+    /// Rewrites the health file when the list of problems changed.
+    pub(super) fn report_health(&mut self) {
+        let mut problems = self.trouble.problems();
+        let logs = joblog::health();
+        if let Some(since) = logs.since {
+            let error = format!(
+                "{} ({} lines waiting to be written, {} dropped)",
+                logs.last_error.unwrap_or_default(),
+                logs.pending_lines,
+                logs.dropped_lines
+            );
+            problems.push(health::Problem::new(
+                "the log files cannot be written",
+                since,
+                &error,
+            ));
+        }
+        if problems == self.reported {
+            return;
+        }
+        let Some(file) = &mut self.health else {
+            return;
+        };
+        let report = Health {
+            pid: std::process::id(),
+            updated_at: now_millis(),
+            problems: problems.clone(),
+        };
+        if let Err(e) = file.write(&report) {
+            tracing::warn!("cannot write the dispatcher's health file: {e}");
+        }
+        self.reported = problems;
+    }
+
+    /// Claims as many due jobs as there are free slots and starts them.
+    pub(super) fn claim(&mut self) -> Result<(), DispatcherError> {
+        let free = self
+            .settings
+            .dispatcher
+            .slots
+            .saturating_sub(self.running.len());
+        if free == 0 {
+            return Ok(());
+        }
+        let owner = self.owner;
+        if !self.trouble.may_claim() || !self.unsettled.is_empty() {
+            return Ok(());
+        }
+        let Some(claimed) = self.store("claim jobs", |s| s.claim(owner, now_millis(), free))?
+        else {
+            return Ok(());
+        };
+        Trouble::recovered(&mut self.trouble.workers, "Starting workers");
+        let quarantined = self.store.take_quarantined();
+        for job in &quarantined {
+            joblog::quarantined(job.id, &job.reason);
+        }
+        if !claimed.is_empty() || !quarantined.is_empty() {
+            self.changed();
+            self.plugins.reload();
+        }
+        for mut job in claimed {
+            joblog::started(&job.name(), &job.params);
+            let (plugin, plugin_hash) = self.plugins.version_for(&job);
+            job.plugin = plugin;
+            let cancel = CancelToken::new().map_err(|source| DispatcherError::Setup {
+                what: "create a cancel token".into(),
+                source,
+            })?;
+            let order = Order::Run {
+                job: job.clone(),
+                cancel: Arc::clone(&cancel),
+            };
+            self.running.insert(
+                job.id,
+                Running {
+                    job,
+                    plugin_hash,
+                    cancel,
+                    interrupted: false,
+                },
+            );
+            // The slot threads live as long as the dispatcher; a send cannot fail.
+            let _ = self.orders.send(order);
+        }
+        Ok(())
+    }
+
+    /// Fires the cancel tokens of running jobs whose cancellation was requested.
+    pub(super) fn apply_cancels(&mut self) -> Result<(), DispatcherError> {
+        if self.running.is_empty() {
+            return Ok(());
+        }
+        let mut fired = false;
+        let Some(requests) = self.read("read cancel requests", |s| s.cancel_requests())? else {
+            return Ok(());
+        };
+        for id in requests {
+            if let Some(running) = self.running.get(&id) {
+                running.cancel.cancel();
+                fired = true;
+            }
+        }
+        if fired {
+            self.changed();
+        }
+        Ok(())
+    }
+
+    /// Records a spawned worker, then lets it start: an attempt counts only once its worker
+    /// is on record, so one whose dispatcher died before this point is known never to have
+    /// run ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its
+    /// gate, and is recorded and let go once the store answers.
+    pub(super) fn spawned(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        mut start: AttemptStart,
+        go: Sender<bool>,
+    ) -> Result<(), DispatcherError> {
+        if let Some(running) = self.running.get(&id) {
+            start.plugin_hash.clone_from(&running.plugin_hash);
+        }
+        let waiting = Unrecorded {
+            id,
+            attempt,
+            start,
+            go,
+        };
+        if !self.unrecorded.is_empty() {
+            self.unrecorded.push(waiting);
+            return Ok(());
+        }
+        match self.store("record a worker", |s| {
+            s.attempt_started(id, attempt, &waiting.start)
+        }) {
+            Ok(Some(())) => {
+                let _ = waiting.go.send(true);
+                Ok(())
+            }
+            Ok(None) => {
+                self.unrecorded.push(waiting);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = waiting.go.send(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// An attempt ended: decides what follows ([`lifecycle`]) and settles it, or holds the
+    /// settling until the store takes it.
+    pub(super) fn finished(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        result: Result<AttemptRecord, AttemptError>,
+        released: bool,
+    ) -> Result<(), DispatcherError> {
+        let Some(running) = self.running.remove(&id) else {
+            return Ok(());
+        };
+        let job = running.job;
+        let record = match result {
+            Ok(record) => record,
+            Err(error) => {
+                if !released {
+                    // A dispatcher's problem, not the job's: it goes back to the queue, and
+                    // claims pause until workers can be started again.
+                    Trouble::failed(
+                        &mut self.trouble.workers,
+                        "Workers cannot be started",
+                        format!("{error:#}"),
+                    );
+                }
+                tracing::error!("attempt {attempt} of job {id} could not run: {error:#}");
+                AttemptRecord {
+                    attempt,
+                    pid: 0,
+                    duration: Duration::ZERO,
+                    outcome: error.outcome(released),
+                    output: crate::runner::supervisor::capture::CapturedOutput {
+                        path: AttemptPaths::new(&self.settings.state_dir, &id.to_string(), attempt)
+                            .output,
+                        total_bytes: 0,
+                        dropped_bytes: 0,
+                    },
+                }
+            }
+        };
+        let mut cancel_requested = job.cancel_requested;
+        if !matches!(record.outcome, Outcome::Ok(_)) {
+            // Whether a cancel arrived while it ran decides between "cancelled" and a retry;
+            // without an answer from the store, what this dispatcher knew decides.
+            let requests = self.read("read cancel requests", |s| s.cancel_requests())?;
+            cancel_requested |= requests.is_some_and(|ids| ids.contains(&id));
+        }
+        let now = now_millis();
+        let ending = if running.interrupted {
+            Ending::Interrupted(&record.outcome)
+        } else {
+            Ending::Ended(&record.outcome)
+        };
+        let Transition {
+            outcome,
+            error,
+            next,
+        } = lifecycle::decide(&job, ending, cancel_requested, now);
+        let end = AttemptEnd {
+            finished_at: now,
+            outcome,
+            error,
+            output_bytes: record.output.total_bytes,
+        };
+        self.unsettled.push(Unsettled {
+            job,
+            attempt,
+            end,
+            next,
+            record: Some(record),
+            plugin_hash: running.plugin_hash,
+        });
+        self.retry_deferred()
+    }
+
+    /// Removes the plugin snapshots nothing needs any more: not active, not the version of a
+    /// waiting job, not run by an attempt of ours.
+    pub(super) fn collect_snapshots(&mut self) -> Result<(), DispatcherError> {
+        if self.plugins.inventory.is_none() {
+            return Ok(());
+        }
+        let Some(unfinished) = self.read("list the plugin versions in use", |s| {
+            s.unfinished_plugins()
+        })?
+        else {
+            return Ok(());
+        };
+        let mut in_use: BTreeSet<String> = unfinished
+            .iter()
+            .filter_map(|p| inventory::snapshot_hash(p).map(str::to_owned))
+            .collect();
+        in_use.extend(self.running.values().map(|r| r.plugin_hash.clone()));
+        inventory::collect_snapshots(&self.settings, &in_use);
+        Ok(())
+    }
+
+    pub(super) fn heartbeats(&self) -> std::sync::MutexGuard<'_, Heartbeats> {
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `call` on the store (`what` says what for, in the log). An error that passes
+    /// (busy, disk full, a lost connection: [`StoreError::is_transient`]) puts the dispatcher
+    /// in trouble and gives `Ok(None)`: the caller defers or skips its work, and nothing new is
+    /// claimed until the store answers again. A refused call is logged and gives `None` too.
+    /// Only a fatal error (a corrupt database, a newer schema) ends the dispatcher. A lost
+    /// connection is tried once more at once, since the store reconnects on its next call.
+    pub(super) fn store<T>(
+        &mut self,
+        what: &str,
+        call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
+        self.call_store(what, true, call)
+    }
+
+    /// Like [`Dispatcher::store`] for a call that only reads: its success says nothing about
+    /// whether writes work again (a store may let readers go on while another process holds
+    /// its write lock), so it leaves the trouble as it is.
+    pub(super) fn read<T>(
+        &mut self,
+        what: &str,
+        call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
+        self.call_store(what, false, call)
+    }
+
+    pub(super) fn call_store<T>(
+        &mut self,
+        what: &str,
+        writes: bool,
+        mut call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
+        let result = match call(&mut *self.store) {
+            // Repeating is harmless for every call the dispatcher makes (a settle or a start
+            // already stored is refused as such; a claim it did not learn of is requeued).
+            Err(StoreError::ConnectionLost { .. } | StoreError::CommitUnknown { .. }) => {
+                call(&mut *self.store)
+            }
+            other => other,
+        };
+        match result {
+            Ok(value) => {
+                if writes {
+                    Trouble::recovered(&mut self.trouble.store, "The job database");
+                }
+                Ok(Some(value))
+            }
+            Err(e) if e.is_fatal() => Err(e.into()),
+            Err(e) if e.is_transient() => {
+                Trouble::failed(
+                    &mut self.trouble.store,
+                    "The job database cannot be used",
+                    format!("cannot {what}: {e}"),
+                );
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::error!("The job database refused to {what}: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Retries what the store did not take while it was in trouble, once its retry is due:
+    /// first the pids of workers waiting at their gate, then the attempts to settle, in order.
+    pub(super) fn retry_deferred(&mut self) -> Result<(), DispatcherError> {
+        let due = self
+            .trouble
+            .store
+            .as_ref()
+            .is_none_or(|p| Instant::now() >= p.retry_at);
+        if !due {
+            return Ok(());
+        }
+        while let Some(waiting) = self.unrecorded.first() {
+            let (id, attempt, start) = (waiting.id, waiting.attempt, waiting.start.clone());
+            if self
+                .store("record a worker", |s| {
+                    s.attempt_started(id, attempt, &start)
+                })?
+                .is_none()
+            {
+                return Ok(());
+            }
+            let _ = self.unrecorded.remove(0).go.send(true);
+        }
+        while let Some(first) = self.unsettled.first() {
+            let (id, attempt, end, next) = (first.job.id, first.attempt, &first.end, &first.next);
+            let (end, next) = (end.clone(), next.clone());
+            let Some(settled) =
+                self.store("settle an attempt", |s| s.settle(id, attempt, &end, &next))?
+            else {
+                return Ok(());
+            };
+            let done = self.unsettled.remove(0);
+            if settled {
+                self.settled(done)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What follows an attempt the store has settled: its log lines, the followers' wake-up,
+    /// the dashboard's refresh, and the snapshots it may have been the last to need.
+    pub(super) fn settled(&mut self, done: Unsettled) -> Result<(), DispatcherError> {
+        let Unsettled {
+            job,
+            attempt,
+            end,
+            next,
+            record,
+            plugin_hash,
+        } = done;
+        self.changed();
+        if let Some(record) = &record {
+            let attempt = joblog::FinishedAttempt {
+                attempt: record.attempt,
+                pid: record.pid,
+                duration: record.duration,
+                outcome: &record.outcome.label(),
+                output: &record.output.path,
+            };
+            joblog::attempt_finished(&job.name(), job.id, &attempt);
+        }
+        let error = end.error.unwrap_or_default();
+        log_next(&job, attempt, &next, &error, end.finished_at);
+        notify_waiters(&self.paths.waiters, job.id);
+        if record.is_some() && !self.plugins.is_active(&plugin_hash) {
+            // It may have been the last job needing that version.
+            self.collect_snapshots()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn changed(&self) {
+        if let Some(on_change) = &self.on_change {
+            on_change();
+        }
+    }
+
+    pub(super) fn begin_stop(&mut self) {
+        match self.stopping {
+            // A second request: stop the attempts now.
+            Some(_) => self.interrupt_all(),
+            None => {
+                self.stopping = Some(Instant::now() + self.settings.dispatcher.shutdown_grace);
+                tracing::info!(
+                    "Dispatcher stopping: no new attempts; {} running",
+                    self.running.len()
+                );
+            }
+        }
+    }
+
+    pub(super) fn interrupt_all(&mut self) {
+        // Workers still waiting for their pid to be recorded are let go without starting.
+        for waiting in self.unrecorded.drain(..) {
+            let _ = waiting.go.send(false);
+        }
+        for running in self.running.values_mut() {
+            if !running.interrupted {
+                running.interrupted = true;
+                running.cancel.cancel();
+            }
+        }
+    }
+
+    /// The idle exit: stop answering the doorbell, then look once more. An enqueuer that
+    /// committed before this look is seen; one after it finds no doorbell and starts a new
+    /// dispatcher. Returns false (and answers the doorbell again) if work arrived.
+    pub(super) fn leave_if_still_idle(&mut self) -> Result<bool, DispatcherError> {
+        let _ = self.doorbell.unlink();
+        let nothing_waits = self.trouble.retry_at().is_none()
+            && self.unsettled.is_empty()
+            && self.read("look for waiting jobs", |s| s.next_run_at())? == Some(None);
+        if nothing_waits {
+            return Ok(true);
+        }
+        self.doorbell =
+            listen(&self.paths.doorbell, &self.tx).map_err(|source| DispatcherError::Setup {
+                what: "bind the doorbell again".into(),
+                source,
+            })?;
+        Ok(false)
+    }
+}
+
+/// Logs what became of `job` after attempt `attempt`: the spec's line for `next`.
+pub(super) fn log_next(job: &JobRecord, attempt: u32, next: &Next, error: &str, now: Millis) {
+    let name = job.name();
+    match next {
+        Next::Complete(_) => joblog::completed(&name, &job.params),
+        Next::Retry(at) => {
+            let delay = Duration::from_millis(u64::try_from(at - now).unwrap_or(0));
+            joblog::retrying(&name, &job.params, attempt, error, delay);
+        }
+        Next::Fail => joblog::failed(&name, &job.params, error),
+        Next::Cancel => joblog::cancelled(&name, &job.params),
+        Next::Requeue => joblog::requeued(&name, &job.params, error),
+    }
+}
