@@ -4,6 +4,7 @@
 //!
 //! It talks to the server with the `postgres` client alone, not through jobhost, so the
 //! library's unit tests can use it too.
+
 use std::time::Duration;
 
 use postgres::{Client, Config, NoTls};
