@@ -13,7 +13,7 @@ use std::{
 
 use jobhost::{
     store::{now_millis, Attempt, DispatcherId, JobId, JobState, Millis, Store},
-    Job,
+    Job, Priority,
 };
 use jobhost_e2e::{group_alive, open_store, wait_for, Host, Run};
 use jobhost_testing::TestDatabase;
@@ -473,27 +473,49 @@ fn dispatchers_whose_connections_are_killed_reconnect_and_lose_nothing() {
     let db = TestDatabase::create();
     let mut store = open_store(db.url());
     let mut dispatchers = start_dispatchers(&db, 2, "", &mut *store);
-    // No retries: an attempt lost to a killed connection must not cost a job its run.
-    let ids = dispatchers[0]
-        .host
-        .client()
-        .dispatch_batch(echoes(0, JOBS).map(|job| job.retries(0)))
-        .unwrap();
-    // Terminated with the others, the test's own connection fails a call now and then
-    // (`finished` then says nothing) and reconnects on the next.
-    for threshold in [50, 125, 200, 275, 350] {
-        let done = wait_for(
-            &format!("{threshold} finished jobs"),
-            Duration::from_secs(300),
-            || finished(&mut *store).filter(|&n| n >= threshold),
+    // Five times, a batch of echoes is queued and the sessions are killed while a job runs for
+    // sure: one that runs until it is cancelled, claimed before the echoes still waiting (which
+    // run meanwhile, as many as the other slots take). Terminated with the others, the test's own connections fail a
+    // call now and then and reconnect on the next.
+    const ROUNDS: u64 = 5;
+    let mut client = dispatchers[0].host.client();
+    let mut ids = Vec::new();
+    let batch = JOBS / ROUNDS as i64;
+    for round in 0..ROUNDS {
+        // No retries: an attempt lost to a killed connection must not cost a job its run.
+        let first = round as i64 * batch;
+        ids.extend(
+            client
+                .dispatch_batch(echoes(first, batch).map(|job| job.retries(0)))
+                .unwrap(),
         );
+        let gate = client
+            .dispatch(
+                Job::new(CLASS, "hang_cooperative")
+                    .retries(0)
+                    .priority(Priority::High),
+            )
+            .unwrap();
+        wait_for(
+            &format!("round {round}'s job to run"),
+            Duration::from_secs(300),
+            || {
+                let (job, _) = store.job(gate).ok()??;
+                (job.state == JobState::Running).then_some(())
+            },
+        );
+        let done = finished(&mut *store).unwrap_or_default();
         let ended = db.terminate(None);
-        println!("{done} jobs done: ended {ended} sessions");
-        assert!(done < JOBS as u64, "terminated mid-run");
+        println!("round {round}, {done} jobs done: ended {ended} sessions");
         assert!(ended >= 2, "the dispatchers' sessions, at least");
+        wait_for(
+            &format!("round {round}'s job to be cancelled"),
+            Duration::from_secs(300),
+            || client.cancel(gate).ok(),
+        );
     }
     wait_for("every job to finish", Duration::from_secs(600), || {
-        finished(&mut *store).filter(|&n| n == JOBS as u64)
+        finished(&mut *store).filter(|&n| n == JOBS as u64 + ROUNDS)
     });
     let mut store = open_store(db.url());
     let RanOnce {
