@@ -1,0 +1,533 @@
+//! The [`Store`] interface on PostgreSQL: every call one transaction, claims with
+//! `FOR UPDATE SKIP LOCKED`, enqueue, cancel and retry with a `NOTIFY`.
+
+use super::*;
+
+pub(super) fn job_from_row(row: &Row) -> Result<JobRecord, StoreError> {
+    Ok(job_at(row, 0))
+}
+
+impl Store for PostgresStore {
+    fn enqueue(&mut self, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<NewRow> = jobs.iter().map(|job| NewRow::of(job, now)).collect();
+        // One array per column, for one INSERT of every row.
+        let texts = |column: fn(&NewRow) -> &str| rows.iter().map(column).collect::<Vec<_>>();
+        let numbers = |column: fn(&NewRow) -> i64| rows.iter().map(column).collect::<Vec<_>>();
+        self.run(|session| {
+            session.transaction(|tx| {
+                // Ids are drawn in the order rows are inserted, which is the order of the
+                // arrays: sorted, they are the jobs' ids in order.
+                let mut ids = tx
+                    .query(
+                        "INSERT INTO jobs (class, method, params, priority, state, max_attempts, \
+                         retries, retry_delay_ms, timeout_ms, plugin, run_at, created_at) \
+                         SELECT class, method, params, priority, state, max_attempts, retries, \
+                         retry_delay_ms, timeout_ms, plugin, run_at, $12 \
+                         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], \
+                         $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], \
+                         $11::bigint[]) WITH ORDINALITY AS n (class, method, params, priority, \
+                         state, max_attempts, retries, retry_delay_ms, timeout_ms, plugin, run_at, \
+                         position) ORDER BY position RETURNING id",
+                        &[
+                            &texts(|r| &r.class),
+                            &texts(|r| &r.method),
+                            &texts(|r| &r.params),
+                            &numbers(|r| r.priority),
+                            &texts(|r| r.state),
+                            &numbers(|r| r.max_attempts),
+                            &numbers(|r| r.retries),
+                            &numbers(|r| r.retry_delay_ms),
+                            &numbers(|r| r.timeout_ms),
+                            &texts(|r| &r.plugin),
+                            &numbers(|r| r.run_at),
+                            &now,
+                        ],
+                    )?
+                    .iter()
+                    .map(|row| row.try_get(0))
+                    .collect::<Result<Vec<JobId>, _>>()?;
+                ids.sort_unstable();
+                tx.notify(&Wake::Enqueued)?;
+                Ok(ids)
+            })
+        })
+    }
+
+    fn claim(
+        &mut self,
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The due jobs are read whole and locked first, so that a row that cannot be read is
+        // quarantined before anything is claimed, then the readable ones are claimed.
+        let due_sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') AND run_at <= $1 \
+             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+        );
+        let claim_sql = format!(
+            "WITH claimed AS ( \
+                 UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, \
+                 started_at = COALESCE(j.started_at, $1) WHERE j.id = ANY($2) \
+                 RETURNING j.*), \
+             recorded AS ( \
+                 INSERT INTO attempts (job_id, attempt, started_at, dispatcher) \
+                 SELECT id, attempts, $1, $3 FROM claimed) \
+             SELECT {JOB_COLUMNS} FROM claimed ORDER BY priority DESC, run_at, id"
+        );
+        let (jobs, quarantined) = self.run(|session| {
+            session.transaction(|tx| {
+                // A share lock on the owner's row: a concurrent deregister waits for this
+                // claim, then sees its attempts, and a claim after it sees the row gone.
+                let registered = tx.query_opt(
+                    "SELECT 1 FROM dispatchers WHERE id = $1 FOR KEY SHARE",
+                    &[&owner],
+                )?;
+                if registered.is_none() {
+                    return Err(StoreError::NotRegistered(owner).into());
+                }
+                let mut quarantined = Vec::new();
+                let mut ids = Vec::new();
+                for job in tx.rows(&due_sql, &[&now, &limit], job_from_row)? {
+                    match rows::unclaimable(&job) {
+                        Some(reason) => {
+                            tx.execute(
+                                "UPDATE jobs SET state = 'failed', finished_at = $2, \
+                                 last_error = $3 WHERE id = $1",
+                                &[&job.id, &now, &rows::quarantine_error(&reason)],
+                            )?;
+                            quarantined.push(Quarantined { id: job.id, reason });
+                        }
+                        None => ids.push(job.id),
+                    }
+                }
+                if ids.is_empty() {
+                    return Ok((Vec::new(), quarantined));
+                }
+                let jobs = tx.rows(&claim_sql, &[&now, &ids, &owner], |row| {
+                    let job = job_at(row, 0);
+                    match &job.problem {
+                        None => Ok(job),
+                        Some(problem) => Err(StoreError::Query(format!(
+                            "job {} cannot be read once claimed: {problem}",
+                            job.id
+                        ))),
+                    }
+                })?;
+                Ok((jobs, quarantined))
+            })
+        })?;
+        self.quarantined.extend(quarantined);
+        Ok(jobs)
+    }
+
+    fn attempt_started(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        start: &AttemptStart,
+    ) -> Result<(), StoreError> {
+        let output_path = start.output_path.to_string_lossy().into_owned();
+        self.run(|session| {
+            session
+                .direct()
+                .execute(
+                    "UPDATE attempts SET pid = $3, plugin_hash = $4, output_path = $5 \
+                 WHERE job_id = $1 AND attempt = $2",
+                    &[
+                        &id,
+                        &i64::from(attempt),
+                        &i64::from(start.pid),
+                        &start.plugin_hash,
+                        &output_path,
+                    ],
+                )
+                .map_err(Failure::Commit)?;
+            Ok(())
+        })
+    }
+
+    fn settle(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<bool, StoreError> {
+        let attempt = i64::from(attempt);
+        let settled = Settled::of(end, next);
+        let output_bytes = i64::try_from(end.output_bytes).unwrap_or(i64::MAX);
+        self.run(|session| {
+            session.transaction(|tx| {
+                // Locked: a second settler waits here, then finds the attempt settled.
+                let running = tx.query_opt(
+                    "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' AND attempts = $2 \
+                     FOR UPDATE",
+                    &[&id, &attempt],
+                )?;
+                if running.is_none() {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "UPDATE attempts SET finished_at = $3, outcome = $4, error = $5, \
+                     output_bytes = $6 WHERE job_id = $1 AND attempt = $2",
+                    &[
+                        &id,
+                        &attempt,
+                        &end.finished_at,
+                        &end.outcome,
+                        &end.error,
+                        &output_bytes,
+                    ],
+                )?;
+                tx.execute(
+                    "UPDATE jobs SET state = $2, run_at = COALESCE($3, run_at), finished_at = $4, \
+                     last_error = COALESCE($5, last_error), result = $6, \
+                     max_attempts = max_attempts + $7 WHERE id = $1",
+                    &[
+                        &id,
+                        &settled.state.as_str(),
+                        &settled.run_at,
+                        &settled.finished_at,
+                        &end.error,
+                        &settled.result,
+                        &settled.extra_attempts,
+                    ],
+                )?;
+                Ok(true)
+            })
+        })
+    }
+
+    fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError> {
+        self.run(|session| {
+            session.transaction(|tx| {
+                let outcome = rows::cancel_outcome(tx.lock_state(id)?);
+                match outcome {
+                    CancelOutcome::Cancelled => tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', finished_at = $2 WHERE id = $1",
+                        &[&id, &now],
+                    )?,
+                    CancelOutcome::Requested => tx.execute(
+                        "UPDATE jobs SET cancel_requested = TRUE WHERE id = $1",
+                        &[&id],
+                    )?,
+                    CancelOutcome::AlreadyFinished(_) => return Ok(outcome),
+                };
+                tx.notify(&Wake::Cancel(id))?;
+                Ok(outcome)
+            })
+        })
+    }
+
+    fn retry(&mut self, id: JobId, now: Millis) -> Result<(), StoreError> {
+        self.run(|session| {
+            session.transaction(|tx| {
+                let state = tx.lock_state(id)?;
+                let row =
+                    tx.query_one("SELECT attempts, retries FROM jobs WHERE id = $1", &[&id])?;
+                let (retries, max_attempts) =
+                    rows::renewed_budget(id, state, get(&row, 0)?, get(&row, 1)?)?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'queued', run_at = $2, finished_at = NULL, \
+                     cancel_requested = FALSE, retries = $3, max_attempts = $4 WHERE id = $1",
+                    &[&id, &now, &retries, &max_attempts],
+                )?;
+                tx.notify(&Wake::Retry(id))?;
+                Ok(())
+            })
+        })
+    }
+
+    fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
+    }
+
+    fn job(&mut self, id: JobId) -> Result<Option<(JobRecord, Vec<Attempt>)>, StoreError> {
+        let job_sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let attempts_sql =
+            format!("SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY attempt");
+        self.run(|session| {
+            session.snapshot(|tx| {
+                let Some(row) = tx.query_opt(&job_sql, &[&id])? else {
+                    return Ok(None);
+                };
+                let attempts = tx.rows(&attempts_sql, &[&id], |row| Ok(attempt_at(row, 0)))?;
+                Ok(Some(rows::with_attempts(job_at(&row, 0), attempts)))
+            })
+        })
+    }
+
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::text IS NULL OR state = $1) \
+             AND ($2::text IS NULL OR class = $2) AND ($3::bigint IS NULL OR priority = $3) \
+             ORDER BY id DESC LIMIT $4 OFFSET $5"
+        );
+        let state = filter.state.map(JobState::as_str);
+        let priority = filter.priority.map(rows::priority_to_i64);
+        let (limit, offset) = (i64::from(filter.limit), i64::from(filter.offset));
+        self.run(|session| {
+            session.direct().rows(
+                &sql,
+                &[&state, &filter.class, &priority, &limit, &offset],
+                job_from_row,
+            )
+        })
+    }
+
+    fn stats(&mut self) -> Result<Stats, StoreError> {
+        self.run(|session| {
+            let counts = session.direct().rows(
+                "SELECT state, COUNT(*) FROM jobs GROUP BY state",
+                &[],
+                |row| Ok((get(row, 0)?, get(row, 1)?)),
+            )?;
+            Ok(rows::stats(counts))
+        })
+    }
+
+    fn finished_since(&mut self, since: Millis) -> Result<Finished, StoreError> {
+        self.run(|session| {
+            let row = session.direct().query_one(
+                "SELECT COUNT(*) FILTER (WHERE state = 'completed'), \
+                 COUNT(*) FILTER (WHERE state = 'failed') FROM jobs \
+                 WHERE state IN ('completed', 'failed') AND finished_at >= $1",
+                &[&since],
+            )?;
+            Ok(Finished {
+                completed: get::<i64>(&row, 0)?.max(0) as u64,
+                failed: get::<i64>(&row, 1)?.max(0) as u64,
+            })
+        })
+    }
+
+    fn cancel_requests(&mut self) -> Result<Vec<JobId>, StoreError> {
+        self.run(|session| {
+            session.direct().rows(
+                "SELECT id FROM jobs WHERE state = 'running' AND cancel_requested ORDER BY id",
+                &[],
+                |row| get(row, 0),
+            )
+        })
+    }
+
+    fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        self.jobs_with_attempts(
+            "FROM attempts a JOIN jobs j ON j.id = a.job_id \
+             WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
+        )
+    }
+
+    fn amend_lost(
+        &mut self,
+        id: JobId,
+        attempt: u32,
+        end: &AttemptEnd,
+        next: &Next,
+    ) -> Result<Amended, StoreError> {
+        let attempt = i64::from(attempt);
+        let settled = Settled::of(end, next);
+        self.run(|session| {
+            session.transaction(|tx| {
+                // Locked: a second amender waits here, then finds the attempt amended.
+                let lost = tx.query_opt(
+                    "SELECT 1 FROM attempts WHERE job_id = $1 AND attempt = $2 \
+                     AND outcome = 'lost' FOR UPDATE",
+                    &[&id, &attempt],
+                )?;
+                if lost.is_none() {
+                    return Ok(Amended::NotLost);
+                }
+                tx.execute(
+                    "UPDATE attempts SET outcome = $3, error = $4 WHERE job_id = $1 AND attempt = $2",
+                    &[&id, &attempt, &end.outcome, &end.error],
+                )?;
+                let moved = tx.execute(
+                    "UPDATE jobs SET state = $3, run_at = COALESCE($4, run_at), finished_at = $5, \
+                     last_error = $6, result = $7, max_attempts = max_attempts + $8 \
+                     WHERE id = $1 AND attempts = $2 AND state IN ('queued', 'scheduled')",
+                    &[
+                        &id,
+                        &attempt,
+                        &settled.state.as_str(),
+                        &settled.run_at,
+                        &settled.finished_at,
+                        &end.error,
+                        &settled.result,
+                        &settled.extra_attempts,
+                    ],
+                )?;
+                Ok(if moved == 1 {
+                    Amended::Moved
+                } else {
+                    Amended::Recorded
+                })
+            })
+        })
+    }
+
+    fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
+        self.jobs_with_attempts(
+            "FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
+             WHERE j.state = 'running' ORDER BY j.id",
+        )
+    }
+
+    fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {
+        self.run(|session| {
+            // The first entry of each priority's range of `jobs_due`, then the earliest.
+            let row = session.direct().query_one(
+                "SELECT MIN(first.run_at) FROM (VALUES (0::bigint), (1), (2)) AS p (priority), \
+                 LATERAL (SELECT run_at FROM jobs WHERE state IN ('queued', 'scheduled') \
+                 AND priority = p.priority ORDER BY run_at LIMIT 1) AS first",
+                &[],
+            )?;
+            Ok(get::<Option<i64>>(&row, 0)?)
+        })
+    }
+
+    #[cfg(any(test, feature = "internals"))]
+    fn unfinished(&mut self) -> Result<u64, StoreError> {
+        self.run(|session| {
+            let row = session.direct().query_one(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'scheduled', 'running')",
+                &[],
+            )?;
+            Ok(get::<i64>(&row, 0)?.max(0) as u64)
+        })
+    }
+
+    fn unfinished_plugins(&mut self) -> Result<Vec<std::path::PathBuf>, StoreError> {
+        self.run(|session| {
+            session.direct().rows(
+                "SELECT DISTINCT plugin FROM jobs \
+                 WHERE state IN ('queued', 'scheduled', 'running') ORDER BY plugin",
+                &[],
+                |row| Ok(get::<String>(row, 0)?.into()),
+            )
+        })
+    }
+
+    fn register_dispatcher(
+        &mut self,
+        info: &DispatcherInfo,
+        now: Millis,
+    ) -> Result<DispatcherId, StoreError> {
+        self.run(|session| {
+            let row = session.direct().query_one(
+                "INSERT INTO dispatchers (host, pid, slots, state_dir, started_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+                &[
+                    &info.host,
+                    &i64::from(info.pid),
+                    &i64::from(info.slots),
+                    &info.state_dir,
+                    &now,
+                ],
+            ).map_err(Failure::Commit)?;
+            Ok(get(&row, 0)?)
+        })
+    }
+
+    fn heartbeat(&mut self, id: DispatcherId, now: Millis) -> Result<bool, StoreError> {
+        self.run(|session| {
+            let changed = session
+                .direct()
+                .execute(
+                    "UPDATE dispatchers SET heartbeat_at = $2 WHERE id = $1",
+                    &[&id, &now],
+                )
+                .map_err(Failure::Commit)?;
+            Ok(changed == 1)
+        })
+    }
+
+    fn deregister(&mut self, id: DispatcherId) -> Result<bool, StoreError> {
+        self.run(|session| {
+            session.transaction(|tx| {
+                // Waits for claims under this id in progress (they hold a share lock on the
+                // row); the check below, a statement of its own, then sees their attempts.
+                let registered =
+                    tx.query_opt("SELECT 1 FROM dispatchers WHERE id = $1 FOR UPDATE", &[&id])?;
+                if registered.is_none() {
+                    return Ok(true);
+                }
+                let owns_unsettled = tx.query_opt(
+                    "SELECT 1 FROM attempts WHERE dispatcher = $1 AND finished_at IS NULL LIMIT 1",
+                    &[&id],
+                )?;
+                if owns_unsettled.is_some() {
+                    return Ok(false);
+                }
+                tx.execute("DELETE FROM dispatchers WHERE id = $1", &[&id])?;
+                Ok(true)
+            })
+        })
+    }
+
+    fn prune(&mut self, cutoffs: &[Cutoff], limit: usize) -> Result<Option<Pruned>, StoreError> {
+        self.run(|session| {
+            session.transaction(|tx| {
+                let row = tx.query_one("SELECT pg_try_advisory_xact_lock($1)", &[&PRUNE_LOCK])?;
+                if !get::<bool>(&row, 0)? {
+                    return Ok(None);
+                }
+                let jobs = tx.expired_ids(cutoffs, limit, true)?;
+                let attempts =
+                    tx.execute("DELETE FROM attempts WHERE job_id = ANY($1)", &[&jobs])?;
+                tx.execute("DELETE FROM jobs WHERE id = ANY($1)", &[&jobs])?;
+                Ok(Some(Pruned { jobs, attempts }))
+            })
+        })
+    }
+
+    fn expired(&mut self, cutoffs: &[Cutoff]) -> Result<Pruned, StoreError> {
+        self.run(|session| {
+            session.snapshot(|tx| {
+                let jobs = tx.expired_ids(cutoffs, usize::MAX, false)?;
+                let row = tx.query_one(
+                    "SELECT COUNT(*) FROM attempts WHERE job_id = ANY($1)",
+                    &[&jobs],
+                )?;
+                let attempts = get::<i64>(&row, 0)?.max(0) as u64;
+                Ok(Pruned { jobs, attempts })
+            })
+        })
+    }
+
+    fn existing_jobs(&mut self, ids: &[JobId]) -> Result<Vec<JobId>, StoreError> {
+        self.run(|session| {
+            session.direct().rows(
+                "SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id",
+                &[&ids],
+                |row| get::<i64>(row, 0),
+            )
+        })
+    }
+
+    fn dispatchers(&mut self) -> Result<Vec<DispatcherRecord>, StoreError> {
+        let sql = format!("{SELECT_DISPATCHERS} ORDER BY d.id");
+        self.run(|session| {
+            session
+                .direct()
+                .rows(&sql, &[], |row| Ok(dispatcher_at(row)?))
+        })
+    }
+
+    fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
+        let sql = format!("{SELECT_DISPATCHERS} WHERE d.heartbeat_at < $1 ORDER BY d.id");
+        self.run(|session| {
+            session
+                .direct()
+                .rows(&sql, &[&cutoff], |row| Ok(dispatcher_at(row)?))
+        })
+    }
+}
