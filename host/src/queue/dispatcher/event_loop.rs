@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// When the loop is to wake next ([`Dispatcher::next_wake`]).
+enum Wake {
+    /// At this instant, or at the first event before it.
+    At(Instant),
+    /// At once: look at the store again.
+    Again,
+    /// Never: the dispatcher leaves.
+    Leave,
+}
+
 impl Dispatcher {
     pub(super) fn run(&mut self, options: &ServeOptions) -> Result<(), DispatcherError> {
         let mut recovered = false;
@@ -31,45 +41,11 @@ impl Dispatcher {
                 return Ok(());
             }
 
-            // How long to sleep: until the next scheduled job, the idle exit, or the stop
-            // deadline, whichever is first. Idle is nothing waiting in the store and nothing
-            // running here (other dispatchers' running jobs are theirs to finish).
-            let now = Instant::now();
-            let mut wake = now + SAFETY_WAKE;
-            let next =
-                if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
-                    self.read("look for waiting jobs", |s| s.next_run_at())?
-                        .flatten()
-                } else {
-                    None
-                };
-            if let Some(at) = self.trouble.retry_at() {
-                wake = wake.min(at);
-            }
-            if let Some(deadline) = self.stopping {
-                wake = wake.min(deadline);
-            } else if let Some(at) = next {
-                let wait = u64::try_from(at - now_millis()).unwrap_or(0);
-                wake = wake.min(now + Duration::from_millis(wait));
-            }
-            if let Some(idle_exit) = options.idle_exit {
-                let idle = self.running.is_empty()
-                    && self.unsettled.is_empty()
-                    && self.trouble.retry_at().is_none();
-                if idle && self.stopping.is_none() && next.is_none() {
-                    let since = *idle_since.get_or_insert(now);
-                    if now >= since + idle_exit {
-                        if self.leave_if_still_idle()? {
-                            return Ok(());
-                        }
-                        idle_since = None;
-                        continue;
-                    }
-                    wake = wake.min(since + idle_exit);
-                } else {
-                    idle_since = None;
-                }
-            }
+            let wake = match self.next_wake(options, &mut idle_since)? {
+                Wake::At(wake) => wake,
+                Wake::Again => continue,
+                Wake::Leave => return Ok(()),
+            };
 
             check_cancels = false;
             let first = match self.events.recv_deadline(wake) {
@@ -80,42 +56,7 @@ impl Dispatcher {
             // Handle everything that is waiting before touching the store again.
             let pending: Vec<Event> = first.into_iter().chain(self.events.try_iter()).collect();
             for event in pending {
-                match event {
-                    Event::Rang(RING_STOP) | Event::Signal => self.begin_stop(),
-                    Event::Rang(_) => {
-                        // Another process enqueued, cancelled or retried.
-                        check_cancels = true;
-                        self.changed();
-                    }
-                    Event::Spawned {
-                        id,
-                        attempt,
-                        start,
-                        go,
-                    } => self.spawned(id, attempt, start, go)?,
-                    Event::PluginsChanged => {
-                        self.plugins.reload();
-                        self.collect_snapshots()?;
-                        self.changed();
-                    }
-                    Event::Tick => {
-                        if self.rescue()? {
-                            check_cancels = true;
-                        }
-                        if self.amended.elapsed() >= AMEND_EVERY {
-                            // Workers rescued while they ran on may have ended since.
-                            self.amended = Instant::now();
-                            self.amend_lost()?;
-                        }
-                    }
-                    Event::Evicted(id) => self.evicted(id)?,
-                    Event::Finished {
-                        id,
-                        attempt,
-                        result,
-                        released,
-                    } => self.finished(id, attempt, result, released)?,
-                }
+                check_cancels |= self.handle(event)?;
             }
             if self
                 .stopping
@@ -125,6 +66,96 @@ impl Dispatcher {
             }
             self.report_health();
         }
+    }
+
+    /// When the loop wakes next: at the next scheduled job, the idle exit or the stop deadline,
+    /// whichever is first (and never later than [`SAFETY_WAKE`]); or at once, or never (the
+    /// idle exit came and nothing arrived meanwhile). Idle is nothing waiting in the store and
+    /// nothing running here (other dispatchers' running jobs are theirs to finish).
+    fn next_wake(
+        &mut self,
+        options: &ServeOptions,
+        idle_since: &mut Option<Instant>,
+    ) -> Result<Wake, DispatcherError> {
+        let now = Instant::now();
+        let mut wake = now + SAFETY_WAKE;
+        let next =
+            if self.stopping.is_none() && self.running.len() < self.settings.dispatcher.slots {
+                self.read("look for waiting jobs", |s| s.next_run_at())?
+                    .flatten()
+            } else {
+                None
+            };
+        if let Some(at) = self.trouble.retry_at() {
+            wake = wake.min(at);
+        }
+        if let Some(deadline) = self.stopping {
+            wake = wake.min(deadline);
+        } else if let Some(at) = next {
+            let wait = u64::try_from(at - now_millis()).unwrap_or(0);
+            wake = wake.min(now + Duration::from_millis(wait));
+        }
+        if let Some(idle_exit) = options.idle_exit {
+            let idle = self.running.is_empty()
+                && self.unsettled.is_empty()
+                && self.trouble.retry_at().is_none();
+            if idle && self.stopping.is_none() && next.is_none() {
+                let since = *idle_since.get_or_insert(now);
+                if now >= since + idle_exit {
+                    if self.leave_if_still_idle()? {
+                        return Ok(Wake::Leave);
+                    }
+                    *idle_since = None;
+                    return Ok(Wake::Again);
+                }
+                wake = wake.min(since + idle_exit);
+            } else {
+                *idle_since = None;
+            }
+        }
+        Ok(Wake::At(wake))
+    }
+
+    /// Handles one event; true when it may have asked to cancel a running job.
+    fn handle(&mut self, event: Event) -> Result<bool, DispatcherError> {
+        let mut check_cancels = false;
+        match event {
+            Event::Rang(RING_STOP) | Event::Signal => self.begin_stop(),
+            Event::Rang(_) => {
+                // Another process enqueued, cancelled or retried.
+                check_cancels = true;
+                self.changed();
+            }
+            Event::Spawned {
+                id,
+                attempt,
+                start,
+                go,
+            } => self.spawned(id, attempt, start, go)?,
+            Event::PluginsChanged => {
+                self.plugins.reload();
+                self.collect_snapshots()?;
+                self.changed();
+            }
+            Event::Tick => {
+                if self.rescue()? {
+                    check_cancels = true;
+                }
+                if self.amended.elapsed() >= AMEND_EVERY {
+                    // Workers rescued while they ran on may have ended since.
+                    self.amended = Instant::now();
+                    self.amend_lost()?;
+                }
+            }
+            Event::Evicted(id) => self.evicted(id)?,
+            Event::Finished {
+                id,
+                attempt,
+                result,
+                released,
+            } => self.finished(id, attempt, result, released)?,
+        }
+        Ok(check_cancels)
     }
 
     /// Rewrites the health file when the list of problems changed.
