@@ -26,6 +26,16 @@ pub(super) const ATTEMPT_COLUMNS: &str = "job_id, attempt, started_at, finished_
 
 /// Selects the registered dispatchers as [`dispatcher_at`] reads them, each with its count of
 /// unsettled attempts; a backend adds its filter and `ORDER BY d.id`.
+/// Which rows [`crate::store::Store::lost_attempts`] reads: every attempt settled `lost`, with
+/// its job, `jobs j` and `attempts a` joined.
+pub(super) const FROM_LOST_ATTEMPTS: &str = "FROM attempts a JOIN jobs j ON j.id = a.job_id \
+    WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt";
+
+/// Which rows [`crate::store::Store::running`] reads: every running job with its current
+/// attempt.
+pub(super) const FROM_RUNNING: &str = "FROM jobs j JOIN attempts a ON a.job_id = j.id \
+    AND a.attempt = j.attempts WHERE j.state = 'running' ORDER BY j.id";
+
 pub(super) const SELECT_DISPATCHERS: &str = "SELECT d.id, d.host, d.pid, d.slots, d.state_dir, \
     d.started_at, d.heartbeat_at, (SELECT COUNT(*) FROM attempts a \
     WHERE a.dispatcher = d.id AND a.finished_at IS NULL) FROM dispatchers d";

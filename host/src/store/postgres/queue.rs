@@ -320,10 +320,7 @@ impl Store for PostgresStore {
     }
 
     fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        self.jobs_with_attempts(
-            "FROM attempts a JOIN jobs j ON j.id = a.job_id \
-             WHERE a.outcome = 'lost' ORDER BY a.job_id, a.attempt",
-        )
+        self.jobs_with_attempts(rows::FROM_LOST_ATTEMPTS)
     }
 
     fn amend_lost(
@@ -375,10 +372,7 @@ impl Store for PostgresStore {
     }
 
     fn running(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
-        self.jobs_with_attempts(
-            "FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempts \
-             WHERE j.state = 'running' ORDER BY j.id",
-        )
+        self.jobs_with_attempts(rows::FROM_RUNNING)
     }
 
     fn next_run_at(&mut self) -> Result<Option<Millis>, StoreError> {
