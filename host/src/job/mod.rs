@@ -2,7 +2,9 @@
 //! priority, timeout), the parsing of params given on the command line, and the bounds every
 //! one of those values is checked against wherever it enters (the command line, the Rust API,
 //! the dashboard's API and forms, the settings file): [`JobSpec::validate`] and the constants
-//! below are the one place they are defined (`docs/limits.md` lists them).
+//! below are the one place they are defined (`docs/limits.md` lists them). [`outcome`] is how an
+//! attempt of a job can end, in the job's own terms, for the runner to decide and the queue to
+//! act on.
 
 pub mod outcome;
 
