@@ -17,6 +17,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
+    shared::text::chain,
     config::settings::Settings,
     job::outcome::Outcome,
     platform::{self, CancelToken, ExitKind, OutputPair, StopReason, SuperviseOptions},
@@ -91,9 +92,9 @@ impl AttemptError {
     /// dispatcher's problem, not the job's: the attempt does not count).
     pub fn outcome(&self, released: bool) -> Outcome {
         if released {
-            Outcome::Lost(format!("the attempt could not be supervised: {self}"))
+            Outcome::Lost(format!("the attempt could not be supervised: {}", chain(self)))
         } else {
-            Outcome::NotStarted(format!("not started: the worker could not start: {self}"))
+            Outcome::NotStarted(format!("not started: the worker could not start: {}", chain(self)))
         }
     }
 }
@@ -616,7 +617,7 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_that_could_not_run_is_lost_once_its_worker_was_let_start() {
+    fn an_attempt_that_could_not_run_is_lost_once_its_worker_was_let_start_and_says_why() {
         let error = AttemptError::Spawn {
             program: "/bin/jobhost".into(),
             source: std::io::Error::other("no processes left"),
@@ -624,7 +625,9 @@ mod tests {
         assert_eq!(
             error.outcome(false),
             Outcome::NotStarted(
-                "not started: the worker could not start: cannot run worker /bin/jobhost".into()
+                "not started: the worker could not start: cannot run worker /bin/jobhost: no processes \
+                 left"
+                    .into()
             )
         );
         let error = AttemptError::Files {
@@ -636,7 +639,7 @@ mod tests {
             lost,
             Outcome::Lost(
                 "the attempt could not be supervised: cannot prepare attempt files in \
-                 /state/attempts/1"
+                 /state/attempts/1: disk full"
                     .into()
             )
         );
