@@ -35,8 +35,10 @@
 //! An application that only dispatches needs none of them:
 //!
 //! ```toml
-//! jobhost = { version = "0.1", default-features = false }
+//! jobhost = { path = "../jobhost/host", default-features = false }
 //! ```
+//!
+//! (jobhost is not published to crates.io: depend on a checkout, or on its git repository.)
 //!
 //! # Layers
 //!

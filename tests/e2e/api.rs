@@ -147,6 +147,10 @@ fn dispatch_cancel_and_retry_succeed_with_a_warning_when_no_dispatcher_can_be_st
     assert_eq!(warnings.len(), 3, "{warnings:#?}");
     for w in &warnings {
         assert!(w.contains("none could be started"), "{w}");
+        assert!(
+            w.contains("JOBHOST_BIN"),
+            "says how to name the program: {w}"
+        );
     }
     let (job, _) = client.job(id).unwrap().unwrap();
     assert_eq!(job.state, JobState::Queued);

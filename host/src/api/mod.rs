@@ -248,7 +248,10 @@ impl DispatchError {
 #[derive(Debug, thiserror::Error)]
 pub enum WakeError {
     /// No dispatcher answered, and starting one failed.
-    #[error("no dispatcher serves {state_dir} and none could be started ({program})")]
+    #[error(
+        "no dispatcher serves {state_dir} and none could be started with {program} \
+         (`JOBHOST_BIN` names the jobhost program to start when it is not on PATH)"
+    )]
     Start {
         /// The state directory.
         state_dir: PathBuf,
