@@ -261,47 +261,117 @@ impl Drop for SmallDisk {
     }
 }
 
+/// An installation whose state directory is a [`SmallDisk`], serving; a `trace` job (its lines
+/// in `runs.trace`, with the extra `params`) enqueued on it and started: its worker took the
+/// space for its report and wrote its trace line (a disk that fills before that leaves the
+/// worker no room, and it never starts). With its serve, the trace file, the job and its
+/// worker.
+struct TracedOnASmallDisk {
+    // Dropped in this order: the disk is unmounted before the installation's directory goes.
+    serve: std::process::Child,
+    disk: SmallDisk,
+    host: Host,
+    trace: std::path::PathBuf,
+    id: i64,
+    worker: u32,
+}
+
+impl Drop for TracedOnASmallDisk {
+    /// A test that failed before stopping its dispatcher leaves none running.
+    fn drop(&mut self) {
+        let _ = self.serve.kill();
+        let _ = self.serve.wait();
+    }
+}
+
+impl TracedOnASmallDisk {
+    fn start(params: &[&str]) -> Self {
+        let host = Host::standard();
+        host.settings("defaults.retry_delay = 0\n");
+        let disk = SmallDisk::mount(&host.state_dir());
+        let serve = host.serve();
+        let trace = host.root().join("runs.trace");
+        let path = format!("path={}", trace.display());
+        let mut args = vec![r"Tests\Misbehave", "trace", &path];
+        args.extend_from_slice(params);
+        let id = host.enqueue(&args);
+        let worker = worker_on_record(&host, id);
+        wait_for("the job to start", Duration::from_secs(60), || {
+            std::fs::read_to_string(&trace)
+                .ok()
+                .filter(|runs| runs.lines().count() == 1)
+        });
+        Self {
+            serve,
+            disk,
+            host,
+            trace,
+            id,
+            worker,
+        }
+    }
+}
+
 #[test]
 fn job_that_ends_while_the_state_disk_is_full_is_settled_from_its_report_and_never_run_again() {
-    let host = Host::standard();
-    host.settings("defaults.retry_delay = 0\n");
-    let disk = SmallDisk::mount(&host.state_dir());
-    let mut serve = host.serve();
-    let trace = host.root().join("runs.trace");
-    let id = host.enqueue(&[
-        r"Tests\Misbehave",
-        "trace",
-        &format!("path={}", trace.display()),
-        "seconds=2",
-    ]);
-    let worker = worker_on_record(&host, id);
-    // The job runs (its worker has taken the space for its report first): its trace line is
-    // written. A disk that fills before that leaves the worker no room, and it never starts.
-    wait_for("the job to start", Duration::from_secs(60), || {
-        std::fs::read_to_string(&trace)
-            .ok()
-            .filter(|runs| runs.lines().count() == 1)
-    });
+    let mut t = TracedOnASmallDisk::start(&["seconds=2"]);
 
     // The state disk fills up while the job runs; it ends meanwhile.
-    let filler = disk.fill();
+    let filler = t.disk.fill();
     wait_for("the job's worker to end", Duration::from_secs(60), || {
-        (!alive(worker)).then_some(())
+        (!alive(t.worker)).then_some(())
     });
-    assert!(alive(serve.id()), "the dispatcher goes on on a full disk");
+    assert!(alive(t.serve.id()), "the dispatcher goes on on a full disk");
     std::fs::remove_file(filler).unwrap();
 
-    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    let shown = t
+        .host
+        .wait_state(t.id, &["completed", "failed", "cancelled"]);
     assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
     assert_eq!(outcomes(&shown), ["ok"], "{shown:#}");
     assert_eq!(
         shown["job"]["result"]["pid"].as_u64(),
-        Some(u64::from(worker)),
+        Some(u64::from(t.worker)),
         "the result its worker reported: {shown:#}"
     );
-    let runs = std::fs::read_to_string(&trace).unwrap();
+    let runs = std::fs::read_to_string(&t.trace).unwrap();
     assert_eq!(runs.lines().count(), 1, "it ran once: {runs}");
-    assert!(host.stop_serve(&mut serve));
+    assert!(t.host.stop_serve(&mut t.serve));
+}
+
+#[test]
+fn output_that_cannot_be_saved_on_a_full_disk_loses_the_output_not_the_outcome() {
+    // Outside the state disk: the job prints once this exists.
+    let outside = tempfile::tempdir().unwrap();
+    let go = outside.path().join("print-now");
+    let print_when = format!("print_when={}", go.display());
+    let mut t = TracedOnASmallDisk::start(&["seconds=0", &print_when]);
+
+    // The state disk is full when the job prints: its output cannot be kept. The disk gets
+    // room again once the worker ended (the job's settling needs some).
+    let filler = t.disk.fill();
+    std::fs::write(&go, "").unwrap();
+    wait_for("the job's worker to end", Duration::from_secs(60), || {
+        (!alive(t.worker)).then_some(())
+    });
+    std::fs::remove_file(filler).unwrap();
+    let shown = t
+        .host
+        .wait_state(t.id, &["completed", "failed", "cancelled"]);
+
+    assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    assert_eq!(
+        outcomes(&shown),
+        ["ok"],
+        "settled from its report: {shown:#}"
+    );
+    let runs = std::fs::read_to_string(&t.trace).unwrap();
+    assert_eq!(runs.lines().count(), 1, "it ran once: {runs}");
+    let warned = t
+        .host
+        .wait_log("background_jobs_errors.log", "Attempt output not saved");
+    assert!(warned.contains("No space left on device"), "{warned}");
+    assert!(t.host.stop_serve(&mut t.serve));
 }
 
 #[test]

@@ -293,6 +293,18 @@ pub fn failed_login(ip: &str) {
     tracing::warn!(context = context.as_str(), "Failed dashboard login");
 }
 
+/// `Attempt output not saved` (WARNING): some of attempt `attempt`'s output could not be
+/// written to its file (`error`, a full disk); the attempt's outcome stands.
+pub fn output_not_saved(job: &str, id: i64, attempt: u32, error: &str) {
+    let context = context([
+        ("attempt", json!(attempt)),
+        ("error", json!(error)),
+        ("job_id", json!(id)),
+        ("status", json!("output_lost")),
+    ]);
+    tracing::warn!(context = context.as_str(), "Attempt output not saved: {job}");
+}
+
 /// What the DEBUG line of a finished attempt says.
 #[derive(Debug, Clone, Copy)]
 pub struct FinishedAttempt<'a> {

@@ -345,6 +345,7 @@ impl Dispatcher {
                             .output,
                         total_bytes: 0,
                         dropped_bytes: 0,
+                        not_saved: None,
                     },
                 }
             }
@@ -533,6 +534,9 @@ impl Dispatcher {
                 output: &record.output.path,
             };
             joblog::attempt_finished(&job.name(), job.id, &attempt);
+            if let Some(error) = &record.output.not_saved {
+                joblog::output_not_saved(&job.name(), job.id, record.attempt, error);
+            }
         }
         let error = end.error.unwrap_or_default();
         log_next(&job, attempt, &next, &error, end.finished_at);

@@ -37,6 +37,9 @@ pub struct CapturedOutput {
     pub total_bytes: u64,
     /// Bytes dropped in the middle because of the cap.
     pub dropped_bytes: u64,
+    /// Why some of it could not be written to the file (a full disk), if so. The attempt's
+    /// outcome does not depend on it: output is kept best effort, the report is what counts.
+    pub not_saved: Option<String>,
 }
 
 /// The most an output file kept with `limit` holds: the kept bytes, the truncation notice and
@@ -84,8 +87,9 @@ impl Capture {
         String::from_utf8_lossy(&[a, b].concat()).contains(needle)
     }
 
-    /// Writes the kept tail and the truncation notice, and says what was captured.
-    pub fn finish(mut self) -> io::Result<CapturedOutput> {
+    /// Writes the kept tail and the truncation notice, and says what was captured, and what
+    /// could not be written.
+    pub fn finish(mut self) -> CapturedOutput {
         let beyond_cap = self.total - self.written;
         let tail_len = beyond_cap.min(self.recent.len() as u64) as usize;
         let dropped = beyond_cap - tail_len as u64;
@@ -94,19 +98,26 @@ impl Capture {
                 "\n[jobhost: output over the {} byte limit; {dropped} bytes dropped here, the last {tail_len} follow]\n",
                 self.limit
             );
-            self.file.write_all(notice.as_bytes())?;
+            self.keep(notice.as_bytes());
         }
         let skip = self.recent.len() - tail_len;
         let tail: Vec<u8> = self.recent.iter().skip(skip).copied().collect();
-        self.file.write_all(&tail)?;
-        if let Some(e) = self.error {
-            return Err(e);
-        }
-        Ok(CapturedOutput {
+        self.keep(&tail);
+        CapturedOutput {
+            not_saved: self
+                .error
+                .map(|e| format!("cannot write {}: {e}", self.path.display())),
             path: self.path,
             total_bytes: self.total,
             dropped_bytes: dropped,
-        })
+        }
+    }
+
+    /// Writes `bytes` to the file; the first failure is kept for [`CapturedOutput::not_saved`].
+    fn keep(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.file.write_all(bytes) {
+            self.error.get_or_insert(e);
+        }
     }
 }
 
@@ -115,9 +126,7 @@ impl OutputSink for Capture {
         self.total += chunk.len() as u64;
         let room = (self.limit - self.written).min(chunk.len() as u64) as usize;
         if room > 0 {
-            if let Err(e) = self.file.write_all(&chunk[..room]) {
-                self.error.get_or_insert(e);
-            }
+            self.keep(&chunk[..room]);
             self.written += room as u64;
         }
         let keep = &chunk[chunk.len().saturating_sub(TAIL_BYTES)..];
@@ -143,7 +152,8 @@ mod tests {
         for chunk in chunks {
             capture.write(chunk);
         }
-        let out = capture.finish().expect("finish");
+        let out = capture.finish();
+        assert_eq!(out.not_saved, None);
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::remove_dir_all(&dir).expect("clean up");
         (out, text)

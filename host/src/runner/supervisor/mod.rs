@@ -187,7 +187,7 @@ pub fn run_attempt(
         .map_err(|source| AttemptError::Spawn { program, source })?;
     let _ = std::fs::remove_file(&paths.pipe);
     let stack_overflow = capture.tail_contains("has overflowed its stack");
-    let output = capture.finish().map_err(|e| paths.error(e))?;
+    let output = capture.finish();
     let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
     Ok(AttemptRecord {
         attempt: spec.attempt,
@@ -253,7 +253,7 @@ pub fn adopt_attempt(
     };
     let _ = std::fs::remove_file(&paths.pipe);
     let stack_overflow = capture.tail_contains("has overflowed its stack");
-    let output = capture.finish().map_err(|e| paths.error(e))?;
+    let output = capture.finish();
     let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
     let exit = match worker {
         Some(_) => Exit::Adopted,
