@@ -2,41 +2,11 @@
 //! a FIFO with no writer, `/dev/zero`, a file of 100 MB. Each is one clear error (exit 2)
 //! naming the file, answered at once: nothing blocks, nothing is read past a small limit.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::process::Command;
 
-use jobhost_e2e::{Host, Run};
+use jobhost_e2e::Host;
 
-/// Runs `command` to its end; if it has not ended after 60 s (it hangs), kills it and fails.
-fn run_bounded(mut command: Command) -> Run {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ended = wait_for_end(&mut child);
-    if !ended {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(ended, "still running after 60 s: {output:?}");
-    Run::from(output)
-}
-
-/// Waits up to 60 s for `child` to end; whether it did.
-fn wait_for_end(child: &mut std::process::Child) -> bool {
-    let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(60) {
-        if child.try_wait().unwrap().is_some() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
+use crate::hostile_files::bounded;
 
 /// A FIFO at `name` under the host's root, which nobody ever writes.
 fn fifo(host: &Host, name: &str) -> std::path::PathBuf {
@@ -70,7 +40,7 @@ fn assert_refused(
     for args in commands {
         let mut command = host.jobhost();
         command.args(*args).env(variable, path);
-        let run = run_bounded(command);
+        let run = bounded(&format!("{command:?}"), command);
         run.expect_code(2);
         let shown = path.display().to_string();
         let errors = run.error_lines();
@@ -343,7 +313,7 @@ fn a_directory_setting_that_names_a_file_or_a_device_is_bad_input_for_every_comm
         if let Some((name, value)) = env {
             command.env(name, value);
         }
-        let run = run_bounded(command);
+        let run = bounded(&format!("{command:?}"), command);
         run.expect_code(2);
         assert!(
             run.stderr.contains(&format!("{how} is "))

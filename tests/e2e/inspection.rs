@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobhost_e2e::{alive, blake3_hex, built_library, versioned_build, wait_for, Host, Run};
+use jobhost_e2e::{alive, blake3_hex, built_library, versioned_build, wait_for, Host};
+
+use crate::hostile_files::welcome_email_runs;
 use serde_json::Value;
 
 /// The fixtures whose static constructor misbehaves (plugins/fixtures/constructor-*).
@@ -48,16 +50,6 @@ fn reason(listing: &Value, name: &str) -> String {
         .to_owned()
 }
 
-fn run_welcome(host: &Host) -> Run {
-    host.run(&[
-        "run",
-        r"App\Jobs\SendWelcomeEmail",
-        "handle",
-        "user_id=5",
-        "--wait",
-    ])
-}
-
 #[test]
 fn identical_copies_and_a_symlink_to_one_all_serve_on_every_cold_start() {
     for round in 0..10 {
@@ -86,7 +78,7 @@ fn identical_copies_and_a_symlink_to_one_all_serve_on_every_cold_start() {
             assert_eq!(entry["active"]["hash"], hash.as_str(), "round {round}");
         }
         if round == 0 {
-            run_welcome(&host).expect_code(0);
+            welcome_email_runs(&host);
         }
     }
 }
@@ -117,7 +109,7 @@ fn a_failed_inspection_is_reported_and_tried_again_never_remembered() {
             "plugin",
             "{good:#}"
         );
-        run_welcome(&host).expect_code(0);
+        welcome_email_runs(&host);
         // Forget the good verdict, so the next round's failure happens to a file never judged.
         fs::remove_file(host.state_dir().join("plugins/catalog.json")).unwrap();
     }
@@ -216,8 +208,8 @@ fn a_constructor_that_hangs_is_stopped_at_the_limit_and_holds_up_nothing_else() 
 
     // Cold: the listing and an unrelated job, at the same time.
     let started = Instant::now();
-    let job = std::thread::scope(|scope| {
-        let job = scope.spawn(|| run_welcome(&host));
+    std::thread::scope(|scope| {
+        let job = scope.spawn(|| welcome_email_runs(&host));
         let listing = listing(&host);
         let sleep = reason(&listing, "libconstructor_sleep_fixture.so");
         assert!(
@@ -228,9 +220,8 @@ fn a_constructor_that_hangs_is_stopped_at_the_limit_and_holds_up_nothing_else() 
         let exit = reason(&listing, "libconstructor_exit_fixture.so");
         assert!(exit.contains("code 1"), "{exit}");
         assert_eq!(file(&listing, "libwelcome_email.so")["status"], "plugin");
-        job.join().unwrap()
+        job.join().unwrap();
     });
-    job.expect_code(0);
     assert!(
         started.elapsed() < CONSTRUCTOR_SLEEPS,
         "{:?}",
@@ -262,7 +253,7 @@ fn a_dispatcher_starts_serves_and_hot_swaps_while_a_constructor_hangs() {
     host.settings("limits.inspect_timeout = 2\ndispatcher.idle_exit = 600\n");
     let started = Instant::now();
     let mut serve = host.serve();
-    run_welcome(&host).expect_code(0);
+    welcome_email_runs(&host);
     assert!(
         started.elapsed() < CONSTRUCTOR_SLEEPS,
         "{:?}",

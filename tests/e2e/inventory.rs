@@ -91,14 +91,7 @@ fn plugins_lists_good_plugins_and_rejects_bad_files_with_reasons() {
     );
 
     host.write("allowlist.toml", jobhost_e2e::SPEC_ALLOWLIST);
-    host.run(&[
-        "run",
-        r"App\Jobs\SendWelcomeEmail",
-        "handle",
-        "user_id=5",
-        "--wait",
-    ])
-    .expect_code(0);
+    crate::hostile_files::welcome_email_runs(&host);
 }
 
 #[test]
