@@ -632,6 +632,22 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
     found
 }
 
+/// Kills process `pid` with SIGKILL (`kill -9`) and waits (generously) until it is gone: dead
+/// and reaped, or a zombie whose parent has not reaped it yet.
+#[cfg(target_os = "linux")]
+pub fn kill_9(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    wait_for(
+        &format!("process {pid} to die"),
+        Duration::from_secs(30),
+        || (!alive(pid)).then_some(()),
+    );
+}
+
 /// Fields of `/proc/PID/stat` after the command name: (state, ppid, pgrp, session, tty_nr).
 #[cfg(target_os = "linux")]
 pub fn proc_stat(pid: u32) -> Option<(char, u32, u32, u32, i32)> {
