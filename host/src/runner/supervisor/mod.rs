@@ -92,6 +92,9 @@ impl Spawner {
         if let Some(forked) = self.fork(request, json, output) {
             return Launch::Forked(forked);
         }
+        // Only forking needs them.
+        #[cfg(not(unix))]
+        let _ = (request, output);
         let mut command = Command::new(super::jobhost_program());
         command
             .current_dir(&settings.work_dir)
