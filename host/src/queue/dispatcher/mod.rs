@@ -30,7 +30,11 @@ mod startup;
 mod trouble;
 
 use self::{
-    event_loop::log_next, plugins::Plugins, slots::start_slots, startup::*, trouble::Trouble,
+    event_loop::log_next,
+    plugins::Plugins,
+    slots::{start_slots, Key, Slots},
+    startup::*,
+    trouble::Trouble,
 };
 
 use std::{
@@ -56,8 +60,9 @@ use crate::{
     },
     runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
-        adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
-        Spawner,
+        adopt_attempt,
+        attempts::{AttemptEvent, Attempts, GoAhead, OnEvent},
+        AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
     },
     store::{
         now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
@@ -153,7 +158,7 @@ enum Event {
         id: JobId,
         attempt: u32,
         start: AttemptStart,
-        go: Sender<bool>,
+        go: GoAhead<Key>,
     },
     Finished {
         id: JobId,
@@ -252,7 +257,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         checked_own: Instant::now(),
         amended: Instant::now(),
         running: HashMap::new(),
-        orders: start_slots(settings, &tx),
+        orders: start_slots(settings, &tx).map_err(setup("start the attempts' supervisor"))?,
         events: rx,
         tx,
         plugins: Plugins::new(settings),
@@ -309,7 +314,7 @@ struct Dispatcher {
     /// When it last looked for reports of attempts settled lost ([`Dispatcher::amend_lost`]).
     amended: Instant,
     running: HashMap<JobId, Running>,
-    orders: Sender<Order>,
+    orders: Slots,
     events: Receiver<Event>,
     tx: Sender<Event>,
     plugins: Plugins,
@@ -333,7 +338,7 @@ struct Unrecorded {
     id: JobId,
     attempt: u32,
     start: AttemptStart,
-    go: Sender<bool>,
+    go: GoAhead<Key>,
 }
 
 /// An ended attempt to settle, with what to log once the store has taken it.
