@@ -1,7 +1,8 @@
 //! The dispatcher (`jobhost serve`): the one loop that owns job state.
 //!
 //! It claims due jobs from the store — never more than it has free slots — and hands each to
-//! a slot thread, which runs the attempt in a worker process and reports back over a channel.
+//! the attempts' supervisor ([`crate::runner::supervisor::attempts`]: one thread for all of
+//! them on Linux), which runs the attempt in a worker process and reports back over a channel.
 //! Everything that happens reaches the loop as an event: the doorbell rang (a job was
 //! enqueued, cancelled or retried by some other process), the store said another host changed
 //! the queue, an attempt's worker was spawned or ended, a signal arrived, the heartbeat ticked.
@@ -17,7 +18,7 @@
 //! see `docs/job_state_machine.md`.
 //!
 //! Here: [`serve`] and the loop's state. Beside it: `startup` (the lock, the health file and the
-//! threads that feed the loop), `slots` (the threads that run attempts), `event_loop` (claim,
+//! threads that feed the loop), `slots` (the running attempts), `event_loop` (claim,
 //! cancel, spawn, settle), `rescue` (adoption, expired leases, lost attempts amended),
 //! `trouble` (what keeps it from its work, with backoff) and `plugins` (which version serves a
 //! job).
@@ -177,7 +178,7 @@ enum Event {
     Evicted(DispatcherId),
 }
 
-/// Work for a slot thread.
+/// Work for the attempts' supervisor.
 enum Order {
     Run {
         job: JobRecord,

@@ -44,10 +44,10 @@ pub enum AttemptEvent<K> {
 pub type OnEvent<K> = Arc<dyn Fn(AttemptEvent<K>) + Send + Sync>;
 
 /// The attempts running at once, each identified by a key of the caller's (`K`).
-pub struct Attempts<K> {
+pub struct Attempts<K: Copy + PartialEq + Send + 'static> {
     settings: Settings,
     #[cfg(unix)]
-    poller: poller::Handle<K>,
+    poller: poller::Poller<K>,
     #[cfg(windows)]
     threads: threads::Threads<K>,
 }
@@ -143,12 +143,38 @@ mod poller {
             key: K,
             go: bool,
         },
+        /// Leave at once (whatever still runs is left to the next dispatcher, as after a
+        /// crash), dropping the spawner: a fork server is told to leave and waited for.
+        Stop,
     }
 
     /// How to reach the poller: its commands, and the pipe that wakes it.
     pub(super) struct Handle<K> {
         commands: Sender<Command<K>>,
         wake: Arc<OwnedFd>,
+    }
+
+    /// The poller, as its [`super::Attempts`] holds it: stopped and waited for when dropped.
+    pub(super) struct Poller<K: Copy + PartialEq + Send + 'static> {
+        handle: Handle<K>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> Drop for Poller<K> {
+        fn drop(&mut self) {
+            self.handle.send(Command::Stop);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> std::ops::Deref for Poller<K> {
+        type Target = Handle<K>;
+
+        fn deref(&self) -> &Handle<K> {
+            &self.handle
+        }
     }
 
     impl<K> Clone for Handle<K> {
@@ -166,14 +192,14 @@ mod poller {
             settings: &Settings,
             spawner: Arc<Spawner>,
             on_event: OnEvent<K>,
-        ) -> std::io::Result<Self> {
+        ) -> std::io::Result<Poller<K>> {
             let (wake_read, wake_write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
             let (commands, inbox) = crossbeam_channel::unbounded();
             let handle = Self {
                 commands,
                 wake: Arc::new(wake_write),
             };
-            let poller = Poller {
+            let poller = Polling {
                 settings: settings.clone(),
                 spawner,
                 on_event,
@@ -182,10 +208,13 @@ mod poller {
                 handle: handle.clone(),
                 watched: Vec::new(),
             };
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name("attempts".into())
                 .spawn(move || poller.run())?;
-            Ok(handle)
+            Ok(Poller {
+                handle,
+                thread: Some(thread),
+            })
         }
 
         pub(super) fn start_attempt(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
@@ -226,7 +255,8 @@ mod poller {
         released: bool,
     }
 
-    struct Poller<K> {
+    /// The poller thread's state.
+    struct Polling<K> {
         settings: Settings,
         spawner: Arc<Spawner>,
         on_event: OnEvent<K>,
@@ -237,10 +267,10 @@ mod poller {
         watched: Vec<Watched<K>>,
     }
 
-    impl<K: Copy + PartialEq + Send + 'static> Poller<K> {
+    impl<K: Copy + PartialEq + Send + 'static> Polling<K> {
         fn run(mut self) {
             let mut open = true;
-            while open || !self.watched.is_empty() {
+            while open {
                 let (woken, ready) = match self.wait() {
                     Ok(waited) => waited,
                     Err(e) => {
@@ -322,8 +352,8 @@ mod poller {
             }
         }
 
-        /// Empties the wake pipe and carries out every command waiting; false once no handle
-        /// is left (nothing new can come).
+        /// Empties the wake pipe and carries out every command waiting; false once told to
+        /// stop.
         fn take_commands(&mut self) -> bool {
             let mut buf = [0u8; 64];
             while matches!(rustix::io::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
@@ -340,8 +370,8 @@ mod poller {
                             watched.released = go;
                         }
                     }
+                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
                     Err(TryRecvError::Empty) => return true,
-                    Err(TryRecvError::Disconnected) => return false,
                 }
             }
         }
