@@ -219,7 +219,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             ms(latency.pickup.percentile(1.0)),
         );
         println!(
-            "  floor, run_attempt to the job's clock with no queue: p50 {:.3} ms p99 {:.3} ms \
+            "  floor, an attempt through Attempts to the job's clock with no queue: p50 {:.3} ms p99 {:.3} ms \
              (mean {:.3} ms)",
             ms(latency.floor.percentile(0.50)),
             ms(latency.floor.percentile(0.99)),
@@ -235,12 +235,12 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         noise.push(("latency floor", latency.floor_noise));
         noise.push(("pickup latency", latency.pickup_noise));
         rows.push(Row::info(
-            "floor: run_attempt to job clock, p50",
+            "floor: attempt to job clock, p50",
             ms(latency.floor.percentile(0.50)),
             "ms",
         ));
         rows.push(Row::info(
-            "floor: run_attempt to job clock, p99",
+            "floor: attempt to job clock, p99",
             ms(latency.floor.percentile(0.99)),
             "ms",
         ));
@@ -372,7 +372,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
     println!(
         "{missed} target(s) missed. A job is {CLASS}@{OK} (pickup latency: @{CLOCK}, the \
-         worker's clock minus the time just before dispatch); a raw attempt is run_attempt \
+         worker's clock minus the time just before dispatch); a raw attempt is one through the dispatcher's Attempts \
          in this process, as in the worker_spawn bench."
     );
     Ok(())
@@ -455,7 +455,7 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
 struct Latency {
     /// Worker's clock minus the time just before `dispatch`.
     pickup: Measured,
-    /// Worker's clock minus the time just before `run_attempt`, no queue involved: the floor.
+    /// Worker's clock minus the time just before starting it through `Attempts`, no queue involved: the floor.
     floor: Measured,
     /// The `dispatch` call itself.
     dispatch: Measured,
@@ -484,7 +484,7 @@ struct Sample {
 fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Latency> {
     let install = Installation::create(scratch, "latency", fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
-    // The floor first: the same job run by run_attempt in this process, one at a time.
+    // The floor first: the same job run through Attempts in this process, one at a time.
     let attempt = AttemptRunner::new(&install.settings)?;
     for i in 0..(jobs / 25).clamp(2, 20) {
         attempt.clock(&format!("warm-{i}"))?;

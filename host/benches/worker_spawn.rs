@@ -14,7 +14,7 @@
 //! per mode (default 1000). Without cargo's `--bench` argument (as under `cargo test
 //! --all-targets`) it makes a quick smoke run of a few iterations instead.
 //!
-//! `run_attempt` spawns the real release `jobhost` binary as the worker (found beside the bench
+//! `Attempts` spawns the real release `jobhost` binary as the worker (found beside the bench
 //! binary's directory by `jobhost::runner::jobhost_program`, or `$JOBHOST_BIN`): each attempt
 //! runs in a real worker process.
 
@@ -117,7 +117,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "an attempt is {CLASS}@{OK} through jobhost::runner::supervisor::run_attempt: worker spawn, \
+        "an attempt is {CLASS}@{OK} through jobhost::runner::supervisor::attempts::Attempts: worker spawn, \
          plugin load, invoke, output capture, report file, supervision"
     );
     Ok(())

@@ -560,3 +560,49 @@ fn run_cancel_and_retry_succeed_with_a_warning_when_no_dispatcher_can_be_started
     host.run(&["wait", &id.to_string()]).expect_code(0);
     assert_eq!(state(&host.show(id)), "completed");
 }
+
+/// The names of the threads of process `pid`, sorted.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn one_thread_supervises_every_running_attempt_however_many_slots_run() {
+    let host = Host::standard();
+    host.settings("dispatcher.slots = 8\n");
+    let mut serve = host.serve();
+    let dispatcher = serve.id();
+    let hang = || host.enqueue(&[r"Tests\Misbehave", "hang_cooperative", "--retries", "0"]);
+    let running = |n: usize| {
+        wait_for(&format!("{n} workers"), Duration::from_secs(60), || {
+            (host.workers().len() == n).then_some(())
+        })
+    };
+    let mut ids = vec![hang()];
+    running(1);
+    let with_one = thread_names(dispatcher);
+    ids.extend((0..7).map(|_| hang()));
+    running(8);
+    let with_eight = thread_names(dispatcher);
+    assert_eq!(
+        with_eight, with_one,
+        "eight running attempts take no more threads than one"
+    );
+    assert_eq!(
+        with_one.iter().filter(|n| *n == "attempts").count(),
+        1,
+        "{with_one:?}"
+    );
+    for id in ids {
+        host.run(&["cancel", &id.to_string()]).expect_code(0);
+        host.wait_state(id, &["cancelled"]);
+    }
+    assert!(host.stop_serve(&mut serve));
+}

@@ -10,9 +10,13 @@
 //! stays in that bench.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -27,7 +31,10 @@ use jobhost::{
     },
     runner::{
         jobhost_program,
-        supervisor::{run_attempt, AttemptSpec, Spawner},
+        supervisor::{
+            attempts::{AttemptEvent, Attempts},
+            AttemptError, AttemptRecord, AttemptSpec,
+        },
     },
     store::{JobId, JobState},
     Client, Job,
@@ -190,8 +197,9 @@ pub fn install(
 
 // ----- attempts -----
 
-/// Runs no-op attempts of the fixture plugin through the real attempt path, in worker
-/// processes of the release `jobhost` binary.
+/// Runs no-op attempts of the fixture plugin through the real attempt path (the dispatcher's
+/// supervisor of attempts, its workers started as the settings' `dispatcher.runner` says), in
+/// worker processes of the release `jobhost` binary; from several threads at once if need be.
 pub struct AttemptRunner<'a> {
     /// The installation's settings.
     settings: &'a Settings,
@@ -199,18 +207,46 @@ pub struct AttemptRunner<'a> {
     plugin: PathBuf,
     /// Never cancelled.
     cancel: Arc<CancelToken>,
-    /// Starts the workers as the settings' `dispatcher.runner` says.
-    spawner: Spawner,
+    attempts: Attempts<u64>,
+    /// Where each running attempt's end goes, by key.
+    waiting: Arc<Mutex<HashMap<u64, Ended>>>,
+    next_key: AtomicU64,
 }
+
+/// Where an attempt's end goes.
+type Ended = std::sync::mpsc::Sender<Result<AttemptRecord, AttemptError>>;
 
 impl<'a> AttemptRunner<'a> {
     /// Runs attempts in the installation of `settings`.
     pub fn new(settings: &'a Settings) -> anyhow::Result<Self> {
+        let waiting: Arc<Mutex<HashMap<u64, Ended>>> = Arc::default();
+        let ends = Arc::clone(&waiting);
+        let attempts = Attempts::new(
+            settings,
+            Arc::new(move |event| match event {
+                // No store to record the pid in: let it start at once.
+                AttemptEvent::Spawned { go, .. } => {
+                    let _ = go.send(true);
+                }
+                AttemptEvent::Ended { key, result, .. } => {
+                    let ended = ends
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .remove(&key);
+                    if let Some(ended) = ended {
+                        let _ = ended.send(result);
+                    }
+                }
+            }),
+        )
+        .context("cannot start the attempts' supervisor")?;
         Ok(Self {
             settings,
             plugin: settings.plugin_dir.join(PLUGIN_FILE),
             cancel: CancelToken::new().context("cannot create a cancel token")?,
-            spawner: Spawner::new(settings),
+            attempts,
+            waiting,
+            next_key: AtomicU64::new(0),
         })
     }
 
@@ -236,14 +272,17 @@ impl<'a> AttemptRunner<'a> {
             timeout: Duration::from_secs(60),
             allowlist: &allowlist,
         };
-        let record = run_attempt(
-            self.settings,
-            &self.spawner,
-            &spec,
-            &self.cancel,
-            &mut |_| true,
-        )
-        .with_context(|| format!("attempt of job {job_id} could not run"))?;
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let (ended, end) = std::sync::mpsc::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, ended);
+        self.attempts.start(key, &spec, Arc::clone(&self.cancel));
+        let record = end
+            .recv()
+            .context("the attempts' supervisor stopped")?
+            .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match record.outcome {
             Outcome::Ok(result) => Ok(result),
             outcome => {

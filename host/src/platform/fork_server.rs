@@ -31,7 +31,10 @@
 //!
 //! The dispatcher side is [`ForkServer`]: it starts the zygote on first use and again whenever
 //! it died (a request it did not answer is asked again of the new one: the first one's child,
-//! if any, died with it before it could start).
+//! if any, died with it before it could start). When the dispatcher goes (its end of the socket
+//! closes), the zygote stops forking and stays until its last child has ended: a child still
+//! at its gate then sees its dispatcher gone and says it never started, as an executed worker
+//! does, rather than dying with the zygote.
 
 use std::{
     io::{self, IoSlice, IoSliceMut},
@@ -132,17 +135,32 @@ impl ForkServer {
     }
 }
 
+/// How long a fork server that is told to leave gets before its dispatcher stops waiting for
+/// it (it stays while a worker of its runs).
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for ForkServer {
     fn drop(&mut self) {
         let zygote = self.zygote.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some(zygote) = zygote.take() {
-            // End of input is the zygote's signal to leave; its children run on.
+            // End of input is the zygote's signal to leave, once its children have ended;
+            // they run on meanwhile. Waited for a moment, so that it is reaped when it can be.
             let Zygote {
                 mut process,
                 control,
             } = zygote;
             drop(control);
-            let _ = process.wait();
+            let pidfd = Pid::from_raw(process.id() as i32)
+                .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()).ok());
+            if let Some(pidfd) = pidfd {
+                let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+                let wait = rustix::event::Timespec {
+                    tv_sec: LEAVE_WAIT.as_secs() as i64,
+                    tv_nsec: 0,
+                };
+                let _ = poll(&mut fds, Some(&wait));
+            }
+            let _ = process.try_wait();
         }
     }
 }
@@ -328,8 +346,14 @@ pub fn serve_zygote(child_main: fn(&str) -> i32) -> i32 {
     let zygote = getpid();
     let title_area = TitleArea::of_this_process();
     let mut children: Vec<Forked> = Vec::new();
-    loop {
-        let mut fds: Vec<PollFd<'_>> = std::iter::once(control)
+    // Until the dispatcher is gone; then until the last child has ended, so that one still
+    // at its gate sees its dispatcher gone (and says it never started) rather than dying with
+    // the fork server.
+    let mut serving = true;
+    while serving || !children.is_empty() {
+        let mut fds: Vec<PollFd<'_>> = serving
+            .then_some(control)
+            .into_iter()
             .chain(children.iter().map(|c| c.pidfd.as_fd()))
             .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
             .collect();
@@ -340,8 +364,9 @@ pub fn serve_zygote(child_main: fn(&str) -> i32) -> i32 {
                 return 1;
             }
         }
-        let asked = !fds[0].revents().is_empty();
-        let ended: Vec<usize> = fds[1..]
+        let (asked, ended) = fds.split_at(usize::from(serving));
+        let asked = asked.iter().any(|fd| !fd.revents().is_empty());
+        let ended: Vec<usize> = ended
             .iter()
             .enumerate()
             .filter(|(_, fd)| !fd.revents().is_empty())
@@ -352,31 +377,42 @@ pub fn serve_zygote(child_main: fn(&str) -> i32) -> i32 {
         for i in ended.into_iter().rev() {
             children.swap_remove(i).reap();
         }
-        if !asked {
-            continue;
-        }
-        let request = match receive(control) {
-            Ok(Some(request)) => request,
-            // The dispatcher closed its end, or went away.
-            Ok(None) => return 0,
-            Err(e) => {
-                eprintln!("jobhost fork server: unreadable request: {e}");
-                return 1;
-            }
-        };
-        let answer = match fork_child(request, zygote, title_area.as_ref(), child_main) {
-            Ok(child) => {
-                let answer = answer_with(control, child.pid.as_raw_nonzero().get(), Some(&child.pidfd));
-                children.push(child);
-                answer
-            }
-            Err(e) => answer_with(control, -e.raw_os_error().unwrap_or(libc::EIO), None),
-        };
-        if answer.is_err() {
-            // Nobody to answer: the dispatcher is gone.
-            return 0;
+        if asked {
+            serving = serve_one(control, zygote, title_area.as_ref(), child_main, &mut children);
         }
     }
+    0
+}
+
+/// Reads one request from `control`, forks its child (added to `children`) and answers;
+/// false once the dispatcher is gone (or its request unreadable): nothing more will come.
+fn serve_one(
+    control: BorrowedFd<'_>,
+    zygote: Pid,
+    title_area: Option<&TitleArea>,
+    child_main: fn(&str) -> i32,
+    children: &mut Vec<Forked>,
+) -> bool {
+    let request = match receive(control) {
+        Ok(Some(request)) => request,
+        // The dispatcher closed its end, or went away.
+        Ok(None) => return false,
+        Err(e) => {
+            eprintln!("jobhost fork server: unreadable request: {e}");
+            return false;
+        }
+    };
+    let answer = match fork_child(request, zygote, title_area, child_main) {
+        Ok(child) => {
+            let pid = child.pid.as_raw_nonzero().get();
+            let answer = answer_with(control, pid, Some(&child.pidfd));
+            children.push(child);
+            answer
+        }
+        Err(e) => answer_with(control, -e.raw_os_error().unwrap_or(libc::EIO), None),
+    };
+    // Nobody to answer: the dispatcher is gone.
+    answer.is_ok()
 }
 
 /// Reads one request; `None` at the end of input.

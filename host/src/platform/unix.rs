@@ -12,7 +12,7 @@
 use std::{
     io,
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::process::ExitStatusExt,
     },
     path::Path,
@@ -297,6 +297,209 @@ enum Ending {
     Child(std::process::Child),
     /// The fork server writes it into this pipe.
     Status(OwnedFd),
+    /// It is nobody's this process can ask (an adopted worker): unknown.
+    Unknown,
+}
+
+/// A child under supervision, driven step by step: by [`supervise`] for one child, or by a
+/// poller watching many at once, which polls each one's [`Supervised::fds`] and calls
+/// [`Supervised::step`] when any is ready or [`Supervised::wake_at`] has come. It starts
+/// waiting at its gate, until [`Supervised::release`].
+pub struct Supervised {
+    pid: u32,
+    pidfd: OwnedFd,
+    /// The read end of its output, until the last writer closed it.
+    output: Option<OwnedFd>,
+    /// Its go-ahead pipe, kept open while it runs once the go-ahead was given.
+    gate: Option<std::fs::File>,
+    ending: Ending,
+    schedule: StopSchedule,
+    started: Instant,
+    /// Whether its pidfd said it ended (a forked worker's status may come a moment later).
+    exited: bool,
+    buf: Vec<u8>,
+}
+
+/// The descriptors [`Supervised::fds`] gives, by position: each is polled for reading.
+pub const SUPERVISED_FDS: usize = 4;
+
+impl Supervised {
+    /// Starts `launch` with stdin from its go-ahead pipe and stdout and stderr into `output`,
+    /// its deadline `options.timeout` from now.
+    pub fn start(launch: Launch, output: OutputPair, options: SuperviseOptions) -> io::Result<Self> {
+        let OutputPair { read, write } = output;
+        let (started, pid, pidfd, gate, ending) = match launch {
+            Launch::Exec(mut command) => {
+                command
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::from(write.try_clone()?))
+                    .stderr(Stdio::from(write));
+                let started = Instant::now();
+                let mut child = command.spawn()?;
+                // The command holds the write ends; drop them so that only the child writes.
+                drop(command);
+                let pid = child.id();
+                // Our child, not yet waited for: the pid is surely its own.
+                let pidfd = pidfd_open(raw(pid)?, PidfdFlags::empty())?;
+                let gate = child
+                    .stdin
+                    .take()
+                    .map(|stdin| std::fs::File::from(OwnedFd::from(stdin)));
+                (started, pid, pidfd, gate, Ending::Child(child))
+            }
+            Launch::Forked(worker) => {
+                // Only the worker holds the write end now.
+                drop(write);
+                (
+                    worker.forked,
+                    worker.pid,
+                    worker.pidfd,
+                    Some(worker.gate),
+                    Ending::Status(worker.status),
+                )
+            }
+        };
+        rustix::io::ioctl_fionbio(&read, true)?;
+        Ok(Self {
+            pid,
+            pidfd,
+            output: Some(read),
+            gate,
+            ending,
+            schedule: StopSchedule::new(started + options.timeout, options.kill_grace),
+            started,
+            exited: false,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Gives it its go-ahead (`go`), or refuses it (it then starts nothing).
+    pub fn release(&mut self, go: bool) {
+        self.gate = give_go_ahead(self.gate.take(), go);
+    }
+
+    /// What to poll for it, by position ([`SUPERVISED_FDS`]): its pidfd until it ended, its
+    /// output, `cancel` until it is being stopped (a fired token stays readable: watching it
+    /// then would spin), and a forked worker's status pipe once it ended.
+    pub fn fds<'a>(&'a self, cancel: &'a CancelToken) -> [Option<BorrowedFd<'a>>; SUPERVISED_FDS] {
+        let status = match &self.ending {
+            Ending::Status(status) if self.exited => Some(status.as_fd()),
+            _ => None,
+        };
+        [
+            (!self.exited).then(|| self.pidfd.as_fd()),
+            self.output.as_ref().map(|fd| fd.as_fd()),
+            self.schedule.stopped().is_none().then(|| cancel.read.as_fd()),
+            status,
+        ]
+    }
+
+    /// When it must be looked at again even if nothing happens.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.schedule.wake_at()
+    }
+
+    /// Handles what is ready (`ready`, by the positions of [`Supervised::fds`]) and what is
+    /// due now: output into `sink`, the stop at its deadline or once `cancel` fired. Its end,
+    /// once it ended.
+    pub fn step(
+        &mut self,
+        ready: [bool; SUPERVISED_FDS],
+        cancel: &CancelToken,
+        sink: &mut dyn OutputSink,
+    ) -> io::Result<Option<ProcessEnd>> {
+        let [exited, readable, _, status_ready] = ready;
+        self.exited |= exited;
+        if (readable || exited) && self.output.is_some() {
+            if self.buf.is_empty() {
+                self.buf = vec![0u8; 64 * 1024];
+            }
+            let open = match &self.output {
+                Some(fd) => drain(fd, &mut self.buf, sink)?,
+                None => false,
+            };
+            if !open {
+                self.output = None;
+            }
+        }
+        if !self.exited {
+            let actions = self.schedule.at(Instant::now(), cancel.is_cancelled());
+            if actions.ask {
+                self.worker().signal(Signal::TERM);
+            }
+            if actions.force {
+                self.worker().signal(Signal::KILL);
+            }
+            return Ok(None);
+        }
+        if matches!(self.ending, Ending::Child(_)) {
+            // The worker is a zombie until waited for, so its pid (and group id) cannot have
+            // been reused: killing the group now reaches only what the job left behind.
+            self.worker().signal(Signal::KILL);
+        }
+        let exit = match &mut self.ending {
+            Ending::Child(child) => {
+                let status = child.wait()?;
+                Some(match status.signal() {
+                    Some(signal) => ExitKind::Signaled(signal),
+                    None => ExitKind::Exited(status.code().unwrap_or(-1)),
+                })
+            }
+            // The fork server says once it has reaped it.
+            Ending::Status(_) if !status_ready => return Ok(None),
+            Ending::Status(status) => fork_server::read_status(status),
+            // Not our child: its parent has reaped it by now, or will at any moment, and then
+            // its pid, and group id, may name another process. What it left behind in its
+            // group is not signalled: only a stop, while it runs, reaches its group.
+            Ending::Unknown => None,
+        };
+        Ok(Some(ProcessEnd {
+            pid: self.pid,
+            duration: self.started.elapsed(),
+            exit,
+            stopped: self.schedule.stopped(),
+            took_go_ahead: go_ahead_taken(self.gate.as_ref()),
+        }))
+    }
+
+    fn worker(&self) -> Worker<'_> {
+        Worker {
+            pidfd: &self.pidfd,
+            // Never 0: it was checked when it was started.
+            pid: Pid::from_raw(self.pid as i32).unwrap_or(Pid::INIT),
+            our_child: matches!(self.ending, Ending::Child(_)),
+        }
+    }
+
+    /// Drives it alone to its end: polls its descriptors and steps it until it ended.
+    fn run(mut self, cancel: &CancelToken, sink: &mut dyn OutputSink) -> io::Result<ProcessEnd> {
+        loop {
+            let timeout = self
+                .wake_at()
+                .map(|at| timespec(at.saturating_duration_since(Instant::now())));
+            let fds = self.fds(cancel);
+            let mut polled: Vec<PollFd<'_>> = fds
+                .iter()
+                .flatten()
+                .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+                .collect();
+            match poll(&mut polled, timeout.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut revents = polled.iter().map(|fd| !fd.revents().is_empty());
+            let ready = fds.map(|fd| fd.is_some() && revents.next().unwrap_or(false));
+            drop(polled);
+            if let Some(end) = self.step(ready, cancel, sink)? {
+                return Ok(end);
+            }
+        }
+    }
 }
 
 /// Starts `launch` with stdin from a pipe that carries only its go-ahead and stdout and
@@ -312,73 +515,10 @@ pub fn supervise(
     sink: &mut dyn OutputSink,
     on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> io::Result<ProcessEnd> {
-    let OutputPair { read, write } = output;
-    let (started, pid, pidfd, gate, ending) = match launch {
-        Launch::Exec(mut command) => {
-            command
-                .stdin(Stdio::piped())
-                .stdout(Stdio::from(write.try_clone()?))
-                .stderr(Stdio::from(write));
-            let started = Instant::now();
-            let mut child = command.spawn()?;
-            // The command holds the write ends; drop them so that only the child writes.
-            drop(command);
-            let pid = child.id();
-            // Our child, not yet waited for: the pid is surely its own.
-            let pidfd = pidfd_open(raw(pid)?, PidfdFlags::empty())?;
-            let gate = child
-                .stdin
-                .take()
-                .map(|stdin| std::fs::File::from(OwnedFd::from(stdin)));
-            (started, pid, pidfd, gate, Ending::Child(child))
-        }
-        Launch::Forked(worker) => {
-            // Only the worker holds the write end now.
-            drop(write);
-            (
-                worker.forked,
-                worker.pid,
-                worker.pidfd,
-                Some(worker.gate),
-                Ending::Status(worker.status),
-            )
-        }
-    };
-    let go = on_spawn(pid);
-    let gate = give_go_ahead(gate, go);
-    let worker = Worker {
-        pidfd: &pidfd,
-        pid: raw(pid)?,
-        our_child: matches!(ending, Ending::Child(_)),
-    };
-    let stopped = watch(
-        &worker,
-        Some(read),
-        started + options.timeout,
-        options.kill_grace,
-        cancel,
-        sink,
-    )?;
-    let exit = match ending {
-        Ending::Child(mut child) => {
-            // The worker is a zombie until waited for, so its pid (and group id) cannot have
-            // been reused: killing the group now reaches only what the job left behind.
-            worker.signal(Signal::KILL);
-            let status = child.wait()?;
-            Some(match status.signal() {
-                Some(signal) => ExitKind::Signaled(signal),
-                None => ExitKind::Exited(status.code().unwrap_or(-1)),
-            })
-        }
-        Ending::Status(status) => fork_server::read_status(&status),
-    };
-    Ok(ProcessEnd {
-        pid,
-        duration: started.elapsed(),
-        exit,
-        stopped,
-        took_go_ahead: go_ahead_taken(gate.as_ref()),
-    })
+    let mut supervised = Supervised::start(launch, output, options)?;
+    let go = on_spawn(supervised.pid());
+    supervised.release(go);
+    supervised.run(cancel, sink)
 }
 
 /// A worker forked by the fork server ([`fork_worker`]), waiting for [`supervise`].
@@ -439,23 +579,21 @@ pub fn adopt(
         Err(Errno::SRCH) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let worker = Worker {
-        pidfd: &pidfd,
-        pid: raw_pid,
-        our_child: false,
-    };
-    let stopped = watch(
-        &worker,
+    let supervised = Supervised {
+        pid,
+        pidfd,
         output,
-        Instant::now() + time_left,
-        kill_grace,
-        cancel,
-        sink,
-    )?;
-    // Not our child: its parent has reaped it by now, or will at any moment, and then its
-    // pid, and group id, may name another process. What it left behind in its group is not
-    // signalled: only a stop, while it runs, reaches its group.
-    Ok(stopped)
+        gate: None,
+        ending: Ending::Unknown,
+        schedule: StopSchedule::new(Instant::now() + time_left, kill_grace),
+        started: Instant::now(),
+        exited: false,
+        buf: Vec::new(),
+    };
+    if let Some(fd) = &supervised.output {
+        rustix::io::ioctl_fionbio(fd, true)?;
+    }
+    Ok(supervised.run(cancel, sink)?.stopped)
 }
 
 /// The live worker running the attempt whose command line contains `marker` (its report
@@ -510,65 +648,6 @@ pub fn on_termination(handler: impl Fn() + Send + Sync + 'static) -> io::Result<
             }
         })?;
     Ok(())
-}
-
-/// The loop shared by [`supervise`] and [`adopt`]: one `poll` over the pidfd, the output and
-/// the cancel token, waking for events and for the one deadline being enforced.
-fn watch(
-    worker: &Worker<'_>,
-    output: Option<OwnedFd>,
-    deadline: Instant,
-    kill_grace: Duration,
-    cancel: &CancelToken,
-    sink: &mut dyn OutputSink,
-) -> io::Result<Option<StopReason>> {
-    if let Some(fd) = &output {
-        rustix::io::ioctl_fionbio(fd, true)?;
-    }
-    let mut output = output;
-    let mut schedule = StopSchedule::new(deadline, kill_grace);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let actions = schedule.at(Instant::now(), cancel.is_cancelled());
-        if actions.ask {
-            worker.signal(Signal::TERM);
-        }
-        if actions.force {
-            worker.signal(Signal::KILL);
-        }
-        let timeout = schedule
-            .wake_at()
-            .map(|at| timespec(at.saturating_duration_since(Instant::now())));
-
-        // Once stopping, the fired token stays readable; watching it would spin.
-        let watched_cancel = if schedule.stopped().is_none() {
-            Some(&cancel.read)
-        } else {
-            None
-        };
-        let mut fds: Vec<PollFd<'_>> = [Some(worker.pidfd), output.as_ref(), watched_cancel]
-            .into_iter()
-            .flatten()
-            .map(|fd| PollFd::new(fd, PollFlags::IN))
-            .collect();
-        match poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let exited = !fds[0].revents().is_empty();
-        let readable = output.is_some() && !fds[1].revents().is_empty();
-        drop(fds);
-        if readable || exited {
-            if let Some(fd) = &output {
-                if !drain(fd, &mut buf, sink)? {
-                    output = None;
-                }
-            }
-        }
-        if exited {
-            return Ok(schedule.stopped());
-        }
-    }
 }
 
 fn timespec(d: Duration) -> Timespec {

@@ -240,8 +240,7 @@ impl Dispatcher {
                     interrupted: false,
                 },
             );
-            // The slot threads live as long as the dispatcher; a send cannot fail.
-            let _ = self.orders.send(order);
+            self.orders.send(order);
         }
         Ok(())
     }
@@ -276,7 +275,7 @@ impl Dispatcher {
         id: JobId,
         attempt: u32,
         mut start: AttemptStart,
-        go: Sender<bool>,
+        go: GoAhead<Key>,
     ) -> Result<(), DispatcherError> {
         if let Some(running) = self.running.get(&id) {
             start.plugin_hash.clone_from(&running.plugin_hash);

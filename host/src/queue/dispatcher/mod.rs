@@ -1,7 +1,8 @@
 //! The dispatcher (`jobhost serve`): the one loop that owns job state.
 //!
 //! It claims due jobs from the store — never more than it has free slots — and hands each to
-//! a slot thread, which runs the attempt in a worker process and reports back over a channel.
+//! the attempts' supervisor ([`crate::runner::supervisor::attempts`]: one thread for all of
+//! them on Linux), which runs the attempt in a worker process and reports back over a channel.
 //! Everything that happens reaches the loop as an event: the doorbell rang (a job was
 //! enqueued, cancelled or retried by some other process), the store said another host changed
 //! the queue, an attempt's worker was spawned or ended, a signal arrived, the heartbeat ticked.
@@ -17,7 +18,7 @@
 //! see `docs/job_state_machine.md`.
 //!
 //! Here: [`serve`] and the loop's state. Beside it: `startup` (the lock, the health file and the
-//! threads that feed the loop), `slots` (the threads that run attempts), `event_loop` (claim,
+//! threads that feed the loop), `slots` (the running attempts), `event_loop` (claim,
 //! cancel, spawn, settle), `rescue` (adoption, expired leases, lost attempts amended),
 //! `trouble` (what keeps it from its work, with backoff) and `plugins` (which version serves a
 //! job).
@@ -30,7 +31,11 @@ mod startup;
 mod trouble;
 
 use self::{
-    event_loop::log_next, plugins::Plugins, slots::start_slots, startup::*, trouble::Trouble,
+    event_loop::log_next,
+    plugins::Plugins,
+    slots::{start_slots, Key, Slots},
+    startup::*,
+    trouble::Trouble,
 };
 
 use std::{
@@ -56,8 +61,9 @@ use crate::{
     },
     runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
-        adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
-        Spawner,
+        adopt_attempt,
+        attempts::{AttemptEvent, Attempts, GoAhead, OnEvent},
+        AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
     },
     store::{
         now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
@@ -153,7 +159,7 @@ enum Event {
         id: JobId,
         attempt: u32,
         start: AttemptStart,
-        go: Sender<bool>,
+        go: GoAhead<Key>,
     },
     Finished {
         id: JobId,
@@ -172,7 +178,7 @@ enum Event {
     Evicted(DispatcherId),
 }
 
-/// Work for a slot thread.
+/// Work for the attempts' supervisor.
 enum Order {
     Run {
         job: JobRecord,
@@ -252,7 +258,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         checked_own: Instant::now(),
         amended: Instant::now(),
         running: HashMap::new(),
-        orders: start_slots(settings, &tx),
+        orders: start_slots(settings, &tx).map_err(setup("start the attempts' supervisor"))?,
         events: rx,
         tx,
         plugins: Plugins::new(settings),
@@ -309,7 +315,7 @@ struct Dispatcher {
     /// When it last looked for reports of attempts settled lost ([`Dispatcher::amend_lost`]).
     amended: Instant,
     running: HashMap<JobId, Running>,
-    orders: Sender<Order>,
+    orders: Slots,
     events: Receiver<Event>,
     tx: Sender<Event>,
     plugins: Plugins,
@@ -333,7 +339,7 @@ struct Unrecorded {
     id: JobId,
     attempt: u32,
     start: AttemptStart,
-    go: Sender<bool>,
+    go: GoAhead<Key>,
 }
 
 /// An ended attempt to settle, with what to log once the store has taken it.

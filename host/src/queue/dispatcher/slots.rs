@@ -1,81 +1,73 @@
-//! The slot threads: a fixed number of them, each running one attempt at a time in a worker
-//! process and telling the loop when it was spawned and how it ended.
+//! The slots: the attempts the dispatcher runs at once, each in a worker process, supervised by
+//! [`Attempts`] (one thread for them all on Linux), which tells the loop when a worker was
+//! spawned and how an attempt ended.
 
 use super::*;
 
-/// Starts the slot threads: each runs one attempt at a time, its worker started by the one
-/// spawner they share.
-pub(super) fn start_slots(settings: &Settings, tx: &Sender<Event>) -> Sender<Order> {
-    let (orders, inbox) = crossbeam_channel::unbounded::<Order>();
-    let spawner = Arc::new(Spawner::new(settings));
-    for slot in 0..settings.dispatcher.slots {
-        let inbox: Receiver<Order> = inbox.clone();
-        let tx = tx.clone();
-        let settings = settings.clone();
-        let spawner = Arc::clone(&spawner);
-        let spawned = std::thread::Builder::new()
-            .name(format!("slot-{slot}"))
-            .spawn(move || {
-                for Order::Run { job, cancel } in inbox {
-                    let (id, attempt) = (job.id, job.attempts);
-                    let mut released = false;
-                    let result = run_order(&settings, &spawner, &job, &cancel, &tx, &mut released);
-                    if tx
-                        .send(Event::Finished {
-                            id,
-                            attempt,
-                            result,
-                            released,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start slot thread {slot}: {e}");
-        }
-    }
-    orders
+/// An attempt, as the loop and its supervisor name it: the job and its attempt number.
+pub(super) type Key = (JobId, u32);
+
+/// The dispatcher's running attempts.
+pub(super) struct Slots {
+    settings: Settings,
+    attempts: Attempts<Key>,
 }
 
-pub(super) fn run_order(
-    settings: &Settings,
-    spawner: &Spawner,
-    job: &JobRecord,
-    cancel: &CancelToken,
-    tx: &Sender<Event>,
-    released: &mut bool,
-) -> Result<AttemptRecord, AttemptError> {
-    let job_id = job.id.to_string();
-    let allowlist = crate::catalog::inventory::allowlist_in_force(settings);
-    let spec = AttemptSpec {
-        job_id: &job_id,
-        attempt: job.attempts,
-        class: &job.class,
-        method: &job.method,
-        params: &job.params,
-        plugin: &job.plugin,
-        timeout: job.timeout,
-        allowlist: &allowlist,
-    };
-    let output_path = AttemptPaths::new(&settings.state_dir, &job_id, job.attempts).output;
-    run_attempt(settings, spawner, &spec, cancel, &mut |pid| {
-        let start = AttemptStart {
-            pid,
-            plugin_hash: String::new(),
-            output_path: output_path.clone(),
-        };
-        let (go, answer) = crossbeam_channel::bounded(1);
-        let asked = tx.send(Event::Spawned {
-            id: job.id,
-            attempt: job.attempts,
-            start,
-            go,
+/// Starts the supervisor of the dispatcher's attempts, which tells `tx` what happens to them.
+pub(super) fn start_slots(settings: &Settings, tx: &Sender<Event>) -> std::io::Result<Slots> {
+    let tx = tx.clone();
+    let state_dir = settings.state_dir.clone();
+    // The loop outlives its attempts; an event it can no longer take has nobody to tell.
+    let on_event: OnEvent<Key> = Arc::new(move |event| {
+        let _ = tx.send(match event {
+            AttemptEvent::Spawned {
+                key: (id, attempt),
+                pid,
+                go,
+            } => Event::Spawned {
+                id,
+                attempt,
+                start: AttemptStart {
+                    pid,
+                    plugin_hash: String::new(),
+                    output_path: AttemptPaths::new(&state_dir, &id.to_string(), attempt).output,
+                },
+                go,
+            },
+            AttemptEvent::Ended {
+                key: (id, attempt),
+                result,
+                released,
+            } => Event::Finished {
+                id,
+                attempt,
+                result,
+                released,
+            },
         });
-        // No answer (the loop is gone) means no start.
-        *released = asked.is_ok() && answer.recv().unwrap_or(false);
-        *released
+    });
+    Ok(Slots {
+        settings: settings.clone(),
+        attempts: Attempts::new(settings, on_event)?,
     })
+}
+
+impl Slots {
+    /// Starts the attempt `order` asks for.
+    pub(super) fn send(&self, order: Order) {
+        let Order::Run { job, cancel } = order;
+        let job_id = job.id.to_string();
+        let allowlist = crate::catalog::inventory::allowlist_in_force(&self.settings);
+        let spec = AttemptSpec {
+            job_id: &job_id,
+            attempt: job.attempts,
+            class: &job.class,
+            method: &job.method,
+            params: &job.params,
+            plugin: &job.plugin,
+            timeout: job.timeout,
+            allowlist: &allowlist,
+        };
+        self.attempts.start((job.id, job.attempts), &spec, cancel);
+    }
 }

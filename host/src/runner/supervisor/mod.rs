@@ -6,6 +6,7 @@
 //! when there is one (a job that succeeded just before its timeout succeeded), otherwise the
 //! supervisor's stop reason, the signal or the exit code explains the end.
 
+pub mod attempts;
 pub mod capture;
 
 use std::{
@@ -19,7 +20,9 @@ use serde_json::Value;
 use crate::{
     config::settings::{Runner, Settings},
     job::outcome::Outcome,
-    platform::{self, CancelToken, ExitKind, Launch, OutputPair, StopReason, SuperviseOptions},
+    platform::{
+        self, CancelToken, ExitKind, Launch, OutputPair, ProcessEnd, StopReason, SuperviseOptions,
+    },
     runner::protocol::{
         self, read_report, FailureKind, WorkerReport, WorkerRequest, PROTOCOL_VERSION,
     },
@@ -296,17 +299,17 @@ impl AttemptPaths {
     }
 }
 
-/// Runs one attempt in a fresh worker process and waits for it to end. `on_spawn` learns the
-/// worker's pid as soon as it exists, before the worker may load anything: the worker starts
-/// when it returns true (the caller has recorded the pid durably), and when it returns false
-/// ends without running any plugin code, reporting [`Outcome::NotStarted`].
-pub fn run_attempt(
-    settings: &Settings,
-    spawner: &Spawner,
-    spec: &AttemptSpec<'_>,
-    cancel: &CancelToken,
-    on_spawn: &mut dyn FnMut(u32) -> bool,
-) -> Result<AttemptRecord, AttemptError> {
+/// An attempt ready to start: its files set up, its worker's request written.
+pub struct Prepared {
+    paths: AttemptPaths,
+    request: WorkerRequest,
+    json: String,
+    capture: Capture,
+    options: SuperviseOptions,
+}
+
+/// Sets up the files of `spec` and writes its worker's request.
+pub fn prepare(settings: &Settings, spec: &AttemptSpec<'_>) -> Result<Prepared, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
     crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
     match std::fs::remove_file(&paths.report) {
@@ -327,37 +330,89 @@ pub fn run_attempt(
         output: platform::HELD_OUTPUT.map(PathBuf::from),
         gate: true,
     };
-    let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
-    let mut capture = Capture::create(&paths.output, settings.limits.max_output_bytes)
+    let json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
+    let capture = Capture::create(&paths.output, settings.limits.max_output_bytes)
         .map_err(|e| paths.error(e))?;
-    let output = OutputPair::pipe().map_err(|e| paths.error(e))?;
-    let options = SuperviseOptions {
-        timeout: spec.timeout,
-        kill_grace: settings.limits.kill_grace,
-    };
-    let launch = spawner.start(settings, &request, &request_json, &output);
-    let end = platform::supervise(launch, output, options, cancel, &mut capture, on_spawn)
-        .map_err(|source| AttemptError::Spawn {
-            program: super::jobhost_program(),
-            source,
-        })?;
-    let stack_overflow = capture.tail_contains("has overflowed its stack");
-    let output = capture.finish();
-    let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
-    Ok(AttemptRecord {
-        attempt: spec.attempt,
-        pid: end.pid,
-        duration: end.duration,
-        outcome: classify(
-            report,
-            end.stopped,
-            end.exit.map_or(Exit::Orphaned, Exit::Status),
-            end.took_go_ahead,
-            stack_overflow,
-            spec.timeout,
-        ),
-        output,
+    Ok(Prepared {
+        paths,
+        request,
+        json,
+        capture,
+        options: SuperviseOptions {
+            timeout: spec.timeout,
+            kill_grace: settings.limits.kill_grace,
+        },
     })
+}
+
+/// Why a worker could not be spawned or supervised.
+fn spawn_error(source: std::io::Error) -> AttemptError {
+    AttemptError::Spawn {
+        program: super::jobhost_program(),
+        source,
+    }
+}
+
+impl Prepared {
+    /// Runs it to its end, waiting for it. `on_spawn` learns the worker's pid as soon as it
+    /// exists, before the worker may load anything: the worker starts when it returns true
+    /// (the caller has recorded the pid durably), and when it returns false ends without
+    /// running any plugin code, reporting [`Outcome::NotStarted`].
+    #[cfg(windows)]
+    fn run(
+        mut self,
+        settings: &Settings,
+        spawner: &Spawner,
+        cancel: &CancelToken,
+        on_spawn: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<AttemptRecord, AttemptError> {
+        let (launch, output) = self.launch(settings, spawner)?;
+        let end = platform::supervise(
+            launch,
+            output,
+            self.options,
+            cancel,
+            &mut self.capture,
+            on_spawn,
+        )
+        .map_err(spawn_error)?;
+        self.conclude(end)
+    }
+
+    /// Its worker's output pipe, and how to start the worker (forked already, when `spawner`
+    /// forks).
+    fn launch(
+        &self,
+        settings: &Settings,
+        spawner: &Spawner,
+    ) -> Result<(Launch, OutputPair), AttemptError> {
+        let output = OutputPair::pipe().map_err(|e| self.paths.error(e))?;
+        let launch = spawner.start(settings, &self.request, &self.json, &output);
+        Ok((launch, output))
+    }
+
+    /// The record of the attempt, from how its worker ended (`end`), its output and its
+    /// report.
+    fn conclude(self, end: ProcessEnd) -> Result<AttemptRecord, AttemptError> {
+        let stack_overflow = self.capture.tail_contains("has overflowed its stack");
+        let output = self.capture.finish();
+        let report: Option<WorkerReport> =
+            read_report(&self.paths.report).map_err(|e| self.paths.error(e))?;
+        Ok(AttemptRecord {
+            attempt: self.request.attempt,
+            pid: end.pid,
+            duration: end.duration,
+            outcome: classify(
+                report,
+                end.stopped,
+                end.exit.map_or(Exit::Orphaned, Exit::Status),
+                end.took_go_ahead,
+                stack_overflow,
+                self.options.timeout,
+            ),
+            output,
+        })
+    }
 }
 
 /// What to adopt: an attempt whose dispatcher died while it ran.

@@ -1,0 +1,492 @@
+//! The attempts a dispatcher runs at once, each in a worker process of its own.
+//!
+//! On Linux one thread supervises them all: a poller over every worker's pidfd, output pipe
+//! and cancel token (and a forked worker's status pipe), woken through a pipe when there is a
+//! worker to start or let go; it spawns (or has the fork server fork) each worker itself. So
+//! no thread waits on one attempt, and a dispatcher with many slots has no more threads than
+//! one with two. On Windows, whose platform layer supervises one process per thread, each
+//! attempt has a thread of its own.
+//!
+//! Whoever runs the attempts hears of them through one callback, [`AttemptEvent`]: a worker
+//! exists and waits at its gate ([`AttemptEvent::Spawned`], answered through its [`GoAhead`]
+//! once its pid is on record), and an attempt ended ([`AttemptEvent::Ended`]).
+
+use std::sync::Arc;
+
+use super::{prepare, AttemptError, AttemptRecord, AttemptSpec, Prepared, Spawner};
+use crate::{config::settings::Settings, platform::CancelToken};
+
+/// What happens to the attempts of an [`Attempts`].
+pub enum AttemptEvent<K> {
+    /// The worker of attempt `key` exists, with process id `pid`, and waits at its gate for
+    /// `go` ([`GoAhead::send`]).
+    Spawned {
+        /// The attempt.
+        key: K,
+        /// Its worker's pid.
+        pid: u32,
+        /// How to let it start, or not.
+        go: GoAhead<K>,
+    },
+    /// Attempt `key` ended, or could not run.
+    Ended {
+        /// The attempt.
+        key: K,
+        /// How it ended, or why it could not run.
+        result: Result<AttemptRecord, AttemptError>,
+        /// Whether its worker was let start (an attempt that could not run may have failed
+        /// before or after).
+        released: bool,
+    },
+}
+
+/// What [`Attempts`] tells of its attempts.
+pub type OnEvent<K> = Arc<dyn Fn(AttemptEvent<K>) + Send + Sync>;
+
+/// The attempts running at once, each identified by a key of the caller's (`K`).
+pub struct Attempts<K: Copy + PartialEq + Send + 'static> {
+    settings: Settings,
+    #[cfg(unix)]
+    poller: poller::Poller<K>,
+    #[cfg(windows)]
+    threads: threads::Threads<K>,
+}
+
+impl<K: Copy + PartialEq + Send + 'static> Attempts<K> {
+    /// Runs attempts for `settings` (its workers started as `dispatcher.runner` says), telling
+    /// `on_event` what happens to them.
+    pub fn new(settings: &Settings, on_event: OnEvent<K>) -> std::io::Result<Self> {
+        let spawner = Arc::new(Spawner::new(settings));
+        Ok(Self {
+            settings: settings.clone(),
+            #[cfg(unix)]
+            poller: poller::Handle::start(settings, spawner, on_event)?,
+            #[cfg(windows)]
+            threads: threads::Threads::new(settings, spawner, on_event),
+        })
+    }
+
+    /// Starts attempt `key` of `spec`, stopped when `cancel` fires; its worker waits at its
+    /// gate until it is let go. Its end, or why it could not run, is told as
+    /// [`AttemptEvent::Ended`].
+    pub fn start(&self, key: K, spec: &AttemptSpec<'_>, cancel: Arc<CancelToken>) {
+        let prepared = prepare(&self.settings, spec);
+        #[cfg(unix)]
+        self.poller.start_attempt(key, prepared, cancel);
+        #[cfg(windows)]
+        self.threads.start(key, prepared, cancel);
+    }
+}
+
+/// Lets one spawned worker start, or not ([`AttemptEvent::Spawned`]).
+pub struct GoAhead<K> {
+    #[cfg(unix)]
+    key: K,
+    #[cfg(unix)]
+    poller: poller::Handle<K>,
+    #[cfg(windows)]
+    gate: crossbeam_channel::Sender<bool>,
+    #[cfg(windows)]
+    _key: std::marker::PhantomData<K>,
+}
+
+/// The attempts' supervisor is gone (its dispatcher is shutting down): a go-ahead reaches
+/// nobody.
+#[derive(Debug)]
+pub struct Gone;
+
+impl<K: Copy + PartialEq + Send + 'static> GoAhead<K> {
+    /// Lets the worker start (`go`), or has it end without starting anything.
+    pub fn send(&self, go: bool) -> Result<(), Gone> {
+        #[cfg(unix)]
+        return self.poller.release(self.key, go);
+        #[cfg(windows)]
+        return self.gate.send(go).map_err(|_| Gone);
+    }
+}
+
+/// Prepared attempts ready to start, or why they cannot.
+type Ready = Result<Prepared, AttemptError>;
+
+#[cfg(unix)]
+mod poller {
+    //! The Linux supervisor: one thread polling every running attempt.
+
+    use std::{
+        os::fd::{AsFd, BorrowedFd, OwnedFd},
+        sync::Arc,
+        time::Instant,
+    };
+
+    use crossbeam_channel::{Receiver, Sender, TryRecvError};
+    use rustix::{
+        event::{poll, PollFd, PollFlags, Timespec},
+        io::Errno,
+        pipe::{pipe_with, PipeFlags},
+    };
+
+    use super::{AttemptEvent, GoAhead, Gone, OnEvent, Ready};
+    use crate::{
+        config::settings::Settings,
+        platform::{CancelToken, Supervised, SUPERVISED_FDS},
+        runner::supervisor::{spawn_error, Prepared, Spawner},
+    };
+
+    /// Work for the poller.
+    enum Command<K> {
+        Start {
+            key: K,
+            prepared: Box<Ready>,
+            cancel: Arc<CancelToken>,
+        },
+        Release {
+            key: K,
+            go: bool,
+        },
+        /// Leave at once (whatever still runs is left to the next dispatcher, as after a
+        /// crash), dropping the spawner: a fork server is told to leave and waited for.
+        Stop,
+    }
+
+    /// How to reach the poller: its commands, and the pipe that wakes it.
+    pub(super) struct Handle<K> {
+        commands: Sender<Command<K>>,
+        wake: Arc<OwnedFd>,
+    }
+
+    /// The poller, as its [`super::Attempts`] holds it: stopped and waited for when dropped.
+    pub(super) struct Poller<K: Copy + PartialEq + Send + 'static> {
+        handle: Handle<K>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> Drop for Poller<K> {
+        fn drop(&mut self) {
+            self.handle.send(Command::Stop);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> std::ops::Deref for Poller<K> {
+        type Target = Handle<K>;
+
+        fn deref(&self) -> &Handle<K> {
+            &self.handle
+        }
+    }
+
+    impl<K> Clone for Handle<K> {
+        fn clone(&self) -> Self {
+            Self {
+                commands: self.commands.clone(),
+                wake: Arc::clone(&self.wake),
+            }
+        }
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> Handle<K> {
+        /// Starts the poller thread.
+        pub(super) fn start(
+            settings: &Settings,
+            spawner: Arc<Spawner>,
+            on_event: OnEvent<K>,
+        ) -> std::io::Result<Poller<K>> {
+            let (wake_read, wake_write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+            let (commands, inbox) = crossbeam_channel::unbounded();
+            let handle = Self {
+                commands,
+                wake: Arc::new(wake_write),
+            };
+            let poller = Polling {
+                settings: settings.clone(),
+                spawner,
+                on_event,
+                inbox,
+                wake: wake_read,
+                handle: handle.clone(),
+                watched: Vec::new(),
+            };
+            let thread = std::thread::Builder::new()
+                .name("attempts".into())
+                .spawn(move || poller.run())?;
+            Ok(Poller {
+                handle,
+                thread: Some(thread),
+            })
+        }
+
+        pub(super) fn start_attempt(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
+            self.send(Command::Start {
+                key,
+                prepared: Box::new(prepared),
+                cancel,
+            });
+        }
+
+        pub(super) fn release(&self, key: K, go: bool) -> Result<(), Gone> {
+            if self.commands.send(Command::Release { key, go }).is_err() {
+                return Err(Gone);
+            }
+            self.ring();
+            Ok(())
+        }
+
+        fn send(&self, command: Command<K>) {
+            // The poller lives as long as the process once started; it only stops when
+            // every handle is gone, so a send cannot fail while one is used.
+            let _ = self.commands.send(command);
+            self.ring();
+        }
+
+        fn ring(&self) {
+            // A full pipe already wakes the poller.
+            let _ = rustix::io::write(&*self.wake, &[1]);
+        }
+    }
+
+    /// One attempt being watched.
+    struct Watched<K> {
+        key: K,
+        prepared: Prepared,
+        supervised: Supervised,
+        cancel: Arc<CancelToken>,
+        released: bool,
+    }
+
+    /// The poller thread's state.
+    struct Polling<K> {
+        settings: Settings,
+        spawner: Arc<Spawner>,
+        on_event: OnEvent<K>,
+        inbox: Receiver<Command<K>>,
+        wake: OwnedFd,
+        /// For the go-aheads it hands out (it never sends through it itself).
+        handle: Handle<K>,
+        watched: Vec<Watched<K>>,
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> Polling<K> {
+        fn run(mut self) {
+            let mut open = true;
+            while open {
+                let (woken, ready) = match self.wait() {
+                    Ok(waited) => waited,
+                    Err(e) => {
+                        tracing::error!("the attempts' supervisor cannot wait: {e}");
+                        return;
+                    }
+                };
+                self.step(&ready);
+                if woken {
+                    open = self.take_commands();
+                }
+            }
+        }
+
+        /// Waits for something to happen: whether it was woken, and what is ready for each
+        /// watched attempt.
+        fn wait(&self) -> rustix::io::Result<(bool, Vec<[bool; SUPERVISED_FDS]>)> {
+            let timeout = self
+                .watched
+                .iter()
+                .filter_map(|w| w.supervised.wake_at())
+                .min()
+                .map(|at| timespec(at.saturating_duration_since(Instant::now())));
+            let sets: Vec<[Option<BorrowedFd<'_>>; SUPERVISED_FDS]> = self
+                .watched
+                .iter()
+                .map(|w| w.supervised.fds(&w.cancel))
+                .collect();
+            let mut polled: Vec<PollFd<'_>> = std::iter::once(self.wake.as_fd())
+                .chain(sets.iter().flatten().flatten().copied())
+                .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+                .collect();
+            match poll(&mut polled, timeout.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e),
+            }
+            let mut revents = polled.iter().map(|fd| !fd.revents().is_empty());
+            let woken = revents.next().unwrap_or(false);
+            let mut ready = Vec::with_capacity(sets.len());
+            for set in &sets {
+                let mut one = [false; SUPERVISED_FDS];
+                for (slot, fd) in one.iter_mut().zip(set) {
+                    *slot = fd.is_some() && revents.next().unwrap_or(false);
+                }
+                ready.push(one);
+            }
+            Ok((woken, ready))
+        }
+
+        /// Steps every attempt something is ready for, or whose time has come; tells of those
+        /// that ended.
+        fn step(&mut self, ready: &[[bool; SUPERVISED_FDS]]) {
+            let now = Instant::now();
+            let mut ended = Vec::new();
+            for (i, (watched, ready)) in self.watched.iter_mut().zip(ready).enumerate() {
+                let due = watched.supervised.wake_at().is_some_and(|at| at <= now);
+                if !due && !ready.iter().any(|&r| r) {
+                    continue;
+                }
+                match watched.supervised.step(
+                    *ready,
+                    &watched.cancel,
+                    &mut watched.prepared.capture,
+                ) {
+                    Ok(None) => {}
+                    Ok(Some(end)) => ended.push((i, Ok(end))),
+                    Err(e) => ended.push((i, Err(spawn_error(e)))),
+                }
+            }
+            // From the highest index down, so that each removal leaves the rest in place.
+            for (i, end) in ended.into_iter().rev() {
+                let watched = self.watched.swap_remove(i);
+                let result = end.and_then(|end| watched.prepared.conclude(end));
+                (self.on_event)(AttemptEvent::Ended {
+                    key: watched.key,
+                    result,
+                    released: watched.released,
+                });
+            }
+        }
+
+        /// Empties the wake pipe and carries out every command waiting; false once told to
+        /// stop.
+        fn take_commands(&mut self) -> bool {
+            let mut buf = [0u8; 64];
+            while matches!(rustix::io::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(Command::Start {
+                        key,
+                        prepared,
+                        cancel,
+                    }) => self.start(key, *prepared, cancel),
+                    Ok(Command::Release { key, go }) => {
+                        if let Some(watched) = self.watched.iter_mut().find(|w| w.key == key) {
+                            watched.supervised.release(go);
+                            watched.released = go;
+                        }
+                    }
+                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
+                    Err(TryRecvError::Empty) => return true,
+                }
+            }
+        }
+
+        /// Starts the worker of a prepared attempt and watches it.
+        fn start(&mut self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
+            let started = prepared.and_then(|prepared| {
+                let (launch, output) = prepared.launch(&self.settings, &self.spawner)?;
+                let supervised = Supervised::start(launch, output, prepared.options)
+                    .map_err(spawn_error)?;
+                Ok((prepared, supervised))
+            });
+            let (prepared, supervised) = match started {
+                Ok(started) => started,
+                Err(error) => {
+                    return (self.on_event)(AttemptEvent::Ended {
+                        key,
+                        result: Err(error),
+                        released: false,
+                    })
+                }
+            };
+            let pid = supervised.pid();
+            self.watched.push(Watched {
+                key,
+                prepared,
+                supervised,
+                cancel,
+                released: false,
+            });
+            (self.on_event)(AttemptEvent::Spawned {
+                key,
+                pid,
+                go: GoAhead {
+                    key,
+                    poller: self.handle.clone(),
+                },
+            });
+        }
+    }
+
+    fn timespec(d: std::time::Duration) -> Timespec {
+        Timespec {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
+        }
+    }
+}
+
+#[cfg(windows)]
+mod threads {
+    //! The Windows supervisor: a thread per running attempt.
+
+    use std::sync::Arc;
+
+    use super::{AttemptEvent, GoAhead, OnEvent, Ready};
+    use crate::{
+        config::settings::Settings,
+        platform::CancelToken,
+        runner::supervisor::{spawn_error, Spawner},
+    };
+
+    pub(super) struct Threads<K> {
+        settings: Settings,
+        spawner: Arc<Spawner>,
+        on_event: OnEvent<K>,
+    }
+
+    impl<K: Copy + PartialEq + Send + 'static> Threads<K> {
+        pub(super) fn new(settings: &Settings, spawner: Arc<Spawner>, on_event: OnEvent<K>) -> Self {
+            Self {
+                settings: settings.clone(),
+                spawner,
+                on_event,
+            }
+        }
+
+        pub(super) fn start(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
+            let (settings, spawner, on_event) = (
+                self.settings.clone(),
+                Arc::clone(&self.spawner),
+                Arc::clone(&self.on_event),
+            );
+            let unstarted = Arc::clone(&self.on_event);
+            let run = move || {
+                let mut released = false;
+                let result = prepared.and_then(|prepared| {
+                    prepared.run(&settings, &spawner, &cancel, &mut |pid| {
+                        let (gate, answer) = crossbeam_channel::bounded(1);
+                        on_event(AttemptEvent::Spawned {
+                            key,
+                            pid,
+                            go: GoAhead {
+                                gate,
+                                _key: std::marker::PhantomData,
+                            },
+                        });
+                        // No answer (the dispatcher is gone) means no start.
+                        released = answer.recv().unwrap_or(false);
+                        released
+                    })
+                });
+                on_event(AttemptEvent::Ended {
+                    key,
+                    result,
+                    released,
+                });
+            };
+            if let Err(source) = std::thread::Builder::new().name("attempt".into()).spawn(run) {
+                unstarted(AttemptEvent::Ended {
+                    key,
+                    result: Err(spawn_error(source)),
+                    released: false,
+                });
+            }
+        }
+    }
+}
