@@ -19,7 +19,7 @@ impl Dispatcher {
         let mut check_cancels = true;
         let mut idle_since: Option<Instant> = None;
         loop {
-            self.retry_deferred()?;
+            self.write_pending()?;
             if !recovered {
                 // What a predecessor left running is settled before anything is claimed.
                 recovered = self.recover()?;
@@ -53,7 +53,9 @@ impl Dispatcher {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            // Handle everything that is waiting before touching the store again.
+            // Handle everything that is waiting before touching the store again: the workers
+            // spawned and the attempts ended meanwhile are written together at the top of the
+            // loop (group commit), one call for the starts and one for the settles.
             let pending: Vec<Event> = first.into_iter().chain(self.events.try_iter()).collect();
             for event in pending {
                 check_cancels |= self.handle(event)?;
@@ -131,7 +133,7 @@ impl Dispatcher {
                 attempt,
                 start,
                 go,
-            } => self.spawned(id, attempt, start, go)?,
+            } => self.spawned(id, attempt, start, go),
             Event::PluginsChanged => {
                 self.plugins.reload();
                 self.collect_snapshots()?;
@@ -267,50 +269,27 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Records a spawned worker, then lets it start: an attempt counts only once its worker
-    /// is on record, so one whose dispatcher died before this point is known never to have
-    /// run ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its
-    /// gate, and is recorded and let go once the store answers.
-    pub(super) fn spawned(
-        &mut self,
-        id: JobId,
-        attempt: u32,
-        mut start: AttemptStart,
-        go: Sender<bool>,
-    ) -> Result<(), DispatcherError> {
+    /// A worker was spawned and waits at its gate: it is recorded, then let start, with the
+    /// others waiting, once the loop has taken in every pending event
+    /// ([`Dispatcher::write_pending`]). An attempt counts only once its worker is on record, so
+    /// one whose dispatcher died before this point is known never to have run
+    /// ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its gate,
+    /// and is recorded and let go once the store answers.
+    pub(super) fn spawned(&mut self, id: JobId, attempt: u32, mut start: AttemptStart, go: Sender<bool>) {
         if let Some(running) = self.running.get(&id) {
             start.plugin_hash.clone_from(&running.plugin_hash);
         }
-        let waiting = Unrecorded {
+        self.unrecorded.push(Unrecorded {
             id,
             attempt,
             start,
             go,
-        };
-        if !self.unrecorded.is_empty() {
-            self.unrecorded.push(waiting);
-            return Ok(());
-        }
-        match self.store("record a worker", |s| {
-            s.attempt_started(id, attempt, &waiting.start)
-        }) {
-            Ok(Some(())) => {
-                let _ = waiting.go.send(true);
-                Ok(())
-            }
-            Ok(None) => {
-                self.unrecorded.push(waiting);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = waiting.go.send(false);
-                Err(e)
-            }
-        }
+        });
     }
 
-    /// An attempt ended: decides what follows ([`lifecycle`]) and settles it, or holds the
-    /// settling until the store takes it.
+    /// An attempt ended: decides what follows ([`lifecycle`]) and holds it to settle, with
+    /// the other attempts ended meanwhile, once the loop has taken in every pending event
+    /// ([`Dispatcher::write_pending`]).
     pub(super) fn finished(
         &mut self,
         id: JobId,
@@ -382,7 +361,7 @@ impl Dispatcher {
             record: Some(record),
             plugin_hash: running.plugin_hash,
         });
-        self.retry_deferred()
+        Ok(())
     }
 
     /// Removes the plugin snapshots nothing needs any more: not active, not the version of a
@@ -474,9 +453,13 @@ impl Dispatcher {
         }
     }
 
-    /// Retries what the store did not take while it was in trouble, once its retry is due:
-    /// first the pids of workers waiting at their gate, then the attempts to settle, in order.
-    pub(super) fn retry_deferred(&mut self) -> Result<(), DispatcherError> {
+    /// Writes what waits for the store, once its retry is due if it is in trouble: first the
+    /// workers waiting at their gate, all recorded in one call and then let start (or told
+    /// not to, for an attempt the store no longer holds running); then the ended attempts,
+    /// all settled in one call, in order, each reported ([`Dispatcher::settled`]) only once
+    /// the store has committed it. What the store does not take stays held, in order, for the
+    /// next try.
+    pub(super) fn write_pending(&mut self) -> Result<(), DispatcherError> {
         let due = self
             .trouble
             .store
@@ -485,29 +468,68 @@ impl Dispatcher {
         if !due {
             return Ok(());
         }
-        while let Some(waiting) = self.unrecorded.first() {
-            let (id, attempt, start) = (waiting.id, waiting.attempt, waiting.start.clone());
-            if self
-                .store("record a worker", |s| {
-                    s.attempt_started(id, attempt, &start)
-                })?
-                .is_none()
-            {
-                return Ok(());
-            }
-            let _ = self.unrecorded.remove(0).go.send(true);
-        }
-        while let Some(first) = self.unsettled.first() {
-            let (id, attempt, end, next) = (first.job.id, first.attempt, &first.end, &first.next);
-            let (end, next) = (end.clone(), next.clone());
-            let Some(settled) =
-                self.store("settle an attempt", |s| s.settle(id, attempt, &end, &next))?
-            else {
+        if !self.unrecorded.is_empty() {
+            let waiting = std::mem::take(&mut self.unrecorded);
+            let items: Vec<StartedAttempt<'_>> = waiting
+                .iter()
+                .map(|w| StartedAttempt {
+                    id: w.id,
+                    attempt: w.attempt,
+                    start: &w.start,
+                })
+                .collect();
+            let what = if items.len() == 1 {
+                "record a worker"
+            } else {
+                "record workers"
+            };
+            // On a fatal error the senders are dropped: no worker starts.
+            let recorded = self.store(what, |s| s.attempts_started(&items))?;
+            drop(items);
+            let Some(recorded) = recorded else {
+                self.unrecorded = waiting;
                 return Ok(());
             };
-            let done = self.unsettled.remove(0);
-            if settled {
-                self.settled(done)?;
+            for (waiting, recorded) in waiting.into_iter().zip(recorded) {
+                if !recorded {
+                    tracing::warn!(
+                        "Attempt {} of job {} is no longer running in the job database (its \
+                         dispatcher was taken for dead and its jobs rescued): its worker does \
+                         not start",
+                        waiting.attempt,
+                        waiting.id
+                    );
+                }
+                let _ = waiting.go.send(recorded);
+            }
+        }
+        if !self.unsettled.is_empty() {
+            let ended = std::mem::take(&mut self.unsettled);
+            let items: Vec<Settlement<'_>> = ended
+                .iter()
+                .map(|u| Settlement {
+                    id: u.job.id,
+                    attempt: u.attempt,
+                    end: &u.end,
+                    next: &u.next,
+                })
+                .collect();
+            let what = if items.len() == 1 {
+                "settle an attempt"
+            } else {
+                "settle attempts"
+            };
+            let settled = self.store(what, |s| s.settle_many(&items))?;
+            drop(items);
+            let Some(settled) = settled else {
+                self.unsettled = ended;
+                return Ok(());
+            };
+            for (done, settled) in ended.into_iter().zip(settled) {
+                // False: settled by somebody else (a rescuer) first.
+                if settled {
+                    self.settled(done)?;
+                }
             }
         }
         Ok(())

@@ -268,6 +268,28 @@ impl Session {
         within(tx, &mut self.statements, op)
     }
 
+    /// Like [`Session::transaction`], but `op` may give up: `None` rolls the transaction back.
+    pub(super) fn transaction_or_rollback<T>(
+        &mut self,
+        op: impl FnOnce(&mut Prepared<'_, Transaction<'_>>) -> Result<Option<T>, Failure>,
+    ) -> Result<Option<T>, Failure> {
+        let mut tx = self.client.transaction()?;
+        let value = op(&mut Prepared {
+            client: &mut tx,
+            statements: &mut self.statements,
+        })?;
+        match value {
+            Some(value) => {
+                tx.commit().map_err(Failure::Commit)?;
+                Ok(Some(value))
+            }
+            None => {
+                tx.rollback()?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Runs the reads of `op` on one snapshot.
     pub(super) fn snapshot<T>(
         &mut self,
