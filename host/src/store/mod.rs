@@ -285,6 +285,16 @@ pub struct Settlement<'a> {
     pub next: &'a Next,
 }
 
+/// What [`Store::settle_and_claim`] did.
+#[derive(Debug)]
+pub struct SettledAndClaimed {
+    /// For each settlement, whether it was settled, as [`Store::settle_many`] answers.
+    pub settled: Vec<bool>,
+    /// The jobs claimed, as [`Store::claim`] answers, or why none were: the settles are
+    /// stored either way.
+    pub claimed: Result<Vec<JobRecord>, StoreError>,
+}
+
 /// How an attempt ended, to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptEnd {
@@ -668,6 +678,24 @@ pub trait Store: Send {
     /// by an earlier item of this batch naming the same attempt). One item refused so never
     /// fails the others; an error means none was settled. An empty batch does nothing.
     fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError>;
+
+    /// Settles `settlements` as [`Store::settle_many`] does, then claims up to `limit` due jobs
+    /// for `owner` as [`Store::claim`] does: what a dispatcher does once attempts ended, with
+    /// one commit for both where that saves one (PostgreSQL; on SQLite a commit costs no
+    /// flush, and they are two transactions). An error means nothing was settled or claimed;
+    /// a claim that failed once the settles were stored (a dispatcher no longer registered)
+    /// fails in [`SettledAndClaimed::claimed`].
+    fn settle_and_claim(
+        &mut self,
+        settlements: &[Settlement<'_>],
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<SettledAndClaimed, StoreError> {
+        let settled = self.settle_many(settlements)?;
+        let claimed = self.claim(owner, now, limit);
+        Ok(SettledAndClaimed { settled, claimed })
+    }
 
     /// Records how attempt `attempt` ended and moves the job on: [`Store::settle_many`] of one
     /// item. Returns false, changing nothing, when the job is not running that attempt any

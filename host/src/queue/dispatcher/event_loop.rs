@@ -19,7 +19,7 @@ impl Dispatcher {
         let mut check_cancels = true;
         let mut idle_since: Option<Instant> = None;
         loop {
-            self.write_pending()?;
+            self.write_pending(self.stopping.is_none() && recovered)?;
             if !recovered {
                 // What a predecessor left running is settled before anything is claimed.
                 recovered = self.recover()?;
@@ -194,24 +194,36 @@ impl Dispatcher {
         self.reported = problems;
     }
 
-    /// Claims as many due jobs as there are free slots and starts them.
-    pub(super) fn claim(&mut self) -> Result<(), DispatcherError> {
+    /// How many jobs it may claim now: its free slots, or none while the store or the workers
+    /// are in trouble or ended attempts wait to be settled.
+    fn free_to_claim(&self) -> usize {
         let free = self
             .settings
             .dispatcher
             .slots
             .saturating_sub(self.running.len());
+        if free == 0 || !self.trouble.may_claim() || !self.unsettled.is_empty() {
+            return 0;
+        }
+        free
+    }
+
+    /// Claims as many due jobs as there are free slots and starts them.
+    pub(super) fn claim(&mut self) -> Result<(), DispatcherError> {
+        let free = self.free_to_claim();
         if free == 0 {
             return Ok(());
         }
         let owner = self.owner;
-        if !self.trouble.may_claim() || !self.unsettled.is_empty() {
-            return Ok(());
-        }
         let Some(claimed) = self.store("claim jobs", |s| s.claim(owner, now_millis(), free))?
         else {
             return Ok(());
         };
+        self.start_claimed(claimed)
+    }
+
+    /// Starts the jobs a claim gave, each in a slot.
+    fn start_claimed(&mut self, claimed: Vec<JobRecord>) -> Result<(), DispatcherError> {
         Trouble::recovered(&mut self.trouble.workers, "Starting workers");
         let quarantined = self.store.take_quarantined();
         for job in &quarantined {
@@ -430,6 +442,16 @@ impl Dispatcher {
             }
             other => other,
         };
+        self.judge(what, writes, result)
+    }
+
+    /// What [`Dispatcher::call_store`] makes of the `result` of a call to `what`.
+    pub(super) fn judge<T>(
+        &mut self,
+        what: &str,
+        writes: bool,
+        result: Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
         match result {
             Ok(value) => {
                 if writes {
@@ -457,9 +479,10 @@ impl Dispatcher {
     /// workers waiting at their gate, all recorded in one call and then let start (or told
     /// not to, for an attempt the store no longer holds running); then the ended attempts,
     /// all settled in one call, in order, each reported ([`Dispatcher::settled`]) only once
-    /// the store has committed it. What the store does not take stays held, in order, for the
-    /// next try.
-    pub(super) fn write_pending(&mut self) -> Result<(), DispatcherError> {
+    /// the store has committed it, and with `may_claim` the jobs due claimed into the slots
+    /// they free in the same call ([`Store::settle_and_claim`]: one commit on PostgreSQL).
+    /// What the store does not take stays held, in order, for the next try.
+    pub(super) fn write_pending(&mut self, may_claim: bool) -> Result<(), DispatcherError> {
         let due = self
             .trouble
             .store
@@ -519,9 +542,19 @@ impl Dispatcher {
             } else {
                 "settle attempts"
             };
-            let settled = self.store(what, |s| s.settle_many(&items))?;
+            let free = if may_claim { self.free_to_claim() } else { 0 };
+            let owner = self.owner;
+            let answer = if free > 0 {
+                self.store(what, |s| {
+                    s.settle_and_claim(&items, owner, now_millis(), free)
+                })?
+                .map(|both| (both.settled, Some(both.claimed)))
+            } else {
+                self.store(what, |s| s.settle_many(&items))?
+                    .map(|settled| (settled, None))
+            };
             drop(items);
-            let Some(settled) = settled else {
+            let Some((settled, claimed)) = answer else {
                 self.unsettled = ended;
                 return Ok(());
             };
@@ -529,6 +562,11 @@ impl Dispatcher {
                 // False: settled by somebody else (a rescuer) first.
                 if settled {
                     self.settled(done)?;
+                }
+            }
+            if let Some(claimed) = claimed {
+                if let Some(claimed) = self.judge("claim jobs", true, claimed)? {
+                    self.start_claimed(claimed)?;
                 }
             }
         }

@@ -122,6 +122,16 @@ pub(super) enum Failure {
     Store(StoreError),
 }
 
+impl Failure {
+    /// The same failure, met while a write of a single statement ran (which commits by itself).
+    pub(super) fn committing(self) -> Self {
+        match self {
+            Self::Pg(e) => Self::Commit(e),
+            other => other,
+        }
+    }
+}
+
 impl From<::postgres::Error> for Failure {
     fn from(e: ::postgres::Error) -> Self {
         Self::Pg(e)

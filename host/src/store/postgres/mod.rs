@@ -47,8 +47,8 @@ use super::{
     },
     Amended, Attempt, AttemptEnd, CancelOutcome, Cutoff, DispatcherId,
     DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Listener,
-    Millis, NewJob, Next, Pruned, Quarantined, Settlement, StartedAttempt, Stats, Store,
-    StoreError,
+    Millis, NewJob, Next, Pruned, Quarantined, SettledAndClaimed, Settlement, StartedAttempt,
+    Stats, Store, StoreError,
 };
 use connection::*;
 pub use listener::{PgListener, Wake};
