@@ -89,6 +89,16 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "trace", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "nest", "env", "clock", "console", "say_and_fail"]
 "#;
 
+/// The runner this run of the suite starts workers with: `JOBHOST_RUNNER`, which every
+/// `jobhost` a test runs inherits (`scripts/test` runs the tests of workers, queue and recovery
+/// once more with `exec`), else the default.
+pub fn runner() -> jobhost::config::settings::Runner {
+    std::env::var("JOBHOST_RUNNER")
+        .ok()
+        .and_then(|name| jobhost::config::settings::Runner::parse(&name))
+        .unwrap_or(jobhost::config::settings::Runner::DEFAULT)
+}
+
 /// The settings of every test installation: everything under its root, a short kill grace so
 /// stopped jobs end quickly, two slots, a dispatcher that leaves soon after its work, and no
 /// dashboard (tests that want one enable it on a free port).
@@ -263,8 +273,15 @@ impl Host {
             config: Some(self.root().join("jobhost.toml")),
             ..Default::default()
         };
+        // Only the runner comes from the environment (the suite runs once per runner), as it
+        // does for the `jobhost` commands a test runs.
+        let runner = |name: &str| {
+            (name == "JOBHOST_RUNNER")
+                .then(|| std::env::var(name).ok())
+                .flatten()
+        };
         let settings =
-            jobhost::config::settings::Settings::resolve_with(&overrides, self.root(), |_| None)
+            jobhost::config::settings::Settings::resolve_with(&overrides, self.root(), runner)
                 .unwrap();
         jobhost::Client::new(settings).unwrap()
     }
@@ -330,6 +347,17 @@ impl Host {
             .into_iter()
             .filter(|(pid, cmd)| cmd.contains(&marker) && alive(*pid))
             .collect()
+    }
+
+    /// The live fork server (`jobhost __zygote`) of this installation's dispatcher: the one
+    /// whose command line names its state directory.
+    #[cfg(target_os = "linux")]
+    pub fn zygote(&self) -> Option<u32> {
+        let state_dir = self.state_dir().to_string_lossy().into_owned();
+        processes_matching("__zygote")
+            .into_iter()
+            .find(|(pid, cmd)| cmd.contains(&state_dir) && alive(*pid))
+            .map(|(pid, _)| pid)
     }
 
     /// Starts `jobhost serve` with the dashboard on a free loopback port (settings `extra`
@@ -400,20 +428,26 @@ impl Host {
         )
     }
 
-    /// Every attempt directory's files for job `job_id`: attempt number → (output, report).
+    /// Every attempt directory's files for job `job_id`: attempt number → (output, empty when
+    /// it printed nothing, and report).
     pub fn attempts(&self, job_id: &str) -> BTreeMap<u32, (String, Option<Value>)> {
         let dir = self.state_dir().join("attempts").join(job_id);
         let mut attempts = BTreeMap::new();
         for entry in fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if let Some(n) = name.strip_suffix(".out") {
-                let n: u32 = n.parse().unwrap();
-                let output = fs::read_to_string(dir.join(&name)).unwrap();
-                let report = fs::read(dir.join(format!("{n}.report.json")))
-                    .ok()
-                    .map(|bytes| serde_json::from_slice(&bytes).unwrap());
-                attempts.insert(n, (output, report));
-            }
+            // An attempt that printed nothing has no output file.
+            let Some(n) = name
+                .strip_suffix(".out")
+                .or_else(|| name.strip_suffix(".report.json"))
+            else {
+                continue;
+            };
+            let n: u32 = n.parse().unwrap();
+            let output = fs::read_to_string(dir.join(format!("{n}.out"))).unwrap_or_default();
+            let report = fs::read(dir.join(format!("{n}.report.json")))
+                .ok()
+                .map(|bytes| serde_json::from_slice(&bytes).unwrap());
+            attempts.insert(n, (output, report));
         }
         attempts
     }
@@ -602,6 +636,22 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Kills process `pid` with SIGKILL (`kill -9`) and waits (generously) until it is gone: dead
+/// and reaped, or a zombie whose parent has not reaped it yet.
+#[cfg(target_os = "linux")]
+pub fn kill_9(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    wait_for(
+        &format!("process {pid} to die"),
+        Duration::from_secs(30),
+        || (!alive(pid)).then_some(()),
+    );
 }
 
 /// Fields of `/proc/PID/stat` after the command name: (state, ppid, pgrp, session, tty_nr).

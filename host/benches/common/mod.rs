@@ -27,7 +27,7 @@ use jobhost::{
     },
     runner::{
         jobhost_program,
-        supervisor::{run_attempt, AttemptSpec},
+        supervisor::{run_attempt, AttemptSpec, Spawner},
     },
     store::{JobId, JobState},
     Client, Job,
@@ -199,6 +199,8 @@ pub struct AttemptRunner<'a> {
     plugin: PathBuf,
     /// Never cancelled.
     cancel: Arc<CancelToken>,
+    /// Starts the workers as the settings' `dispatcher.runner` says.
+    spawner: Spawner,
 }
 
 impl<'a> AttemptRunner<'a> {
@@ -208,6 +210,7 @@ impl<'a> AttemptRunner<'a> {
             settings,
             plugin: settings.plugin_dir.join(PLUGIN_FILE),
             cancel: CancelToken::new().context("cannot create a cancel token")?,
+            spawner: Spawner::new(settings),
         })
     }
 
@@ -233,8 +236,14 @@ impl<'a> AttemptRunner<'a> {
             timeout: Duration::from_secs(60),
             allowlist: &allowlist,
         };
-        let record = run_attempt(self.settings, &spec, &self.cancel, &mut |_| true)
-            .with_context(|| format!("attempt of job {job_id} could not run"))?;
+        let record = run_attempt(
+            self.settings,
+            &self.spawner,
+            &spec,
+            &self.cancel,
+            &mut |_| true,
+        )
+        .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match record.outcome {
             Outcome::Ok(result) => Ok(result),
             outcome => {

@@ -24,6 +24,10 @@ pub const INSPECT_SUBCOMMAND: &str = "__inspect";
 /// The hidden subcommand the inspector runs to load the file and list its classes.
 pub const LOAD_SUBCOMMAND: &str = "__inspect-load";
 
+/// The hidden subcommand that runs the fork server, which forks a worker for each request
+/// the dispatcher sends it (`runner = "fork"`).
+pub const ZYGOTE_SUBCOMMAND: &str = "__zygote";
+
 /// Host → worker: run one attempt of one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRequest {
@@ -48,8 +52,9 @@ pub struct WorkerRequest {
     pub allowlist_file: Option<PathBuf>,
     /// Where to write the [`WorkerReport`].
     pub report: PathBuf,
-    /// The named pipe the worker's stdout and stderr are connected to, which it keeps open
-    /// for reading so that its output survives a restart of its supervisor.
+    /// What the worker opens for reading and keeps open, so that its output survives a
+    /// restart of its supervisor: its own stdout pipe (`/proc/self/fd/1` on Linux; see
+    /// `platform::HELD_OUTPUT`).
     #[serde(default)]
     pub output: Option<PathBuf>,
     /// Whether the worker must wait for its supervisor's go-ahead on stdin before it loads
