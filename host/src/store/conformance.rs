@@ -15,7 +15,7 @@ use serde_json::json;
 use super::{
     Amended, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
     DispatcherRecord, ErrorClass, Finished, JobId, JobState, ListFilter, NewJob, Next, Pruned,
-    Store, StoreError, StoreLocation,
+    Settlement, StartedAttempt, Store, StoreError, StoreLocation,
 };
 use crate::job::{JobSpec, Priority};
 
@@ -1225,6 +1225,274 @@ pub fn a_lost_attempt_whose_report_turns_up_moves_its_job_on_only_while_it_still
     assert_eq!(attempts[0].outcome.as_deref(), Some("ok"));
 }
 
+fn worker(pid: u32) -> AttemptStart {
+    AttemptStart {
+        pid,
+        plugin_hash: format!("hash-{pid}"),
+        output_path: format!("/state/attempts/{pid}/output").into(),
+    }
+}
+
+fn started(id: JobId, attempt: u32, start: &AttemptStart) -> StartedAttempt<'_> {
+    StartedAttempt { id, attempt, start }
+}
+
+fn settlement<'a>(id: JobId, attempt: u32, end: &'a AttemptEnd, next: &'a Next) -> Settlement<'a> {
+    Settlement {
+        id,
+        attempt,
+        end,
+        next,
+    }
+}
+
+pub fn batched_starts_record_each_unsettled_attempt_and_refuse_the_others(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let jobs: Vec<NewJob> = (0..3).map(|_| new_job("A", Priority::Normal, 0)).collect();
+    let ids = s.enqueue(&jobs, 1000).unwrap();
+    assert_eq!(s.claim(me, 1000, 2).unwrap().len(), 2);
+    assert!(s.settle(ids[1], 1, &end("lost", 1100), &Next::Retry(5000)).unwrap());
+    assert_eq!(s.attempts_started(&[]).unwrap(), Vec::<bool>::new(), "an empty batch");
+
+    let (first, again, other) = (worker(101), worker(102), worker(103));
+    let recorded = s
+        .attempts_started(&[
+            started(ids[0], 1, &first),
+            started(ids[1], 1, &other),  // settled already
+            started(ids[2], 1, &other),  // never claimed
+            started(999_999, 1, &other), // no such job
+            started(ids[0], 2, &other),  // an attempt number it never claimed
+            started(ids[0], 1, &again),  // the same attempt again: the later start holds
+        ])
+        .unwrap();
+    assert_eq!(recorded, [true, false, false, false, false, true]);
+    let (_, attempts) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (
+            attempts[0].pid,
+            attempts[0].plugin_hash.as_deref(),
+            attempts[0].output_path.as_deref()
+        ),
+        (
+            Some(102),
+            Some("hash-102"),
+            Some(std::path::Path::new("/state/attempts/102/output"))
+        )
+    );
+    let (_, attempts) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!(
+        (attempts[0].pid, attempts[0].plugin_hash.as_deref()),
+        (None, None),
+        "a settled attempt gets no worker"
+    );
+    let (queued, attempts) = s.job(ids[2]).unwrap().unwrap();
+    assert_eq!((queued.state, queued.attempts, attempts.len()), (JobState::Queued, 0, 0));
+    assert!(s.job(999_999).unwrap().is_none(), "nothing made up");
+    assert!(!s.attempt_started(ids[1], 1, &other).unwrap(), "one at a time alike");
+    assert!(s.attempt_started(ids[0], 1, &first).unwrap());
+}
+
+pub fn batched_settles_settle_each_running_attempt_once_and_refuse_the_others(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let jobs: Vec<NewJob> = (0..4).map(|_| new_job("A", Priority::Normal, 0)).collect();
+    let ids = s.enqueue(&jobs, 1000).unwrap();
+    assert_eq!(s.claim(me, 1000, 3).unwrap().len(), 3);
+    assert_eq!(s.settle_many(&[]).unwrap(), Vec::<bool>::new(), "an empty batch");
+
+    let (ok, failed, cancelled) = (end("ok", 1300), end("error", 1300), end("cancelled", 1300));
+    let (complete, retry, fail, cancel) = (
+        Next::Complete(json!({"n": 1})),
+        Next::Retry(1800),
+        Next::Fail,
+        Next::Cancel,
+    );
+    let batch = [
+        settlement(ids[0], 1, &ok, &complete),
+        settlement(ids[1], 1, &failed, &retry),
+        settlement(ids[0], 1, &failed, &fail), // the same attempt again
+        settlement(ids[3], 1, &ok, &complete), // never claimed
+        settlement(999_999, 1, &ok, &complete), // no such job
+        settlement(ids[2], 2, &ok, &complete), // an attempt number it never claimed
+        settlement(ids[2], 1, &cancelled, &cancel),
+    ];
+    let settled = s.settle_many(&batch).unwrap();
+    assert_eq!(settled, [true, true, false, false, false, false, true]);
+
+    let (done, attempts) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.result, done.finished_at),
+        (JobState::Completed, Some(json!({"n": 1})), Some(1300)),
+        "the first item for an attempt settles it"
+    );
+    assert_eq!(
+        (attempts[0].outcome.as_deref(), attempts[0].finished_at),
+        (Some("ok"), Some(1300))
+    );
+    let (retrying, attempts) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!(
+        (retrying.state, retrying.run_at, retrying.last_error.as_deref()),
+        (JobState::Scheduled, 1800, Some("error happened"))
+    );
+    assert_eq!(attempts[0].outcome.as_deref(), Some("error"));
+    let (stopped, attempts) = s.job(ids[2]).unwrap().unwrap();
+    assert_eq!((stopped.state, attempts.len()), (JobState::Cancelled, 1));
+    assert_eq!(attempts[0].outcome.as_deref(), Some("cancelled"));
+    let (queued, attempts) = s.job(ids[3]).unwrap().unwrap();
+    assert_eq!((queued.state, queued.attempts, attempts.len()), (JobState::Queued, 0, 0));
+    assert!(s.job(999_999).unwrap().is_none(), "nothing made up");
+
+    assert_eq!(
+        s.settle_many(&batch).unwrap(),
+        [false; 7],
+        "settled once: the same batch again changes nothing"
+    );
+    assert_eq!(s.job(ids[0]).unwrap().unwrap().0.state, JobState::Completed);
+
+    // One job named at two attempt numbers: only its current attempt settles, and the old
+    // one's record stays as it was.
+    let again = s.claim(me, 1800, 5).unwrap();
+    assert_eq!(again.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(), [(ids[3], 1), (ids[1], 2)]);
+    let timed_out = end("timed out", 1900);
+    let settled = s
+        .settle_many(&[
+            settlement(ids[1], 1, &ok, &complete),
+            settlement(ids[1], 2, &timed_out, &fail),
+        ])
+        .unwrap();
+    assert_eq!(settled, [false, true]);
+    let (failed_job, attempts) = s.job(ids[1]).unwrap().unwrap();
+    assert_eq!((failed_job.state, failed_job.finished_at), (JobState::Failed, Some(1900)));
+    assert_eq!(
+        attempts.iter().map(|a| a.outcome.clone().unwrap()).collect::<Vec<_>>(),
+        ["error", "timed out"]
+    );
+    assert_eq!(s.unfinished().unwrap(), 1, "only the job claimed last still runs");
+}
+
+pub fn concurrent_batched_settles_settle_each_attempt_once(b: &dyn Backend) {
+    const JOBS: usize = 40;
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let jobs: Vec<NewJob> = (0..JOBS).map(|_| new_job("A", Priority::Normal, 0)).collect();
+    let ids = s.enqueue(&jobs, 1000).unwrap();
+    assert_eq!(s.claim(me, 1000, JOBS).unwrap().len(), JOBS);
+    let barrier = Arc::new(Barrier::new(2));
+    let settlers: Vec<_> = (0..2i64)
+        .map(|n| {
+            let mut s = b.connect();
+            let barrier = Arc::clone(&barrier);
+            // One in the order of the ids, one in reverse: a rescuer and a slow owner.
+            let mut order = ids.clone();
+            if n == 1 {
+                order.reverse();
+            }
+            std::thread::spawn(move || {
+                let outcome = end(if n == 0 { "ok" } else { "lost" }, 2000 + n);
+                let next = Next::Complete(json!(n));
+                let batch: Vec<Settlement<'_>> = order
+                    .iter()
+                    .map(|&id| settlement(id, 1, &outcome, &next))
+                    .collect();
+                barrier.wait();
+                let settled = s.settle_many(&batch).unwrap();
+                order.into_iter().zip(settled).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut by_whom = std::collections::HashMap::new();
+    for (n, settler) in settlers.into_iter().enumerate() {
+        for (id, settled) in settler.join().unwrap() {
+            if settled {
+                assert!(by_whom.insert(id, n as i64).is_none(), "job {id} settled twice");
+            }
+        }
+    }
+    assert_eq!(by_whom.len(), JOBS, "every job settled once");
+    for id in ids {
+        let (job, attempts) = s.job(id).unwrap().unwrap();
+        let n = by_whom[&id];
+        assert_eq!(job.state, JobState::Completed);
+        assert_eq!(job.result, Some(json!(n)), "job {id} has its settler's result");
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].finished_at, Some(2000 + n), "and its settler's attempt");
+    }
+}
+
+pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend) {
+    let mut s = b.connect();
+    let me = register(&mut *s);
+    let jobs: Vec<NewJob> = (0..4).map(|_| new_job("A", Priority::Normal, 0)).collect();
+    let ids = s.enqueue(&jobs, 1000).unwrap();
+    assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, ids[0]);
+    let (ok, complete) = (end("ok", 1100), Next::Complete(json!(1)));
+
+    let both = s
+        .settle_and_claim(
+            &[
+                settlement(ids[0], 1, &ok, &complete),
+                settlement(ids[0], 1, &ok, &complete),
+                settlement(999_999, 1, &ok, &complete),
+            ],
+            me,
+            1100,
+            2,
+        )
+        .unwrap();
+    assert_eq!(both.settled, [true, false, false]);
+    let claimed: Vec<(JobId, u32)> = both
+        .claimed
+        .unwrap()
+        .iter()
+        .map(|j| (j.id, j.attempts))
+        .collect();
+    assert_eq!(claimed, [(ids[1], 1), (ids[2], 1)]);
+    assert_eq!(s.job(ids[0]).unwrap().unwrap().0.state, JobState::Completed);
+    assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Running);
+
+    // A claim refused once the settles are stored: they stand.
+    let both = s
+        .settle_and_claim(&[settlement(ids[1], 1, &ok, &complete)], me + 1000, 1200, 2)
+        .unwrap();
+    assert_eq!(both.settled, [true]);
+    assert!(
+        matches!(both.claimed, Err(StoreError::NotRegistered(id)) if id == me + 1000),
+        "{:?}",
+        both.claimed
+    );
+    assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Completed);
+    assert_eq!(s.job(ids[3]).unwrap().unwrap().0.state, JobState::Queued);
+
+    // A due row that must be quarantined: the settle stands, the row is quarantined and the
+    // claim goes on.
+    let bad = one_job(&mut *s, "bad");
+    b.execute(&format!("UPDATE jobs SET params = '{{not json' WHERE id = {bad}"));
+    let both = s
+        .settle_and_claim(&[settlement(ids[2], 1, &ok, &complete)], me, 1300, 5)
+        .unwrap();
+    assert_eq!(both.settled, [true]);
+    let claimed: Vec<JobId> = both.claimed.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(claimed, [ids[3]]);
+    assert_eq!(
+        s.take_quarantined().iter().map(|q| q.id).collect::<Vec<_>>(),
+        [bad]
+    );
+    assert_eq!(s.job(ids[2]).unwrap().unwrap().0.state, JobState::Completed);
+    assert_eq!(s.job(bad).unwrap().unwrap().0.state, JobState::Failed);
+
+    // Nothing to settle, or nothing to claim: each alone.
+    let both = s.settle_and_claim(&[], me, 1400, 5).unwrap();
+    assert!(both.settled.is_empty() && both.claimed.unwrap().is_empty());
+    let both = s
+        .settle_and_claim(&[settlement(ids[3], 1, &ok, &complete)], me, 1400, 0)
+        .unwrap();
+    assert_eq!(both.settled, [true]);
+    assert!(both.claimed.unwrap().is_empty());
+    assert_eq!(s.unfinished().unwrap(), 0);
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -1253,6 +1521,10 @@ macro_rules! conformance_suite {
             a_job_whose_row_cannot_be_read_is_listed_and_shown_with_its_problem,
             retry_renews_only_a_budget_the_store_can_hold_and_read_back,
             a_lost_attempt_whose_report_turns_up_moves_its_job_on_only_while_it_still_waits,
+            batched_starts_record_each_unsettled_attempt_and_refuse_the_others,
+            batched_settles_settle_each_running_attempt_once_and_refuse_the_others,
+            concurrent_batched_settles_settle_each_attempt_once,
+            settle_and_claim_settles_then_claims_into_the_freed_slots,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

@@ -261,6 +261,40 @@ pub struct AttemptStart {
     pub output_path: PathBuf,
 }
 
+/// One claimed attempt's worker to record ([`Store::attempts_started`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StartedAttempt<'a> {
+    /// The job.
+    pub id: JobId,
+    /// The attempt number the claim gave it.
+    pub attempt: u32,
+    /// Its worker.
+    pub start: &'a AttemptStart,
+}
+
+/// One ended attempt to settle ([`Store::settle_many`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settlement<'a> {
+    /// The job.
+    pub id: JobId,
+    /// The attempt number.
+    pub attempt: u32,
+    /// How it ended.
+    pub end: &'a AttemptEnd,
+    /// What becomes of the job.
+    pub next: &'a Next,
+}
+
+/// What [`Store::settle_and_claim`] did.
+#[derive(Debug)]
+pub struct SettledAndClaimed {
+    /// For each settlement, whether it was settled, as [`Store::settle_many`] answers.
+    pub settled: Vec<bool>,
+    /// The jobs claimed, as [`Store::claim`] answers, or why none were: the settles are
+    /// stored either way.
+    pub claimed: Result<Vec<JobRecord>, StoreError>,
+}
+
 /// How an attempt ended, to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptEnd {
@@ -615,23 +649,73 @@ pub trait Store: Send {
         limit: usize,
     ) -> Result<Vec<JobRecord>, StoreError>;
 
-    /// Records the worker of a claimed attempt.
+    /// Records the workers of claimed attempts, all in one transaction (group commit: a
+    /// dispatcher records every worker waiting at its gate at once). Returns, for each item in
+    /// order, whether it was recorded: false, changing nothing for it, when the store holds no
+    /// such attempt unsettled — no such job, an attempt number it never claimed, or an attempt
+    /// settled already (rescued as lost while its worker waited at its gate: that worker must
+    /// not start, its job may run elsewhere). Items are applied in order, so an attempt named
+    /// twice holds the later start, and both answers are true. An empty batch does nothing.
+    fn attempts_started(&mut self, started: &[StartedAttempt<'_>]) -> Result<Vec<bool>, StoreError>;
+
+    /// Records the worker of one claimed attempt: [`Store::attempts_started`] of one item. For
+    /// tests: the dispatcher records its workers in batches.
+    #[cfg(test)]
     fn attempt_started(
         &mut self,
         id: JobId,
         attempt: u32,
         start: &AttemptStart,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError> {
+        let recorded = self.attempts_started(&[StartedAttempt { id, attempt, start }])?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
 
-    /// Records how attempt `attempt` ended and moves the job on. Returns false, changing
-    /// nothing, when the job is not running that attempt any more (it was settled already).
+    /// Settles ended attempts, all in one transaction (group commit): for each item in order,
+    /// records how the attempt ended and moves its job on. Returns, for each item, whether it
+    /// was settled: false, changing nothing for it, when its job is not running that attempt
+    /// (no such job, an old attempt number, an attempt settled already — by someone else, or
+    /// by an earlier item of this batch naming the same attempt). One item refused so never
+    /// fails the others; an error means none was settled. An empty batch does nothing.
+    fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError>;
+
+    /// Settles `settlements` as [`Store::settle_many`] does, then claims up to `limit` due jobs
+    /// for `owner` as [`Store::claim`] does: what a dispatcher does once attempts ended, with
+    /// one commit for both where that saves one (PostgreSQL; on SQLite a commit costs no
+    /// flush, and they are two transactions). An error means nothing was settled or claimed;
+    /// a claim that failed once the settles were stored (a dispatcher no longer registered)
+    /// fails in [`SettledAndClaimed::claimed`].
+    fn settle_and_claim(
+        &mut self,
+        settlements: &[Settlement<'_>],
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<SettledAndClaimed, StoreError> {
+        let settled = self.settle_many(settlements)?;
+        let claimed = self.claim(owner, now, limit);
+        Ok(SettledAndClaimed { settled, claimed })
+    }
+
+    /// Records how attempt `attempt` ended and moves the job on: [`Store::settle_many`] of one
+    /// item. Returns false, changing nothing, when the job is not running that attempt any
+    /// more (it was settled already). For tests: the dispatcher settles in batches.
+    #[cfg(test)]
     fn settle(
         &mut self,
         id: JobId,
         attempt: u32,
         end: &AttemptEnd,
         next: &Next,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let settled = self.settle_many(&[Settlement {
+            id,
+            attempt,
+            end,
+            next,
+        }])?;
+        Ok(settled.first().copied().unwrap_or(false))
+    }
 
     /// The attempts settled `lost` whose jobs are still stored, each with its job: the ones a
     /// report may still turn up for (a dispatcher rescued while its workers ran on).

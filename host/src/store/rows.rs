@@ -372,6 +372,29 @@ impl NewRow {
     }
 }
 
+/// For a backend that writes a batch of attempts in one statement, where each row can be
+/// written once: which items of the batch to write, by index, one per attempt `keys` names —
+/// the first item naming it or, with `last`, the last (what applying them in order leaves).
+/// They come in the order of their attempts, so that concurrent batches lock rows in one
+/// order.
+pub(super) fn one_per_attempt(keys: &[(JobId, u32)], last: bool) -> Vec<usize> {
+    let mut chosen: std::collections::HashMap<(JobId, u32), usize> =
+        std::collections::HashMap::with_capacity(keys.len());
+    for (index, key) in keys.iter().enumerate() {
+        chosen
+            .entry(*key)
+            .and_modify(|i| {
+                if last {
+                    *i = index;
+                }
+            })
+            .or_insert(index);
+    }
+    let mut indices: Vec<usize> = chosen.into_values().collect();
+    indices.sort_unstable_by_key(|&i| keys[i]);
+    indices
+}
+
 /// What settling an attempt writes into its job.
 pub(super) struct Settled {
     pub state: JobState,

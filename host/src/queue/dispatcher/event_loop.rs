@@ -19,7 +19,7 @@ impl Dispatcher {
         let mut check_cancels = true;
         let mut idle_since: Option<Instant> = None;
         loop {
-            self.retry_deferred()?;
+            self.write_pending(self.stopping.is_none() && recovered)?;
             if !recovered {
                 // What a predecessor left running is settled before anything is claimed.
                 recovered = self.recover()?;
@@ -53,7 +53,9 @@ impl Dispatcher {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
             };
-            // Handle everything that is waiting before touching the store again.
+            // Handle everything that is waiting before touching the store again: the workers
+            // spawned and the attempts ended meanwhile are written together at the top of the
+            // loop (group commit), one call for the starts and one for the settles.
             let pending: Vec<Event> = first.into_iter().chain(self.events.try_iter()).collect();
             for event in pending {
                 check_cancels |= self.handle(event)?;
@@ -131,7 +133,7 @@ impl Dispatcher {
                 attempt,
                 start,
                 go,
-            } => self.spawned(id, attempt, start, go)?,
+            } => self.spawned(id, attempt, start, go),
             Event::PluginsChanged => {
                 self.plugins.reload();
                 self.collect_snapshots()?;
@@ -192,24 +194,36 @@ impl Dispatcher {
         self.reported = problems;
     }
 
-    /// Claims as many due jobs as there are free slots and starts them.
-    pub(super) fn claim(&mut self) -> Result<(), DispatcherError> {
+    /// How many jobs it may claim now: its free slots, or none while the store or the workers
+    /// are in trouble or ended attempts wait to be settled.
+    fn free_to_claim(&self) -> usize {
         let free = self
             .settings
             .dispatcher
             .slots
             .saturating_sub(self.running.len());
+        if free == 0 || !self.trouble.may_claim() || !self.unsettled.is_empty() {
+            return 0;
+        }
+        free
+    }
+
+    /// Claims as many due jobs as there are free slots and starts them.
+    pub(super) fn claim(&mut self) -> Result<(), DispatcherError> {
+        let free = self.free_to_claim();
         if free == 0 {
             return Ok(());
         }
         let owner = self.owner;
-        if !self.trouble.may_claim() || !self.unsettled.is_empty() {
-            return Ok(());
-        }
         let Some(claimed) = self.store("claim jobs", |s| s.claim(owner, now_millis(), free))?
         else {
             return Ok(());
         };
+        self.start_claimed(claimed)
+    }
+
+    /// Starts the jobs a claim gave, each in a slot.
+    fn start_claimed(&mut self, claimed: Vec<JobRecord>) -> Result<(), DispatcherError> {
         Trouble::recovered(&mut self.trouble.workers, "Starting workers");
         let quarantined = self.store.take_quarantined();
         for job in &quarantined {
@@ -266,50 +280,27 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Records a spawned worker, then lets it start: an attempt counts only once its worker
-    /// is on record, so one whose dispatcher died before this point is known never to have
-    /// run ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its
-    /// gate, and is recorded and let go once the store answers.
-    pub(super) fn spawned(
-        &mut self,
-        id: JobId,
-        attempt: u32,
-        mut start: AttemptStart,
-        go: GoAhead<Key>,
-    ) -> Result<(), DispatcherError> {
+    /// A worker was spawned and waits at its gate: it is recorded, then let start, with the
+    /// others waiting, once the loop has taken in every pending event
+    /// ([`Dispatcher::write_pending`]). An attempt counts only once its worker is on record, so
+    /// one whose dispatcher died before this point is known never to have run
+    /// ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its gate,
+    /// and is recorded and let go once the store answers.
+    pub(super) fn spawned(&mut self, id: JobId, attempt: u32, mut start: AttemptStart, go: GoAhead<Key>) {
         if let Some(running) = self.running.get(&id) {
             start.plugin_hash.clone_from(&running.plugin_hash);
         }
-        let waiting = Unrecorded {
+        self.unrecorded.push(Unrecorded {
             id,
             attempt,
             start,
             go,
-        };
-        if !self.unrecorded.is_empty() {
-            self.unrecorded.push(waiting);
-            return Ok(());
-        }
-        match self.store("record a worker", |s| {
-            s.attempt_started(id, attempt, &waiting.start)
-        }) {
-            Ok(Some(())) => {
-                let _ = waiting.go.send(true);
-                Ok(())
-            }
-            Ok(None) => {
-                self.unrecorded.push(waiting);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = waiting.go.send(false);
-                Err(e)
-            }
-        }
+        });
     }
 
-    /// An attempt ended: decides what follows ([`lifecycle`]) and settles it, or holds the
-    /// settling until the store takes it.
+    /// An attempt ended: decides what follows ([`lifecycle`]) and holds it to settle, with
+    /// the other attempts ended meanwhile, once the loop has taken in every pending event
+    /// ([`Dispatcher::write_pending`]).
     pub(super) fn finished(
         &mut self,
         id: JobId,
@@ -397,7 +388,7 @@ impl Dispatcher {
             record: Some(record),
             plugin_hash: running.plugin_hash,
         });
-        self.retry_deferred()
+        Ok(())
     }
 
     /// Removes the plugin snapshots nothing needs any more: not active, not the version of a
@@ -466,6 +457,16 @@ impl Dispatcher {
             }
             other => other,
         };
+        self.judge(what, writes, result)
+    }
+
+    /// What [`Dispatcher::call_store`] makes of the `result` of a call to `what`.
+    pub(super) fn judge<T>(
+        &mut self,
+        what: &str,
+        writes: bool,
+        result: Result<T, StoreError>,
+    ) -> Result<Option<T>, DispatcherError> {
         match result {
             Ok(value) => {
                 if writes {
@@ -489,9 +490,14 @@ impl Dispatcher {
         }
     }
 
-    /// Retries what the store did not take while it was in trouble, once its retry is due:
-    /// first the pids of workers waiting at their gate, then the attempts to settle, in order.
-    pub(super) fn retry_deferred(&mut self) -> Result<(), DispatcherError> {
+    /// Writes what waits for the store, once its retry is due if it is in trouble: first the
+    /// workers waiting at their gate, all recorded in one call and then let start (or told
+    /// not to, for an attempt the store no longer holds running); then the ended attempts,
+    /// all settled in one call, in order, each reported ([`Dispatcher::settled`]) only once
+    /// the store has committed it, and with `may_claim` the jobs due claimed into the slots
+    /// they free in the same call ([`Store::settle_and_claim`]: one commit on PostgreSQL).
+    /// What the store does not take stays held, in order, for the next try.
+    pub(super) fn write_pending(&mut self, may_claim: bool) -> Result<(), DispatcherError> {
         let due = self
             .trouble
             .store
@@ -500,29 +506,83 @@ impl Dispatcher {
         if !due {
             return Ok(());
         }
-        while let Some(waiting) = self.unrecorded.first() {
-            let (id, attempt, start) = (waiting.id, waiting.attempt, waiting.start.clone());
-            if self
-                .store("record a worker", |s| {
-                    s.attempt_started(id, attempt, &start)
-                })?
-                .is_none()
-            {
-                return Ok(());
-            }
-            let _ = self.unrecorded.remove(0).go.send(true);
-        }
-        while let Some(first) = self.unsettled.first() {
-            let (id, attempt, end, next) = (first.job.id, first.attempt, &first.end, &first.next);
-            let (end, next) = (end.clone(), next.clone());
-            let Some(settled) =
-                self.store("settle an attempt", |s| s.settle(id, attempt, &end, &next))?
-            else {
+        if !self.unrecorded.is_empty() {
+            let waiting = std::mem::take(&mut self.unrecorded);
+            let items: Vec<StartedAttempt<'_>> = waiting
+                .iter()
+                .map(|w| StartedAttempt {
+                    id: w.id,
+                    attempt: w.attempt,
+                    start: &w.start,
+                })
+                .collect();
+            let what = if items.len() == 1 {
+                "record a worker"
+            } else {
+                "record workers"
+            };
+            // On a fatal error the senders are dropped: no worker starts.
+            let recorded = self.store(what, |s| s.attempts_started(&items))?;
+            drop(items);
+            let Some(recorded) = recorded else {
+                self.unrecorded = waiting;
                 return Ok(());
             };
-            let done = self.unsettled.remove(0);
-            if settled {
-                self.settled(done)?;
+            for (waiting, recorded) in waiting.into_iter().zip(recorded) {
+                if !recorded {
+                    tracing::warn!(
+                        "Attempt {} of job {} is no longer running in the job database (its \
+                         dispatcher was taken for dead and its jobs rescued): its worker does \
+                         not start",
+                        waiting.attempt,
+                        waiting.id
+                    );
+                }
+                let _ = waiting.go.send(recorded);
+            }
+        }
+        if !self.unsettled.is_empty() {
+            let ended = std::mem::take(&mut self.unsettled);
+            let items: Vec<Settlement<'_>> = ended
+                .iter()
+                .map(|u| Settlement {
+                    id: u.job.id,
+                    attempt: u.attempt,
+                    end: &u.end,
+                    next: &u.next,
+                })
+                .collect();
+            let what = if items.len() == 1 {
+                "settle an attempt"
+            } else {
+                "settle attempts"
+            };
+            let free = if may_claim { self.free_to_claim() } else { 0 };
+            let owner = self.owner;
+            let answer = if free > 0 {
+                self.store(what, |s| {
+                    s.settle_and_claim(&items, owner, now_millis(), free)
+                })?
+                .map(|both| (both.settled, Some(both.claimed)))
+            } else {
+                self.store(what, |s| s.settle_many(&items))?
+                    .map(|settled| (settled, None))
+            };
+            drop(items);
+            let Some((settled, claimed)) = answer else {
+                self.unsettled = ended;
+                return Ok(());
+            };
+            for (done, settled) in ended.into_iter().zip(settled) {
+                // False: settled by somebody else (a rescuer) first.
+                if settled {
+                    self.settled(done)?;
+                }
+            }
+            if let Some(claimed) = claimed {
+                if let Some(claimed) = self.judge("claim jobs", true, claimed)? {
+                    self.start_claimed(claimed)?;
+                }
             }
         }
         Ok(())

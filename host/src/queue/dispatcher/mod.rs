@@ -9,7 +9,10 @@
 //! The loop sleeps until the next event or the next scheduled `run_at`; the heartbeat wakes it
 //! at least once a second, so a job whose ring was lost still starts within about a second.
 //! Every attempt's end is decided by [`crate::queue::lifecycle::decide`] and applied by
-//! [`Store::settle`]; the dispatcher makes no decision of its own.
+//! [`Store::settle_many`]; the dispatcher makes no decision of its own. It writes in groups:
+//! the workers spawned and the attempts ended during one round of events are recorded in one
+//! store call and settled in one more, and an attempt is reported (logged, its followers rung)
+//! only once the store has committed its settling.
 //!
 //! One dispatcher serves a state directory at a time (a lock file); a second one exits at once,
 //! unless the one holding it was started on demand and the second was not: then the first
@@ -67,7 +70,8 @@ use crate::{
     },
     store::{
         now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
-        DispatcherRecord, JobId, JobRecord, Listener, Maintenance, Millis, Next, Store, StoreError,
+        DispatcherRecord, JobId, JobRecord, Listener, Maintenance, Millis, Next, Settlement,
+        StartedAttempt, Store, StoreError,
     },
 };
 

@@ -34,7 +34,7 @@ impl Dispatcher {
         let Some(running) = self.read("list running jobs", |s| s.running())? else {
             return Ok(false);
         };
-        let mut changed = false;
+        let mut unwatched = Vec::new();
         for (job, attempt) in running {
             // Its own, ended or not, whose settling it may still hold.
             let known = self.running.contains_key(&job.id)
@@ -57,8 +57,9 @@ impl Dispatcher {
                 continue;
             };
             let transition = lifecycle::decide(&job, ending, job.cancel_requested, now);
-            changed |= self.settle_unwatched(&job, attempt.attempt, transition, now)?;
+            unwatched.push((job, attempt.attempt, transition));
         }
+        let changed = self.settle_unwatched(unwatched, now)?;
         for dead in expired {
             if self.store("deregister a dispatcher", |s| s.deregister(dead.id))? == Some(true) {
                 tracing::warn!(
@@ -86,36 +87,59 @@ impl Dispatcher {
         Ok(changed)
     }
 
-    /// Settles attempt `number` of `job`, which no dispatcher is watching, as [`lifecycle`]
-    /// decided (lost, or not started). Returns false if somebody settled it first.
+    /// Settles attempts no dispatcher is watching — each `(job, number, transition)` as
+    /// [`lifecycle`] decided (lost, or not started) — in one call. Returns whether it settled
+    /// any: one settled by somebody else first is left alone, and all are looked at again at
+    /// the next look if the store did not answer.
     pub(super) fn settle_unwatched(
         &mut self,
-        job: &JobRecord,
-        number: u32,
-        transition: Transition,
+        unwatched: Vec<(JobRecord, u32, Transition)>,
         now: Millis,
     ) -> Result<bool, DispatcherError> {
-        let Transition {
-            outcome,
-            error,
-            next,
-        } = transition;
-        let reason = error.unwrap_or_default();
-        let end = AttemptEnd {
-            finished_at: now,
-            outcome,
-            error: Some(reason.clone()),
-            output_bytes: 0,
-        };
-        let id = job.id;
-        let settled = self.store("settle an attempt", |s| s.settle(id, number, &end, &next))?;
-        if settled != Some(true) {
-            // Settled by somebody else, or to be tried again at the next look.
+        if unwatched.is_empty() {
             return Ok(false);
         }
-        log_next(job, number, &next, &reason, now);
-        notify_waiters(&self.paths.waiters, id);
-        Ok(true)
+        let ends: Vec<(JobRecord, u32, AttemptEnd, Next)> = unwatched
+            .into_iter()
+            .map(|(job, number, transition)| {
+                let Transition {
+                    outcome,
+                    error,
+                    next,
+                } = transition;
+                let end = AttemptEnd {
+                    finished_at: now,
+                    outcome,
+                    error: Some(error.unwrap_or_default()),
+                    output_bytes: 0,
+                };
+                (job, number, end, next)
+            })
+            .collect();
+        let items: Vec<Settlement<'_>> = ends
+            .iter()
+            .map(|(job, number, end, next)| Settlement {
+                id: job.id,
+                attempt: *number,
+                end,
+                next,
+            })
+            .collect();
+        let settled = self.store("settle unwatched attempts", |s| s.settle_many(&items))?;
+        drop(items);
+        let Some(settled) = settled else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for ((job, number, end, next), settled) in ends.iter().zip(settled) {
+            if settled {
+                let reason = end.error.as_deref().unwrap_or_default();
+                log_next(job, *number, next, reason, now);
+                notify_waiters(&self.paths.waiters, job.id);
+                changed = true;
+            }
+        }
+        Ok(changed)
     }
 
     /// This dispatcher's registration is gone: the others took it for dead and rescued its

@@ -122,6 +122,16 @@ pub(super) enum Failure {
     Store(StoreError),
 }
 
+impl Failure {
+    /// The same failure, met while a write of a single statement ran (which commits by itself).
+    pub(super) fn committing(self) -> Self {
+        match self {
+            Self::Pg(e) => Self::Commit(e),
+            other => other,
+        }
+    }
+}
+
 impl From<::postgres::Error> for Failure {
     fn from(e: ::postgres::Error) -> Self {
         Self::Pg(e)
@@ -266,6 +276,28 @@ impl Session {
     ) -> Result<T, Failure> {
         let tx = self.client.transaction()?;
         within(tx, &mut self.statements, op)
+    }
+
+    /// Like [`Session::transaction`], but `op` may give up: `None` rolls the transaction back.
+    pub(super) fn transaction_or_rollback<T>(
+        &mut self,
+        op: impl FnOnce(&mut Prepared<'_, Transaction<'_>>) -> Result<Option<T>, Failure>,
+    ) -> Result<Option<T>, Failure> {
+        let mut tx = self.client.transaction()?;
+        let value = op(&mut Prepared {
+            client: &mut tx,
+            statements: &mut self.statements,
+        })?;
+        match value {
+            Some(value) => {
+                tx.commit().map_err(Failure::Commit)?;
+                Ok(Some(value))
+            }
+            None => {
+                tx.rollback()?;
+                Ok(None)
+            }
+        }
     }
 
     /// Runs the reads of `op` on one snapshot.

@@ -7,6 +7,202 @@ pub(super) fn job_from_row(row: &Row) -> Result<JobRecord, StoreError> {
     Ok(job_at(row, 0))
 }
 
+/// What [`fast_claim`] found.
+enum FastClaim {
+    /// These jobs, claimed.
+    Claimed(Vec<JobRecord>),
+    /// Nothing: the owner is not registered.
+    NotRegistered,
+    /// A due row that must be looked at before it is claimed (it may have to be quarantined):
+    /// roll back, and claim checking each row first.
+    CheckEach,
+}
+
+/// Claims up to `limit` due jobs for `owner` in one statement, on the transaction `tx`.
+///
+/// Most claims find only rows jobhost wrote: one statement checks the owner's registration,
+/// locks the due jobs, claims them and records their attempts, and the claim stands if every
+/// claimed row reads back as it should. A share lock on the owner's row: a concurrent
+/// deregister waits for this claim, then sees its attempts, and a claim after it sees the row
+/// gone.
+fn fast_claim(
+    tx: &mut Prepared<'_, Transaction<'_>>,
+    owner: DispatcherId,
+    now: Millis,
+    limit: i64,
+) -> Result<FastClaim, Failure> {
+    let sql = format!(
+        "WITH owner AS (SELECT id FROM dispatchers WHERE id = $3 FOR KEY SHARE), \
+         due AS (SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') AND run_at <= $1 \
+             AND EXISTS (SELECT 1 FROM owner) \
+             ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+             UPDATE jobs j SET state = 'running', attempts = j.attempts + 1, \
+             started_at = COALESCE(j.started_at, $1) FROM due WHERE j.id = due.id \
+             RETURNING j.*), \
+         recorded AS ( \
+             INSERT INTO attempts (job_id, attempt, started_at, dispatcher) \
+             SELECT id, attempts, $1, $3 FROM claimed) \
+         SELECT r.registered, {} FROM (SELECT EXISTS (SELECT 1 FROM owner) AS registered) r \
+         LEFT JOIN claimed c ON TRUE ORDER BY c.priority DESC, c.run_at, c.id",
+        prefixed(JOB_COLUMNS, "c")
+    );
+    let rows = match tx.query(&sql, &[&now, &limit, &owner]) {
+        Ok(rows) => rows,
+        // A row the statement cannot claim (a data exception: a count out of range).
+        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+            return Ok(FastClaim::CheckEach)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if !get::<bool>(row, 0)? {
+            return Ok(FastClaim::NotRegistered);
+        }
+        if get::<Option<i64>>(row, 1)?.is_none() {
+            continue;
+        }
+        let job = job_at(row, 1);
+        // Claimable before (see `rows::unclaimable`) is: reads back whole once claimed, with
+        // one more attempt than it had.
+        if job.problem.is_some() || job.attempts > crate::job::MAX_ATTEMPTS {
+            return Ok(FastClaim::CheckEach);
+        }
+        jobs.push(job);
+    }
+    Ok(FastClaim::Claimed(jobs))
+}
+
+/// Settlements as one statement settles them: one array per column, each attempt once, by its
+/// first item (a later one finds it settled, as it would one call later).
+struct SettleBatch<'a> {
+    keys: Vec<(JobId, u32)>,
+    written: Vec<usize>,
+    ids: Vec<i64>,
+    attempts: Vec<i64>,
+    ended_at: Vec<i64>,
+    outcomes: Vec<&'a str>,
+    errors: Vec<Option<&'a str>>,
+    output_bytes: Vec<i64>,
+    states: Vec<&'static str>,
+    run_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    results: Vec<Option<String>>,
+    extra: Vec<i64>,
+}
+
+impl<'a> SettleBatch<'a> {
+    fn new(settlements: &[Settlement<'a>]) -> Self {
+        let keys: Vec<(JobId, u32)> = settlements.iter().map(|s| (s.id, s.attempt)).collect();
+        let written = rows::one_per_attempt(&keys, false);
+        let mut batch = Self {
+            keys,
+            ids: Vec::with_capacity(written.len()),
+            attempts: Vec::with_capacity(written.len()),
+            ended_at: Vec::with_capacity(written.len()),
+            outcomes: Vec::with_capacity(written.len()),
+            errors: Vec::with_capacity(written.len()),
+            output_bytes: Vec::with_capacity(written.len()),
+            states: Vec::with_capacity(written.len()),
+            run_at: Vec::with_capacity(written.len()),
+            finished_at: Vec::with_capacity(written.len()),
+            results: Vec::with_capacity(written.len()),
+            extra: Vec::with_capacity(written.len()),
+            written,
+        };
+        for &i in &batch.written {
+            let Settlement {
+                id,
+                attempt,
+                end,
+                next,
+            } = settlements[i];
+            let settled = Settled::of(end, next);
+            batch.ids.push(id);
+            batch.attempts.push(i64::from(attempt));
+            batch.ended_at.push(end.finished_at);
+            batch.outcomes.push(&end.outcome);
+            batch.errors.push(end.error.as_deref());
+            batch
+                .output_bytes
+                .push(i64::try_from(end.output_bytes).unwrap_or(i64::MAX));
+            batch.states.push(settled.state.as_str());
+            batch.run_at.push(settled.run_at);
+            batch.finished_at.push(settled.finished_at);
+            batch.results.push(settled.result);
+            batch.extra.push(settled.extra_attempts);
+        }
+        batch
+    }
+
+    /// Settles the batch in one statement on `client`; returns the attempts it settled.
+    ///
+    /// The jobs are locked first, in the order of their ids, so that concurrent batches (a
+    /// rescuer's and a slow owner's) wait for each other rather than deadlock. A job moves on
+    /// only while it runs that attempt (a concurrent settler's update is waited for, and the
+    /// condition checked again on what it left); the attempt is recorded for the jobs that
+    /// moved, which their update returns.
+    fn run<C: GenericClient>(
+        &self,
+        client: &mut Prepared<'_, C>,
+    ) -> Result<HashSet<(JobId, u32)>, Failure> {
+        let rows = client.query(
+            "WITH i AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], \
+             $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], \
+             $9::bigint[], $10::text[], $11::bigint[]) AS i (job_id, attempt, ended_at, \
+             outcome, error, output_bytes, state, run_at, finished_at, result, extra)), \
+             locked AS (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' \
+             ORDER BY id FOR UPDATE), \
+             moved AS (UPDATE jobs j SET state = i.state, \
+             run_at = COALESCE(i.run_at, j.run_at), finished_at = i.finished_at, \
+             last_error = COALESCE(i.error, j.last_error), result = i.result, \
+             max_attempts = j.max_attempts + i.extra FROM i JOIN locked l ON l.id = i.job_id \
+             WHERE j.id = i.job_id AND j.state = 'running' AND j.attempts = i.attempt \
+             RETURNING j.id AS job_id, j.attempts AS attempt), \
+             recorded AS (UPDATE attempts a SET finished_at = i.ended_at, \
+             outcome = i.outcome, error = i.error, output_bytes = i.output_bytes \
+             FROM moved m JOIN i ON i.job_id = m.job_id AND i.attempt = m.attempt \
+             WHERE a.job_id = m.job_id AND a.attempt = m.attempt) \
+             SELECT job_id, attempt FROM moved",
+            &[
+                &self.ids,
+                &self.attempts,
+                &self.ended_at,
+                &self.outcomes,
+                &self.errors,
+                &self.output_bytes,
+                &self.states,
+                &self.run_at,
+                &self.finished_at,
+                &self.results,
+                &self.extra,
+            ],
+        )?;
+        Ok(rows
+            .iter()
+            .map(attempt_key)
+            .collect::<Result<HashSet<_>, _>>()?)
+    }
+
+    /// Each settlement's answer, given the attempts the statement settled.
+    fn answers(&self, settled: &HashSet<(JobId, u32)>) -> Vec<bool> {
+        let mut answers = vec![false; self.keys.len()];
+        for &i in &self.written {
+            answers[i] = settled.contains(&self.keys[i]);
+        }
+        answers
+    }
+}
+
+/// The job and attempt number in the first two columns of `row`.
+fn attempt_key(row: &Row) -> Result<(JobId, u32), StoreError> {
+    let attempt: i64 = get(row, 1)?;
+    let attempt = u32::try_from(attempt)
+        .map_err(|_| StoreError::Query(format!("attempt number {attempt} is out of range")))?;
+    Ok((get(row, 0)?, attempt))
+}
+
 impl Store for PostgresStore {
     fn enqueue(&mut self, jobs: &[NewJob], now: Millis) -> Result<Vec<JobId>, StoreError> {
         if jobs.is_empty() {
@@ -66,6 +262,16 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let claimed = self.run(|session| {
+            session.transaction_or_rollback(|tx| match fast_claim(tx, owner, now, limit)? {
+                FastClaim::Claimed(jobs) => Ok(Some(jobs)),
+                FastClaim::NotRegistered => Err(StoreError::NotRegistered(owner).into()),
+                FastClaim::CheckEach => Ok(None),
+            })
+        })?;
+        if let Some(jobs) = claimed {
+            return Ok(jobs);
+        }
         // The due jobs are read whole and locked first, so that a row that cannot be read is
         // quarantined before anything is claimed, then the readable ones are claimed.
         let due_sql = format!(
@@ -128,82 +334,99 @@ impl Store for PostgresStore {
         Ok(jobs)
     }
 
-    fn attempt_started(
-        &mut self,
-        id: JobId,
-        attempt: u32,
-        start: &AttemptStart,
-    ) -> Result<(), StoreError> {
-        let output_path = start.output_path.to_string_lossy().into_owned();
-        self.run(|session| {
+    fn attempts_started(&mut self, started: &[StartedAttempt<'_>]) -> Result<Vec<bool>, StoreError> {
+        if started.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<(JobId, u32)> = started.iter().map(|s| (s.id, s.attempt)).collect();
+        // One statement, so one round trip and one commit: each attempt once, its last start.
+        let written = rows::one_per_attempt(&keys, true);
+        let column = |f: fn(&StartedAttempt<'_>) -> i64| -> Vec<i64> {
+            written.iter().map(|&i| f(&started[i])).collect()
+        };
+        let (ids, attempts, pids) = (
+            column(|s| s.id),
+            column(|s| i64::from(s.attempt)),
+            column(|s| i64::from(s.start.pid)),
+        );
+        let hashes: Vec<&str> = written
+            .iter()
+            .map(|&i| started[i].start.plugin_hash.as_str())
+            .collect();
+        let paths: Vec<String> = written
+            .iter()
+            .map(|&i| started[i].start.output_path.to_string_lossy().into_owned())
+            .collect();
+        let recorded = self.run(|session| {
             session
                 .direct()
-                .execute(
-                    "UPDATE attempts SET pid = $3, plugin_hash = $4, output_path = $5 \
-                 WHERE job_id = $1 AND attempt = $2",
-                    &[
-                        &id,
-                        &i64::from(attempt),
-                        &i64::from(start.pid),
-                        &start.plugin_hash,
-                        &output_path,
-                    ],
+                .query(
+                    "UPDATE attempts a SET pid = i.pid, plugin_hash = i.plugin_hash, \
+                     output_path = i.output_path \
+                     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
+                     AS i (job_id, attempt, pid, plugin_hash, output_path) \
+                     WHERE a.job_id = i.job_id AND a.attempt = i.attempt AND a.finished_at IS NULL \
+                     RETURNING a.job_id, a.attempt",
+                    &[&ids, &attempts, &pids, &hashes, &paths],
                 )
-                .map_err(Failure::Commit)?;
-            Ok(())
-        })
+                .map_err(Failure::Commit)?
+                .iter()
+                .map(attempt_key)
+                .collect::<Result<HashSet<_>, _>>()
+                .map_err(Failure::Store)
+        })?;
+        Ok(keys.iter().map(|key| recorded.contains(key)).collect())
     }
 
-    fn settle(
+    fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError> {
+        if settlements.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement, so one round trip and one commit.
+        let batch = SettleBatch::new(settlements);
+        let settled = self.run(|session| batch.run(&mut session.direct()).map_err(Failure::committing))?;
+        Ok(batch.answers(&settled))
+    }
+
+    fn settle_and_claim(
         &mut self,
-        id: JobId,
-        attempt: u32,
-        end: &AttemptEnd,
-        next: &Next,
-    ) -> Result<bool, StoreError> {
-        let attempt = i64::from(attempt);
-        let settled = Settled::of(end, next);
-        let output_bytes = i64::try_from(end.output_bytes).unwrap_or(i64::MAX);
-        self.run(|session| {
-            session.transaction(|tx| {
-                // Locked: a second settler waits here, then finds the attempt settled.
-                let running = tx.query_opt(
-                    "SELECT 1 FROM jobs WHERE id = $1 AND state = 'running' AND attempts = $2 \
-                     FOR UPDATE",
-                    &[&id, &attempt],
-                )?;
-                if running.is_none() {
-                    return Ok(false);
-                }
-                tx.execute(
-                    "UPDATE attempts SET finished_at = $3, outcome = $4, error = $5, \
-                     output_bytes = $6 WHERE job_id = $1 AND attempt = $2",
-                    &[
-                        &id,
-                        &attempt,
-                        &end.finished_at,
-                        &end.outcome,
-                        &end.error,
-                        &output_bytes,
-                    ],
-                )?;
-                tx.execute(
-                    "UPDATE jobs SET state = $2, run_at = COALESCE($3, run_at), finished_at = $4, \
-                     last_error = COALESCE($5, last_error), result = $6, \
-                     max_attempts = max_attempts + $7 WHERE id = $1",
-                    &[
-                        &id,
-                        &settled.state.as_str(),
-                        &settled.run_at,
-                        &settled.finished_at,
-                        &end.error,
-                        &settled.result,
-                        &settled.extra_attempts,
-                    ],
-                )?;
-                Ok(true)
+        settlements: &[Settlement<'_>],
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<SettledAndClaimed, StoreError> {
+        if settlements.is_empty() || limit == 0 {
+            let settled = self.settle_many(settlements)?;
+            let claimed = self.claim(owner, now, limit);
+            return Ok(SettledAndClaimed { settled, claimed });
+        }
+        // Both statements in one transaction: one commit.
+        let batch = SettleBatch::new(settlements);
+        let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+        let done = self.run(|session| {
+            session.transaction_or_rollback(|tx| {
+                let settled = batch.run(tx)?;
+                Ok(match fast_claim(tx, owner, now, wanted)? {
+                    FastClaim::Claimed(jobs) => Some((settled, Ok(jobs))),
+                    FastClaim::NotRegistered => {
+                        Some((settled, Err(StoreError::NotRegistered(owner))))
+                    }
+                    FastClaim::CheckEach => None,
+                })
             })
-        })
+        })?;
+        match done {
+            Some((settled, claimed)) => Ok(SettledAndClaimed {
+                settled: batch.answers(&settled),
+                claimed,
+            }),
+            // A due row the claim must look at first: all rolled back, and done one by one.
+            None => {
+                let settled = self.settle_many(settlements)?;
+                let claimed = self.claim(owner, now, limit);
+                Ok(SettledAndClaimed { settled, claimed })
+            }
+        }
     }
 
     fn cancel(&mut self, id: JobId, now: Millis) -> Result<CancelOutcome, StoreError> {

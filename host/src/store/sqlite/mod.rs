@@ -31,9 +31,10 @@ use super::{
         self, attempt_at, dispatcher_at, job_at, prefixed, BadColumn, Columns, NewRow, Settled,
         ATTEMPT_COLUMNS, JOB_COLUMNS, JOB_COLUMN_COUNT, SELECT_DISPATCHERS,
     },
-    Amended, Attempt, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId,
+    Amended, Attempt, AttemptEnd, CancelOutcome, Cutoff, DispatcherId,
     DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter,
-    Maintenance, Millis, NewJob, Next, Pruned, Quarantined, Stats, Store, StoreError,
+    Maintenance, Millis, NewJob, Next, Pruned, Quarantined, Settlement, StartedAttempt, Stats,
+    Store, StoreError,
 };
 use connection::*;
 use maintenance::*;

@@ -262,82 +262,91 @@ impl Store for SqliteStore {
         Ok(jobs)
     }
 
-    fn attempt_started(
-        &mut self,
-        id: JobId,
-        attempt: u32,
-        start: &AttemptStart,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
-                 WHERE job_id = ?1 AND attempt = ?2",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    id,
-                    attempt,
-                    start.pid,
-                    start.plugin_hash,
-                    start.output_path.to_string_lossy()
-                ])
-            })
-            .map_err(query)?;
-        Ok(())
+    fn attempts_started(&mut self, started: &[StartedAttempt<'_>]) -> Result<Vec<bool>, StoreError> {
+        if started.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tx = self.immediate()?;
+        let mut recorded = Vec::with_capacity(started.len());
+        {
+            let mut record = tx
+                .prepare_cached(
+                    "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
+                     WHERE job_id = ?1 AND attempt = ?2 AND finished_at IS NULL",
+                )
+                .map_err(query)?;
+            for item in started {
+                let changed = record
+                    .execute(params![
+                        item.id,
+                        item.attempt,
+                        item.start.pid,
+                        item.start.plugin_hash,
+                        item.start.output_path.to_string_lossy()
+                    ])
+                    .map_err(query)?;
+                recorded.push(changed == 1);
+            }
+        }
+        tx.commit().map_err(query)?;
+        Ok(recorded)
     }
 
-    fn settle(
-        &mut self,
-        id: JobId,
-        attempt: u32,
-        end: &AttemptEnd,
-        next: &Next,
-    ) -> Result<bool, StoreError> {
-        let tx = self.immediate()?;
-        let running: bool = tx
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND attempts = ?2)",
-            )
-            .and_then(|mut s| s.query_row(params![id, attempt], |r| r.get(0)))
-            .map_err(query)?;
-        if !running {
-            return Ok(false);
+    fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError> {
+        if settlements.is_empty() {
+            return Ok(Vec::new());
         }
-        tx.prepare_cached(
-            "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, output_bytes = ?6 \
-             WHERE job_id = ?1 AND attempt = ?2",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                id,
-                attempt,
-                end.finished_at,
-                end.outcome,
-                end.error,
-                end.output_bytes as i64
-            ])
-        })
-        .map_err(query)?;
-        let settled = Settled::of(end, next);
-        tx.prepare_cached(
-            "UPDATE jobs SET state = ?2, run_at = COALESCE(?3, run_at), finished_at = ?4, \
-             last_error = COALESCE(?5, last_error), result = ?6, max_attempts = max_attempts + ?7 \
-             WHERE id = ?1",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                id,
-                settled.state.as_str(),
-                settled.run_at,
-                settled.finished_at,
-                end.error,
-                settled.result,
-                settled.extra_attempts
-            ])
-        })
-        .map_err(query)?;
+        let tx = self.immediate()?;
+        let mut done = Vec::with_capacity(settlements.len());
+        {
+            // The job moves on only while it runs that attempt; the attempt is recorded only
+            // then. An earlier item for the same attempt leaves it no longer running.
+            let mut move_job = tx
+                .prepare_cached(
+                    "UPDATE jobs SET state = ?3, run_at = COALESCE(?4, run_at), finished_at = ?5, \
+                     last_error = COALESCE(?6, last_error), result = ?7, \
+                     max_attempts = max_attempts + ?8 \
+                     WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+                )
+                .map_err(query)?;
+            let mut record = tx
+                .prepare_cached(
+                    "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, \
+                     output_bytes = ?6 WHERE job_id = ?1 AND attempt = ?2",
+                )
+                .map_err(query)?;
+            for item in settlements {
+                let (end, settled) = (item.end, Settled::of(item.end, item.next));
+                let moved = move_job
+                    .execute(params![
+                        item.id,
+                        item.attempt,
+                        settled.state.as_str(),
+                        settled.run_at,
+                        settled.finished_at,
+                        end.error,
+                        settled.result,
+                        settled.extra_attempts
+                    ])
+                    .map_err(query)?
+                    == 1;
+                if moved {
+                    record
+                        .execute(params![
+                            item.id,
+                            item.attempt,
+                            end.finished_at,
+                            end.outcome,
+                            end.error,
+                            i64::try_from(end.output_bytes).unwrap_or(i64::MAX)
+                        ])
+                        .map_err(query)?;
+                }
+                done.push(moved);
+            }
+        }
         tx.commit().map_err(query)?;
-        Ok(true)
+        Ok(done)
     }
 
     fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
