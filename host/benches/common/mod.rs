@@ -1,13 +1,20 @@
 //! What the benches share: their `main` and iteration counts, the fixture plugins and the
 //! scratch directory they set up installations in, no-op attempts run through the real attempt
-//! path ([`AttemptRunner`]) and timing them ([`measure`], [`measure_serial`], [`Measured`]),
-//! enqueueing through the Rust API ([`dispatch_in_batches`], [`enqueue_parked`]), installations
-//! and the `jobhost serve` they start ([`Installation`], [`Served`]).
+//! path ([`AttemptRunner`], with a [`Runner`]) and timing them ([`measure`], [`measure_serial`],
+//! [`Measured`]), the `/bin/true` floor ([`spawn_true`]), enqueueing through the Rust API
+//! ([`dispatch_in_batches`], [`enqueue_parked`]), installations and the `jobhost serve` they
+//! start ([`Installation`], [`Served`]). Beside it: [`cpu`] (CPU accounting from `/proc`),
+//! [`runs`] (drains, pickup latency, SQLite or PostgreSQL) and [`table`] (the final table's
+//! rows).
 //!
 //! It is a module of each bench (`pub mod common;`), not a bench target of its own: cargo
 //! takes only the files directly in `benches/` for targets. It is public in each, so that what
 //! only some benches use is not reported unused in the others; what only one bench needs
 //! stays in that bench.
+
+pub mod cpu;
+pub mod runs;
+pub mod table;
 
 use std::{
     path::{Path, PathBuf},
@@ -41,6 +48,25 @@ pub const PLUGIN_FILE: &str = "libmisbehave_fixture.so";
 pub const CLASS: &str = r"Tests\Misbehave";
 /// Its no-op method, returning `{"ok": true}`.
 pub const OK: &str = "ok";
+/// Its method returning the worker's clock when it ran (`{"unix_micros": N}`).
+pub const CLOCK: &str = "clock";
+/// The allowlist of the benches' installations: the fixture's `ok` and `clock`.
+pub const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
+/// The text of [`BASE_SETTINGS`], for `concat!`.
+macro_rules! base_settings {
+    () => {
+        "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
+         state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
+         dispatcher.slots = 2\ndispatcher.idle_exit = 600\n"
+    };
+}
+/// The `jobhost.toml` of the benches' installations, but for the store and the dashboard
+/// (`web.*`), which the caller adds.
+pub const BASE_SETTINGS: &str = base_settings!();
+/// [`BASE_SETTINGS`] without the dashboard, on SQLite.
+pub const SETTINGS: &str = concat!(base_settings!(), "web.enabled = false\n");
+/// The floor every spawn rate is compared with.
+pub const TRUE_PROGRAM: &str = "/bin/true";
 
 /// Runs the bench `bench` as its `main`: `run` gets whether cargo's `--bench` argument was
 /// given (without it, as under `cargo test --all-targets`, a bench makes a quick smoke run), and
@@ -190,6 +216,31 @@ pub fn install(
 
 // ----- attempts -----
 
+/// A way of spawning workers (issue 14's `[dispatcher] runner = "exec" | "fork"`): a worker
+/// exec'd for each attempt, or forked by a fork-server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// A fresh exec of the `jobhost` binary for each attempt.
+    Exec,
+    /// A child forked for each attempt by a fork-server exec'd once.
+    Fork,
+}
+
+impl Runner {
+    /// Both, exec first.
+    pub const ALL: [Runner; 2] = [Runner::Exec, Runner::Fork];
+    /// The environment variable a dispatcher reads it from.
+    pub const VAR: &'static str = "JOBHOST_RUNNER";
+
+    /// `exec` or `fork`, as the setting and the variable spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runner::Exec => "exec",
+            Runner::Fork => "fork",
+        }
+    }
+}
+
 /// Runs no-op attempts of the fixture plugin through the real attempt path, in worker
 /// processes of the release `jobhost` binary.
 pub struct AttemptRunner<'a> {
@@ -199,16 +250,29 @@ pub struct AttemptRunner<'a> {
     plugin: PathBuf,
     /// Never cancelled.
     cancel: Arc<CancelToken>,
+    /// The spawner asked for; `None` for the default.
+    runner: Option<Runner>,
 }
 
 impl<'a> AttemptRunner<'a> {
-    /// Runs attempts in the installation of `settings`.
+    /// Runs attempts in the installation of `settings`, with the default spawner.
     pub fn new(settings: &'a Settings) -> anyhow::Result<Self> {
+        Self::with_runner(settings, None)
+    }
+
+    /// Runs attempts in the installation of `settings` with `runner` (the default if `None`).
+    pub fn with_runner(settings: &'a Settings, runner: Option<Runner>) -> anyhow::Result<Self> {
         Ok(Self {
             settings,
             plugin: settings.plugin_dir.join(PLUGIN_FILE),
             cancel: CancelToken::new().context("cannot create a cancel token")?,
+            runner,
         })
+    }
+
+    /// The spawner it was asked to use.
+    pub fn runner(&self) -> Option<Runner> {
+        self.runner
     }
 
     /// One attempt of a no-op job of its own, as the dispatcher would run it.
@@ -233,6 +297,8 @@ impl<'a> AttemptRunner<'a> {
             timeout: Duration::from_secs(60),
             allowlist: &allowlist,
         };
+        // The benches' one call of run_attempt. When it takes the spawner (issue 14), pass
+        // `self.runner` here; until then every attempt is exec'd, whatever was asked.
         let record = run_attempt(self.settings, &spec, &self.cancel, &mut |_| true)
             .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match record.outcome {
@@ -333,6 +399,17 @@ pub fn measure_serial(
         latencies.push(began.elapsed());
     }
     Ok(Measured::new(started.elapsed(), latencies))
+}
+
+/// Spawns [`TRUE_PROGRAM`] and waits for it: the floor of every spawn rate.
+pub fn spawn_true() -> anyhow::Result<()> {
+    let status = Command::new(TRUE_PROGRAM)
+        .spawn()
+        .with_context(|| format!("cannot spawn {TRUE_PROGRAM}"))?
+        .wait()
+        .with_context(|| format!("cannot wait for {TRUE_PROGRAM}"))?;
+    ensure!(status.success(), "{TRUE_PROGRAM} ended with {status}");
+    Ok(())
 }
 
 // ----- enqueueing -----
@@ -524,6 +601,12 @@ impl Served {
     /// Starts the release `jobhost serve --slots 2` for `install` and waits until it answers
     /// its doorbell.
     pub fn start(install: &Installation) -> anyhow::Result<Self> {
+        Self::start_with(install, None)
+    }
+
+    /// [`Served::start`] with `runner` in its environment ([`Runner::VAR`]); a dispatcher that
+    /// does not know the variable ignores it.
+    pub fn start_with(install: &Installation, runner: Option<Runner>) -> anyhow::Result<Self> {
         let program = jobhost_program();
         let mut command = Command::new(&program);
         command
@@ -537,14 +620,22 @@ impl Served {
                 command.env_remove(name);
             }
         }
+        if let Some(runner) = runner {
+            command.env(Runner::VAR, runner.name());
+        }
         let started = Instant::now();
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {} serve", program.display()))?;
         println!(
-            "  dispatcher pid {} serving {}",
+            "  dispatcher pid {} serving {}{}",
             child.id(),
-            install.settings.state_dir.display()
+            install.settings.state_dir.display(),
+            runner.map_or(String::new(), |r| format!(
+                " ({}={})",
+                Runner::VAR,
+                r.name()
+            ))
         );
         let mut served = Self {
             child,
