@@ -58,7 +58,7 @@ use common::{
     bench_main, count,
     cpu::{thread_cpu, CpuMeter, CpuUse},
     cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture, jobhost_binary,
-    measure, ms, parked,
+    measure, ms, parked, parts,
     runs::{pickup_latency, wait_completed, Completed, Muted},
     table::{Bound, Row},
     warm_up, AttemptRunner, EnqueueCalls, Installation, Measured, Scratch, Served, ALLOWLIST,
@@ -84,28 +84,12 @@ fn main() -> ExitCode {
     bench_main(BENCH, run)
 }
 
-/// The parts to run: `QUEUE_PARTS`, a comma-separated list of 1 to 4; all by default.
-fn parts() -> anyhow::Result<Vec<u8>> {
-    let Ok(list) = std::env::var(PARTS_VAR) else {
-        return Ok(vec![1, 2, 3, 4]);
-    };
-    list.split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|n| (1..=4).contains(n))
-                .with_context(|| format!("{PARTS_VAR}={list:?}: expected parts 1 to 4, as 1,3"))
-        })
-        .collect()
-}
-
 fn run(bench_mode: bool) -> anyhow::Result<()> {
     let drain_jobs = count(bench_mode, DRAIN)?;
     let latency_jobs = count(bench_mode, LATENCY)?;
     let enqueue_jobs = count(bench_mode, ENQUEUE)?;
     let memory_jobs = count(bench_mode, MEMORY)?;
-    let parts = parts()?;
+    let parts = parts(PARTS_VAR, 4)?;
     let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
     let jobhost = jobhost_binary()?;
     let scratch = Scratch::create(

@@ -24,6 +24,7 @@
 //! | `SPEED_DRAIN_JOBS` | no-op jobs per drain | 5000 |
 //! | `SPEED_LATENCY_JOBS` | jobs dispatched one at a time per spawner for the pickup latency | 500 |
 //! | `SPEED_TABS` | dashboard tabs open during the last drain | 200 |
+//! | `SPEED_PARTS` | which parts to run, as `1,4`: raw attempts, drains, pickup latency, tabs | `1,2,3,4` |
 //! | `SPEED_KEEP` | set to keep the scratch directory (databases, logs, attempt files) | unset |
 //! | `SPEED_SCRATCH_DIR` | where the scratch directory goes (its file system matters) | temp dir |
 //!
@@ -95,7 +96,7 @@ use anyhow::{bail, ensure, Context as _};
 use common::{
     bench_main, count,
     cpu::CpuMeter,
-    cpus, find_fixture, jobhost_binary, measure, ms,
+    cpus, find_fixture, jobhost_binary, measure, ms, parts,
     runs::{drain, pickup_latency, Backend, Drain},
     spawn_true,
     table::{Bound, Row},
@@ -112,6 +113,7 @@ const ATTEMPTS: (&str, usize, usize) = ("SPEED_ATTEMPTS", 2000, 10);
 const DRAIN: (&str, usize, usize) = ("SPEED_DRAIN_JOBS", 5000, 30);
 const LATENCY: (&str, usize, usize) = ("SPEED_LATENCY_JOBS", 500, 5);
 const TABS: (&str, usize, usize) = ("SPEED_TABS", 200, 3);
+const PARTS_VAR: &str = "SPEED_PARTS";
 const KEEP_VAR: &str = "SPEED_KEEP";
 const SCRATCH_VAR: &str = "SPEED_SCRATCH_DIR";
 /// The dashboard's admin token in the installation with tabs open.
@@ -179,6 +181,29 @@ impl Report {
         });
     }
 
+    /// A figure whose target is `factor` times a figure measured before, `reference` (a
+    /// figure without a target if that was not measured: its part was not run).
+    #[allow(clippy::too_many_arguments)]
+    fn relative(
+        &mut self,
+        what: &str,
+        value: f64,
+        unit: &'static str,
+        kind: Kind,
+        reference: Option<f64>,
+        factor: f64,
+        goal: &'static str,
+    ) {
+        match reference {
+            Some(r) => self.target(what, value, unit, kind, Bound::AtLeast(factor * r), goal),
+            None => self.figures.push(Figure {
+                row: Row::info(what, value, unit),
+                kind,
+                goal,
+            }),
+        }
+    }
+
     fn noise(&mut self, what: &str, cores: f64) {
         self.noise.push((what.to_owned(), cores));
     }
@@ -190,6 +215,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let drain_jobs = count(bench_mode, DRAIN)?;
     let latency_jobs = count(bench_mode, LATENCY)?;
     let tabs = count(bench_mode, TABS)?;
+    let parts = parts(PARTS_VAR, 4)?;
     ensure!(
         Path::new(TRUE_PROGRAM).is_file(),
         "{TRUE_PROGRAM} not found; this benchmark needs it as the floor"
@@ -226,7 +252,10 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             attempt.run(&format!("warm-{t}-{i}"))
         })?;
     }
-    println!("\n[1] {spawns} spawns of {TRUE_PROGRAM}, then {attempts} raw attempts per spawner, two at a time");
+    println!(
+        "\n[1] {spawns} spawns of {TRUE_PROGRAM}, then {attempts} raw attempts per spawner, two \
+         at a time"
+    );
     let (floor, noise) = metered(|| measure(spawns, 2, |_, _| spawn_true()))?;
     let true_rate = floor.rate();
     println!("  {TRUE_PROGRAM}: {}", latencies(&floor, "spawns"));
@@ -237,15 +266,17 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         Kind::Rate,
     );
     report.noise(TRUE_PROGRAM, noise);
-    let mut raw_rate = [0.0; 2];
-    for (n, attempt) in runners.iter().enumerate() {
+    let mut raw_exec = None;
+    for attempt in runners.iter().filter(|_| parts.contains(&1)) {
         let name = runner_name(attempt.runner());
         let (m, noise) = metered(|| {
             measure(attempts, 2, |t, i| {
                 attempt.run(&format!("raw-{name}-{t}-{i}"))
             })
         })?;
-        raw_rate[n] = m.rate();
+        if attempt.runner() == Some(Runner::Exec) {
+            raw_exec = Some(m.rate());
+        }
         println!("  raw attempts, {name}: {}", latencies(&m, "attempts"));
         report.info(
             &format!("raw attempts, {name}, 2 at a time"),
@@ -258,9 +289,11 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     drop(runners);
 
     // ----- drains -----
-    println!("\n[2] drains of {drain_jobs} no-op jobs, 2 slots a dispatcher");
-    let mut sqlite = [0.0; 2];
-    for (n, runner) in Runner::ALL.into_iter().enumerate() {
+    if parts.contains(&2) {
+        println!("\n[2] drains of {drain_jobs} no-op jobs, 2 slots a dispatcher");
+    }
+    let mut sqlite_fork = None;
+    for runner in Runner::ALL.into_iter().filter(|_| parts.contains(&2)) {
         let label = format!("drain, SQLite, {}", runner.name());
         let installs = Backend::Sqlite.installations(
             &scratch.path,
@@ -271,15 +304,22 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         )?;
         let (d, ()) = drain(&installs, drain_jobs, Some(runner), |_| Ok(()), Ok)?;
         print_drain(&label, &d);
-        sqlite[n] = d.rate();
-        let (bound, goal) = match runner {
-            Runner::Exec => (
-                Bound::AtLeast(0.8 * raw_rate[0]),
-                ">= 0.8 x raw exec attempts",
-            ),
-            Runner::Fork => (Bound::AtLeast(1.2 * true_rate), ">= 1.2 x /bin/true"),
+        let (reference, factor, goal) = match runner {
+            Runner::Exec => (raw_exec, 0.8, ">= 0.8 x raw exec attempts"),
+            Runner::Fork => {
+                sqlite_fork = Some(d.rate());
+                (Some(true_rate), 1.2, ">= 1.2 x /bin/true")
+            }
         };
-        report.target(&label, d.rate(), "jobs/s", Kind::Rate, bound, goal);
+        report.relative(
+            &label,
+            d.rate(),
+            "jobs/s",
+            Kind::Rate,
+            reference,
+            factor,
+            goal,
+        );
         report.target(
             &format!("dispatcher CPU per job, SQLite, {}", runner.name()),
             d.per_job_ms(d.dispatchers_cpu),
@@ -296,12 +336,13 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         );
         report.noise(&label, d.other_cores);
     }
-    let mut postgres_one = 0.0;
-    for (runner, dispatchers) in [
+    let mut postgres_one = None;
+    let postgres_drains = [
         (Runner::Exec, 1),
         (Runner::Fork, 1),
         (DEFAULT_RUNNER, 2usize),
-    ] {
+    ];
+    for (runner, dispatchers) in postgres_drains.into_iter().filter(|_| parts.contains(&2)) {
         let label = format!(
             "drain, PostgreSQL, {}, {dispatchers} dispatcher{}",
             runner.name(),
@@ -319,23 +360,25 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         print_drain(&label, &d);
         match (runner, dispatchers) {
             (Runner::Fork, 1) => {
-                postgres_one = d.rate();
-                report.target(
+                postgres_one = Some(d.rate());
+                report.relative(
                     &label,
                     d.rate(),
                     "jobs/s",
                     Kind::Rate,
-                    Bound::AtLeast(0.5 * sqlite[1]),
+                    sqlite_fork,
+                    0.5,
                     ">= 0.5 x SQLite fork drain",
                 );
             }
             (_, 1) => report.info(&label, d.rate(), "jobs/s", Kind::Rate),
-            _ => report.target(
+            _ => report.relative(
                 &label,
                 d.rate(),
                 "jobs/s",
                 Kind::Rate,
-                Bound::AtLeast(postgres_one),
+                postgres_one,
+                1.0,
                 "> 1 PostgreSQL dispatcher",
             ),
         }
@@ -343,8 +386,10 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
 
     // ----- pickup latency -----
-    println!("\n[3] pickup latency: {latency_jobs} jobs one at a time into an idle dispatcher");
-    for runner in Runner::ALL {
+    if parts.contains(&3) {
+        println!("\n[3] pickup latency: {latency_jobs} jobs one at a time into an idle dispatcher");
+    }
+    for runner in Runner::ALL.into_iter().filter(|_| parts.contains(&3)) {
         let name = format!("latency-{}", runner.name());
         let l = pickup_latency(&scratch.path, &fixture, &name, latency_jobs, Some(runner))?;
         println!(
@@ -381,17 +426,19 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
 
     // ----- dashboard tabs -----
-    println!(
-        "\n[4] drains of {drain_jobs} no-op jobs with the dashboard on, SQLite, {}: nobody \
-         watching, then {tabs} tabs open",
-        DEFAULT_RUNNER.name()
-    );
+    if parts.contains(&4) {
+        println!(
+            "\n[4] drains of {drain_jobs} no-op jobs with the dashboard on, SQLite, {}: nobody \
+             watching, then {tabs} tabs open",
+            DEFAULT_RUNNER.name()
+        );
+    }
     let web = format!(
         "{BASE_SETTINGS}web.enabled = true\nweb.listen = \"127.0.0.1:0\"\n\
          web.admin_token = \"{TOKEN}\"\n"
     );
-    let mut without = 0.0;
-    for open in [0, tabs] {
+    let mut without = None;
+    for open in [0, tabs].into_iter().filter(|_| parts.contains(&4)) {
         let label = if open == 0 {
             "drain, dashboard on, no tabs".to_owned()
         } else {
@@ -414,7 +461,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         )?;
         print_drain(&label, &d);
         if open == 0 {
-            without = d.rate();
+            without = Some(d.rate());
             report.info(&label, d.rate(), "jobs/s", Kind::Rate);
         } else {
             println!(
@@ -426,12 +473,13 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
                 seen.failed,
                 d.bench_cpu / d.wall.as_secs_f64(),
             );
-            report.target(
+            report.relative(
                 &label,
                 d.rate(),
                 "jobs/s",
                 Kind::Rate,
-                Bound::AtLeast(0.9 * without),
+                without,
+                0.9,
                 ">= 0.9 x no tabs",
             );
             report.info(

@@ -97,6 +97,23 @@ pub fn count(bench_mode: bool, (var, bench, smoke): (&str, usize, usize)) -> any
     }
 }
 
+/// The parts of a bench to run: the environment variable `var`, a comma-separated list of
+/// numbers from 1 to `last`; all of them if it is not set.
+pub fn parts(var: &str, last: u8) -> anyhow::Result<Vec<u8>> {
+    let Ok(list) = std::env::var(var) else {
+        return Ok((1..=last).collect());
+    };
+    list.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=last).contains(n))
+                .with_context(|| format!("{var}={list:?}: expected parts 1 to {last}, as 1,3"))
+        })
+        .collect()
+}
+
 /// The number of CPUs this process may use, 0 if unknown.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
