@@ -24,7 +24,7 @@ use std::{
     path::{Path, PathBuf},
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     task::{Context, Poll},
@@ -75,13 +75,15 @@ fn body_limit(settings: &Settings) -> usize {
 
 /// The changes to the queue: counted as they happen by the dispatcher and by the dashboard's
 /// own actions ([`Changes::bump`]), and told to the open event streams at most once every
-/// [`events::TELL_EVERY`] by a task the dashboard runs ([`events::coalesce`]).
+/// [`events::gap`] by a task the dashboard runs ([`events::coalesce`]).
 #[derive(Clone)]
 pub struct Changes {
     /// Every change.
     counted: Arc<watch::Sender<u64>>,
     /// The changes as the event streams are told of them.
     told: Arc<watch::Sender<u64>>,
+    /// The event streams open.
+    streams: Arc<AtomicUsize>,
 }
 
 impl Default for Changes {
@@ -89,6 +91,7 @@ impl Default for Changes {
         Self {
             counted: Arc::new(watch::Sender::new(0)),
             told: Arc::new(watch::Sender::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -105,9 +108,9 @@ impl Changes {
         self.counted.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// The tells, for an event stream.
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.told.subscribe()
+    /// The tells, for an event stream, and its place among the open streams.
+    fn subscribe(&self) -> (watch::Receiver<u64>, events::Open) {
+        (self.told.subscribe(), events::Open::new(&self.streams))
     }
 
     /// The task that tells the streams of the changes counted from now on, until `stopping`.
@@ -115,7 +118,12 @@ impl Changes {
         &self,
         stopping: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        events::coalesce(self.counted.subscribe(), Arc::clone(&self.told), stopping)
+        events::coalesce(
+            self.counted.subscribe(),
+            Arc::clone(&self.told),
+            Arc::clone(&self.streams),
+            stopping,
+        )
     }
 }
 
