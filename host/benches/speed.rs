@@ -35,10 +35,11 @@
 //! **Spawners.** Each dispatcher this bench starts (`jobhost --config FILE serve --slots 2
 //! --idle-exit 600`, an installation of its own under the scratch directory) gets
 //! `JOBHOST_RUNNER=exec` or `JOBHOST_RUNNER=fork` in its environment, the variable of the
-//! `[dispatcher] runner` setting; a dispatcher that does not know the variable ignores it and
-//! runs its one spawner for both. Raw attempts are `jobhost::runner::supervisor::run_attempt`
-//! in this process ([`common::AttemptRunner`], the benches' one call of it); until it takes a
-//! spawner, both rows of raw attempts run the exec path.
+//! `dispatcher.runner` setting. Raw attempts are `jobhost::runner::supervisor::run_attempt` in
+//! this process ([`common::AttemptRunner`], the benches' one call of it) with a `Spawner` of
+//! either kind; a fork spawner's fork server is a child of this bench, started with the first
+//! attempt. The drains that are not about spawners (two PostgreSQL dispatchers, the dashboard)
+//! use the default, `fork` on Linux.
 //!
 //! **What is measured.**
 //! - *`/bin/true`*: spawn and wait, two threads back to back: the floor every ratio is to.
@@ -100,10 +101,10 @@ use common::{
     runs::{drain, pickup_latency, Backend, Drain},
     spawn_true,
     table::{Bound, Row},
-    AttemptRunner, Installation, Measured, Runner, Scratch, ALLOWLIST, BASE_SETTINGS, CLASS, NOISY,
-    OK, PLUGIN_FILE, SETTINGS, TRUE_PROGRAM,
+    AttemptRunner, Installation, Measured, Scratch, ALLOWLIST, BASE_SETTINGS, CLASS, NOISY, OK,
+    PLUGIN_FILE, RUNNERS, SETTINGS, TRUE_PROGRAM,
 };
-use jobhost::runner::child;
+use jobhost::{config::settings::Runner, runner::child};
 use serde_json::Value;
 
 const BENCH: &str = "speed";
@@ -120,8 +121,6 @@ const SCRATCH_VAR: &str = "SPEED_SCRATCH_DIR";
 const TOKEN: &str = "speed-bench-admin-token-0123456789";
 /// Where the dashboard's pages are.
 const PREFIX: &str = "/admin/background-jobs";
-/// The spawner of the drains that are not about spawners: the default on Linux.
-const DEFAULT_RUNNER: Runner = Runner::Fork;
 
 fn main() -> ExitCode {
     // The workers are the real jobhost binary; this one serves as one only if it is pointed at
@@ -241,7 +240,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
 
     // ----- the floor and raw attempts -----
     let raw = Installation::create(&scratch.path, "raw", &fixture, ALLOWLIST, SETTINGS)?;
-    let runners = Runner::ALL
+    let runners = RUNNERS
         .iter()
         .map(|&r| AttemptRunner::with_runner(&raw.settings, Some(r)))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -268,13 +267,13 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     report.noise(TRUE_PROGRAM, noise);
     let mut raw_exec = None;
     for attempt in runners.iter().filter(|_| parts.contains(&1)) {
-        let name = runner_name(attempt.runner());
+        let name = attempt.runner().as_str();
         let (m, noise) = metered(|| {
             measure(attempts, 2, |t, i| {
                 attempt.run(&format!("raw-{name}-{t}-{i}"))
             })
         })?;
-        if attempt.runner() == Some(Runner::Exec) {
+        if attempt.runner() == Runner::Exec {
             raw_exec = Some(m.rate());
         }
         println!("  raw attempts, {name}: {}", latencies(&m, "attempts"));
@@ -293,12 +292,12 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         println!("\n[2] drains of {drain_jobs} no-op jobs, 2 slots a dispatcher");
     }
     let mut sqlite_fork = None;
-    for runner in Runner::ALL.into_iter().filter(|_| parts.contains(&2)) {
-        let label = format!("drain, SQLite, {}", runner.name());
+    for runner in RUNNERS.into_iter().filter(|_| parts.contains(&2)) {
+        let label = format!("drain, SQLite, {}", runner.as_str());
         let installs = Backend::Sqlite.installations(
             &scratch.path,
             &fixture,
-            &format!("sqlite-{}", runner.name()),
+            &format!("sqlite-{}", runner.as_str()),
             1,
             SETTINGS,
         )?;
@@ -321,7 +320,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             goal,
         );
         report.target(
-            &format!("dispatcher CPU per job, SQLite, {}", runner.name()),
+            &format!("dispatcher CPU per job, SQLite, {}", runner.as_str()),
             d.per_job_ms(d.dispatchers_cpu),
             "ms",
             Kind::Millis,
@@ -329,7 +328,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             "<= 0.15 ms",
         );
         report.info(
-            &format!("worker CPU per job, SQLite, {}", runner.name()),
+            &format!("worker CPU per job, SQLite, {}", runner.as_str()),
             d.per_job_ms(d.workers_cpu),
             "ms",
             Kind::Millis,
@@ -340,19 +339,19 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     let postgres_drains = [
         (Runner::Exec, 1),
         (Runner::Fork, 1),
-        (DEFAULT_RUNNER, 2usize),
+        (Runner::DEFAULT, 2usize),
     ];
     for (runner, dispatchers) in postgres_drains.into_iter().filter(|_| parts.contains(&2)) {
         let label = format!(
             "drain, PostgreSQL, {}, {dispatchers} dispatcher{}",
-            runner.name(),
+            runner.as_str(),
             if dispatchers == 1 { "" } else { "s" }
         );
         let backend = Backend::postgres()?;
         let installs = backend.installations(
             &scratch.path,
             &fixture,
-            &format!("postgres-{}-{dispatchers}", runner.name()),
+            &format!("postgres-{}-{dispatchers}", runner.as_str()),
             dispatchers,
             SETTINGS,
         )?;
@@ -389,14 +388,14 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     if parts.contains(&3) {
         println!("\n[3] pickup latency: {latency_jobs} jobs one at a time into an idle dispatcher");
     }
-    for runner in Runner::ALL.into_iter().filter(|_| parts.contains(&3)) {
-        let name = format!("latency-{}", runner.name());
+    for runner in RUNNERS.into_iter().filter(|_| parts.contains(&3)) {
+        let name = format!("latency-{}", runner.as_str());
         let l = pickup_latency(&scratch.path, &fixture, &name, latency_jobs, Some(runner))?;
         println!(
             "  {}: pickup p50 {:.3} ms p99 {:.3} ms (dispatch to claim {:.3} ms + claim to the \
              worker's clock {:.3} ms, means); floor, run_attempt to the job's clock: p50 {:.3} \
              ms p99 {:.3} ms",
-            runner.name(),
+            runner.as_str(),
             ms(l.pickup.percentile(0.50)),
             ms(l.pickup.percentile(0.99)),
             l.to_claim,
@@ -405,7 +404,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             ms(l.floor.percentile(0.99)),
         );
         for (p, limit) in [(0.50, 0.5), (0.99, 2.0)] {
-            let what = format!("pickup latency p{:.0}, {}", p * 100.0, runner.name());
+            let what = format!("pickup latency p{:.0}, {}", p * 100.0, runner.as_str());
             let value = ms(l.pickup.percentile(p));
             match runner {
                 Runner::Exec => report.info(&what, value, "ms", Kind::Millis),
@@ -420,7 +419,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             }
         }
         report.noise(
-            &format!("pickup latency, {}", runner.name()),
+            &format!("pickup latency, {}", runner.as_str()),
             l.pickup_noise,
         );
     }
@@ -430,7 +429,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         println!(
             "\n[4] drains of {drain_jobs} no-op jobs with the dashboard on, SQLite, {}: nobody \
              watching, then {tabs} tabs open",
-            DEFAULT_RUNNER.name()
+            Runner::DEFAULT.as_str()
         );
     }
     let web = format!(
@@ -455,7 +454,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         let (d, seen) = drain(
             &installs,
             drain_jobs,
-            Some(DEFAULT_RUNNER),
+            Some(Runner::DEFAULT),
             |_| Tabs::open(&state_dir, open),
             Tabs::close,
         )?;
@@ -494,11 +493,6 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
 
     print_table(&report, true_rate, cpus);
     Ok(())
-}
-
-/// `runner`'s name, `default` for none.
-fn runner_name(runner: Option<Runner>) -> &'static str {
-    runner.map_or("default", Runner::name)
 }
 
 /// Runs `op`, with the cores other processes kept busy meanwhile.

@@ -15,6 +15,7 @@ mod dashboard;
 mod examples;
 mod fixtures;
 mod following;
+mod forking;
 mod hostile_dir;
 mod hostile_files;
 mod hot_swap;

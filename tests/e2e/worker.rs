@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use jobhost::config::settings::Runner;
 use jobhost_e2e::{artifacts_dir, built_library, proc_stat, wait_for, Host};
 use serde_json::{json, Value};
 
@@ -132,7 +133,14 @@ fn worker_runs_in_its_own_session_without_terminal_stdin_or_core_dumps() {
     let (_, ppid, pgrp, session, tty) = proc_stat(worker).unwrap();
     let (_, _, dispatcher_pgrp, dispatcher_session, dispatcher_tty) =
         proc_stat(dispatcher).unwrap();
-    assert_eq!(ppid, dispatcher, "the dispatcher spawned it");
+    let parent = match jobhost_e2e::runner() {
+        Runner::Exec => dispatcher,
+        Runner::Fork => host.zygote().unwrap(),
+    };
+    assert_eq!(
+        ppid, parent,
+        "the dispatcher started it, or its fork server, which the dispatcher started"
+    );
     assert_eq!(
         (pgrp, session),
         (worker, worker),

@@ -89,6 +89,16 @@ pub const SPEC_ALLOWLIST: &str = r#"[jobs]
 'Tests\Misbehave' = ["ok", "echo", "segfault", "abort", "panic", "stack_overflow", "hang", "hang_cooperative", "hang_with_child", "exit42", "huge_output", "sleep", "trace", "fail_until_attempt", "always_fail", "fail_permanent", "log_lines", "nest", "env", "clock", "console", "say_and_fail"]
 "#;
 
+/// The runner this run of the suite starts workers with: `JOBHOST_RUNNER`, which every
+/// `jobhost` a test runs inherits (`scripts/test` runs the tests of workers, queue and recovery
+/// once more with `exec`), else the default.
+pub fn runner() -> jobhost::config::settings::Runner {
+    std::env::var("JOBHOST_RUNNER")
+        .ok()
+        .and_then(|name| jobhost::config::settings::Runner::parse(&name))
+        .unwrap_or(jobhost::config::settings::Runner::DEFAULT)
+}
+
 /// The settings of every test installation: everything under its root, a short kill grace so
 /// stopped jobs end quickly, two slots, a dispatcher that leaves soon after its work, and no
 /// dashboard (tests that want one enable it on a free port).
@@ -263,8 +273,15 @@ impl Host {
             config: Some(self.root().join("jobhost.toml")),
             ..Default::default()
         };
+        // Only the runner comes from the environment (the suite runs once per runner), as it
+        // does for the `jobhost` commands a test runs.
+        let runner = |name: &str| {
+            (name == "JOBHOST_RUNNER")
+                .then(|| std::env::var(name).ok())
+                .flatten()
+        };
         let settings =
-            jobhost::config::settings::Settings::resolve_with(&overrides, self.root(), |_| None)
+            jobhost::config::settings::Settings::resolve_with(&overrides, self.root(), runner)
                 .unwrap();
         jobhost::Client::new(settings).unwrap()
     }
@@ -330,6 +347,17 @@ impl Host {
             .into_iter()
             .filter(|(pid, cmd)| cmd.contains(&marker) && alive(*pid))
             .collect()
+    }
+
+    /// The live fork server (`jobhost __zygote`) of this installation's dispatcher: the one
+    /// whose command line names its state directory.
+    #[cfg(target_os = "linux")]
+    pub fn zygote(&self) -> Option<u32> {
+        let state_dir = self.state_dir().to_string_lossy().into_owned();
+        processes_matching("__zygote")
+            .into_iter()
+            .find(|(pid, cmd)| cmd.contains(&state_dir) && alive(*pid))
+            .map(|(pid, _)| pid)
     }
 
     /// Starts `jobhost serve` with the dashboard on a free loopback port (settings `extra`

@@ -1,6 +1,6 @@
 //! What the benches share: their `main` and iteration counts, the fixture plugins and the
 //! scratch directory they set up installations in, no-op attempts run through the real attempt
-//! path ([`AttemptRunner`], with a [`Runner`]) and timing them ([`measure`], [`measure_serial`],
+//! path ([`AttemptRunner`], with either spawner, [`RUNNERS`]) and timing them ([`measure`], [`measure_serial`],
 //! [`Measured`]), the `/bin/true` floor ([`spawn_true`]), enqueueing through the Rust API
 //! ([`dispatch_in_batches`], [`enqueue_parked`]), installations and the `jobhost serve` they
 //! start ([`Installation`], [`Served`]). Beside it: [`cpu`] (CPU accounting from `/proc`),
@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use jobhost::{
-    config::settings::{Overrides, Settings},
+    config::settings::{Overrides, Runner, Settings},
     job::outcome::Outcome,
     platform::{self, CancelToken},
     queue::{
@@ -34,7 +34,7 @@ use jobhost::{
     },
     runner::{
         jobhost_program,
-        supervisor::{run_attempt, AttemptSpec},
+        supervisor::{run_attempt, AttemptSpec, Spawner},
     },
     store::{JobId, JobState},
     Client, Job,
@@ -233,30 +233,10 @@ pub fn install(
 
 // ----- attempts -----
 
-/// A way of spawning workers (issue 14's `[dispatcher] runner = "exec" | "fork"`): a worker
-/// exec'd for each attempt, or forked by a fork-server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runner {
-    /// A fresh exec of the `jobhost` binary for each attempt.
-    Exec,
-    /// A child forked for each attempt by a fork-server exec'd once.
-    Fork,
-}
-
-impl Runner {
-    /// Both, exec first.
-    pub const ALL: [Runner; 2] = [Runner::Exec, Runner::Fork];
-    /// The environment variable a dispatcher reads it from.
-    pub const VAR: &'static str = "JOBHOST_RUNNER";
-
-    /// `exec` or `fork`, as the setting and the variable spell it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Runner::Exec => "exec",
-            Runner::Fork => "fork",
-        }
-    }
-}
+/// The spawners a dispatcher or an attempt can use (`dispatcher.runner`): exec first.
+pub const RUNNERS: [Runner; 2] = [Runner::Exec, Runner::Fork];
+/// The environment variable a dispatcher reads its spawner from.
+pub const RUNNER_VAR: &str = "JOBHOST_RUNNER";
 
 /// Runs no-op attempts of the fixture plugin through the real attempt path, in worker
 /// processes of the release `jobhost` binary.
@@ -267,8 +247,10 @@ pub struct AttemptRunner<'a> {
     plugin: PathBuf,
     /// Never cancelled.
     cancel: Arc<CancelToken>,
-    /// The spawner asked for; `None` for the default.
-    runner: Option<Runner>,
+    /// The spawner it uses.
+    runner: Runner,
+    /// Starts the workers with `runner`.
+    spawner: Spawner,
 }
 
 impl<'a> AttemptRunner<'a> {
@@ -277,18 +259,25 @@ impl<'a> AttemptRunner<'a> {
         Self::with_runner(settings, None)
     }
 
-    /// Runs attempts in the installation of `settings` with `runner` (the default if `None`).
+    /// Runs attempts in the installation of `settings` with `runner` (the settings' own
+    /// `dispatcher.runner` if `None`).
     pub fn with_runner(settings: &'a Settings, runner: Option<Runner>) -> anyhow::Result<Self> {
+        // The spawner is all that `dispatcher.runner` decides.
+        let mut asked = settings.clone();
+        if let Some(runner) = runner {
+            asked.dispatcher.runner = runner;
+        }
         Ok(Self {
             settings,
             plugin: settings.plugin_dir.join(PLUGIN_FILE),
             cancel: CancelToken::new().context("cannot create a cancel token")?,
-            runner,
+            runner: asked.dispatcher.runner,
+            spawner: Spawner::new(&asked),
         })
     }
 
-    /// The spawner it was asked to use.
-    pub fn runner(&self) -> Option<Runner> {
+    /// The spawner it uses.
+    pub fn runner(&self) -> Runner {
         self.runner
     }
 
@@ -314,10 +303,14 @@ impl<'a> AttemptRunner<'a> {
             timeout: Duration::from_secs(60),
             allowlist: &allowlist,
         };
-        // The benches' one call of run_attempt. When it takes the spawner (issue 14), pass
-        // `self.runner` here; until then every attempt is exec'd, whatever was asked.
-        let record = run_attempt(self.settings, &spec, &self.cancel, &mut |_| true)
-            .with_context(|| format!("attempt of job {job_id} could not run"))?;
+        let record = run_attempt(
+            self.settings,
+            &self.spawner,
+            &spec,
+            &self.cancel,
+            &mut |_| true,
+        )
+        .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match record.outcome {
             Outcome::Ok(result) => Ok(result),
             outcome => {
@@ -621,8 +614,7 @@ impl Served {
         Self::start_with(install, None)
     }
 
-    /// [`Served::start`] with `runner` in its environment ([`Runner::VAR`]); a dispatcher that
-    /// does not know the variable ignores it.
+    /// [`Served::start`] with `runner` in its environment ([`RUNNER_VAR`]).
     pub fn start_with(install: &Installation, runner: Option<Runner>) -> anyhow::Result<Self> {
         let program = jobhost_program();
         let mut command = Command::new(&program);
@@ -638,7 +630,7 @@ impl Served {
             }
         }
         if let Some(runner) = runner {
-            command.env(Runner::VAR, runner.name());
+            command.env(RUNNER_VAR, runner.as_str());
         }
         let started = Instant::now();
         let child = command
@@ -648,11 +640,7 @@ impl Served {
             "  dispatcher pid {} serving {}{}",
             child.id(),
             install.settings.state_dir.display(),
-            runner.map_or(String::new(), |r| format!(
-                " ({}={})",
-                Runner::VAR,
-                r.name()
-            ))
+            runner.map_or(String::new(), |r| format!(" ({RUNNER_VAR}={})", r.as_str()))
         );
         let mut served = Self {
             child,

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use jobhost::{
+    config::settings::Runner,
     platform::{Doorbell, FileLock},
     store::{DispatcherId, JobState},
     Client, Job,
@@ -23,7 +24,7 @@ use serde_json::Value;
 
 use super::{
     cpu::{process_cpu, CpuMeter},
-    dispatch_in_batches, machine_busy, ms, AttemptRunner, Installation, Measured, Runner, Served,
+    dispatch_in_batches, machine_busy, ms, AttemptRunner, Installation, Measured, Served,
     ALLOWLIST, CLASS, CLOCK, OK, SETTINGS,
 };
 

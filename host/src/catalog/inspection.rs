@@ -192,13 +192,15 @@ pub(super) fn inspect_file(settings: &Settings, path: &Path) -> Inspection {
                 "the inspector did not finish within {}",
                 crate::shared::text::secs(settings.limits.inspect_timeout + INSPECTOR_MARGIN)
             ),
-            (None, ExitKind::Signaled(signal)) => format!(
+            (None, Some(ExitKind::Signaled(signal))) => format!(
                 "the inspector crashed ({}) without a report",
                 platform::crash_name(signal)
             ),
-            (None, ExitKind::Exited(code)) => {
+            (None, Some(ExitKind::Exited(code))) => {
                 format!("the inspector ended with code {code} without a report")
             }
+            // Not for an inspector, which is executed, so its exit status is read.
+            (None, None) => "the inspector ended without a report".to_owned(),
         }),
     }
 }

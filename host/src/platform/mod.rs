@@ -4,32 +4,37 @@
 //! a loopback-TCP doorbell); the rest of the host is the same code on both.
 //!
 //! The interface, by what it is for:
-//! - supervising a child: [`supervise`] (spawn it detached, stream its output, enforce a
-//!   deadline, stop its whole tree on cancel or timeout, say how it ended), [`supervise_quietly`]
-//!   (the same for a helper child judged by its report alone), [`adopt`] (the same for a worker
-//!   a crashed dispatcher left running), [`CancelToken`], [`OutputPair`], [`reopen_output`],
-//!   [`crash_name`], and the `StopSchedule` both implementations follow;
-//! - in the child: [`prepare_child`], [`hold_output_open`], [`stdin_to_null`], and for the
-//!   inspector [`adopt_orphans`] and [`kill_adopted`];
+//! - supervising a child: [`supervise`] (spawn it detached, or take a worker `fork_worker`
+//!   had the fork server fork, [`fork_server`], Linux: a [`Launch`]; stream its output, enforce
+//!   a deadline, stop its whole tree on cancel or timeout, say how it ended),
+//!   [`supervise_quietly`] (the same for a helper child judged by its report alone),
+//!   [`adopt`] (the same for a worker a crashed dispatcher left running), [`CancelToken`],
+//!   [`OutputPair`], [`reopen_output`], [`crash_name`], and the `StopSchedule` both
+//!   implementations follow;
+//! - in the child: [`prepare_child`], [`hold_output_open`], [`await_go_ahead`],
+//!   [`stdin_to_null`], and for the inspector [`adopt_orphans`] and [`kill_adopted`];
 //! - between processes: [`Doorbell`], [`ring`], [`answers`], [`FileLock`], [`find_worker`];
 //! - detaching and signals: [`detach_command`], [`detach_self`] (the spec's `nohup … &` and
 //!   `start /b`), [`on_signals`] and [`on_termination`].
 
 #[cfg(unix)]
+pub mod fork_server;
+#[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, adopt_orphans, answers, crash_name, detach_command, detach_self, find_worker,
-    hold_output_open, kill_adopted, on_signals, on_termination, prepare_child, reopen_output, ring,
-    stdin_to_null, supervise, CancelToken, Doorbell, OutputPair,
+    adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
+    find_worker, fork_worker, hold_output_open, kill_adopted, on_signals, on_termination,
+    prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
+    ForkedWorker, Launch, OutputPair,
 };
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
 pub use windows::{
-    adopt, adopt_orphans, answers, crash_name, detach_command, detach_self, find_worker,
-    hold_output_open, kill_adopted, on_signals, on_termination, prepare_child, reopen_output, ring,
-    stdin_to_null, supervise, CancelToken, Doorbell, OutputPair,
+    adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
+    find_worker, hold_output_open, kill_adopted, on_signals, on_termination, prepare_child,
+    reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell, Launch, OutputPair,
 };
 
 use std::time::{Duration, Instant};
@@ -137,10 +142,15 @@ pub struct ProcessEnd {
     pub pid: u32,
     /// How long it ran.
     pub duration: Duration,
-    /// How it ended.
-    pub exit: ExitKind,
+    /// How it ended; `None` when that cannot be known (a forked worker whose fork server died
+    /// before it could reap it).
+    pub exit: Option<ExitKind>,
     /// Whether, and why, the supervisor stopped it.
     pub stopped: Option<StopReason>,
+    /// Whether a gated child took its go-ahead: false when it was refused it, or ended
+    /// before reading it (then no plugin code ran). Meaningless for a child that does not
+    /// wait for one.
+    pub took_go_ahead: bool,
 }
 
 /// The name of a Windows crash code (an NTSTATUS error), such as `0xC0000005 access
@@ -190,15 +200,16 @@ pub struct SuperviseOptions {
 /// (`crate::runner::protocol::WorkerRequest::gate`).
 pub const GO: u8 = b'g';
 
-/// Gives a spawned child its go-ahead: writes [`GO`] to its stdin when `go`, then closes it, so the child reads end of
-/// input from then on, as from the null device. A child that does not wait for the go-ahead
-/// never notices; one that does and gets only end of input starts nothing.
-fn release(stdin: Option<std::process::ChildStdin>, go: bool) {
-    use std::io::Write;
-    if let (Some(mut stdin), true) = (stdin, go) {
-        // A child that is gone already has nothing to start.
-        let _ = stdin.write_all(&[GO]);
-    }
+/// Gives a spawned child its go-ahead: writes [`GO`] to its stdin when `go`, and returns the
+/// pipe, to be kept open while the child runs, so that its supervisor can tell afterwards
+/// whether the child read it; when not `go`, closes it at once, so the child reads end of
+/// input, as from the null device. A child that does not wait for the go-ahead never notices;
+/// one that does and gets only end of input starts nothing.
+fn give_go_ahead<W: std::io::Write>(stdin: Option<W>, go: bool) -> Option<W> {
+    let mut stdin = stdin.filter(|_| go)?;
+    // A child that is gone already has nothing to start.
+    let _ = stdin.write_all(&[GO]);
+    Some(stdin)
 }
 
 /// An exclusive lock on a file, held until dropped (or the process dies).
@@ -316,7 +327,7 @@ pub fn supervise_quietly(
 ) -> std::io::Result<ProcessEnd> {
     let never = CancelToken::new()?;
     supervise(
-        command,
+        Launch::Exec(command),
         OutputPair::pipe()?,
         options,
         &never,

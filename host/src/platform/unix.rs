@@ -1,7 +1,7 @@
 //! The Unix (Linux) implementation of the platform layer.
 //!
 //! A child is spawned with `posix_spawn` semantics (no `pre_exec`, so std keeps its fast
-//! vfork path); the worker makes itself a session leader (`setsid`) as its first act, which
+//! vfork path), or forked by the fork server ([`fork_server`]); the worker makes itself a session leader (`setsid`) as its first act, which
 //! gives it its own process group, no controlling terminal and so no SIGHUP when the caller's
 //! terminal goes away: the spec's `nohup … &`. Until it has done so the group does not exist
 //! yet, so a stop falls back to signalling the child itself, through its pidfd: a worker is
@@ -11,7 +11,10 @@
 
 use std::{
     io,
-    os::{fd::OwnedFd, unix::process::ExitStatusExt},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::process::ExitStatusExt,
+    },
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -30,7 +33,8 @@ use rustix::{
 };
 
 use super::{
-    release, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule,
+    fork_server::{self, ForkFds, ForkServer},
+    give_go_ahead, ExitKind, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule,
     SuperviseOptions,
 };
 
@@ -153,11 +157,36 @@ fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// In a gated worker: waits until its stdin has its go-ahead to read (or its end), and from
+/// then on a forked worker no longer dies with its fork server (see [`fork_server`]). The byte
+/// is left for the caller to read: a worker killed with its fork server before this returns
+/// has not taken it, so its supervisor knows it never started.
+pub fn await_go_ahead() -> io::Result<()> {
+    let stdin = rustix::stdio::stdin();
+    let mut stdin = [PollFd::new(&stdin, PollFlags::IN)];
+    loop {
+        match poll(&mut stdin, None) {
+            Ok(_) => break,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::process::set_parent_process_death_signal(None)?;
+    Ok(())
+}
+
 /// In a gated worker, once its go-ahead is read: stdin becomes `/dev/null`, as for any job.
 pub fn stdin_to_null() -> io::Result<()> {
     let null = rustix::fs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     rustix::stdio::dup2_stdin(&null)?;
     Ok(())
+}
+
+/// Whether the go-ahead written into `gate` (kept by [`give_go_ahead`]; `None`: none was
+/// given) was read: the pipe holds no byte any more. A pipe that cannot be asked counts as
+/// read, so an attempt is never taken for one that did not start when it may have.
+fn go_ahead_taken(gate: Option<&impl std::os::fd::AsFd>) -> bool {
+    gate.is_some_and(|gate| rustix::io::ioctl_fionread(gate).map_or(true, |unread| unread == 0))
 }
 
 /// The name of signal `signal`, such as `SIGSEGV`.
@@ -241,12 +270,36 @@ pub fn hold_output_open(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Spawns `command` with stdin from a pipe that carries only its go-ahead and stdout and stderr into `output`, calls
-/// `on_spawn` with its pid, streams its output into `sink`, stops its process group at
-/// `options.timeout` or when `cancel` fires (SIGTERM, then SIGKILL after `options.kill_grace`),
-/// kills whatever it left behind in its group, and reports how it ended.
+/// A child to supervise: a command to spawn, or a worker the fork server forked.
+pub enum Launch {
+    /// Spawned by the supervisor, with stdin from a pipe of its own.
+    Exec(Command),
+    /// Forked by the fork server ([`fork_worker`]): the fork server's child, not this
+    /// process's, which the fork server reaps, kills what it left in its group after, and says
+    /// how it ended.
+    Forked(ForkedWorker),
+}
+
+/// `pid` as a [`Pid`].
+fn raw(pid: u32) -> io::Result<Pid> {
+    Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("child pid 0"))
+}
+
+/// How a supervised child's end is learned.
+enum Ending {
+    /// It is this process's child: wait for it.
+    Child(std::process::Child),
+    /// The fork server writes it into this pipe.
+    Status(OwnedFd),
+}
+
+/// Starts `launch` with stdin from a pipe that carries only its go-ahead and stdout and
+/// stderr into `output`, calls `on_spawn` with its pid, streams its output into `sink`, stops
+/// its process group at `options.timeout` or when `cancel` fires (SIGTERM, then SIGKILL after
+/// `options.kill_grace`), kills whatever it left behind in its group, and reports how it
+/// ended.
 pub fn supervise(
-    mut command: Command,
+    launch: Launch,
     output: OutputPair,
     options: SuperviseOptions,
     cancel: &CancelToken,
@@ -254,23 +307,43 @@ pub fn supervise(
     on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> io::Result<ProcessEnd> {
     let OutputPair { read, write } = output;
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(write.try_clone()?))
-        .stderr(Stdio::from(write));
-    let started = Instant::now();
-    let mut child = command.spawn()?;
-    // The command holds the write ends; drop them so that only the child writes.
-    drop(command);
-    let pid = child.id();
+    let (started, pid, pidfd, gate, ending) = match launch {
+        Launch::Exec(mut command) => {
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::from(write.try_clone()?))
+                .stderr(Stdio::from(write));
+            let started = Instant::now();
+            let mut child = command.spawn()?;
+            // The command holds the write ends; drop them so that only the child writes.
+            drop(command);
+            let pid = child.id();
+            // Our child, not yet waited for: the pid is surely its own.
+            let pidfd = pidfd_open(raw(pid)?, PidfdFlags::empty())?;
+            let gate = child
+                .stdin
+                .take()
+                .map(|stdin| std::fs::File::from(OwnedFd::from(stdin)));
+            (started, pid, pidfd, gate, Ending::Child(child))
+        }
+        Launch::Forked(worker) => {
+            // Only the worker holds the write end now.
+            drop(write);
+            (
+                worker.forked,
+                worker.pid,
+                worker.pidfd,
+                Some(worker.gate),
+                Ending::Status(worker.status),
+            )
+        }
+    };
     let go = on_spawn(pid);
-    release(child.stdin.take(), go);
-    let raw_pid = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("child pid 0"))?;
-    let pidfd = pidfd_open(raw_pid, PidfdFlags::empty())?;
+    let gate = give_go_ahead(gate, go);
     let worker = Worker {
         pidfd: &pidfd,
-        pid: raw_pid,
-        our_child: true,
+        pid: raw(pid)?,
+        our_child: matches!(ending, Ending::Child(_)),
     };
     let stopped = watch(
         &worker,
@@ -280,19 +353,63 @@ pub fn supervise(
         cancel,
         sink,
     )?;
-    // The worker is a zombie until waited for, so its pid (and group id) cannot have been
-    // reused: killing the group now reaches only what the job left behind.
-    worker.signal(Signal::KILL);
-    let status = child.wait()?;
-    let exit = match status.signal() {
-        Some(signal) => ExitKind::Signaled(signal),
-        None => ExitKind::Exited(status.code().unwrap_or(-1)),
+    let exit = match ending {
+        Ending::Child(mut child) => {
+            // The worker is a zombie until waited for, so its pid (and group id) cannot have
+            // been reused: killing the group now reaches only what the job left behind.
+            worker.signal(Signal::KILL);
+            let status = child.wait()?;
+            Some(match status.signal() {
+                Some(signal) => ExitKind::Signaled(signal),
+                None => ExitKind::Exited(status.code().unwrap_or(-1)),
+            })
+        }
+        Ending::Status(status) => fork_server::read_status(&status),
     };
     Ok(ProcessEnd {
         pid,
         duration: started.elapsed(),
         exit,
         stopped,
+        took_go_ahead: go_ahead_taken(gate.as_ref()),
+    })
+}
+
+/// A worker forked by the fork server ([`fork_worker`]), waiting for [`supervise`].
+pub struct ForkedWorker {
+    pid: u32,
+    /// Its pidfd, opened by the fork server before it could reap it.
+    pidfd: OwnedFd,
+    /// The write end of its stdin, the go-ahead pipe.
+    gate: std::fs::File,
+    /// The read end of its status pipe.
+    status: OwnedFd,
+    forked: Instant,
+}
+
+/// Has `server` (see [`fork_server`]) fork a worker that runs `request`, its command line
+/// rewritten to `title`, its output going into `output`. An error means no worker exists.
+pub fn fork_worker(
+    server: &ForkServer,
+    title: &[u8],
+    request: &[u8],
+    output: &OutputPair,
+) -> io::Result<ForkedWorker> {
+    let (gate_read, gate_write) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (status_read, status_write) = pipe_with(PipeFlags::CLOEXEC)?;
+    let forked = Instant::now();
+    let fds = ForkFds {
+        gate: gate_read.as_fd(),
+        output: output.write.as_fd(),
+        status: status_write.as_fd(),
+    };
+    let (pid, pidfd) = server.fork(title, request, &fds)?;
+    Ok(ForkedWorker {
+        pid,
+        pidfd,
+        gate: gate_write.into(),
+        status: status_read,
+        forked,
     })
 }
 

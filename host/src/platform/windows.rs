@@ -55,7 +55,7 @@ use windows_sys::Win32::{
 };
 
 use super::{
-    release, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule, SuperviseOptions,
+    give_go_ahead, OutputSink, ProcessEnd, SignalRequest, StopReason, StopSchedule, SuperviseOptions,
 };
 
 /// The environment variable naming the event a worker watches for a stop request.
@@ -127,10 +127,21 @@ pub fn adopt_orphans() -> io::Result<()> {
 /// every process the child started, when the child ends (Unix: kills every descendant).
 pub fn kill_adopted() {}
 
+/// In a gated worker, before it reads its go-ahead: nothing to do (no fork server here).
+pub fn await_go_ahead() -> io::Result<()> {
+    Ok(())
+}
+
 /// In a gated worker, once its go-ahead is read. Its stdin pipe is closed by the supervisor
 /// after the go-ahead, so reading it gives end of input, as `NUL` does: nothing to do.
 pub fn stdin_to_null() -> io::Result<()> {
     Ok(())
+}
+
+/// A child to supervise: a command to spawn (Windows has no fork server).
+pub enum Launch {
+    /// Spawned by the supervisor, with stdin from a pipe of its own.
+    Exec(Command),
 }
 
 /// What a worker or inspector does to itself first: no error dialogs for a crash, and a
@@ -192,18 +203,19 @@ pub fn hold_output_open(_path: &Path) -> io::Result<()> {
 
 static STOP_EVENTS: AtomicU64 = AtomicU64::new(0);
 
-/// Spawns `command` detached, in a Job Object, with stdin from a pipe that carries only its go-ahead and stdout and stderr
+/// Spawns the command of `launch` detached, in a Job Object, with stdin from a pipe that carries only its go-ahead and stdout and stderr
 /// into `output`; calls `on_spawn` with its pid; streams its output into `sink`; at
 /// `options.timeout` or when `cancel` fires, sets its stop event and after `options.kill_grace`
 /// terminates its Job Object; terminates whatever it left in the job; reports how it ended.
 pub fn supervise(
-    mut command: Command,
+    launch: Launch,
     output: OutputPair,
     options: SuperviseOptions,
     cancel: &CancelToken,
     sink: &mut dyn OutputSink,
     on_spawn: &mut dyn FnMut(u32) -> bool,
 ) -> io::Result<ProcessEnd> {
+    let Launch::Exec(mut command) = launch;
     let OutputPair { read, write } = output;
     let name = format!(
         "Local\\jobhost-stop-{}-{}",
@@ -242,7 +254,9 @@ pub fn supervise(
     }
     let pid = child.id();
     let go = on_spawn(pid);
-    release(child.stdin.take(), go);
+    // Closed at once: the job's stdin gives end of input from then on (see `stdin_to_null`). So
+    // whether the worker read it cannot be told afterwards; it counts as read when given.
+    drop(give_go_ahead(child.stdin.take(), go));
 
     let deadline = started + options.timeout;
     let stopped = std::thread::scope(|scope| {
@@ -270,8 +284,9 @@ pub fn supervise(
     Ok(ProcessEnd {
         pid,
         duration: started.elapsed(),
-        exit,
+        exit: Some(exit),
         stopped,
+        took_go_ahead: go,
     })
 }
 

@@ -24,6 +24,10 @@ pub const INSPECT_SUBCOMMAND: &str = "__inspect";
 /// The hidden subcommand the inspector runs to load the file and list its classes.
 pub const LOAD_SUBCOMMAND: &str = "__inspect-load";
 
+/// The hidden subcommand that runs the fork server, which forks a worker for each request
+/// the dispatcher sends it (`runner = "fork"`).
+pub const ZYGOTE_SUBCOMMAND: &str = "__zygote";
+
 /// Host → worker: run one attempt of one job.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerRequest {

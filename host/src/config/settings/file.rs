@@ -146,6 +146,8 @@ pub struct RawDispatcher {
     pub lease: Option<Duration>,
     /// Whether `jobhost run` (and the Rust API) start a dispatcher when none serves.
     pub autostart: Option<bool>,
+    /// How workers are started: `exec` or `fork`.
+    pub runner: Option<super::Runner>,
 }
 
 /// The `[defaults]` table.

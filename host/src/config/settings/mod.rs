@@ -126,6 +126,14 @@ pub enum SettingsError {
         /// The path it names.
         path: PathBuf,
     },
+    /// A setting asks for something this platform does not have.
+    #[error("{origin}: {message}")]
+    Unavailable {
+        /// Where it was set.
+        origin: String,
+        /// What is missing, and what to use instead.
+        message: String,
+    },
     /// A path given as the empty string, which would silently mean the current directory.
     #[error("{origin} is empty: give a path, or leave it out for the default")]
     EmptyPath {
@@ -214,6 +222,48 @@ pub struct DispatcherSettings {
     /// serving the state directory starts one, detached, on demand (default true). Off, the
     /// job waits for a dispatcher started otherwise (`jobhost serve` under a supervisor).
     pub autostart: bool,
+    /// How workers are started (default [`Runner::Fork`] on Linux, [`Runner::Exec`]
+    /// elsewhere).
+    pub runner: Runner,
+}
+
+/// How the dispatcher starts the worker process of each attempt. Either way every attempt
+/// runs in a fresh process of its own, with its own session and process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runner {
+    /// Each worker is the `jobhost` program, executed anew (`jobhost __worker REQUEST`).
+    Exec,
+    /// Each worker is forked from a small single-threaded fork server that the dispatcher
+    /// starts once (Linux only): no program to load and link per attempt. The fork server
+    /// never loads plugin code; each forked worker loads its plugin itself.
+    Fork,
+}
+
+impl Runner {
+    /// The default: [`Runner::Fork`] where it is available (Linux), else [`Runner::Exec`].
+    pub const DEFAULT: Self = if cfg!(target_os = "linux") {
+        Self::Fork
+    } else {
+        Self::Exec
+    };
+
+    /// Its name in settings: `exec` or `fork`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Fork => "fork",
+        }
+    }
+
+    /// The runner named `name` (`exec`, `fork`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim() {
+            "exec" => Some(Self::Exec),
+            "fork" => Some(Self::Fork),
+            _ => None,
+        }
+    }
 }
 
 /// How long finished jobs, their attempts and their output files are kept before the
@@ -368,6 +418,7 @@ impl Default for DispatcherSettings {
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(15),
             autostart: true,
+            runner: Runner::DEFAULT,
         }
     }
 }
@@ -456,6 +507,7 @@ impl Settings {
                 "JOBHOST_AUTOSTART",
                 self.dispatcher.autostart.to_string().into(),
             ),
+            ("JOBHOST_RUNNER", self.dispatcher.runner.as_str().into()),
         ];
         if let Some(file) = &self.config_file {
             vars.push(("JOBHOST_CONFIG", file.clone().into_os_string()));

@@ -395,7 +395,25 @@ impl Resolver<'_> {
                 })?
                 .or(raw.autostart)
                 .unwrap_or(builtin.autostart),
+            runner: self.runner(raw.runner)?,
         })
+    }
+
+    /// `dispatcher.runner`, also from `JOBHOST_RUNNER`: `fork` only where it is available.
+    fn runner(&self, file: Option<Runner>) -> Result<Runner, SettingsError> {
+        let env = self.env("JOBHOST_RUNNER", "exec or fork", Runner::parse)?;
+        let runner = env.or(file).unwrap_or(Runner::DEFAULT);
+        if runner == Runner::Fork && !cfg!(target_os = "linux") {
+            let origin = match env {
+                Some(_) => "environment variable JOBHOST_RUNNER".to_owned(),
+                None => format!("{}: dispatcher.runner", in_file(self.config_file)),
+            };
+            return Err(SettingsError::Unavailable {
+                origin,
+                message: "the fork runner needs Linux; use \"exec\" here".into(),
+            });
+        }
+        Ok(runner)
     }
 
     /// `[web]`; the admin token also from `JOBHOST_ADMIN_TOKEN`.

@@ -134,12 +134,40 @@ fn autostart_is_on_unless_the_file_or_the_environment_turns_it_off() {
 }
 
 #[test]
+fn the_runner_forks_on_linux_unless_the_file_or_the_environment_says_exec() {
+    assert_eq!(resolve("", &[]).unwrap().dispatcher.runner, Runner::DEFAULT);
+    #[cfg(target_os = "linux")]
+    assert_eq!(Runner::DEFAULT, Runner::Fork);
+    let exec = "[dispatcher]\nrunner = \"exec\"\n";
+    assert_eq!(resolve(exec, &[]).unwrap().dispatcher.runner, Runner::Exec);
+    let fork = [("JOBHOST_RUNNER", "fork")];
+    #[cfg(target_os = "linux")]
+    assert_eq!(resolve(exec, &fork).unwrap().dispatcher.runner, Runner::Fork);
+    #[cfg(not(target_os = "linux"))]
+    assert_eq!(
+        resolve(exec, &fork).unwrap_err().to_string(),
+        "environment variable JOBHOST_RUNNER: the fork runner needs Linux; use \"exec\" here"
+    );
+    let e = resolve("", &[("JOBHOST_RUNNER", "spawn")]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "environment variable JOBHOST_RUNNER=\"spawn\": must be exec or fork"
+    );
+    let e = resolve("[dispatcher]\nrunner = \"threads\"\n", &[]).unwrap_err();
+    let e = e.to_string();
+    assert!(
+        e.contains(":2:") && e.contains("unknown variant `threads`, expected `exec` or `fork`"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_dispatcher_started_on_demand_resolves_the_settings_of_its_starter() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join(CONFIG_FILE);
     std::fs::write(
         &file,
-        "state_dir = \"var/state\"\n[dispatcher]\nslots = 2\nshutdown_grace = 7\nautostart = false\n",
+        "state_dir = \"var/state\"\n[dispatcher]\nslots = 2\nshutdown_grace = 7\nautostart = false\nrunner = \"exec\"\n",
     )
     .unwrap();
     let caller_env = |name: &str| {
@@ -170,6 +198,7 @@ fn a_dispatcher_started_on_demand_resolves_the_settings_of_its_starter() {
     assert_eq!(started.dispatcher, starter.dispatcher);
     assert_eq!(started.dispatcher.slots, 3);
     assert!(!started.dispatcher.autostart);
+    assert_eq!(started.dispatcher.runner, Runner::Exec);
     assert_eq!(
         (&started.state_dir, &started.log_dir, &started.plugin_dir),
         (&starter.state_dir, &starter.log_dir, &starter.plugin_dir)

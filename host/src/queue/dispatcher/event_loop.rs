@@ -323,7 +323,23 @@ impl Dispatcher {
         };
         let job = running.job;
         let record = match result {
-            Ok(record) => record,
+            Ok(record) => {
+                if released && matches!(record.outcome, Outcome::NotStarted(_)) {
+                    // Let go, it still did not start (it died first, say): a worker problem,
+                    // so claims pause, as when one cannot be spawned, rather than the job
+                    // going round and round.
+                    Trouble::failed(
+                        &mut self.trouble.workers,
+                        "Workers cannot be started",
+                        format!(
+                            "the worker (pid {}) of attempt {attempt} of job {id} did not start: {}",
+                            record.pid,
+                            record.outcome.error().unwrap_or_default()
+                        ),
+                    );
+                }
+                record
+            }
             Err(error) => {
                 if !released {
                     // A dispatcher's problem, not the job's: it goes back to the queue, and

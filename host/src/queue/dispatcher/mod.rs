@@ -57,6 +57,7 @@ use crate::{
     runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
         adopt_attempt, run_attempt, AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
+        Spawner,
     },
     store::{
         now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,

@@ -3,20 +3,23 @@
 
 use super::*;
 
-/// Starts the slot threads: each runs one attempt at a time.
+/// Starts the slot threads: each runs one attempt at a time, its worker started by the one
+/// spawner they share.
 pub(super) fn start_slots(settings: &Settings, tx: &Sender<Event>) -> Sender<Order> {
     let (orders, inbox) = crossbeam_channel::unbounded::<Order>();
+    let spawner = Arc::new(Spawner::new(settings));
     for slot in 0..settings.dispatcher.slots {
         let inbox: Receiver<Order> = inbox.clone();
         let tx = tx.clone();
         let settings = settings.clone();
+        let spawner = Arc::clone(&spawner);
         let spawned = std::thread::Builder::new()
             .name(format!("slot-{slot}"))
             .spawn(move || {
                 for Order::Run { job, cancel } in inbox {
                     let (id, attempt) = (job.id, job.attempts);
                     let mut released = false;
-                    let result = run_order(&settings, &job, &cancel, &tx, &mut released);
+                    let result = run_order(&settings, &spawner, &job, &cancel, &tx, &mut released);
                     if tx
                         .send(Event::Finished {
                             id,
@@ -39,6 +42,7 @@ pub(super) fn start_slots(settings: &Settings, tx: &Sender<Event>) -> Sender<Ord
 
 pub(super) fn run_order(
     settings: &Settings,
+    spawner: &Spawner,
     job: &JobRecord,
     cancel: &CancelToken,
     tx: &Sender<Event>,
@@ -57,7 +61,7 @@ pub(super) fn run_order(
         allowlist: &allowlist,
     };
     let output_path = AttemptPaths::new(&settings.state_dir, &job_id, job.attempts).output;
-    run_attempt(settings, &spec, cancel, &mut |pid| {
+    run_attempt(settings, spawner, &spec, cancel, &mut |pid| {
         let start = AttemptStart {
             pid,
             plugin_hash: String::new(),

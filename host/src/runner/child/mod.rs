@@ -2,9 +2,9 @@
 //! attempt of one job, and the inspector, which lists one plugin file's classes.
 //!
 //! Both are plain functions from a request to a report, callable from a fresh process's
-//! `main` (the hidden `__worker` and `__inspect` subcommands) or, later, from a forked child of
-//! a fork server; neither keeps per-job state in globals set up at start-up. They never write
-//! logs: the host that reads the report does.
+//! `main` (the hidden `__worker` and `__inspect` subcommands) or from a child forked by the
+//! fork server (`__zygote`, [`crate::platform::fork_server`]); neither keeps per-job state in
+//! globals set up at start-up. They never write logs: the host that reads the report does.
 
 pub mod loader;
 
@@ -49,6 +49,7 @@ pub fn exit_if_child() {
         Some(protocol::WORKER_SUBCOMMAND) => worker_main,
         Some(protocol::INSPECT_SUBCOMMAND) => inspect_main,
         Some(protocol::LOAD_SUBCOMMAND) => load_main,
+        Some(protocol::ZYGOTE_SUBCOMMAND) => zygote_main,
         _ => return,
     };
     let code = match request.to_str() {
@@ -60,6 +61,19 @@ pub fn exit_if_child() {
     };
     // Exit at once: a job's threads must not keep the worker alive.
     std::process::exit(code);
+}
+
+/// The `__zygote` subcommand: the fork server ([`crate::platform::fork_server`]), which forks a
+/// worker running [`worker_main`] for each request from the dispatcher. Its argument only
+/// pads its command line, which each worker overwrites with its own.
+fn zygote_main(_room: &str) -> i32 {
+    #[cfg(unix)]
+    return crate::platform::fork_server::serve_zygote(worker_main);
+    #[cfg(windows)]
+    {
+        eprintln!("jobhost: the fork server needs Linux");
+        EXIT_NO_REPORT
+    }
 }
 
 /// Exit code of a child that could not write its report.
@@ -131,6 +145,12 @@ fn shorter(report: &WorkerReport, note: String) -> WorkerReport {
 fn wait_for_go(request: &WorkerRequest) -> Result<(), WorkerReport> {
     if !request.gate {
         return Ok(());
+    }
+    if let Err(e) = crate::platform::await_go_ahead() {
+        return Err(error(
+            FailureKind::NotStarted,
+            format!("not started: cannot wait for the go-ahead from its supervisor ({e}); no plugin code ran"),
+        ));
     }
     let mut byte = [0u8; 1];
     match std::io::Read::read(&mut std::io::stdin().lock(), &mut byte) {
@@ -208,13 +228,15 @@ fn load_in_child(request: &InspectRequest, request_json: &str) -> Option<Inspect
         (Some(_), _) => InspectReport::Hung {
             protocol: PROTOCOL_VERSION,
         },
-        (None, ExitKind::Signaled(signal)) => {
+        (None, Some(ExitKind::Signaled(signal))) => {
             rejected(Reason::crashed(&platform::crash_name(signal)))
         }
-        (None, ExitKind::Exited(EXIT_NO_REPORT)) => {
+        (None, Some(ExitKind::Exited(EXIT_NO_REPORT))) => {
             failed("the loading process could not write its report".to_owned())
         }
-        (None, ExitKind::Exited(code)) => rejected(Reason::exited(code)),
+        (None, Some(ExitKind::Exited(code))) => rejected(Reason::exited(code)),
+        // Not for the loading process, which is executed, so its exit status is read.
+        (None, None) => failed("the loading process ended without a report".to_owned()),
     })
 }
 

@@ -17,15 +17,174 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    shared::text::chain,
-    config::settings::Settings,
+    config::settings::{Runner, Settings},
     job::outcome::Outcome,
-    platform::{self, CancelToken, ExitKind, OutputPair, StopReason, SuperviseOptions},
+    platform::{self, CancelToken, ExitKind, Launch, OutputPair, StopReason, SuperviseOptions},
     runner::protocol::{
         self, read_report, FailureKind, WorkerReport, WorkerRequest, PROTOCOL_VERSION,
     },
     runner::supervisor::capture::{Capture, CapturedOutput},
+    shared::text::chain,
 };
+
+/// How workers are started, as `dispatcher.runner` says: each executed anew (`jobhost
+/// __worker REQUEST`), or forked by a fork server ([`platform::fork_server`], Linux) that the
+/// dispatcher starts once. One per dispatcher, shared by everything that runs its attempts.
+///
+/// A worker that cannot be forked (the fork server cannot be started, or died twice in a row)
+/// is executed instead, with a WARNING; for a minute after that, workers are executed without
+/// trying the fork server, then it is tried again.
+#[derive(Debug)]
+pub struct Spawner {
+    #[cfg(unix)]
+    fork: Option<Forking>,
+}
+
+/// The fork server of a [`Spawner`], and when forking last failed.
+#[cfg(unix)]
+#[derive(Debug)]
+struct Forking {
+    server: platform::fork_server::ForkServer,
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long workers are executed after forking one failed, before the fork server is tried
+/// again.
+#[cfg(unix)]
+const FORK_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+impl Spawner {
+    /// The spawner `settings` ask for; the fork server is started with the first worker.
+    pub fn new(settings: &Settings) -> Self {
+        match settings.dispatcher.runner {
+            Runner::Exec => Self::exec(),
+            #[cfg(unix)]
+            Runner::Fork => Self {
+                fork: Some(Forking {
+                    server: platform::fork_server::ForkServer::new(zygote_command(settings)),
+                    failed_at: std::sync::Mutex::new(None),
+                }),
+            },
+            // Settings refuse `fork` where it is not available.
+            #[cfg(not(unix))]
+            Runner::Fork => Self::exec(),
+        }
+    }
+
+    /// A spawner that executes every worker.
+    pub fn exec() -> Self {
+        Self {
+            #[cfg(unix)]
+            fork: None,
+        }
+    }
+
+    /// Starts the worker for `request` (`json`: the same, serialized), its output going into
+    /// `output`: forks it, or says how to execute it.
+    fn start(
+        &self,
+        settings: &Settings,
+        request: &WorkerRequest,
+        json: &str,
+        output: &OutputPair,
+    ) -> Launch {
+        #[cfg(unix)]
+        if let Some(forked) = self.fork(request, json, output) {
+            return Launch::Forked(forked);
+        }
+        let mut command = Command::new(super::jobhost_program());
+        command
+            .current_dir(&settings.work_dir)
+            .arg(protocol::WORKER_SUBCOMMAND)
+            .arg(json)
+            // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.
+            .env("RUST_BACKTRACE", "0");
+        Launch::Exec(command)
+    }
+
+    /// Forks the worker for `request`, when this spawner forks and forking works.
+    #[cfg(unix)]
+    fn fork(
+        &self,
+        request: &WorkerRequest,
+        json: &str,
+        output: &OutputPair,
+    ) -> Option<platform::ForkedWorker> {
+        let forking = self.fork.as_ref()?;
+        let mut failed_at = forking
+            .failed_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failed_at.is_some_and(|at| at.elapsed() < FORK_RETRY_AFTER) {
+            return None;
+        }
+        *failed_at = None;
+        drop(failed_at);
+        match platform::fork_worker(&forking.server, &worker_title(request), json.as_bytes(), output)
+        {
+            Ok(forked) => Some(forked),
+            Err(e) => {
+                tracing::warn!(
+                    "Workers cannot be forked ({e}); they are executed instead, and forking \
+                     is tried again in {} s",
+                    FORK_RETRY_AFTER.as_secs()
+                );
+                *forking
+                    .failed_at
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(std::time::Instant::now());
+                None
+            }
+        }
+    }
+}
+
+/// The command that starts the fork server for `settings`: `jobhost __zygote ROOM`, where
+/// `ROOM` (the state directory, padded) makes room for the command lines its workers write
+/// over its own ([`worker_title`]).
+#[cfg(unix)]
+fn zygote_command(settings: &Settings) -> impl Fn() -> Command + Send + Sync + 'static {
+    let program = super::jobhost_program();
+    let work_dir = settings.work_dir.clone();
+    let state_dir = settings.state_dir.display().to_string();
+    let room = format!("{state_dir}{}", " ".repeat(state_dir.len() + 1024));
+    move || {
+        let mut command = Command::new(&program);
+        command
+            .current_dir(&work_dir)
+            .arg(protocol::ZYGOTE_SUBCOMMAND)
+            .arg(&room)
+            .env("RUST_BACKTRACE", "0");
+        command
+    }
+}
+
+/// The command line of a forked worker, its arguments separated by NUL bytes: `__worker`
+/// and what names its attempt, the report first (it is how a worker is recognised after a
+/// dispatcher restart, [`platform::find_worker`]), as an executed worker's request names it.
+#[cfg(unix)]
+fn worker_title(request: &WorkerRequest) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Title<'a> {
+        report: &'a Path,
+        job_id: &'a str,
+        attempt: u32,
+        class: &'a str,
+        method: &'a str,
+    }
+    let title = Title {
+        report: &request.report,
+        job_id: &request.job_id,
+        attempt: request.attempt,
+        class: &request.class,
+        method: &request.method,
+    };
+    let mut bytes = format!("{}\0", protocol::WORKER_SUBCOMMAND).into_bytes();
+    // Paths and names serialize; were one not to, the worker would just be named less.
+    let _ = serde_json::to_writer(&mut bytes, &title);
+    bytes
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -143,6 +302,7 @@ impl AttemptPaths {
 /// ends without running any plugin code, reporting [`Outcome::NotStarted`].
 pub fn run_attempt(
     settings: &Settings,
+    spawner: &Spawner,
     spec: &AttemptSpec<'_>,
     cancel: &CancelToken,
     on_spawn: &mut dyn FnMut(u32) -> bool,
@@ -167,15 +327,7 @@ pub fn run_attempt(
         output: Some(paths.pipe.clone()),
         gate: true,
     };
-    let program = super::jobhost_program();
     let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
-    let mut command = Command::new(&program);
-    command
-        .current_dir(&settings.work_dir)
-        .arg(protocol::WORKER_SUBCOMMAND)
-        .arg(request_json)
-        // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.
-        .env("RUST_BACKTRACE", "0");
     let mut capture = Capture::create(&paths.output, settings.limits.max_output_bytes)
         .map_err(|e| paths.error(e))?;
     let output = OutputPair::fifo(&paths.pipe).map_err(|e| paths.error(e))?;
@@ -183,8 +335,12 @@ pub fn run_attempt(
         timeout: spec.timeout,
         kill_grace: settings.limits.kill_grace,
     };
-    let end = platform::supervise(command, output, options, cancel, &mut capture, on_spawn)
-        .map_err(|source| AttemptError::Spawn { program, source })?;
+    let launch = spawner.start(settings, &request, &request_json, &output);
+    let end = platform::supervise(launch, output, options, cancel, &mut capture, on_spawn)
+        .map_err(|source| AttemptError::Spawn {
+            program: super::jobhost_program(),
+            source,
+        })?;
     let _ = std::fs::remove_file(&paths.pipe);
     let stack_overflow = capture.tail_contains("has overflowed its stack");
     let output = capture.finish();
@@ -196,7 +352,8 @@ pub fn run_attempt(
         outcome: classify(
             report,
             end.stopped,
-            Exit::Status(end.exit),
+            end.exit.map_or(Exit::Orphaned, Exit::Status),
+            end.took_go_ahead,
             stack_overflow,
             spec.timeout,
         ),
@@ -261,7 +418,7 @@ pub fn adopt_attempt(
             pid_recorded: orphan.pid.is_some(),
         },
     };
-    let outcome = classify(report, stopped, exit, stack_overflow, orphan.timeout);
+    let outcome = classify(report, stopped, exit, true, stack_overflow, orphan.timeout);
     Ok(AttemptRecord {
         attempt: orphan.attempt,
         pid: worker.or(orphan.pid).unwrap_or(0),
@@ -281,7 +438,7 @@ fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
 /// attempt was settled `lost` (its dispatcher was rescued while the worker ran on).
 pub fn reported_outcome(report: WorkerReport, timeout: Duration) -> Outcome {
     let gone = Exit::Gone { pid_recorded: true };
-    classify(Some(report), None, gone, false, timeout)
+    classify(Some(report), None, gone, true, false, timeout)
 }
 
 /// How a worker's process ended, as far as its supervisor can tell.
@@ -292,6 +449,9 @@ enum Exit {
     /// An adopted worker ended while its new dispatcher watched it: a process that dispatcher
     /// did not start has no exit status to read.
     Adopted,
+    /// A forked worker ended after its fork server, which alone could have read its exit
+    /// status, died.
+    Orphaned,
     /// The worker was gone when its dispatcher came back; `pid_recorded` says whether its pid
     /// had been recorded (it is, before a worker may start).
     Gone {
@@ -302,12 +462,14 @@ enum Exit {
 
 /// Reconciles the worker's report with how its process ended. A report of success wins;
 /// then a report of `not started`; then a stop by the supervisor; then the report's error;
-/// then the signal or exit code. With no report and no exit status the attempt is lost, or
-/// never started if no worker was ever on record.
+/// then, for a worker that ended before it took its go-ahead (`took_go_ahead` false: no
+/// plugin code ran), `not started`; then the signal or exit code. With no report and no exit
+/// status the attempt is lost, or never started if no worker was ever on record.
 fn classify(
     report: Option<WorkerReport>,
     stopped: Option<StopReason>,
     exit: Exit,
+    took_go_ahead: bool,
     stack_overflow: bool,
     timeout: Duration,
 ) -> Outcome {
@@ -327,6 +489,9 @@ fn classify(
         (Some(WorkerReport::Error { kind, message, .. }), None, _) => {
             Outcome::Error { kind, message }
         }
+        (None, None, _) if !took_go_ahead => Outcome::NotStarted(
+            "not started: the worker ended before it took its go-ahead; no plugin code ran".into(),
+        ),
         (None, None, Exit::Status(ExitKind::Signaled(signal))) => Outcome::Crashed {
             signal: platform::crash_name(signal),
             stack_overflow,
@@ -335,6 +500,11 @@ fn classify(
         (None, None, Exit::Adopted) => Outcome::Lost(
             "the adopted worker ended without a report; a worker the dispatcher did not start \
              has no exit status to read, so how it ended is unknown"
+                .into(),
+        ),
+        (None, None, Exit::Orphaned) => Outcome::Lost(
+            "the worker ended without a report after its fork server died, which alone could \
+             read its exit status, so how it ended is unknown"
                 .into(),
         ),
         // The pid is recorded before a worker may start, so none ever ran plugin code.
@@ -383,16 +553,17 @@ mod tests {
         stopped: Option<StopReason>,
         exit: ExitKind,
     ) -> Outcome {
-        classify(report, stopped, Exit::Status(exit), false, TIMEOUT)
+        classify(report, stopped, Exit::Status(exit), true, false, TIMEOUT)
     }
 
     /// Every way a process can end, as its supervisor sees it.
-    fn every_exit() -> [Exit; 5] {
+    fn every_exit() -> [Exit; 6] {
         [
             Exit::Status(ExitKind::Exited(0)),
             Exit::Status(ExitKind::Exited(1)),
             Exit::Status(ExitKind::Signaled(9)),
             Exit::Adopted,
+            Exit::Orphaned,
             Exit::Gone {
                 pid_recorded: false,
             },
@@ -408,7 +579,7 @@ mod tests {
         ] {
             for exit in every_exit() {
                 assert_eq!(
-                    classify(ok(json!({"n": 1})), stopped, exit, true, TIMEOUT),
+                    classify(ok(json!({"n": 1})), stopped, exit, true, true, TIMEOUT),
                     Outcome::Ok(json!({"n": 1})),
                     "{stopped:?} {exit:?}"
                 );
@@ -443,13 +614,14 @@ mod tests {
                         report.clone(),
                         Some(StopReason::Cancelled),
                         exit,
+                        true,
                         false,
-                        TIMEOUT
+                        TIMEOUT,
                     ),
                     Outcome::Cancelled
                 );
                 assert_eq!(
-                    classify(report, Some(StopReason::TimedOut), exit, false, TIMEOUT),
+                    classify(report, Some(StopReason::TimedOut), exit, true, false, TIMEOUT),
                     Outcome::TimedOut(TIMEOUT)
                 );
             }
@@ -470,7 +642,7 @@ mod tests {
         ] {
             for exit in every_exit() {
                 assert_eq!(
-                    classify(error(kind, "why"), None, exit, true, TIMEOUT),
+                    classify(error(kind, "why"), None, exit, true, true, TIMEOUT),
                     Outcome::Error {
                         kind,
                         message: "why".into()
@@ -523,6 +695,7 @@ mod tests {
             None,
             Exit::Status(ExitKind::Signaled(Signal::SEGV.as_raw())),
             true,
+            true,
             TIMEOUT,
         );
         assert_eq!(
@@ -556,6 +729,7 @@ mod tests {
             None,
             Exit::Status(ExitKind::Signaled(11)),
             true,
+            true,
             TIMEOUT,
         );
         let Outcome::Crashed {
@@ -571,9 +745,52 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_that_ended_before_taking_its_go_ahead_did_not_start_whatever_its_exit() {
+        for exit in every_exit() {
+            assert_eq!(
+                classify(None, None, exit, false, false, TIMEOUT),
+                Outcome::NotStarted(
+                    "not started: the worker ended before it took its go-ahead; no plugin code \
+                     ran"
+                        .into()
+                ),
+                "{exit:?}"
+            );
+            // What it reported, or its stop, still says more.
+            assert_eq!(
+                classify(ok(json!(1)), None, exit, false, false, TIMEOUT),
+                Outcome::Ok(json!(1))
+            );
+            assert_eq!(
+                classify(
+                    None,
+                    Some(StopReason::Cancelled),
+                    exit,
+                    false,
+                    false,
+                    TIMEOUT
+                ),
+                Outcome::Cancelled
+            );
+        }
+    }
+
+    #[test]
+    fn a_forked_worker_that_outlived_its_fork_server_without_a_report_is_lost() {
+        assert_eq!(
+            classify(None, None, Exit::Orphaned, true, false, TIMEOUT),
+            Outcome::Lost(
+                "the worker ended without a report after its fork server died, which alone \
+                 could read its exit status, so how it ended is unknown"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
     fn an_adopted_worker_that_ended_without_a_report_is_lost() {
         assert_eq!(
-            classify(None, None, Exit::Adopted, false, TIMEOUT),
+            classify(None, None, Exit::Adopted, true, false, TIMEOUT),
             Outcome::Lost(
                 "the adopted worker ended without a report; a worker the dispatcher did not \
                  start has no exit status to read, so how it ended is unknown"
@@ -589,8 +806,9 @@ mod tests {
                 None,
                 None,
                 Exit::Gone { pid_recorded: true },
+                true,
                 false,
-                TIMEOUT
+                TIMEOUT,
             ),
             Outcome::Lost(
                 "the worker was gone without a report when its dispatcher restarted".into()
@@ -602,6 +820,7 @@ mod tests {
             Exit::Gone {
                 pid_recorded: false,
             },
+            true,
             false,
             TIMEOUT,
         );

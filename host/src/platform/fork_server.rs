@@ -1,0 +1,553 @@
+//! The fork server (Linux): workers forked from a small helper instead of executed anew.
+//!
+//! Executing the `jobhost` program for every attempt costs most of an attempt's time (loading
+//! and linking a large program, starting its runtime). The fork server pays that once: the
+//! dispatcher starts it (`jobhost __zygote`, the *zygote*) and asks it, over a socket, for one
+//! worker per attempt; it forks, and the forked child is the worker. Everything that makes a
+//! worker a worker still happens in the child, exactly as in an executed one: its own session
+//! and process group, no core dumps, the go-ahead read from its stdin, the allowlist checked
+//! and the plugin loaded by the child itself.
+//!
+//! What keeps forking safe and cheap:
+//! - The zygote stays single-threaded and small, and never loads plugin code: a thread in the
+//!   forking process (a plugin's constructor may start one) could hold a lock the child then
+//!   waits on forever, and fork costs grow with the forking process's memory. It parses
+//!   nothing of a request either: the child does.
+//! - It watches each child with a pidfd in its one `poll` loop (no SIGCHLD handler), reaps it,
+//!   kills what it left behind in its process group while the group id is still the child's,
+//!   and writes how it ended into a status pipe the dispatcher gave it for that child.
+//! - A child closes every descriptor it inherited except its stdin (the go-ahead pipe), stdout
+//!   and stderr (the attempt's output), and until its go-ahead comes it dies with the zygote
+//!   (`PR_SET_PDEATHSIG`): a child the dispatcher never heard of, because the zygote died
+//!   between forking it and answering, cannot run anything. Once the go-ahead is there to read
+//!   it no longer does, so a running job outlives a zygote that dies, as it outlives a
+//!   dispatcher that dies; and one killed with its zygote before then never took the byte,
+//!   which tells its supervisor it never started.
+//! - Random state is not shared: the zygote creates none before forking (no hash maps, no
+//!   random numbers), and plugins, loaded after the fork, seed their own.
+//! - A child rewrites its command line to `jobhost __worker {"report": …, "job_id": …}` (in
+//!   the zygote's argument area, which the dispatcher pads when it starts it), so that `ps`,
+//!   and a dispatcher adopting workers after a crash, see a worker as they see an executed one.
+//!
+//! The dispatcher side is [`ForkServer`]: it starts the zygote on first use and again whenever
+//! it died (a request it did not answer is asked again of the new one: the first one's child,
+//! if any, died with it before it could start).
+
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    mem::MaybeUninit,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, PoisonError},
+};
+
+use rustix::{
+    event::{poll, PollFd, PollFlags},
+    io::Errno,
+    net::{
+        recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
+        RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+    },
+    process::{
+        getpid, getppid, kill_process_group, pidfd_open, set_parent_process_death_signal, waitid,
+        Pid, PidfdFlags, Signal, WaitId, WaitIdOptions,
+    },
+};
+
+use super::ExitKind;
+
+/// The descriptors a forked worker gets, in this order: its stdin (the go-ahead pipe's read
+/// end), its stdout and stderr (the attempt's output), and the status pipe's write end, which
+/// only the zygote keeps.
+pub struct ForkFds<'a> {
+    /// The go-ahead pipe's read end: the child's stdin.
+    pub gate: BorrowedFd<'a>,
+    /// The attempt's output: the child's stdout and stderr.
+    pub output: BorrowedFd<'a>,
+    /// Where the zygote writes how the child ended ([`read_status`]).
+    pub status: BorrowedFd<'a>,
+}
+
+/// The dispatcher's side of the fork server: starts the zygote with `command` on first use
+/// and again after it died, and asks it for workers.
+pub struct ForkServer {
+    command: Box<dyn Fn() -> Command + Send + Sync>,
+    zygote: Mutex<Option<Zygote>>,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer").finish_non_exhaustive()
+    }
+}
+
+/// A running zygote: the process and our end of its control socket (its stdin).
+struct Zygote {
+    process: Child,
+    control: OwnedFd,
+}
+
+impl ForkServer {
+    /// A fork server whose zygote is started by `command` (which must run
+    /// [`serve_zygote`]), not yet started.
+    pub fn new(command: impl Fn() -> Command + Send + Sync + 'static) -> Self {
+        Self {
+            command: Box::new(command),
+            zygote: Mutex::new(None),
+        }
+    }
+
+    /// Forks a worker that gets `fds` ([`ForkFds`]), rewrites its command line to `title`
+    /// (arguments separated by NUL bytes) and runs `request`. Returns its pid and a pidfd for
+    /// it. A zygote that died is replaced, and the request asked again, once.
+    pub fn fork(
+        &self,
+        title: &[u8],
+        request: &[u8],
+        fds: &ForkFds<'_>,
+    ) -> io::Result<(u32, OwnedFd)> {
+        let mut zygote = self.zygote.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut died = None;
+        for _ in 0..2 {
+            let running = match zygote.as_mut() {
+                Some(running) => running,
+                None => zygote.insert(Zygote::start(&*self.command)?),
+            };
+            match running.ask(title, request, fds) {
+                Ok(answer) => return answer,
+                Err(e) => {
+                    // It died, or cannot be talked to: end and reap it (a child it forked
+                    // and did not tell of dies with it), then try a new one.
+                    if let Some(gone) = zygote.take() {
+                        gone.end();
+                    }
+                    died = Some(e);
+                }
+            }
+        }
+        Err(io::Error::other(format!(
+            "the fork server stopped answering twice in a row: {}",
+            died.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+}
+
+impl Drop for ForkServer {
+    fn drop(&mut self) {
+        let zygote = self.zygote.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(zygote) = zygote.take() {
+            // End of input is the zygote's signal to leave; its children run on.
+            let Zygote {
+                mut process,
+                control,
+            } = zygote;
+            drop(control);
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Zygote {
+    fn start(command: &dyn Fn() -> Command) -> io::Result<Self> {
+        let (control, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let mut command = command();
+        command
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let process = command.spawn()?;
+        Ok(Self { process, control })
+    }
+
+    /// One request and its answer. `Err` means the zygote is gone (or unusable); `Ok(Err)` that
+    /// it answered that it could not fork.
+    fn ask(
+        &mut self,
+        title: &[u8],
+        request: &[u8],
+        fds: &ForkFds<'_>,
+    ) -> io::Result<io::Result<(u32, OwnedFd)>> {
+        let lengths = [length(title)?, length(request)?];
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&lengths[0].to_le_bytes());
+        header[4..].copy_from_slice(&lengths[1].to_le_bytes());
+        let passed = [fds.gate, fds.output, fds.status];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&passed));
+        let sent = retry(|| {
+            sendmsg(
+                &self.control,
+                &[IoSlice::new(&header)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+        })?;
+        write_all(&self.control, &header[sent..])?;
+        write_all(&self.control, title)?;
+        write_all(&self.control, request)?;
+
+        let mut answer = [0u8; 4];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut received = RecvAncillaryBuffer::new(&mut space);
+        let got = retry(|| {
+            recvmsg(
+                &self.control,
+                &mut [IoSliceMut::new(&mut answer)],
+                &mut received,
+                RecvFlags::CMSG_CLOEXEC,
+            )
+        })?
+        .bytes;
+        let pidfd = received.drain().find_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+            _ => None,
+        });
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        read_exact(&self.control, &mut answer[got..])?;
+        let answer = i32::from_le_bytes(answer);
+        Ok(match (u32::try_from(answer), pidfd) {
+            (Ok(pid), Some(pidfd)) if pid > 0 => Ok((pid, pidfd)),
+            _ => Err(io::Error::from_raw_os_error(answer.saturating_neg().max(1))),
+        })
+    }
+
+    /// Kills and reaps it. Reaping is what makes sure that a child it forked and did not
+    /// tell of is dead: its parent-death signal is sent before the zygote can be reaped.
+    fn end(mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn length(bytes: &[u8]) -> io::Result<u32> {
+    u32::try_from(bytes.len()).map_err(|_| io::Error::other("a fork request over 4 GiB"))
+}
+
+fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = retry(|| rustix::net::send(fd, bytes, SendFlags::NOSIGNAL))?;
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+fn read_exact(fd: impl AsFd, mut buf: &mut [u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match retry(|| rustix::io::read(fd.as_fd(), &mut *buf))? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => buf = &mut buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// How a forked worker ended, from its status pipe (`status`: the read end), waiting for the
+/// zygote to reap it. `None` when the zygote died first: then nobody can tell.
+pub fn read_status(status: &OwnedFd) -> Option<ExitKind> {
+    let mut bytes = [0u8; 8];
+    read_exact(status, &mut bytes).ok()?;
+    let value = i32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    Some(match bytes[0] {
+        0 => ExitKind::Exited(value),
+        _ => ExitKind::Signaled(value),
+    })
+}
+
+/// The exit code of a forked child that could not become a worker (its zygote was gone, its
+/// descriptors could not be set up, its request was not text), or whose worker code panicked.
+const EXIT_UNSTARTED: i32 = 71;
+
+/// One child of the zygote, watched until it ends.
+struct Forked {
+    pid: Pid,
+    pidfd: OwnedFd,
+    status: OwnedFd,
+}
+
+impl Forked {
+    /// Reaps it, once its pidfd says it ended, and writes how it ended to its status pipe.
+    fn reap(self) {
+        // A zombie keeps its pid, and so its process group's id, until it is reaped: killing
+        // the group now reaches only what its job left behind.
+        let _ = kill_process_group(self.pid, Signal::KILL);
+        let ended = loop {
+            match waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED) {
+                Err(Errno::INTR) => continue,
+                other => break other,
+            }
+        };
+        let (tag, value) = match ended {
+            Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
+                (Some(code), _) => (0u8, code),
+                (None, Some(signal)) => (1, signal),
+                (None, None) => (0, -1),
+            },
+            // Not ours after all, or already reaped: unknown.
+            _ => (0, -1),
+        };
+        let mut bytes = [0u8; 8];
+        bytes[0] = tag;
+        bytes[4..].copy_from_slice(&value.to_le_bytes());
+        // Eight bytes always fit in a fresh pipe; a dispatcher that is gone does not read them.
+        let _ = rustix::io::write(&self.status, &bytes);
+    }
+}
+
+/// A request as the zygote receives it.
+struct Request {
+    title: Vec<u8>,
+    body: Vec<u8>,
+    gate: OwnedFd,
+    output: OwnedFd,
+    status: OwnedFd,
+}
+
+/// The zygote: serves fork requests from its stdin (the control socket) until the dispatcher
+/// closes it, running `child_main` with each request in a forked child. Returns its exit code.
+/// Must be called in a process that has started no thread.
+pub fn serve_zygote(child_main: fn(&str) -> i32) -> i32 {
+    // SAFETY: fd 0 is this process's stdin, open for its whole life: the control socket.
+    let control = unsafe { BorrowedFd::borrow_raw(0) };
+    let zygote = getpid();
+    let title_area = TitleArea::of_this_process();
+    let mut children: Vec<Forked> = Vec::new();
+    loop {
+        let mut fds: Vec<PollFd<'_>> = std::iter::once(control)
+            .chain(children.iter().map(|c| c.pidfd.as_fd()))
+            .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+            .collect();
+        match poll(&mut fds, None) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => {
+                eprintln!("jobhost fork server: cannot wait: {e}");
+                return 1;
+            }
+        }
+        let asked = !fds[0].revents().is_empty();
+        let ended: Vec<usize> = fds[1..]
+            .iter()
+            .enumerate()
+            .filter(|(_, fd)| !fd.revents().is_empty())
+            .map(|(i, _)| i)
+            .collect();
+        drop(fds);
+        // From the highest index down, so that each removal leaves the rest in place.
+        for i in ended.into_iter().rev() {
+            children.swap_remove(i).reap();
+        }
+        if !asked {
+            continue;
+        }
+        let request = match receive(control) {
+            Ok(Some(request)) => request,
+            // The dispatcher closed its end, or went away.
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("jobhost fork server: unreadable request: {e}");
+                return 1;
+            }
+        };
+        let answer = match fork_child(request, zygote, title_area.as_ref(), child_main) {
+            Ok(child) => {
+                let answer = answer_with(control, child.pid.as_raw_nonzero().get(), Some(&child.pidfd));
+                children.push(child);
+                answer
+            }
+            Err(e) => answer_with(control, -e.raw_os_error().unwrap_or(libc::EIO), None),
+        };
+        if answer.is_err() {
+            // Nobody to answer: the dispatcher is gone.
+            return 0;
+        }
+    }
+}
+
+/// Reads one request; `None` at the end of input.
+fn receive(control: BorrowedFd<'_>) -> io::Result<Option<Request>> {
+    let mut header = [0u8; 8];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let got = retry(|| {
+        recvmsg(
+            control,
+            &mut [IoSliceMut::new(&mut header)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })?
+    .bytes;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = message {
+            fds.extend(passed);
+        }
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    read_exact(control, &mut header[got..])?;
+    let title_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let body_len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let mut title = vec![0u8; title_len as usize];
+    read_exact(control, &mut title)?;
+    let mut body = vec![0u8; body_len as usize];
+    read_exact(control, &mut body)?;
+    let mut fds = fds.into_iter();
+    match (fds.next(), fds.next(), fds.next()) {
+        (Some(gate), Some(output), Some(status)) => Ok(Some(Request {
+            title,
+            body,
+            gate,
+            output,
+            status,
+        })),
+        _ => Err(io::Error::other("a request without its three descriptors")),
+    }
+}
+
+/// Answers a request: the child's pid and its pidfd, or `-errno`.
+fn answer_with(control: BorrowedFd<'_>, answer: i32, pidfd: Option<&OwnedFd>) -> io::Result<()> {
+    let bytes = answer.to_le_bytes();
+    let passed: Vec<BorrowedFd<'_>> = pidfd.iter().map(|fd| fd.as_fd()).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !passed.is_empty() {
+        ancillary.push(SendAncillaryMessage::ScmRights(&passed));
+    }
+    let sent = retry(|| {
+        sendmsg(
+            control,
+            &[IoSlice::new(&bytes)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        )
+    })?;
+    let mut rest = &bytes[sent..];
+    while !rest.is_empty() {
+        let n = retry(|| rustix::net::send(control, rest, SendFlags::NOSIGNAL))?;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// Forks the child for `request`; in the parent, returns it to be watched.
+fn fork_child(
+    request: Request,
+    zygote: Pid,
+    title_area: Option<&TitleArea>,
+    child_main: fn(&str) -> i32,
+) -> io::Result<Forked> {
+    // SAFETY: this process has one thread (see `serve_zygote`), so the child may run any code:
+    // no lock can be held by a thread that does not exist in it.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        become_worker(&request, zygote, title_area, child_main);
+    }
+    let Request { status, .. } = request;
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::other("fork returned pid 0"))?;
+    // Not reaped before we wait for it, so the pid is surely the child's.
+    match pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(pidfd) => Ok(Forked { pid, pidfd, status }),
+        Err(e) => {
+            // Unwatchable: it must not run. Its pid is still its own (unreaped).
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Err(e.into())
+        }
+    }
+}
+
+/// In the forked child: becomes the worker of `request` and never returns.
+fn become_worker(
+    request: &Request,
+    zygote: Pid,
+    title_area: Option<&TitleArea>,
+    child_main: fn(&str) -> i32,
+) -> ! {
+    // Until its go-ahead, it dies with the zygote; if the zygote died already, it stops here.
+    let dies_with_zygote = set_parent_process_death_signal(Some(Signal::KILL)).is_ok();
+    if !dies_with_zygote || getppid() != Some(zygote) {
+        // SAFETY: ends this process at once, running nothing of the zygote's.
+        unsafe { libc::_exit(EXIT_UNSTARTED) };
+    }
+    let stdio = rustix::stdio::dup2_stdin(&request.gate)
+        .and_then(|()| rustix::stdio::dup2_stdout(&request.output))
+        .and_then(|()| rustix::stdio::dup2_stderr(&request.output));
+    if stdio.is_err() {
+        // SAFETY: as above.
+        unsafe { libc::_exit(EXIT_UNSTARTED) };
+    }
+    // Nothing of the zygote's stays open in the worker: not the control socket (stdin now is
+    // the gate), nor the other children's pidfds and status pipes, nor this request's. The
+    // `OwnedFd`s still naming them are never dropped: this function never returns.
+    // SAFETY: close_range only closes descriptors.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if let Some(area) = title_area {
+        area.write(&request.title);
+    }
+    let code = match std::str::from_utf8(&request.body) {
+        Ok(body) => std::panic::catch_unwind(|| child_main(body))
+            .unwrap_or(EXIT_UNSTARTED),
+        Err(_) => EXIT_UNSTARTED,
+    };
+    std::process::exit(code)
+}
+
+/// The zygote's argument area (its `argv` strings after the program name), which a forked
+/// child overwrites with its own command line, as `setproctitle` does.
+struct TitleArea {
+    start: usize,
+    len: usize,
+}
+
+impl TitleArea {
+    /// The area of this process, from `/proc/self/stat` (`arg_start`, `arg_end`) and
+    /// `/proc/self/cmdline` (the program name stays).
+    fn of_this_process() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may contain anything:
+        // the first is field 3 (state); arg_start is field 48 and arg_end field 49.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let arg_start: usize = fields.get(48 - 3)?.parse().ok()?;
+        let arg_end: usize = fields.get(49 - 3)?.parse().ok()?;
+        let cmdline = std::fs::read("/proc/self/cmdline").ok()?;
+        let program = cmdline.iter().position(|&b| b == 0)? + 1;
+        let start = arg_start.checked_add(program)?;
+        let len = arg_end.checked_sub(start)?;
+        (len > 1).then_some(Self { start, len })
+    }
+
+    /// Writes `title` into the area, cut to fit, the rest zeroed (so the kernel shows no
+    /// leftovers of the zygote's arguments).
+    fn write(&self, title: &[u8]) {
+        let n = title.len().min(self.len - 1);
+        // SAFETY: [start, start + len) is this process's argument area: memory of its own,
+        // mapped and writable for its whole life, which nothing else in a forked worker reads
+        // (the request was read from the socket, not from the arguments).
+        unsafe {
+            let area = self.start as *mut u8;
+            std::ptr::copy_nonoverlapping(title.as_ptr(), area, n);
+            std::ptr::write_bytes(area.add(n), 0, self.len - n);
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The fork server (`dispatcher.runner = "fork"`, the default on Linux): workers forked from
+//! one small helper process (`jobhost __zygote`), set up exactly as executed ones, and jobs that
+//! survive the helper's death.
+//!
+//! The rest of the suite runs with both runners (`scripts/test` runs the worker, fixture,
+//! queue, recovery, hot-swap and PostgreSQL tests again with `JOBHOST_RUNNER=exec`); these are
+//! about the fork server itself, so each first checks that there is one.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use jobhost_e2e::{alive, built_library, proc_stat, wait_for, Host, MISBEHAVE};
+
+/// The installation's fork server, once its dispatcher started one.
+fn zygote_of(host: &Host) -> u32 {
+    wait_for(
+        "the dispatcher's fork server",
+        Duration::from_secs(30),
+        || host.zygote(),
+    )
+}
+
+/// Where each of `/proc/PID/fd/*` leads, by descriptor number.
+fn open_files(pid: u32) -> BTreeMap<u32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn workers_are_forked_by_a_one_thread_fork_server_that_loads_no_plugin_and_set_up_as_executed_ones()
+{
+    let host = Host::standard();
+    let mut serve = host.serve();
+    host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
+        .expect_code(0);
+    let zygote = zygote_of(&host);
+    let dispatcher = host.dispatcher_pid().unwrap();
+    assert_eq!(
+        proc_stat(zygote).unwrap().1,
+        dispatcher,
+        "its dispatcher started it"
+    );
+    let threads = std::fs::read_dir(format!("/proc/{zygote}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "a forking process must have one thread");
+    let maps = std::fs::read_to_string(format!("/proc/{zygote}/maps")).unwrap();
+    let plugins = host.state_dir().join("plugins");
+    assert!(
+        !maps.contains(&*plugins.to_string_lossy()) && !maps.contains(MISBEHAVE),
+        "the fork server never loads plugin code:\n{maps}"
+    );
+
+    let id = host.enqueue(&[r"Tests\Misbehave", "hang_cooperative", "--retries", "0"]);
+    let marker = format!(r#""job_id":"{id}""#);
+    let worker = wait_for(
+        "the forked worker to take its go-ahead",
+        Duration::from_secs(30),
+        || {
+            let (pid, _) = host
+                .workers()
+                .into_iter()
+                .find(|(_, cmd)| cmd.contains(&marker))?;
+            let stdin = open_files(pid).get(&0).cloned()?;
+            (stdin == "/dev/null").then_some(pid)
+        },
+    );
+    // Its session, terminal, core limit and environment are the worker tests' (run with each
+    // runner); here, what is the fork server's own.
+    assert_eq!(
+        proc_stat(worker).unwrap().1,
+        zygote,
+        "forked by the fork server"
+    );
+    let state_dir = host.state_dir().to_string_lossy().into_owned();
+    for (fd, target) in open_files(worker) {
+        assert!(
+            target == "/dev/null" || target.starts_with(&state_dir),
+            "the worker holds only its own files, nothing of the fork server's: fd {fd} is \
+             {target}"
+        );
+    }
+
+    host.run(&["cancel", &id.to_string()]).expect_code(0);
+    let shown = host.wait_state(id, &["cancelled"]);
+    assert_eq!(shown["attempts"][0]["pid"], worker);
+    assert!(host.stop_serve(&mut serve));
+    wait_for(
+        "the fork server to leave with its dispatcher",
+        Duration::from_secs(30),
+        || (!alive(zygote)).then_some(()),
+    );
+}
+
+/// The trace lines of `path` (`JOB ATTEMPT PID`), counted by job.
+fn runs_by_job(path: &Path) -> BTreeMap<i64, usize> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut runs = BTreeMap::new();
+    for line in text.lines() {
+        let job: i64 = line.split_whitespace().next().unwrap().parse().unwrap();
+        *runs.entry(job).or_default() += 1;
+    }
+    runs
+}
+
+#[test]
+fn a_fork_server_killed_mid_drain_is_started_again_and_every_job_runs_once() {
+    let host = Host::standard();
+    let trace = host.root().join("runs.trace");
+    let path = format!("path={}", trace.display());
+    let mut serve = host.serve();
+    let ids: Vec<i64> = (0..30)
+        .map(|_| {
+            host.enqueue(&[
+                r"Tests\Misbehave",
+                "trace",
+                &path,
+                "seconds=0.2",
+                "--retries",
+                "0",
+            ])
+        })
+        .collect();
+    wait_for("a few jobs to have run", Duration::from_secs(60), || {
+        (runs_by_job(&trace).len() >= 4).then_some(())
+    });
+    let first = zygote_of(&host);
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    for &id in &ids {
+        let shown = host.wait_state(id, &["completed", "failed"]);
+        assert_eq!(shown["job"]["state"], "completed", "job {id}: {shown:#}");
+    }
+    let runs = runs_by_job(&trace);
+    assert_eq!(runs.len(), ids.len(), "every job ran: {runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "and each once, however the fork server's death caught it: {runs:?}"
+    );
+    let second = zygote_of(&host);
+    assert_ne!(second, first, "a new fork server serves the rest");
+    assert_eq!(proc_stat(second).unwrap().1, host.dispatcher_pid().unwrap());
+    assert!(host.stop_serve(&mut serve));
+}
+
+#[test]
+fn a_plugin_whose_constructor_starts_a_thread_runs_in_forked_workers_without_deadlock() {
+    const FIXTURE: &str = "constructor_thread_fixture";
+    let host = Host::with_plugins(&[FIXTURE]);
+    host.write(
+        "allowlist.toml",
+        "[jobs]\n'Tests\\ConstructorThread' = [\"ok\"]\n",
+    );
+    let mut serve = host.serve();
+    assert!(built_library(FIXTURE).exists());
+    // Its `ok` takes a lock that only the thread its constructor started ever lets go of: in a
+    // worker forked from a process that had loaded the plugin it would wait forever (and time
+    // out), with neither the thread nor the release.
+    let ids: Vec<i64> = (0..6)
+        .map(|_| {
+            host.enqueue(&[
+                r"Tests\ConstructorThread",
+                "ok",
+                "--timeout",
+                "60",
+                "--retries",
+                "0",
+            ])
+        })
+        .collect();
+    for id in ids {
+        let shown = host.wait_state(id, &["completed", "failed"]);
+        assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+        assert_eq!(shown["job"]["result"], serde_json::json!({ "ok": true }));
+    }
+    let zygote = zygote_of(&host);
+    let threads = std::fs::read_dir(format!("/proc/{zygote}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "the fork server never loaded the plugin");
+    assert!(host.stop_serve(&mut serve));
+}
