@@ -151,12 +151,12 @@ pub struct Drain {
     pub by_dispatcher: BTreeMap<DispatcherId, usize>,
     /// CPU seconds of the dispatchers themselves (all their threads) over `wall`.
     pub dispatchers_cpu: f64,
-    /// CPU seconds of everything the dispatchers started, counted when they were reaped
-    /// (see [`drain`]).
+    /// CPU seconds of everything the dispatchers started, counted once they had exited and
+    /// been reaped (see [`drain`]).
     pub workers_cpu: f64,
-    /// CPU seconds of the children the dispatchers had reaped by the end of `wall`, as their
-    /// `/proc/PID/stat` says: the workers they wait for themselves.
-    pub reaped_cpu: f64,
+    /// CPU seconds of the dispatchers' workers over `wall`, as `/proc` shows them during the
+    /// drain (see [`drain`]).
+    pub seen_cpu: f64,
     /// CPU seconds of this bench over `wall`: its polling, and what `load` does.
     pub bench_cpu: f64,
     /// Cores kept busy by other processes over `wall`.
@@ -182,17 +182,19 @@ impl Drain {
 /// dispatchers are stopped.
 ///
 /// CPU: the dispatchers' own time is the change of utime + stime in their `/proc/PID/stat`
-/// over the drain. Their workers' time cannot be read there: a process's cutime + cstime
-/// counts only the children it has waited for, and those children's own waited-for children;
-/// a worker forked by a fork-server (a child of the dispatcher) is counted in the dispatcher
-/// only once the fork-server itself is reaped, when it exits. So the workers' time is taken
-/// once the dispatchers have exited and this bench has reaped them: the change of this
-/// bench's own cutime + cstime (everything it reaped meanwhile: the dispatchers and,
-/// transitively, everything reaped below them) minus the dispatchers' own time as last read,
-/// just before they were asked to stop. It holds every process the dispatchers started (the
-/// workers, a fork-server) as long as each process waits for its children, and it counts the
-/// few milliseconds a dispatcher spends stopping as the workers'. `reaped_cpu` is what the
-/// dispatchers' `/proc/PID/stat` counted during the drain, for comparison.
+/// over the drain. Their workers' time is counted two ways. `seen_cpu`, during the drain: the
+/// change of the dispatchers' cutime + cstime (the children they have waited for: executed
+/// workers) plus the utime + stime + cutime + cstime of their children still running (a fork
+/// server, whose cutime holds the forked workers it has waited for). Not the dispatchers'
+/// cutime alone: a process's cutime counts only the children it has waited for and what those
+/// had waited for, so workers forked by a fork server appear there only once the fork server
+/// itself has exited and been waited for. `workers_cpu`, after the drain: the change of this
+/// bench's own cutime + cstime from before the dispatchers started until they exited and were
+/// reaped (everything reaped below them, transitively), minus the dispatchers' own time as last
+/// read, just before they were asked to stop. The two agree when every process waits for its
+/// children; `workers_cpu` is short by the time of whatever exited unwaited for (a fork server
+/// a dispatcher left without waiting for it takes its workers' time with it), and it counts
+/// the few milliseconds a dispatcher spends stopping as its workers'.
 pub fn drain<L, R>(
     installs: &[Installation],
     jobs: usize,
@@ -207,11 +209,15 @@ pub fn drain<L, R>(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let load = load(&served)?;
     let mut client = installs[0].client()?;
+    // The dispatchers' own CPU, and their children's as far as /proc shows it.
     let read_dispatchers = || -> anyhow::Result<(f64, f64)> {
         let mut sum = (0.0, 0.0);
         for dispatcher in &served {
             let (own, children) = process_cpu(&dispatcher.pid().to_string())?;
-            sum = (sum.0 + own, sum.1 + children);
+            sum = (
+                sum.0 + own,
+                sum.1 + children + live_children_cpu(dispatcher.pid()),
+            );
         }
         Ok(sum)
     };
@@ -245,10 +251,10 @@ pub fn drain<L, R>(
     }
     let (_, reaped_after) = process_cpu("self")?;
     let dispatchers_cpu = dispatchers_after.0 - dispatchers_before.0;
-    let reaped_cpu = dispatchers_after.1 - dispatchers_before.1;
+    let seen_cpu = dispatchers_after.1 - dispatchers_before.1;
     let bench_cpu = bench_after - bench_before;
     let wall = completed.wall;
-    let others = machine - dispatchers_cpu - reaped_cpu - bench_cpu;
+    let others = machine - dispatchers_cpu - seen_cpu - bench_cpu;
     Ok((
         Drain {
             jobs,
@@ -257,14 +263,31 @@ pub fn drain<L, R>(
             by_dispatcher,
             dispatchers_cpu,
             workers_cpu: (reaped_after - reaped_before - dispatchers_last.0).max(0.0),
-            reaped_cpu,
+            seen_cpu,
             bench_cpu,
-            // Workers not yet reaped (those of a fork-server) are in `others` here: an
-            // overestimate of the others' load in that case.
             other_cores: others.max(0.0) / wall.as_secs_f64(),
         },
         result,
     ))
+}
+
+/// CPU seconds of the children of process `pid` that still run (listed in each of its
+/// threads' `/proc/PID/task/TID/children`), each its own and its reaped children's; 0 for what
+/// cannot be read (a child that just exited).
+fn live_children_cpu(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut sum = 0.0;
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            if let Ok((own, reaped)) = process_cpu(child) {
+                sum += own + reaped;
+            }
+        }
+    }
+    sum
 }
 
 // ----- pickup latency -----
