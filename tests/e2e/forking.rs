@@ -8,7 +8,7 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use jobhost_e2e::{alive, built_library, proc_stat, wait_for, Host, MISBEHAVE};
+use jobhost_e2e::{alive, built_library, kill_9, proc_stat, wait_for, Host, MISBEHAVE};
 
 /// The installation's fork server, once its dispatcher started one.
 fn zygote_of(host: &Host) -> u32 {
@@ -79,11 +79,18 @@ fn workers_are_forked_by_a_one_thread_fork_server_that_loads_no_plugin_and_set_u
         "forked by the fork server"
     );
     let state_dir = host.state_dir().to_string_lossy().into_owned();
-    for (fd, target) in open_files(worker) {
+    let files = open_files(worker);
+    let output = files[&1].clone();
+    assert!(
+        output.starts_with("pipe:"),
+        "its output is a pipe: {output}"
+    );
+    assert_eq!(files[&2], output, "stdout and stderr are one pipe");
+    for (fd, target) in &files {
         assert!(
-            target == "/dev/null" || target.starts_with(&state_dir),
+            *target == "/dev/null" || target.starts_with(&state_dir) || *target == output,
             "the worker holds only its own files, nothing of the fork server's: fd {fd} is \
-             {target}"
+             {target} in {files:#?}"
         );
     }
 
@@ -131,11 +138,7 @@ fn a_fork_server_killed_mid_drain_is_started_again_and_every_job_runs_once() {
         (runs_by_job(&trace).len() >= 4).then_some(())
     });
     let first = zygote_of(&host);
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &first.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    kill_9(first);
 
     for &id in &ids {
         let shown = host.wait_state(id, &["completed", "failed"]);

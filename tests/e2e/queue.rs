@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobhost_e2e::{alive, group_alive, proc_stat, wait_for, Host, Run};
+use jobhost_e2e::{alive, group_alive, kill_9, proc_stat, wait_for, Host, Run};
 use serde_json::Value;
 
 fn state(shown: &Value) -> &str {
@@ -172,6 +172,57 @@ fn cancelled_queued_job_never_starts_and_running_hung_job_is_killed_without_retr
 }
 
 #[test]
+fn output_a_worker_prints_while_no_dispatcher_runs_waits_for_the_next_one_and_is_kept() {
+    let host = Host::standard();
+    let trace = host.root().join("runs.trace");
+    let print = host.root().join("print-now");
+    let id = host.enqueue(&[
+        r"Tests\Misbehave",
+        "trace",
+        &format!("path={}", trace.display()),
+        "seconds=0",
+        &format!("print_when={}", print.display()),
+        "--retries",
+        "0",
+    ]);
+    wait_for("the job to run", Duration::from_secs(60), || {
+        std::fs::read_to_string(&trace)
+            .ok()
+            .filter(|t| t.ends_with('\n'))
+    });
+    let dispatcher = host.dispatcher_pid().unwrap();
+    let (worker, _) = host.workers().pop().unwrap();
+    kill_9(dispatcher);
+    // 256 KiB, four times what a pipe holds: with nobody reading, the worker waits.
+    std::fs::write(&print, b"").unwrap();
+    wait_for(
+        "the worker to wait on its full pipe",
+        Duration::from_secs(30),
+        || {
+            let wchan = std::fs::read_to_string(format!("/proc/{worker}/wchan")).ok()?;
+            wchan.contains("pipe").then_some(())
+        },
+    );
+    assert!(
+        alive(worker),
+        "nothing a worker prints fails while no dispatcher reads"
+    );
+
+    let mut serve = host.serve();
+    let shown = host.wait_state(id, &["completed", "failed"]);
+    assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    let (output, _) = host.attempts(&id.to_string())[&1].clone();
+    let line = format!("traced job {id} attempt 1\n");
+    assert!(
+        output.len() >= 256 * 1024 && output.ends_with(&line) && output.starts_with(&line),
+        "all it printed is kept: {} bytes, ending {:?}",
+        output.len(),
+        &output[output.len().saturating_sub(80)..]
+    );
+    assert!(host.stop_serve(&mut serve));
+}
+
+#[test]
 fn kill_9_of_the_dispatcher_loses_nothing_running_or_queued() {
     let host = Host::standard();
     let sleepers: Vec<i64> = (0..2)
@@ -198,13 +249,7 @@ fn kill_9_of_the_dispatcher_loses_nothing_running_or_queued() {
         let w = host.workers();
         (w.len() == 2).then_some(w)
     });
-    std::process::Command::new("kill")
-        .args(["-9", &dispatcher.to_string()])
-        .status()
-        .unwrap();
-    wait_for("the dispatcher to die", Duration::from_secs(30), || {
-        (!alive(dispatcher)).then_some(())
-    });
+    kill_9(dispatcher);
     // One orphan dies while nobody watches: its attempt is lost and retried. The other lives
     // on, detached, and is adopted by the next dispatcher.
     std::process::Command::new("kill")

@@ -76,7 +76,8 @@ fn the_dispatcher_prunes_finished_jobs_and_their_files_after_each_states_period(
     let cancelled = cancelled(&host);
     let (done_at, cancelled_at) = (finished_at(&host, completed), finished_at(&host, cancelled));
     assert!(job_dir(&host, completed).join("1.out").is_file());
-    assert!(job_dir(&host, failed).join("1.out").is_file());
+    // It printed nothing, so it has a report and no output file.
+    assert!(job_dir(&host, failed).join("1.report.json").is_file());
 
     wait_pruned(&host, completed, done_at, Duration::from_secs(2));
     wait_pruned(&host, cancelled, cancelled_at, Duration::from_secs(2));
@@ -87,7 +88,7 @@ fn the_dispatcher_prunes_finished_jobs_and_their_files_after_each_states_period(
     wait_pruned(&host, later, later_at, Duration::from_secs(2));
     // Failed jobs are kept for an hour.
     assert!(stored(&host, failed));
-    assert!(job_dir(&host, failed).join("1.out").is_file());
+    assert!(job_dir(&host, failed).join("1.report.json").is_file());
     let pruned: Vec<String> = host
         .log("background_jobs.log")
         .into_iter()

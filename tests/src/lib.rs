@@ -428,20 +428,26 @@ impl Host {
         )
     }
 
-    /// Every attempt directory's files for job `job_id`: attempt number → (output, report).
+    /// Every attempt directory's files for job `job_id`: attempt number → (output, empty when
+    /// it printed nothing, and report).
     pub fn attempts(&self, job_id: &str) -> BTreeMap<u32, (String, Option<Value>)> {
         let dir = self.state_dir().join("attempts").join(job_id);
         let mut attempts = BTreeMap::new();
         for entry in fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if let Some(n) = name.strip_suffix(".out") {
-                let n: u32 = n.parse().unwrap();
-                let output = fs::read_to_string(dir.join(&name)).unwrap();
-                let report = fs::read(dir.join(format!("{n}.report.json")))
-                    .ok()
-                    .map(|bytes| serde_json::from_slice(&bytes).unwrap());
-                attempts.insert(n, (output, report));
-            }
+            // An attempt that printed nothing has no output file.
+            let Some(n) = name
+                .strip_suffix(".out")
+                .or_else(|| name.strip_suffix(".report.json"))
+            else {
+                continue;
+            };
+            let n: u32 = n.parse().unwrap();
+            let output = fs::read_to_string(dir.join(format!("{n}.out"))).unwrap_or_default();
+            let report = fs::read(dir.join(format!("{n}.report.json")))
+                .ok()
+                .map(|bytes| serde_json::from_slice(&bytes).unwrap());
+            attempts.insert(n, (output, report));
         }
         attempts
     }
@@ -630,6 +636,22 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// Kills process `pid` with SIGKILL (`kill -9`) and waits (generously) until it is gone: dead
+/// and reaped, or a zombie whose parent has not reaped it yet.
+#[cfg(target_os = "linux")]
+pub fn kill_9(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -9 {pid}");
+    wait_for(
+        &format!("process {pid} to die"),
+        Duration::from_secs(30),
+        || (!alive(pid)).then_some(()),
+    );
 }
 
 /// Fields of `/proc/PID/stat` after the command name: (state, ppid, pgrp, session, tty_nr).

@@ -113,14 +113,18 @@ pub fn show(settings: &Settings, id: i64, json: bool, out: &mut Stdout) -> anyho
         }
         if let Some(path) = &a.output_path {
             // Capped like the capture that wrote it (a file put there later may be anything).
-            let output = crate::shared::files::read_capped(
+            let output = match crate::shared::files::read_capped(
                 path,
                 crate::runner::supervisor::capture::max_file_bytes(
                     settings.limits.max_output_bytes,
                 ),
                 "an attempt's output",
-            )
-            .unwrap_or_else(|e| format!("(cannot be shown: {e})").into_bytes());
+            ) {
+                Ok(output) => output,
+                // An attempt that printed nothing has no output file.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => format!("(cannot be shown: {e})").into_bytes(),
+            };
             writeln!(out, "  output ({}):", path.display())?;
             for line in String::from_utf8_lossy(&output).lines() {
                 writeln!(out, "  | {}", visible(line, Escape::Text))?;

@@ -11,7 +11,7 @@
 //!   [`adopt`] (the same for a worker a crashed dispatcher left running), [`CancelToken`],
 //!   [`OutputPair`], [`reopen_output`], [`crash_name`], and the `StopSchedule` both
 //!   implementations follow;
-//! - in the child: [`prepare_child`], [`hold_output_open`], [`await_go_ahead`],
+//! - in the child: [`prepare_child`], [`hold_output_open`] (of [`HELD_OUTPUT`]), [`await_go_ahead`],
 //!   [`stdin_to_null`], and for the inspector [`adopt_orphans`] and [`kill_adopted`];
 //! - between processes: [`Doorbell`], [`ring`], [`answers`], [`FileLock`], [`find_worker`];
 //! - detaching and signals: [`detach_command`], [`detach_self`] (the spec's `nohup … &` and
@@ -26,7 +26,7 @@ pub use unix::{
     adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
     find_worker, fork_worker, hold_output_open, kill_adopted, on_signals, on_termination,
     prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
-    ForkedWorker, Launch, OutputPair,
+    ForkedWorker, Launch, OutputPair, HELD_OUTPUT,
 };
 #[cfg(windows)]
 mod windows;
@@ -35,6 +35,7 @@ pub use windows::{
     adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
     find_worker, hold_output_open, kill_adopted, on_signals, on_termination, prepare_child,
     reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell, Launch, OutputPair,
+    HELD_OUTPUT,
 };
 
 use std::time::{Duration, Instant};

@@ -225,48 +225,54 @@ pub struct OutputPair {
 }
 
 impl OutputPair {
-    /// An anonymous pipe: output is lost if the supervisor dies.
+    /// An anonymous pipe. A worker's output survives a restart of its supervisor all the same:
+    /// the worker holds a read end of its own stdout open ([`hold_output_open`] of
+    /// [`HELD_OUTPUT`]), so its writes never fail with EPIPE while no supervisor reads (they
+    /// wait for the next one instead), and the next supervisor opens another read end through
+    /// `/proc` ([`reopen_output`]). No file is created for it: creating one per attempt cost
+    /// more than the rest of the supervision on a busy ext4.
     pub fn pipe() -> io::Result<Self> {
         let (read, write) = pipe_with(PipeFlags::CLOEXEC)?;
         Ok(Self { read, write })
     }
-
-    /// A named pipe at `path`, so that a supervisor started after a crash can open it again
-    /// ([`reopen_output`]) and go on reading. The worker also holds it open for reading
-    /// ([`hold_output_open`]), so its writes never fail with EPIPE while no supervisor reads;
-    /// they wait for the next one instead.
-    pub fn fifo(path: &Path) -> io::Result<Self> {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            path,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o600),
-            0,
-        )?;
-        let read = reopen_output(path)?;
-        let write = rustix::fs::open(path, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(Self { read, write })
-    }
 }
 
-/// Opens the read end of an attempt's named pipe again, without blocking.
-pub fn reopen_output(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
+/// What a worker holds open to keep its output pipe readable ([`hold_output_open`]): its own
+/// stdout, opened again for reading.
+pub const HELD_OUTPUT: Option<&str> = Some("/proc/self/fd/1");
+
+/// Opens another read end of the output pipe of the live worker `pid` (its stdout, else its
+/// stderr), without blocking: for a supervisor that adopts it after a crash. Only a pipe is
+/// opened (a job that pointed its stdout elsewhere has no output to follow).
+pub fn reopen_output(pid: u32) -> io::Result<OwnedFd> {
+    let mut last = io::Error::from(io::ErrorKind::NotFound);
+    for fd in [1, 2] {
+        match open_pipe(Path::new(&format!("/proc/{pid}/fd/{fd}"))) {
+            Ok(read) => return Ok(read),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Opens the pipe `path` leads to for reading, without blocking; an error for anything else.
+fn open_pipe(path: &Path) -> io::Result<OwnedFd> {
+    let read = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::empty(),
-    )?)
+    )?;
+    let kind = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&read)?.st_mode);
+    if kind != rustix::fs::FileType::Fifo {
+        return Err(io::Error::other(format!("{} is not a pipe", path.display())));
+    }
+    Ok(read)
 }
 
-/// In the worker: keeps a read end of its output pipe open for the life of the process (see
-/// [`OutputPair::fifo`]).
+/// In the worker: keeps a read end of its output pipe open for the life of the process, by
+/// opening `path` ([`HELD_OUTPUT`]) for reading (see [`OutputPair::pipe`]).
 pub fn hold_output_open(path: &Path) -> io::Result<()> {
-    let fd = reopen_output(path)?;
-    std::mem::forget(fd);
+    std::mem::forget(open_pipe(path)?);
     Ok(())
 }
 

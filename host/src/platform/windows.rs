@@ -7,8 +7,8 @@
 //! through `JobContext::is_cancelled`), then, after the grace period, terminates the Job
 //! Object. Crashes are named by their NTSTATUS code (`0xC0000005` access violation, ...).
 //!
-//! Unix has named pipes that a restarted dispatcher can open again; here an attempt's output is
-//! an anonymous pipe, so a worker adopted after its dispatcher crashed keeps running and is
+//! On Linux a restarted dispatcher opens a worker's output pipe again through `/proc`; here an
+//! attempt's output cannot be reopened, so a worker adopted after its dispatcher crashed keeps running and is
 //! settled by its report, but what it prints after the crash is not captured. An adopted worker
 //! is found by its recorded pid (Windows offers no portable way to read another process's
 //! command line) and stopped with `TerminateProcess` alone. The doorbell is a loopback TCP
@@ -184,15 +184,13 @@ impl OutputPair {
         let (read, write) = io::pipe()?;
         Ok(Self { read, write })
     }
-
-    /// On Windows the same as [`OutputPair::pipe`]: see the module documentation.
-    pub fn fifo(_path: &Path) -> io::Result<Self> {
-        Self::pipe()
-    }
 }
 
+/// Nothing for a worker to hold open on Windows: see the module documentation.
+pub const HELD_OUTPUT: Option<&str> = None;
+
 /// Windows output pipes cannot be opened again after a crash: see the module documentation.
-pub fn reopen_output(_path: &Path) -> io::Result<PipeReader> {
+pub fn reopen_output(_pid: u32) -> io::Result<PipeReader> {
     Err(io::ErrorKind::Unsupported.into())
 }
 

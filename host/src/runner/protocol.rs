@@ -52,8 +52,9 @@ pub struct WorkerRequest {
     pub allowlist_file: Option<PathBuf>,
     /// Where to write the [`WorkerReport`].
     pub report: PathBuf,
-    /// The named pipe the worker's stdout and stderr are connected to, which it keeps open
-    /// for reading so that its output survives a restart of its supervisor.
+    /// What the worker opens for reading and keeps open, so that its output survives a
+    /// restart of its supervisor: its own stdout pipe (`/proc/self/fd/1` on Linux; see
+    /// `platform::HELD_OUTPUT`).
     #[serde(default)]
     pub output: Option<PathBuf>,
     /// Whether the worker must wait for its supervisor's go-ahead on stdin before it loads

@@ -1,7 +1,9 @@
 //! Captured output of one attempt: kept on disk as it arrives, capped.
 //!
 //! The first `max_output_bytes` bytes are written to the attempt's output file as they come,
-//! so they survive a crash of the host. Past the cap, only the last [`TAIL_BYTES`] are kept
+//! so they survive a crash of the host. The file is created with the first byte: an attempt
+//! that printed nothing has none (most print nothing, and on a busy file system creating a
+//! file costs more than the rest of an attempt's supervision). Past the cap, only the last [`TAIL_BYTES`] are kept
 //! (a crash message is usually at the end); [`Capture::finish`] appends them after a line
 //! saying how much was dropped in between.
 
@@ -20,7 +22,8 @@ pub const TAIL_BYTES: usize = 8 * 1024;
 /// A capped output file being written.
 pub struct Capture {
     path: PathBuf,
-    file: File,
+    /// The output file, once something was written to it.
+    file: Option<File>,
     limit: u64,
     written: u64,
     total: u64,
@@ -49,11 +52,17 @@ pub fn max_file_bytes(limit: u64) -> u64 {
 }
 
 impl Capture {
-    /// Creates (truncating) the output file at `path`, keeping at most `limit` leading bytes.
+    /// Starts the output file at `path`, keeping at most `limit` leading bytes: an earlier
+    /// one there (of a run of the attempt that did not start) is removed, and the file is
+    /// created with the first byte.
     pub fn create(path: &Path, limit: u64) -> io::Result<Self> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(Self {
             path: path.to_path_buf(),
-            file: File::create(path)?,
+            file: None,
             limit,
             written: 0,
             total: 0,
@@ -72,7 +81,7 @@ impl Capture {
         let written = file.metadata()?.len().min(limit);
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: Some(file),
             limit,
             written,
             total: written,
@@ -113,9 +122,21 @@ impl Capture {
         }
     }
 
-    /// Writes `bytes` to the file; the first failure is kept for [`CapturedOutput::not_saved`].
+    /// Writes `bytes` to the file, creating it first if need be; the first failure is kept
+    /// for [`CapturedOutput::not_saved`].
     fn keep(&mut self, bytes: &[u8]) {
-        if let Err(e) = self.file.write_all(bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        let written = match &mut self.file {
+            Some(file) => file.write_all(bytes),
+            None => File::create(&self.path).and_then(|mut file| {
+                let written = file.write_all(bytes);
+                self.file = Some(file);
+                written
+            }),
+        };
+        if let Err(e) = written {
             self.error.get_or_insert(e);
         }
     }
@@ -157,6 +178,17 @@ mod tests {
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::remove_dir_all(&dir).expect("clean up");
         (out, text)
+    }
+
+    #[test]
+    fn an_attempt_that_prints_nothing_has_no_output_file_and_a_stale_one_goes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("1.out");
+        std::fs::write(&path, "from a run that did not start").expect("stale file");
+        let out = Capture::create(&path, 100).expect("create").finish();
+        assert_eq!((out.total_bytes, out.dropped_bytes), (0, 0));
+        assert_eq!(out.not_saved, None);
+        assert!(!path.exists(), "no output, no file");
     }
 
     #[test]

@@ -92,6 +92,9 @@ impl Spawner {
         if let Some(forked) = self.fork(request, json, output) {
             return Launch::Forked(forked);
         }
+        // Only forking needs them.
+        #[cfg(not(unix))]
+        let _ = (request, output);
         let mut command = Command::new(super::jobhost_program());
         command
             .current_dir(&settings.work_dir)
@@ -272,8 +275,6 @@ pub struct AttemptPaths {
     pub output: PathBuf,
     /// The worker's report.
     pub report: PathBuf,
-    /// The named pipe the worker writes its output into.
-    pub pipe: PathBuf,
 }
 
 impl AttemptPaths {
@@ -283,7 +284,6 @@ impl AttemptPaths {
         Self {
             output: dir.join(format!("{attempt}.out")),
             report: dir.join(format!("{attempt}.report.json")),
-            pipe: dir.join(format!("{attempt}.pipe")),
             dir,
         }
     }
@@ -324,13 +324,13 @@ pub fn run_attempt(
         allowlist: spec.allowlist.to_path_buf(),
         allowlist_file: Some(settings.allowlist.clone()),
         report: paths.report.clone(),
-        output: Some(paths.pipe.clone()),
+        output: platform::HELD_OUTPUT.map(PathBuf::from),
         gate: true,
     };
     let request_json = serde_json::to_string(&request).map_err(|e| paths.error(e.into()))?;
     let mut capture = Capture::create(&paths.output, settings.limits.max_output_bytes)
         .map_err(|e| paths.error(e))?;
-    let output = OutputPair::fifo(&paths.pipe).map_err(|e| paths.error(e))?;
+    let output = OutputPair::pipe().map_err(|e| paths.error(e))?;
     let options = SuperviseOptions {
         timeout: spec.timeout,
         kill_grace: settings.limits.kill_grace,
@@ -341,7 +341,6 @@ pub fn run_attempt(
             program: super::jobhost_program(),
             source,
         })?;
-    let _ = std::fs::remove_file(&paths.pipe);
     let stack_overflow = capture.tail_contains("has overflowed its stack");
     let output = capture.finish();
     let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
@@ -392,7 +391,7 @@ pub fn adopt_attempt(
     let started = std::time::Instant::now();
     let stopped = match worker {
         Some(pid) => {
-            let output = platform::reopen_output(&paths.pipe).ok();
+            let output = platform::reopen_output(pid).ok();
             platform::adopt(
                 pid,
                 output,
@@ -408,7 +407,6 @@ pub fn adopt_attempt(
         }
         None => None,
     };
-    let _ = std::fs::remove_file(&paths.pipe);
     let stack_overflow = capture.tail_contains("has overflowed its stack");
     let output = capture.finish();
     let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
