@@ -21,7 +21,7 @@
 //! PostgreSQL is the server `JOBHOST_TEST_POSTGRES` names (by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`, which `ci/postgres/setup` provides), as for
 //! the tests: each measurement on it gets a throwaway database of its own
-//! ([`TestDatabase`]), dropped when it ends. SQLite is the default store, `jobs.sqlite3` in the
+//! ([`jobhost_testing::TestDatabase`]), dropped when it ends. SQLite is the default store, `jobs.sqlite3` in the
 //! installation's state directory.
 //!
 //! Each dispatcher is a `jobhost serve --slots 2` of an installation of its own (plugin
@@ -48,76 +48,27 @@
 // Public, so that what only the other benches use of it is not reported unused here.
 pub mod common;
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    process::ExitCode,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::ExitCode, time::Duration};
 
-use anyhow::{bail, ensure, Context as _};
 use common::{
-    bench_main, busy_cores, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled,
-    find_fixture, jobhost_binary, ms, warm_up, EnqueueCalls, Installation, Scratch, Served, BATCH,
-    CLASS, NOISY, OK, PLUGIN_FILE, WARM_UP,
+    bench_main, busy_cores, count, cpus, enqueue_parked, ensure_scheduled, find_fixture,
+    jobhost_binary, ms,
+    runs::{drain, Backend},
+    warm_up, EnqueueCalls, Installation, Scratch, Served, ALLOWLIST, BATCH, CLASS, NOISY, OK,
+    PLUGIN_FILE, SETTINGS, WARM_UP,
 };
-use jobhost::{
-    runner::child,
-    store::{DispatcherId, JobState},
-    Job,
-};
-use jobhost_testing::TestDatabase;
-use serde_json::Value;
+use jobhost::runner::child;
 
 const BENCH: &str = "postgres";
-const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\"]\n";
-const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
-    state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
-    dispatcher.slots = 2\ndispatcher.idle_exit = 600\nweb.enabled = false\n";
 /// Iteration counts: (variable, bench default, smoke default).
 const DRAIN: (&str, usize, usize) = ("POSTGRES_DRAIN_JOBS", 2000, 40);
 const ENQUEUE: (&str, usize, usize) = ("POSTGRES_ENQUEUE_JOBS", 5000, 200);
-/// How often the drain is checked.
-const POLL: Duration = Duration::from_millis(10);
 
 fn main() -> ExitCode {
     // The workers are the real jobhost binary; this one serves as one only if it is pointed at
     // itself with JOBHOST_BIN.
     child::exit_if_child();
     bench_main(BENCH, run)
-}
-
-/// Where a measurement's jobs are.
-enum Backend {
-    /// SQLite, in each installation's state directory: one dispatcher only.
-    Sqlite,
-    /// A throwaway PostgreSQL database, shared by the installations.
-    Postgres(TestDatabase),
-}
-
-impl Backend {
-    /// A new throwaway PostgreSQL database.
-    fn postgres() -> anyhow::Result<Self> {
-        TestDatabase::try_create()
-            .map(Self::Postgres)
-            .map_err(anyhow::Error::msg)
-    }
-
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Sqlite => "SQLite",
-            Self::Postgres(_) => "PostgreSQL",
-        }
-    }
-
-    /// The `jobhost.toml` of an installation on it.
-    fn settings(&self) -> String {
-        match self {
-            Self::Sqlite => SETTINGS.to_owned(),
-            // A JSON string is a TOML basic string.
-            Self::Postgres(db) => format!("store = {}\n{SETTINGS}", Value::from(db.url())),
-        }
-    }
 }
 
 fn run(bench_mode: bool) -> anyhow::Result<()> {
@@ -162,15 +113,10 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             backend.name().to_ascii_lowercase()
         );
         let busy = busy_cores(quiet)?;
-        let drain = drain(
-            &scratch.path,
-            &fixture,
-            &backend,
-            &name,
-            dispatchers,
-            drain_jobs,
-        )?;
-        let rate = drain_jobs as f64 / drain.wall.as_secs_f64();
+        let installs =
+            backend.installations(&scratch.path, &fixture, &name, dispatchers, SETTINGS)?;
+        let (drain, ()) = drain(&installs, drain_jobs, None, |_| Ok(()), Ok)?;
+        let rate = drain.rate();
         println!(
             "  {label}: {:.3} s ({rate:.0} jobs/s), of which {:.1} ms enqueueing; jobs run by \
              each dispatcher: {:?}",
@@ -229,81 +175,6 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         cpus()
     );
     Ok(())
-}
-
-// ----- [1] drain -----
-
-struct Drain {
-    /// From the first `dispatch_batch` until every job completed.
-    wall: Duration,
-    /// The `dispatch_batch` calls.
-    enqueue: Duration,
-    /// How many jobs each dispatcher ran.
-    by_dispatcher: BTreeMap<DispatcherId, usize>,
-}
-
-/// Starts `dispatchers` installations named `name-N` on `backend`, each with its dispatcher,
-/// then enqueues `jobs` no-op jobs and times them from the first enqueue until all completed.
-fn drain(
-    scratch: &Path,
-    fixture: &Path,
-    backend: &Backend,
-    name: &str,
-    dispatchers: usize,
-    jobs: usize,
-) -> anyhow::Result<Drain> {
-    let installs = (0..dispatchers)
-        .map(|n| {
-            let name = format!("{name}-{n}");
-            Installation::create(scratch, &name, fixture, ALLOWLIST, &backend.settings())
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let served = installs
-        .iter()
-        .map(Served::start)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut client = installs[0].client()?;
-    let deadline = Duration::from_secs(60).max(Duration::from_millis(50 * jobs as u64));
-    let started = Instant::now();
-    let ids = dispatch_in_batches(&mut client, jobs, || Job::new(CLASS, OK))?;
-    let enqueue = started.elapsed();
-    let wall = loop {
-        let stats = client.store().stats().context("cannot read the stats")?;
-        let n = |state: JobState| stats.by_state.get(state.as_str()).copied().unwrap_or(0);
-        if n(JobState::Completed) as usize >= jobs {
-            break started.elapsed();
-        }
-        let failed = n(JobState::Failed) + n(JobState::Cancelled);
-        if failed > 0 {
-            bail!("{failed} drain job(s) failed or were cancelled: {stats:?}");
-        }
-        ensure!(
-            started.elapsed() < deadline,
-            "the drain did not finish in {deadline:?}: {stats:?}"
-        );
-        std::thread::sleep(POLL);
-    };
-    let mut by_dispatcher = BTreeMap::new();
-    for id in ids {
-        let (_, attempts) = client
-            .job(id)
-            .context("cannot read a drained job")?
-            .with_context(|| format!("job {id} is gone"))?;
-        for attempt in attempts {
-            let by = attempt
-                .dispatcher
-                .context("an attempt names no dispatcher")?;
-            *by_dispatcher.entry(by).or_default() += 1;
-        }
-    }
-    for (install, dispatcher) in installs.iter().zip(served) {
-        dispatcher.stop(&install.client()?)?;
-    }
-    Ok(Drain {
-        wall,
-        enqueue,
-        by_dispatcher,
-    })
 }
 
 // ----- [2] enqueue -----

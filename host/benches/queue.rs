@@ -50,33 +50,23 @@ pub mod common;
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
-    thread::JoinHandle,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use common::{
-    bench_main, count, cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture,
-    jobhost_binary, machine_busy, measure, ms, parked, warm_up, AttemptRunner, EnqueueCalls,
-    Installation, Measured, Scratch, Served, BATCH, CLASS, NOISY, OK, PLUGIN_FILE, USER_HZ,
-    WARM_UP,
+    bench_main, count,
+    cpu::{thread_cpu, CpuMeter, CpuUse},
+    cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture, jobhost_binary,
+    measure, ms, parked, parts,
+    runs::{pickup_latency, wait_completed, Completed, Muted},
+    table::{Bound, Row},
+    warm_up, AttemptRunner, EnqueueCalls, Installation, Measured, Scratch, Served, ALLOWLIST,
+    BATCH, CLASS, CLOCK, NOISY, OK, PLUGIN_FILE, SETTINGS, WARM_UP,
 };
-use jobhost::{
-    platform::{Doorbell, FileLock},
-    runner::child,
-    store::JobState,
-    Client, Job,
-};
-use serde_json::Value;
+use jobhost::{runner::child, store::JobState, Job};
 
 const BENCH: &str = "queue";
-const CLOCK: &str = "clock";
-const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
-const SETTINGS: &str = "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
-    state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
-    dispatcher.slots = 2\ndispatcher.idle_exit = 600\nweb.enabled = false\n";
-/// How often the drain is checked.
-const POLL: Duration = Duration::from_millis(10);
 
 /// Iteration counts: (variable, bench default, smoke default).
 const DRAIN: (&str, usize, usize) = ("QUEUE_DRAIN_JOBS", 2000, 40);
@@ -94,28 +84,12 @@ fn main() -> ExitCode {
     bench_main(BENCH, run)
 }
 
-/// The parts to run: `QUEUE_PARTS`, a comma-separated list of 1 to 4; all by default.
-fn parts() -> anyhow::Result<Vec<u8>> {
-    let Ok(list) = std::env::var(PARTS_VAR) else {
-        return Ok(vec![1, 2, 3, 4]);
-    };
-    list.split(',')
-        .map(|p| {
-            p.trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|n| (1..=4).contains(n))
-                .with_context(|| format!("{PARTS_VAR}={list:?}: expected parts 1 to 4, as 1,3"))
-        })
-        .collect()
-}
-
 fn run(bench_mode: bool) -> anyhow::Result<()> {
     let drain_jobs = count(bench_mode, DRAIN)?;
     let latency_jobs = count(bench_mode, LATENCY)?;
     let enqueue_jobs = count(bench_mode, ENQUEUE)?;
     let memory_jobs = count(bench_mode, MEMORY)?;
-    let parts = parts()?;
+    let parts = parts(PARTS_VAR, 4)?;
     let fixture = find_fixture(BENCH, PLUGIN_FILE)?;
     let jobhost = jobhost_binary()?;
     let scratch = Scratch::create(
@@ -208,7 +182,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
 
     if parts.contains(&2) {
         println!("\n[2] pickup latency: {latency_jobs} jobs one at a time into an idle dispatcher");
-        let latency = pickup_latency(&scratch.path, &fixture, latency_jobs)?;
+        let latency = pickup_latency(&scratch.path, &fixture, "latency", latency_jobs, None)?;
         println!(
             "  dispatch() p50 {:.3} ms p99 {:.3} ms; dispatch to completion seen p50 {:.3} ms p99 \
              {:.3} ms; pickup max {:.3} ms",
@@ -405,35 +379,15 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
             .context("cannot enqueue the drain jobs")?;
         ensure!(ids.len() == jobs, "enqueued {} of {jobs} jobs", ids.len());
     }
-    let deadline = Duration::from_secs(60).max(Duration::from_millis(50 * jobs as u64));
     let meter = CpuMeter::start(None)?;
     let dispatcher = Served::start(&install)?;
-    let mut first_done = None;
-    let wall = loop {
-        let stats = client.store().stats().context("cannot read the stats")?;
-        let n = |state: JobState| stats.by_state.get(state.as_str()).copied().unwrap_or(0);
-        let elapsed = dispatcher.started.elapsed();
-        let done = n(JobState::Completed);
-        if done > 0 && first_done.is_none() {
-            first_done = Some((elapsed, done));
-        }
-        if done as usize >= jobs {
-            break elapsed;
-        }
-        let failed = n(JobState::Failed) + n(JobState::Cancelled);
-        if failed > 0 {
-            bail!("{failed} drain job(s) failed or were cancelled: {stats:?}");
-        }
-        ensure!(
-            elapsed < deadline,
-            "the drain did not finish in {deadline:?}: {stats:?}"
-        );
-        std::thread::sleep(POLL);
-    };
+    let Completed {
+        wall,
+        first_done: (first_done, first_count),
+    } = wait_completed(&mut client, jobs, dispatcher.started)?;
     let cpu = meter.stop(Some(dispatcher.pid()))?;
     let (slots_cpu, loop_cpu) = thread_cpu(dispatcher.pid(), "slot-")?;
     dispatcher.stop(&client)?;
-    let (first_done, first_count) = first_done.unwrap_or((wall, 0));
     let steady = wall.saturating_sub(first_done).as_secs_f64();
     Ok(Drain {
         wall,
@@ -447,133 +401,6 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
         cpu,
         slots_cpu,
         loop_cpu,
-    })
-}
-
-// ----- [2] pickup latency -----
-
-struct Latency {
-    /// Worker's clock minus the time just before `dispatch`.
-    pickup: Measured,
-    /// Worker's clock minus the time just before starting it through `Attempts`, no queue involved: the floor.
-    floor: Measured,
-    /// The `dispatch` call itself.
-    dispatch: Measured,
-    /// From just before `dispatch` until `follow` returned.
-    round_trip: Measured,
-    /// Mean ms from just before `dispatch` to the claim, as recorded in the store.
-    to_claim: f64,
-    /// Mean ms from the claim to the worker's clock.
-    claim_to_clock: f64,
-    /// Cores other processes kept busy while the floor and the pickups were measured.
-    floor_noise: f64,
-    pickup_noise: f64,
-}
-
-/// One clock job dispatched into the idle dispatcher.
-struct Sample {
-    pickup: Duration,
-    dispatched: Duration,
-    round_trip: Duration,
-    to_claim: f64,
-    claim_to_clock: f64,
-}
-
-/// Dispatches `jobs` clock jobs one at a time into an idle dispatcher, each after the last
-/// one completed.
-fn pickup_latency(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Latency> {
-    let install = Installation::create(scratch, "latency", fixture, ALLOWLIST, SETTINGS)?;
-    let mut client = install.client()?;
-    // The floor first: the same job run through Attempts in this process, one at a time.
-    let attempt = AttemptRunner::new(&install.settings)?;
-    for i in 0..(jobs / 25).clamp(2, 20) {
-        attempt.clock(&format!("warm-{i}"))?;
-    }
-    let meter = CpuMeter::start(None)?;
-    let floor = (0..jobs)
-        .map(|i| attempt.clock(&format!("floor-{i}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let floor_cpu = meter.stop(None)?;
-    let floor = Measured::new(Duration::from_secs_f64(floor_cpu.wall), floor);
-
-    let dispatcher = Served::start(&install)?;
-    let one = |client: &mut Client| -> anyhow::Result<Sample> {
-        let before = SystemTime::now();
-        let began = Instant::now();
-        let id = client
-            .dispatch(Job::new(CLASS, CLOCK))
-            .context("cannot dispatch a clock job")?;
-        let dispatched = began.elapsed();
-        let job = client
-            .follow(id, &|| false)
-            .context("cannot follow a clock job")?
-            .with_context(|| format!("stopped following job {id}"))?;
-        let round_trip = began.elapsed();
-        ensure!(
-            job.state == JobState::Completed,
-            "clock job {id} ended {}: {:?}",
-            job.state,
-            job.last_error
-        );
-        let result = job.result.unwrap_or_default();
-        let pickup = clock_since(before, &result)
-            .with_context(|| format!("clock job {id} returned {result}"))?;
-        // When the dispatcher claimed it, in the store's milliseconds (truncated, so the
-        // middle of that millisecond is the best estimate).
-        let (_, attempts) = client
-            .job(id)
-            .context("cannot read the clock job")?
-            .with_context(|| format!("job {id} is gone"))?;
-        let claimed_ms = attempts
-            .first()
-            .map(|a| a.started_at)
-            .with_context(|| format!("job {id} has no attempt"))?;
-        let before_ms = before
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .context("the clock is before 1970")?
-            .as_secs_f64()
-            * 1e3;
-        let to_claim = claimed_ms as f64 + 0.5 - before_ms;
-        Ok(Sample {
-            pickup,
-            dispatched,
-            round_trip,
-            to_claim,
-            claim_to_clock: ms(pickup) - to_claim,
-        })
-    };
-    // Warm up, then let the dispatcher go idle again.
-    for _ in 0..(jobs / 25).clamp(2, 20) {
-        one(&mut client)?;
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let meter = CpuMeter::start(Some(dispatcher.pid()))?;
-    let samples = (0..jobs)
-        .map(|_| one(&mut client))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let pickup_cpu = meter.stop(Some(dispatcher.pid()))?;
-    let (mut to_claim, mut claim_to_clock) = (0.0, 0.0);
-    for sample in &samples {
-        to_claim += sample.to_claim / jobs as f64;
-        claim_to_clock += sample.claim_to_clock / jobs as f64;
-    }
-    let samples_of = |f: fn(&Sample) -> Duration| samples.iter().map(f).collect::<Vec<_>>();
-    let (pickup, dispatch, round_trip) = (
-        samples_of(|s| s.pickup),
-        samples_of(|s| s.dispatched),
-        samples_of(|s| s.round_trip),
-    );
-    let wall = Duration::from_secs_f64(pickup_cpu.wall);
-    dispatcher.stop(&client)?;
-    Ok(Latency {
-        pickup: Measured::new(wall, pickup),
-        floor,
-        to_claim,
-        claim_to_clock,
-        floor_noise: floor_cpu.other_cores(),
-        pickup_noise: pickup_cpu.other_cores(),
-        dispatch: Measured::new(wall, dispatch),
-        round_trip: Measured::new(wall, round_trip),
     })
 }
 
@@ -729,279 +556,6 @@ impl Served {
     }
 }
 
-/// Keeps dispatchers away from a state directory: holds its dispatcher lock and answers its
-/// doorbell with a thread that discards the rings, so `dispatch` starts no dispatcher.
-struct Muted {
-    doorbell: Doorbell,
-    listener: Option<JoinHandle<()>>,
-    _lock: FileLock,
-}
-
-impl Muted {
-    fn new(install: &Installation) -> anyhow::Result<Self> {
-        let paths = install.paths();
-        std::fs::create_dir_all(&install.settings.state_dir).context("cannot create the state")?;
-        let lock = FileLock::try_acquire(&paths.lock)
-            .context("cannot take the dispatcher lock")?
-            .context("a dispatcher already serves the bench state directory")?;
-        let doorbell = Doorbell::bind(&paths.doorbell).context("cannot bind the doorbell")?;
-        let listening = doorbell.try_clone().context("cannot clone the doorbell")?;
-        let listener = std::thread::Builder::new()
-            .name("muted-doorbell".into())
-            .spawn(move || while listening.wait().is_ok() {})
-            .context("cannot start the doorbell thread")?;
-        Ok(Self {
-            doorbell,
-            listener: Some(listener),
-            _lock: lock,
-        })
-    }
-}
-
-impl Drop for Muted {
-    fn drop(&mut self) {
-        // Wakes the listener with an error; the lock goes after.
-        let _ = self.doorbell.unlink();
-        if let Some(listener) = self.listener.take() {
-            let _ = listener.join();
-        }
-    }
-}
-
-// ----- raw attempts and measurement, beside those shared with worker_spawn -----
-
-impl AttemptRunner<'_> {
-    /// One attempt of the clock job; returns how long after the call its worker read the
-    /// clock.
-    fn clock(&self, job_id: &str) -> anyhow::Result<Duration> {
-        let before = SystemTime::now();
-        let result = self.attempt(job_id, CLOCK)?;
-        clock_since(before, &result)
-            .with_context(|| format!("attempt of job {job_id} returned {result}"))
-    }
-}
-
-/// How long after `before` the clock job's worker read its clock, from its `result`.
-fn clock_since(before: SystemTime, result: &Value) -> anyhow::Result<Duration> {
-    let worker_micros = result
-        .get("unix_micros")
-        .and_then(Value::as_u64)
-        .context("no unix_micros")?;
-    let before_micros = before
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_micros() as u64;
-    Ok(Duration::from_micros(
-        worker_micros.saturating_sub(before_micros),
-    ))
-}
-
-impl Measured {
-    /// Mean latency in milliseconds.
-    fn mean_ms(&self) -> f64 {
-        let total: Duration = self.latencies.iter().sum();
-        ms(total) / self.latencies.len().max(1) as f64
-    }
-}
-
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
-}
-
-// ----- CPU accounting -----
-
-/// CPU seconds used over a measurement.
-#[derive(Debug, Clone, Copy)]
-struct CpuUse {
-    wall: f64,
-    /// By the measured process (the dispatcher, or this bench's supervisor threads).
-    own: f64,
-    /// By its reaped children, the workers.
-    children: f64,
-    /// By this bench, when it is not the measured process.
-    bench: f64,
-    /// By everything else on the machine.
-    others: f64,
-}
-
-impl CpuUse {
-    /// Cores kept busy by the measured process and its workers.
-    fn cores(&self) -> f64 {
-        (self.own + self.children) / self.wall
-    }
-
-    /// Cores kept busy by other processes.
-    fn other_cores(&self) -> f64 {
-        self.others / self.wall
-    }
-
-    fn plus(&self, other: &Self) -> Self {
-        Self {
-            wall: self.wall + other.wall,
-            own: self.own + other.own,
-            children: self.children + other.children,
-            bench: self.bench + other.bench,
-            others: self.others + other.others,
-        }
-    }
-}
-
-/// Snapshots of this process's, a watched process's and the machine's CPU time at the start
-/// of a measurement.
-struct CpuMeter {
-    started: Instant,
-    bench: (f64, f64),
-    machine: f64,
-    /// The process already running at the start, with its CPU time then.
-    watched: Option<(u32, (f64, f64))>,
-}
-
-impl CpuMeter {
-    /// Starts measuring this process and the machine, and `watched` if it already runs.
-    fn start(watched: Option<u32>) -> anyhow::Result<Self> {
-        let watched = match watched {
-            Some(pid) => Some((pid, process_cpu(&pid.to_string())?)),
-            None => None,
-        };
-        Ok(Self {
-            started: Instant::now(),
-            bench: process_cpu("self")?,
-            machine: machine_busy()?,
-            watched,
-        })
-    }
-
-    /// The CPU used since the start by `process` (all of its time, unless it was watched
-    /// from the start), or by this process when `None`, and by everything else.
-    fn stop(self, process: Option<u32>) -> anyhow::Result<CpuUse> {
-        let wall = self.started.elapsed().as_secs_f64();
-        let machine = machine_busy()? - self.machine;
-        let bench = process_cpu("self")?;
-        let bench = (bench.0 - self.bench.0, bench.1 - self.bench.1);
-        let (own, children, bench) = match process {
-            Some(pid) => {
-                let base = match self.watched {
-                    Some((watched, base)) if watched == pid => base,
-                    _ => (0.0, 0.0),
-                };
-                let (own, children) = process_cpu(&pid.to_string())?;
-                (own - base.0, children - base.1, bench.0 + bench.1)
-            }
-            None => (bench.0, bench.1, 0.0),
-        };
-        Ok(CpuUse {
-            wall,
-            own,
-            children,
-            bench,
-            others: (machine - own - children - bench).max(0.0),
-        })
-    }
-}
-
-/// A process's own CPU seconds (user and system, all threads) and its reaped children's.
-fn process_cpu(pid: &str) -> anyhow::Result<(f64, f64)> {
-    let (_, own, children) = stat_cpu(&format!("/proc/{pid}/stat"))?;
-    Ok((own, children))
-}
-
-/// CPU seconds of a process's threads whose name starts with `prefix`, and of the others.
-fn thread_cpu(pid: u32, prefix: &str) -> anyhow::Result<(f64, f64)> {
-    let dir = format!("/proc/{pid}/task");
-    let (mut matching, mut others) = (0.0, 0.0);
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
-        let path = entry.context("cannot list threads")?.path().join("stat");
-        let (name, own, _) = stat_cpu(&path.to_string_lossy())?;
-        if name.starts_with(prefix) {
-            matching += own;
-        } else {
-            others += own;
-        }
-    }
-    Ok((matching, others))
-}
-
-/// The command name, own and reaped children's CPU seconds in a `/proc/.../stat` file.
-fn stat_cpu(path: &str) -> anyhow::Result<(String, f64, f64)> {
-    let stat = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
-    // The command name is in parentheses and may hold spaces; state is the field after it.
-    let (open, close) = stat
-        .find('(')
-        .zip(stat.rfind(')'))
-        .with_context(|| format!("{path} has no command name"))?;
-    let name = stat[open + 1..close].to_owned();
-    let rest = &stat[close + 1..];
-    let fields: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|f| f.parse::<f64>().unwrap_or(0.0))
-        .collect();
-    ensure!(fields.len() == 4, "{path} is too short");
-    Ok((
-        name,
-        (fields[0] + fields[1]) / USER_HZ,
-        (fields[2] + fields[3]) / USER_HZ,
-    ))
-}
-
-// ----- the table -----
-
-enum Bound {
-    AtLeast(f64),
-    AtMost(f64),
-}
-
-struct Row {
-    what: String,
-    value: f64,
-    unit: &'static str,
-    bound: Option<Bound>,
-}
-
-impl Row {
-    fn info(what: &str, value: f64, unit: &'static str) -> Self {
-        Self {
-            what: what.to_owned(),
-            value,
-            unit,
-            bound: None,
-        }
-    }
-
-    fn target(what: &str, value: f64, unit: &'static str, bound: Bound) -> Self {
-        Self {
-            bound: Some(bound),
-            ..Self::info(what, value, unit)
-        }
-    }
-
-    fn passed(&self) -> Option<bool> {
-        match self.bound {
-            Some(Bound::AtLeast(b)) => Some(self.value >= b),
-            Some(Bound::AtMost(b)) => Some(self.value <= b),
-            None => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Row {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let target = match self.bound {
-            Some(Bound::AtLeast(b)) => format!(">= {b}"),
-            Some(Bound::AtMost(b)) => format!("<= {b}"),
-            None => "-".into(),
-        };
-        let result = match self.passed() {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "",
-        };
-        let precision = if self.value < 100.0 { 2 } else { 0 };
-        write!(
-            f,
-            "{:<42} {:>12.*} {:<10} {:>10} {:>6}",
-            self.what, precision, self.value, self.unit, target, result
-        )
-    }
 }

@@ -21,15 +21,12 @@
 // Public, so that what only the other benches use of it is not reported unused here.
 pub mod common;
 
-use std::{
-    path::Path,
-    process::{Command, ExitCode},
-};
+use std::{path::Path, process::ExitCode};
 
-use anyhow::{ensure, Context as _};
+use anyhow::ensure;
 use common::{
-    bench_main, count, cpus, find_fixture, install, measure, ms, AttemptRunner, Scratch, CLASS, OK,
-    PLUGIN_FILE,
+    bench_main, count, cpus, find_fixture, install, measure, ms, spawn_true, AttemptRunner,
+    Scratch, ALLOWLIST, CLASS, OK, PLUGIN_FILE, TRUE_PROGRAM,
 };
 use jobhost::config::settings::{Overrides, Settings};
 
@@ -37,8 +34,6 @@ const BENCH: &str = "worker_spawn";
 const ITERS_VAR: &str = "WORKER_SPAWN_ITERS";
 const DEFAULT_ATTEMPTS: usize = 1000;
 const SMOKE_ATTEMPTS: usize = 4;
-const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\"]\n";
-const TRUE_PROGRAM: &str = "/bin/true";
 
 fn main() -> ExitCode {
     bench_main(BENCH, run)
@@ -120,17 +115,6 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         "an attempt is {CLASS}@{OK} through jobhost::runner::supervisor::attempts::Attempts: worker spawn, \
          plugin load, invoke, output capture, report file, supervision"
     );
-    Ok(())
-}
-
-/// Spawns `/bin/true` and waits for it.
-fn spawn_true() -> anyhow::Result<()> {
-    let status = Command::new(TRUE_PROGRAM)
-        .spawn()
-        .context("cannot spawn /bin/true")?
-        .wait()
-        .context("cannot wait for /bin/true")?;
-    ensure!(status.success(), "/bin/true ended with {status}");
     Ok(())
 }
 

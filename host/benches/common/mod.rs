@@ -1,13 +1,20 @@
 //! What the benches share: their `main` and iteration counts, the fixture plugins and the
 //! scratch directory they set up installations in, no-op attempts run through the real attempt
-//! path ([`AttemptRunner`]) and timing them ([`measure`], [`measure_serial`], [`Measured`]),
-//! enqueueing through the Rust API ([`dispatch_in_batches`], [`enqueue_parked`]), installations
-//! and the `jobhost serve` they start ([`Installation`], [`Served`]).
+//! path ([`AttemptRunner`], with either spawner, [`RUNNERS`]) and timing them ([`measure`], [`measure_serial`],
+//! [`Measured`]), the `/bin/true` floor ([`spawn_true`]), enqueueing through the Rust API
+//! ([`dispatch_in_batches`], [`enqueue_parked`]), installations and the `jobhost serve` they
+//! start ([`Installation`], [`Served`]). Beside it: [`cpu`] (CPU accounting from `/proc`),
+//! [`runs`] (drains, pickup latency, SQLite or PostgreSQL) and [`table`] (the final table's
+//! rows).
 //!
 //! It is a module of each bench (`pub mod common;`), not a bench target of its own: cargo
 //! takes only the files directly in `benches/` for targets. It is public in each, so that what
 //! only some benches use is not reported unused in the others; what only one bench needs
 //! stays in that bench.
+
+pub mod cpu;
+pub mod runs;
+pub mod table;
 
 use std::{
     collections::HashMap,
@@ -22,7 +29,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use jobhost::{
-    config::settings::{Overrides, Settings},
+    config::settings::{Overrides, Runner, Settings},
     job::outcome::Outcome,
     platform::{self, CancelToken},
     queue::{
@@ -48,6 +55,25 @@ pub const PLUGIN_FILE: &str = "libmisbehave_fixture.so";
 pub const CLASS: &str = r"Tests\Misbehave";
 /// Its no-op method, returning `{"ok": true}`.
 pub const OK: &str = "ok";
+/// Its method returning the worker's clock when it ran (`{"unix_micros": N}`).
+pub const CLOCK: &str = "clock";
+/// The allowlist of the benches' installations: the fixture's `ok` and `clock`.
+pub const ALLOWLIST: &str = "[jobs]\n'Tests\\Misbehave' = [\"ok\", \"clock\"]\n";
+/// The text of [`BASE_SETTINGS`], for `concat!`.
+macro_rules! base_settings {
+    () => {
+        "plugin_dir = \"plugins\"\nallowlist = \"allowlist.toml\"\n\
+         state_dir = \"state\"\nlog_dir = \"logs\"\nenv = \"production\"\n\
+         dispatcher.slots = 2\ndispatcher.idle_exit = 600\n"
+    };
+}
+/// The `jobhost.toml` of the benches' installations, but for the store and the dashboard
+/// (`web.*`), which the caller adds.
+pub const BASE_SETTINGS: &str = base_settings!();
+/// [`BASE_SETTINGS`] without the dashboard, on SQLite.
+pub const SETTINGS: &str = concat!(base_settings!(), "web.enabled = false\n");
+/// The floor every spawn rate is compared with.
+pub const TRUE_PROGRAM: &str = "/bin/true";
 
 /// Runs the bench `bench` as its `main`: `run` gets whether cargo's `--bench` argument was
 /// given (without it, as under `cargo test --all-targets`, a bench makes a quick smoke run), and
@@ -76,6 +102,23 @@ pub fn count(bench_mode: bool, (var, bench, smoke): (&str, usize, usize)) -> any
         Err(_) if bench_mode => Ok(bench),
         Err(_) => Ok(smoke),
     }
+}
+
+/// The parts of a bench to run: the environment variable `var`, a comma-separated list of
+/// numbers from 1 to `last`; all of them if it is not set.
+pub fn parts(var: &str, last: u8) -> anyhow::Result<Vec<u8>> {
+    let Ok(list) = std::env::var(var) else {
+        return Ok((1..=last).collect());
+    };
+    list.split(',')
+        .map(|p| {
+            p.trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| (1..=last).contains(n))
+                .with_context(|| format!("{var}={list:?}: expected parts 1 to {last}, as 1,3"))
+        })
+        .collect()
 }
 
 /// The number of CPUs this process may use, 0 if unknown.
@@ -197,9 +240,14 @@ pub fn install(
 
 // ----- attempts -----
 
+/// The spawners a dispatcher or an attempt can use (`dispatcher.runner`): exec first.
+pub const RUNNERS: [Runner; 2] = [Runner::Exec, Runner::Fork];
+/// The environment variable a dispatcher reads its spawner from.
+pub const RUNNER_VAR: &str = "JOBHOST_RUNNER";
+
 /// Runs no-op attempts of the fixture plugin through the real attempt path (the dispatcher's
-/// supervisor of attempts, its workers started as the settings' `dispatcher.runner` says), in
-/// worker processes of the release `jobhost` binary; from several threads at once if need be.
+/// supervisor of attempts, its workers started as `runner` says), in worker processes of the
+/// release `jobhost` binary; from several threads at once if need be.
 pub struct AttemptRunner<'a> {
     /// The installation's settings.
     settings: &'a Settings,
@@ -207,6 +255,8 @@ pub struct AttemptRunner<'a> {
     plugin: PathBuf,
     /// Never cancelled.
     cancel: Arc<CancelToken>,
+    /// The spawner it uses.
+    runner: Runner,
     attempts: Attempts<u64>,
     /// Where each running attempt's end goes, by key.
     waiting: Arc<Mutex<HashMap<u64, Ended>>>,
@@ -217,12 +267,23 @@ pub struct AttemptRunner<'a> {
 type Ended = std::sync::mpsc::Sender<Result<AttemptRecord, AttemptError>>;
 
 impl<'a> AttemptRunner<'a> {
-    /// Runs attempts in the installation of `settings`.
+    /// Runs attempts in the installation of `settings`, with the default spawner.
     pub fn new(settings: &'a Settings) -> anyhow::Result<Self> {
+        Self::with_runner(settings, None)
+    }
+
+    /// Runs attempts in the installation of `settings` with `runner` (the settings' own
+    /// `dispatcher.runner` if `None`).
+    pub fn with_runner(settings: &'a Settings, runner: Option<Runner>) -> anyhow::Result<Self> {
+        // The spawner is all that `dispatcher.runner` decides.
+        let mut asked = settings.clone();
+        if let Some(runner) = runner {
+            asked.dispatcher.runner = runner;
+        }
         let waiting: Arc<Mutex<HashMap<u64, Ended>>> = Arc::default();
         let ends = Arc::clone(&waiting);
         let attempts = Attempts::new(
-            settings,
+            &asked,
             Arc::new(move |event| match event {
                 // No store to record the pid in: let it start at once.
                 AttemptEvent::Spawned { go, .. } => {
@@ -244,10 +305,16 @@ impl<'a> AttemptRunner<'a> {
             settings,
             plugin: settings.plugin_dir.join(PLUGIN_FILE),
             cancel: CancelToken::new().context("cannot create a cancel token")?,
+            runner: asked.dispatcher.runner,
             attempts,
             waiting,
             next_key: AtomicU64::new(0),
         })
+    }
+
+    /// The spawner it uses.
+    pub fn runner(&self) -> Runner {
+        self.runner
     }
 
     /// One attempt of a no-op job of its own, as the dispatcher would run it.
@@ -381,6 +448,17 @@ pub fn measure_serial(
         latencies.push(began.elapsed());
     }
     Ok(Measured::new(started.elapsed(), latencies))
+}
+
+/// Spawns [`TRUE_PROGRAM`] and waits for it: the floor of every spawn rate.
+pub fn spawn_true() -> anyhow::Result<()> {
+    let status = Command::new(TRUE_PROGRAM)
+        .spawn()
+        .with_context(|| format!("cannot spawn {TRUE_PROGRAM}"))?
+        .wait()
+        .with_context(|| format!("cannot wait for {TRUE_PROGRAM}"))?;
+    ensure!(status.success(), "{TRUE_PROGRAM} ended with {status}");
+    Ok(())
 }
 
 // ----- enqueueing -----
@@ -572,6 +650,11 @@ impl Served {
     /// Starts the release `jobhost serve --slots 2` for `install` and waits until it answers
     /// its doorbell.
     pub fn start(install: &Installation) -> anyhow::Result<Self> {
+        Self::start_with(install, None)
+    }
+
+    /// [`Served::start`] with `runner` in its environment ([`RUNNER_VAR`]).
+    pub fn start_with(install: &Installation, runner: Option<Runner>) -> anyhow::Result<Self> {
         let program = jobhost_program();
         let mut command = Command::new(&program);
         command
@@ -585,14 +668,18 @@ impl Served {
                 command.env_remove(name);
             }
         }
+        if let Some(runner) = runner {
+            command.env(RUNNER_VAR, runner.as_str());
+        }
         let started = Instant::now();
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {} serve", program.display()))?;
         println!(
-            "  dispatcher pid {} serving {}",
+            "  dispatcher pid {} serving {}{}",
             child.id(),
-            install.settings.state_dir.display()
+            install.settings.state_dir.display(),
+            runner.map_or(String::new(), |r| format!(" ({RUNNER_VAR}={})", r.as_str()))
         );
         let mut served = Self {
             child,

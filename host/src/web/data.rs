@@ -303,6 +303,12 @@ impl JobsQuery {
     }
 }
 
+/// The key of [`list`]'s read of `query` among the reads requests share
+/// ([`super::shared_read`]).
+pub fn list_key(query: &JobsQuery) -> String {
+    format!("jobs?{}", query.to_query(query.page))
+}
+
 /// One page of jobs, newest first, and whether another page follows.
 pub fn list(store: &mut dyn Store, query: &JobsQuery) -> Result<(Vec<JobRecord>, bool), Failure> {
     let filter = ListFilter {

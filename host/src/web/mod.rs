@@ -5,23 +5,26 @@
 //!
 //! The submodules: [`auth`] decides who may see what (login, sessions, CSRF, the slowdown of
 //! failed logins); [`pages`] renders the HTML pages, [`api`] the JSON API, [`events`] the
-//! server-sent change events; [`data`] reads and acts on the queue for both pages and API.
-//! Reads go to a SQLite connection of the dashboard's own; actions (cancel, retry, run) go
-//! through a [`Client`], so they pass the same gate, are logged the same way and ring the
-//! dispatcher's doorbell like the command line's.
+//! server-sent change events; [`data`] reads and acts on the queue for both pages and API;
+//! [`reads`] shares one read among the requests for the same page that arrive together.
+//! Reads go to a store connection of the dashboard's own (never the dispatcher's: on SQLite, in
+//! WAL mode, a reader does not hold up the dispatcher's writes), one read at a time; actions
+//! (cancel, retry, run) go through a [`Client`], so they pass the same gate, are logged the
+//! same way and ring the dispatcher's doorbell like the command line's.
 
 mod api;
 mod auth;
 mod data;
 mod events;
 mod pages;
+mod reads;
 
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     task::{Context, Poll},
@@ -70,14 +73,26 @@ fn body_limit(settings: &Settings) -> usize {
     )
 }
 
-/// A counter of changes to the queue: bumped by the dispatcher and by the dashboard's own
-/// actions, watched by every open event stream.
+/// The changes to the queue: counted as they happen by the dispatcher and by the dashboard's
+/// own actions ([`Changes::bump`]), and told to the open event streams at most once every
+/// [`events::gap`] by a task the dashboard runs ([`events::coalesce`]).
 #[derive(Clone)]
-pub struct Changes(Arc<watch::Sender<u64>>);
+pub struct Changes {
+    /// Every change.
+    counted: Arc<watch::Sender<u64>>,
+    /// The changes as the event streams are told of them.
+    told: Arc<watch::Sender<u64>>,
+    /// The event streams open.
+    streams: Arc<AtomicUsize>,
+}
 
 impl Default for Changes {
     fn default() -> Self {
-        Self(Arc::new(watch::Sender::new(0)))
+        Self {
+            counted: Arc::new(watch::Sender::new(0)),
+            told: Arc::new(watch::Sender::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
+        }
     }
 }
 
@@ -87,13 +102,28 @@ impl Changes {
         Self::default()
     }
 
-    /// Counts one change. Never blocks; cheap enough for the dispatcher's loop.
+    /// Counts one change. Never blocks (it takes a lock the coalescing task holds only to
+    /// read the counter); cheap enough for the dispatcher's loop.
     pub fn bump(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.counted.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+    /// The tells, for an event stream, and its place among the open streams.
+    fn subscribe(&self) -> (watch::Receiver<u64>, events::Open) {
+        (self.told.subscribe(), events::Open::new(&self.streams))
+    }
+
+    /// The task that tells the streams of the changes counted from now on, until `stopping`.
+    fn coalesce(
+        &self,
+        stopping: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        events::coalesce(
+            self.counted.subscribe(),
+            Arc::clone(&self.told),
+            Arc::clone(&self.streams),
+            stopping,
+        )
     }
 }
 
@@ -125,6 +155,8 @@ pub(crate) struct App {
     sessions: Mutex<auth::Sessions>,
     throttle: auth::Throttle,
     store: Mutex<Box<dyn Store>>,
+    /// The reads of the store and the logs that concurrent requests share.
+    reads: reads::Reads,
     client: Mutex<Client>,
     changes: Changes,
     stopping: watch::Receiver<bool>,
@@ -171,6 +203,7 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
         std::io::Error::other(format!("cannot open the queue for the dashboard: {e}"))
     })?;
     let (stop, stopping) = watch::channel(false);
+    let coalescing = changes.coalesce(stopping.clone());
     let app = Arc::new(App {
         settings: settings.clone(),
         body_limit: body_limit(settings),
@@ -178,6 +211,7 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
         sessions: Mutex::new(auth::Sessions::default()),
         throttle: auth::Throttle::default(),
         store: Mutex::new(store),
+        reads: reads::Reads::default(),
         client: Mutex::new(client),
         changes,
         stopping: stopping.clone(),
@@ -192,6 +226,7 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
         .thread_name("web")
         .enable_all()
         .build()?;
+    runtime.spawn(coalescing);
     let router = router(app);
     let thread = std::thread::Builder::new()
         .name("web".into())
@@ -495,6 +530,18 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || work(&app))
         .await
         .map_err(|e| data::Failure::Internal(format!("the request failed: {e}")))
+}
+
+/// Runs the read `work` on tokio's blocking pool, as [`blocking`] does, shared with the
+/// requests for the same `key` that arrive while an earlier read of it is under way
+/// ([`reads`]): every open tab re-fetching its page after the same change costs one read of
+/// the store, not one each.
+pub(crate) async fn shared_read<T: Send + Sync + 'static>(
+    app: &Shared,
+    key: String,
+    work: impl FnOnce(&App) -> T + Send + 'static,
+) -> Result<Arc<T>, data::Failure> {
+    blocking(app, move |app| app.reads.get(&key, || work(app))).await
 }
 
 #[cfg(test)]

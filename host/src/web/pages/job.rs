@@ -20,7 +20,7 @@ use crate::{
         auth::Auth,
         blocking,
         data::{self, Failure},
-        redirect, App, Shared,
+        redirect, shared_read, App, Shared,
     },
 };
 
@@ -35,7 +35,7 @@ pub async fn job(
         Ok(id) => id,
         Err(f) => return failure_page(csrf, &f),
     };
-    let found = blocking(&app, move |app| {
+    let found = shared_read(&app, format!("job-page/{id}"), move |app| {
         let (job, attempts) = data::job(&mut **app.store(), id)?;
         let outputs: Vec<(String, u64)> = attempts
             .iter()
@@ -48,11 +48,11 @@ pub async fn job(
         Ok::<_, Failure>((job, attempts, outputs))
     })
     .await;
-    let (job, attempts, outputs) = match found {
+    let (job, attempts, outputs) = match found.as_deref() {
         Ok(Ok(r)) => r,
-        Ok(Err(f)) | Err(f) => return failure_page(csrf, &f),
+        Ok(Err(f)) | Err(f) => return failure_page(csrf, f),
     };
-    let main = job_main(&job, &attempts, &outputs, csrf);
+    let main = job_main(job, attempts, outputs, csrf);
     let title = format!("Job {}", job.id);
     page(StatusCode::OK, &title, Nav::Jobs, csrf, Live::Yes, main)
 }

@@ -20,9 +20,8 @@ use crate::{
     store::JobState,
     web::{
         auth::Auth,
-        blocking,
         data::{self, JobsQuery, PER_PAGE},
-        Shared,
+        shared_read, Shared,
     },
 };
 
@@ -38,9 +37,13 @@ pub async fn jobs(
         Err(f) => return failure_page(csrf, &f),
     };
     let q = query.clone();
-    let (jobs, more) = match blocking(&app, move |app| data::list(&mut **app.store(), &q)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(f)) | Err(f) => return failure_page(csrf, &f),
+    let read = shared_read(&app, data::list_key(&query), move |app| {
+        data::list(&mut **app.store(), &q)
+    })
+    .await;
+    let (jobs, more) = match read.as_deref() {
+        Ok(Ok((jobs, more))) => (jobs.as_slice(), *more),
+        Ok(Err(f)) | Err(f) => return failure_page(csrf, f),
     };
     let first = (query.page - 1) * PER_PAGE + 1;
     let main = html! {
@@ -75,7 +78,7 @@ pub async fn jobs(
                 "Id", "Job", "State", "Attempts", "Priority", "Created", "Started", "Finished",
             ]))
             tbody {
-                @for job in &jobs {
+                @for job in jobs {
                     "\n"
                     tr data-job-id=(job.id) {
                         td class="id" { (job_link(job.id)) }

@@ -6,15 +6,16 @@ use maud::{html, Markup};
 use super::{failure_page, page, parts::text, Live, Nav};
 use crate::{
     joblog::{ERRORS_FILE, LOG_FILE},
-    web::{auth::Auth, blocking, data, Shared},
+    web::{auth::Auth, data, shared_read, Shared},
 };
 
 /// `GET /logs`: the last lines of both log files.
 pub async fn logs(State(app): State<Shared>, Extension(auth): Extension<Auth>) -> Response {
     let csrf = auth.csrf();
-    let logs = match blocking(&app, data::logs).await {
+    let read = shared_read(&app, "logs".into(), data::logs).await;
+    let logs = match read.as_deref() {
         Ok(l) => l,
-        Err(f) => return failure_page(csrf, &f),
+        Err(f) => return failure_page(csrf, f),
     };
     let main = html! {
         h1 { "Logs" }

@@ -13,8 +13,8 @@ use crate::{
     store::{now_millis, DispatcherRecord, JobState},
     web::{
         auth::Auth,
-        blocking,
         data::{self, WINDOWS},
+        shared_read,
         Shared,
     },
 };
@@ -22,14 +22,14 @@ use crate::{
 /// `GET /`: counts by state, throughput, running jobs.
 pub async fn overview(State(app): State<Shared>, Extension(auth): Extension<Auth>) -> Response {
     let csrf = auth.csrf();
-    let overview = match blocking(&app, |app| {
+    let read = shared_read(&app, "overview".into(), |app| {
         let health = app.health();
         data::overview(&mut **app.store(), true, health)
     })
-    .await
-    {
+    .await;
+    let overview = match read.as_deref() {
         Ok(Ok(o)) => o,
-        Ok(Err(f)) | Err(f) => return failure_page(csrf, &f),
+        Ok(Err(f)) | Err(f) => return failure_page(csrf, f),
     };
     let problems = overview.health.iter().flat_map(|h| &h.problems);
     let main = html! {
