@@ -193,3 +193,53 @@ fn a_plugin_whose_constructor_starts_a_thread_runs_in_forked_workers_without_dea
     assert_eq!(threads, 1, "the fork server never loaded the plugin");
     assert!(host.stop_serve(&mut serve));
 }
+
+#[test]
+fn a_worker_that_cannot_be_forked_is_executed_with_a_warning() {
+    let host = Host::standard();
+    // A jobhost whose fork server cannot start: every worker has to be executed.
+    let jobhost = jobhost_e2e::artifacts_dir().join("jobhost");
+    let program = host.write(
+        "no-fork-server",
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = __zygote ]; then echo 'no fork server here' >&2; exit 1; fi\n\
+             exec {} \"$@\"\n",
+            jobhost.display()
+        ),
+    );
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut serve = host
+        .jobhost()
+        .env("JOBHOST_BIN", &program)
+        .args(["serve"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the dispatcher", Duration::from_secs(30), || {
+        host.dispatcher_pid().filter(|&pid| pid == serve.id())
+    });
+    for n in 0..3 {
+        let run = host.run(&[
+            "run",
+            r"Tests\Misbehave",
+            "echo",
+            &format!("n={n}"),
+            "--wait",
+        ]);
+        run.expect_code(0);
+    }
+    let warned = host.wait_log("background_jobs.log", "Workers cannot be forked");
+    assert!(warned.contains("WARNING"), "{warned}");
+    let warnings = host
+        .log("background_jobs.log")
+        .into_iter()
+        .filter(|l| l.contains("Workers cannot be forked"))
+        .count();
+    assert_eq!(warnings, 1, "said once, not for every worker");
+    assert_eq!(host.zygote(), None);
+    assert!(host.stop_serve(&mut serve));
+}
