@@ -1,10 +1,10 @@
-//! Process isolation against its floor, side by side in one run (issue 14): the spawn rate of
+//! Process isolation against its floor, side by side in one run: the spawn rate of
 //! `/bin/true` two at a time, raw attempts two at a time with each spawner, the drain of a
 //! backlog of no-op jobs on 2 slots with each spawner on SQLite and on PostgreSQL (and with
 //! two PostgreSQL dispatchers), the pickup latency of an idle dispatcher with each spawner, the
 //! CPU per job of the dispatcher and of its workers, and the drain with dashboard tabs open.
 //! It ends with a table of every figure beside its ratio to the `/bin/true` spawn rate of the
-//! same run, so that runs on different machines compare, and the issue's targets.
+//! same run, so that runs on different machines compare, and the targets set for them.
 //!
 //! Run it with
 //!
@@ -143,7 +143,7 @@ enum Kind {
     Plain,
 }
 
-/// A row of the final table: the figure, how it compares, and the issue's target in words.
+/// A row of the final table: the figure, how it compares, and its target in words.
 struct Figure {
     row: Row,
     kind: Kind,
@@ -547,7 +547,7 @@ fn print_table(report: &Report, true_rate: f64, cpus: usize) {
     println!();
     println!(
         "{:<44} {:>10} {:<10} {:>11} {:>10} {:<28} {:>6}",
-        "figure", "value", "unit", "x /bin/true", "target", "(issue 14)", "result"
+        "figure", "value", "unit", "x /bin/true", "target", "", "result"
     );
     for Figure { row, kind, goal } in &report.figures {
         let ratio = match kind {
