@@ -1,7 +1,8 @@
 //! The log files when things go wrong around them: a full disk (a log file that is a symlink to
 //! `/dev/full`, where every write fails with ENOSPC, root included) is reported on stderr once
 //! and its lines written later; logrotate renames the files away and `jobhost serve` opens new
-//! ones on SIGHUP or SIGUSR1, and goes on.
+//! ones on SIGHUP or SIGUSR1, and goes on. And what `Attempt finished` says of an attempt's
+//! output.
 
 use std::{fs, path::PathBuf, process::Child, time::Duration};
 
@@ -155,4 +156,46 @@ fn serve_opens_new_log_files_on_sighup_and_sigusr1_after_logrotate_and_goes_on()
         );
     }
     assert!(host.stop_serve(&mut serve), "and stops as usual");
+}
+
+/// The context of the `Attempt finished` line of job `id`.
+fn attempt_finished(host: &Host, id: &str) -> serde_json::Value {
+    host.log(MAIN)
+        .iter()
+        .filter_map(|line| {
+            let (_, context) = line
+                .strip_prefix("local.DEBUG: Attempt finished: ")?
+                .split_once(' ')?;
+            serde_json::from_str::<serde_json::Value>(context).ok()
+        })
+        .find(|context| context["job_id"].as_i64().map(|n| n.to_string()).as_deref() == Some(id))
+        .unwrap_or_else(|| panic!("no Attempt finished line of job {id}"))
+}
+
+#[test]
+fn attempt_finished_names_the_output_file_only_of_an_attempt_that_printed_something() {
+    let host = Host::standard();
+    let quiet = host.run(&["run", r"Tests\Misbehave", "ok", "--wait"]);
+    quiet.expect_code(0);
+    let loud = host.run(&["run", r"Tests\Misbehave", "log_lines", "count=2", "--wait"]);
+    loud.expect_code(0);
+    let attempts = host.state_dir().join("attempts");
+
+    let (quiet, loud) = (quiet.job_id(), loud.job_id());
+    let said = attempt_finished(&host, &quiet);
+    assert_eq!(said["outcome"], "ok", "{said}");
+    assert!(
+        said.get("output").is_none(),
+        "nothing printed, no file named: {said}"
+    );
+    assert!(!attempts.join(&quiet).join("1.out").exists());
+
+    let said = attempt_finished(&host, &loud);
+    let out = attempts.join(&loud).join("1.out");
+    assert_eq!(said["output"], out.to_string_lossy().as_ref(), "{said}");
+    let printed = fs::read_to_string(&out).unwrap();
+    assert!(
+        printed.contains("log line 2") && printed.contains("printed after 2 log lines"),
+        "{printed}"
+    );
 }

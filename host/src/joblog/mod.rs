@@ -316,19 +316,24 @@ pub struct FinishedAttempt<'a> {
     pub duration: std::time::Duration,
     /// How it ended, as the host names outcomes (`completed`, `crashed: SIGSEGV`, ...).
     pub outcome: &'a str,
-    /// Where its output is kept.
-    pub output: &'a Path,
+    /// Where its output is kept; `None` when it printed nothing (it has no output file).
+    pub output: Option<&'a Path>,
 }
 
-/// A DEBUG line with the details of a finished attempt of job `id`.
+/// A DEBUG line with the details of a finished attempt of job `id`; its `output` only when it
+/// printed something.
 pub fn attempt_finished(job: &str, id: i64, attempt: &FinishedAttempt<'_>) {
-    let context = context([
-        ("attempt", json!(attempt.attempt)),
-        ("job_id", json!(id)),
-        ("duration_ms", json!(attempt.duration.as_millis() as u64)),
-        ("outcome", json!(attempt.outcome)),
-        ("output", json!(attempt.output)),
-        ("pid", json!(attempt.pid)),
-    ]);
+    let output = attempt.output.map(|path| ("output", json!(path)));
+    let context = context(
+        [
+            ("attempt", json!(attempt.attempt)),
+            ("job_id", json!(id)),
+            ("duration_ms", json!(attempt.duration.as_millis() as u64)),
+            ("outcome", json!(attempt.outcome)),
+            ("pid", json!(attempt.pid)),
+        ]
+        .into_iter()
+        .chain(output),
+    );
     tracing::debug!(context = context.as_str(), "Attempt finished: {job}");
 }

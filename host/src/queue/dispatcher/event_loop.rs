@@ -606,7 +606,7 @@ impl Dispatcher {
                 pid: record.pid,
                 duration: record.duration,
                 outcome: &record.outcome.label(),
-                output: &record.output.path,
+                output: (record.output.total_bytes > 0).then_some(record.output.path.as_path()),
             };
             joblog::attempt_finished(&job.name(), job.id, &attempt);
             if let Some(error) = &record.output.not_saved {
