@@ -15,7 +15,8 @@ pub struct CpuUse {
     pub wall: f64,
     /// By the measured process (the dispatcher, or this bench's supervisor threads).
     pub own: f64,
-    /// By its reaped children, the workers.
+    /// By its children, the workers: those it reaped, and (when the measured process is this
+    /// bench) those still running, with what they reaped (a fork server and its workers).
     pub children: f64,
     /// By this bench, when it is not the measured process.
     pub bench: f64,
@@ -53,6 +54,8 @@ pub struct CpuMeter {
     machine: f64,
     /// The process already running at the start, with its CPU time then.
     watched: Option<(u32, (f64, f64))>,
+    /// The time of this process's running children then (a fork server and its workers).
+    bench_live: f64,
 }
 
 impl CpuMeter {
@@ -67,6 +70,7 @@ impl CpuMeter {
             bench: process_cpu("self")?,
             machine: machine_busy()?,
             watched,
+            bench_live: live_children_cpu(std::process::id()),
         })
     }
 
@@ -86,7 +90,13 @@ impl CpuMeter {
                 let (own, children) = process_cpu(&pid.to_string())?;
                 (own - base.0, children - base.1, bench.0 + bench.1)
             }
-            None => (bench.0, bench.1, 0.0),
+            // Its running children too: a fork server, with the workers it reaped, is a
+            // child of this process that has not been waited for yet.
+            None => (
+                bench.0,
+                bench.1 + live_children_cpu(std::process::id()) - self.bench_live,
+                0.0,
+            ),
         };
         Ok(CpuUse {
             wall,
@@ -142,4 +152,23 @@ pub fn stat_cpu(path: &str) -> anyhow::Result<(String, f64, f64)> {
         (fields[0] + fields[1]) / USER_HZ,
         (fields[2] + fields[3]) / USER_HZ,
     ))
+}
+
+/// CPU seconds of the children of process `pid` that still run (listed in each of its
+/// threads' `/proc/PID/task/TID/children`), each its own and its reaped children's; 0 for what
+/// cannot be read (a child that just exited).
+pub fn live_children_cpu(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let mut sum = 0.0;
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            if let Ok((own, reaped)) = process_cpu(child) {
+                sum += own + reaped;
+            }
+        }
+    }
+    sum
 }

@@ -23,7 +23,7 @@ use jobhost_testing::TestDatabase;
 use serde_json::Value;
 
 use super::{
-    cpu::{process_cpu, CpuMeter},
+    cpu::{live_children_cpu, process_cpu, CpuMeter},
     dispatch_in_batches, machine_busy, ms, AttemptRunner, Installation, Measured, Served,
     ALLOWLIST, CLASS, CLOCK, OK, SETTINGS,
 };
@@ -269,25 +269,6 @@ pub fn drain<L, R>(
         },
         result,
     ))
-}
-
-/// CPU seconds of the children of process `pid` that still run (listed in each of its
-/// threads' `/proc/PID/task/TID/children`), each its own and its reaped children's; 0 for what
-/// cannot be read (a child that just exited).
-fn live_children_cpu(pid: u32) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    let mut sum = 0.0;
-    for task in tasks.flatten() {
-        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        for child in children.split_whitespace() {
-            if let Ok((own, reaped)) = process_cpu(child) {
-                sum += own + reaped;
-            }
-        }
-    }
-    sum
 }
 
 // ----- pickup latency -----
