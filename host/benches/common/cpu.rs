@@ -15,8 +15,8 @@ pub struct CpuUse {
     pub wall: f64,
     /// By the measured process (the dispatcher, or this bench's supervisor threads).
     pub own: f64,
-    /// By its children, the workers: those it reaped, and (when the measured process is this
-    /// bench) those still running, with what they reaped (a fork server and its workers).
+    /// By its children, the workers: those it reaped, and those still running with what they
+    /// reaped (a fork server and its workers).
     pub children: f64,
     /// By this bench, when it is not the measured process.
     pub bench: f64,
@@ -52,17 +52,25 @@ pub struct CpuMeter {
     started: Instant,
     bench: (f64, f64),
     machine: f64,
-    /// The process already running at the start, with its CPU time then.
+    /// The process already running at the start, with its CPU time then: its own, and its
+    /// children's, reaped and running.
     watched: Option<(u32, (f64, f64))>,
     /// The time of this process's running children then (a fork server and its workers).
     bench_live: f64,
+}
+
+/// A process's own CPU time, and its children's: those it reaped, and those still running
+/// with what they reaped (a fork server and the workers it waited for).
+fn with_children(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let (own, reaped) = process_cpu(&pid.to_string())?;
+    Ok((own, reaped + live_children_cpu(pid)))
 }
 
 impl CpuMeter {
     /// Starts measuring this process and the machine, and `watched` if it already runs.
     pub fn start(watched: Option<u32>) -> anyhow::Result<Self> {
         let watched = match watched {
-            Some(pid) => Some((pid, process_cpu(&pid.to_string())?)),
+            Some(pid) => Some((pid, with_children(pid)?)),
             None => None,
         };
         Ok(Self {
@@ -87,7 +95,7 @@ impl CpuMeter {
                     Some((watched, base)) if watched == pid => base,
                     _ => (0.0, 0.0),
                 };
-                let (own, children) = process_cpu(&pid.to_string())?;
+                let (own, children) = with_children(pid)?;
                 (own - base.0, children - base.1, bench.0 + bench.1)
             }
             // Its running children too: a fork server, with the workers it reaped, is a
