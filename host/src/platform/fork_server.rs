@@ -194,42 +194,15 @@ impl Zygote {
         let mut header = [0u8; 8];
         header[..4].copy_from_slice(&lengths[0].to_le_bytes());
         header[4..].copy_from_slice(&lengths[1].to_le_bytes());
-        let passed = [fds.gate, fds.output, fds.status];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&passed));
-        let sent = retry(|| {
-            sendmsg(
-                &self.control,
-                &[IoSlice::new(&header)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            )
-        })?;
-        write_all(&self.control, &header[sent..])?;
+        send_with_fds(&self.control, &header, &[fds.gate, fds.output, fds.status])?;
         write_all(&self.control, title)?;
         write_all(&self.control, request)?;
 
         let mut answer = [0u8; 4];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut received = RecvAncillaryBuffer::new(&mut space);
-        let got = retry(|| {
-            recvmsg(
-                &self.control,
-                &mut [IoSliceMut::new(&mut answer)],
-                &mut received,
-                RecvFlags::CMSG_CLOEXEC,
-            )
-        })?
-        .bytes;
-        let pidfd = received.drain().find_map(|message| match message {
-            RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
-            _ => None,
-        });
-        if got == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        read_exact(&self.control, &mut answer[got..])?;
+        let pidfd = recv_with_fds(&self.control, &mut answer)?
+            .ok_or(io::ErrorKind::UnexpectedEof)?
+            .into_iter()
+            .next();
         let answer = i32::from_le_bytes(answer);
         Ok(match (u32::try_from(answer), pidfd) {
             (Ok(pid), Some(pidfd)) if pid > 0 => Ok((pid, pidfd)),
@@ -258,12 +231,57 @@ fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
     }
 }
 
-fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> io::Result<()> {
+fn write_all(socket: impl AsFd, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        let n = retry(|| rustix::net::send(fd, bytes, SendFlags::NOSIGNAL))?;
+        let n = retry(|| rustix::net::send(socket.as_fd(), bytes, SendFlags::NOSIGNAL))?;
         bytes = &bytes[n..];
     }
     Ok(())
+}
+
+/// Sends `bytes` on `socket`, `fds` (at most three) passed with the first of them.
+fn send_with_fds(socket: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut ancillary = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        ancillary.push(SendAncillaryMessage::ScmRights(fds));
+    }
+    let sent = retry(|| {
+        sendmsg(
+            socket.as_fd(),
+            &[IoSlice::new(bytes)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        )
+    })?;
+    write_all(socket, &bytes[sent..])
+}
+
+/// Fills `buf` from `socket`; the descriptors (at most three) passed with its first bytes, or
+/// `None` at the end of input before any byte.
+fn recv_with_fds(socket: impl AsFd, buf: &mut [u8]) -> io::Result<Option<Vec<OwnedFd>>> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
+    let got = retry(|| {
+        recvmsg(
+            socket.as_fd(),
+            &mut [IoSliceMut::new(&mut *buf)],
+            &mut ancillary,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })?
+    .bytes;
+    let mut fds = Vec::new();
+    for message in ancillary.drain() {
+        if let RecvAncillaryMessage::ScmRights(passed) = message {
+            fds.extend(passed);
+        }
+    }
+    if got == 0 {
+        return Ok(None);
+    }
+    read_exact(socket, &mut buf[got..])?;
+    Ok(Some(fds))
 }
 
 fn read_exact(fd: impl AsFd, mut buf: &mut [u8]) -> io::Result<()> {
@@ -418,27 +436,9 @@ fn serve_one(
 /// Reads one request; `None` at the end of input.
 fn receive(control: BorrowedFd<'_>) -> io::Result<Option<Request>> {
     let mut header = [0u8; 8];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut ancillary = RecvAncillaryBuffer::new(&mut space);
-    let got = retry(|| {
-        recvmsg(
-            control,
-            &mut [IoSliceMut::new(&mut header)],
-            &mut ancillary,
-            RecvFlags::CMSG_CLOEXEC,
-        )
-    })?
-    .bytes;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for message in ancillary.drain() {
-        if let RecvAncillaryMessage::ScmRights(passed) = message {
-            fds.extend(passed);
-        }
-    }
-    if got == 0 {
+    let Some(fds) = recv_with_fds(control, &mut header)? else {
         return Ok(None);
-    }
-    read_exact(control, &mut header[got..])?;
+    };
     let title_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let body_len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     let mut title = vec![0u8; title_len as usize];
@@ -460,27 +460,8 @@ fn receive(control: BorrowedFd<'_>) -> io::Result<Option<Request>> {
 
 /// Answers a request: the child's pid and its pidfd, or `-errno`.
 fn answer_with(control: BorrowedFd<'_>, answer: i32, pidfd: Option<&OwnedFd>) -> io::Result<()> {
-    let bytes = answer.to_le_bytes();
     let passed: Vec<BorrowedFd<'_>> = pidfd.iter().map(|fd| fd.as_fd()).collect();
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut ancillary = SendAncillaryBuffer::new(&mut space);
-    if !passed.is_empty() {
-        ancillary.push(SendAncillaryMessage::ScmRights(&passed));
-    }
-    let sent = retry(|| {
-        sendmsg(
-            control,
-            &[IoSlice::new(&bytes)],
-            &mut ancillary,
-            SendFlags::NOSIGNAL,
-        )
-    })?;
-    let mut rest = &bytes[sent..];
-    while !rest.is_empty() {
-        let n = retry(|| rustix::net::send(control, rest, SendFlags::NOSIGNAL))?;
-        rest = &rest[n..];
-    }
-    Ok(())
+    send_with_fds(control, &answer.to_le_bytes(), &passed)
 }
 
 /// Forks the child for `request`; in the parent, returns it to be watched.

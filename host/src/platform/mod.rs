@@ -26,7 +26,7 @@ pub use unix::{
     adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
     find_worker, fork_worker, hold_output_open, kill_adopted, on_signals, on_termination,
     prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
-    ForkedWorker, Launch, OutputPair, Supervised, HELD_OUTPUT, SUPERVISED_FDS,
+    ForkedWorker, Launch, OutputPair, Supervised, HELD_OUTPUT, SUPERVISED_FDS, poll_supervised,
 };
 #[cfg(windows)]
 mod windows;

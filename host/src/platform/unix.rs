@@ -479,27 +479,39 @@ impl Supervised {
     /// Drives it alone to its end: polls its descriptors and steps it until it ended.
     fn run(mut self, cancel: &CancelToken, sink: &mut dyn OutputSink) -> io::Result<ProcessEnd> {
         loop {
-            let timeout = self
-                .wake_at()
-                .map(|at| timespec(at.saturating_duration_since(Instant::now())));
-            let fds = self.fds(cancel);
-            let mut polled: Vec<PollFd<'_>> = fds
-                .iter()
-                .flatten()
-                .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
-                .collect();
-            match poll(&mut polled, timeout.as_ref()) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            let mut revents = polled.iter().map(|fd| !fd.revents().is_empty());
-            let ready = fds.map(|fd| fd.is_some() && revents.next().unwrap_or(false));
-            drop(polled);
-            if let Some(end) = self.step(ready, cancel, sink)? {
+            let (_, ready) = poll_supervised(None, &[self.fds(cancel)], self.wake_at())?;
+            if let Some(end) = self.step(ready[0], cancel, sink)? {
                 return Ok(end);
             }
         }
     }
+}
+
+/// One `poll` over `wake` and the descriptors of any number of supervised children (`sets`,
+/// each from [`Supervised::fds`]), until one is ready or `until` comes: whether `wake` was
+/// ready, and what was, for each child in order.
+pub fn poll_supervised(
+    wake: Option<BorrowedFd<'_>>,
+    sets: &[[Option<BorrowedFd<'_>>; SUPERVISED_FDS]],
+    until: Option<Instant>,
+) -> io::Result<(bool, Vec<[bool; SUPERVISED_FDS]>)> {
+    let timeout = until.map(|at| timespec(at.saturating_duration_since(Instant::now())));
+    let mut polled: Vec<PollFd<'_>> = wake
+        .into_iter()
+        .chain(sets.iter().flatten().flatten().copied())
+        .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
+        .collect();
+    match poll(&mut polled, timeout.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut revents = polled.iter().map(|fd| !fd.revents().is_empty());
+    let woken = wake.is_some() && revents.next().unwrap_or(false);
+    let ready = sets
+        .iter()
+        .map(|set| set.map(|fd| fd.is_some() && revents.next().unwrap_or(false)))
+        .collect();
+    Ok((woken, ready))
 }
 
 /// Starts `launch` with stdin from a pipe that carries only its go-ahead and stdout and

@@ -692,9 +692,7 @@ pub trait Store: Send {
         now: Millis,
         limit: usize,
     ) -> Result<SettledAndClaimed, StoreError> {
-        let settled = self.settle_many(settlements)?;
-        let claimed = self.claim(owner, now, limit);
-        Ok(SettledAndClaimed { settled, claimed })
+        settle_then_claim(self, settlements, owner, now, limit)
     }
 
     /// Records how attempt `attempt` ended and moves the job on: [`Store::settle_many`] of one
@@ -813,6 +811,21 @@ pub trait Store: Send {
     /// The registered dispatchers whose last heartbeat is before `cutoff` (now less the
     /// lease), by id: the ones to rescue.
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError>;
+}
+
+/// [`Store::settle_and_claim`] as two transactions: [`Store::settle_many`], then
+/// [`Store::claim`]. A backend that can do both in one still does this when one of them has
+/// nothing to do.
+pub(crate) fn settle_then_claim<S: Store + ?Sized>(
+    store: &mut S,
+    settlements: &[Settlement<'_>],
+    owner: DispatcherId,
+    now: Millis,
+    limit: usize,
+) -> Result<SettledAndClaimed, StoreError> {
+    let settled = store.settle_many(settlements)?;
+    let claimed = store.claim(owner, now, limit);
+    Ok(SettledAndClaimed { settled, claimed })
 }
 
 /// Tells a dispatcher that processes on other hosts changed the queue (enqueued, cancelled,

@@ -119,16 +119,12 @@ mod poller {
     };
 
     use crossbeam_channel::{Receiver, Sender, TryRecvError};
-    use rustix::{
-        event::{poll, PollFd, PollFlags, Timespec},
-        io::Errno,
-        pipe::{pipe_with, PipeFlags},
-    };
+    use rustix::pipe::{pipe_with, PipeFlags};
 
     use super::{AttemptEvent, GoAhead, Gone, OnEvent, Ready};
     use crate::{
         config::settings::Settings,
-        platform::{CancelToken, Supervised, SUPERVISED_FDS},
+        platform::{poll_supervised, CancelToken, Supervised, SUPERVISED_FDS},
         runner::supervisor::{spawn_error, Prepared, Spawner},
     };
 
@@ -287,37 +283,18 @@ mod poller {
 
         /// Waits for something to happen: whether it was woken, and what is ready for each
         /// watched attempt.
-        fn wait(&self) -> rustix::io::Result<(bool, Vec<[bool; SUPERVISED_FDS]>)> {
-            let timeout = self
+        fn wait(&self) -> std::io::Result<(bool, Vec<[bool; SUPERVISED_FDS]>)> {
+            let until = self
                 .watched
                 .iter()
                 .filter_map(|w| w.supervised.wake_at())
-                .min()
-                .map(|at| timespec(at.saturating_duration_since(Instant::now())));
+                .min();
             let sets: Vec<[Option<BorrowedFd<'_>>; SUPERVISED_FDS]> = self
                 .watched
                 .iter()
                 .map(|w| w.supervised.fds(&w.cancel))
                 .collect();
-            let mut polled: Vec<PollFd<'_>> = std::iter::once(self.wake.as_fd())
-                .chain(sets.iter().flatten().flatten().copied())
-                .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN))
-                .collect();
-            match poll(&mut polled, timeout.as_ref()) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(e),
-            }
-            let mut revents = polled.iter().map(|fd| !fd.revents().is_empty());
-            let woken = revents.next().unwrap_or(false);
-            let mut ready = Vec::with_capacity(sets.len());
-            for set in &sets {
-                let mut one = [false; SUPERVISED_FDS];
-                for (slot, fd) in one.iter_mut().zip(set) {
-                    *slot = fd.is_some() && revents.next().unwrap_or(false);
-                }
-                ready.push(one);
-            }
-            Ok((woken, ready))
+            poll_supervised(Some(self.wake.as_fd()), &sets, until)
         }
 
         /// Steps every attempt something is ready for, or whose time has come; tells of those
@@ -410,13 +387,6 @@ mod poller {
                     poller: self.handle.clone(),
                 },
             });
-        }
-    }
-
-    fn timespec(d: std::time::Duration) -> Timespec {
-        Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: i64::from(d.subsec_nanos()),
         }
     }
 }

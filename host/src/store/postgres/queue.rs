@@ -396,9 +396,7 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<SettledAndClaimed, StoreError> {
         if settlements.is_empty() || limit == 0 {
-            let settled = self.settle_many(settlements)?;
-            let claimed = self.claim(owner, now, limit);
-            return Ok(SettledAndClaimed { settled, claimed });
+            return crate::store::settle_then_claim(self, settlements, owner, now, limit);
         }
         // Both statements in one transaction: one commit.
         let batch = SettleBatch::new(settlements);
