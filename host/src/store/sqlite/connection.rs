@@ -1,6 +1,8 @@
 //! The connection: opening (and refusing a database newer than this jobhost), waiting out a
 //! busy database, and errors classified with what a user can do about them; reading rows.
 
+use rusqlite::config::DbConfig;
+
 use super::*;
 
 /// The error for the database at `path` that cannot be opened, for this reason.
@@ -16,6 +18,11 @@ pub(super) fn connect(path: &Path, flags: OpenFlags) -> Result<(Connection, i64)
     let open_error = open_error(path);
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(e.to_string()))?;
     conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| open_error(e.to_string()))?;
+    // The query planner stability guarantee: without it SQLite re-prepares (parses and plans
+    // again) a statement whose bound `LIMIT` changed since its last run, as the claim's does
+    // whenever the number of free slots changes.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(|e| open_error(e.to_string()))?;
     // The first statement that reads the file is where a corrupt file shows itself.
     let version: i64 = retry_busy(|| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
