@@ -1421,16 +1421,20 @@ pub fn concurrent_batched_settles_settle_each_attempt_once(b: &dyn Backend) {
     }
 }
 
-pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend) {
+pub fn settle_and_claim_records_settles_then_claims_into_the_freed_slots(b: &dyn Backend) {
     let mut s = b.connect();
     let me = register(&mut *s);
     let jobs: Vec<NewJob> = (0..4).map(|_| new_job("A", Priority::Normal, 0)).collect();
     let ids = s.enqueue(&jobs, 1000).unwrap();
     assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, ids[0]);
     let (ok, complete) = (end("ok", 1100), Next::Complete(json!(1)));
+    let (pid, stray) = (worker(4242), worker(4343));
 
+    // The worker of the running attempt is recorded before it is settled; one of an attempt
+    // nobody runs is not.
     let both = s
         .settle_and_claim(
+            &[started(ids[0], 1, &pid), started(999_999, 1, &stray)],
             &[
                 settlement(ids[0], 1, &ok, &complete),
                 settlement(ids[0], 1, &ok, &complete),
@@ -1441,6 +1445,7 @@ pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend
             2,
         )
         .unwrap();
+    assert_eq!(both.recorded, [true, false]);
     assert_eq!(both.settled, [true, false, false]);
     let claimed: Vec<(JobId, u32)> = both
         .claimed
@@ -1449,13 +1454,22 @@ pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend
         .map(|j| (j.id, j.attempts))
         .collect();
     assert_eq!(claimed, [(ids[1], 1), (ids[2], 1)]);
-    assert_eq!(s.job(ids[0]).unwrap().unwrap().0.state, JobState::Completed);
+    let (first, attempts) = s.job(ids[0]).unwrap().unwrap();
+    assert_eq!(first.state, JobState::Completed);
+    assert_eq!(attempts[0].pid, Some(4242), "{attempts:?}");
     assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Running);
 
-    // A claim refused once the settles are stored: they stand.
+    // A claim refused once the records and settles are stored: they stand.
     let both = s
-        .settle_and_claim(&[settlement(ids[1], 1, &ok, &complete)], me + 1000, 1200, 2)
+        .settle_and_claim(
+            &[started(ids[2], 1, &stray)],
+            &[settlement(ids[1], 1, &ok, &complete)],
+            me + 1000,
+            1200,
+            2,
+        )
         .unwrap();
+    assert_eq!(both.recorded, [true]);
     assert_eq!(both.settled, [true]);
     assert!(
         matches!(both.claimed, Err(StoreError::NotRegistered(id)) if id == me + 1000),
@@ -1463,6 +1477,7 @@ pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend
         both.claimed
     );
     assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Completed);
+    assert_eq!(s.job(ids[2]).unwrap().unwrap().1[0].pid, Some(4343));
     assert_eq!(s.job(ids[3]).unwrap().unwrap().0.state, JobState::Queued);
 
     // A due row that must be quarantined: the settle stands, the row is quarantined and the
@@ -1470,7 +1485,7 @@ pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend
     let bad = one_job(&mut *s, "bad");
     b.execute(&format!("UPDATE jobs SET params = '{{not json' WHERE id = {bad}"));
     let both = s
-        .settle_and_claim(&[settlement(ids[2], 1, &ok, &complete)], me, 1300, 5)
+        .settle_and_claim(&[], &[settlement(ids[2], 1, &ok, &complete)], me, 1300, 5)
         .unwrap();
     assert_eq!(both.settled, [true]);
     let claimed: Vec<JobId> = both.claimed.unwrap().iter().map(|j| j.id).collect();
@@ -1482,11 +1497,12 @@ pub fn settle_and_claim_settles_then_claims_into_the_freed_slots(b: &dyn Backend
     assert_eq!(s.job(ids[2]).unwrap().unwrap().0.state, JobState::Completed);
     assert_eq!(s.job(bad).unwrap().unwrap().0.state, JobState::Failed);
 
-    // Nothing to settle, or nothing to claim: each alone.
-    let both = s.settle_and_claim(&[], me, 1400, 5).unwrap();
-    assert!(both.settled.is_empty() && both.claimed.unwrap().is_empty());
+    // Nothing to record or settle, or nothing to claim: each alone.
+    let both = s.settle_and_claim(&[], &[], me, 1400, 5).unwrap();
+    assert!(both.recorded.is_empty() && both.settled.is_empty());
+    assert!(both.claimed.unwrap().is_empty());
     let both = s
-        .settle_and_claim(&[settlement(ids[3], 1, &ok, &complete)], me, 1400, 0)
+        .settle_and_claim(&[], &[settlement(ids[3], 1, &ok, &complete)], me, 1400, 0)
         .unwrap();
     assert_eq!(both.settled, [true]);
     assert!(both.claimed.unwrap().is_empty());
@@ -1524,7 +1540,7 @@ macro_rules! conformance_suite {
             batched_starts_record_each_unsettled_attempt_and_refuse_the_others,
             batched_settles_settle_each_running_attempt_once_and_refuse_the_others,
             concurrent_batched_settles_settle_each_attempt_once,
-            settle_and_claim_settles_then_claims_into_the_freed_slots,
+            settle_and_claim_records_settles_then_claims_into_the_freed_slots,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

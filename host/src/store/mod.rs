@@ -288,6 +288,9 @@ pub struct Settlement<'a> {
 /// What [`Store::settle_and_claim`] did.
 #[derive(Debug)]
 pub struct SettledAndClaimed {
+    /// For each started attempt, whether it was recorded, as [`Store::attempts_started`]
+    /// answers.
+    pub recorded: Vec<bool>,
     /// For each settlement, whether it was settled, as [`Store::settle_many`] answers.
     pub settled: Vec<bool>,
     /// The jobs claimed, as [`Store::claim`] answers, or why none were: the settles are
@@ -679,20 +682,23 @@ pub trait Store: Send {
     /// fails the others; an error means none was settled. An empty batch does nothing.
     fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError>;
 
-    /// Settles `settlements` as [`Store::settle_many`] does, then claims up to `limit` due jobs
-    /// for `owner` as [`Store::claim`] does: what a dispatcher does once attempts ended, with
-    /// one commit for both where that saves one (PostgreSQL; on SQLite a commit costs no
-    /// flush, and they are two transactions). An error means nothing was settled or claimed;
-    /// a claim that failed once the settles were stored (a dispatcher no longer registered)
-    /// fails in [`SettledAndClaimed::claimed`].
+    /// Records the workers `started` as [`Store::attempts_started`] does, settles
+    /// `settlements` as [`Store::settle_many`] does, then claims up to `limit` due jobs for
+    /// `owner` as [`Store::claim`] does: what a dispatcher writes once workers were spawned
+    /// and attempts ended, in one transaction where the backend can (SQLite: one commit writes
+    /// each page the three change once). An error means nothing was settled or claimed (the
+    /// records may have been written where they are a transaction of their own: recording a
+    /// worker again is harmless); a claim that failed once the records and settles were stored
+    /// (a dispatcher no longer registered) fails in [`SettledAndClaimed::claimed`].
     fn settle_and_claim(
         &mut self,
+        started: &[StartedAttempt<'_>],
         settlements: &[Settlement<'_>],
         owner: DispatcherId,
         now: Millis,
         limit: usize,
     ) -> Result<SettledAndClaimed, StoreError> {
-        settle_then_claim(self, settlements, owner, now, limit)
+        settle_then_claim(self, started, settlements, owner, now, limit)
     }
 
     /// Records how attempt `attempt` ended and moves the job on: [`Store::settle_many`] of one
@@ -813,19 +819,24 @@ pub trait Store: Send {
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError>;
 }
 
-/// [`Store::settle_and_claim`] as two transactions: [`Store::settle_many`], then
-/// [`Store::claim`]. A backend that can do both in one still does this when one of them has
-/// nothing to do.
+/// [`Store::settle_and_claim`] as three transactions: [`Store::attempts_started`],
+/// [`Store::settle_many`], then [`Store::claim`] (each does nothing when it has nothing to do).
 pub(crate) fn settle_then_claim<S: Store + ?Sized>(
     store: &mut S,
+    started: &[StartedAttempt<'_>],
     settlements: &[Settlement<'_>],
     owner: DispatcherId,
     now: Millis,
     limit: usize,
 ) -> Result<SettledAndClaimed, StoreError> {
+    let recorded = store.attempts_started(started)?;
     let settled = store.settle_many(settlements)?;
     let claimed = store.claim(owner, now, limit);
-    Ok(SettledAndClaimed { settled, claimed })
+    Ok(SettledAndClaimed {
+        recorded,
+        settled,
+        claimed,
+    })
 }
 
 /// Tells a dispatcher that processes on other hosts changed the queue (enqueued, cancelled,

@@ -19,7 +19,7 @@ impl Dispatcher {
         let mut check_cancels = true;
         let mut idle_since: Option<Instant> = None;
         loop {
-            self.write_pending(self.stopping.is_none() && recovered)?;
+            let claimed = self.write_pending(self.stopping.is_none() && recovered)?;
             if !recovered {
                 // What a predecessor left running is settled before anything is claimed.
                 recovered = self.recover()?;
@@ -31,7 +31,9 @@ impl Dispatcher {
                 if check_cancels {
                     self.apply_cancels()?;
                 }
-                self.claim()?;
+                if !claimed {
+                    self.claim()?;
+                }
             }
             // Once stopping, what the store did not take by the deadline is settled from the
             // workers' reports by the next dispatcher.
@@ -490,102 +492,84 @@ impl Dispatcher {
         }
     }
 
-    /// Writes what waits for the store, once its retry is due if it is in trouble: first the
-    /// workers waiting at their gate, all recorded in one call and then let start (or told
-    /// not to, for an attempt the store no longer holds running); then the ended attempts,
-    /// all settled in one call, in order, each reported ([`Dispatcher::settled`]) only once
-    /// the store has committed it, and with `may_claim` the jobs due claimed into the slots
-    /// they free in the same call ([`Store::settle_and_claim`]: one commit on PostgreSQL).
-    /// What the store does not take stays held, in order, for the next try.
-    pub(super) fn write_pending(&mut self, may_claim: bool) -> Result<(), DispatcherError> {
+    /// Writes what waits for the store, once its retry is due if it is in trouble, all in one
+    /// call ([`Store::settle_and_claim`]: one transaction on SQLite, one commit for the settles
+    /// and the claim on PostgreSQL): the workers waiting at their gate, recorded and then let
+    /// start (or told not to, for an attempt the store no longer holds running); the ended
+    /// attempts, settled in order, each reported ([`Dispatcher::settled`]) only once the store
+    /// has committed it; and with `may_claim` the jobs due claimed into the free slots. What
+    /// the store does not take stays held, in order, for the next try. True when it claimed
+    /// (so the loop need not).
+    pub(super) fn write_pending(&mut self, may_claim: bool) -> Result<bool, DispatcherError> {
         let due = self
             .trouble
             .store
             .as_ref()
             .is_none_or(|p| Instant::now() >= p.retry_at);
-        if !due {
-            return Ok(());
+        if !due || (self.unrecorded.is_empty() && self.unsettled.is_empty()) {
+            return Ok(false);
         }
-        if !self.unrecorded.is_empty() {
-            let waiting = std::mem::take(&mut self.unrecorded);
-            let items: Vec<StartedAttempt<'_>> = waiting
-                .iter()
-                .map(|w| StartedAttempt {
-                    id: w.id,
-                    attempt: w.attempt,
-                    start: &w.start,
-                })
-                .collect();
-            let what = if items.len() == 1 {
-                "record a worker"
-            } else {
-                "record workers"
-            };
-            // On a fatal error the senders are dropped: no worker starts.
-            let recorded = self.store(what, |s| s.attempts_started(&items))?;
-            drop(items);
-            let Some(recorded) = recorded else {
-                self.unrecorded = waiting;
-                return Ok(());
-            };
-            for (waiting, recorded) in waiting.into_iter().zip(recorded) {
-                if !recorded {
-                    tracing::warn!(
-                        "Attempt {} of job {} is no longer running in the job database (its \
-                         dispatcher was taken for dead and its jobs rescued): its worker does \
-                         not start",
-                        waiting.attempt,
-                        waiting.id
-                    );
-                }
-                let _ = waiting.go.send(recorded);
+        let waiting = std::mem::take(&mut self.unrecorded);
+        let ended = std::mem::take(&mut self.unsettled);
+        let starts: Vec<StartedAttempt<'_>> = waiting
+            .iter()
+            .map(|w| StartedAttempt {
+                id: w.id,
+                attempt: w.attempt,
+                start: &w.start,
+            })
+            .collect();
+        let settlements: Vec<Settlement<'_>> = ended
+            .iter()
+            .map(|u| Settlement {
+                id: u.job.id,
+                attempt: u.attempt,
+                end: &u.end,
+                next: &u.next,
+            })
+            .collect();
+        let what = match (starts.len(), settlements.len()) {
+            (1, 0) => "record a worker",
+            (_, 0) => "record workers",
+            (_, 1) => "settle an attempt",
+            _ => "settle attempts",
+        };
+        let free = if may_claim { self.free_to_claim() } else { 0 };
+        let owner = self.owner;
+        // On a fatal error the senders are dropped: no worker starts.
+        let answer = self.store(what, |s| {
+            s.settle_and_claim(&starts, &settlements, owner, now_millis(), free)
+        })?;
+        drop((starts, settlements));
+        let Some(answer) = answer else {
+            self.unrecorded = waiting;
+            self.unsettled = ended;
+            return Ok(false);
+        };
+        for (waiting, recorded) in waiting.into_iter().zip(answer.recorded) {
+            if !recorded {
+                tracing::warn!(
+                    "Attempt {} of job {} is no longer running in the job database (its \
+                     dispatcher was taken for dead and its jobs rescued): its worker does \
+                     not start",
+                    waiting.attempt,
+                    waiting.id
+                );
+            }
+            let _ = waiting.go.send(recorded);
+        }
+        for (done, settled) in ended.into_iter().zip(answer.settled) {
+            // False: settled by somebody else (a rescuer) first.
+            if settled {
+                self.settled(done)?;
             }
         }
-        if !self.unsettled.is_empty() {
-            let ended = std::mem::take(&mut self.unsettled);
-            let items: Vec<Settlement<'_>> = ended
-                .iter()
-                .map(|u| Settlement {
-                    id: u.job.id,
-                    attempt: u.attempt,
-                    end: &u.end,
-                    next: &u.next,
-                })
-                .collect();
-            let what = if items.len() == 1 {
-                "settle an attempt"
-            } else {
-                "settle attempts"
-            };
-            let free = if may_claim { self.free_to_claim() } else { 0 };
-            let owner = self.owner;
-            let answer = if free > 0 {
-                self.store(what, |s| {
-                    s.settle_and_claim(&items, owner, now_millis(), free)
-                })?
-                .map(|both| (both.settled, Some(both.claimed)))
-            } else {
-                self.store(what, |s| s.settle_many(&items))?
-                    .map(|settled| (settled, None))
-            };
-            drop(items);
-            let Some((settled, claimed)) = answer else {
-                self.unsettled = ended;
-                return Ok(());
-            };
-            for (done, settled) in ended.into_iter().zip(settled) {
-                // False: settled by somebody else (a rescuer) first.
-                if settled {
-                    self.settled(done)?;
-                }
-            }
-            if let Some(claimed) = claimed {
-                if let Some(claimed) = self.judge("claim jobs", true, claimed)? {
-                    self.start_claimed(claimed)?;
-                }
+        if free > 0 {
+            if let Some(claimed) = self.judge("claim jobs", true, answer.claimed)? {
+                self.start_claimed(claimed)?;
             }
         }
-        Ok(())
+        Ok(free > 0)
     }
 
     /// What follows an attempt the store has settled: its log lines, the followers' wake-up,

@@ -390,13 +390,17 @@ impl Store for PostgresStore {
 
     fn settle_and_claim(
         &mut self,
+        started: &[StartedAttempt<'_>],
         settlements: &[Settlement<'_>],
         owner: DispatcherId,
         now: Millis,
         limit: usize,
     ) -> Result<SettledAndClaimed, StoreError> {
+        // The records first, a statement of their own (writing one again is harmless).
+        let recorded = self.attempts_started(started)?;
         if settlements.is_empty() || limit == 0 {
-            return crate::store::settle_then_claim(self, settlements, owner, now, limit);
+            let rest = crate::store::settle_then_claim(self, &[], settlements, owner, now, limit)?;
+            return Ok(SettledAndClaimed { recorded, ..rest });
         }
         // Both statements in one transaction: one commit.
         let batch = SettleBatch::new(settlements);
@@ -415,6 +419,7 @@ impl Store for PostgresStore {
         })?;
         match done {
             Some((settled, claimed)) => Ok(SettledAndClaimed {
+                recorded,
                 settled: batch.answers(&settled),
                 claimed,
             }),
@@ -422,7 +427,11 @@ impl Store for PostgresStore {
             None => {
                 let settled = self.settle_many(settlements)?;
                 let claimed = self.claim(owner, now, limit);
-                Ok(SettledAndClaimed { settled, claimed })
+                Ok(SettledAndClaimed {
+                    recorded,
+                    settled,
+                    claimed,
+                })
             }
         }
     }

@@ -33,7 +33,8 @@ use super::{
     },
     Amended, Attempt, AttemptEnd, CancelOutcome, Cutoff, DispatcherId,
     DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter,
-    Maintenance, Millis, NewJob, Next, Pruned, Quarantined, Settlement, StartedAttempt, Stats,
+    Maintenance, Millis, NewJob, Next, Pruned, Quarantined, SettledAndClaimed, Settlement,
+    StartedAttempt, Stats,
     Store, StoreError,
 };
 use connection::*;

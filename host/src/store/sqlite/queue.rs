@@ -5,7 +5,7 @@ use super::*;
 
 /// Settles job `id`, which a claim found unreadable, as failed for `reason`.
 pub(super) fn quarantine(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     id: JobId,
     reason: &str,
     now: Millis,
@@ -170,93 +170,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let tx = self.immediate()?;
-        let registered: bool = tx
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM dispatchers WHERE id = ?1)")
-            .and_then(|mut s| s.query_row([owner], |r| r.get(0)))
-            .map_err(query)?;
-        if !registered {
-            return Err(StoreError::NotRegistered(owner));
-        }
-        // One range scan of `jobs_due` per priority, highest first, until `limit` are found;
-        // then the rows whose priority is none of those (only a hand edit writes them), so
-        // that they are quarantined rather than left waiting for ever.
-        let mut due: Vec<JobRecord> = Vec::with_capacity(limit);
-        {
-            let mut by_priority = tx
-                .prepare_cached(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') \
-                     AND priority = ?1 AND run_at <= ?2 ORDER BY run_at, id LIMIT ?3"
-                ))
-                .map_err(query)?;
-            for priority in PRIORITIES_FIRST_TO_LAST {
-                let wanted = (limit - due.len()) as i64;
-                if wanted == 0 {
-                    break;
-                }
-                let rows = by_priority
-                    .query_map(params![priority, now, wanted], job_from_row)
-                    .map_err(query)?;
-                for job in rows {
-                    due.push(job.map_err(query)?);
-                }
-            }
-            let wanted = (limit - due.len()) as i64;
-            if wanted > 0 {
-                let mut unknown = tx
-                    .prepare_cached(&format!(
-                        "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') \
-                         AND (priority < 0 OR priority > 2) AND run_at <= ?1 \
-                         ORDER BY run_at, id LIMIT ?2"
-                    ))
-                    .map_err(query)?;
-                let rows = unknown
-                    .query_map(params![now, wanted], job_from_row)
-                    .map_err(query)?;
-                for job in rows {
-                    due.push(job.map_err(query)?);
-                }
-            }
-        }
-        let mut quarantined = Vec::new();
-        let mut jobs = Vec::with_capacity(due.len());
-        {
-            let mut claim = tx
-                .prepare_cached(&format!(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
-                     started_at = COALESCE(started_at, ?2) WHERE id = ?1 RETURNING {JOB_COLUMNS}"
-                ))
-                .map_err(query)?;
-            for job in due {
-                if let Some(reason) = rows::unclaimable(&job) {
-                    quarantine(&tx, job.id, &reason, now)?;
-                    quarantined.push(Quarantined { id: job.id, reason });
-                    continue;
-                }
-                let claimed = claim
-                    .query_row(params![job.id, now], job_from_row)
-                    .map_err(query)?;
-                if let Some(problem) = claimed.problem {
-                    return Err(StoreError::Query(format!(
-                        "job {} cannot be read once claimed: {problem}",
-                        job.id
-                    )));
-                }
-                jobs.push(claimed);
-            }
-        }
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO attempts (job_id, attempt, started_at, dispatcher) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(query)?;
-            for job in &jobs {
-                insert
-                    .execute(params![job.id, job.attempts, now, owner])
-                    .map_err(query)?;
-            }
-        }
+        let (jobs, quarantined) = claim_in(&tx, owner, now, limit)?;
         tx.commit().map_err(query)?;
         self.quarantined.extend(quarantined);
         Ok(jobs)
@@ -267,27 +181,7 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let tx = self.immediate()?;
-        let mut recorded = Vec::with_capacity(started.len());
-        {
-            let mut record = tx
-                .prepare_cached(
-                    "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
-                     WHERE job_id = ?1 AND attempt = ?2 AND finished_at IS NULL",
-                )
-                .map_err(query)?;
-            for item in started {
-                let changed = record
-                    .execute(params![
-                        item.id,
-                        item.attempt,
-                        item.start.pid,
-                        item.start.plugin_hash,
-                        item.start.output_path.to_string_lossy()
-                    ])
-                    .map_err(query)?;
-                recorded.push(changed == 1);
-            }
-        }
+        let recorded = record_in(&tx, started)?;
         tx.commit().map_err(query)?;
         Ok(recorded)
     }
@@ -297,56 +191,52 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let tx = self.immediate()?;
-        let mut done = Vec::with_capacity(settlements.len());
-        {
-            // The job moves on only while it runs that attempt; the attempt is recorded only
-            // then. An earlier item for the same attempt leaves it no longer running.
-            let mut move_job = tx
-                .prepare_cached(
-                    "UPDATE jobs SET state = ?3, run_at = COALESCE(?4, run_at), finished_at = ?5, \
-                     last_error = COALESCE(?6, last_error), result = ?7, \
-                     max_attempts = max_attempts + ?8 \
-                     WHERE id = ?1 AND state = 'running' AND attempts = ?2",
-                )
-                .map_err(query)?;
-            let mut record = tx
-                .prepare_cached(
-                    "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, \
-                     output_bytes = ?6 WHERE job_id = ?1 AND attempt = ?2",
-                )
-                .map_err(query)?;
-            for item in settlements {
-                let (end, settled) = (item.end, Settled::of(item.end, item.next));
-                let moved = move_job
-                    .execute(params![
-                        item.id,
-                        item.attempt,
-                        settled.state.as_str(),
-                        settled.run_at,
-                        settled.finished_at,
-                        end.error,
-                        settled.result,
-                        settled.extra_attempts
-                    ])
-                    .map_err(query)?
-                    == 1;
-                if moved {
-                    record
-                        .execute(params![
-                            item.id,
-                            item.attempt,
-                            end.finished_at,
-                            end.outcome,
-                            end.error,
-                            i64::try_from(end.output_bytes).unwrap_or(i64::MAX)
-                        ])
-                        .map_err(query)?;
-                }
-                done.push(moved);
-            }
-        }
+        let done = settle_in(&tx, settlements)?;
         tx.commit().map_err(query)?;
         Ok(done)
+    }
+
+    fn settle_and_claim(
+        &mut self,
+        started: &[StartedAttempt<'_>],
+        settlements: &[Settlement<'_>],
+        owner: DispatcherId,
+        now: Millis,
+        limit: usize,
+    ) -> Result<SettledAndClaimed, StoreError> {
+        if started.is_empty() && settlements.is_empty() && limit == 0 {
+            return Ok(SettledAndClaimed {
+                recorded: Vec::new(),
+                settled: Vec::new(),
+                claimed: Ok(Vec::new()),
+            });
+        }
+        // One transaction, one commit: the pages the three change (the jobs, their indexes,
+        // the attempts) are written to the WAL once rather than once for each.
+        let mut tx = self.immediate()?;
+        let recorded = record_in(&tx, started)?;
+        let settled = settle_in(&tx, settlements)?;
+        let claimed = if limit == 0 {
+            Ok((Vec::new(), Vec::new()))
+        } else {
+            // A claim that fails leaves the records and the settles to commit.
+            let claim = tx.savepoint().map_err(query)?;
+            let claimed = claim_in(&claim, owner, now, limit);
+            match claimed {
+                Ok(claimed) => claim.commit().map(|()| claimed).map_err(query),
+                Err(e) => Err(e),
+            }
+        };
+        tx.commit().map_err(query)?;
+        let claimed = claimed.map(|(jobs, quarantined)| {
+            self.quarantined.extend(quarantined);
+            jobs
+        });
+        Ok(SettledAndClaimed {
+            recorded,
+            settled,
+            claimed,
+        })
     }
 
     fn lost_attempts(&mut self) -> Result<Vec<(JobRecord, Attempt)>, StoreError> {
@@ -677,4 +567,187 @@ impl Store for SqliteStore {
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError> {
         self.select_dispatchers("WHERE d.heartbeat_at < ?1", Some(cutoff))
     }
+}
+
+/// Claims up to `limit` due jobs for `owner` in `tx`, as [`Store::claim`] does: the jobs
+/// claimed, and those found unreadable and settled as failed instead.
+fn claim_in(
+    tx: &Connection,
+    owner: DispatcherId,
+    now: Millis,
+    limit: usize,
+) -> Result<(Vec<JobRecord>, Vec<Quarantined>), StoreError> {
+    let registered: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dispatchers WHERE id = ?1)")
+        .and_then(|mut s| s.query_row([owner], |r| r.get(0)))
+        .map_err(query)?;
+    if !registered {
+        return Err(StoreError::NotRegistered(owner));
+    }
+    // One range scan of `jobs_due` per priority, highest first, until `limit` are found;
+    // then the rows whose priority is none of those (only a hand edit writes them), so
+    // that they are quarantined rather than left waiting for ever.
+    let mut due: Vec<JobRecord> = Vec::with_capacity(limit);
+    {
+        let mut by_priority = tx
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') \
+                 AND priority = ?1 AND run_at <= ?2 ORDER BY run_at, id LIMIT ?3"
+            ))
+            .map_err(query)?;
+        for priority in PRIORITIES_FIRST_TO_LAST {
+            let wanted = (limit - due.len()) as i64;
+            if wanted == 0 {
+                break;
+            }
+            let rows = by_priority
+                .query_map(params![priority, now, wanted], job_from_row)
+                .map_err(query)?;
+            for job in rows {
+                due.push(job.map_err(query)?);
+            }
+        }
+        let wanted = (limit - due.len()) as i64;
+        if wanted > 0 {
+            let mut unknown = tx
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('queued', 'scheduled') \
+                     AND (priority < 0 OR priority > 2) AND run_at <= ?1 \
+                     ORDER BY run_at, id LIMIT ?2"
+                ))
+                .map_err(query)?;
+            let rows = unknown
+                .query_map(params![now, wanted], job_from_row)
+                .map_err(query)?;
+            for job in rows {
+                due.push(job.map_err(query)?);
+            }
+        }
+    }
+    let mut quarantined = Vec::new();
+    let mut jobs = Vec::with_capacity(due.len());
+    {
+        let mut claim = tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, \
+                 started_at = COALESCE(started_at, ?2) WHERE id = ?1 RETURNING {JOB_COLUMNS}"
+            ))
+            .map_err(query)?;
+        for job in due {
+            if let Some(reason) = rows::unclaimable(&job) {
+                quarantine(&tx, job.id, &reason, now)?;
+                quarantined.push(Quarantined { id: job.id, reason });
+                continue;
+            }
+            let claimed = claim
+                .query_row(params![job.id, now], job_from_row)
+                .map_err(query)?;
+            if let Some(problem) = claimed.problem {
+                return Err(StoreError::Query(format!(
+                    "job {} cannot be read once claimed: {problem}",
+                    job.id
+                )));
+            }
+            jobs.push(claimed);
+        }
+    }
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO attempts (job_id, attempt, started_at, dispatcher) \
+                 VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(query)?;
+        for job in &jobs {
+            insert
+                .execute(params![job.id, job.attempts, now, owner])
+                .map_err(query)?;
+        }
+    }
+    Ok((jobs, quarantined))
+}
+
+/// Records the workers of claimed attempts in `tx`, as [`Store::attempts_started`] does.
+fn record_in(
+    tx: &Connection,
+    started: &[StartedAttempt<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    let mut recorded = Vec::with_capacity(started.len());
+    {
+        let mut record = tx
+            .prepare_cached(
+                "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
+                 WHERE job_id = ?1 AND attempt = ?2 AND finished_at IS NULL",
+            )
+            .map_err(query)?;
+        for item in started {
+            let changed = record
+                .execute(params![
+                    item.id,
+                    item.attempt,
+                    item.start.pid,
+                    item.start.plugin_hash,
+                    item.start.output_path.to_string_lossy()
+                ])
+                .map_err(query)?;
+            recorded.push(changed == 1);
+        }
+    }
+Ok(recorded)
+}
+
+/// Settles ended attempts in `tx`, as [`Store::settle_many`] does.
+fn settle_in(
+    tx: &Connection,
+    settlements: &[Settlement<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    let mut done = Vec::with_capacity(settlements.len());
+    {
+        // The job moves on only while it runs that attempt; the attempt is recorded only
+        // then. An earlier item for the same attempt leaves it no longer running.
+        let mut move_job = tx
+            .prepare_cached(
+                "UPDATE jobs SET state = ?3, run_at = COALESCE(?4, run_at), finished_at = ?5, \
+                 last_error = COALESCE(?6, last_error), result = ?7, \
+                 max_attempts = max_attempts + ?8 \
+                 WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+            )
+            .map_err(query)?;
+        let mut record = tx
+            .prepare_cached(
+                "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, \
+                 output_bytes = ?6 WHERE job_id = ?1 AND attempt = ?2",
+            )
+            .map_err(query)?;
+        for item in settlements {
+            let (end, settled) = (item.end, Settled::of(item.end, item.next));
+            let moved = move_job
+                .execute(params![
+                    item.id,
+                    item.attempt,
+                    settled.state.as_str(),
+                    settled.run_at,
+                    settled.finished_at,
+                    end.error,
+                    settled.result,
+                    settled.extra_attempts
+                ])
+                .map_err(query)?
+                == 1;
+            if moved {
+                record
+                    .execute(params![
+                        item.id,
+                        item.attempt,
+                        end.finished_at,
+                        end.outcome,
+                        end.error,
+                        i64::try_from(end.output_bytes).unwrap_or(i64::MAX)
+                    ])
+                    .map_err(query)?;
+            }
+            done.push(moved);
+        }
+    }
+Ok(done)
 }
