@@ -194,12 +194,9 @@ impl ReservedReport {
 
     /// Takes the space for the report at `path`.
     pub fn reserve(path: &Path) -> std::io::Result<Self> {
-        use std::io::Write;
         let tmp = crate::shared::files::temporary_beside(path);
         let mut file = std::fs::File::create(&tmp)?;
-        // Written, not only sized: a sparse file would need its space at the real write.
-        // The file system takes the space at this write (no sync needed for that).
-        if let Err(e) = file.write_all(&[b' '; Self::SIZE]) {
+        if let Err(e) = Self::take_space(&mut file) {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
@@ -208,6 +205,24 @@ impl ReservedReport {
             path: path.to_path_buf(),
             file,
         })
+    }
+
+    /// Takes [`ReservedReport::SIZE`] bytes of disk for `file`: allocated, not only sized (a
+    /// sparse file would need its space at the real write). `fallocate` where the file system
+    /// has it, which takes the blocks without writing them; else written.
+    fn take_space(file: &mut std::fs::File) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        match rustix::fs::fallocate(
+            &*file,
+            rustix::fs::FallocateFlags::empty(),
+            0,
+            Self::SIZE as u64,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(e.into()),
+        }
+        std::io::Write::write_all(file, &[b' '; Self::SIZE])
     }
 
     /// Writes `report` and puts it in place. When it does not fit the space taken and the

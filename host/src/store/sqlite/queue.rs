@@ -635,7 +635,7 @@ fn claim_in(
             .map_err(query)?;
         for job in due {
             if let Some(reason) = rows::unclaimable(&job) {
-                quarantine(&tx, job.id, &reason, now)?;
+                quarantine(tx, job.id, &reason, now)?;
                 quarantined.push(Quarantined { id: job.id, reason });
                 continue;
             }
