@@ -634,6 +634,11 @@ fn a_job_that_ended_while_its_dispatcher_was_rescued_is_settled_from_its_report_
         let pid = attempts.last()?.pid?;
         (state == JobState::Running).then_some(pid)
     });
+    // On record is not yet let go: the job has started once its trace line is there.
+    wait_for("the job to start", Duration::from_secs(30), || {
+        let runs = std::fs::read_to_string(&trace).ok()?;
+        (runs.lines().count() == 1).then_some(())
+    });
     victim.serve.kill().unwrap();
     victim.serve.wait().unwrap();
 

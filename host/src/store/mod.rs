@@ -685,8 +685,8 @@ pub trait Store: Send {
     /// Records the workers `started` as [`Store::attempts_started`] does, settles
     /// `settlements` as [`Store::settle_many`] does, then claims up to `limit` due jobs for
     /// `owner` as [`Store::claim`] does: what a dispatcher writes once workers were spawned
-    /// and attempts ended, in one transaction where the backend can (SQLite: one commit writes
-    /// each page the three change once). An error means nothing was settled or claimed (the
+    /// and attempts ended, in one transaction where the backend can (SQLite and PostgreSQL do:
+    /// one commit, which on SQLite writes each page the three change once). An error means nothing was settled or claimed (the
     /// records may have been written where they are a transaction of their own: recording a
     /// worker again is harmless); a claim that failed once the records and settles were stored
     /// (a dispatcher no longer registered) fails in [`SettledAndClaimed::claimed`].

@@ -74,6 +74,58 @@ fn fast_claim(
     Ok(FastClaim::Claimed(jobs))
 }
 
+/// Started attempts as one statement records them: one array per column, each attempt once,
+/// by its last item (the start a later call would have left).
+struct StartBatch {
+    keys: Vec<(JobId, u32)>,
+    ids: Vec<i64>,
+    attempts: Vec<i64>,
+    pids: Vec<i64>,
+    hashes: Vec<String>,
+    paths: Vec<String>,
+}
+
+impl StartBatch {
+    fn new(started: &[StartedAttempt<'_>]) -> Self {
+        let keys: Vec<(JobId, u32)> = started.iter().map(|s| (s.id, s.attempt)).collect();
+        let written = rows::one_per_attempt(&keys, true);
+        let items = || written.iter().map(|&i| &started[i]);
+        Self {
+            ids: items().map(|s| s.id).collect(),
+            attempts: items().map(|s| i64::from(s.attempt)).collect(),
+            pids: items().map(|s| i64::from(s.start.pid)).collect(),
+            hashes: items().map(|s| s.start.plugin_hash.clone()).collect(),
+            paths: items()
+                .map(|s| s.start.output_path.to_string_lossy().into_owned())
+                .collect(),
+            keys,
+        }
+    }
+
+    /// Records the batch in one statement on `client`; returns the attempts it recorded: those
+    /// still running, unsettled.
+    fn run<C: GenericClient>(
+        &self,
+        client: &mut Prepared<'_, C>,
+    ) -> Result<HashSet<(JobId, u32)>, Failure> {
+        let rows = client.query(
+            "UPDATE attempts a SET pid = i.pid, plugin_hash = i.plugin_hash, \
+             output_path = i.output_path \
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
+             AS i (job_id, attempt, pid, plugin_hash, output_path) \
+             WHERE a.job_id = i.job_id AND a.attempt = i.attempt AND a.finished_at IS NULL \
+             RETURNING a.job_id, a.attempt",
+            &[&self.ids, &self.attempts, &self.pids, &self.hashes, &self.paths],
+        )?;
+        Ok(attempt_keys(&rows)?)
+    }
+
+    /// Each item's answer, given the attempts the statement recorded.
+    fn answers(&self, recorded: &HashSet<(JobId, u32)>) -> Vec<bool> {
+        self.keys.iter().map(|key| recorded.contains(key)).collect()
+    }
+}
+
 /// Settlements as one statement settles them: one array per column, each attempt once, by its
 /// first item (a later one finds it settled, as it would one call later).
 struct SettleBatch<'a> {
@@ -179,10 +231,7 @@ impl<'a> SettleBatch<'a> {
                 &self.extra,
             ],
         )?;
-        Ok(rows
-            .iter()
-            .map(attempt_key)
-            .collect::<Result<HashSet<_>, _>>()?)
+        Ok(attempt_keys(&rows)?)
     }
 
     /// Each settlement's answer, given the attempts the statement settled.
@@ -193,6 +242,11 @@ impl<'a> SettleBatch<'a> {
         }
         answers
     }
+}
+
+/// The job and attempt numbers of `rows` ([`attempt_key`]).
+fn attempt_keys(rows: &[Row]) -> Result<HashSet<(JobId, u32)>, StoreError> {
+    rows.iter().map(attempt_key).collect()
 }
 
 /// The job and attempt number in the first two columns of `row`.
@@ -338,44 +392,11 @@ impl Store for PostgresStore {
         if started.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<(JobId, u32)> = started.iter().map(|s| (s.id, s.attempt)).collect();
-        // One statement, so one round trip and one commit: each attempt once, its last start.
-        let written = rows::one_per_attempt(&keys, true);
-        let column = |f: fn(&StartedAttempt<'_>) -> i64| -> Vec<i64> {
-            written.iter().map(|&i| f(&started[i])).collect()
-        };
-        let (ids, attempts, pids) = (
-            column(|s| s.id),
-            column(|s| i64::from(s.attempt)),
-            column(|s| i64::from(s.start.pid)),
-        );
-        let hashes: Vec<&str> = written
-            .iter()
-            .map(|&i| started[i].start.plugin_hash.as_str())
-            .collect();
-        let paths: Vec<String> = written
-            .iter()
-            .map(|&i| started[i].start.output_path.to_string_lossy().into_owned())
-            .collect();
-        let recorded = self.run(|session| {
-            session
-                .direct()
-                .query(
-                    "UPDATE attempts a SET pid = i.pid, plugin_hash = i.plugin_hash, \
-                     output_path = i.output_path \
-                     FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
-                     AS i (job_id, attempt, pid, plugin_hash, output_path) \
-                     WHERE a.job_id = i.job_id AND a.attempt = i.attempt AND a.finished_at IS NULL \
-                     RETURNING a.job_id, a.attempt",
-                    &[&ids, &attempts, &pids, &hashes, &paths],
-                )
-                .map_err(Failure::Commit)?
-                .iter()
-                .map(attempt_key)
-                .collect::<Result<HashSet<_>, _>>()
-                .map_err(Failure::Store)
-        })?;
-        Ok(keys.iter().map(|key| recorded.contains(key)).collect())
+        // One statement, so one round trip and one commit.
+        let batch = StartBatch::new(started);
+        let recorded =
+            self.run(|session| batch.run(&mut session.direct()).map_err(Failure::committing))?;
+        Ok(batch.answers(&recorded))
     }
 
     fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError> {
@@ -396,43 +417,47 @@ impl Store for PostgresStore {
         now: Millis,
         limit: usize,
     ) -> Result<SettledAndClaimed, StoreError> {
-        // The records first, a statement of their own (writing one again is harmless).
-        let recorded = self.attempts_started(started)?;
-        if settlements.is_empty() || limit == 0 {
-            let rest = crate::store::settle_then_claim(self, &[], settlements, owner, now, limit)?;
-            return Ok(SettledAndClaimed { recorded, ..rest });
+        if started.is_empty() && settlements.is_empty() {
+            return crate::store::settle_then_claim(self, started, settlements, owner, now, limit);
         }
-        // Both statements in one transaction: one commit.
-        let batch = SettleBatch::new(settlements);
+        // All in one transaction: one commit, after which every worker recorded may start.
+        let starts = StartBatch::new(started);
+        let settles = SettleBatch::new(settlements);
         let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
         let done = self.run(|session| {
             session.transaction_or_rollback(|tx| {
-                let settled = batch.run(tx)?;
+                let recorded = if started.is_empty() {
+                    HashSet::new()
+                } else {
+                    starts.run(tx)?
+                };
+                let settled = if settlements.is_empty() {
+                    HashSet::new()
+                } else {
+                    settles.run(tx)?
+                };
+                if limit == 0 {
+                    return Ok(Some((recorded, settled, Ok(Vec::new()))));
+                }
                 Ok(match fast_claim(tx, owner, now, wanted)? {
-                    FastClaim::Claimed(jobs) => Some((settled, Ok(jobs))),
-                    FastClaim::NotRegistered => {
-                        Some((settled, Err(StoreError::NotRegistered(owner))))
-                    }
+                    FastClaim::Claimed(jobs) => Some((recorded, settled, Ok(jobs))),
+                    FastClaim::NotRegistered => Some((
+                        recorded,
+                        settled,
+                        Err(StoreError::NotRegistered(owner)),
+                    )),
                     FastClaim::CheckEach => None,
                 })
             })
         })?;
         match done {
-            Some((settled, claimed)) => Ok(SettledAndClaimed {
-                recorded,
-                settled: batch.answers(&settled),
+            Some((recorded, settled, claimed)) => Ok(SettledAndClaimed {
+                recorded: starts.answers(&recorded),
+                settled: settles.answers(&settled),
                 claimed,
             }),
             // A due row the claim must look at first: all rolled back, and done one by one.
-            None => {
-                let settled = self.settle_many(settlements)?;
-                let claimed = self.claim(owner, now, limit);
-                Ok(SettledAndClaimed {
-                    recorded,
-                    settled,
-                    claimed,
-                })
-            }
+            None => crate::store::settle_then_claim(self, started, settlements, owner, now, limit),
         }
     }
 
