@@ -204,12 +204,8 @@ impl Store for SqliteStore {
         now: Millis,
         limit: usize,
     ) -> Result<SettledAndClaimed, StoreError> {
-        if started.is_empty() && settlements.is_empty() && limit == 0 {
-            return Ok(SettledAndClaimed {
-                recorded: Vec::new(),
-                settled: Vec::new(),
-                claimed: Ok(Vec::new()),
-            });
+        if started.is_empty() && settlements.is_empty() {
+            return crate::store::settle_then_claim(self, started, settlements, owner, now, limit);
         }
         // One transaction, one commit: the pages the three change (the jobs, their indexes,
         // the attempts) are written to the WAL once rather than once for each.
@@ -221,11 +217,8 @@ impl Store for SqliteStore {
         } else {
             // A claim that fails leaves the records and the settles to commit.
             let claim = tx.savepoint().map_err(query)?;
-            let claimed = claim_in(&claim, owner, now, limit);
-            match claimed {
-                Ok(claimed) => claim.commit().map(|()| claimed).map_err(query),
-                Err(e) => Err(e),
-            }
+            claim_in(&claim, owner, now, limit)
+                .and_then(|claimed| claim.commit().map(|()| claimed).map_err(query))
         };
         tx.commit().map_err(query)?;
         let claimed = claimed.map(|(jobs, quarantined)| {
@@ -668,19 +661,16 @@ fn claim_in(
 }
 
 /// Records the workers of claimed attempts in `tx`, as [`Store::attempts_started`] does.
-fn record_in(
-    tx: &Connection,
-    started: &[StartedAttempt<'_>],
-) -> Result<Vec<bool>, StoreError> {
-    let mut recorded = Vec::with_capacity(started.len());
-    {
-        let mut record = tx
-            .prepare_cached(
-                "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
-                 WHERE job_id = ?1 AND attempt = ?2 AND finished_at IS NULL",
-            )
-            .map_err(query)?;
-        for item in started {
+fn record_in(tx: &Connection, started: &[StartedAttempt<'_>]) -> Result<Vec<bool>, StoreError> {
+    let mut record = tx
+        .prepare_cached(
+            "UPDATE attempts SET pid = ?3, plugin_hash = ?4, output_path = ?5 \
+             WHERE job_id = ?1 AND attempt = ?2 AND finished_at IS NULL",
+        )
+        .map_err(query)?;
+    started
+        .iter()
+        .map(|item| {
             let changed = record
                 .execute(params![
                     item.id,
@@ -690,10 +680,9 @@ fn record_in(
                     item.start.output_path.to_string_lossy()
                 ])
                 .map_err(query)?;
-            recorded.push(changed == 1);
-        }
-    }
-Ok(recorded)
+            Ok(changed == 1)
+        })
+        .collect()
 }
 
 /// Settles ended attempts in `tx`, as [`Store::settle_many`] does.
@@ -702,52 +691,50 @@ fn settle_in(
     settlements: &[Settlement<'_>],
 ) -> Result<Vec<bool>, StoreError> {
     let mut done = Vec::with_capacity(settlements.len());
-    {
-        // The job moves on only while it runs that attempt; the attempt is recorded only
-        // then. An earlier item for the same attempt leaves it no longer running.
-        let mut move_job = tx
-            .prepare_cached(
-                "UPDATE jobs SET state = ?3, run_at = COALESCE(?4, run_at), finished_at = ?5, \
-                 last_error = COALESCE(?6, last_error), result = ?7, \
-                 max_attempts = max_attempts + ?8 \
-                 WHERE id = ?1 AND state = 'running' AND attempts = ?2",
-            )
-            .map_err(query)?;
-        let mut record = tx
-            .prepare_cached(
-                "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, \
-                 output_bytes = ?6 WHERE job_id = ?1 AND attempt = ?2",
-            )
-            .map_err(query)?;
-        for item in settlements {
-            let (end, settled) = (item.end, Settled::of(item.end, item.next));
-            let moved = move_job
+    // The job moves on only while it runs that attempt; the attempt is recorded only
+    // then. An earlier item for the same attempt leaves it no longer running.
+    let mut move_job = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = ?3, run_at = COALESCE(?4, run_at), finished_at = ?5, \
+             last_error = COALESCE(?6, last_error), result = ?7, \
+             max_attempts = max_attempts + ?8 \
+             WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+        )
+        .map_err(query)?;
+    let mut record = tx
+        .prepare_cached(
+            "UPDATE attempts SET finished_at = ?3, outcome = ?4, error = ?5, \
+             output_bytes = ?6 WHERE job_id = ?1 AND attempt = ?2",
+        )
+        .map_err(query)?;
+    for item in settlements {
+        let (end, settled) = (item.end, Settled::of(item.end, item.next));
+        let moved = move_job
+            .execute(params![
+                item.id,
+                item.attempt,
+                settled.state.as_str(),
+                settled.run_at,
+                settled.finished_at,
+                end.error,
+                settled.result,
+                settled.extra_attempts
+            ])
+            .map_err(query)?
+            == 1;
+        if moved {
+            record
                 .execute(params![
                     item.id,
                     item.attempt,
-                    settled.state.as_str(),
-                    settled.run_at,
-                    settled.finished_at,
+                    end.finished_at,
+                    end.outcome,
                     end.error,
-                    settled.result,
-                    settled.extra_attempts
+                    i64::try_from(end.output_bytes).unwrap_or(i64::MAX)
                 ])
-                .map_err(query)?
-                == 1;
-            if moved {
-                record
-                    .execute(params![
-                        item.id,
-                        item.attempt,
-                        end.finished_at,
-                        end.outcome,
-                        end.error,
-                        i64::try_from(end.output_bytes).unwrap_or(i64::MAX)
-                    ])
-                    .map_err(query)?;
-            }
-            done.push(moved);
+                .map_err(query)?;
         }
+        done.push(moved);
     }
-Ok(done)
+    Ok(done)
 }
