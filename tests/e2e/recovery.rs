@@ -137,17 +137,23 @@ fn workers_of(host: &Host, id: i64) -> Vec<u32> {
         .collect()
 }
 
-/// Waits until job `id`'s first worker is on record (and so let start: a worker waits at its
-/// gate until the store has recorded it), and returns its pid.
+/// Waits until job `id`'s first worker is on record and has taken its go-ahead, and returns
+/// its pid. On record is not yet let go (its dispatcher sends the go-ahead once the record is
+/// committed): a worker takes it before anything else, and first reserves the space of its
+/// report, so the report file is the sign.
 fn worker_on_record(host: &Host, id: i64) -> u32 {
+    let report = host
+        .state_dir()
+        .join(format!("attempts/{id}/1.report.json"));
     wait_for(
-        "the job's worker on record",
+        "the job's worker on record and let go",
         Duration::from_secs(30),
         || {
             let pid = host.show(id)["attempts"][0]["pid"].as_u64()?;
-            workers_of(host, id)
+            let worker = workers_of(host, id)
                 .into_iter()
-                .find(|&w| u64::from(w) == pid)
+                .find(|&w| u64::from(w) == pid)?;
+            report.exists().then_some(worker)
         },
     )
 }

@@ -39,7 +39,7 @@ use jobhost::{
     runner::{
         jobhost_program,
         supervisor::{
-            attempts::{AttemptEvent, Attempts},
+            attempts::{AttemptEnded, Attempts},
             AttemptError, AttemptRecord, AttemptSpec,
         },
     },
@@ -284,19 +284,13 @@ impl<'a> AttemptRunner<'a> {
         let ends = Arc::clone(&waiting);
         let attempts = Attempts::new(
             &asked,
-            Arc::new(move |event| match event {
-                // No store to record the pid in: let it start at once.
-                AttemptEvent::Spawned { go, .. } => {
-                    let _ = go.send(true);
-                }
-                AttemptEvent::Ended { key, result, .. } => {
-                    let ended = ends
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .remove(&key);
-                    if let Some(ended) = ended {
-                        let _ = ended.send(result);
-                    }
+            Arc::new(move |ended: AttemptEnded<u64>| {
+                let waiting = ends
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&ended.key);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(ended.result);
                 }
             }),
         )
@@ -345,7 +339,10 @@ impl<'a> AttemptRunner<'a> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, ended);
-        self.attempts.start(key, &spec, Arc::clone(&self.cancel));
+        // No store to record the pid in: let it start at once.
+        if let Some(spawned) = self.attempts.start(key, &spec, Arc::clone(&self.cancel)) {
+            let _ = spawned.go.send(true);
+        }
         let record = end
             .recv()
             .context("the attempts' supervisor stopped")?

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{
     Amended, AttemptEnd, AttemptStart, CancelOutcome, Cutoff, DispatcherId, DispatcherInfo,
-    DispatcherRecord, ErrorClass, Finished, JobId, JobState, ListFilter, NewJob, Next, Pruned,
+    DispatcherRecord, ErrorClass, Finished, JobId, JobRecord, JobState, ListFilter, NewJob, Next, Pruned,
     Settlement, StartedAttempt, Store, StoreError, StoreLocation,
 };
 use crate::job::{JobSpec, Priority};
@@ -1421,20 +1421,43 @@ pub fn concurrent_batched_settles_settle_each_attempt_once(b: &dyn Backend) {
     }
 }
 
-pub fn settle_and_claim_records_settles_then_claims_into_the_freed_slots(b: &dyn Backend) {
+/// A `spawn` for [`Store::settle_and_claim`] that answers `starts` in turn, noting the jobs it
+/// was given and, read from `other` (another connection), their states as committed then.
+fn spawning<'a>(
+    other: &'a mut dyn Store,
+    starts: &'a [Option<AttemptStart>],
+    seen: &'a mut Vec<(JobId, u32, JobState)>,
+) -> impl FnMut(&[JobRecord]) -> Vec<Option<AttemptStart>> + 'a {
+    move |jobs| {
+        jobs.iter()
+            .zip(starts.iter().cycle())
+            .map(|(job, start)| {
+                let committed = other.job(job.id).unwrap().unwrap().0.state;
+                seen.push((job.id, job.attempts, committed));
+                start.clone()
+            })
+            .collect()
+    }
+}
+
+pub fn settle_and_claim_settles_claims_and_records_the_spawned_workers_in_one_commit(
+    b: &dyn Backend,
+) {
     let mut s = b.connect();
+    let mut other = b.connect();
     let me = register(&mut *s);
     let jobs: Vec<NewJob> = (0..4).map(|_| new_job("A", Priority::Normal, 0)).collect();
     let ids = s.enqueue(&jobs, 1000).unwrap();
     assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, ids[0]);
     let (ok, complete) = (end("ok", 1100), Next::Complete(json!(1)));
-    let (pid, stray) = (worker(4242), worker(4343));
+    let mut seen = Vec::new();
 
-    // The worker of the running attempt is recorded before it is settled; one of an attempt
-    // nobody runs is not.
+    // The running attempt is settled (once, and a stray one not), two jobs are claimed, and
+    // `spawn` starts a worker for the first and none for the second, while the claim is not
+    // yet committed; the one worker is recorded with it.
+    let starts = [Some(worker(4242)), None];
     let both = s
         .settle_and_claim(
-            &[started(ids[0], 1, &pid), started(999_999, 1, &stray)],
             &[
                 settlement(ids[0], 1, &ok, &complete),
                 settlement(ids[0], 1, &ok, &complete),
@@ -1443,9 +1466,9 @@ pub fn settle_and_claim_records_settles_then_claims_into_the_freed_slots(b: &dyn
             me,
             1100,
             2,
+            &mut spawning(&mut *other, &starts, &mut seen),
         )
         .unwrap();
-    assert_eq!(both.recorded, [true, false]);
     assert_eq!(both.settled, [true, false, false]);
     let claimed: Vec<(JobId, u32)> = both
         .claimed
@@ -1454,58 +1477,94 @@ pub fn settle_and_claim_records_settles_then_claims_into_the_freed_slots(b: &dyn
         .map(|j| (j.id, j.attempts))
         .collect();
     assert_eq!(claimed, [(ids[1], 1), (ids[2], 1)]);
-    let (first, attempts) = s.job(ids[0]).unwrap().unwrap();
-    assert_eq!(first.state, JobState::Completed);
+    assert_eq!(both.recorded, [true, false]);
+    assert_eq!(
+        seen,
+        [
+            (ids[1], 1, JobState::Queued),
+            (ids[2], 1, JobState::Queued)
+        ],
+        "spawn is called once, before the claim is committed"
+    );
+    assert_eq!(s.job(ids[0]).unwrap().unwrap().0.state, JobState::Completed);
+    let (second, attempts) = other.job(ids[1]).unwrap().unwrap();
+    assert_eq!(second.state, JobState::Running);
     assert_eq!(attempts[0].pid, Some(4242), "{attempts:?}");
-    assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Running);
+    assert_eq!(attempts[0].plugin_hash.as_deref(), Some("hash-4242"));
+    let (third, attempts) = other.job(ids[2]).unwrap().unwrap();
+    assert_eq!(third.state, JobState::Running);
+    assert_eq!(attempts[0].pid, None, "no worker, none on record");
 
-    // A claim refused once the records and settles are stored: they stand.
+    // A claim refused once the settles are stored: they stand, and nothing is spawned.
+    seen.clear();
     let both = s
         .settle_and_claim(
-            &[started(ids[2], 1, &stray)],
             &[settlement(ids[1], 1, &ok, &complete)],
             me + 1000,
             1200,
             2,
+            &mut spawning(&mut *other, &starts, &mut seen),
         )
         .unwrap();
-    assert_eq!(both.recorded, [true]);
     assert_eq!(both.settled, [true]);
     assert!(
         matches!(both.claimed, Err(StoreError::NotRegistered(id)) if id == me + 1000),
         "{:?}",
         both.claimed
     );
+    assert!(both.recorded.is_empty() && seen.is_empty());
     assert_eq!(s.job(ids[1]).unwrap().unwrap().0.state, JobState::Completed);
-    assert_eq!(s.job(ids[2]).unwrap().unwrap().1[0].pid, Some(4343));
     assert_eq!(s.job(ids[3]).unwrap().unwrap().0.state, JobState::Queued);
 
-    // A due row that must be quarantined: the settle stands, the row is quarantined and the
-    // claim goes on.
+    // A due row that must be quarantined: the settle stands, the row is quarantined, and the
+    // claim and its spawn go on without it.
     let bad = one_job(&mut *s, "bad");
     b.execute(&format!("UPDATE jobs SET params = '{{not json' WHERE id = {bad}"));
+    let starts = [Some(worker(4343))];
     let both = s
-        .settle_and_claim(&[], &[settlement(ids[2], 1, &ok, &complete)], me, 1300, 5)
+        .settle_and_claim(
+            &[settlement(ids[2], 1, &ok, &complete)],
+            me,
+            1300,
+            5,
+            &mut spawning(&mut *other, &starts, &mut seen),
+        )
         .unwrap();
     assert_eq!(both.settled, [true]);
     let claimed: Vec<JobId> = both.claimed.unwrap().iter().map(|j| j.id).collect();
     assert_eq!(claimed, [ids[3]]);
+    assert_eq!(both.recorded, [true]);
+    // (PostgreSQL claims a row that must be looked at one by one in a transaction of its
+    // own, so the job may be committed running by then.)
+    let spawned: Vec<(JobId, u32)> = seen.iter().map(|&(id, n, _)| (id, n)).collect();
+    assert_eq!(spawned, [(ids[3], 1)]);
     assert_eq!(
         s.take_quarantined().iter().map(|q| q.id).collect::<Vec<_>>(),
         [bad]
     );
     assert_eq!(s.job(ids[2]).unwrap().unwrap().0.state, JobState::Completed);
+    assert_eq!(s.job(ids[3]).unwrap().unwrap().1[0].pid, Some(4343));
     assert_eq!(s.job(bad).unwrap().unwrap().0.state, JobState::Failed);
 
-    // Nothing to record or settle, or nothing to claim: each alone.
-    let both = s.settle_and_claim(&[], &[], me, 1400, 5).unwrap();
-    assert!(both.recorded.is_empty() && both.settled.is_empty());
+    // Nothing due, or nothing to claim: no spawn.
+    seen.clear();
+    let both = s
+        .settle_and_claim(&[], me, 1400, 5, &mut spawning(&mut *other, &starts, &mut seen))
+        .unwrap();
+    assert!(both.settled.is_empty() && both.recorded.is_empty());
     assert!(both.claimed.unwrap().is_empty());
     let both = s
-        .settle_and_claim(&[], &[settlement(ids[3], 1, &ok, &complete)], me, 1400, 0)
+        .settle_and_claim(
+            &[settlement(ids[3], 1, &ok, &complete)],
+            me,
+            1400,
+            0,
+            &mut spawning(&mut *other, &starts, &mut seen),
+        )
         .unwrap();
     assert_eq!(both.settled, [true]);
     assert!(both.claimed.unwrap().is_empty());
+    assert!(seen.is_empty());
     assert_eq!(s.unfinished().unwrap(), 0);
 }
 
@@ -1540,7 +1599,7 @@ macro_rules! conformance_suite {
             batched_starts_record_each_unsettled_attempt_and_refuse_the_others,
             batched_settles_settle_each_running_attempt_once_and_refuse_the_others,
             concurrent_batched_settles_settle_each_attempt_once,
-            settle_and_claim_records_settles_then_claims_into_the_freed_slots,
+            settle_and_claim_settles_claims_and_records_the_spawned_workers_in_one_commit,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

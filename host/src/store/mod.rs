@@ -288,15 +288,21 @@ pub struct Settlement<'a> {
 /// What [`Store::settle_and_claim`] did.
 #[derive(Debug)]
 pub struct SettledAndClaimed {
-    /// For each started attempt, whether it was recorded, as [`Store::attempts_started`]
-    /// answers.
-    pub recorded: Vec<bool>,
     /// For each settlement, whether it was settled, as [`Store::settle_many`] answers.
     pub settled: Vec<bool>,
     /// The jobs claimed, as [`Store::claim`] answers, or why none were: the settles are
     /// stored either way.
     pub claimed: Result<Vec<JobRecord>, StoreError>,
+    /// For each job claimed, whether its worker is on record (and so may start): false for one
+    /// `spawn` started none for, or whose record the store refused. Empty when none was
+    /// claimed.
+    pub recorded: Vec<bool>,
 }
+
+/// Starts the workers of jobs just claimed, inside the claim's transaction
+/// ([`Store::settle_and_claim`]): for each job, in order, the start of its worker, waiting at
+/// its gate, or `None` when none could be started.
+pub type SpawnWorkers<'a> = dyn FnMut(&[JobRecord]) -> Vec<Option<AttemptStart>> + 'a;
 
 /// How an attempt ended, to record.
 #[derive(Debug, Clone, PartialEq)]
@@ -682,23 +688,31 @@ pub trait Store: Send {
     /// fails the others; an error means none was settled. An empty batch does nothing.
     fn settle_many(&mut self, settlements: &[Settlement<'_>]) -> Result<Vec<bool>, StoreError>;
 
-    /// Records the workers `started` as [`Store::attempts_started`] does, settles
-    /// `settlements` as [`Store::settle_many`] does, then claims up to `limit` due jobs for
-    /// `owner` as [`Store::claim`] does: what a dispatcher writes once workers were spawned
-    /// and attempts ended, in one transaction where the backend can (SQLite and PostgreSQL do:
-    /// one commit, which on SQLite writes each page the three change once). An error means nothing was settled or claimed (the
-    /// records may have been written where they are a transaction of their own: recording a
-    /// worker again is harmless); a claim that failed once the records and settles were stored
-    /// (a dispatcher no longer registered) fails in [`SettledAndClaimed::claimed`].
+    /// Settles `settlements` as [`Store::settle_many`] does, claims up to `limit` due jobs for
+    /// `owner` as [`Store::claim`] does, has `spawn` start their workers, and records those as
+    /// [`Store::attempts_started`] does: a dispatcher's round, in one transaction where the
+    /// backend can (SQLite and PostgreSQL do), so that one commit both claims a job and puts
+    /// its worker on record, and the worker may be let go right after it.
+    ///
+    /// `spawn` is called once, with the jobs claimed (not when none were), while the claim is
+    /// not yet committed; it answers, for each job in order, the start of its worker, waiting at
+    /// its gate, or `None` when none could be started (that job stays claimed, without a worker
+    /// on record: its attempt is settled `not started` later). An error means nothing was
+    /// settled, claimed or recorded, and a claim that failed once the settles were stored (a
+    /// dispatcher no longer registered) fails in [`SettledAndClaimed::claimed`]; either way the
+    /// workers `spawn` started are not on record and must not start. Only where the backend
+    /// cannot do it all in one transaction are the claim and the records committed apart (see
+    /// [`settle_then_claim`]); a worker is then on record only where
+    /// [`SettledAndClaimed::recorded`] says so.
     fn settle_and_claim(
         &mut self,
-        started: &[StartedAttempt<'_>],
         settlements: &[Settlement<'_>],
         owner: DispatcherId,
         now: Millis,
         limit: usize,
+        spawn: &mut SpawnWorkers<'_>,
     ) -> Result<SettledAndClaimed, StoreError> {
-        settle_then_claim(self, started, settlements, owner, now, limit)
+        settle_then_claim(self, settlements, owner, now, limit, spawn)
     }
 
     /// Records how attempt `attempt` ended and moves the job on: [`Store::settle_many`] of one
@@ -819,24 +833,71 @@ pub trait Store: Send {
     fn expired_dispatchers(&mut self, cutoff: Millis) -> Result<Vec<DispatcherRecord>, StoreError>;
 }
 
-/// [`Store::settle_and_claim`] as three transactions: [`Store::attempts_started`],
-/// [`Store::settle_many`], then [`Store::claim`] (each does nothing when it has nothing to do).
+/// [`Store::settle_and_claim`] as separate transactions: [`Store::settle_many`], then
+/// [`Store::claim`], then, once `spawn` started the claimed jobs' workers,
+/// [`Store::attempts_started`]. For a backend, or a round, that cannot do it in one.
 pub(crate) fn settle_then_claim<S: Store + ?Sized>(
     store: &mut S,
-    started: &[StartedAttempt<'_>],
     settlements: &[Settlement<'_>],
     owner: DispatcherId,
     now: Millis,
     limit: usize,
+    spawn: &mut SpawnWorkers<'_>,
 ) -> Result<SettledAndClaimed, StoreError> {
-    let recorded = store.attempts_started(started)?;
     let settled = store.settle_many(settlements)?;
-    let claimed = store.claim(owner, now, limit);
+    let (claimed, recorded) = match store.claim(owner, now, limit) {
+        Ok(jobs) if jobs.is_empty() => (Ok(jobs), Vec::new()),
+        Ok(jobs) => {
+            let starts = spawn(&jobs);
+            let items = started_items(&jobs, &starts);
+            let batch: Vec<StartedAttempt<'_>> = items.iter().map(|(_, item)| *item).collect();
+            // Claimed, and told so; a worker whose record failed is not on record, and is
+            // settled `not started` once it ended without its go-ahead.
+            let answers = store.attempts_started(&batch).unwrap_or_default();
+            let recorded = recorded_of(jobs.len(), &items, &answers);
+            (Ok(jobs), recorded)
+        }
+        Err(e) => (Err(e), Vec::new()),
+    };
     Ok(SettledAndClaimed {
-        recorded,
         settled,
         claimed,
+        recorded,
     })
+}
+
+/// The workers `spawn` started for `jobs` (`starts`, in the same order), as the items to
+/// record, each with the index of its job.
+pub(crate) fn started_items<'a>(
+    jobs: &[JobRecord],
+    starts: &'a [Option<AttemptStart>],
+) -> Vec<(usize, StartedAttempt<'a>)> {
+    jobs.iter()
+        .zip(starts)
+        .enumerate()
+        .filter_map(|(i, (job, start))| {
+            start.as_ref().map(|start| {
+                (
+                    i,
+                    StartedAttempt {
+                        id: job.id,
+                        attempt: job.attempts,
+                        start,
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// Answers, for each of `count` claimed jobs, whether its worker was recorded, from the
+/// answers for `items` ([`started_items`]).
+pub(crate) fn recorded_of(count: usize, items: &[(usize, StartedAttempt<'_>)], answers: &[bool]) -> Vec<bool> {
+    let mut recorded = vec![false; count];
+    for ((i, _), &answer) in items.iter().zip(answers) {
+        recorded[*i] = answer;
+    }
+    recorded
 }
 
 /// Tells a dispatcher that processes on other hosts changed the queue (enqueued, cancelled,

@@ -130,12 +130,6 @@ impl Dispatcher {
                 check_cancels = true;
                 self.changed();
             }
-            Event::Spawned {
-                id,
-                attempt,
-                start,
-                go,
-            } => self.spawned(id, attempt, start, go),
             Event::PluginsChanged => {
                 self.plugins.reload();
                 self.collect_snapshots()?;
@@ -197,14 +191,18 @@ impl Dispatcher {
     }
 
     /// How many jobs it may claim now: its free slots, or none while the store or the workers
-    /// are in trouble or ended attempts wait to be settled.
+    /// are in trouble, ended attempts wait to be settled or abandoned workers to end.
     fn free_to_claim(&self) -> usize {
         let free = self
             .settings
             .dispatcher
             .slots
             .saturating_sub(self.running.len());
-        if free == 0 || !self.trouble.may_claim() || !self.unsettled.is_empty() {
+        if free == 0
+            || !self.trouble.may_claim()
+            || !self.unsettled.is_empty()
+            || !self.abandoned.is_empty()
+        {
             return 0;
         }
         free
@@ -216,49 +214,7 @@ impl Dispatcher {
         if free == 0 {
             return Ok(());
         }
-        let owner = self.owner;
-        let Some(claimed) = self.store("claim jobs", |s| s.claim(owner, now_millis(), free))?
-        else {
-            return Ok(());
-        };
-        self.start_claimed(claimed)
-    }
-
-    /// Starts the jobs a claim gave, each in a slot.
-    fn start_claimed(&mut self, claimed: Vec<JobRecord>) -> Result<(), DispatcherError> {
-        Trouble::recovered(&mut self.trouble.workers, "Starting workers");
-        let quarantined = self.store.take_quarantined();
-        for job in &quarantined {
-            joblog::quarantined(job.id, &job.reason);
-        }
-        if !claimed.is_empty() || !quarantined.is_empty() {
-            self.changed();
-            self.plugins.reload();
-        }
-        for mut job in claimed {
-            joblog::started(&job.name(), &job.params);
-            let (plugin, plugin_hash) = self.plugins.version_for(&job);
-            job.plugin = plugin;
-            let cancel = CancelToken::new().map_err(|source| DispatcherError::Setup {
-                what: "create a cancel token".into(),
-                source,
-            })?;
-            let order = Order::Run {
-                job: job.clone(),
-                cancel: Arc::clone(&cancel),
-            };
-            self.running.insert(
-                job.id,
-                Running {
-                    job,
-                    plugin_hash,
-                    cancel,
-                    interrupted: false,
-                },
-            );
-            self.orders.send(order);
-        }
-        Ok(())
+        self.round(Vec::new(), free).map(|_| ())
     }
 
     /// Fires the cancel tokens of running jobs whose cancellation was requested.
@@ -282,24 +238,6 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// A worker was spawned and waits at its gate: it is recorded, then let start, with the
-    /// others waiting, once the loop has taken in every pending event
-    /// ([`Dispatcher::write_pending`]). An attempt counts only once its worker is on record, so
-    /// one whose dispatcher died before this point is known never to have run
-    /// ([`Outcome::NotStarted`]). While the store is in trouble the worker waits at its gate,
-    /// and is recorded and let go once the store answers.
-    pub(super) fn spawned(&mut self, id: JobId, attempt: u32, mut start: AttemptStart, go: GoAhead<Key>) {
-        if let Some(running) = self.running.get(&id) {
-            start.plugin_hash.clone_from(&running.plugin_hash);
-        }
-        self.unrecorded.push(Unrecorded {
-            id,
-            attempt,
-            start,
-            go,
-        });
-    }
-
     /// An attempt ended: decides what follows ([`lifecycle`]) and holds it to settle, with
     /// the other attempts ended meanwhile, once the loop has taken in every pending event
     /// ([`Dispatcher::write_pending`]).
@@ -310,6 +248,11 @@ impl Dispatcher {
         result: Result<AttemptRecord, AttemptError>,
         released: bool,
     ) -> Result<(), DispatcherError> {
+        if self.abandoned.remove(&(id, attempt)) {
+            // Its round was not stored: the store holds no such attempt of ours (or, were its
+            // commit lost in doubt, settles it as claimed but not learned).
+            return Ok(());
+        }
         let Some(running) = self.running.remove(&id) else {
             return Ok(());
         };
@@ -492,33 +435,31 @@ impl Dispatcher {
         }
     }
 
-    /// Writes what waits for the store, once its retry is due if it is in trouble, all in one
-    /// call ([`Store::settle_and_claim`]: one transaction on SQLite, one commit for the settles
-    /// and the claim on PostgreSQL): the workers waiting at their gate, recorded and then let
-    /// start (or told not to, for an attempt the store no longer holds running); the ended
-    /// attempts, settled in order, each reported ([`Dispatcher::settled`]) only once the store
-    /// has committed it; and with `may_claim` the jobs due claimed into the free slots. What
-    /// the store does not take stays held, in order, for the next try. True when it claimed
-    /// (so the loop need not).
+    /// Settles the attempts that ended, once the store's retry is due if it is in trouble,
+    /// claiming into the free slots with `may_claim` ([`Dispatcher::round`]). True when it
+    /// claimed (so the loop need not).
     pub(super) fn write_pending(&mut self, may_claim: bool) -> Result<bool, DispatcherError> {
         let due = self
             .trouble
             .store
             .as_ref()
             .is_none_or(|p| Instant::now() >= p.retry_at);
-        if !due || (self.unrecorded.is_empty() && self.unsettled.is_empty()) {
+        if !due || self.unsettled.is_empty() {
             return Ok(false);
         }
-        let waiting = std::mem::take(&mut self.unrecorded);
         let ended = std::mem::take(&mut self.unsettled);
-        let starts: Vec<StartedAttempt<'_>> = waiting
-            .iter()
-            .map(|w| StartedAttempt {
-                id: w.id,
-                attempt: w.attempt,
-                start: &w.start,
-            })
-            .collect();
+        let free = if may_claim { self.free_to_claim() } else { 0 };
+        self.round(ended, free)
+    }
+
+    /// One round with the store, in one call ([`Store::settle_and_claim`]: one transaction on
+    /// SQLite and PostgreSQL): the attempts in `ended` settled, in order, each reported
+    /// ([`Dispatcher::settled`]) only once the store has committed it; up to `free` due jobs
+    /// claimed, their workers spawned while the claim is not yet committed and recorded with it;
+    /// and once it committed, those workers let go. What the store did not take is held, in
+    /// order, for the next try, and workers whose claim was not stored are told not to start
+    /// ([`Dispatcher::abandon`]). True when it claimed.
+    fn round(&mut self, ended: Vec<Unsettled>, free: usize) -> Result<bool, DispatcherError> {
         let settlements: Vec<Settlement<'_>> = ended
             .iter()
             .map(|u| Settlement {
@@ -528,48 +469,110 @@ impl Dispatcher {
                 next: &u.next,
             })
             .collect();
-        let what = match (starts.len(), settlements.len()) {
-            (1, 0) => "record a worker",
-            (_, 0) => "record workers",
-            (_, 1) => "settle an attempt",
+        let what = match settlements.len() {
+            0 => "claim jobs",
+            1 => "settle an attempt",
             _ => "settle attempts",
         };
-        let free = if may_claim { self.free_to_claim() } else { 0 };
-        let owner = self.owner;
-        // On a fatal error the senders are dropped: no worker starts.
-        let answer = self.store(what, |s| {
-            s.settle_and_claim(&starts, &settlements, owner, now_millis(), free)
-        })?;
-        drop((starts, settlements));
-        let Some(answer) = answer else {
-            self.unrecorded = waiting;
+        let (mut result, mut starting) = self.store_round(&settlements, free);
+        if matches!(
+            result,
+            Err(StoreError::ConnectionLost { .. } | StoreError::CommitUnknown { .. })
+        ) && starting.spawned.is_empty()
+            && starting.failed.is_none()
+        {
+            // Lost before any worker was spawned: asked again at once, since the store
+            // reconnects on its next call. (Once workers were, they are told not to start, and
+            // nothing is claimed until they ended: a claim that was rolled back would be
+            // claimed again under the same attempt number.)
+            (result, starting) = self.store_round(&settlements, free);
+        }
+        drop(settlements);
+        let Starting {
+            spawned, failed, ..
+        } = starting;
+        if let Some(error) = failed {
+            self.abandon(spawned);
+            return Err(error);
+        }
+        // On a fatal error the go-aheads are dropped: no worker starts.
+        let Some(answer) = self.judge(what, true, result)? else {
+            self.abandon(spawned);
             self.unsettled = ended;
             return Ok(false);
         };
-        for (waiting, recorded) in waiting.into_iter().zip(answer.recorded) {
-            if !recorded {
-                tracing::warn!(
-                    "Attempt {} of job {} is no longer running in the job database (its \
-                     dispatcher was taken for dead and its jobs rescued): its worker does \
-                     not start",
-                    waiting.attempt,
-                    waiting.id
-                );
-            }
-            let _ = waiting.go.send(recorded);
-        }
         for (done, settled) in ended.into_iter().zip(answer.settled) {
             // False: settled by somebody else (a rescuer) first.
             if settled {
                 self.settled(done)?;
             }
         }
-        if free > 0 {
-            if let Some(claimed) = self.judge("claim jobs", true, answer.claimed)? {
-                self.start_claimed(claimed)?;
-            }
+        if free == 0 {
+            return Ok(false);
         }
-        Ok(free > 0)
+        let quarantined = self.store.take_quarantined();
+        for job in &quarantined {
+            joblog::quarantined(job.id, &job.reason);
+        }
+        let Some(claimed) = self.judge("claim jobs", true, answer.claimed)? else {
+            self.abandon(spawned);
+            return Ok(true);
+        };
+        Trouble::recovered(&mut self.trouble.workers, "Starting workers");
+        if !claimed.is_empty() || !quarantined.is_empty() {
+            self.changed();
+        }
+        let mut spawned = spawned.into_iter().peekable();
+        for (job, recorded) in claimed.iter().zip(answer.recorded) {
+            joblog::started(&job.name(), &job.params);
+            let key = (job.id, job.attempts);
+            let Some((_, go)) = spawned.next_if(|(k, _)| *k == key) else {
+                // No worker: its end, why, is on its way.
+                continue;
+            };
+            if !recorded {
+                tracing::warn!(
+                    "Attempt {} of job {} is no longer running in the job database (its \
+                     dispatcher was taken for dead and its jobs rescued): its worker does \
+                     not start",
+                    job.attempts,
+                    job.id
+                );
+            }
+            let _ = go.send(recorded);
+        }
+        Ok(true)
+    }
+
+    /// One try of [`Dispatcher::round`]'s store call; the workers it spawned.
+    fn store_round(
+        &mut self,
+        settlements: &[Settlement<'_>],
+        free: usize,
+    ) -> (Result<SettledAndClaimed, StoreError>, Starting) {
+        let mut starting = Starting::default();
+        let owner = self.owner;
+        let Self {
+            store,
+            plugins,
+            running,
+            slots,
+            ..
+        } = self;
+        let result = store.settle_and_claim(settlements, owner, now_millis(), free, &mut |jobs| {
+            starting.start(jobs, plugins, running, slots)
+        });
+        (result, starting)
+    }
+
+    /// Tells workers spawned in a round that was not stored (or not known to be) not to start;
+    /// their ends are not settled ([`Dispatcher::abandoned`]).
+    fn abandon(&mut self, spawned: Vec<(Key, GoAhead<Key>)>) {
+        for (key, go) in spawned {
+            let _ = go.send(false);
+            self.running.remove(&key.0);
+            self.abandoned.insert(key);
+        }
     }
 
     /// What follows an attempt the store has settled: its log lines, the followers' wake-up,
@@ -628,10 +631,6 @@ impl Dispatcher {
     }
 
     pub(super) fn interrupt_all(&mut self) {
-        // Workers still waiting for their pid to be recorded are let go without starting.
-        for waiting in self.unrecorded.drain(..) {
-            let _ = waiting.go.send(false);
-        }
         for running in self.running.values_mut() {
             if !running.interrupted {
                 running.interrupted = true;
@@ -672,5 +671,63 @@ pub(super) fn log_next(job: &JobRecord, attempt: u32, next: &Next, error: &str, 
         Next::Fail => joblog::failed(&name, &job.params, error),
         Next::Cancel => joblog::cancelled(&name, &job.params),
         Next::Requeue => joblog::requeued(&name, &job.params, error),
+    }
+}
+
+/// The workers a round started, inside its claim's transaction.
+#[derive(Default)]
+struct Starting {
+    /// Each one's attempt and go-ahead, in the order of the jobs claimed.
+    spawned: Vec<(Key, GoAhead<Key>)>,
+    /// Why the dispatcher cannot go on, if it cannot.
+    failed: Option<DispatcherError>,
+}
+
+impl Starting {
+    /// Gives each of `jobs`, just claimed, a slot ([`Running`], running the active version of
+    /// its plugin) and a worker waiting at its gate; answers each one's start to record.
+    fn start(
+        &mut self,
+        jobs: &[JobRecord],
+        plugins: &mut Plugins,
+        running: &mut HashMap<JobId, Running>,
+        slots: &Slots,
+    ) -> Vec<Option<AttemptStart>> {
+        plugins.reload();
+        jobs.iter()
+            .map(|job| {
+                if self.failed.is_some() {
+                    return None;
+                }
+                let mut job = job.clone();
+                let (plugin, plugin_hash) = plugins.version_for(&job);
+                job.plugin = plugin;
+                let cancel = match CancelToken::new() {
+                    Ok(cancel) => cancel,
+                    Err(source) => {
+                        self.failed = Some(DispatcherError::Setup {
+                            what: "create a cancel token".into(),
+                            source,
+                        });
+                        return None;
+                    }
+                };
+                let spawned = slots.start(&job, Arc::clone(&cancel));
+                let key = (job.id, job.attempts);
+                running.insert(
+                    job.id,
+                    Running {
+                        job,
+                        plugin_hash: plugin_hash.clone(),
+                        cancel,
+                        interrupted: false,
+                    },
+                );
+                let (mut start, go) = spawned?;
+                start.plugin_hash = plugin_hash;
+                self.spawned.push((key, go));
+                Some(start)
+            })
+            .collect()
     }
 }

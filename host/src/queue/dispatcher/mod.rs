@@ -42,7 +42,7 @@ use self::{
 };
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
@@ -65,13 +65,13 @@ use crate::{
     runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
         adopt_attempt,
-        attempts::{AttemptEvent, Attempts, GoAhead, OnEvent},
+        attempts::{AttemptEnded, Attempts, GoAhead, OnEnded},
         AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
     },
     store::{
         now_millis, Amended, AttemptEnd, AttemptStart, DispatcherId, DispatcherInfo,
         DispatcherRecord, JobId, JobRecord, Listener, Maintenance, Millis, Next, Settlement,
-        StartedAttempt, Store, StoreError,
+        SettledAndClaimed, Store, StoreError,
     },
 };
 
@@ -157,14 +157,6 @@ impl std::fmt::Debug for ServeOptions {
 /// What the loop reacts to.
 enum Event {
     Rang(u8),
-    /// A worker exists and waits for `go`: true once its pid is recorded, false if the
-    /// attempt must not start after all.
-    Spawned {
-        id: JobId,
-        attempt: u32,
-        start: AttemptStart,
-        go: GoAhead<Key>,
-    },
     Finished {
         id: JobId,
         attempt: u32,
@@ -180,14 +172,6 @@ enum Event {
     Tick,
     /// Registration `DispatcherId` is gone: other dispatchers rescued this one's jobs.
     Evicted(DispatcherId),
-}
-
-/// Work for the attempts' supervisor.
-enum Order {
-    Run {
-        job: JobRecord,
-        cancel: Arc<CancelToken>,
-    },
 }
 
 struct Running {
@@ -262,7 +246,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         checked_own: Instant::now(),
         amended: Instant::now(),
         running: HashMap::new(),
-        orders: start_slots(settings, &tx).map_err(setup("start the attempts' supervisor"))?,
+        slots: start_slots(settings, &tx).map_err(setup("start the attempts' supervisor"))?,
         events: rx,
         tx,
         plugins: Plugins::new(settings),
@@ -270,7 +254,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         stopping: None,
         on_change: options.on_change.clone(),
         trouble: Trouble::default(),
-        unrecorded: Vec::new(),
+        abandoned: HashSet::new(),
         health: open_health(&paths_health(settings)),
         reported: Vec::new(),
         unsettled: Vec::new(),
@@ -319,7 +303,7 @@ struct Dispatcher {
     /// When it last looked for reports of attempts settled lost ([`Dispatcher::amend_lost`]).
     amended: Instant,
     running: HashMap<JobId, Running>,
-    orders: Slots,
+    slots: Slots,
     events: Receiver<Event>,
     tx: Sender<Event>,
     plugins: Plugins,
@@ -329,21 +313,15 @@ struct Dispatcher {
     on_change: Option<OnChange>,
     /// Why the store or the workers cannot be used just now, if they cannot.
     trouble: Trouble,
-    /// Spawned workers waiting at their gate until their pid is on record.
-    unrecorded: Vec<Unrecorded>,
+    /// Attempts whose workers were told not to start because the round that claimed them was
+    /// not stored (or not known to be): their ends are not settled, and nothing is claimed
+    /// until they have ended (so no new attempt shares their number and files).
+    abandoned: HashSet<Key>,
     /// Where it reports its health, and what it reported last.
     health: Option<HealthFile>,
     reported: Vec<health::Problem>,
     /// Ended attempts whose settling the store has not taken yet, oldest first.
     unsettled: Vec<Unsettled>,
-}
-
-/// A spawned worker whose pid the store has not recorded yet: it waits for its go-ahead.
-struct Unrecorded {
-    id: JobId,
-    attempt: u32,
-    start: AttemptStart,
-    go: GoAhead<Key>,
 }
 
 /// An ended attempt to settle, with what to log once the store has taken it.

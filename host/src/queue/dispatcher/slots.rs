@@ -13,49 +13,34 @@ pub(super) struct Slots {
     attempts: Attempts<Key>,
 }
 
-/// Starts the supervisor of the dispatcher's attempts, which tells `tx` what happens to them.
+/// Starts the supervisor of the dispatcher's attempts, which tells `tx` how they end.
 pub(super) fn start_slots(settings: &Settings, tx: &Sender<Event>) -> std::io::Result<Slots> {
     let tx = tx.clone();
-    let state_dir = settings.state_dir.clone();
     // The loop outlives its attempts; an event it can no longer take has nobody to tell.
-    let on_event: OnEvent<Key> = Arc::new(move |event| {
-        let _ = tx.send(match event {
-            AttemptEvent::Spawned {
-                key: (id, attempt),
-                pid,
-                go,
-            } => Event::Spawned {
-                id,
-                attempt,
-                start: AttemptStart {
-                    pid,
-                    plugin_hash: String::new(),
-                    output_path: AttemptPaths::new(&state_dir, &id.to_string(), attempt).output,
-                },
-                go,
-            },
-            AttemptEvent::Ended {
-                key: (id, attempt),
-                result,
-                released,
-            } => Event::Finished {
-                id,
-                attempt,
-                result,
-                released,
-            },
+    let on_ended: OnEnded<Key> = Arc::new(move |ended: AttemptEnded<Key>| {
+        let (id, attempt) = ended.key;
+        let _ = tx.send(Event::Finished {
+            id,
+            attempt,
+            result: ended.result,
+            released: ended.released,
         });
     });
     Ok(Slots {
         settings: settings.clone(),
-        attempts: Attempts::new(settings, on_event)?,
+        attempts: Attempts::new(settings, on_ended)?,
     })
 }
 
 impl Slots {
-    /// Starts the attempt `order` asks for.
-    pub(super) fn send(&self, order: Order) {
-        let Order::Run { job, cancel } = order;
+    /// Starts the attempt of `job`, just claimed, stopped when `cancel` fires: its worker,
+    /// waiting at its gate, and its start to record; `None` when it could not be started (its
+    /// end says why, as [`Event::Finished`]).
+    pub(super) fn start(
+        &self,
+        job: &JobRecord,
+        cancel: Arc<CancelToken>,
+    ) -> Option<(AttemptStart, GoAhead<Key>)> {
         let job_id = job.id.to_string();
         let allowlist = crate::catalog::inventory::allowlist_in_force(&self.settings);
         let spec = AttemptSpec {
@@ -68,6 +53,12 @@ impl Slots {
             timeout: job.timeout,
             allowlist: &allowlist,
         };
-        self.attempts.start((job.id, job.attempts), &spec, cancel);
+        let spawned = self.attempts.start((job.id, job.attempts), &spec, cancel)?;
+        let start = AttemptStart {
+            pid: spawned.pid,
+            plugin_hash: String::new(),
+            output_path: AttemptPaths::new(&self.settings.state_dir, &job_id, job.attempts).output,
+        };
+        Some((start, spawned.go))
     }
 }

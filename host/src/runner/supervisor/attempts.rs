@@ -1,84 +1,126 @@
 //! The attempts a dispatcher runs at once, each in a worker process of its own.
 //!
-//! On Linux one thread supervises them all: a poller over every worker's pidfd, output pipe
-//! and cancel token (and a forked worker's status pipe), woken through a pipe when there is a
-//! worker to start or let go; it spawns (or has the fork server fork) each worker itself. So
-//! no thread waits on one attempt, and a dispatcher with many slots has no more threads than
-//! one with two. On Windows, whose platform layer supervises one process per thread, each
-//! attempt has a thread of its own.
+//! A worker is started by whoever starts its attempt, in that caller's thread
+//! ([`Attempts::start`]): it exists, and waits at its gate, when the call returns its pid. So a
+//! dispatcher can spawn the workers of the jobs it claims inside the claim's transaction and
+//! record their pids in it (one commit per round), letting them go once it committed.
 //!
-//! Whoever runs the attempts hears of them through one callback, [`AttemptEvent`]: a worker
-//! exists and waits at its gate ([`AttemptEvent::Spawned`], answered through its [`GoAhead`]
-//! once its pid is on record), and an attempt ended ([`AttemptEvent::Ended`]).
+//! On Linux one thread then supervises them all: a poller over every worker's pidfd, output
+//! pipe and cancel token (and a forked worker's status pipe), woken through a pipe when there
+//! is a worker to watch or let go. So no thread waits on one attempt, and a dispatcher with
+//! many slots has no more threads than one with two. On Windows, whose platform layer
+//! supervises one process per thread, each attempt has a thread of its own, which spawns the
+//! worker and hands its pid back to the caller.
+//!
+//! The caller hears of each attempt's end through one callback ([`AttemptEnded`]), also of one
+//! whose worker could not be started.
 
 use std::sync::Arc;
 
-use super::{prepare, AttemptError, AttemptRecord, AttemptSpec, Prepared, Spawner};
+#[cfg(unix)]
+use super::Spawner;
+use super::{prepare, AttemptError, AttemptRecord, AttemptSpec, Prepared};
 use crate::{config::settings::Settings, platform::CancelToken};
 
-/// What happens to the attempts of an [`Attempts`].
-pub enum AttemptEvent<K> {
-    /// The worker of attempt `key` exists, with process id `pid`, and waits at its gate for
-    /// `go` ([`GoAhead::send`]).
-    Spawned {
-        /// The attempt.
-        key: K,
-        /// Its worker's pid.
-        pid: u32,
-        /// How to let it start, or not.
-        go: GoAhead<K>,
-    },
-    /// Attempt `key` ended, or could not run.
-    Ended {
-        /// The attempt.
-        key: K,
-        /// How it ended, or why it could not run.
-        result: Result<AttemptRecord, AttemptError>,
-        /// Whether its worker was let start (an attempt that could not run may have failed
-        /// before or after).
-        released: bool,
-    },
+/// Attempt `key` ended, or could not run.
+pub struct AttemptEnded<K> {
+    /// The attempt.
+    pub key: K,
+    /// How it ended, or why it could not run.
+    pub result: Result<AttemptRecord, AttemptError>,
+    /// Whether its worker was let start (an attempt that could not run may have failed before
+    /// or after).
+    pub released: bool,
 }
 
-/// What [`Attempts`] tells of its attempts.
-pub type OnEvent<K> = Arc<dyn Fn(AttemptEvent<K>) + Send + Sync>;
+/// What [`Attempts`] tells of its attempts' ends.
+pub type OnEnded<K> = Arc<dyn Fn(AttemptEnded<K>) + Send + Sync>;
+
+/// A worker that exists and waits at its gate ([`Attempts::start`]).
+pub struct Spawned<K> {
+    /// Its pid.
+    pub pid: u32,
+    /// How to let it start, or not.
+    pub go: GoAhead<K>,
+}
 
 /// The attempts running at once, each identified by a key of the caller's (`K`).
 pub struct Attempts<K: Copy + PartialEq + Send + 'static> {
     settings: Settings,
     #[cfg(unix)]
+    on_ended: OnEnded<K>,
+    #[cfg(unix)]
     poller: poller::Poller<K>,
     #[cfg(windows)]
     threads: threads::Threads<K>,
+    // Last: dropped after the poller stopped (a fork server is then told to leave).
+    #[cfg(unix)]
+    spawner: Spawner,
 }
 
 impl<K: Copy + PartialEq + Send + 'static> Attempts<K> {
     /// Runs attempts for `settings` (its workers started as `dispatcher.runner` says), telling
-    /// `on_event` what happens to them.
-    pub fn new(settings: &Settings, on_event: OnEvent<K>) -> std::io::Result<Self> {
-        let spawner = Arc::new(Spawner::new(settings));
+    /// `on_ended` how each ended.
+    pub fn new(settings: &Settings, on_ended: OnEnded<K>) -> std::io::Result<Self> {
         Ok(Self {
             settings: settings.clone(),
             #[cfg(unix)]
-            poller: poller::Handle::start(settings, spawner, on_event)?,
+            poller: poller::Handle::start(Arc::clone(&on_ended))?,
+            #[cfg(unix)]
+            spawner: Spawner::new(settings),
+            #[cfg(unix)]
+            on_ended,
             #[cfg(windows)]
-            threads: threads::Threads::new(settings, spawner, on_event),
+            threads: threads::Threads::new(settings, on_ended),
         })
     }
 
-    /// Starts attempt `key` of `spec`, stopped when `cancel` fires; its worker waits at its
-    /// gate until it is let go. Its end, or why it could not run, is told as
-    /// [`AttemptEvent::Ended`].
-    pub fn start(&self, key: K, spec: &AttemptSpec<'_>, cancel: Arc<CancelToken>) {
+    /// Starts attempt `key` of `spec`, stopped when `cancel` fires: its worker is spawned
+    /// before this returns, and waits at its gate until it is let go ([`GoAhead::send`]). `None`
+    /// when it could not be started; that, like every attempt's end, is told as
+    /// [`AttemptEnded`] (for this one, before the call returns).
+    pub fn start(&self, key: K, spec: &AttemptSpec<'_>, cancel: Arc<CancelToken>) -> Option<Spawned<K>> {
         let prepared = prepare(&self.settings, spec);
         #[cfg(unix)]
-        self.poller.start_attempt(key, prepared, cancel);
+        return self.spawn(key, prepared, cancel);
         #[cfg(windows)]
-        self.threads.start(key, prepared, cancel);
+        return self.threads.start(key, prepared, cancel);
+    }
+
+    /// Spawns the worker of a prepared attempt and has the poller watch it.
+    #[cfg(unix)]
+    fn spawn(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) -> Option<Spawned<K>> {
+        let started = prepared.and_then(|prepared| {
+            let (launch, output) = prepared.launch(&self.settings, &self.spawner)?;
+            let supervised = crate::platform::Supervised::start(launch, output, prepared.options)
+                .map_err(super::spawn_error)?;
+            Ok((prepared, supervised))
+        });
+        match started {
+            Ok((prepared, supervised)) => {
+                let pid = supervised.pid();
+                self.poller.watch(key, prepared, supervised, cancel);
+                Some(Spawned {
+                    pid,
+                    go: GoAhead {
+                        key,
+                        poller: self.poller.handle(),
+                    },
+                })
+            }
+            Err(error) => {
+                (self.on_ended)(AttemptEnded {
+                    key,
+                    result: Err(error),
+                    released: false,
+                });
+                None
+            }
+        }
     }
 }
 
-/// Lets one spawned worker start, or not ([`AttemptEvent::Spawned`]).
+/// Lets one spawned worker start, or not ([`Spawned`]).
 pub struct GoAhead<K> {
     #[cfg(unix)]
     key: K,
@@ -121,26 +163,22 @@ mod poller {
     use crossbeam_channel::{Receiver, Sender, TryRecvError};
     use rustix::pipe::{pipe_with, PipeFlags};
 
-    use super::{AttemptEvent, GoAhead, Gone, OnEvent, Ready};
+    use super::{AttemptEnded, Gone, OnEnded};
     use crate::{
-        config::settings::Settings,
         platform::{poll_supervised, CancelToken, Supervised, SUPERVISED_FDS},
-        runner::supervisor::{spawn_error, Prepared, Spawner},
+        runner::supervisor::{spawn_error, Prepared},
     };
 
     /// Work for the poller.
     enum Command<K> {
-        Start {
-            key: K,
-            prepared: Box<Ready>,
-            cancel: Arc<CancelToken>,
-        },
+        /// Watch a worker just spawned, waiting at its gate.
+        Watch(Box<Watched<K>>),
         Release {
             key: K,
             go: bool,
         },
         /// Leave at once (whatever still runs is left to the next dispatcher, as after a
-        /// crash), dropping the spawner: a fork server is told to leave and waited for.
+        /// crash).
         Stop,
     }
 
@@ -165,11 +203,27 @@ mod poller {
         }
     }
 
-    impl<K: Copy + PartialEq + Send + 'static> std::ops::Deref for Poller<K> {
-        type Target = Handle<K>;
+    impl<K: Copy + PartialEq + Send + 'static> Poller<K> {
+        /// A handle for the go-aheads of the workers it watches.
+        pub(super) fn handle(&self) -> Handle<K> {
+            self.handle.clone()
+        }
 
-        fn deref(&self) -> &Handle<K> {
-            &self.handle
+        /// Watches a worker just spawned, waiting at its gate, to its end.
+        pub(super) fn watch(
+            &self,
+            key: K,
+            prepared: Prepared,
+            supervised: Supervised,
+            cancel: Arc<CancelToken>,
+        ) {
+            self.handle.send(Command::Watch(Box::new(Watched {
+                key,
+                prepared,
+                supervised,
+                cancel,
+                released: false,
+            })));
         }
     }
 
@@ -184,11 +238,7 @@ mod poller {
 
     impl<K: Copy + PartialEq + Send + 'static> Handle<K> {
         /// Starts the poller thread.
-        pub(super) fn start(
-            settings: &Settings,
-            spawner: Arc<Spawner>,
-            on_event: OnEvent<K>,
-        ) -> std::io::Result<Poller<K>> {
+        pub(super) fn start(on_ended: OnEnded<K>) -> std::io::Result<Poller<K>> {
             let (wake_read, wake_write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
             let (commands, inbox) = crossbeam_channel::unbounded();
             let handle = Self {
@@ -196,12 +246,9 @@ mod poller {
                 wake: Arc::new(wake_write),
             };
             let poller = Polling {
-                settings: settings.clone(),
-                spawner,
-                on_event,
+                on_ended,
                 inbox,
                 wake: wake_read,
-                handle: handle.clone(),
                 watched: Vec::new(),
             };
             let thread = std::thread::Builder::new()
@@ -211,14 +258,6 @@ mod poller {
                 handle,
                 thread: Some(thread),
             })
-        }
-
-        pub(super) fn start_attempt(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
-            self.send(Command::Start {
-                key,
-                prepared: Box::new(prepared),
-                cancel,
-            });
         }
 
         pub(super) fn release(&self, key: K, go: bool) -> Result<(), Gone> {
@@ -253,13 +292,9 @@ mod poller {
 
     /// The poller thread's state.
     struct Polling<K> {
-        settings: Settings,
-        spawner: Arc<Spawner>,
-        on_event: OnEvent<K>,
+        on_ended: OnEnded<K>,
         inbox: Receiver<Command<K>>,
         wake: OwnedFd,
-        /// For the go-aheads it hands out (it never sends through it itself).
-        handle: Handle<K>,
         watched: Vec<Watched<K>>,
     }
 
@@ -321,7 +356,7 @@ mod poller {
             for (i, end) in ended.into_iter().rev() {
                 let watched = self.watched.swap_remove(i);
                 let result = end.and_then(|end| watched.prepared.conclude(end));
-                (self.on_event)(AttemptEvent::Ended {
+                (self.on_ended)(AttemptEnded {
                     key: watched.key,
                     result,
                     released: watched.released,
@@ -336,11 +371,7 @@ mod poller {
             while matches!(rustix::io::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
             loop {
                 match self.inbox.try_recv() {
-                    Ok(Command::Start {
-                        key,
-                        prepared,
-                        cancel,
-                    }) => self.start(key, *prepared, cancel),
+                    Ok(Command::Watch(watched)) => self.watched.push(*watched),
                     Ok(Command::Release { key, go }) => {
                         if let Some(watched) = self.watched.iter_mut().find(|w| w.key == key) {
                             watched.supervised.release(go);
@@ -352,52 +383,17 @@ mod poller {
                 }
             }
         }
-
-        /// Starts the worker of a prepared attempt and watches it.
-        fn start(&mut self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
-            let started = prepared.and_then(|prepared| {
-                let (launch, output) = prepared.launch(&self.settings, &self.spawner)?;
-                let supervised = Supervised::start(launch, output, prepared.options)
-                    .map_err(spawn_error)?;
-                Ok((prepared, supervised))
-            });
-            let (prepared, supervised) = match started {
-                Ok(started) => started,
-                Err(error) => {
-                    return (self.on_event)(AttemptEvent::Ended {
-                        key,
-                        result: Err(error),
-                        released: false,
-                    })
-                }
-            };
-            let pid = supervised.pid();
-            self.watched.push(Watched {
-                key,
-                prepared,
-                supervised,
-                cancel,
-                released: false,
-            });
-            (self.on_event)(AttemptEvent::Spawned {
-                key,
-                pid,
-                go: GoAhead {
-                    key,
-                    poller: self.handle.clone(),
-                },
-            });
-        }
     }
 }
 
 #[cfg(windows)]
 mod threads {
-    //! The Windows supervisor: a thread per running attempt.
+    //! The Windows supervisor: a thread per running attempt, which spawns its worker and hands
+    //! the pid back to the caller.
 
     use std::sync::Arc;
 
-    use super::{AttemptEvent, GoAhead, OnEvent, Ready};
+    use super::{AttemptEnded, GoAhead, OnEnded, Ready, Spawned};
     use crate::{
         config::settings::Settings,
         platform::CancelToken,
@@ -407,56 +403,65 @@ mod threads {
     pub(super) struct Threads<K> {
         settings: Settings,
         spawner: Arc<Spawner>,
-        on_event: OnEvent<K>,
+        on_ended: OnEnded<K>,
     }
 
     impl<K: Copy + PartialEq + Send + 'static> Threads<K> {
-        pub(super) fn new(settings: &Settings, spawner: Arc<Spawner>, on_event: OnEvent<K>) -> Self {
+        pub(super) fn new(settings: &Settings, on_ended: OnEnded<K>) -> Self {
             Self {
                 settings: settings.clone(),
-                spawner,
-                on_event,
+                spawner: Arc::new(Spawner::new(settings)),
+                on_ended,
             }
         }
 
-        pub(super) fn start(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) {
-            let (settings, spawner, on_event) = (
+        pub(super) fn start(
+            &self,
+            key: K,
+            prepared: Ready,
+            cancel: Arc<CancelToken>,
+        ) -> Option<Spawned<K>> {
+            let (settings, spawner, on_ended) = (
                 self.settings.clone(),
                 Arc::clone(&self.spawner),
-                Arc::clone(&self.on_event),
+                Arc::clone(&self.on_ended),
             );
-            let unstarted = Arc::clone(&self.on_event);
+            // The thread hands back the worker's pid and its gate once it exists; it drops
+            // the sender unused when there is none.
+            let (spawned, pid) = crossbeam_channel::bounded(1);
             let run = move || {
                 let mut released = false;
                 let result = prepared.and_then(|prepared| {
                     prepared.run(&settings, &spawner, &cancel, &mut |pid| {
                         let (gate, answer) = crossbeam_channel::bounded(1);
-                        on_event(AttemptEvent::Spawned {
-                            key,
-                            pid,
-                            go: GoAhead {
-                                gate,
-                                _key: std::marker::PhantomData,
-                            },
-                        });
+                        let _ = spawned.send((pid, gate));
                         // No answer (the dispatcher is gone) means no start.
                         released = answer.recv().unwrap_or(false);
                         released
                     })
                 });
-                on_event(AttemptEvent::Ended {
+                on_ended(AttemptEnded {
                     key,
                     result,
                     released,
                 });
             };
             if let Err(source) = std::thread::Builder::new().name("attempt".into()).spawn(run) {
-                unstarted(AttemptEvent::Ended {
+                (self.on_ended)(AttemptEnded {
                     key,
                     result: Err(spawn_error(source)),
                     released: false,
                 });
+                return None;
             }
+            let (pid, gate) = pid.recv().ok()?;
+            Some(Spawned {
+                pid,
+                go: GoAhead {
+                    gate,
+                    _key: std::marker::PhantomData,
+                },
+            })
         }
     }
 }

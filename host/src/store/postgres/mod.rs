@@ -47,7 +47,8 @@ use super::{
     },
     Amended, Attempt, AttemptEnd, CancelOutcome, Cutoff, DispatcherId,
     DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter, Listener,
-    Millis, NewJob, Next, Pruned, Quarantined, SettledAndClaimed, Settlement, StartedAttempt,
+    Millis, NewJob, Next, Pruned, Quarantined, SettledAndClaimed, Settlement, SpawnWorkers,
+    StartedAttempt,
     Stats, Store, StoreError,
 };
 use connection::*;

@@ -411,53 +411,68 @@ impl Store for PostgresStore {
 
     fn settle_and_claim(
         &mut self,
-        started: &[StartedAttempt<'_>],
         settlements: &[Settlement<'_>],
         owner: DispatcherId,
         now: Millis,
         limit: usize,
+        spawn: &mut SpawnWorkers<'_>,
     ) -> Result<SettledAndClaimed, StoreError> {
-        if started.is_empty() && settlements.is_empty() {
-            return crate::store::settle_then_claim(self, started, settlements, owner, now, limit);
+        if settlements.is_empty() && limit == 0 {
+            return Ok(SettledAndClaimed {
+                settled: Vec::new(),
+                claimed: Ok(Vec::new()),
+                recorded: Vec::new(),
+            });
         }
         // All in one transaction: one commit, after which every worker recorded may start.
-        let starts = StartBatch::new(started);
         let settles = SettleBatch::new(settlements);
         let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
         let done = self.run(|session| {
             session.transaction_or_rollback(|tx| {
-                let recorded = if started.is_empty() {
-                    HashSet::new()
-                } else {
-                    starts.run(tx)?
-                };
                 let settled = if settlements.is_empty() {
                     HashSet::new()
                 } else {
                     settles.run(tx)?
                 };
                 if limit == 0 {
-                    return Ok(Some((recorded, settled, Ok(Vec::new()))));
+                    return Ok(Some((settled, Ok(Vec::new()), Vec::new())));
                 }
-                Ok(match fast_claim(tx, owner, now, wanted)? {
-                    FastClaim::Claimed(jobs) => Some((recorded, settled, Ok(jobs))),
-                    FastClaim::NotRegistered => Some((
-                        recorded,
-                        settled,
-                        Err(StoreError::NotRegistered(owner)),
-                    )),
-                    FastClaim::CheckEach => None,
-                })
+                let jobs = match fast_claim(tx, owner, now, wanted)? {
+                    FastClaim::Claimed(jobs) => jobs,
+                    FastClaim::NotRegistered => {
+                        return Ok(Some((
+                            settled,
+                            Err(StoreError::NotRegistered(owner)),
+                            Vec::new(),
+                        )))
+                    }
+                    FastClaim::CheckEach => return Ok(None),
+                };
+                if jobs.is_empty() {
+                    return Ok(Some((settled, Ok(jobs), Vec::new())));
+                }
+                let starts = spawn(&jobs);
+                let items = crate::store::started_items(&jobs, &starts);
+                let batch: Vec<StartedAttempt<'_>> = items.iter().map(|(_, item)| *item).collect();
+                let recorded = if batch.is_empty() {
+                    Vec::new()
+                } else {
+                    let records = StartBatch::new(&batch);
+                    records.answers(&records.run(tx)?)
+                };
+                let recorded = crate::store::recorded_of(jobs.len(), &items, &recorded);
+                Ok(Some((settled, Ok(jobs), recorded)))
             })
         })?;
         match done {
-            Some((recorded, settled, claimed)) => Ok(SettledAndClaimed {
-                recorded: starts.answers(&recorded),
+            Some((settled, claimed, recorded)) => Ok(SettledAndClaimed {
                 settled: settles.answers(&settled),
                 claimed,
+                recorded,
             }),
-            // A due row the claim must look at first: all rolled back, and done one by one.
-            None => crate::store::settle_then_claim(self, started, settlements, owner, now, limit),
+            // A due row the claim must look at first: all rolled back (before any worker was
+            // started), and done one by one.
+            None => crate::store::settle_then_claim(self, settlements, owner, now, limit, spawn),
         }
     }
 

@@ -34,7 +34,7 @@ use super::{
     Amended, Attempt, AttemptEnd, CancelOutcome, Cutoff, DispatcherId,
     DispatcherInfo, DispatcherRecord, Finished, JobId, JobRecord, JobState, ListFilter,
     Maintenance, Millis, NewJob, Next, Pruned, Quarantined, SettledAndClaimed, Settlement,
-    StartedAttempt, Stats,
+    SpawnWorkers, StartedAttempt, Stats,
     Store, StoreError,
 };
 use connection::*;

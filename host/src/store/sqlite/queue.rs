@@ -198,37 +198,53 @@ impl Store for SqliteStore {
 
     fn settle_and_claim(
         &mut self,
-        started: &[StartedAttempt<'_>],
         settlements: &[Settlement<'_>],
         owner: DispatcherId,
         now: Millis,
         limit: usize,
+        spawn: &mut SpawnWorkers<'_>,
     ) -> Result<SettledAndClaimed, StoreError> {
-        if started.is_empty() && settlements.is_empty() {
-            return crate::store::settle_then_claim(self, started, settlements, owner, now, limit);
+        if settlements.is_empty() && limit == 0 {
+            return Ok(SettledAndClaimed {
+                settled: Vec::new(),
+                claimed: Ok(Vec::new()),
+                recorded: Vec::new(),
+            });
         }
-        // One transaction, one commit: the pages the three change (the jobs, their indexes,
-        // the attempts) are written to the WAL once rather than once for each.
+        // One transaction, one commit: the pages the round changes (the jobs, their indexes,
+        // the attempts) are written to the WAL once, and a job's claim and its worker's record
+        // are durable together.
         let mut tx = self.immediate()?;
-        let recorded = record_in(&tx, started)?;
         let settled = settle_in(&tx, settlements)?;
         let claimed = if limit == 0 {
-            Ok((Vec::new(), Vec::new()))
+            Ok((Vec::new(), Vec::new(), Vec::new()))
         } else {
-            // A claim that fails leaves the records and the settles to commit.
+            // A claim that fails leaves the settles to commit.
             let claim = tx.savepoint().map_err(query)?;
             claim_in(&claim, owner, now, limit)
+                .and_then(|(jobs, quarantined)| {
+                    let starts = if jobs.is_empty() { Vec::new() } else { spawn(&jobs) };
+                    let items = crate::store::started_items(&jobs, &starts);
+                    let batch: Vec<StartedAttempt<'_>> =
+                        items.iter().map(|(_, item)| *item).collect();
+                    let answers = record_in(&claim, &batch)?;
+                    let recorded = crate::store::recorded_of(jobs.len(), &items, &answers);
+                    Ok((jobs, quarantined, recorded))
+                })
                 .and_then(|claimed| claim.commit().map(|()| claimed).map_err(query))
         };
         tx.commit().map_err(query)?;
-        let claimed = claimed.map(|(jobs, quarantined)| {
-            self.quarantined.extend(quarantined);
-            jobs
-        });
+        let (claimed, recorded) = match claimed {
+            Ok((jobs, quarantined, recorded)) => {
+                self.quarantined.extend(quarantined);
+                (Ok(jobs), recorded)
+            }
+            Err(e) => (Err(e), Vec::new()),
+        };
         Ok(SettledAndClaimed {
-            recorded,
             settled,
             claimed,
+            recorded,
         })
     }
 
