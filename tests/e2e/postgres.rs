@@ -729,3 +729,25 @@ fn run_whose_connection_breaks_during_the_commit_says_the_outcome_is_unknown_and
     );
     assert!(run.stdout.is_empty(), "no job id: {}", run.stdout);
 }
+
+#[test]
+fn a_claim_whose_workers_cannot_be_recorded_starts_none_of_them_and_the_job_runs_once_later() {
+    let db = TestDatabase::create();
+    let host = Host::on_store(db.url());
+    let serve = host.serve();
+    // Registered, so the database is migrated.
+    host.registered(&mut *open_store(db.url()));
+    crate::recovery::claim_not_stored_starts_no_worker(
+        &host,
+        serve,
+        || {
+            db.batch_execute(
+                "CREATE FUNCTION refuse_workers() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN RAISE EXCEPTION 'no worker may be recorded'; END $$; \
+                 CREATE TRIGGER refuse_workers BEFORE UPDATE OF pid ON attempts \
+                 FOR EACH ROW EXECUTE FUNCTION refuse_workers()",
+            )
+        },
+        || db.batch_execute("DROP TRIGGER refuse_workers ON attempts"),
+    );
+}

@@ -407,3 +407,77 @@ fn adopted_worker_killed_while_its_new_dispatcher_runs_is_not_said_to_have_ended
     assert!(!error.contains("while its dispatcher was down"), "{error}");
     assert!(host.stop_serve(&mut second));
 }
+
+#[test]
+fn a_claim_whose_workers_cannot_be_recorded_starts_none_of_them_and_the_job_runs_once_later() {
+    let host = Host::standard();
+    let serve = host.serve();
+    // Registered, so the database is there and migrated.
+    let location = jobhost::store::StoreLocation::in_state_dir(&host.state_dir());
+    host.registered(&mut *jobhost::store::open(&location).unwrap());
+    let database = rusqlite::Connection::open(host.state_dir().join("jobs.sqlite3")).unwrap();
+    claim_not_stored_starts_no_worker(
+        &host,
+        serve,
+        || {
+            database
+                .execute_batch(
+                    "CREATE TRIGGER refuse_workers BEFORE UPDATE OF pid ON attempts \
+                     BEGIN SELECT RAISE(ABORT, 'no worker may be recorded'); END",
+                )
+                .unwrap()
+        },
+        || {
+            database
+                .execute_batch("DROP TRIGGER refuse_workers")
+                .unwrap()
+        },
+    );
+}
+
+/// With the store refusing to record any worker (`refuse`, which makes it fail with "no worker
+/// may be recorded"), a job's claim is rolled back after its worker was spawned: that worker
+/// does not start, and the job waits, without an attempt, until workers can be recorded again
+/// (`allow`); then it runs once, as its first attempt.
+pub fn claim_not_stored_starts_no_worker(
+    host: &Host,
+    mut serve: std::process::Child,
+    refuse: impl FnOnce(),
+    allow: impl FnOnce(),
+) {
+    refuse();
+    let trace = host.root().join("runs.trace");
+    let path = format!("path={}", trace.display());
+    let id = host.enqueue(&[r"Tests\Misbehave", "trace", &path, "seconds=0"]);
+    host.wait_log(
+        "background_jobs_errors.log",
+        &format!("the claim of job(s) {id} was not stored"),
+    );
+    let errors = host.log("background_jobs_errors.log");
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("no worker may be recorded")),
+        "the store's refusal is logged: {errors:#?}"
+    );
+    wait_for("its worker to end", Duration::from_secs(30), || {
+        workers_of(host, id).is_empty().then_some(())
+    });
+    let shown = host.show(id);
+    assert_eq!(shown["job"]["state"], "queued", "{shown:#}");
+    assert_eq!(
+        shown["attempts"].as_array().map(Vec::len),
+        Some(0),
+        "{shown:#}"
+    );
+    assert!(!trace.exists(), "no plugin code ran");
+
+    // Once workers can be recorded, the job runs, once, as its first attempt.
+    allow();
+    let shown = host.wait_state(id, &["completed", "failed", "cancelled"]);
+    assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    assert_eq!(outcomes(&shown), ["ok"], "{shown:#}");
+    let runs = std::fs::read_to_string(&trace).unwrap();
+    assert_eq!(runs.lines().count(), 1, "it ran once: {runs}");
+    assert!(host.stop_serve(&mut serve));
+}

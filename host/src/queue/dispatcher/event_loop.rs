@@ -488,16 +488,13 @@ impl Dispatcher {
             (result, starting) = self.store_round(&settlements, free);
         }
         drop(settlements);
-        let Starting {
-            spawned, failed, ..
-        } = starting;
-        if let Some(error) = failed {
-            self.abandon(spawned);
+        if let Some(error) = starting.failed.take() {
+            self.abandon(starting);
             return Err(error);
         }
         // On a fatal error the go-aheads are dropped: no worker starts.
         let Some(answer) = self.judge(what, true, result)? else {
-            self.abandon(spawned);
+            self.abandon(starting);
             self.unsettled = ended;
             return Ok(false);
         };
@@ -515,14 +512,14 @@ impl Dispatcher {
             joblog::quarantined(job.id, &job.reason);
         }
         let Some(claimed) = self.judge("claim jobs", true, answer.claimed)? else {
-            self.abandon(spawned);
+            self.abandon(starting);
             return Ok(true);
         };
         Trouble::recovered(&mut self.trouble.workers, "Starting workers");
         if !claimed.is_empty() || !quarantined.is_empty() {
             self.changed();
         }
-        let mut spawned = spawned.into_iter().peekable();
+        let mut spawned = starting.spawned.into_iter().peekable();
         for (job, recorded) in claimed.iter().zip(answer.recorded) {
             joblog::started(&job.name(), &job.params);
             let key = (job.id, job.attempts);
@@ -565,11 +562,30 @@ impl Dispatcher {
         (result, starting)
     }
 
-    /// Tells workers spawned in a round that was not stored (or not known to be) not to start;
-    /// their ends are not settled ([`Dispatcher::abandoned`]).
-    fn abandon(&mut self, spawned: Vec<(Key, GoAhead<Key>)>) {
-        for (key, go) in spawned {
+    /// Gives up the attempts of a claim that was not stored (or not known to be): their
+    /// workers are told not to start, and their ends are not settled
+    /// ([`Dispatcher::abandoned`]).
+    fn abandon(&mut self, starting: Starting) {
+        if starting.claimed.is_empty() {
+            return;
+        }
+        if self.trouble.store.is_none() {
+            // Refused rather than failed (the store is in trouble already if it failed): the
+            // next claims back off all the same, rather than spawn workers in a loop.
+            let jobs: Vec<String> = starting.claimed.iter().map(|(id, _)| id.to_string()).collect();
+            Trouble::failed(
+                &mut self.trouble.store,
+                "The job database cannot be used",
+                format!(
+                    "the claim of job(s) {} was not stored, so their workers do not start",
+                    jobs.join(", ")
+                ),
+            );
+        }
+        for (_, go) in starting.spawned {
             let _ = go.send(false);
+        }
+        for key in starting.claimed {
             self.running.remove(&key.0);
             self.abandoned.insert(key);
         }
@@ -677,7 +693,10 @@ pub(super) fn log_next(job: &JobRecord, attempt: u32, next: &Next, error: &str, 
 /// The workers a round started, inside its claim's transaction.
 #[derive(Default)]
 struct Starting {
-    /// Each one's attempt and go-ahead, in the order of the jobs claimed.
+    /// The attempts given a slot, in the order of the jobs claimed: each ends (its worker's
+    /// end, or why none could be started) as an [`Event::Finished`].
+    claimed: Vec<Key>,
+    /// Each spawned worker's attempt and go-ahead, in the same order.
     spawned: Vec<(Key, GoAhead<Key>)>,
     /// Why the dispatcher cannot go on, if it cannot.
     failed: Option<DispatcherError>,
@@ -714,6 +733,7 @@ impl Starting {
                 };
                 let spawned = slots.start(&job, Arc::clone(&cancel));
                 let key = (job.id, job.attempts);
+                self.claimed.push(key);
                 running.insert(
                     job.id,
                     Running {
