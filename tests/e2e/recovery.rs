@@ -140,11 +140,10 @@ fn workers_of(host: &Host, id: i64) -> Vec<u32> {
 /// Waits until job `id`'s first worker is on record and has taken its go-ahead, and returns
 /// its pid. On record is not yet let go (its dispatcher sends the go-ahead once the record is
 /// committed): a worker takes it before anything else, and first reserves the space of its
-/// report, so the report file is the sign.
+/// report (`1.report.json.PID.tmp`, renamed to `1.report.json` once written), so that file
+/// is the sign.
 fn worker_on_record(host: &Host, id: i64) -> u32 {
-    let report = host
-        .state_dir()
-        .join(format!("attempts/{id}/1.report.json"));
+    let dir = host.state_dir().join(format!("attempts/{id}"));
     wait_for(
         "the job's worker on record and let go",
         Duration::from_secs(30),
@@ -153,7 +152,8 @@ fn worker_on_record(host: &Host, id: i64) -> u32 {
             let worker = workers_of(host, id)
                 .into_iter()
                 .find(|&w| u64::from(w) == pid)?;
-            report.exists().then_some(worker)
+            let reserved = dir.join(format!("1.report.json.{worker}.tmp"));
+            (reserved.exists() || dir.join("1.report.json").exists()).then_some(worker)
         },
     )
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use jobhost::{
     config::settings::Runner,
     platform::{Doorbell, FileLock},
@@ -102,9 +102,12 @@ pub struct Completed {
     pub first_done: (Duration, u64),
 }
 
-/// Polls `client`'s store every [`POLL`] until `jobs` jobs are completed, timed from
-/// `started`; fails if any failed or was cancelled, or after a generous deadline (50 ms a job,
-/// at least a minute).
+/// Polls `client`'s store every [`POLL`] until the `jobs` jobs it holds (a drain's store holds
+/// nothing else) are finished, timed from `started`; fails unless they all completed, or after
+/// a generous deadline (50 ms a job, at least a minute). It polls the count of unfinished jobs,
+/// which the store reads from a small index, rather than the stats, which count every row by
+/// state: polled this often, those would load the database server (PostgreSQL) enough to slow
+/// the drain it measures.
 pub fn wait_completed(
     client: &mut Client,
     jobs: usize,
@@ -113,26 +116,34 @@ pub fn wait_completed(
     let deadline = Duration::from_secs(60).max(Duration::from_millis(50 * jobs as u64));
     let mut first_done = None;
     loop {
-        let stats = client.store().stats().context("cannot read the stats")?;
-        let n = |state: JobState| stats.by_state.get(state.as_str()).copied().unwrap_or(0);
+        let unfinished = client
+            .store()
+            .unfinished()
+            .context("cannot count the unfinished jobs")?;
         let elapsed = started.elapsed();
-        let done = n(JobState::Completed);
+        let done = (jobs as u64).saturating_sub(unfinished);
         if done > 0 && first_done.is_none() {
             first_done = Some((elapsed, done));
         }
-        if done as usize >= jobs {
+        if unfinished == 0 {
+            let stats = client.store().stats().context("cannot read the stats")?;
+            let completed = stats
+                .by_state
+                .get(JobState::Completed.as_str())
+                .copied()
+                .unwrap_or(0);
+            ensure!(
+                completed as usize >= jobs,
+                "not every drain job completed: {stats:?}"
+            );
             return Ok(Completed {
                 wall: elapsed,
                 first_done: first_done.unwrap_or((elapsed, 0)),
             });
         }
-        let failed = n(JobState::Failed) + n(JobState::Cancelled);
-        if failed > 0 {
-            bail!("{failed} drain job(s) failed or were cancelled: {stats:?}");
-        }
         ensure!(
             elapsed < deadline,
-            "the drain did not finish in {deadline:?}: {stats:?}"
+            "the drain did not finish in {deadline:?}: {unfinished} jobs unfinished"
         );
         std::thread::sleep(POLL);
     }

@@ -74,8 +74,33 @@ fn fast_claim(
     Ok(FastClaim::Claimed(jobs))
 }
 
-/// Started attempts as one statement records them: one array per column, each attempt once,
-/// by its last item (the start a later call would have left).
+/// Records one started attempt's worker ([`StartBatch::run`]).
+pub(super) const RECORD_START: &str =
+    "UPDATE attempts SET pid = $3, plugin_hash = $4, output_path = $5 \
+     WHERE job_id = $1 AND attempt = $2 AND COALESCE(finished_at, -1) < 0 \
+     RETURNING job_id, attempt";
+
+/// Settles a batch of attempts ([`SettleBatch::run`]).
+pub(super) const SETTLE_BATCH: &str = "WITH i AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], \
+     $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], \
+     $9::bigint[], $10::text[], $11::bigint[]) AS i (job_id, attempt, ended_at, \
+     outcome, error, output_bytes, state, run_at, finished_at, result, extra)), \
+     locked AS (SELECT id, state, attempts FROM jobs WHERE id = ANY($1) \
+     ORDER BY id FOR UPDATE), \
+     moved AS (UPDATE jobs j SET state = i.state, \
+     run_at = COALESCE(i.run_at, j.run_at), finished_at = i.finished_at, \
+     last_error = COALESCE(i.error, j.last_error), result = i.result, \
+     max_attempts = j.max_attempts + i.extra FROM i JOIN locked l ON l.id = i.job_id \
+     AND l.state = 'running' AND l.attempts = i.attempt WHERE j.id = l.id \
+     RETURNING j.id AS job_id, j.attempts AS attempt), \
+     recorded AS (UPDATE attempts a SET finished_at = i.ended_at, \
+     outcome = i.outcome, error = i.error, output_bytes = i.output_bytes \
+     FROM moved m JOIN i ON i.job_id = m.job_id AND i.attempt = m.attempt \
+     WHERE a.job_id = m.job_id AND a.attempt = m.attempt) \
+     SELECT job_id, attempt FROM moved";
+
+/// Started attempts to record: a list per column, each attempt once, by its last item (the
+/// start a later call would have left).
 struct StartBatch {
     keys: Vec<(JobId, u32)>,
     ids: Vec<i64>,
@@ -102,25 +127,40 @@ impl StartBatch {
         }
     }
 
-    /// Records the batch in one statement on `client`; returns the attempts it recorded: those
-    /// still running, unsettled.
+    /// Records the batch on `client`, a statement per attempt; returns the attempts it
+    /// recorded: those still running, unsettled.
+    ///
+    /// Each attempt is found by its whole primary key, and "unsettled" is written so that it
+    /// does not match the partial index `attempts_unsettled`. That index keeps an entry for
+    /// every attempt settled since the table was last vacuumed, and so does a plan that joins
+    /// the batch to the table: planned on statistics from when the table was small, both walk
+    /// every attempt of the last minutes (a cost that grows with each job until autovacuum
+    /// comes by; measured 0.4-0.9 ms a call after 3,000-5,000 jobs). A lookup by the key stays
+    /// one index probe whatever the statistics say. `finished_at` is a time in milliseconds,
+    /// never negative. A round records one or two workers, so the statements cost less than
+    /// the one slow plan did.
     fn run<C: GenericClient>(
         &self,
         client: &mut Prepared<'_, C>,
     ) -> Result<HashSet<(JobId, u32)>, Failure> {
-        let rows = client.query(
-            "UPDATE attempts a SET pid = i.pid, plugin_hash = i.plugin_hash, \
-             output_path = i.output_path \
-             FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
-             AS i (job_id, attempt, pid, plugin_hash, output_path) \
-             WHERE a.job_id = i.job_id AND a.attempt = i.attempt AND a.finished_at IS NULL \
-             RETURNING a.job_id, a.attempt",
-            &[&self.ids, &self.attempts, &self.pids, &self.hashes, &self.paths],
-        )?;
-        Ok(attempt_keys(&rows)?)
+        let mut recorded = HashSet::new();
+        for k in 0..self.ids.len() {
+            let rows = client.query(
+                RECORD_START,
+                &[
+                    &self.ids[k],
+                    &self.attempts[k],
+                    &self.pids[k],
+                    &self.hashes[k],
+                    &self.paths[k],
+                ],
+            )?;
+            recorded.extend(attempt_keys(&rows)?);
+        }
+        Ok(recorded)
     }
 
-    /// Each item's answer, given the attempts the statement recorded.
+    /// Each item's answer, given the attempts the statements recorded.
     fn answers(&self, recorded: &HashSet<(JobId, u32)>) -> Vec<bool> {
         self.keys.iter().map(|key| recorded.contains(key)).collect()
     }
@@ -192,31 +232,22 @@ impl<'a> SettleBatch<'a> {
     ///
     /// The jobs are locked first, in the order of their ids, so that concurrent batches (a
     /// rescuer's and a slow owner's) wait for each other rather than deadlock. A job moves on
-    /// only while it runs that attempt (a concurrent settler's update is waited for, and the
-    /// condition checked again on what it left); the attempt is recorded for the jobs that
-    /// moved, which their update returns.
+    /// only while it runs that attempt, as the row locked says (after waiting for a concurrent
+    /// settler, the lock reads what it left); the attempt is recorded for the jobs that moved,
+    /// which their update returns.
+    ///
+    /// Every job is found by its key, and its state is checked on the locked row, never in a
+    /// condition on `jobs` itself: one on the state would let the planner walk the partial
+    /// index `jobs_unfinished`, which keeps an entry for every job that ran since the table
+    /// was last vacuumed (see [`StartBatch::run`]). The statement runs on a generic plan
+    /// (`plan_cache_mode`, set by the caller): PostgreSQL would otherwise plan it anew for each
+    /// call, which costs more than running it.
     fn run<C: GenericClient>(
         &self,
         client: &mut Prepared<'_, C>,
     ) -> Result<HashSet<(JobId, u32)>, Failure> {
         let rows = client.query(
-            "WITH i AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], \
-             $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], \
-             $9::bigint[], $10::text[], $11::bigint[]) AS i (job_id, attempt, ended_at, \
-             outcome, error, output_bytes, state, run_at, finished_at, result, extra)), \
-             locked AS (SELECT id FROM jobs WHERE id = ANY($1) AND state = 'running' \
-             ORDER BY id FOR UPDATE), \
-             moved AS (UPDATE jobs j SET state = i.state, \
-             run_at = COALESCE(i.run_at, j.run_at), finished_at = i.finished_at, \
-             last_error = COALESCE(i.error, j.last_error), result = i.result, \
-             max_attempts = j.max_attempts + i.extra FROM i JOIN locked l ON l.id = i.job_id \
-             WHERE j.id = i.job_id AND j.state = 'running' AND j.attempts = i.attempt \
-             RETURNING j.id AS job_id, j.attempts AS attempt), \
-             recorded AS (UPDATE attempts a SET finished_at = i.ended_at, \
-             outcome = i.outcome, error = i.error, output_bytes = i.output_bytes \
-             FROM moved m JOIN i ON i.job_id = m.job_id AND i.attempt = m.attempt \
-             WHERE a.job_id = m.job_id AND a.attempt = m.attempt) \
-             SELECT job_id, attempt FROM moved",
+            SETTLE_BATCH,
             &[
                 &self.ids,
                 &self.attempts,
@@ -392,10 +423,9 @@ impl Store for PostgresStore {
         if started.is_empty() {
             return Ok(Vec::new());
         }
-        // One statement, so one round trip and one commit.
+        // One transaction, so one commit.
         let batch = StartBatch::new(started);
-        let recorded =
-            self.run(|session| batch.run(&mut session.direct()).map_err(Failure::committing))?;
+        let recorded = self.run(|session| session.transaction(|tx| batch.run(tx)))?;
         Ok(batch.answers(&recorded))
     }
 
@@ -432,6 +462,10 @@ impl Store for PostgresStore {
                 let settled = if settlements.is_empty() {
                     HashSet::new()
                 } else {
+                    // PostgreSQL plans the settle anew for every call otherwise (a plan for
+                    // the arrays it was given looks cheaper than the cached one), which costs
+                    // three times what running it does (measured: 0.5 ms against 0.17 ms).
+                    tx.execute("SET LOCAL plan_cache_mode = force_generic_plan", &[])?;
                     settles.run(tx)?
                 };
                 if limit == 0 {

@@ -275,3 +275,63 @@ fn a_dispatcher_gets_a_listener_that_sees_changes_and_reconnections_and_no_maint
     assert!(listener.wait_for_change(PATIENCE).unwrap(), "reconnected");
     assert!(!listener.wait_for_change(Duration::ZERO).unwrap());
 }
+
+#[test]
+fn a_round_finds_its_jobs_and_attempts_by_their_keys_not_by_the_partial_indexes() {
+    // 3,000 jobs that ran, on statistics from before they did (none running, no attempt
+    // unsettled): what a drain leaves before autovacuum comes by. The partial indexes of
+    // unfinished jobs and unsettled attempts still hold an entry for each of them, which a
+    // plan using them walks on every call.
+    let db = TestDatabase::create();
+    let mut s = store::open(&StoreLocation::parse(db.url()).unwrap()).unwrap();
+    dispatcher(&mut *s);
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "INSERT INTO jobs (class, method, params, priority, state, attempts, max_attempts, \
+             retries, retry_delay_ms, timeout_ms, plugin, run_at, created_at) \
+             SELECT 'A', 'ok', '{}', 1, 'completed', 1, 1, 0, 0, 1000, 'p', 0, 0 \
+             FROM generate_series(1, 3000); \
+             INSERT INTO attempts (job_id, attempt, started_at, dispatcher, finished_at) \
+             SELECT id, 1, 0, 1, 5 FROM jobs; \
+             ANALYZE jobs; ANALYZE attempts; \
+             UPDATE jobs SET state = 'running'; UPDATE attempts SET finished_at = NULL; \
+             UPDATE jobs SET state = 'completed'; UPDATE attempts SET finished_at = 5",
+        )
+        .unwrap();
+    // The plans a prepared statement is run with once it is cached: generic ones.
+    let mut plan = |name: &str, sql: &str, args: &str| -> String {
+        client
+            .batch_execute(&format!(
+                "SET plan_cache_mode = force_generic_plan; PREPARE {name} AS {sql}"
+            ))
+            .unwrap();
+        client
+            .simple_query(&format!("EXPLAIN EXECUTE {name}({args})"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                ::postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let record = plan("record", super::queue::RECORD_START, "1, 1, 4242, 'h', 'o'");
+    let settle = plan(
+        "settle",
+        super::queue::SETTLE_BATCH,
+        "'{1}', '{1}', '{9}', '{ok}', '{NULL}', '{0}', '{completed}', '{NULL}', '{9}', \
+         '{NULL}', '{0}'",
+    );
+    for (what, plan) in [("record", &record), ("settle", &settle)] {
+        for partial in ["jobs_unfinished", "attempts_unsettled", "jobs_due"] {
+            assert!(!plan.contains(partial), "the {what} walks {partial}:\n{plan}");
+        }
+    }
+    assert!(record.contains("attempts_pkey"), "{record}");
+    assert!(
+        settle.contains("jobs_pkey") && settle.contains("attempts_pkey"),
+        "{settle}"
+    );
+}
