@@ -1723,9 +1723,14 @@ fn posts_from_another_origin_are_refused_and_logging_in_again_opens_a_new_sessio
     let page = d.get("/", me);
     assert_security_headers(&page);
     let csrf = page.csrf();
-    let id = d
-        .host
-        .enqueue(&[r"Tests\Misbehave", "ok", "--delay", "3600"]);
+    // Still unfinished when it is cancelled at the end, however soon its retry is picked up.
+    let id = d.host.enqueue(&[
+        r"Tests\Misbehave",
+        "sleep",
+        "seconds=3600",
+        "--delay",
+        "3600",
+    ]);
     let own = format!("http://{}", d.authority());
     let foreign = [
         ("Origin", "http://evil.example".to_owned()),
