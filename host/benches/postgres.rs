@@ -51,13 +51,13 @@ pub mod common;
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use common::{
-    bench_main, busy_cores, count, cpus, enqueue_parked, ensure_scheduled, find_fixture,
+    bench_main, busy_cores, count, cpus, enqueue_parked, ensure_in_state, find_fixture,
     jobhost_binary, ms,
     runs::{drain, Backend},
     warm_up, EnqueueCalls, Installation, Scratch, Served, ALLOWLIST, BATCH, CLASS, NOISY, OK,
     PLUGIN_FILE, SETTINGS, WARM_UP,
 };
-use jobhost::runner::child;
+use jobhost::{runner::child, store::JobState};
 
 const BENCH: &str = "postgres";
 /// Iteration counts: (variable, bench default, smoke default).
@@ -193,7 +193,7 @@ fn enqueue(
     let dispatcher = Served::start(&install)?;
     warm_up(&mut client)?;
     let calls = enqueue_parked(&mut client, jobs)?;
-    ensure_scheduled(&mut client, 2 * jobs + WARM_UP)?;
+    ensure_in_state(&mut client, JobState::Scheduled, 2 * jobs + WARM_UP)?;
     dispatcher.stop(&client)?;
     Ok(calls)
 }

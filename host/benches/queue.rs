@@ -57,7 +57,7 @@ use anyhow::{ensure, Context as _};
 use common::{
     bench_main, count,
     cpu::{thread_cpu, CpuMeter, CpuUse},
-    cpus, dispatch_in_batches, enqueue_parked, ensure_scheduled, find_fixture, jobhost_binary,
+    cpus, dispatch_in_batches, enqueue_parked, ensure_in_state, find_fixture, jobhost_binary,
     measure, ms, parked, parts,
     runs::{pickup_latency, wait_completed, Completed, Muted},
     table::{Bound, Row},
@@ -439,7 +439,7 @@ fn enqueue_rates(
     let meter = CpuMeter::start(dispatcher.as_ref().map(Served::pid))?;
     let EnqueueCalls { single, batch } = enqueue_parked(&mut client, jobs)?;
     let cpu = meter.stop(dispatcher.as_ref().map(Served::pid))?;
-    ensure_scheduled(&mut client, 2 * jobs + WARM_UP)?;
+    ensure_in_state(&mut client, JobState::Scheduled, 2 * jobs + WARM_UP)?;
     let batches = batch.latencies.len();
     if let Some(dispatcher) = dispatcher {
         dispatcher.stop(&client)?;

@@ -537,17 +537,18 @@ pub fn enqueue_parked(client: &mut Client, jobs: usize) -> anyhow::Result<Enqueu
     Ok(EnqueueCalls { single, batch })
 }
 
-/// Checks that `client`'s store holds `expected` scheduled jobs.
-pub fn ensure_scheduled(client: &mut Client, expected: usize) -> anyhow::Result<()> {
+/// Checks that `client`'s store holds `expected` jobs in `state`.
+pub fn ensure_in_state(
+    client: &mut Client,
+    state: JobState,
+    expected: usize,
+) -> anyhow::Result<()> {
     let stats = client.store().stats().context("cannot read the stats")?;
-    let scheduled = stats
-        .by_state
-        .get(JobState::Scheduled.as_str())
-        .copied()
-        .unwrap_or(0);
+    let count = stats.by_state.get(state.as_str()).copied().unwrap_or(0);
     ensure!(
-        scheduled as usize == expected,
-        "expected {expected} scheduled jobs: {stats:?}"
+        count as usize == expected,
+        "expected {expected} {} jobs: {stats:?}",
+        state.as_str()
     );
     Ok(())
 }

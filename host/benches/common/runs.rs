@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use super::{
     cpu::{live_children_cpu, process_cpu, CpuMeter},
-    dispatch_in_batches, machine_busy, ms, AttemptRunner, Installation, Measured, Served,
-    ALLOWLIST, CLASS, CLOCK, OK, SETTINGS,
+    dispatch_in_batches, ensure_in_state, machine_busy, ms, AttemptRunner, Installation, Measured,
+    Served, ALLOWLIST, CLASS, CLOCK, OK, SETTINGS,
 };
 
 /// How often a drain is checked.
@@ -126,16 +126,7 @@ pub fn wait_completed(
             first_done = Some((elapsed, done));
         }
         if unfinished == 0 {
-            let stats = client.store().stats().context("cannot read the stats")?;
-            let completed = stats
-                .by_state
-                .get(JobState::Completed.as_str())
-                .copied()
-                .unwrap_or(0);
-            ensure!(
-                completed as usize >= jobs,
-                "not every drain job completed: {stats:?}"
-            );
+            ensure_in_state(client, JobState::Completed, jobs)?;
             return Ok(Completed {
                 wall: elapsed,
                 first_done: first_done.unwrap_or((elapsed, 0)),

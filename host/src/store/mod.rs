@@ -846,15 +846,13 @@ pub(crate) fn settle_then_claim<S: Store + ?Sized>(
 ) -> Result<SettledAndClaimed, StoreError> {
     let settled = store.settle_many(settlements)?;
     let (claimed, recorded) = match store.claim(owner, now, limit) {
-        Ok(jobs) if jobs.is_empty() => (Ok(jobs), Vec::new()),
         Ok(jobs) => {
-            let starts = spawn(&jobs);
-            let items = started_items(&jobs, &starts);
-            let batch: Vec<StartedAttempt<'_>> = items.iter().map(|(_, item)| *item).collect();
             // Claimed, and told so; a worker whose record failed is not on record, and is
             // settled `not started` once it ended without its go-ahead.
-            let answers = store.attempts_started(&batch).unwrap_or_default();
-            let recorded = recorded_of(jobs.len(), &items, &answers);
+            let recorded = spawn_and_record(&jobs, spawn, |items| {
+                Ok::<_, std::convert::Infallible>(store.attempts_started(items).unwrap_or_default())
+            });
+            let Ok(recorded) = recorded;
             (Ok(jobs), recorded)
         }
         Err(e) => (Err(e), Vec::new()),
@@ -866,38 +864,40 @@ pub(crate) fn settle_then_claim<S: Store + ?Sized>(
     })
 }
 
-/// The workers `spawn` started for `jobs` (`starts`, in the same order), as the items to
-/// record, each with the index of its job.
-pub(crate) fn started_items<'a>(
+/// Has `spawn` start the workers of `jobs`, just claimed (not when there are none), and
+/// `record` put those it started on record; answers, for each job, whether its worker is on
+/// record. The part of [`Store::settle_and_claim`] every backend shares.
+pub(crate) fn spawn_and_record<E>(
     jobs: &[JobRecord],
-    starts: &'a [Option<AttemptStart>],
-) -> Vec<(usize, StartedAttempt<'a>)> {
-    jobs.iter()
-        .zip(starts)
+    spawn: &mut SpawnWorkers<'_>,
+    record: impl FnOnce(&[StartedAttempt<'_>]) -> Result<Vec<bool>, E>,
+) -> Result<Vec<bool>, E> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let starts = spawn(jobs);
+    let (index, items): (Vec<usize>, Vec<StartedAttempt<'_>>) = jobs
+        .iter()
+        .zip(&starts)
         .enumerate()
         .filter_map(|(i, (job, start))| {
-            start.as_ref().map(|start| {
-                (
-                    i,
-                    StartedAttempt {
-                        id: job.id,
-                        attempt: job.attempts,
-                        start,
-                    },
-                )
-            })
+            let start = start.as_ref()?;
+            Some((
+                i,
+                StartedAttempt {
+                    id: job.id,
+                    attempt: job.attempts,
+                    start,
+                },
+            ))
         })
-        .collect()
-}
-
-/// Answers, for each of `count` claimed jobs, whether its worker was recorded, from the
-/// answers for `items` ([`started_items`]).
-pub(crate) fn recorded_of(count: usize, items: &[(usize, StartedAttempt<'_>)], answers: &[bool]) -> Vec<bool> {
-    let mut recorded = vec![false; count];
-    for ((i, _), &answer) in items.iter().zip(answers) {
-        recorded[*i] = answer;
+        .unzip();
+    let answers = record(&items)?;
+    let mut recorded = vec![false; jobs.len()];
+    for (i, answer) in index.into_iter().zip(answers) {
+        recorded[i] = answer;
     }
-    recorded
+    Ok(recorded)
 }
 
 /// Tells a dispatcher that processes on other hosts changed the queue (enqueued, cancelled,

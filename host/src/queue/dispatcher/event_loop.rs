@@ -394,14 +394,12 @@ impl Dispatcher {
         writes: bool,
         mut call: impl FnMut(&mut dyn Store) -> Result<T, StoreError>,
     ) -> Result<Option<T>, DispatcherError> {
-        let result = match call(&mut *self.store) {
-            // Repeating is harmless for every call the dispatcher makes (a settle or a start
-            // already stored is refused as such; a claim it did not learn of is requeued).
-            Err(StoreError::ConnectionLost { .. } | StoreError::CommitUnknown { .. }) => {
-                call(&mut *self.store)
-            }
-            other => other,
-        };
+        let mut result = call(&mut *self.store);
+        // Repeating is harmless for every call the dispatcher makes (a settle or a start
+        // already stored is refused as such; a claim it did not learn of is requeued).
+        if lost_connection(&result) {
+            result = call(&mut *self.store);
+        }
         self.judge(what, writes, result)
     }
 
@@ -475,16 +473,14 @@ impl Dispatcher {
             _ => "settle attempts",
         };
         let (mut result, mut starting) = self.store_round(&settlements, free);
-        if matches!(
-            result,
-            Err(StoreError::ConnectionLost { .. } | StoreError::CommitUnknown { .. })
-        ) && starting.spawned.is_empty()
+        if lost_connection(&result)
+            && starting.claimed.is_empty()
             && starting.failed.is_none()
         {
-            // Lost before any worker was spawned: asked again at once, since the store
-            // reconnects on its next call. (Once workers were, they are told not to start, and
-            // nothing is claimed until they ended: a claim that was rolled back would be
-            // claimed again under the same attempt number.)
+            // Lost before any job was given a slot: asked again at once, since the store
+            // reconnects on its next call. (Once one was, its worker is told not to start, and
+            // nothing is claimed until it ended: a claim that was rolled back would be claimed
+            // again under the same attempt number.)
             (result, starting) = self.store_round(&settlements, free);
         }
         drop(settlements);
@@ -519,11 +515,11 @@ impl Dispatcher {
         if !claimed.is_empty() || !quarantined.is_empty() {
             self.changed();
         }
-        let mut spawned = starting.spawned.into_iter().peekable();
-        for (job, recorded) in claimed.iter().zip(answer.recorded) {
+        // `spawn` gave every claimed job a slot, in order.
+        for ((job, recorded), (_, go)) in claimed.iter().zip(answer.recorded).zip(starting.claimed)
+        {
             joblog::started(&job.name(), &job.params);
-            let key = (job.id, job.attempts);
-            let Some((_, go)) = spawned.next_if(|(k, _)| *k == key) else {
+            let Some(go) = go else {
                 // No worker: its end, why, is on its way.
                 continue;
             };
@@ -572,7 +568,7 @@ impl Dispatcher {
         if self.trouble.store.is_none() {
             // Refused rather than failed (the store is in trouble already if it failed): the
             // next claims back off all the same, rather than spawn workers in a loop.
-            let jobs: Vec<String> = starting.claimed.iter().map(|(id, _)| id.to_string()).collect();
+            let jobs: Vec<String> = starting.claimed.iter().map(|((id, _), _)| id.to_string()).collect();
             Trouble::failed(
                 &mut self.trouble.store,
                 "The job database cannot be used",
@@ -582,10 +578,10 @@ impl Dispatcher {
                 ),
             );
         }
-        for (_, go) in starting.spawned {
-            let _ = go.send(false);
-        }
-        for key in starting.claimed {
+        for (key, go) in starting.claimed {
+            if let Some(go) = go {
+                let _ = go.send(false);
+            }
             self.running.remove(&key.0);
             self.abandoned.insert(key);
         }
@@ -690,14 +686,22 @@ pub(super) fn log_next(job: &JobRecord, attempt: u32, next: &Next, error: &str, 
     }
 }
 
+/// Whether `result` failed on a lost connection, so that the call is worth making again at
+/// once: the store reconnects on its next call.
+fn lost_connection<T>(result: &Result<T, StoreError>) -> bool {
+    matches!(
+        result,
+        Err(StoreError::ConnectionLost { .. } | StoreError::CommitUnknown { .. })
+    )
+}
+
 /// The workers a round started, inside its claim's transaction.
 #[derive(Default)]
 struct Starting {
-    /// The attempts given a slot, in the order of the jobs claimed: each ends (its worker's
-    /// end, or why none could be started) as an [`Event::Finished`].
-    claimed: Vec<Key>,
-    /// Each spawned worker's attempt and go-ahead, in the same order.
-    spawned: Vec<(Key, GoAhead<Key>)>,
+    /// The attempts given a slot, in the order of the jobs claimed, each with its worker's
+    /// go-ahead (none when no worker could be started): each ends (its worker's end, or why
+    /// none could be started) as an [`Event::Finished`].
+    claimed: Vec<(Key, Option<GoAhead<Key>>)>,
     /// Why the dispatcher cannot go on, if it cannot.
     failed: Option<DispatcherError>,
 }
@@ -731,22 +735,20 @@ impl Starting {
                         return None;
                     }
                 };
-                let spawned = slots.start(&job, Arc::clone(&cancel));
+                let spawned = slots.start(&job, &plugin_hash, Arc::clone(&cancel));
                 let key = (job.id, job.attempts);
-                self.claimed.push(key);
                 running.insert(
                     job.id,
                     Running {
                         job,
-                        plugin_hash: plugin_hash.clone(),
+                        plugin_hash,
                         cancel,
                         interrupted: false,
                     },
                 );
-                let (mut start, go) = spawned?;
-                start.plugin_hash = plugin_hash;
-                self.spawned.push((key, go));
-                Some(start)
+                let (start, go) = spawned.unzip();
+                self.claimed.push((key, go));
+                start
             })
             .collect()
     }

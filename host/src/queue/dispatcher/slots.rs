@@ -33,12 +33,14 @@ pub(super) fn start_slots(settings: &Settings, tx: &Sender<Event>) -> std::io::R
 }
 
 impl Slots {
-    /// Starts the attempt of `job`, just claimed, stopped when `cancel` fires: its worker,
-    /// waiting at its gate, and its start to record; `None` when it could not be started (its
-    /// end says why, as [`Event::Finished`]).
+    /// Starts the attempt of `job`, just claimed, running the plugin version `plugin_hash`,
+    /// stopped when `cancel` fires: its worker's start to record, and its go-ahead (the worker
+    /// waits at its gate); `None` when it could not be started (its end says why, as
+    /// [`Event::Finished`]).
     pub(super) fn start(
         &self,
         job: &JobRecord,
+        plugin_hash: &str,
         cancel: Arc<CancelToken>,
     ) -> Option<(AttemptStart, GoAhead<Key>)> {
         let job_id = job.id.to_string();
@@ -56,7 +58,7 @@ impl Slots {
         let spawned = self.attempts.start((job.id, job.attempts), &spec, cancel)?;
         let start = AttemptStart {
             pid: spawned.pid,
-            plugin_hash: String::new(),
+            plugin_hash: plugin_hash.to_owned(),
             output_path: AttemptPaths::new(&self.settings.state_dir, &job_id, job.attempts).output,
         };
         Some((start, spawned.go))

@@ -482,19 +482,10 @@ impl Store for PostgresStore {
                     }
                     FastClaim::CheckEach => return Ok(None),
                 };
-                if jobs.is_empty() {
-                    return Ok(Some((settled, Ok(jobs), Vec::new())));
-                }
-                let starts = spawn(&jobs);
-                let items = crate::store::started_items(&jobs, &starts);
-                let batch: Vec<StartedAttempt<'_>> = items.iter().map(|(_, item)| *item).collect();
-                let recorded = if batch.is_empty() {
-                    Vec::new()
-                } else {
-                    let records = StartBatch::new(&batch);
-                    records.answers(&records.run(tx)?)
-                };
-                let recorded = crate::store::recorded_of(jobs.len(), &items, &recorded);
+                let recorded = crate::store::spawn_and_record(&jobs, spawn, |items| {
+                    let records = StartBatch::new(items);
+                    Ok::<_, Failure>(records.answers(&records.run(tx)?))
+                })?;
                 Ok(Some((settled, Ok(jobs), recorded)))
             })
         })?;

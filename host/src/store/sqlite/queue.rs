@@ -223,12 +223,9 @@ impl Store for SqliteStore {
             let claim = tx.savepoint().map_err(query)?;
             claim_in(&claim, owner, now, limit)
                 .and_then(|(jobs, quarantined)| {
-                    let starts = if jobs.is_empty() { Vec::new() } else { spawn(&jobs) };
-                    let items = crate::store::started_items(&jobs, &starts);
-                    let batch: Vec<StartedAttempt<'_>> =
-                        items.iter().map(|(_, item)| *item).collect();
-                    let answers = record_in(&claim, &batch)?;
-                    let recorded = crate::store::recorded_of(jobs.len(), &items, &answers);
+                    let recorded = crate::store::spawn_and_record(&jobs, spawn, |items| {
+                        record_in(&claim, items)
+                    })?;
                     Ok((jobs, quarantined, recorded))
                 })
                 .and_then(|claimed| claim.commit().map(|()| claimed).map_err(query))
