@@ -112,6 +112,11 @@ pub struct PluginMod {
     /// Invokes `class@method` with JSON params, returning the JSON result.
     #[sabi(last_prefix_field)]
     pub invoke: extern "C" fn(call: &Invocation<'_>) -> RResult<RString, FfiError>,
+    /// Whether loading the library is safe in a process that then forks (see
+    /// [`crate::export_plugin!`]'s `#[fork_safe]`). Absent, as in plugins built before it was
+    /// added, it reads as `false`.
+    #[sabi(missing_field(default))]
+    pub fork_safe: bool,
 }
 
 impl RootModule for PluginModRef {

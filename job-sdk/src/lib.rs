@@ -86,6 +86,20 @@
 //! built with `panic = "unwind"` (the default); `panic = "abort"` fails to compile, because an
 //! aborting panic would take the worker down without a word.
 //!
+//! # Fork safety
+//!
+//! On Linux the host forks workers from a small helper process, and each worker loads its
+//! plugin after the fork. A plugin may instead declare itself *fork-safe*, with
+//! `export_plugin!(#[fork_safe] SendWelcomeEmail)`: the helper then loads the library once,
+//! before it forks, and every worker starts with it loaded (no `dlopen`, relocation or layout
+//! check per job). Declare it only when loading the library runs nothing that must not be
+//! shared by many processes: no thread started, no file or socket opened, no random seed or
+//! other state set up by a load-time constructor (`#[ctor]`, `.init_array`, a dependency
+//! that uses one). Job code is not concerned: it runs in each worker, after the fork. Plain
+//! Rust plugins, whose statics are initialised on first use, are fork-safe. The host counts
+//! the helper's threads after loading a library, and a plugin that started one is no longer
+//! loaded before forking (the helper is replaced, and the rest of its jobs load it themselves).
+//!
 //! # Cancellation
 //!
 //! When a job is cancelled or reaches its timeout, the host first asks it to stop:
@@ -129,11 +143,13 @@ pub mod __private {
     pub fn root_module(
         classes: crate::ffi::ClassesFn,
         invoke: crate::ffi::InvokeFn,
+        fork_safe: bool,
     ) -> crate::ffi::PluginModRef {
         crate::ffi::PluginMod {
             sdk_version: RStr::from_str(crate::SDK_VERSION),
             classes,
             invoke,
+            fork_safe,
         }
         .leak_into_prefix()
     }
@@ -144,9 +160,23 @@ pub mod __private {
 /// Use it once, at the crate root of a `cdylib`, as in
 /// `job_sdk::export_plugin!(SendWelcomeEmail, ProcessUserReport);` (see the crate-level example).
 /// It defines the library's root module; the host finds it by abi_stable's symbol name.
+/// `job_sdk::export_plugin!(#[fork_safe] SendWelcomeEmail)` also declares that loading the
+/// library is safe before a fork (see [Fork safety](crate#fork-safety)).
 #[macro_export]
 macro_rules! export_plugin {
+    (#[fork_safe] $($class:ty),+ $(,)?) => {
+        $crate::__export_plugin!(true; $($class),+);
+    };
     ($($class:ty),+ $(,)?) => {
+        $crate::__export_plugin!(false; $($class),+);
+    };
+}
+
+/// What [`export_plugin!`] expands to, with its fork-safety declaration.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export_plugin {
+    ($fork_safe:literal; $($class:ty),+) => {
         #[doc(hidden)]
         fn __jobhost_plugin() -> &'static $crate::Plugin {
             static PLUGIN: ::std::sync::OnceLock<$crate::Plugin> = ::std::sync::OnceLock::new();
@@ -168,7 +198,7 @@ macro_rules! export_plugin {
         #[doc(hidden)]
         extern "C" fn __jobhost_root_module() -> $crate::__private::RootModuleResult {
             $crate::__private::__call_root_module_loader(|| {
-                $crate::__private::root_module(__jobhost_classes, __jobhost_invoke)
+                $crate::__private::root_module(__jobhost_classes, __jobhost_invoke, $fork_safe)
             })
         }
 
@@ -187,6 +217,25 @@ macro_rules! export_plugin {
 
 #[cfg(test)]
 mod tests {
+    use abi_stable::std_types::{RResult, RString, RVec};
+
+    extern "C" fn no_classes() -> crate::ffi::ClassesResult {
+        RResult::ROk(RVec::new())
+    }
+
+    extern "C" fn no_invoke(_: &crate::ffi::Invocation<'_>) -> crate::ffi::InvokeResult {
+        RResult::ROk(RString::new())
+    }
+
+    #[test]
+    fn the_root_module_carries_the_fork_safety_declaration() {
+        for declared in [false, true] {
+            let module = crate::__private::root_module(no_classes, no_invoke, declared);
+            assert_eq!(module.fork_safe(), declared);
+            assert_eq!(module.sdk_version().as_str(), crate::SDK_VERSION);
+        }
+    }
+
     #[test]
     fn export_plugin_uses_abi_stables_root_module_symbol() {
         assert_eq!(

@@ -32,9 +32,26 @@ fn open_files(pid: u32) -> BTreeMap<u32, String> {
         .collect()
 }
 
+/// The lines of the fork server's `/proc/PID/maps` that name a file of `host`'s state
+/// directory (where plugin snapshots are): the plugins it has loaded.
+fn loaded_snapshots(zygote: u32, host: &Host) -> Vec<String> {
+    let state_dir = host.state_dir().to_string_lossy().into_owned();
+    std::fs::read_to_string(format!("/proc/{zygote}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains(&state_dir))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
 #[test]
-fn workers_are_forked_by_a_one_thread_fork_server_that_loads_no_plugin_and_set_up_as_executed_ones()
-{
+fn workers_are_forked_by_a_one_thread_fork_server_and_set_up_as_executed_ones() {
     let host = Host::standard();
     let mut serve = host.serve();
     host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
@@ -46,15 +63,17 @@ fn workers_are_forked_by_a_one_thread_fork_server_that_loads_no_plugin_and_set_u
         dispatcher,
         "its dispatcher started it"
     );
-    let threads = std::fs::read_dir(format!("/proc/{zygote}/task"))
-        .unwrap()
-        .count();
-    assert_eq!(threads, 1, "a forking process must have one thread");
-    let maps = std::fs::read_to_string(format!("/proc/{zygote}/maps")).unwrap();
-    let plugins = host.state_dir().join("plugins");
+    assert_eq!(
+        thread_count(zygote),
+        1,
+        "a forking process must have one thread"
+    );
+    // The fixture declares itself fork-safe: the fork server loaded its snapshot (never the
+    // watched file), so that its workers start with it loaded.
+    let loaded = loaded_snapshots(zygote, &host);
     assert!(
-        !maps.contains(&*plugins.to_string_lossy()) && !maps.contains(MISBEHAVE),
-        "the fork server never loads plugin code:\n{maps}"
+        !loaded.is_empty() && loaded.iter().all(|line| !line.contains(MISBEHAVE)),
+        "the fork server loaded the fork-safe plugin's snapshot: {loaded:#?}"
     );
 
     let id = host.enqueue(&[r"Tests\Misbehave", "hang_cooperative", "--retries", "0"]);
@@ -187,10 +206,86 @@ fn a_plugin_whose_constructor_starts_a_thread_runs_in_forked_workers_without_dea
         assert_eq!(shown["job"]["result"], serde_json::json!({ "ok": true }));
     }
     let zygote = zygote_of(&host);
-    let threads = std::fs::read_dir(format!("/proc/{zygote}/task"))
-        .unwrap()
+    assert_eq!(
+        thread_count(zygote),
+        1,
+        "the fork server never loaded the plugin"
+    );
+    let listed = host.run(&["plugins"]);
+    listed.expect_code(0);
+    assert!(
+        listed.stdout.contains("constructor_thread_fixture")
+            && !listed.stdout.contains("fork-safe"),
+        "it does not declare itself fork-safe: {}",
+        listed.stdout
+    );
+    assert_eq!(
+        loaded_snapshots(zygote, &host),
+        Vec::<String>::new(),
+        "a plugin that does not declare itself fork-safe is not loaded before forking"
+    );
+    assert!(host.stop_serve(&mut serve));
+}
+
+#[test]
+fn a_plugin_that_declares_itself_fork_safe_but_starts_a_thread_when_loaded_is_loaded_by_its_workers_instead(
+) {
+    const FIXTURE: &str = "fork_safe_liar_fixture";
+    let host = Host::with_plugins(&[FIXTURE]);
+    host.write(
+        "allowlist.toml",
+        "[jobs]\n'Tests\\ForkSafeLiar' = [\"ok\"]\n",
+    );
+    let mut serve = host.serve();
+    // The plugins page says what it declares.
+    let listed = host.run(&["plugins"]);
+    listed.expect_code(0);
+    assert!(listed.stdout.contains("fork-safe"), "{}", listed.stdout);
+    // Were the workers forked from the fork server that loaded it, `ok` would wait forever
+    // for the lock its thread holds (and time out).
+    let ids: Vec<i64> = (0..6)
+        .map(|_| {
+            host.enqueue(&[
+                r"Tests\ForkSafeLiar",
+                "ok",
+                "--timeout",
+                "60",
+                "--retries",
+                "0",
+            ])
+        })
+        .collect();
+    for id in ids {
+        let shown = host.wait_state(id, &["completed", "failed"]);
+        assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+        assert_eq!(
+            shown["attempts"].as_array().map(Vec::len),
+            Some(1),
+            "{shown:#}"
+        );
+    }
+    let warned = host.wait_log("background_jobs.log", "declares itself fork-safe");
+    assert!(
+        warned.contains("WARNING") && warned.contains("started a thread"),
+        "{warned}"
+    );
+    let warnings = host
+        .log("background_jobs.log")
+        .into_iter()
+        .filter(|l| l.contains("declares itself fork-safe"))
         .count();
-    assert_eq!(threads, 1, "the fork server never loaded the plugin");
+    assert_eq!(warnings, 1, "found out once, not for every worker");
+    let zygote = zygote_of(&host);
+    assert_eq!(
+        thread_count(zygote),
+        1,
+        "the fork server that serves is clean"
+    );
+    assert_eq!(
+        loaded_snapshots(zygote, &host),
+        Vec::<String>::new(),
+        "and has not loaded the plugin that lied"
+    );
     assert!(host.stop_serve(&mut serve));
 }
 

@@ -332,6 +332,9 @@ impl<'a> AttemptRunner<'a> {
             plugin: &self.plugin,
             timeout: Duration::from_secs(60),
             allowlist: &allowlist,
+            // As the catalog says of the fixture, which declares itself so: a fork server loads
+            // it before forking, as it does for a dispatcher's workers.
+            fork_safe: true,
         };
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let (ended, end) = std::sync::mpsc::channel();

@@ -33,6 +33,10 @@ pub enum FileStatus {
         sdk_version: String,
         /// Its classes.
         classes: Vec<ClassEntry>,
+        /// Whether it declares that loading it is safe before a fork, so that the fork server
+        /// may load it before forking its workers.
+        #[serde(default)]
+        fork_safe: bool,
     },
     /// Not usable.
     Rejected {
@@ -177,10 +181,12 @@ pub(super) fn inspect_file(settings: &Settings, path: &Path) -> Inspection {
         Some(InspectReport::Plugin {
             sdk_version,
             classes,
+            fork_safe,
             ..
         }) => Inspection::Verdict(FileStatus::Plugin {
             sdk_version,
             classes,
+            fork_safe,
         }),
         Some(InspectReport::Rejected { reason, .. }) => {
             Inspection::Verdict(FileStatus::Rejected { reason })

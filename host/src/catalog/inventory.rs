@@ -148,6 +148,9 @@ pub struct Version {
     pub sdk_version: String,
     /// Its classes.
     pub classes: Vec<ClassEntry>,
+    /// Whether it declares that loading it is safe before a fork.
+    #[serde(default)]
+    pub fork_safe: bool,
 }
 
 impl Version {
@@ -328,6 +331,14 @@ impl Inventory {
     /// The catalog as last written, without looking at the plugin directory.
     pub fn read(catalog: &Path) -> Option<Self> {
         read_report(catalog).ok().flatten()
+    }
+
+    /// The snapshot of each active version, and whether it declares itself fork-safe.
+    pub fn fork_safety(&self) -> impl Iterator<Item = (&Path, bool)> {
+        self.files
+            .iter()
+            .filter_map(|f| f.active.as_ref())
+            .map(|v| (v.snapshot.as_path(), v.fork_safe))
     }
 
     /// The file offering `class` in its active version: the first in name order when several
@@ -511,12 +522,14 @@ fn examine(
         FileStatus::Plugin {
             sdk_version,
             classes,
+            fork_safe,
         } => Some(Version {
             hash: hash.clone(),
             snapshot,
             since: now_millis(),
             sdk_version: sdk_version.clone(),
             classes: classes.clone(),
+            fork_safe: *fork_safe,
         }),
         FileStatus::Rejected { .. } => kept.clone(),
     };

@@ -409,10 +409,15 @@ fn list_plugins(settings: &Settings, json: bool, out: &mut Stdout) -> anyhow::Re
     for file in &inventory.files {
         let name = shown(&file.file_name());
         match &file.status {
-            FileStatus::Plugin { sdk_version, .. } => {
+            FileStatus::Plugin {
+                sdk_version,
+                fork_safe,
+                ..
+            } => {
                 writeln!(
                     out,
-                    "\n{name}  (job-sdk {sdk_version}, blake3 {})",
+                    "\n{name}  (job-sdk {sdk_version}{}, blake3 {})",
+                    if *fork_safe { ", fork-safe" } else { "" },
                     short(&file.hash)
                 )?;
             }

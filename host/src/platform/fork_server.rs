@@ -9,9 +9,14 @@
 //! and the plugin loaded by the child itself.
 //!
 //! What keeps forking safe and cheap:
-//! - The zygote stays single-threaded and small, and never loads plugin code: a thread in the
-//!   forking process (a plugin's constructor may start one) could hold a lock the child then
-//!   waits on forever, and fork costs grow with the forking process's memory. It parses
+//! - The zygote stays single-threaded and small, and loads no plugin code except a library
+//!   that declares itself fork-safe (`job_sdk::export_plugin!(#[fork_safe] …)`), and at most
+//!   [`MAX_PRELOADED`] of those: a thread in the forking process (a plugin's constructor may
+//!   start one) could hold a lock the child then waits on forever, and fork costs grow with
+//!   the forking process's memory. After loading one it counts its threads; a library that
+//!   started one is never loaded before forking again, and that zygote forks nothing more and
+//!   is replaced. A preloaded library spares each worker its `dlopen`, relocations and layout
+//!   check; the worker still checks the allowlist before it calls anything. The zygote parses
 //!   nothing of a request either: the child does.
 //! - It watches each child with a pidfd in its one `poll` loop (no SIGCHLD handler), reaps it,
 //!   kills what it left behind in its process group while the group id is still the child's,
@@ -37,7 +42,11 @@
 //! does, rather than dying with the zygote.
 
 use std::{
+    collections::BTreeSet,
+    ffi::OsString,
     io::{self, IoSlice, IoSliceMut},
+    os::unix::ffi::{OsStrExt, OsStringExt},
+    path::{Path, PathBuf},
     mem::MaybeUninit,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     process::{Child, Command, Stdio},
@@ -75,7 +84,35 @@ pub struct ForkFds<'a> {
 /// and again after it died, and asks it for workers.
 pub struct ForkServer {
     command: Box<dyn Fn() -> Command + Send + Sync>,
-    zygote: Mutex<Option<Zygote>>,
+    state: Mutex<State>,
+}
+
+/// The most libraries one zygote loads before forking. Each adds to what every fork copies; a
+/// zygote that has loaded this many is replaced by a fresh one when another is asked for.
+pub const MAX_PRELOADED: usize = 16;
+
+/// What the dispatcher's side keeps.
+#[derive(Default)]
+struct State {
+    zygote: Option<Zygote>,
+    /// Zygotes told to leave (their control socket closed), until their last child has ended.
+    retired: Vec<Child>,
+    /// Libraries never loaded before forking again: loading one left a thread in the zygote,
+    /// or the zygote died while it was asked to load it.
+    refused: BTreeSet<PathBuf>,
+}
+
+impl State {
+    /// Tells the running zygote, if any, to leave once its children have ended.
+    fn retire(&mut self) {
+        if let Some(Zygote {
+            process, control, ..
+        }) = self.zygote.take()
+        {
+            drop(control);
+            self.retired.push(process);
+        }
+    }
 }
 
 impl std::fmt::Debug for ForkServer {
@@ -84,11 +121,27 @@ impl std::fmt::Debug for ForkServer {
     }
 }
 
-/// A running zygote: the process and our end of its control socket (its stdin).
+/// A running zygote: the process, our end of its control socket (its stdin), and the
+/// libraries it was asked to load before forking.
 struct Zygote {
     process: Child,
     control: OwnedFd,
+    preloaded: BTreeSet<PathBuf>,
 }
+
+/// A zygote's answer to a request it read.
+enum Answer {
+    /// It forked the worker: its pid and a pidfd for it.
+    Forked(u32, OwnedFd),
+    /// It could not fork.
+    Failed(io::Error),
+    /// Loading the library it was asked to load left it with more than one thread: it forked
+    /// nothing and is leaving.
+    Threaded,
+}
+
+/// The answer of a zygote whose preloaded library started a thread.
+const ANSWER_THREADED: i32 = i32::MIN;
 
 impl ForkServer {
     /// A fork server whose zygote is started by `command` (which must run
@@ -96,35 +149,77 @@ impl ForkServer {
     pub fn new(command: impl Fn() -> Command + Send + Sync + 'static) -> Self {
         Self {
             command: Box::new(command),
-            zygote: Mutex::new(None),
+            state: Mutex::new(State::default()),
         }
     }
 
     /// Forks a worker that gets `fds` ([`ForkFds`]), rewrites its command line to `title`
     /// (arguments separated by NUL bytes) and runs `request`. Returns its pid and a pidfd for
     /// it. A zygote that died is replaced, and the request asked again, once.
+    ///
+    /// `preload` names a library that declares itself fork-safe: the zygote loads it (once)
+    /// before forking, so that the worker starts with it loaded. A library that leaves a
+    /// thread in the zygote, or whose loading the zygote does not survive, is never preloaded
+    /// again; the zygote it was loaded in is replaced.
     pub fn fork(
         &self,
         title: &[u8],
         request: &[u8],
         fds: &ForkFds<'_>,
+        preload: Option<&Path>,
     ) -> io::Result<(u32, OwnedFd)> {
-        let mut zygote = self.zygote.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .retired
+            .retain_mut(|zygote| matches!(zygote.try_wait(), Ok(None)));
         let mut died = None;
-        for _ in 0..2 {
-            let running = match zygote.as_mut() {
-                Some(running) => running,
-                None => zygote.insert(Zygote::start(&*self.command)?),
+        let mut tries = 0;
+        while tries < 2 {
+            let preload = preload.filter(|path| !state.refused.contains(*path));
+            let full = |zygote: &Zygote| {
+                preload.is_some_and(|path| {
+                    !zygote.preloaded.contains(path) && zygote.preloaded.len() >= MAX_PRELOADED
+                })
             };
-            match running.ask(title, request, fds) {
-                Ok(answer) => return answer,
+            if state.zygote.as_ref().is_some_and(full) {
+                state.retire();
+            }
+            let running = match state.zygote.as_mut() {
+                Some(running) => running,
+                None => state.zygote.insert(Zygote::start(&*self.command)?),
+            };
+            match running.ask(title, request, fds, preload) {
+                Ok(Answer::Forked(pid, pidfd)) => {
+                    if let Some(path) = preload {
+                        running.preloaded.insert(path.to_owned());
+                    }
+                    return Ok((pid, pidfd));
+                }
+                Ok(Answer::Failed(e)) => return Err(e),
+                Ok(Answer::Threaded) => {
+                    // Not a try: asked again of a new zygote, without the library.
+                    let path = preload.unwrap_or(Path::new("")).to_owned();
+                    tracing::warn!(
+                        "The plugin {} declares itself fork-safe, but loading it started a \
+                         thread in the fork server: it is no longer loaded before forking \
+                         (its workers load it themselves), and the fork server is replaced",
+                        path.display()
+                    );
+                    state.refused.insert(path);
+                    state.retire();
+                }
                 Err(e) => {
                     // It died, or cannot be talked to: end and reap it (a child it forked
-                    // and did not tell of dies with it), then try a new one.
-                    if let Some(gone) = zygote.take() {
+                    // and did not tell of dies with it), then try a new one, which is not
+                    // asked to load what this one may have died of.
+                    if let Some(path) = preload {
+                        state.refused.insert(path.to_owned());
+                    }
+                    if let Some(gone) = state.zygote.take() {
                         gone.end();
                     }
                     died = Some(e);
+                    tries += 1;
                 }
             }
         }
@@ -141,13 +236,17 @@ const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Drop for ForkServer {
     fn drop(&mut self) {
-        let zygote = self.zygote.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let Some(zygote) = zygote.take() {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for retired in &mut state.retired {
+            let _ = retired.try_wait();
+        }
+        if let Some(zygote) = state.zygote.take() {
             // End of input is the zygote's signal to leave, once its children have ended;
             // they run on meanwhile. Waited for a moment, so that it is reaped when it can be.
             let Zygote {
                 mut process,
                 control,
+                ..
             } = zygote;
             drop(control);
             let pidfd = Pid::from_raw(process.id() as i32)
@@ -179,25 +278,30 @@ impl Zygote {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let process = command.spawn()?;
-        Ok(Self { process, control })
+        Ok(Self {
+            process,
+            control,
+            preloaded: BTreeSet::new(),
+        })
     }
 
-    /// One request and its answer. `Err` means the zygote is gone (or unusable); `Ok(Err)` that
-    /// it answered that it could not fork.
+    /// One request and its answer. `Err` means the zygote is gone (or unusable).
     fn ask(
         &mut self,
         title: &[u8],
         request: &[u8],
         fds: &ForkFds<'_>,
-    ) -> io::Result<io::Result<(u32, OwnedFd)>> {
-        let lengths = [length(title)?, length(request)?];
-        let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&lengths[0].to_le_bytes());
-        header[4..].copy_from_slice(&lengths[1].to_le_bytes());
+        preload: Option<&Path>,
+    ) -> io::Result<Answer> {
+        let preload = preload.map_or(&[][..], |path| path.as_os_str().as_bytes());
+        let mut header = [0u8; HEADER_LEN];
+        for (field, part) in header.chunks_exact_mut(4).zip([title, request, preload]) {
+            field.copy_from_slice(&length(part)?.to_le_bytes());
+        }
         send_with_fds(&self.control, &header, &[fds.gate, fds.output, fds.status])?;
-        write_all(&self.control, title)?;
-        write_all(&self.control, request)?;
-
+        for part in [title, request, preload] {
+            write_all(&self.control, part)?;
+        }
         let mut answer = [0u8; 4];
         let pidfd = recv_with_fds(&self.control, &mut answer)?
             .ok_or(io::ErrorKind::UnexpectedEof)?
@@ -205,8 +309,11 @@ impl Zygote {
             .next();
         let answer = i32::from_le_bytes(answer);
         Ok(match (u32::try_from(answer), pidfd) {
-            (Ok(pid), Some(pidfd)) if pid > 0 => Ok((pid, pidfd)),
-            _ => Err(io::Error::from_raw_os_error(answer.saturating_neg().max(1))),
+            (Ok(pid), Some(pidfd)) if pid > 0 => Answer::Forked(pid, pidfd),
+            _ if answer == ANSWER_THREADED => Answer::Threaded,
+            _ => Answer::Failed(io::Error::from_raw_os_error(
+                answer.saturating_neg().max(1),
+            )),
         })
     }
 
@@ -217,6 +324,10 @@ impl Zygote {
         let _ = self.process.wait();
     }
 }
+
+/// A request's header: the lengths of its title, its body and the path of the library to load
+/// before forking (0: none), each 4 bytes, little-endian.
+const HEADER_LEN: usize = 12;
 
 fn length(bytes: &[u8]) -> io::Result<u32> {
     u32::try_from(bytes.len()).map_err(|_| io::Error::other("a fork request over 4 GiB"))
@@ -350,20 +461,35 @@ impl Forked {
 struct Request {
     title: Vec<u8>,
     body: Vec<u8>,
+    /// The library to load before forking, if any.
+    preload: Option<PathBuf>,
     gate: OwnedFd,
     output: OwnedFd,
     status: OwnedFd,
 }
 
+/// What a zygote runs.
+#[derive(Clone, Copy)]
+pub struct ZygoteCode {
+    /// Runs a request's body in a forked child: the worker. Its exit code.
+    pub child_main: fn(&str) -> i32,
+    /// Loads the library at a path into the zygote itself, before it forks, so that its
+    /// workers start with it loaded; asked only of libraries that declare themselves
+    /// fork-safe, once each. Whether it loaded.
+    pub preload: fn(&Path) -> bool,
+}
+
 /// The zygote: serves fork requests from its stdin (the control socket) until the dispatcher
-/// closes it, running `child_main` with each request in a forked child. Returns its exit code.
-/// Must be called in a process that has started no thread.
-pub fn serve_zygote(child_main: fn(&str) -> i32) -> i32 {
+/// closes it, running `code.child_main` with each request in a forked child. Returns its exit
+/// code. Must be called in a process that has started no thread.
+pub fn serve_zygote(code: ZygoteCode) -> i32 {
     // SAFETY: fd 0 is this process's stdin, open for its whole life: the control socket.
     let control = unsafe { BorrowedFd::borrow_raw(0) };
     let zygote = getpid();
     let title_area = TitleArea::of_this_process();
     let mut children: Vec<Forked> = Vec::new();
+    // The libraries it was asked to load, whether they loaded or not: each is tried once.
+    let mut preloads: Vec<PathBuf> = Vec::new();
     // Until the dispatcher is gone; then until the last child has ended, so that one still
     // at its gate sees its dispatcher gone (and says it never started) rather than dying with
     // the fork server.
@@ -396,20 +522,33 @@ pub fn serve_zygote(child_main: fn(&str) -> i32) -> i32 {
             children.swap_remove(i).reap();
         }
         if asked {
-            serving = serve_one(control, zygote, title_area.as_ref(), child_main, &mut children);
+            let mut served = Served {
+                children: &mut children,
+                preloads: &mut preloads,
+            };
+            serving = serve_one(control, zygote, title_area.as_ref(), code, &mut served);
         }
     }
     0
 }
 
-/// Reads one request from `control`, forks its child (added to `children`) and answers;
-/// false once the dispatcher is gone (or its request unreadable): nothing more will come.
+/// What a zygote's requests have left it with: the children it watches and the libraries
+/// it was asked to load.
+struct Served<'a> {
+    children: &'a mut Vec<Forked>,
+    preloads: &'a mut Vec<PathBuf>,
+}
+
+/// Reads one request from `control`, loads its library first when it names one not tried
+/// yet, forks its child (added to `served`) and answers; false once the dispatcher is gone
+/// (or its request unreadable), or loading left this process with a thread: nothing more will
+/// be forked.
 fn serve_one(
     control: BorrowedFd<'_>,
     zygote: Pid,
     title_area: Option<&TitleArea>,
-    child_main: fn(&str) -> i32,
-    children: &mut Vec<Forked>,
+    code: ZygoteCode,
+    served: &mut Served<'_>,
 ) -> bool {
     let request = match receive(control) {
         Ok(Some(request)) => request,
@@ -420,11 +559,24 @@ fn serve_one(
             return false;
         }
     };
-    let answer = match fork_child(request, zygote, title_area, child_main) {
+    if let Some(path) = request
+        .preload
+        .as_ref()
+        .filter(|path| !served.preloads.contains(path))
+    {
+        served.preloads.push(path.clone());
+        (code.preload)(path);
+        if thread_count() != Some(1) {
+            // A thread could hold a lock that a forked child would wait on forever.
+            let _ = answer_with(control, ANSWER_THREADED, None);
+            return false;
+        }
+    }
+    let answer = match fork_child(request, zygote, title_area, code.child_main) {
         Ok(child) => {
             let pid = child.pid.as_raw_nonzero().get();
             let answer = answer_with(control, pid, Some(&child.pidfd));
-            children.push(child);
+            served.children.push(child);
             answer
         }
         Err(e) => answer_with(control, -e.raw_os_error().unwrap_or(libc::EIO), None),
@@ -433,23 +585,31 @@ fn serve_one(
     answer.is_ok()
 }
 
+/// The threads of this process, from `/proc/self/task`; `None` when it cannot be read.
+fn thread_count() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/task").ok()?.count())
+}
+
 /// Reads one request; `None` at the end of input.
 fn receive(control: BorrowedFd<'_>) -> io::Result<Option<Request>> {
-    let mut header = [0u8; 8];
+    let mut header = [0u8; HEADER_LEN];
     let Some(fds) = recv_with_fds(control, &mut header)? else {
         return Ok(None);
     };
-    let title_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-    let body_len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    let mut title = vec![0u8; title_len as usize];
-    read_exact(control, &mut title)?;
-    let mut body = vec![0u8; body_len as usize];
-    read_exact(control, &mut body)?;
+    let mut parts = [Vec::new(), Vec::new(), Vec::new()];
+    for (part, len) in parts.iter_mut().zip(header.chunks_exact(4)) {
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]);
+        *part = vec![0u8; len as usize];
+        read_exact(control, part)?;
+    }
+    let [title, body, preload] = parts;
+    let preload = (!preload.is_empty()).then(|| PathBuf::from(OsString::from_vec(preload)));
     let mut fds = fds.into_iter();
     match (fds.next(), fds.next(), fds.next()) {
         (Some(gate), Some(output), Some(status)) => Ok(Some(Request {
             title,
             body,
+            preload,
             gate,
             output,
             status,

@@ -546,12 +546,15 @@ pub struct ForkedWorker {
 }
 
 /// Has `server` (see [`fork_server`]) fork a worker that runs `request`, its command line
-/// rewritten to `title`, its output going into `output`. An error means no worker exists.
+/// rewritten to `title`, its output going into `output`, with the library `preload` loaded
+/// by the fork server before it forks (see [`ForkServer::fork`]). An error means no worker
+/// exists.
 pub fn fork_worker(
     server: &ForkServer,
     title: &[u8],
     request: &[u8],
     output: &OutputPair,
+    preload: Option<&Path>,
 ) -> io::Result<ForkedWorker> {
     let (gate_read, gate_write) = pipe_with(PipeFlags::CLOEXEC)?;
     let (status_read, status_write) = pipe_with(PipeFlags::CLOEXEC)?;
@@ -561,7 +564,7 @@ pub fn fork_worker(
         output: output.write.as_fd(),
         status: status_write.as_fd(),
     };
-    let (pid, pidfd) = server.fork(title, request, &fds)?;
+    let (pid, pidfd) = server.fork(title, request, &fds, preload)?;
     Ok(ForkedWorker {
         pid,
         pidfd,

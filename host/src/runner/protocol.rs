@@ -146,6 +146,10 @@ pub enum InspectReport {
         sdk_version: String,
         /// Its classes.
         classes: Vec<ClassEntry>,
+        /// Whether it declares that loading it is safe before a fork (`job_sdk::export_plugin!`'s
+        /// `#[fork_safe]`): the fork server may then load it before forking its workers.
+        #[serde(default)]
+        fork_safe: bool,
     },
     /// Not a usable plugin.
     Rejected {

@@ -75,7 +75,10 @@ impl SendNotification {
     }
 }
 
-export_plugin!(SendNotification);
+export_plugin!(
+    #[fork_safe]
+    SendNotification
+);
 
 /// The `send` job, appending under `storage` with `now` as the send time.
 pub fn send(

@@ -105,7 +105,10 @@ impl ProcessUserReport {
     }
 }
 
-export_plugin!(ProcessUserReport);
+export_plugin!(
+    #[fork_safe]
+    ProcessUserReport
+);
 
 /// The CSV file of report `report_id` under `storage`.
 pub fn report_path(storage: &Path, report_id: u64) -> PathBuf {

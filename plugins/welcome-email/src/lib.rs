@@ -59,7 +59,10 @@ impl SendWelcomeEmail {
     }
 }
 
-export_plugin!(SendWelcomeEmail);
+export_plugin!(
+    #[fork_safe]
+    SendWelcomeEmail
+);
 
 /// The job itself, writing under `storage` and dating the message `now`.
 pub fn send_welcome(

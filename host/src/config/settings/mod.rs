@@ -236,7 +236,8 @@ pub enum Runner {
     Exec,
     /// Each worker is forked from a small single-threaded fork server that the dispatcher
     /// starts once (Linux only): no program to load and link per attempt. The fork server
-    /// never loads plugin code; each forked worker loads its plugin itself.
+    /// loads only plugins that declare themselves fork-safe (once each, so that their workers
+    /// start with them loaded); each forked worker loads any other plugin itself.
     Fork,
 }
 

@@ -5,16 +5,46 @@
 //! worker and inspector processes do (see `docs/architecture.md`). Every failure becomes one
 //! line a user can act on; abi_stable's ~20 KB layout report is cut down to its `Error:` lines.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
+};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use job_sdk::ffi::PluginModRef;
 
 use crate::runner::reason::Reason;
 
+/// The plugins this process loaded and checked before it was forked (the fork server's
+/// preloads), by path: a forked worker finds its plugin here, loaded and checked already.
+static PRELOADED: Mutex<Vec<(PathBuf, PluginModRef)>> = Mutex::new(Vec::new());
+
+/// Loads the plugin at `path`, as [`load`] does, and keeps it for the children this process
+/// forks; called by the fork server with a plugin that declares itself fork-safe. Whether it
+/// loaded (one that did not is loaded, and refused, by each worker itself).
+pub fn preload(path: &Path) -> bool {
+    let Ok(plugin) = load(path) else {
+        return false;
+    };
+    PRELOADED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push((path.to_owned(), plugin));
+    true
+}
+
 /// Loads the plugin at `path` and checks its root module, layout and SDK version against this
-/// host's.
+/// host's; or takes it as this process's fork server loaded and checked it ([`preload`]).
 pub fn load(path: &Path) -> Result<PluginModRef, Reason> {
+    let preloaded = PRELOADED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .find(|(loaded, _)| loaded == path)
+        .map(|(_, plugin)| *plugin);
+    if let Some(plugin) = preloaded {
+        return Ok(plugin);
+    }
     let header = lib_header_from_path(path).map_err(|e| condense(&e))?;
     // Every abi_stable library exports the same header; whose root module it carries is named
     // in it. Another application's is neither an SDK version nor a layout problem.

@@ -68,7 +68,10 @@ pub fn exit_if_child() {
 /// pads its command line, which each worker overwrites with its own.
 fn zygote_main(_room: &str) -> i32 {
     #[cfg(unix)]
-    return crate::platform::fork_server::serve_zygote(worker_main);
+    return crate::platform::fork_server::serve_zygote(crate::platform::fork_server::ZygoteCode {
+        child_main: worker_main,
+        preload: loader::preload,
+    });
     #[cfg(windows)]
     {
         eprintln!("jobhost: the fork server needs Linux");
@@ -449,6 +452,7 @@ pub fn inspect(request: &InspectRequest) -> InspectReport {
             InspectReport::Plugin {
                 protocol: PROTOCOL_VERSION,
                 sdk_version: plugin.sdk_version().to_string(),
+                fork_safe: plugin.fork_safe(),
                 classes: classes
                     .into_iter()
                     .map(|c| ClassEntry {

@@ -82,40 +82,30 @@ impl Spawner {
         }
     }
 
-    /// Starts the worker for `request` (`json`: the same, serialized), its output going into
-    /// `output`: forks it, or says how to execute it.
-    fn start(
-        &self,
-        settings: &Settings,
-        request: &WorkerRequest,
-        json: &str,
-        output: &OutputPair,
-    ) -> Launch {
+    /// Starts the worker of `prepared`, its output going into `output`: forks it, or says how
+    /// to execute it.
+    fn start(&self, settings: &Settings, prepared: &Prepared, output: &OutputPair) -> Launch {
         #[cfg(unix)]
-        if let Some(forked) = self.fork(request, json, output) {
+        if let Some(forked) = self.fork(prepared, output) {
             return Launch::Forked(forked);
         }
-        // Only forking needs them.
+        // Only forking needs it.
         #[cfg(not(unix))]
-        let _ = (request, output);
+        let _ = output;
         let mut command = Command::new(super::jobhost_program());
         command
             .current_dir(&settings.work_dir)
             .arg(protocol::WORKER_SUBCOMMAND)
-            .arg(json)
+            .arg(&prepared.json)
             // Inherited RUST_BACKTRACE=1 makes every panic cost ~100 ms of symbolisation.
             .env("RUST_BACKTRACE", "0");
         Launch::Exec(command)
     }
 
-    /// Forks the worker for `request`, when this spawner forks and forking works.
+    /// Forks the worker of `prepared`, when this spawner forks and forking works; its plugin
+    /// loaded by the fork server first when it declares itself fork-safe.
     #[cfg(unix)]
-    fn fork(
-        &self,
-        request: &WorkerRequest,
-        json: &str,
-        output: &OutputPair,
-    ) -> Option<platform::ForkedWorker> {
+    fn fork(&self, prepared: &Prepared, output: &OutputPair) -> Option<platform::ForkedWorker> {
         let forking = self.fork.as_ref()?;
         let mut failed_at = forking
             .failed_at
@@ -126,8 +116,15 @@ impl Spawner {
         }
         *failed_at = None;
         drop(failed_at);
-        match platform::fork_worker(&forking.server, &worker_title(request), json.as_bytes(), output)
-        {
+        let request = &prepared.request;
+        let preload = prepared.fork_safe.then_some(request.plugin.as_path());
+        match platform::fork_worker(
+            &forking.server,
+            &worker_title(request),
+            prepared.json.as_bytes(),
+            output,
+            preload,
+        ) {
             Ok(forked) => Some(forked),
             Err(e) => {
                 tracing::warn!(
@@ -211,6 +208,10 @@ pub struct AttemptSpec<'a> {
     pub timeout: Duration,
     /// The allowlist the worker checks the job against before it loads anything.
     pub allowlist: &'a Path,
+    /// Whether the plugin declares itself fork-safe (its catalog entry says so,
+    /// [`crate::catalog::inventory::Version::fork_safe`]): a fork server may then load it
+    /// before forking the worker, which starts with it loaded.
+    pub fork_safe: bool,
 }
 
 /// Everything recorded about one attempt.
@@ -303,6 +304,8 @@ impl AttemptPaths {
 pub struct Prepared {
     paths: AttemptPaths,
     request: WorkerRequest,
+    /// Whether its plugin declares itself fork-safe ([`AttemptSpec::fork_safe`]).
+    fork_safe: bool,
     json: String,
     capture: Capture,
     options: SuperviseOptions,
@@ -336,6 +339,7 @@ pub fn prepare(settings: &Settings, spec: &AttemptSpec<'_>) -> Result<Prepared, 
     Ok(Prepared {
         paths,
         request,
+        fork_safe: spec.fork_safe,
         json,
         capture,
         options: SuperviseOptions {
@@ -387,7 +391,7 @@ impl Prepared {
         spawner: &Spawner,
     ) -> Result<(Launch, OutputPair), AttemptError> {
         let output = OutputPair::pipe().map_err(|e| self.paths.error(e))?;
-        let launch = spawner.start(settings, &self.request, &self.json, &output);
+        let launch = spawner.start(settings, self, &output);
         Ok((launch, output))
     }
 

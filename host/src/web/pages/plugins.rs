@@ -124,10 +124,13 @@ fn plugin_file(plugins: &Plugins, file: &PluginFile) -> Markup {
         @let rejected = matches!(file.status, FileStatus::Rejected { .. });
         section class={ "card plugin-file" @if rejected { " rejected" } } data-file=(text(&name)) {
             @match &file.status {
-                FileStatus::Plugin { sdk_version, .. } => {
+                FileStatus::Plugin { sdk_version, fork_safe, .. } => {
                     h2 { (text(&name)) }
                     p class="muted small" {
                         "job-sdk " span class="sdk-version" { (text(sdk_version)) }
+                        @if *fork_safe {
+                            " · " span class="fork-safe" title="Declares that loading it is safe before a fork: the fork server loads it once, and its workers start with it loaded" { "fork-safe" }
+                        }
                         " · blake3 " (hash(&file.hash))
                     }
                 }
