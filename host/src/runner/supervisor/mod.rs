@@ -305,6 +305,7 @@ pub struct Prepared {
     paths: AttemptPaths,
     request: WorkerRequest,
     /// Whether its plugin declares itself fork-safe ([`AttemptSpec::fork_safe`]).
+    #[cfg(unix)]
     fork_safe: bool,
     json: String,
     capture: Capture,
@@ -339,6 +340,7 @@ pub fn prepare(settings: &Settings, spec: &AttemptSpec<'_>) -> Result<Prepared, 
     Ok(Prepared {
         paths,
         request,
+        #[cfg(unix)]
         fork_safe: spec.fork_safe,
         json,
         capture,
