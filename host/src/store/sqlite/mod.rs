@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_claim_by_priority.sql"),
     include_str!("migrations/003_finished_index.sql"),
     include_str!("migrations/004_dispatchers.sql"),
+    include_str!("migrations/005_fewer_pages_per_round.sql"),
 ];
 
 /// Priorities from first to last served, as stored.

@@ -307,3 +307,72 @@ fn a_statement_is_not_prepared_again_when_its_bound_limit_changes_on_any_connect
         assert_eq!(reprepared, 0, "re-prepared {reprepared} times");
     }
 }
+
+#[test]
+fn a_database_of_schema_4_is_migrated_with_its_jobs_and_attempts_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite3");
+    {
+        // A database as the schema before attempts were keyed by (job, attempt) left it: one
+        // finished job with two attempts, one running with its attempt unsettled.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        // Schema 4: before 005_fewer_pages_per_round.sql.
+        let previous = 4;
+        for script in &super::MIGRATIONS[..previous] {
+            conn.execute_batch(script).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "PRAGMA user_version = {previous};
+             INSERT INTO dispatchers (id, host, pid, slots, state_dir, started_at, heartbeat_at)
+                 VALUES (7, 'h', 1, 2, '/s', 1000, 1000);
+             INSERT INTO jobs (id, class, method, params, priority, state, attempts, max_attempts,
+                               retries, retry_delay_ms, timeout_ms, plugin, run_at, created_at,
+                               started_at, finished_at, result)
+                 VALUES (1, 'A', 'handle', '{{}}', 1, 'completed', 2, 2, 1, 1000, 60000,
+                         '/p/liba.so', 1000, 1000, 1000, 3000, '{{\"ok\":true}}'),
+                        (2, 'A', 'handle', '{{}}', 1, 'running', 1, 1, 0, 1000, 60000,
+                         '/p/liba.so', 1000, 1000, 4000, NULL, NULL);
+             INSERT INTO attempts (job_id, attempt, started_at, finished_at, outcome, error,
+                                   output_path, output_bytes, pid, plugin_hash, dispatcher)
+                 VALUES (1, 1, 1000, 2000, 'error', 'boom', '/o/1.out', 3, 11, 'h1', 7),
+                        (1, 2, 2500, 3000, 'ok', NULL, '/o/2.out', 0, 12, 'h1', 7),
+                        (2, 1, 4000, NULL, NULL, NULL, NULL, NULL, 13, 'h1', 7);"
+        ))
+        .unwrap();
+    }
+    let mut store = SqliteStore::open(&path).unwrap();
+    let (job, attempts) = store.job(1).unwrap().unwrap();
+    assert_eq!(job.state.as_str(), "completed");
+    let kept: Vec<_> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.outcome.as_deref(), a.error.as_deref(), a.pid, a.dispatcher))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, Some("error"), Some("boom"), Some(11), Some(7)),
+            (2, Some("ok"), None, Some(12), Some(7)),
+        ]
+    );
+    let running = store.running().unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!((running[0].0.id, running[0].1.pid), (2, Some(13)));
+    assert_eq!(store.unfinished().unwrap(), 1);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, super::MIGRATIONS.len() as i64);
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'attempts'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        indexes,
+        ["attempts_unsettled"],
+        "the key is the table's own order, not an index beside it"
+    );
+}
