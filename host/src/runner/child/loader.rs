@@ -22,6 +22,7 @@ static PRELOADED: Mutex<Vec<(PathBuf, PluginModRef)>> = Mutex::new(Vec::new());
 /// Loads the plugin at `path`, as [`load`] does, and keeps it for the children this process
 /// forks; called by the fork server with a plugin that declares itself fork-safe. Whether it
 /// loaded (one that did not is loaded, and refused, by each worker itself).
+#[cfg(unix)]
 pub fn preload(path: &Path) -> bool {
     let Ok(plugin) = load(path) else {
         return false;

@@ -89,9 +89,9 @@ impl Spawner {
         if let Some(forked) = self.fork(prepared, output) {
             return Launch::Forked(forked);
         }
-        // Only forking needs it.
+        // Only forking needs them: an executed worker loads its plugin itself.
         #[cfg(not(unix))]
-        let _ = output;
+        let _ = (output, prepared.fork_safe);
         let mut command = Command::new(super::jobhost_program());
         command
             .current_dir(&settings.work_dir)
@@ -305,7 +305,6 @@ pub struct Prepared {
     paths: AttemptPaths,
     request: WorkerRequest,
     /// Whether its plugin declares itself fork-safe ([`AttemptSpec::fork_safe`]).
-    #[cfg(unix)]
     fork_safe: bool,
     json: String,
     capture: Capture,
@@ -340,7 +339,6 @@ pub fn prepare(settings: &Settings, spec: &AttemptSpec<'_>) -> Result<Prepared, 
     Ok(Prepared {
         paths,
         request,
-        #[cfg(unix)]
         fork_safe: spec.fork_safe,
         json,
         capture,
