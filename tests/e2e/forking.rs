@@ -44,6 +44,21 @@ fn loaded_snapshots(zygote: u32, host: &Host) -> Vec<String> {
         .collect()
 }
 
+/// Runs six jobs of `class@ok` (no retries, a minute each at most) and waits for each to end;
+/// each must have completed. What `show` says of each.
+fn six_ok_jobs_complete(host: &Host, class: &str) -> Vec<serde_json::Value> {
+    let ids: Vec<i64> = (0..6)
+        .map(|_| host.enqueue(&[class, "ok", "--timeout", "60", "--retries", "0"]))
+        .collect();
+    ids.into_iter()
+        .map(|id| {
+            let shown = host.wait_state(id, &["completed", "failed"]);
+            assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+            shown
+        })
+        .collect()
+}
+
 fn thread_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -188,21 +203,7 @@ fn a_plugin_whose_constructor_starts_a_thread_runs_in_forked_workers_without_dea
     // Its `ok` takes a lock that only the thread its constructor started ever lets go of: in a
     // worker forked from a process that had loaded the plugin it would wait forever (and time
     // out), with neither the thread nor the release.
-    let ids: Vec<i64> = (0..6)
-        .map(|_| {
-            host.enqueue(&[
-                r"Tests\ConstructorThread",
-                "ok",
-                "--timeout",
-                "60",
-                "--retries",
-                "0",
-            ])
-        })
-        .collect();
-    for id in ids {
-        let shown = host.wait_state(id, &["completed", "failed"]);
-        assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    for shown in six_ok_jobs_complete(&host, r"Tests\ConstructorThread") {
         assert_eq!(shown["job"]["result"], serde_json::json!({ "ok": true }));
     }
     let zygote = zygote_of(&host);
@@ -243,21 +244,7 @@ fn a_plugin_that_declares_itself_fork_safe_but_starts_a_thread_when_loaded_is_lo
     assert!(listed.stdout.contains("fork-safe"), "{}", listed.stdout);
     // Were the workers forked from the fork server that loaded it, `ok` would wait forever
     // for the lock its thread holds (and time out).
-    let ids: Vec<i64> = (0..6)
-        .map(|_| {
-            host.enqueue(&[
-                r"Tests\ForkSafeLiar",
-                "ok",
-                "--timeout",
-                "60",
-                "--retries",
-                "0",
-            ])
-        })
-        .collect();
-    for id in ids {
-        let shown = host.wait_state(id, &["completed", "failed"]);
-        assert_eq!(shown["job"]["state"], "completed", "{shown:#}");
+    for shown in six_ok_jobs_complete(&host, r"Tests\ForkSafeLiar") {
         assert_eq!(
             shown["attempts"].as_array().map(Vec::len),
             Some(1),

@@ -333,14 +333,6 @@ impl Inventory {
         read_report(catalog).ok().flatten()
     }
 
-    /// The snapshot of each active version, and whether it declares itself fork-safe.
-    pub fn fork_safety(&self) -> impl Iterator<Item = (&Path, bool)> {
-        self.files
-            .iter()
-            .filter_map(|f| f.active.as_ref())
-            .map(|v| (v.snapshot.as_path(), v.fork_safe))
-    }
-
     /// The file offering `class` in its active version: the first in name order when several
     /// do.
     pub fn find(&self, class: &str) -> Option<Offer<'_>> {

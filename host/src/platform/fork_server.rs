@@ -122,7 +122,7 @@ impl std::fmt::Debug for ForkServer {
 }
 
 /// A running zygote: the process, our end of its control socket (its stdin), and the
-/// libraries it was asked to load before forking.
+/// libraries it was asked to load before forking (each is named to it once).
 struct Zygote {
     process: Child,
     control: OwnedFd,
@@ -188,24 +188,27 @@ impl ForkServer {
                 Some(running) => running,
                 None => state.zygote.insert(Zygote::start(&*self.command)?),
             };
-            match running.ask(title, request, fds, preload) {
-                Ok(Answer::Forked(pid, pidfd)) => {
-                    if let Some(path) = preload {
-                        running.preloaded.insert(path.to_owned());
-                    }
-                    return Ok((pid, pidfd));
-                }
+            // Named only the first time: the zygote keeps what it loaded (or tried to).
+            let preload = preload.filter(|path| !running.preloaded.contains(*path));
+            let answer = running.ask(title, request, fds, preload);
+            if let (Some(path), Ok(Answer::Forked(..) | Answer::Failed(_))) = (preload, &answer) {
+                running.preloaded.insert(path.to_owned());
+            }
+            match answer {
+                Ok(Answer::Forked(pid, pidfd)) => return Ok((pid, pidfd)),
                 Ok(Answer::Failed(e)) => return Err(e),
                 Ok(Answer::Threaded) => {
                     // Not a try: asked again of a new zygote, without the library.
-                    let path = preload.unwrap_or(Path::new("")).to_owned();
-                    tracing::warn!(
-                        "The plugin {} declares itself fork-safe, but loading it started a \
-                         thread in the fork server: it is no longer loaded before forking \
-                         (its workers load it themselves), and the fork server is replaced",
-                        path.display()
-                    );
-                    state.refused.insert(path);
+                    if let Some(path) = preload {
+                        tracing::warn!(
+                            "The plugin {} declares itself fork-safe, but loading it started \
+                             a thread in the fork server: it is no longer loaded before \
+                             forking (its workers load it themselves), and the fork server is \
+                             replaced",
+                            path.display()
+                        );
+                        state.refused.insert(path.to_owned());
+                    }
                     state.retire();
                 }
                 Err(e) => {
@@ -474,9 +477,9 @@ pub struct ZygoteCode {
     /// Runs a request's body in a forked child: the worker. Its exit code.
     pub child_main: fn(&str) -> i32,
     /// Loads the library at a path into the zygote itself, before it forks, so that its
-    /// workers start with it loaded; asked only of libraries that declare themselves
-    /// fork-safe, once each. Whether it loaded.
-    pub preload: fn(&Path) -> bool,
+    /// workers start with it loaded (one that does not load is loaded, and refused, by each
+    /// worker itself); asked only of libraries that declare themselves fork-safe, once each.
+    pub preload: fn(&Path),
 }
 
 /// The zygote: serves fork requests from its stdin (the control socket) until the dispatcher
@@ -488,8 +491,6 @@ pub fn serve_zygote(code: ZygoteCode) -> i32 {
     let zygote = getpid();
     let title_area = TitleArea::of_this_process();
     let mut children: Vec<Forked> = Vec::new();
-    // The libraries it was asked to load, whether they loaded or not: each is tried once.
-    let mut preloads: Vec<PathBuf> = Vec::new();
     // Until the dispatcher is gone; then until the last child has ended, so that one still
     // at its gate sees its dispatcher gone (and says it never started) rather than dying with
     // the fork server.
@@ -522,33 +523,21 @@ pub fn serve_zygote(code: ZygoteCode) -> i32 {
             children.swap_remove(i).reap();
         }
         if asked {
-            let mut served = Served {
-                children: &mut children,
-                preloads: &mut preloads,
-            };
-            serving = serve_one(control, zygote, title_area.as_ref(), code, &mut served);
+            serving = serve_one(control, zygote, title_area.as_ref(), code, &mut children);
         }
     }
     0
 }
 
-/// What a zygote's requests have left it with: the children it watches and the libraries
-/// it was asked to load.
-struct Served<'a> {
-    children: &'a mut Vec<Forked>,
-    preloads: &'a mut Vec<PathBuf>,
-}
-
-/// Reads one request from `control`, loads its library first when it names one not tried
-/// yet, forks its child (added to `served`) and answers; false once the dispatcher is gone
-/// (or its request unreadable), or loading left this process with a thread: nothing more will
-/// be forked.
+/// Reads one request from `control`, loads its library first when it names one, forks its
+/// child (added to `children`) and answers; false once the dispatcher is gone (or its request
+/// unreadable), or loading left this process with a thread: nothing more will be forked.
 fn serve_one(
     control: BorrowedFd<'_>,
     zygote: Pid,
     title_area: Option<&TitleArea>,
     code: ZygoteCode,
-    served: &mut Served<'_>,
+    children: &mut Vec<Forked>,
 ) -> bool {
     let request = match receive(control) {
         Ok(Some(request)) => request,
@@ -559,12 +548,7 @@ fn serve_one(
             return false;
         }
     };
-    if let Some(path) = request
-        .preload
-        .as_ref()
-        .filter(|path| !served.preloads.contains(path))
-    {
-        served.preloads.push(path.clone());
+    if let Some(path) = &request.preload {
         (code.preload)(path);
         if thread_count() != Some(1) {
             // A thread could hold a lock that a forked child would wait on forever.
@@ -576,7 +560,7 @@ fn serve_one(
         Ok(child) => {
             let pid = child.pid.as_raw_nonzero().get();
             let answer = answer_with(control, pid, Some(&child.pidfd));
-            served.children.push(child);
+            children.push(child);
             answer
         }
         Err(e) => answer_with(control, -e.raw_os_error().unwrap_or(libc::EIO), None),

@@ -723,8 +723,9 @@ impl Starting {
                     return None;
                 }
                 let mut job = job.clone();
-                let (plugin, plugin_hash) = plugins.version_for(&job);
-                job.plugin = plugin;
+                let serving = plugins.version_for(&job);
+                job.plugin = serving.snapshot;
+                let plugin_hash = serving.hash;
                 let cancel = match CancelToken::new() {
                     Ok(cancel) => cancel,
                     Err(source) => {
@@ -735,7 +736,7 @@ impl Starting {
                         return None;
                     }
                 };
-                let spawned = slots.start(&job, &plugin_hash, Arc::clone(&cancel));
+                let spawned = slots.start(&job, &plugin_hash, serving.fork_safe, Arc::clone(&cancel));
                 let key = (job.id, job.attempts);
                 running.insert(
                     job.id,

@@ -37,18 +37,36 @@ impl Plugins {
             .is_some_and(|i| i.active_hashes().contains(hash))
     }
 
-    /// The snapshot and hash a claimed job runs: its class's active version now, so a deploy
-    /// reaches jobs already waiting; if no plugin offers the class any more, the version it
-    /// was enqueued with (its snapshot is kept while it waits).
-    pub(super) fn version_for(&self, job: &JobRecord) -> (PathBuf, String) {
+    /// The version a claimed job runs: its class's active version now, so a deploy reaches
+    /// jobs already waiting; if no plugin offers the class any more, the version it was
+    /// enqueued with (its snapshot is kept while it waits), which the catalog no longer
+    /// describes, so it is not taken for fork-safe.
+    pub(super) fn version_for(&self, job: &JobRecord) -> Serving {
         let active = self
             .inventory
             .as_ref()
             .and_then(|i| i.find(&job.class))
-            .map(|offer| (offer.version.snapshot.clone(), offer.version.hash.clone()));
-        active.unwrap_or_else(|| {
-            let hash = inventory::snapshot_hash(&job.plugin).unwrap_or_default();
-            (job.plugin.clone(), hash.to_owned())
+            .map(|offer| Serving {
+                snapshot: offer.version.snapshot.clone(),
+                hash: offer.version.hash.clone(),
+                fork_safe: offer.version.fork_safe,
+            });
+        active.unwrap_or_else(|| Serving {
+            snapshot: job.plugin.clone(),
+            hash: inventory::snapshot_hash(&job.plugin)
+                .unwrap_or_default()
+                .to_owned(),
+            fork_safe: false,
         })
     }
+}
+
+/// The plugin version a claimed job runs.
+pub(super) struct Serving {
+    /// Its snapshot, which the worker loads.
+    pub(super) snapshot: PathBuf,
+    /// Its hash, recorded with the attempt.
+    pub(super) hash: String,
+    /// Whether it declares itself fork-safe (a fork server may load it before forking).
+    pub(super) fork_safe: bool,
 }

@@ -20,18 +20,17 @@ use crate::runner::reason::Reason;
 static PRELOADED: Mutex<Vec<(PathBuf, PluginModRef)>> = Mutex::new(Vec::new());
 
 /// Loads the plugin at `path`, as [`load`] does, and keeps it for the children this process
-/// forks; called by the fork server with a plugin that declares itself fork-safe. Whether it
-/// loaded (one that did not is loaded, and refused, by each worker itself).
+/// forks; called by the fork server with a plugin that declares itself fork-safe. One that
+/// does not load is not kept: each worker loads it, and says why it is refused, itself.
 #[cfg(unix)]
-pub fn preload(path: &Path) -> bool {
-    let Ok(plugin) = load(path) else {
-        return false;
-    };
-    PRELOADED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push((path.to_owned(), plugin));
-    true
+pub fn preload(path: &Path) {
+    if let Ok(plugin) = load(path) {
+        let mut preloaded = PRELOADED.lock().unwrap_or_else(PoisonError::into_inner);
+        // `load` answered from this list when it holds the path already.
+        if !preloaded.iter().any(|(loaded, _)| loaded == path) {
+            preloaded.push((path.to_owned(), plugin));
+        }
+    }
 }
 
 /// Loads the plugin at `path` and checks its root module, layout and SDK version against this
