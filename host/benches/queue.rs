@@ -193,7 +193,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             ms(latency.pickup.percentile(1.0)),
         );
         println!(
-            "  floor, an attempt through Attempts to the job's clock with no queue: p50 {:.3} ms p99 {:.3} ms \
+            "  floor, an attempt through run_attempt to the job's clock with no queue: p50 {:.3} ms p99 {:.3} ms \
              (mean {:.3} ms)",
             ms(latency.floor.percentile(0.50)),
             ms(latency.floor.percentile(0.99)),
@@ -346,7 +346,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
     println!(
         "{missed} target(s) missed. A job is {CLASS}@{OK} (pickup latency: @{CLOCK}, the \
-         worker's clock minus the time just before dispatch); a raw attempt is one through the dispatcher's Attempts \
+         worker's clock minus the time just before dispatch); a raw attempt is one through the dispatcher's spawner (run_attempt) \
          in this process, as in the worker_spawn bench."
     );
     Ok(())

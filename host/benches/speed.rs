@@ -35,15 +35,15 @@
 //! **Spawners.** Each dispatcher this bench starts (`jobhost --config FILE serve --slots 2
 //! --idle-exit 600`, an installation of its own under the scratch directory) gets
 //! `JOBHOST_RUNNER=exec` or `JOBHOST_RUNNER=fork` in its environment, the variable of the
-//! `dispatcher.runner` setting. Raw attempts go through `jobhost::runner::supervisor::attempts::Attempts`
-//! (the dispatcher's own supervisor of attempts) in this process ([`common::AttemptRunner`])
+//! `dispatcher.runner` setting. Raw attempts go through `jobhost::runner::supervisor::attempts::run_attempt`
+//! (a dispatcher's own spawner and supervision) in this process ([`common::AttemptRunner`])
 //! with either runner; a fork spawner's fork server is a child of this bench, started with the first
 //! attempt. The drains that are not about spawners (two PostgreSQL dispatchers, the dashboard)
 //! use the default, `fork` on Linux.
 //!
 //! **What is measured.**
 //! - *`/bin/true`*: spawn and wait, two threads back to back: the floor every ratio is to.
-//! - *raw attempts*: a no-op attempt (`Tests\Misbehave@ok`) through `Attempts`: worker spawn,
+//! - *raw attempts*: a no-op attempt (`Tests\Misbehave@ok`) through `run_attempt`: worker spawn,
 //!   plugin load, invoke, output capture, report, supervision; two threads back to back.
 //! - *drains*: with the dispatcher(s) started and idle, from the first `dispatch_batch` of the
 //!   backlog (batches of 1000) until the store counts every job completed
@@ -396,7 +396,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
         let l = pickup_latency(&scratch.path, &fixture, &name, latency_jobs, Some(runner))?;
         println!(
             "  {}: pickup p50 {:.3} ms p99 {:.3} ms (dispatch to claim {:.3} ms + claim to the \
-             worker's clock {:.3} ms, means); floor, an attempt through Attempts to the job's clock: p50 {:.3} \
+             worker's clock {:.3} ms, means); floor, an attempt through run_attempt to the job's clock: p50 {:.3} \
              ms p99 {:.3} ms",
             runner.as_str(),
             ms(l.pickup.percentile(0.50)),

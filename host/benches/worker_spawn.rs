@@ -14,7 +14,8 @@
 //! per mode (default 1000). Without cargo's `--bench` argument (as under `cargo test
 //! --all-targets`) it makes a quick smoke run of a few iterations instead.
 //!
-//! `Attempts` spawns the real release `jobhost` binary as the worker (found beside the bench
+//! An attempt goes through `jobhost::runner::supervisor::attempts::run_attempt` (a
+//! dispatcher's spawner and supervision), which spawns the real release `jobhost` binary as the worker (found beside the bench
 //! binary's directory by `jobhost::runner::jobhost_program`, or `$JOBHOST_BIN`): each attempt
 //! runs in a real worker process.
 
@@ -112,7 +113,7 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "an attempt is {CLASS}@{OK} through jobhost::runner::supervisor::attempts::Attempts: worker spawn, \
+        "an attempt is {CLASS}@{OK} through jobhost::runner::supervisor::attempts::run_attempt: worker spawn, \
          plugin load, invoke, output capture, report file, supervision"
     );
     Ok(())

@@ -574,7 +574,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 }
 
 #[test]
-fn one_thread_supervises_every_running_attempt_however_many_slots_run() {
+fn the_loop_itself_supervises_every_running_attempt_however_many_slots_run() {
     let host = Host::standard();
     host.settings("dispatcher.slots = 8\n");
     let mut serve = host.serve();
@@ -595,9 +595,9 @@ fn one_thread_supervises_every_running_attempt_however_many_slots_run() {
         with_eight, with_one,
         "eight running attempts take no more threads than one"
     );
-    assert_eq!(
-        with_one.iter().filter(|n| *n == "attempts").count(),
-        1,
+    // No thread of its own, either: the loop polls the workers with its events.
+    assert!(
+        !with_one.iter().any(|n| n.starts_with("attempt")),
         "{with_one:?}"
     );
     for id in ids {

@@ -17,13 +17,9 @@ pub mod runs;
 pub mod table;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, ExitCode, Stdio},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -38,10 +34,7 @@ use jobhost::{
     },
     runner::{
         jobhost_program,
-        supervisor::{
-            attempts::{AttemptEnded, Attempts},
-            AttemptError, AttemptRecord, AttemptSpec,
-        },
+        supervisor::{attempts::run_attempt, AttemptSpec, Spawner},
     },
     store::{JobId, JobState},
     Client, Job,
@@ -245,70 +238,44 @@ pub const RUNNERS: [Runner; 2] = [Runner::Exec, Runner::Fork];
 /// The environment variable a dispatcher reads its spawner from.
 pub const RUNNER_VAR: &str = "JOBHOST_RUNNER";
 
-/// Runs no-op attempts of the fixture plugin through the real attempt path (the dispatcher's
-/// supervisor of attempts, its workers started as `runner` says), in worker processes of the
+/// Runs no-op attempts of the fixture plugin through the real attempt path (a dispatcher's
+/// spawner and supervision, its workers started as `runner` says), in worker processes of the
 /// release `jobhost` binary; from several threads at once if need be.
-pub struct AttemptRunner<'a> {
-    /// The installation's settings.
-    settings: &'a Settings,
+pub struct AttemptRunner {
+    /// The installation's settings, with the spawner asked for as `dispatcher.runner`.
+    settings: Settings,
     /// The plugin file in its plugin directory.
     plugin: PathBuf,
     /// Never cancelled.
     cancel: Arc<CancelToken>,
-    /// The spawner it uses.
-    runner: Runner,
-    attempts: Attempts<u64>,
-    /// Where each running attempt's end goes, by key.
-    waiting: Arc<Mutex<HashMap<u64, Ended>>>,
-    next_key: AtomicU64,
+    spawner: Spawner,
 }
 
-/// Where an attempt's end goes.
-type Ended = std::sync::mpsc::Sender<Result<AttemptRecord, AttemptError>>;
-
-impl<'a> AttemptRunner<'a> {
+impl AttemptRunner {
     /// Runs attempts in the installation of `settings`, with the default spawner.
-    pub fn new(settings: &'a Settings) -> anyhow::Result<Self> {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Self::with_runner(settings, None)
     }
 
     /// Runs attempts in the installation of `settings` with `runner` (the settings' own
     /// `dispatcher.runner` if `None`).
-    pub fn with_runner(settings: &'a Settings, runner: Option<Runner>) -> anyhow::Result<Self> {
+    pub fn with_runner(settings: &Settings, runner: Option<Runner>) -> anyhow::Result<Self> {
         // The spawner is all that `dispatcher.runner` decides.
         let mut asked = settings.clone();
         if let Some(runner) = runner {
             asked.dispatcher.runner = runner;
         }
-        let waiting: Arc<Mutex<HashMap<u64, Ended>>> = Arc::default();
-        let ends = Arc::clone(&waiting);
-        let attempts = Attempts::new(
-            &asked,
-            Arc::new(move |ended: AttemptEnded<u64>| {
-                let waiting = ends
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&ended.key);
-                if let Some(waiting) = waiting {
-                    let _ = waiting.send(ended.result);
-                }
-            }),
-        )
-        .context("cannot start the attempts' supervisor")?;
         Ok(Self {
-            settings,
+            spawner: Spawner::new(&asked),
             plugin: settings.plugin_dir.join(PLUGIN_FILE),
+            settings: asked,
             cancel: CancelToken::new().context("cannot create a cancel token")?,
-            runner: asked.dispatcher.runner,
-            attempts,
-            waiting,
-            next_key: AtomicU64::new(0),
         })
     }
 
     /// The spawner it uses.
     pub fn runner(&self) -> Runner {
-        self.runner
+        self.settings.dispatcher.runner
     }
 
     /// One attempt of a no-op job of its own, as the dispatcher would run it.
@@ -322,7 +289,7 @@ impl<'a> AttemptRunner<'a> {
     /// One attempt of `method` of the fixture class; its result.
     pub fn attempt(&self, job_id: &str, method: &str) -> anyhow::Result<Value> {
         let params = Value::Object(serde_json::Map::new());
-        let allowlist = jobhost::catalog::inventory::allowlist_in_force(self.settings);
+        let allowlist = jobhost::catalog::inventory::allowlist_in_force(&self.settings);
         let spec = AttemptSpec {
             job_id,
             attempt: 1,
@@ -336,20 +303,13 @@ impl<'a> AttemptRunner<'a> {
             // it before forking, as it does for a dispatcher's workers.
             fork_safe: true,
         };
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let (ended, end) = std::sync::mpsc::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, ended);
-        // No store to record the pid in: let it start at once.
-        if let Some(spawned) = self.attempts.start(key, &spec, Arc::clone(&self.cancel)) {
-            let _ = spawned.go.send(true);
-        }
-        let record = end
-            .recv()
-            .context("the attempts' supervisor stopped")?
-            .with_context(|| format!("attempt of job {job_id} could not run"))?;
+        let record = run_attempt(
+            &self.settings,
+            &self.spawner,
+            &spec,
+            Arc::clone(&self.cancel),
+        )
+        .with_context(|| format!("attempt of job {job_id} could not run"))?;
         match record.outcome {
             Outcome::Ok(result) => Ok(result),
             outcome => {

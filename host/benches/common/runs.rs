@@ -279,7 +279,7 @@ pub fn drain<L, R>(
 pub struct Latency {
     /// Worker's clock minus the time just before `dispatch`.
     pub pickup: Measured,
-    /// Worker's clock minus the time just before starting it through `Attempts`, no queue involved: the floor.
+    /// Worker's clock minus the time just before starting it through `run_attempt`, no queue involved: the floor.
     pub floor: Measured,
     /// The `dispatch` call itself.
     pub dispatch: Measured,
@@ -303,7 +303,7 @@ struct Sample {
     claim_to_clock: f64,
 }
 
-/// In a new installation `name` on SQLite: runs `jobs` clock jobs through `Attempts` one
+/// In a new installation `name` on SQLite: runs `jobs` clock jobs through `run_attempt` one
 /// at a time (the floor, with `runner`), then dispatches `jobs` clock jobs one at a time into
 /// an idle dispatcher started with `runner`, each after the last one completed.
 pub fn pickup_latency(
@@ -315,7 +315,7 @@ pub fn pickup_latency(
 ) -> anyhow::Result<Latency> {
     let install = Installation::create(scratch, name, fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
-    // The floor first: the same job run through Attempts in this process, one at a time.
+    // The floor first: the same job run through run_attempt in this process, one at a time.
     let attempt = AttemptRunner::with_runner(&install.settings, runner)?;
     for i in 0..(jobs / 25).clamp(2, 20) {
         attempt.clock(&format!("warm-{i}"))?;
@@ -408,7 +408,7 @@ pub fn pickup_latency(
     })
 }
 
-impl AttemptRunner<'_> {
+impl AttemptRunner {
     /// One attempt of the clock job; returns how long after the call its worker read the
     /// clock.
     pub fn clock(&self, job_id: &str) -> anyhow::Result<Duration> {

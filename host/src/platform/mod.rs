@@ -27,6 +27,7 @@ pub use unix::{
     find_worker, fork_worker, hold_output_open, kill_adopted, on_signals, on_termination,
     prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
     ForkedWorker, Launch, OutputPair, Supervised, HELD_OUTPUT, SUPERVISED_FDS, poll_supervised,
+    empty_pipe,
 };
 #[cfg(windows)]
 mod windows;

@@ -302,7 +302,7 @@ enum Ending {
 }
 
 /// A child under supervision, driven step by step: by [`supervise`] for one child, or by a
-/// poller watching many at once, which polls each one's [`Supervised::fds`] and calls
+/// poller watching many at once (a dispatcher's loop), which polls each one's [`Supervised::fds`] and calls
 /// [`Supervised::step`] when any is ready or [`Supervised::wake_at`] has come. It starts
 /// waiting at its gate, until [`Supervised::release`].
 pub struct Supervised {
@@ -485,6 +485,13 @@ impl Supervised {
             }
         }
     }
+}
+
+/// Reads the non-blocking pipe `fd` until it is empty: what a wake-up pipe holds means
+/// nothing once its reader is awake.
+pub fn empty_pipe(fd: &OwnedFd) {
+    let mut buf = [0u8; 64];
+    while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
 /// One `poll` over `wake` and the descriptors of any number of supervised children (`sets`,

@@ -206,8 +206,8 @@ pub struct Limits {
 /// How the dispatcher runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DispatcherSettings {
-    /// Attempts run at once (default: the number of CPUs, at most 256), all supervised by one
-    /// thread on Linux.
+    /// Attempts run at once (default: the number of CPUs, at most 256), all supervised by the
+    /// dispatcher's loop thread on Linux.
     pub slots: usize,
     /// How long a dispatcher started by `jobhost run` stays with nothing to do before it exits
     /// (default 30 s).

@@ -50,16 +50,10 @@ impl Dispatcher {
             };
 
             check_cancels = false;
-            let first = match self.events.recv_deadline(wake) {
-                Ok(event) => Some(event),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
-            };
-            // Handle everything that is waiting before touching the store again: the workers
-            // spawned and the attempts ended meanwhile are written together at the top of the
-            // loop (group commit), one call for the starts and one for the settles.
-            let pending: Vec<Event> = first.into_iter().chain(self.events.try_iter()).collect();
-            for event in pending {
+            // Handle everything that is waiting before touching the store again: the attempts
+            // ended meanwhile are settled together at the top of the loop (group commit), in
+            // the round that claims into their slots.
+            for event in self.slots.wait(&self.inbox, wake)? {
                 check_cancels |= self.handle(event)?;
             }
             if self
@@ -516,10 +510,11 @@ impl Dispatcher {
             self.changed();
         }
         // `spawn` gave every claimed job a slot, in order.
-        for ((job, recorded), (_, go)) in claimed.iter().zip(answer.recorded).zip(starting.claimed)
+        for ((job, recorded), (_, gate)) in
+            claimed.iter().zip(answer.recorded).zip(starting.claimed)
         {
             joblog::started(&job.name(), &job.params);
-            let Some(go) = go else {
+            let Some(gate) = gate else {
                 // No worker: its end, why, is on its way.
                 continue;
             };
@@ -532,7 +527,7 @@ impl Dispatcher {
                     job.id
                 );
             }
-            let _ = go.send(recorded);
+            self.slots.release(gate, recorded);
         }
         Ok(true)
     }
@@ -578,9 +573,9 @@ impl Dispatcher {
                 ),
             );
         }
-        for (key, go) in starting.claimed {
-            if let Some(go) = go {
-                let _ = go.send(false);
+        for (key, gate) in starting.claimed {
+            if let Some(gate) = gate {
+                self.slots.release(gate, false);
             }
             self.running.remove(&key.0);
             self.abandoned.insert(key);
@@ -699,9 +694,9 @@ fn lost_connection<T>(result: &Result<T, StoreError>) -> bool {
 #[derive(Default)]
 struct Starting {
     /// The attempts given a slot, in the order of the jobs claimed, each with its worker's
-    /// go-ahead (none when no worker could be started): each ends (its worker's end, or why
+    /// gate (none when no worker could be started): each ends (its worker's end, or why
     /// none could be started) as an [`Event::Finished`].
-    claimed: Vec<(Key, Option<GoAhead<Key>>)>,
+    claimed: Vec<(Key, Option<Gate>)>,
     /// Why the dispatcher cannot go on, if it cannot.
     failed: Option<DispatcherError>,
 }
@@ -714,7 +709,7 @@ impl Starting {
         jobs: &[JobRecord],
         plugins: &mut Plugins,
         running: &mut HashMap<JobId, Running>,
-        slots: &Slots,
+        slots: &mut Slots,
     ) -> Vec<Option<AttemptStart>> {
         plugins.reload();
         jobs.iter()
@@ -747,8 +742,8 @@ impl Starting {
                         interrupted: false,
                     },
                 );
-                let (start, go) = spawned.unzip();
-                self.claimed.push((key, go));
+                let (start, gate) = spawned.unzip();
+                self.claimed.push((key, gate));
                 start
             })
             .collect()

@@ -1,8 +1,9 @@
 //! The dispatcher (`jobhost serve`): the one loop that owns job state.
 //!
-//! It claims due jobs from the store — never more than it has free slots — and hands each to
-//! the attempts' supervisor ([`crate::runner::supervisor::attempts`]: one thread for all of
-//! them on Linux), which runs the attempt in a worker process and reports back over a channel.
+//! It claims due jobs from the store — never more than it has free slots — and runs each in a
+//! worker process ([`crate::runner::supervisor::attempts`]), which on Linux it supervises in its
+//! own thread (the one `poll` it waits for every event in), and on Windows from a thread per
+//! attempt that reports back over a channel.
 //! Everything that happens reaches the loop as an event: the doorbell rang (a job was
 //! enqueued, cancelled or retried by some other process), the store said another host changed
 //! the queue, an attempt's worker was spawned or ended, a signal arrived, the heartbeat ticked.
@@ -36,7 +37,7 @@ mod trouble;
 use self::{
     event_loop::log_next,
     plugins::Plugins,
-    slots::{start_slots, Key, Slots},
+    slots::{start_slots, Gate, Key, Slots},
     startup::*,
     trouble::Trouble,
 };
@@ -49,6 +50,11 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
+
+#[cfg(unix)]
+use crate::runner::supervisor::{attempts::Watch, Spawner};
+#[cfg(windows)]
+use crate::runner::supervisor::attempts::{Attempts, GoAhead, OnEnded};
 
 use crate::{
     catalog::inventory::{self, CatalogPaths, FileStamp, Inventory},
@@ -65,7 +71,7 @@ use crate::{
     runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
         adopt_attempt,
-        attempts::{AttemptEnded, Attempts, GoAhead, OnEnded},
+        attempts::AttemptEnded,
         AttemptError, AttemptPaths, AttemptRecord, AttemptSpec, Orphan,
     },
     store::{
@@ -109,6 +115,10 @@ pub enum DispatcherError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// It cannot wait for its events and workers.
+    #[cfg(unix)]
+    #[error("the dispatcher cannot wait for its events and workers: {0}")]
+    Wait(#[source] std::io::Error),
     /// Setting up failed.
     #[error("cannot start the dispatcher: {what}")]
     Setup {
@@ -174,6 +184,57 @@ enum Event {
     Evicted(DispatcherId),
 }
 
+/// How the threads that feed the loop send it their events: over a channel, and on Linux
+/// through the loop's bell as well, since the loop waits for its events in the same poll as
+/// for its workers ([`Slots::wait`]).
+#[derive(Clone)]
+struct Mail {
+    tx: Sender<Event>,
+    #[cfg(unix)]
+    bell: Arc<std::os::fd::OwnedFd>,
+}
+
+/// The loop's side of its [`Mail`].
+struct Inbox {
+    events: Receiver<Event>,
+    /// The bell's read end.
+    #[cfg(unix)]
+    bell: std::os::fd::OwnedFd,
+}
+
+/// The loop is gone: mail reaches nobody.
+struct Undelivered;
+
+/// A channel for the loop's events, and its bell.
+fn mailbox() -> std::io::Result<(Mail, Inbox)> {
+    let (tx, events) = crossbeam_channel::unbounded();
+    #[cfg(unix)]
+    {
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        Ok((
+            Mail {
+                tx,
+                bell: Arc::new(write),
+            },
+            Inbox { events, bell: read },
+        ))
+    }
+    #[cfg(windows)]
+    Ok((Mail { tx }, Inbox { events }))
+}
+
+impl Mail {
+    /// Sends `event` to the loop, and wakes it.
+    fn send(&self, event: Event) -> Result<(), Undelivered> {
+        self.tx.send(event).map_err(|_| Undelivered)?;
+        // A full pipe already wakes the loop.
+        #[cfg(unix)]
+        let _ = rustix::io::write(&*self.bell, &[1]);
+        Ok(())
+    }
+}
+
 struct Running {
     job: JobRecord,
     /// The hash of the plugin version it runs.
@@ -212,7 +273,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         .filter(|d| d.id != owner && d.host == info.host && d.state_dir == info.state_dir)
         .map(|d| d.id)
         .collect();
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, inbox) = mailbox().map_err(setup("create the loop's mailbox"))?;
     let doorbell = listen(&paths.doorbell, &tx).map_err(setup("bind the doorbell"))?;
     // Their leases start again now, and are kept by this dispatcher's heartbeat while it
     // settles their attempts: nobody else rescues what it adopts.
@@ -247,7 +308,7 @@ pub fn serve(settings: &Settings, options: ServeOptions) -> Result<(), Dispatche
         amended: Instant::now(),
         running: HashMap::new(),
         slots: start_slots(settings, &tx).map_err(setup("start the attempts' supervisor"))?,
-        events: rx,
+        inbox,
         tx,
         plugins: Plugins::new(settings),
         doorbell,
@@ -304,8 +365,8 @@ struct Dispatcher {
     amended: Instant,
     running: HashMap<JobId, Running>,
     slots: Slots,
-    events: Receiver<Event>,
-    tx: Sender<Event>,
+    inbox: Inbox,
+    tx: Mail,
     plugins: Plugins,
     doorbell: Doorbell,
     /// When the running attempts must be stopped, once a stop was asked for.

@@ -80,7 +80,7 @@ pub(super) fn take_over(
 }
 
 /// Binds the doorbell and forwards its rings to the loop from a listener thread.
-pub(super) fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbell> {
+pub(super) fn listen(path: &Path, tx: &Mail) -> std::io::Result<Doorbell> {
     let doorbell = Doorbell::bind(path)?;
     let listener = doorbell.try_clone()?;
     let tx = tx.clone();
@@ -100,7 +100,7 @@ pub(super) fn listen(path: &Path, tx: &Sender<Event>) -> std::io::Result<Doorbel
 /// order, so that no change falls between the two): at most `limits.inspect_timeout` when a
 /// file is slow to load. Neither failing stops the dispatcher: the versions in force keep
 /// serving, and enqueuers bring the catalog up to date themselves.
-pub(super) fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
+pub(super) fn watch_plugins(settings: &Settings, tx: &Mail) {
     let events = tx.clone();
     let watched = crate::catalog::watch::start(settings, move |_| {
         events.send(Event::PluginsChanged).is_ok()
@@ -122,7 +122,7 @@ pub(super) fn watch_plugins(settings: &Settings, tx: &Sender<Event>) {
 /// cancel, retry) to the loop, as the doorbell does for this host's processes.
 pub(super) fn forward_changes(
     mut listener: Box<dyn Listener>,
-    tx: &Sender<Event>,
+    tx: &Mail,
 ) -> std::io::Result<()> {
     let tx = tx.clone();
     std::thread::Builder::new()
@@ -151,7 +151,7 @@ pub(super) fn forward_changes(
 pub(super) fn start_heartbeat(
     settings: &Settings,
     heartbeats: &Arc<Mutex<Heartbeats>>,
-    tx: &Sender<Event>,
+    tx: &Mail,
 ) -> Result<(), DispatcherError> {
     let mut store = crate::store::open(&settings.store)?;
     let every = settings.dispatcher.lease / 5;
@@ -197,7 +197,7 @@ pub(super) fn start_heartbeat(
     Ok(())
 }
 
-pub(super) fn watch_signals(tx: &Sender<Event>) -> std::io::Result<()> {
+pub(super) fn watch_signals(tx: &Mail) -> std::io::Result<()> {
     let tx = tx.clone();
     crate::platform::on_signals(move |request| match request {
         crate::platform::SignalRequest::Stop => {

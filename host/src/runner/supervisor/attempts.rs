@@ -1,26 +1,32 @@
 //! The attempts a dispatcher runs at once, each in a worker process of its own.
 //!
-//! A worker is started by whoever starts its attempt, in that caller's thread
-//! ([`Attempts::start`]): it exists, and waits at its gate, when the call returns its pid. So a
-//! dispatcher can spawn the workers of the jobs it claims inside the claim's transaction and
-//! record their pids in it (one commit per round), letting them go once it committed.
+//! A worker is started by whoever starts its attempt, in that caller's thread: it exists, and
+//! waits at its gate, when the call returns its pid. So a dispatcher can spawn the workers of
+//! the jobs it claims inside the claim's transaction and record their pids in it (one commit
+//! per round), letting them go once it committed.
 //!
-//! On Linux one thread then supervises them all: a poller over every worker's pidfd, output
-//! pipe and cancel token (and a forked worker's status pipe), woken through a pipe when there
-//! is a worker to watch or let go. So no thread waits on one attempt, and a dispatcher with
-//! many slots has no more threads than one with two. On Windows, whose platform layer
-//! supervises one process per thread, each attempt has a thread of its own, which spawns the
-//! worker and hands its pid back to the caller.
+//! On Linux the caller then supervises them all itself ([`Watch`]): one poll over every
+//! worker's pidfd, output pipe and cancel token (and a forked worker's status pipe), beside a
+//! descriptor of the caller's own. So no thread waits on one attempt, an attempt's end reaches
+//! the dispatcher's loop with no thread in between, and a dispatcher with many slots has no
+//! more threads than one with two. On Windows, whose platform layer supervises one process per
+//! thread, each attempt has a thread of its own ([`Attempts`]), which spawns the worker, hands
+//! its pid back to the caller and tells the attempt's end through a callback.
 //!
-//! The caller hears of each attempt's end through one callback ([`AttemptEnded`]), also of one
-//! whose worker could not be started.
+//! Either way each attempt's end is told as an [`AttemptEnded`], also that of one whose worker
+//! could not be started.
 
+#[cfg(windows)]
 use std::sync::Arc;
 
+#[cfg(windows)]
+use super::prepare;
 #[cfg(unix)]
 use super::Spawner;
-use super::{prepare, AttemptError, AttemptRecord, AttemptSpec, Prepared};
-use crate::{config::settings::Settings, platform::CancelToken};
+use super::{AttemptError, AttemptRecord, AttemptSpec, Prepared};
+use crate::config::settings::Settings;
+#[cfg(windows)]
+use crate::platform::CancelToken;
 
 /// Attempt `key` ended, or could not run.
 pub struct AttemptEnded<K> {
@@ -33,252 +39,90 @@ pub struct AttemptEnded<K> {
     pub released: bool,
 }
 
-/// What [`Attempts`] tells of its attempts' ends.
-pub type OnEnded<K> = Arc<dyn Fn(AttemptEnded<K>) + Send + Sync>;
-
-/// A worker that exists and waits at its gate ([`Attempts::start`]).
-pub struct Spawned<K> {
-    /// Its pid.
-    pub pid: u32,
-    /// How to let it start, or not.
-    pub go: GoAhead<K>,
-}
-
-/// The attempts running at once, each identified by a key of the caller's (`K`).
-pub struct Attempts<K: Copy + PartialEq + Send + 'static> {
-    settings: Settings,
+/// Runs attempt `spec` to its end as a dispatcher's slot would, its worker let start at once
+/// (there is no store to record its pid in), and waits for it: for jobhost's benches, which
+/// time attempts without a queue.
+#[cfg(feature = "internals")]
+pub fn run_attempt(
+    settings: &Settings,
+    spawner: &super::Spawner,
+    spec: &AttemptSpec<'_>,
+    cancel: std::sync::Arc<crate::platform::CancelToken>,
+) -> Result<AttemptRecord, AttemptError> {
     #[cfg(unix)]
-    on_ended: OnEnded<K>,
-    #[cfg(unix)]
-    poller: poller::Poller<K>,
-    #[cfg(windows)]
-    threads: threads::Threads<K>,
-    // Last: dropped after the poller stopped (a fork server is then told to leave).
-    #[cfg(unix)]
-    spawner: Spawner,
-}
-
-impl<K: Copy + PartialEq + Send + 'static> Attempts<K> {
-    /// Runs attempts for `settings` (its workers started as `dispatcher.runner` says), telling
-    /// `on_ended` how each ended.
-    pub fn new(settings: &Settings, on_ended: OnEnded<K>) -> std::io::Result<Self> {
-        Ok(Self {
-            settings: settings.clone(),
-            #[cfg(unix)]
-            poller: poller::Handle::start(Arc::clone(&on_ended))?,
-            #[cfg(unix)]
-            spawner: Spawner::new(settings),
-            #[cfg(unix)]
-            on_ended,
-            #[cfg(windows)]
-            threads: threads::Threads::new(settings, on_ended),
-        })
-    }
-
-    /// Starts attempt `key` of `spec`, stopped when `cancel` fires: its worker is spawned
-    /// before this returns, and waits at its gate until it is let go ([`GoAhead::send`]). `None`
-    /// when it could not be started; that, like every attempt's end, is told as
-    /// [`AttemptEnded`] (for this one, before the call returns).
-    pub fn start(&self, key: K, spec: &AttemptSpec<'_>, cancel: Arc<CancelToken>) -> Option<Spawned<K>> {
-        let prepared = prepare(&self.settings, spec);
-        #[cfg(unix)]
-        return self.spawn(key, prepared, cancel);
-        #[cfg(windows)]
-        return self.threads.start(key, prepared, cancel);
-    }
-
-    /// Spawns the worker of a prepared attempt and has the poller watch it.
-    #[cfg(unix)]
-    fn spawn(&self, key: K, prepared: Ready, cancel: Arc<CancelToken>) -> Option<Spawned<K>> {
-        let started = prepared.and_then(|prepared| {
-            let (launch, output) = prepared.launch(&self.settings, &self.spawner)?;
-            let supervised = crate::platform::Supervised::start(launch, output, prepared.options)
-                .map_err(super::spawn_error)?;
-            Ok((prepared, supervised))
-        });
-        match started {
-            Ok((prepared, supervised)) => {
-                let pid = supervised.pid();
-                self.poller.watch(key, prepared, supervised, cancel);
-                Some(Spawned {
-                    pid,
-                    go: GoAhead {
-                        key,
-                        poller: self.poller.handle(),
-                    },
-                })
-            }
-            Err(error) => {
-                (self.on_ended)(AttemptEnded {
-                    key,
-                    result: Err(error),
-                    released: false,
-                });
-                None
+    {
+        let mut watch = Watch::default();
+        if watch.start(settings, spawner, (), spec, cancel).is_some() {
+            watch.release((), true);
+        }
+        loop {
+            let polled = watch.wait(None, None).map_err(super::spawn_error)?;
+            if let Some(ended) = watch.step(&polled).pop() {
+                return ended.result;
             }
         }
     }
-}
-
-/// Lets one spawned worker start, or not ([`Spawned`]).
-pub struct GoAhead<K> {
-    #[cfg(unix)]
-    key: K,
-    #[cfg(unix)]
-    poller: poller::Handle<K>,
     #[cfg(windows)]
-    gate: crossbeam_channel::Sender<bool>,
-    #[cfg(windows)]
-    _key: std::marker::PhantomData<K>,
+    prepare(settings, spec)?.run(settings, spawner, &cancel, &mut |_| true)
 }
-
-/// The attempts' supervisor is gone (its dispatcher is shutting down): a go-ahead reaches
-/// nobody.
-#[derive(Debug)]
-pub struct Gone;
-
-impl<K: Copy + PartialEq + Send + 'static> GoAhead<K> {
-    /// Lets the worker start (`go`), or has it end without starting anything.
-    pub fn send(&self, go: bool) -> Result<(), Gone> {
-        #[cfg(unix)]
-        return self.poller.release(self.key, go);
-        #[cfg(windows)]
-        return self.gate.send(go).map_err(|_| Gone);
-    }
-}
-
-/// Prepared attempts ready to start, or why they cannot.
-type Ready = Result<Prepared, AttemptError>;
 
 #[cfg(unix)]
-mod poller {
-    //! The Linux supervisor: one thread polling every running attempt.
+pub use watch::Watch;
+
+#[cfg(unix)]
+/// Prepares and spawns the worker of `spec`, waiting at its gate, under supervision.
+#[cfg(unix)]
+fn spawn_supervised(
+    settings: &Settings,
+    spawner: &Spawner,
+    spec: &AttemptSpec<'_>,
+) -> Result<(Prepared, crate::platform::Supervised), AttemptError> {
+    let prepared = super::prepare(settings, spec)?;
+    let (launch, output) = prepared.launch(settings, spawner)?;
+    let supervised = crate::platform::Supervised::start(launch, output, prepared.options)
+        .map_err(super::spawn_error)?;
+    Ok((prepared, supervised))
+}
+
+#[cfg(unix)]
+mod watch {
+    //! The Linux supervisor: the running attempts, polled all at once by one thread.
 
     use std::{
-        os::fd::{AsFd, BorrowedFd, OwnedFd},
+        os::fd::BorrowedFd,
         sync::Arc,
-        time::Instant,
+        time::{Duration, Instant},
     };
 
-    use crossbeam_channel::{Receiver, Sender, TryRecvError};
-    use rustix::pipe::{pipe_with, PipeFlags};
-
-    use super::{AttemptEnded, Gone, OnEnded};
+    use super::{spawn_supervised, AttemptEnded, Spawner};
     use crate::{
+        config::settings::Settings,
         platform::{poll_supervised, CancelToken, Supervised, SUPERVISED_FDS},
-        runner::supervisor::{spawn_error, Prepared},
+        runner::supervisor::{spawn_error, AttemptSpec, Prepared},
     };
 
-    /// Work for the poller.
-    enum Command<K> {
-        /// Watch a worker just spawned, waiting at its gate.
-        Watch(Box<Watched<K>>),
-        Release {
-            key: K,
-            go: bool,
-        },
-        /// Leave at once (whatever still runs is left to the next dispatcher, as after a
-        /// crash).
-        Stop,
+    /// What one poll found ready, for each watched attempt in order.
+    pub struct Polled {
+        woken: bool,
+        attempts: Vec<[bool; SUPERVISED_FDS]>,
     }
 
-    /// How to reach the poller: its commands, and the pipe that wakes it.
-    pub(super) struct Handle<K> {
-        commands: Sender<Command<K>>,
-        wake: Arc<OwnedFd>,
-    }
-
-    /// The poller, as its [`super::Attempts`] holds it: stopped and waited for when dropped.
-    pub(super) struct Poller<K: Copy + PartialEq + Send + 'static> {
-        handle: Handle<K>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl<K: Copy + PartialEq + Send + 'static> Drop for Poller<K> {
-        fn drop(&mut self) {
-            self.handle.send(Command::Stop);
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
+    impl Polled {
+        /// Whether the descriptor given to [`Watch::wait`] beside the attempts' was ready.
+        pub fn woken(&self) -> bool {
+            self.woken
         }
     }
 
-    impl<K: Copy + PartialEq + Send + 'static> Poller<K> {
-        /// A handle for the go-aheads of the workers it watches.
-        pub(super) fn handle(&self) -> Handle<K> {
-            self.handle.clone()
-        }
-
-        /// Watches a worker just spawned, waiting at its gate, to its end.
-        pub(super) fn watch(
-            &self,
-            key: K,
-            prepared: Prepared,
-            supervised: Supervised,
-            cancel: Arc<CancelToken>,
-        ) {
-            self.handle.send(Command::Watch(Box::new(Watched {
-                key,
-                prepared,
-                supervised,
-                cancel,
-                released: false,
-            })));
-        }
-    }
-
-    impl<K> Clone for Handle<K> {
-        fn clone(&self) -> Self {
-            Self {
-                commands: self.commands.clone(),
-                wake: Arc::clone(&self.wake),
-            }
-        }
-    }
-
-    impl<K: Copy + PartialEq + Send + 'static> Handle<K> {
-        /// Starts the poller thread.
-        pub(super) fn start(on_ended: OnEnded<K>) -> std::io::Result<Poller<K>> {
-            let (wake_read, wake_write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-            let (commands, inbox) = crossbeam_channel::unbounded();
-            let handle = Self {
-                commands,
-                wake: Arc::new(wake_write),
-            };
-            let poller = Polling {
-                on_ended,
-                inbox,
-                wake: wake_read,
-                watched: Vec::new(),
-            };
-            let thread = std::thread::Builder::new()
-                .name("attempts".into())
-                .spawn(move || poller.run())?;
-            Ok(Poller {
-                handle,
-                thread: Some(thread),
-            })
-        }
-
-        pub(super) fn release(&self, key: K, go: bool) -> Result<(), Gone> {
-            if self.commands.send(Command::Release { key, go }).is_err() {
-                return Err(Gone);
-            }
-            self.ring();
-            Ok(())
-        }
-
-        fn send(&self, command: Command<K>) {
-            // The poller lives as long as the process once started; it only stops when
-            // every handle is gone, so a send cannot fail while one is used.
-            let _ = self.commands.send(command);
-            self.ring();
-        }
-
-        fn ring(&self) {
-            // A full pipe already wakes the poller.
-            let _ = rustix::io::write(&*self.wake, &[1]);
-        }
+    /// The attempts one thread supervises: it starts them ([`Watch::start`]), polls them
+    /// ([`Watch::wait`], with a descriptor of its own beside theirs) and steps them
+    /// ([`Watch::step`]), which gives their ends. No thread of its own: the poller thread of
+    /// [`super::Attempts`] drives one, and a dispatcher's loop drives its own in the poll it
+    /// waits for its events in.
+    pub struct Watch<K> {
+        watched: Vec<Watched<K>>,
+        /// Attempts that could not start, told at the next step.
+        failed: Vec<AttemptEnded<K>>,
     }
 
     /// One attempt being watched.
@@ -290,54 +134,105 @@ mod poller {
         released: bool,
     }
 
-    /// The poller thread's state.
-    struct Polling<K> {
-        on_ended: OnEnded<K>,
-        inbox: Receiver<Command<K>>,
-        wake: OwnedFd,
-        watched: Vec<Watched<K>>,
+    impl<K: Copy + PartialEq> Default for Watch<K> {
+        fn default() -> Self {
+            Self {
+                watched: Vec::new(),
+                failed: Vec::new(),
+            }
+        }
     }
 
-    impl<K: Copy + PartialEq + Send + 'static> Polling<K> {
-        fn run(mut self) {
-            let mut open = true;
-            while open {
-                let (woken, ready) = match self.wait() {
-                    Ok(waited) => waited,
-                    Err(e) => {
-                        tracing::error!("the attempts' supervisor cannot wait: {e}");
-                        return;
-                    }
-                };
-                self.step(&ready);
-                if woken {
-                    open = self.take_commands();
+    impl<K: Copy + PartialEq> Watch<K> {
+        /// Starts attempt `key` of `spec`, stopped when `cancel` fires: its worker is spawned,
+        /// waiting at its gate until [`Watch::release`], and its pid answered. `None` when it
+        /// could not be started: the next [`Watch::step`] tells why.
+        pub fn start(
+            &mut self,
+            settings: &Settings,
+            spawner: &Spawner,
+            key: K,
+            spec: &AttemptSpec<'_>,
+            cancel: Arc<CancelToken>,
+        ) -> Option<u32> {
+            match spawn_supervised(settings, spawner, spec) {
+                Ok((prepared, supervised)) => {
+                    let pid = supervised.pid();
+                    self.watch(key, prepared, supervised, cancel);
+                    Some(pid)
+                }
+                Err(error) => {
+                    self.failed.push(AttemptEnded {
+                        key,
+                        result: Err(error),
+                        released: false,
+                    });
+                    None
                 }
             }
         }
 
-        /// Waits for something to happen: whether it was woken, and what is ready for each
-        /// watched attempt.
-        fn wait(&self) -> std::io::Result<(bool, Vec<[bool; SUPERVISED_FDS]>)> {
-            let until = self
+        /// Watches a worker just spawned, waiting at its gate, to its end.
+        pub(super) fn watch(
+            &mut self,
+            key: K,
+            prepared: Prepared,
+            supervised: Supervised,
+            cancel: Arc<CancelToken>,
+        ) {
+            self.watched.push(Watched {
+                key,
+                prepared,
+                supervised,
+                cancel,
+                released: false,
+            });
+        }
+
+        /// Lets the worker of attempt `key` start (`go`), or has it end without starting
+        /// anything.
+        pub fn release(&mut self, key: K, go: bool) {
+            if let Some(watched) = self.watched.iter_mut().find(|w| w.key == key) {
+                watched.supervised.release(go);
+                watched.released = go;
+            }
+        }
+
+        /// Waits until something is ready for an attempt (or for `wake`, if given), one of
+        /// them is due, or `until` comes; at once when an attempt that could not start waits
+        /// to be told.
+        pub fn wait(
+            &self,
+            wake: Option<BorrowedFd<'_>>,
+            until: Option<Instant>,
+        ) -> std::io::Result<Polled> {
+            let due = self
                 .watched
                 .iter()
                 .filter_map(|w| w.supervised.wake_at())
+                .chain(until)
                 .min();
+            let due = if self.failed.is_empty() {
+                due
+            } else {
+                Some(Instant::now() - Duration::from_millis(1))
+            };
             let sets: Vec<[Option<BorrowedFd<'_>>; SUPERVISED_FDS]> = self
                 .watched
                 .iter()
                 .map(|w| w.supervised.fds(&w.cancel))
                 .collect();
-            poll_supervised(Some(self.wake.as_fd()), &sets, until)
+            let (woken, attempts) = poll_supervised(wake, &sets, due)?;
+            Ok(Polled { woken, attempts })
         }
 
-        /// Steps every attempt something is ready for, or whose time has come; tells of those
-        /// that ended.
-        fn step(&mut self, ready: &[[bool; SUPERVISED_FDS]]) {
+        /// Steps every attempt something is ready for (`ready`, from the last
+        /// [`Watch::wait`]), or whose time has come; the ends of those that ended, and of those
+        /// that could not start.
+        pub fn step(&mut self, ready: &Polled) -> Vec<AttemptEnded<K>> {
             let now = Instant::now();
             let mut ended = Vec::new();
-            for (i, (watched, ready)) in self.watched.iter_mut().zip(ready).enumerate() {
+            for (i, (watched, ready)) in self.watched.iter_mut().zip(&ready.attempts).enumerate() {
                 let due = watched.supervised.wake_at().is_some_and(|at| at <= now);
                 if !due && !ready.iter().any(|&r| r) {
                     continue;
@@ -352,39 +247,87 @@ mod poller {
                     Err(e) => ended.push((i, Err(spawn_error(e)))),
                 }
             }
+            let mut told = std::mem::take(&mut self.failed);
             // From the highest index down, so that each removal leaves the rest in place.
             for (i, end) in ended.into_iter().rev() {
                 let watched = self.watched.swap_remove(i);
                 let result = end.and_then(|end| watched.prepared.conclude(end));
-                (self.on_ended)(AttemptEnded {
+                told.push(AttemptEnded {
                     key: watched.key,
                     result,
                     released: watched.released,
                 });
             }
-        }
-
-        /// Empties the wake pipe and carries out every command waiting; false once told to
-        /// stop.
-        fn take_commands(&mut self) -> bool {
-            let mut buf = [0u8; 64];
-            while matches!(rustix::io::read(&self.wake, &mut buf), Ok(n) if n > 0) {}
-            loop {
-                match self.inbox.try_recv() {
-                    Ok(Command::Watch(watched)) => self.watched.push(*watched),
-                    Ok(Command::Release { key, go }) => {
-                        if let Some(watched) = self.watched.iter_mut().find(|w| w.key == key) {
-                            watched.supervised.release(go);
-                            watched.released = go;
-                        }
-                    }
-                    Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
-                    Err(TryRecvError::Empty) => return true,
-                }
-            }
+            told
         }
     }
 }
+
+/// What [`Attempts`] tells of its attempts' ends.
+#[cfg(windows)]
+pub type OnEnded<K> = Arc<dyn Fn(AttemptEnded<K>) + Send + Sync>;
+
+/// A worker that exists and waits at its gate ([`Attempts::start`]).
+#[cfg(windows)]
+pub struct Spawned<K> {
+    /// Its pid.
+    pub pid: u32,
+    /// How to let it start, or not.
+    pub go: GoAhead<K>,
+}
+
+/// The attempts running at once, each identified by a key of the caller's (`K`), each
+/// supervised by a thread of its own.
+#[cfg(windows)]
+pub struct Attempts<K: Copy + PartialEq + Send + 'static> {
+    settings: Settings,
+    threads: threads::Threads<K>,
+}
+
+#[cfg(windows)]
+impl<K: Copy + PartialEq + Send + 'static> Attempts<K> {
+    /// Runs attempts for `settings` (its workers started as `dispatcher.runner` says), telling
+    /// `on_ended` how each ended.
+    pub fn new(settings: &Settings, on_ended: OnEnded<K>) -> std::io::Result<Self> {
+        Ok(Self {
+            settings: settings.clone(),
+            threads: threads::Threads::new(settings, on_ended),
+        })
+    }
+
+    /// Starts attempt `key` of `spec`, stopped when `cancel` fires: its worker is spawned
+    /// before this returns, and waits at its gate until it is let go ([`GoAhead::send`]). `None`
+    /// when it could not be started; that, like every attempt's end, is told as
+    /// [`AttemptEnded`].
+    pub fn start(&self, key: K, spec: &AttemptSpec<'_>, cancel: Arc<CancelToken>) -> Option<Spawned<K>> {
+        self.threads.start(key, prepare(&self.settings, spec), cancel)
+    }
+}
+
+/// Lets one spawned worker start, or not ([`Spawned`]).
+#[cfg(windows)]
+pub struct GoAhead<K> {
+    gate: crossbeam_channel::Sender<bool>,
+    _key: std::marker::PhantomData<K>,
+}
+
+/// The attempts' supervisor is gone (its dispatcher is shutting down): a go-ahead reaches
+/// nobody.
+#[cfg(windows)]
+#[derive(Debug)]
+pub struct Gone;
+
+#[cfg(windows)]
+impl<K: Copy + PartialEq + Send + 'static> GoAhead<K> {
+    /// Lets the worker start (`go`), or has it end without starting anything.
+    pub fn send(&self, go: bool) -> Result<(), Gone> {
+        self.gate.send(go).map_err(|_| Gone)
+    }
+}
+
+/// Prepared attempts ready to start, or why they cannot.
+#[cfg(windows)]
+type Ready = Result<Prepared, AttemptError>;
 
 #[cfg(windows)]
 mod threads {
