@@ -115,19 +115,24 @@ pub fn worker_main(request_json: &str) -> i32 {
             );
         }
     }
-    match wait_for_go(&request) {
-        Ok(()) => {}
-        Err(not_started) => return finish(write_report(&request.report, &not_started)),
-    }
-    // The report's space first: without it, the job does not run at all.
-    let reserved = match ReservedReport::reserve(&request.report) {
+    // The report's space and the allowlist's word before the go-ahead, while the dispatcher
+    // commits the claim: after it, only the job is left to run. Neither runs plugin code.
+    let reserved = ReservedReport::reserve(&request.report);
+    let approved = approve(&request);
+    let gone_ahead = wait_for_go(&request);
+    let reserved = match reserved {
         Ok(reserved) => reserved,
+        // Without it the job does not run at all.
         Err(e) => {
             eprintln!("jobhost worker: no room for the report, so the job does not run: {e}");
             return EXIT_NO_REPORT;
         }
     };
-    let report = run_worker(&request);
+    let report = match (gone_ahead, approved) {
+        (Err(not_started), _) => not_started,
+        (Ok(()), Err(refused)) => refused,
+        (Ok(()), Ok(())) => run_approved(&request),
+    };
     finish(reserved.write(&report, |note| shorter(&report, note)))
 }
 
@@ -293,17 +298,18 @@ fn error(kind: FailureKind, message: impl Into<String>) -> WorkerReport {
     }
 }
 
-/// Runs one attempt: allowlist, load, invoke. Nothing of the plugin is loaded unless the
-/// allowlist approves the job.
-pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
+/// Whether the worker may run the job of `request`: it speaks the request's protocol and the
+/// allowlist approves the job; the report to write instead when not. Nothing of the plugin
+/// is loaded unless it may ([`run_approved`]).
+fn approve(request: &WorkerRequest) -> Result<(), WorkerReport> {
     if request.protocol != PROTOCOL_VERSION {
-        return error(
+        return Err(error(
             FailureKind::BadRequest,
             format!(
                 "worker protocol {} requested, this worker speaks {PROTOCOL_VERSION}",
                 request.protocol
             ),
-        );
+        ));
     }
     let named = request
         .allowlist_file
@@ -311,10 +317,10 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
         .unwrap_or(&request.allowlist);
     let allowlist = match Allowlist::load_as(&request.allowlist, named) {
         Ok(a) => a,
-        Err(e) => return error(FailureKind::Unauthorized, format!("refused: {e}")),
+        Err(e) => return Err(error(FailureKind::Unauthorized, format!("refused: {e}"))),
     };
     if allowlist.check(&request.class, &request.method) != Verdict::Approved {
-        return error(
+        return Err(error(
             FailureKind::Unauthorized,
             format!(
                 "refused: {}@{} is not approved by {}",
@@ -322,8 +328,13 @@ pub fn run_worker(request: &WorkerRequest) -> WorkerReport {
                 request.method,
                 allowlist.path().display()
             ),
-        );
+        ));
     }
+    Ok(())
+}
+
+/// Runs the approved attempt of `request`: loads its plugin and invokes the method.
+fn run_approved(request: &WorkerRequest) -> WorkerReport {
     let plugin = match loader::load(&request.plugin) {
         Ok(p) => p,
         Err(reason) => {
