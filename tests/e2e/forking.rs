@@ -6,9 +6,13 @@
 //! queue, recovery, hot-swap and PostgreSQL tests again with `JOBHOST_RUNNER=exec`); these are
 //! about the fork server itself, so each first checks that there is one.
 
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
 
-use jobhost_e2e::{alive, built_library, kill_9, proc_stat, wait_for, Host, MISBEHAVE};
+use jobhost_e2e::{alive, blake3_hex, built_library, kill_9, proc_stat, wait_for, Host, MISBEHAVE};
 
 /// The installation's fork server, once its dispatcher started one.
 fn zygote_of(host: &Host) -> u32 {
@@ -273,6 +277,64 @@ fn a_plugin_that_declares_itself_fork_safe_but_starts_a_thread_when_loaded_is_lo
         Vec::<String>::new(),
         "and has not loaded the plugin that lied"
     );
+    assert!(host.stop_serve(&mut serve));
+}
+
+#[test]
+fn a_fork_server_that_has_loaded_its_most_libraries_is_replaced_by_a_fresh_one() {
+    use jobhost::platform::fork_server::MAX_PRELOADED;
+    let host = Host::standard();
+    let mut serve = host.serve();
+    let original = std::fs::read(built_library(MISBEHAVE)).unwrap();
+    let installed = host
+        .plugin_dir()
+        .join(built_library(MISBEHAVE).file_name().unwrap());
+    // The distinct snapshot files the fork server has mapped.
+    let preloaded = |zygote: u32| -> BTreeSet<String> {
+        loaded_snapshots(zygote, &host)
+            .iter()
+            .filter_map(|line| line.split_whitespace().nth(5).map(str::to_owned))
+            .collect()
+    };
+    let mut first = None;
+    // The installed build, then builds that differ by trailing bytes (another hash, so another
+    // snapshot), each run once: the fork server loads each before forking its first worker.
+    for version in 0..=MAX_PRELOADED {
+        if version > 0 {
+            let mut build = original.clone();
+            build.extend_from_slice(format!("jobhost-test-build-{version}").as_bytes());
+            let staged = host.write("staged.so", &build);
+            std::fs::rename(&staged, &installed).unwrap();
+            host.wait_catalog(r"Tests\Misbehave", Some(&blake3_hex(&build)));
+        }
+        host.run(&["run", r"Tests\Misbehave", "ok", "--wait"])
+            .expect_code(0);
+        let zygote = zygote_of(&host);
+        let loaded = preloaded(zygote);
+        if version < MAX_PRELOADED {
+            let first = *first.get_or_insert(zygote);
+            assert_eq!(zygote, first, "version {version}: the same fork server");
+            assert_eq!(loaded.len(), version + 1, "version {version}: {loaded:#?}");
+        } else {
+            let first = first.unwrap();
+            assert_ne!(
+                zygote,
+                first,
+                "the {}th library is loaded by a fresh fork server",
+                MAX_PRELOADED + 1
+            );
+            assert_eq!(
+                loaded.len(),
+                1,
+                "the fresh one loaded it alone: {loaded:#?}"
+            );
+            wait_for(
+                "the full fork server to leave",
+                Duration::from_secs(30),
+                || (!alive(first)).then_some(()),
+            );
+        }
+    }
     assert!(host.stop_serve(&mut serve));
 }
 
