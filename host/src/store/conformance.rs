@@ -1568,6 +1568,49 @@ pub fn settle_and_claim_settles_claims_and_records_the_spawned_workers_in_one_co
     assert_eq!(s.unfinished().unwrap(), 0);
 }
 
+pub fn a_round_records_workers_whose_paths_hold_quotes_backslashes_and_parameters_as_given(
+    b: &dyn Backend,
+) {
+    let mut s = b.connect();
+    let mut other = b.connect();
+    let me = register(&mut *s);
+    let ids = s
+        .enqueue(&[new_job("A", Priority::Normal, 0), new_job("A", Priority::Normal, 0)], 1000)
+        .unwrap();
+    let odd = |pid: u32, path: &str| AttemptStart {
+        pid,
+        plugin_hash: format!("h'{pid}\\$2"),
+        output_path: path.into(),
+    };
+    // Two workers in one round, their values anything a path may hold.
+    let starts = [
+        Some(odd(7, "/state/it's\\ a $1 path; DROP TABLE jobs; --/\u{e9}.out")),
+        Some(odd(8, "/state/'';$2\\'/E'x'/8.out")),
+    ];
+    let mut seen = Vec::new();
+    let both = s
+        .settle_and_claim(&[], me, 1000, 2, &mut spawning(&mut *other, &starts, &mut seen))
+        .unwrap();
+    assert_eq!(both.recorded, [true, true]);
+    for (id, start) in ids.iter().zip(starts.iter().flatten()) {
+        let (job, attempts) = other.job(*id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(
+            (
+                attempts[0].pid,
+                attempts[0].plugin_hash.as_deref(),
+                attempts[0].output_path.as_deref()
+            ),
+            (
+                Some(start.pid),
+                Some(start.plugin_hash.as_str()),
+                Some(start.output_path.as_path())
+            )
+        );
+    }
+    assert_eq!(other.unfinished().unwrap(), 2, "nothing else was touched");
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -1600,6 +1643,7 @@ macro_rules! conformance_suite {
             batched_settles_settle_each_running_attempt_once_and_refuse_the_others,
             concurrent_batched_settles_settle_each_attempt_once,
             settle_and_claim_settles_claims_and_records_the_spawned_workers_in_one_commit,
+            a_round_records_workers_whose_paths_hold_quotes_backslashes_and_parameters_as_given,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

@@ -300,6 +300,49 @@ impl Session {
         }
     }
 
+    /// Runs `op` in a transaction begun by `begin` (`BEGIN`, with what the transaction needs
+    /// set in the same round trip), which `op` may end with its last statements
+    /// ([`Round::commit_with`]): committed if `op` succeeds (by `op`, or here), rolled back if
+    /// it gives up (`None`) or fails.
+    pub(super) fn round<T>(
+        &mut self,
+        begin: &str,
+        op: impl FnOnce(&mut Round<'_>) -> Result<Option<T>, Failure>,
+    ) -> Result<Option<T>, Failure> {
+        self.client.batch_execute(begin)?;
+        let mut round = Round {
+            prepared: Prepared {
+                client: &mut self.client,
+                statements: &mut self.statements,
+            },
+            open: true,
+        };
+        let result = op(&mut round);
+        let open = round.open;
+        match result {
+            Ok(Some(value)) => {
+                if open {
+                    self.client.batch_execute("COMMIT").map_err(Failure::Commit)?;
+                }
+                Ok(Some(value))
+            }
+            Ok(None) => {
+                if open {
+                    self.client.batch_execute("ROLLBACK")?;
+                }
+                Ok(None)
+            }
+            Err(e) => {
+                if open && !self.client.is_closed() {
+                    // What failed is the error to tell; a connection that cannot roll back
+                    // is found broken by the next call.
+                    let _ = self.client.batch_execute("ROLLBACK");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Runs the reads of `op` on one snapshot.
     pub(super) fn snapshot<T>(
         &mut self,
@@ -312,6 +355,46 @@ impl Session {
             .read_only(true)
             .start()?;
         within(tx, &mut self.statements, op)
+    }
+}
+
+/// A transaction of [`Session::round`]: its statements go through `prepared`, and its last
+/// ones may go with its `COMMIT`.
+pub(super) struct Round<'a> {
+    pub(super) prepared: Prepared<'a, Client>,
+    /// Whether the transaction is still open.
+    open: bool,
+}
+
+impl Round<'_> {
+    /// Runs `statements` (the simple query protocol: values written in, several statements
+    /// separated by `;`) and commits, in one round trip; the rows they returned.
+    ///
+    /// Refused by the server, none of it took (the statements and the `COMMIT` run in order,
+    /// and the first error skips the rest, or the `COMMIT` failed and rolled back): the
+    /// transaction is rolled back. Any other error leaves it unknown whether it committed.
+    pub(super) fn commit_with(&mut self, statements: &str) -> Result<Vec<SimpleQueryRow>, Failure> {
+        match self
+            .prepared
+            .client
+            .simple_query(&format!("{statements}; COMMIT"))
+        {
+            Ok(messages) => {
+                self.open = false;
+                Ok(messages
+                    .into_iter()
+                    .filter_map(|message| match message {
+                        SimpleQueryMessage::Row(row) => Some(row),
+                        _ => None,
+                    })
+                    .collect())
+            }
+            Err(e) if e.as_db_error().is_some() => Err(Failure::Pg(e)),
+            Err(e) => {
+                self.open = false;
+                Err(Failure::Commit(e))
+            }
+        }
     }
 }
 

@@ -6,9 +6,13 @@
 //! `FOR UPDATE SKIP LOCKED`, so claimers on any number of hosts never take the same job and
 //! never wait for each other. The calls a dispatcher makes for every job cost few round trips:
 //! a batch of starts or of settles is one statement over `UNNEST`ed arrays (one round trip, one
-//! commit), and a claim is one statement between `BEGIN` and `COMMIT` (its quarantine of rows
-//! that cannot be read takes a slower path, only when it meets one). Enqueue, cancel and retry `NOTIFY` the channel [`CHANNEL`] in
-//! their transaction; a [`PgListener`] (a connection of its own doing `LISTEN`) wakes an idle
+//! commit), and a dispatcher's round (the settles of the attempts that ended, the claim of up
+//! to its free slots, and the start of their workers) is one transaction of four round trips:
+//! `BEGIN`, the settle, the claim, and the workers' pids recorded in the same simple query as
+//! the `COMMIT` (their values written as escaped literals, since a simple query takes no
+//! parameters). A claim's quarantine of rows that cannot be read takes a slower path, only
+//! when it meets one. Enqueue, cancel and retry `NOTIFY` the channel [`CHANNEL`] in their
+//! transaction; a [`PgListener`] (a connection of its own doing `LISTEN`) wakes an idle
 //! dispatcher with them.
 //!
 //! A call that finds the connection broken (the server restarted, an administrator ended the
@@ -36,7 +40,8 @@ use std::{
 
 use ::postgres::{
     error::SqlState, fallible_iterator::FallibleIterator, types::ToSql, Client, Config,
-    GenericClient, IsolationLevel, NoTls, Row, Statement, Transaction,
+    GenericClient, IsolationLevel, NoTls, Row, SimpleQueryMessage, SimpleQueryRow, Statement,
+    Transaction,
 };
 
 use super::{
