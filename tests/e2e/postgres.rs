@@ -392,6 +392,26 @@ fn a_dispatcher_restarted_after_kill_9_adopts_its_running_workers_and_nobody_res
 }
 
 #[test]
+fn a_job_that_fails_saying_a_nul_is_settled_and_the_dispatcher_goes_on() {
+    // PostgreSQL's text holds no NUL: the attempt that said one used to be refused by every
+    // settle, and the dispatcher stalled on it with the next job waiting behind.
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let dispatchers = start_dispatchers(&db, 1, "", &mut *store);
+    let host = &dispatchers[0].host;
+    let said = host.enqueue(&[
+        CLASS,
+        "say_and_fail",
+        "--params-json",
+        r#"{"text":"a\u0000b"}"#,
+    ]);
+    let shown = host.wait_state(said, &["failed"]);
+    assert_eq!(shown["attempts"][0]["error"], "a\u{FFFD}b", "{shown:#}");
+    let next = host.enqueue(&[CLASS, "ok"]);
+    host.wait_state(next, &["completed"]);
+}
+
+#[test]
 fn a_job_running_on_one_host_is_cancelled_from_another() {
     let db = TestDatabase::create();
     let mut store = open_store(db.url());

@@ -1611,6 +1611,81 @@ pub fn a_round_records_workers_whose_paths_hold_quotes_backslashes_and_parameter
     assert_eq!(other.unfinished().unwrap(), 2, "nothing else was touched");
 }
 
+pub fn a_round_settles_and_claims_values_holding_quotes_backslashes_nul_and_parameters_as_given(
+    b: &dyn Backend,
+) {
+    let mut s = b.connect();
+    let mut other = b.connect();
+    let me = register(&mut *s);
+    let odd = "it's a \\ $1 '';\\' E'x' \u{e9}\u{0}; DROP TABLE jobs; --";
+    let mut job = new_job("App\\Jobs\\It's", Priority::High, 0);
+    job.spec.method = "$2".into();
+    job.spec.params = json!({"q": odd, "n": -1, "nested": ["\\", "'", null, true]});
+    job.plugin = "/plugins/it's \\ $3.so".into();
+    let ids = s
+        .enqueue(&[new_job("A", Priority::Normal, 0), job.clone(), new_job("A", Priority::Low, 0)], 1000)
+        .unwrap();
+    assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, ids[1], "the high one first");
+    // The attempt's error and result hold anything a job may say; the round settles it and
+    // claims the next two, and every value comes back as it was stored.
+    let failed = AttemptEnd {
+        finished_at: 1100,
+        outcome: "error".into(),
+        error: Some(odd.into()),
+        output_bytes: 3,
+    };
+    let retry = Next::Retry(5000);
+    let mut seen = Vec::new();
+    let starts = [Some(worker(1)), Some(worker(2))];
+    let both = s
+        .settle_and_claim(
+            &[settlement(ids[1], 1, &failed, &retry)],
+            me,
+            1100,
+            2,
+            &mut spawning(&mut *other, &starts, &mut seen),
+        )
+        .unwrap();
+    assert_eq!(both.settled, [true]);
+    assert_eq!(both.recorded, [true, true]);
+    let claimed = both.claimed.unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[0], ids[2]]);
+    assert!(claimed.iter().all(|j| j.problem.is_none()), "{claimed:?}");
+    let (settled, attempts) = other.job(ids[1]).unwrap().unwrap();
+    assert_eq!(settled.state, JobState::Scheduled);
+    assert_eq!(settled.run_at, 5000);
+    assert_eq!(attempts[0].error.as_deref(), Some(odd.replace('\0', "\u{fffd}").as_str()));
+    assert_eq!(settled.last_error, attempts[0].error);
+
+    // Claimed again, the odd job reads back whole from the round's claim.
+    let complete = Next::Complete(json!({"said": odd}));
+    let ok = end("ok", 6000);
+    seen.clear();
+    let starts = [Some(worker(3))];
+    let both = s
+        .settle_and_claim(
+            &[settlement(ids[0], 1, &ok, &complete)],
+            me,
+            6000,
+            1,
+            &mut spawning(&mut *other, &starts, &mut seen),
+        )
+        .unwrap();
+    assert_eq!(both.settled, [true]);
+    let again = &both.claimed.unwrap()[0];
+    assert_eq!(
+        (again.id, again.attempts, again.problem.as_deref()),
+        (ids[1], 2, None)
+    );
+    assert_eq!(
+        (&again.class, &again.method, &again.params, &again.plugin),
+        (&job.spec.class, &job.spec.method, &job.spec.params, &job.plugin)
+    );
+    assert_eq!((again.priority, again.started_at, again.last_error.as_deref()),
+        (Priority::High, Some(1000), settled.last_error.as_deref()));
+    assert_eq!(other.job(ids[0]).unwrap().unwrap().0.result, Some(json!({"said": odd})));
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -1644,6 +1719,7 @@ macro_rules! conformance_suite {
             concurrent_batched_settles_settle_each_attempt_once,
             settle_and_claim_settles_claims_and_records_the_spawned_workers_in_one_commit,
             a_round_records_workers_whose_paths_hold_quotes_backslashes_and_parameters_as_given,
+            a_round_settles_and_claims_values_holding_quotes_backslashes_nul_and_parameters_as_given,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

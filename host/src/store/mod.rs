@@ -55,6 +55,7 @@ pub mod sqlite;
 mod conformance;
 
 use std::{
+    borrow::Cow,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -315,6 +316,20 @@ pub struct AttemptEnd {
     pub error: Option<String>,
     /// Bytes of output.
     pub output_bytes: u64,
+}
+
+impl AttemptEnd {
+    /// The error as every store keeps it: a NUL (which a job may say, but PostgreSQL's text
+    /// cannot hold) as U+FFFD, so that the attempt is settled on either backend, alike.
+    pub(crate) fn stored_error(&self) -> Option<Cow<'_, str>> {
+        self.error.as_deref().map(|error| {
+            if error.contains('\0') {
+                Cow::Owned(error.replace('\0', "\u{FFFD}"))
+            } else {
+                Cow::Borrowed(error)
+            }
+        })
+    }
 }
 
 /// What happens to the job after an attempt, as decided by [`crate::queue::lifecycle`].

@@ -238,7 +238,7 @@ struct SettleBatch<'a> {
     attempts: Vec<i64>,
     ended_at: Vec<i64>,
     outcomes: Vec<&'a str>,
-    errors: Vec<Option<&'a str>>,
+    errors: Vec<Option<Cow<'a, str>>>,
     output_bytes: Vec<i64>,
     states: Vec<&'static str>,
     run_at: Vec<Option<i64>>,
@@ -278,7 +278,7 @@ impl<'a> SettleBatch<'a> {
             batch.attempts.push(i64::from(attempt));
             batch.ended_at.push(end.finished_at);
             batch.outcomes.push(&end.outcome);
-            batch.errors.push(end.error.as_deref());
+            batch.errors.push(end.stored_error());
             batch
                 .output_bytes
                 .push(i64::try_from(end.output_bytes).unwrap_or(i64::MAX));
@@ -709,7 +709,7 @@ impl Store for PostgresStore {
                 }
                 tx.execute(
                     "UPDATE attempts SET outcome = $3, error = $4 WHERE job_id = $1 AND attempt = $2",
-                    &[&id, &attempt, &end.outcome, &end.error],
+                    &[&id, &attempt, &end.outcome, &end.stored_error()],
                 )?;
                 let moved = tx.execute(
                     "UPDATE jobs SET state = $3, run_at = COALESCE($4, run_at), finished_at = $5, \
@@ -721,7 +721,7 @@ impl Store for PostgresStore {
                         &settled.state.as_str(),
                         &settled.run_at,
                         &settled.finished_at,
-                        &end.error,
+                        &end.stored_error(),
                         &settled.result,
                         &settled.extra_attempts,
                     ],

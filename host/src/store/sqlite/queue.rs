@@ -270,7 +270,7 @@ impl Store for SqliteStore {
         tx.prepare_cached(
             "UPDATE attempts SET outcome = ?3, error = ?4 WHERE job_id = ?1 AND attempt = ?2",
         )
-        .and_then(|mut s| s.execute(params![id, attempt, end.outcome, end.error]))
+        .and_then(|mut s| s.execute(params![id, attempt, end.outcome, end.stored_error()]))
         .map_err(query)?;
         let settled = Settled::of(end, next);
         let moved = tx
@@ -286,7 +286,7 @@ impl Store for SqliteStore {
                     settled.state.as_str(),
                     settled.run_at,
                     settled.finished_at,
-                    end.error,
+                    end.stored_error(),
                     settled.result,
                     settled.extra_attempts
                 ])
@@ -729,7 +729,7 @@ fn settle_in(
                 settled.state.as_str(),
                 settled.run_at,
                 settled.finished_at,
-                end.error,
+                end.stored_error(),
                 settled.result,
                 settled.extra_attempts
             ])
@@ -742,7 +742,7 @@ fn settle_in(
                     item.attempt,
                     end.finished_at,
                     end.outcome,
-                    end.error,
+                    end.stored_error(),
                     i64::try_from(end.output_bytes).unwrap_or(i64::MAX)
                 ])
                 .map_err(query)?;
