@@ -1686,6 +1686,48 @@ pub fn a_round_settles_and_claims_values_holding_quotes_backslashes_nul_and_para
     assert_eq!(other.job(ids[0]).unwrap().unwrap().0.result, Some(json!({"said": odd})));
 }
 
+pub fn a_round_that_meets_a_row_it_cannot_claim_settles_quarantines_it_and_claims_the_rest(
+    b: &dyn Backend,
+) {
+    let mut s = b.connect();
+    let mut other = b.connect();
+    let me = register(&mut *s);
+    let running = one_job(&mut *s, "running");
+    assert_eq!(s.claim(me, 1000, 1).unwrap()[0].id, running);
+    // One more attempt cannot be counted (PostgreSQL refuses the claim's statement), or the
+    // row does not read back.
+    let overflowing = one_job(&mut *s, "overflowing");
+    b.execute(&format!("UPDATE jobs SET attempts = 9223372036854775807 WHERE id = {overflowing}"));
+    let unreadable = one_job(&mut *s, "unreadable");
+    b.execute(&format!("UPDATE jobs SET priority = 7 WHERE id = {unreadable}"));
+    let good = one_job(&mut *s, "good");
+    let (ok, complete) = (end("ok", 1100), Next::Complete(json!(1)));
+    let mut seen = Vec::new();
+    let starts = [Some(worker(9))];
+    let both = s
+        .settle_and_claim(
+            &[settlement(running, 1, &ok, &complete)],
+            me,
+            1100,
+            3,
+            &mut spawning(&mut *other, &starts, &mut seen),
+        )
+        .unwrap();
+    assert_eq!(both.settled, [true]);
+    let claimed: Vec<JobId> = both.claimed.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(claimed, [good]);
+    assert_eq!(both.recorded, [true]);
+    assert_eq!(s.job(running).unwrap().unwrap().0.state, JobState::Completed);
+    let quarantined: HashSet<JobId> = s.take_quarantined().iter().map(|q| q.id).collect();
+    assert_eq!(quarantined, HashSet::from([overflowing, unreadable]));
+    for id in [overflowing, unreadable] {
+        let (job, attempts) = s.job(id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert!(job.last_error.unwrap().starts_with("quarantined: "));
+        assert!(attempts.is_empty(), "it never ran");
+    }
+}
+
 /// Instantiates every case above as a `#[test]` for one backend.
 macro_rules! conformance_suite {
     ($backend:expr) => {
@@ -1720,6 +1762,7 @@ macro_rules! conformance_suite {
             settle_and_claim_settles_claims_and_records_the_spawned_workers_in_one_commit,
             a_round_records_workers_whose_paths_hold_quotes_backslashes_and_parameters_as_given,
             a_round_settles_and_claims_values_holding_quotes_backslashes_nul_and_parameters_as_given,
+            a_round_that_meets_a_row_it_cannot_claim_settles_quarantines_it_and_claims_the_rest,
         );
     };
     (@cases $backend:expr; $($case:ident),+ $(,)?) => {

@@ -104,6 +104,55 @@ impl Columns for Row {
     }
 }
 
+/// A row of a simple query, whose columns are text: an integer or a flag is read from its
+/// text as PostgreSQL writes it.
+impl Columns for SimpleQueryRow {
+    fn int(&self, index: usize) -> Result<Option<i64>, String> {
+        self.text(index)?
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| format!("holds {text:?}, not an integer"))
+            })
+            .transpose()
+    }
+
+    fn text(&self, index: usize) -> Result<Option<String>, String> {
+        self.try_get(index)
+            .map(|text| text.map(str::to_owned))
+            .map_err(|e| format!("cannot be read: {}", describe(&e)))
+    }
+
+    fn flag(&self, index: usize) -> Result<bool, String> {
+        match self.text(index)?.as_deref() {
+            Some("t") => Ok(true),
+            Some("f") => Ok(false),
+            Some(other) => Err(format!("holds {other:?}, not a boolean")),
+            None => Err("is NULL".to_owned()),
+        }
+    }
+
+    fn name(&self, index: usize) -> String {
+        self.columns()
+            .get(index)
+            .map_or_else(|| index.to_string(), |c| c.name().to_owned())
+    }
+}
+
+/// The rows of each statement of a simple query, in order (a statement that returns none, as
+/// `BEGIN`, has an empty list).
+fn rows_by_statement(messages: Vec<SimpleQueryMessage>) -> Vec<Vec<SimpleQueryRow>> {
+    let mut statements = Vec::new();
+    let mut rows = Vec::new();
+    for message in messages {
+        match message {
+            SimpleQueryMessage::Row(row) => rows.push(row),
+            SimpleQueryMessage::CommandComplete(_) => statements.push(std::mem::take(&mut rows)),
+            _ => {}
+        }
+    }
+    statements
+}
+
 /// Column `index` of `row`, which the query makes sure has type `T` (a count, an id).
 pub(super) fn get<'a, T: ::postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T, StoreError> {
     row.try_get(index).map_err(|e| query(&e))
@@ -251,6 +300,10 @@ impl<C: GenericClient> Prepared<'_, C> {
 pub(super) struct Session {
     pub(super) client: Client,
     pub(super) statements: HashMap<String, Statement>,
+    /// Whether the statements a round names (`PREPARE`d by SQL, so that a simple query can
+    /// `EXECUTE` them) are prepared on this connection. Like those in `statements`, they last
+    /// as long as the connection: nothing jobhost sends deallocates them.
+    round_prepared: bool,
 }
 
 impl Session {
@@ -258,6 +311,7 @@ impl Session {
         Self {
             client,
             statements: HashMap::new(),
+            round_prepared: false,
         }
     }
 
@@ -300,16 +354,32 @@ impl Session {
         }
     }
 
-    /// Runs `op` in a transaction begun by `begin` (`BEGIN`, with what the transaction needs
-    /// set in the same round trip), which `op` may end with its last statements
-    /// ([`Round::commit_with`]): committed if `op` succeeds (by `op`, or here), rolled back if
-    /// it gives up (`None`) or fails.
+    /// Runs `op` in a transaction begun by `first`: one simple query (`BEGIN` and the
+    /// statements that follow it, values written in, in one round trip) whose rows `op` is
+    /// given, a list per statement. `prepare` (SQL `PREPARE`s of the statements `first` may
+    /// `EXECUTE`) runs once per connection, before its first round. `op` may end the
+    /// transaction with its last statements ([`Round::commit_with`]): committed if `op`
+    /// succeeds (by `op`, or here), rolled back if it gives up (`None`) or fails, or if
+    /// `first` does.
     pub(super) fn round<T>(
         &mut self,
-        begin: &str,
-        op: impl FnOnce(&mut Round<'_>) -> Result<Option<T>, Failure>,
+        prepare: &str,
+        first: &str,
+        op: impl FnOnce(&mut Round<'_>, Vec<Vec<SimpleQueryRow>>) -> Result<Option<T>, Failure>,
     ) -> Result<Option<T>, Failure> {
-        self.client.batch_execute(begin)?;
+        if !self.round_prepared {
+            self.client.batch_execute(prepare)?;
+            self.round_prepared = true;
+        }
+        let rows = match self.client.simple_query(first) {
+            Ok(messages) => rows_by_statement(messages),
+            Err(e) => {
+                if e.as_db_error().is_some() {
+                    let _ = self.client.batch_execute("ROLLBACK");
+                }
+                return Err(e.into());
+            }
+        };
         let mut round = Round {
             prepared: Prepared {
                 client: &mut self.client,
@@ -317,7 +387,7 @@ impl Session {
             },
             open: true,
         };
-        let result = op(&mut round);
+        let result = op(&mut round, rows);
         let open = round.open;
         match result {
             Ok(Some(value)) => {
@@ -381,13 +451,7 @@ impl Round<'_> {
         {
             Ok(messages) => {
                 self.open = false;
-                Ok(messages
-                    .into_iter()
-                    .filter_map(|message| match message {
-                        SimpleQueryMessage::Row(row) => Some(row),
-                        _ => None,
-                    })
-                    .collect())
+                Ok(rows_by_statement(messages).into_iter().flatten().collect())
             }
             Err(e) if e.as_db_error().is_some() => Err(Failure::Pg(e)),
             Err(e) => {

@@ -7,10 +7,11 @@
 //! never wait for each other. The calls a dispatcher makes for every job cost few round trips:
 //! a batch of starts or of settles is one statement over `UNNEST`ed arrays (one round trip, one
 //! commit), and a dispatcher's round (the settles of the attempts that ended, the claim of up
-//! to its free slots, and the start of their workers) is one transaction of four round trips:
-//! `BEGIN`, the settle, the claim, and the workers' pids recorded in the same simple query as
-//! the `COMMIT` (their values written as escaped literals, since a simple query takes no
-//! parameters). A claim's quarantine of rows that cannot be read takes a slower path, only
+//! to its free slots, and the start of their workers) is one transaction of two round trips:
+//! one simple query that begins it and `EXECUTE`s the settle and the claim (statements
+//! `PREPARE`d by SQL once per connection), and one that records the workers' pids and
+//! commits. A simple query takes no parameters: its values are written in as escaped
+//! literals. A claim's quarantine of rows that cannot be read takes a slower path, only
 //! when it meets one. Enqueue, cancel and retry `NOTIFY` the channel [`CHANNEL`] in their
 //! transaction; a [`PgListener`] (a connection of its own doing `LISTEN`) wakes an idle
 //! dispatcher with them.
@@ -36,6 +37,7 @@ mod tests;
 use std::{
     borrow::Cow,
     collections::{HashMap, HashSet},
+    sync::LazyLock,
     time::Duration,
 };
 

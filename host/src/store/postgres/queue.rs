@@ -18,20 +18,15 @@ enum FastClaim {
     CheckEach,
 }
 
-/// Claims up to `limit` due jobs for `owner` in one statement, on the transaction `tx`.
+/// Claims up to `$2` due jobs at time `$1` for the dispatcher `$3` in one statement.
 ///
 /// Most claims find only rows jobhost wrote: one statement checks the owner's registration,
 /// locks the due jobs, claims them and records their attempts, and the claim stands if every
-/// claimed row reads back as it should. A share lock on the owner's row: a concurrent
-/// deregister waits for this claim, then sees its attempts, and a claim after it sees the row
-/// gone.
-fn fast_claim<C: GenericClient>(
-    tx: &mut Prepared<'_, C>,
-    owner: DispatcherId,
-    now: Millis,
-    limit: i64,
-) -> Result<FastClaim, Failure> {
-    let sql = format!(
+/// claimed row reads back as it should ([`claimed`]). A share lock on the owner's row: a
+/// concurrent deregister waits for this claim, then sees its attempts, and a claim after it
+/// sees the row gone.
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH owner AS (SELECT id FROM dispatchers WHERE id = $3 FOR KEY SHARE), \
          due AS (SELECT id FROM jobs WHERE state IN ('queued', 'scheduled') AND run_at <= $1 \
              AND EXISTS (SELECT 1 FROM owner) \
@@ -46,21 +41,51 @@ fn fast_claim<C: GenericClient>(
          SELECT r.registered, {} FROM (SELECT EXISTS (SELECT 1 FROM owner) AS registered) r \
          LEFT JOIN claimed c ON TRUE ORDER BY c.priority DESC, c.run_at, c.id",
         prefixed(JOB_COLUMNS, "c")
-    );
-    let rows = match tx.query(&sql, &[&now, &limit, &owner]) {
+    )
+});
+
+/// The statements a round `EXECUTE`s (`jobhost_settle`, [`SETTLE_BATCH`], and
+/// `jobhost_claim`, [`CLAIM`]), prepared by SQL on each connection so that one simple query
+/// can begin the round, settle and claim.
+static ROUND_PREPARE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "PREPARE jobhost_settle (bigint[], bigint[], bigint[], text[], text[], bigint[], \
+         text[], bigint[], bigint[], text[], bigint[]) AS {SETTLE_BATCH}; \
+         PREPARE jobhost_claim (bigint, bigint, bigint) AS {}",
+        *CLAIM
+    )
+});
+
+/// Claims up to `limit` due jobs for `owner` ([`CLAIM`]), on the transaction `tx`.
+fn fast_claim<C: GenericClient>(
+    tx: &mut Prepared<'_, C>,
+    owner: DispatcherId,
+    now: Millis,
+    limit: i64,
+) -> Result<FastClaim, Failure> {
+    let rows = match tx.query(&CLAIM, &[&now, &limit, &owner]) {
         Ok(rows) => rows,
-        // A row the statement cannot claim (a data exception: a count out of range).
-        Err(e) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
-            return Ok(FastClaim::CheckEach)
-        }
+        Err(e) if is_data_exception(&e) => return Ok(FastClaim::CheckEach),
         Err(e) => return Err(e.into()),
     };
+    Ok(claimed(&rows)?)
+}
+
+/// Whether the server refused a statement for a value it met (a data exception: a count out
+/// of range in a row the claim cannot read).
+fn is_data_exception(e: &::postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("22"))
+}
+
+/// What the rows of a [`CLAIM`] say.
+fn claimed<R: Columns>(rows: &[R]) -> Result<FastClaim, StoreError> {
+    let unreadable = |e: String| StoreError::Query(format!("a claim's row {e}"));
     let mut jobs = Vec::with_capacity(rows.len());
-    for row in &rows {
-        if !get::<bool>(row, 0)? {
+    for row in rows {
+        if !row.flag(0).map_err(unreadable)? {
             return Ok(FastClaim::NotRegistered);
         }
-        if get::<Option<i64>>(row, 1)?.is_none() {
+        if row.int(1).map_err(unreadable)?.is_none() {
             continue;
         }
         let job = job_at(row, 1);
@@ -72,6 +97,28 @@ fn fast_claim<C: GenericClient>(
         jobs.push(job);
     }
     Ok(FastClaim::Claimed(jobs))
+}
+
+/// `text` as an SQL string literal, unless it holds a NUL (which no literal, and no text
+/// value, can).
+fn literal(text: &str) -> Option<String> {
+    (!text.contains('\0')).then(|| postgres_protocol::escape::escape_literal(text))
+}
+
+/// A `bigint[]` of `values`, written as SQL.
+fn int_array(values: impl Iterator<Item = Option<i64>>) -> String {
+    let items: Vec<String> = values
+        .map(|v| v.map_or_else(|| "NULL".to_owned(), |v| v.to_string()))
+        .collect();
+    format!("ARRAY[{}]::bigint[]", items.join(", "))
+}
+
+/// A `text[]` of `values`, written as SQL; `None` if one holds a NUL.
+fn text_array<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Option<String> {
+    let items: Option<Vec<String>> = values
+        .map(|v| v.map_or_else(|| Some("NULL".to_owned()), literal))
+        .collect();
+    Some(format!("ARRAY[{}]::text[]", items?.join(", ")))
 }
 
 /// Records one started attempt's worker ([`StartBatch::run`]).
@@ -166,9 +213,6 @@ impl StartBatch {
     /// NUL, which no path or hash has), is recorded as [`StartBatch::run`] records it, leaving
     /// the round to commit.
     fn record_and_commit(&self, round: &mut Round<'_>) -> Result<HashSet<(JobId, u32)>, Failure> {
-        let literal = |text: &str| {
-            (!text.contains('\0')).then(|| postgres_protocol::escape::escape_literal(text))
-        };
         let statements: Option<Vec<String>> = (0..self.ids.len())
             .map(|k| {
                 let values = [
@@ -185,18 +229,7 @@ impl StartBatch {
             Some(statements) if !statements.is_empty() => statements,
             _ => return self.run(&mut round.prepared),
         };
-        let number = |row: &SimpleQueryRow, i: usize| -> Result<i64, StoreError> {
-            row.get(i)
-                .and_then(|text| text.parse().ok())
-                .ok_or_else(|| StoreError::Query(format!("column {i} of a recorded attempt is not a number")))
-        };
-        let mut recorded = HashSet::new();
-        for row in round.commit_with(&statements.join("; "))? {
-            let attempt = u32::try_from(number(&row, 1)?)
-                .map_err(|_| StoreError::Query("a recorded attempt's number is out of range".into()))?;
-            recorded.insert((number(&row, 0)?, attempt));
-        }
-        Ok(recorded)
+        Ok(attempt_keys(&round.commit_with(&statements.join("; "))?)?)
     }
 
     /// Each item's answer, given the attempts the statements recorded.
@@ -328,6 +361,27 @@ impl<'a> SettleBatch<'a> {
         Ok(attempt_keys(&rows)?)
     }
 
+    /// The batch's `EXECUTE jobhost_settle(…)` ([`ROUND_PREPARE`]), its arrays written in;
+    /// `None` if a value holds a NUL (none does: errors are stored without, and the other
+    /// texts are jobhost's own or JSON).
+    fn execute(&self) -> Option<String> {
+        let ints = |values: &[i64]| int_array(values.iter().map(|&v| Some(v)));
+        Some(format!(
+            "EXECUTE jobhost_settle({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            ints(&self.ids),
+            ints(&self.attempts),
+            ints(&self.ended_at),
+            text_array(self.outcomes.iter().map(|&o| Some(o)))?,
+            text_array(self.errors.iter().map(Option::as_deref))?,
+            ints(&self.output_bytes),
+            text_array(self.states.iter().map(|&s| Some(s)))?,
+            int_array(self.run_at.iter().copied()),
+            int_array(self.finished_at.iter().copied()),
+            text_array(self.results.iter().map(Option::as_deref))?,
+            ints(&self.extra),
+        ))
+    }
+
     /// Each settlement's answer, given the attempts the statement settled.
     fn answers(&self, settled: &HashSet<(JobId, u32)>) -> Vec<bool> {
         let mut answers = vec![false; self.keys.len()];
@@ -339,16 +393,21 @@ impl<'a> SettleBatch<'a> {
 }
 
 /// The job and attempt numbers of `rows` ([`attempt_key`]).
-fn attempt_keys(rows: &[Row]) -> Result<HashSet<(JobId, u32)>, StoreError> {
+fn attempt_keys<R: Columns>(rows: &[R]) -> Result<HashSet<(JobId, u32)>, StoreError> {
     rows.iter().map(attempt_key).collect()
 }
 
 /// The job and attempt number in the first two columns of `row`.
-fn attempt_key(row: &Row) -> Result<(JobId, u32), StoreError> {
-    let attempt: i64 = get(row, 1)?;
+fn attempt_key<R: Columns>(row: &R) -> Result<(JobId, u32), StoreError> {
+    let number = |index| {
+        row.int(index)
+            .and_then(|n| n.ok_or_else(|| "is NULL".to_owned()))
+            .map_err(|e| StoreError::Query(format!("column {} of an attempt's key {e}", row.name(index))))
+    };
+    let attempt = number(1)?;
     let attempt = u32::try_from(attempt)
         .map_err(|_| StoreError::Query(format!("attempt number {attempt} is out of range")))?;
-    Ok((get(row, 0)?, attempt))
+    Ok((number(0)?, attempt))
 }
 
 impl Store for PostgresStore {
@@ -518,29 +577,43 @@ impl Store for PostgresStore {
             });
         }
         // All in one transaction: one commit, after which every worker recorded may start.
-        // Four round trips: BEGIN (with what the settle needs), the settle, the claim, and the
+        // Two round trips: one simple query that begins it, settles and claims, and the
         // workers' pids recorded with the COMMIT.
         let settles = SettleBatch::new(settlements);
         let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
-        let begin = if settlements.is_empty() {
-            "BEGIN"
-        } else {
+        let mut first = String::from("BEGIN");
+        if !settlements.is_empty() {
+            let Some(settle) = settles.execute() else {
+                return crate::store::settle_then_claim(self, settlements, owner, now, limit, spawn);
+            };
             // PostgreSQL plans the settle anew for every call otherwise (a plan for the
             // arrays it was given looks cheaper than the cached one), which costs three times
             // what running it does (measured: 0.5 ms against 0.17 ms).
-            "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
-        };
+            first.push_str("; SET LOCAL plan_cache_mode = force_generic_plan; ");
+            first.push_str(&settle);
+        }
+        if limit > 0 {
+            first.push_str(&format!("; EXECUTE jobhost_claim({now}, {wanted}, {owner})"));
+        }
         let done = self.run(|session| {
-            session.round(begin, |round| {
+            let round = session.round(&ROUND_PREPARE, &first, |round, rows| {
+                // The rows of BEGIN, then (SET and) the settle's, then the claim's.
+                let mut statements = rows.into_iter().skip(1);
+                let mut next = |what: &str| {
+                    statements.next().ok_or_else(|| {
+                        StoreError::Query(format!("the server answered no rows for the round's {what}"))
+                    })
+                };
                 let settled = if settlements.is_empty() {
                     HashSet::new()
                 } else {
-                    settles.run(&mut round.prepared)?
+                    next("SET")?;
+                    attempt_keys(&next("settle")?)?
                 };
                 if limit == 0 {
                     return Ok(Some((settled, Ok(Vec::new()), Vec::new())));
                 }
-                let jobs = match fast_claim(&mut round.prepared, owner, now, wanted)? {
+                let jobs = match claimed(&next("claim")?)? {
                     FastClaim::Claimed(jobs) => jobs,
                     FastClaim::NotRegistered => {
                         return Ok(Some((
@@ -556,7 +629,13 @@ impl Store for PostgresStore {
                     Ok::<_, Failure>(records.answers(&records.record_and_commit(round)?))
                 })?;
                 Ok(Some((settled, Ok(jobs), recorded)))
-            })
+            });
+            match round {
+                // A row the claim cannot read, or a value the settle cannot store: all rolled
+                // back, and done one by one, where the two are told apart.
+                Err(Failure::Pg(e)) if is_data_exception(&e) => Ok(None),
+                other => other,
+            }
         })?;
         match done {
             Some((settled, claimed, recorded)) => Ok(SettledAndClaimed {
