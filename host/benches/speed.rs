@@ -72,8 +72,12 @@
 //!   one browser do. A tab is two threads of this bench over plain HTTP/1.1, so their CPU is
 //!   on the same machine: it is printed (the bench's CPU during the drain).
 //!
+//! - *the PostgreSQL server's CPU*, over each drain: the change of utime + stime of every
+//!   process named `postgres` on this machine (a server elsewhere shows 0), per job.
+//!
 //! Other processes' CPU use during each measurement is printed (the cores the machine kept
-//! busy beyond this bench and what it measured), and flagged above 0.15 of a core.
+//! busy beyond this bench, what it measured and the PostgreSQL server), and flagged above 0.15
+//! of a core.
 //!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
 //! binary's directory by [`jobhost::runner::jobhost_program`] (or `$JOBHOST_BIN`); `main`
@@ -372,6 +376,12 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
                     0.5,
                     ">= 0.5 x SQLite fork drain",
                 );
+                report.info(
+                    "PostgreSQL server CPU per job, fork, 1 dispatcher",
+                    d.per_job_ms(d.server_cpu),
+                    "ms",
+                    Kind::Millis,
+                );
             }
             (_, 1) => report.info(&label, d.rate(), "jobs/s", Kind::Rate),
             _ => report.relative(
@@ -521,7 +531,8 @@ fn print_drain(label: &str, d: &Drain) {
     println!(
         "  {label}: {:.3} s ({:.0} jobs/s), of which {:.1} ms enqueueing; jobs by dispatcher \
          {:?}; CPU per job: dispatcher {:.3} ms, workers {:.3} ms (counted once the \
-         dispatcher was reaped: {:.3} ms), this bench {:.3} ms; other processes {:.2} cores",
+         dispatcher was reaped: {:.3} ms), this bench {:.3} ms, the PostgreSQL server {:.3} \
+         ms; other processes {:.2} cores",
         d.wall.as_secs_f64(),
         d.rate(),
         ms(d.enqueue),
@@ -530,6 +541,7 @@ fn print_drain(label: &str, d: &Drain) {
         d.per_job_ms(d.seen_cpu),
         d.per_job_ms(d.workers_cpu),
         d.per_job_ms(d.bench_cpu),
+        d.per_job_ms(d.server_cpu),
         d.other_cores,
     );
     // A tick (10 ms) a job of slack over a drain is more than /proc's rounding.

@@ -3,7 +3,7 @@
 //! [`CpuUse`]), from `/proc/PID/stat` (utime + stime of all threads; cutime + cstime of the
 //! children the process has waited for) and `/proc/stat`, in USER_HZ ticks (10 ms).
 
-use std::time::Instant;
+use std::{collections::HashMap, time::Instant};
 
 use anyhow::{ensure, Context as _};
 
@@ -160,6 +160,33 @@ pub fn stat_cpu(path: &str) -> anyhow::Result<(String, f64, f64)> {
         (fields[0] + fields[1]) / USER_HZ,
         (fields[2] + fields[3]) / USER_HZ,
     ))
+}
+
+/// Own CPU seconds of each running process whose command name is `name` (as `postgres`, every
+/// process of a PostgreSQL server on this machine), by pid; what cannot be read (a process
+/// that just exited) is left out.
+pub fn named_processes_cpu(name: &str) -> HashMap<u32, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let (comm, own, _) = stat_cpu(&format!("/proc/{pid}/stat")).ok()?;
+            (comm == name).then_some((pid, own))
+        })
+        .collect()
+}
+
+/// The CPU seconds the processes of [`named_processes_cpu`] used between `before` and `after`:
+/// those that ran at both, and those started since (a process that exited meanwhile is not
+/// counted).
+pub fn named_processes_used(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(pid, cpu)| (cpu - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum()
 }
 
 /// CPU seconds of the children of process `pid` that still run (listed in each of its

@@ -23,7 +23,7 @@ use jobhost_testing::TestDatabase;
 use serde_json::Value;
 
 use super::{
-    cpu::{live_children_cpu, process_cpu, CpuMeter},
+    cpu::{live_children_cpu, named_processes_cpu, named_processes_used, process_cpu, CpuMeter},
     dispatch_in_batches, ensure_in_state, machine_busy, ms, AttemptRunner, Installation, Measured,
     Served, ALLOWLIST, CLASS, CLOCK, OK, SETTINGS,
 };
@@ -140,6 +140,9 @@ pub fn wait_completed(
     }
 }
 
+/// The command name of a PostgreSQL server's processes.
+const POSTGRES_SERVER: &str = "postgres";
+
 /// What a [`drain`] measured.
 pub struct Drain {
     /// Jobs drained.
@@ -161,6 +164,9 @@ pub struct Drain {
     pub seen_cpu: f64,
     /// CPU seconds of this bench over `wall`: its polling, and what `load` does.
     pub bench_cpu: f64,
+    /// CPU seconds of the processes of a PostgreSQL server on this machine over `wall` (the
+    /// store's work, when the dispatchers use it; [`named_processes_cpu`]).
+    pub server_cpu: f64,
     /// Cores kept busy by other processes over `wall`.
     pub other_cores: f64,
 }
@@ -225,12 +231,14 @@ pub fn drain<L, R>(
     };
     let dispatchers_before = read_dispatchers()?;
     let (bench_before, _) = process_cpu("self")?;
+    let server_before = named_processes_cpu(POSTGRES_SERVER);
     let machine_before = machine_busy()?;
     let started = Instant::now();
     let ids = dispatch_in_batches(&mut client, jobs, || Job::new(CLASS, OK))?;
     let enqueue = started.elapsed();
     let completed = wait_completed(&mut client, jobs, started)?;
     let machine = machine_busy()? - machine_before;
+    let server_cpu = named_processes_used(&server_before, &named_processes_cpu(POSTGRES_SERVER));
     let (bench_after, _) = process_cpu("self")?;
     let dispatchers_after = read_dispatchers()?;
     let result = finish(load)?;
@@ -256,7 +264,7 @@ pub fn drain<L, R>(
     let seen_cpu = dispatchers_after.1 - dispatchers_before.1;
     let bench_cpu = bench_after - bench_before;
     let wall = completed.wall;
-    let others = machine - dispatchers_cpu - seen_cpu - bench_cpu;
+    let others = machine - dispatchers_cpu - seen_cpu - bench_cpu - server_cpu;
     Ok((
         Drain {
             jobs,
@@ -267,6 +275,7 @@ pub fn drain<L, R>(
             workers_cpu: (reaped_after - reaped_before - dispatchers_last.0).max(0.0),
             seen_cpu,
             bench_cpu,
+            server_cpu,
             other_cores: others.max(0.0) / wall.as_secs_f64(),
         },
         result,
