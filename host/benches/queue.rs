@@ -372,19 +372,20 @@ struct Drain {
 fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Drain> {
     let install = Installation::create(scratch, "throughput", fixture, ALLOWLIST, SETTINGS)?;
     let mut client = install.client()?;
-    {
+    let last = {
         let _muted = Muted::new(&install)?;
         let ids = client
             .dispatch_batch((0..jobs).map(|_| Job::new(CLASS, OK)))
             .context("cannot enqueue the drain jobs")?;
         ensure!(ids.len() == jobs, "enqueued {} of {jobs} jobs", ids.len());
-    }
+        *ids.iter().max().context("nothing was enqueued")?
+    };
     let meter = CpuMeter::start(None)?;
     let dispatcher = Served::start(&install)?;
     let Completed {
         wall,
         first_done: (first_done, first_count),
-    } = wait_completed(&mut client, jobs, dispatcher.started)?;
+    } = wait_completed(&mut client, jobs, last, dispatcher.started)?;
     let cpu = meter.stop(Some(dispatcher.pid()))?;
     let (slots_cpu, loop_cpu) = thread_cpu(dispatcher.pid(), "slot-")?;
     dispatcher.stop(&client)?;
