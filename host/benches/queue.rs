@@ -56,7 +56,7 @@ use std::{
 use anyhow::{ensure, Context as _};
 use common::{
     bench_main, count,
-    cpu::{thread_cpu, CpuMeter, CpuUse},
+    cpu::{main_thread_cpu, CpuMeter, CpuUse},
     cpus, dispatch_in_batches, enqueue_parked, ensure_in_state, find_fixture, jobhost_binary,
     measure, ms, parked, parts,
     runs::{pickup_latency, wait_completed, Completed, Muted},
@@ -147,11 +147,12 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
             raw_after.rate(),
         );
         println!(
-            "  CPU per job: dispatcher {:.3} ms (loop {:.3}, slot threads {:.3}) + workers {:.3} \
-             ms (bench polling {:.3} ms); raw: supervisor {:.3} ms + workers {:.3} ms",
+            "  CPU per job: dispatcher {:.3} ms (its loop {:.3}, its other threads {:.3}) + \
+             workers {:.3} ms (bench polling {:.3} ms); raw: supervisor {:.3} ms + workers {:.3} \
+             ms",
             per_job(drain.cpu.own),
             per_job(drain.loop_cpu),
-            per_job(drain.slots_cpu),
+            per_job(drain.other_threads_cpu),
             per_job(drain.cpu.children),
             per_job(drain.cpu.bench),
             per_job(raw_cpu.own),
@@ -361,10 +362,10 @@ struct Drain {
     steady_rate: f64,
     /// `own` is the dispatcher's, `children` its workers', `bench` this process's polling.
     cpu: CpuUse,
-    /// The dispatcher's CPU seconds in its slot threads (running attempts), and in the rest
-    /// (its loop: the store, the logs).
-    slots_cpu: f64,
+    /// The dispatcher's CPU seconds in its loop (the main thread: the store, the logs, the
+    /// running attempts), and in its other threads (doorbell, heartbeat, store maintenance).
     loop_cpu: f64,
+    other_threads_cpu: f64,
 }
 
 /// Enqueues `jobs` no-op jobs with no dispatcher running, then starts one and times it from
@@ -387,7 +388,7 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
         first_done: (first_done, first_count),
     } = wait_completed(&mut client, jobs, last, dispatcher.started)?;
     let cpu = meter.stop(Some(dispatcher.pid()))?;
-    let (slots_cpu, loop_cpu) = thread_cpu(dispatcher.pid(), "slot-")?;
+    let (loop_cpu, other_threads_cpu) = main_thread_cpu(dispatcher.pid())?;
     dispatcher.stop(&client)?;
     let steady = wall.saturating_sub(first_done).as_secs_f64();
     Ok(Drain {
@@ -400,8 +401,8 @@ fn throughput(scratch: &Path, fixture: &Path, jobs: usize) -> anyhow::Result<Dra
             0.0
         },
         cpu,
-        slots_cpu,
         loop_cpu,
+        other_threads_cpu,
     })
 }
 

@@ -122,20 +122,21 @@ pub fn process_cpu(pid: &str) -> anyhow::Result<(f64, f64)> {
     Ok((own, children))
 }
 
-/// CPU seconds of a process's threads whose name starts with `prefix`, and of the others.
-pub fn thread_cpu(pid: u32, prefix: &str) -> anyhow::Result<(f64, f64)> {
+/// CPU seconds of a process's main thread (the dispatcher's loop, in `jobhost serve`), and of
+/// its other threads.
+pub fn main_thread_cpu(pid: u32) -> anyhow::Result<(f64, f64)> {
     let dir = format!("/proc/{pid}/task");
-    let (mut matching, mut others) = (0.0, 0.0);
+    let (mut main, mut others) = (0.0, 0.0);
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
-        let path = entry.context("cannot list threads")?.path().join("stat");
-        let (name, own, _) = stat_cpu(&path.to_string_lossy())?;
-        if name.starts_with(prefix) {
-            matching += own;
+        let entry = entry.context("cannot list threads")?;
+        let (_, own, _) = stat_cpu(&entry.path().join("stat").to_string_lossy())?;
+        if entry.file_name().to_str() == Some(pid.to_string().as_str()) {
+            main += own;
         } else {
             others += own;
         }
     }
-    Ok((matching, others))
+    Ok((main, others))
 }
 
 /// The command name, own and reaped children's CPU seconds in a `/proc/.../stat` file.
