@@ -636,6 +636,33 @@ fn the_dashboard_lists_every_dispatcher_sharing_the_database() {
 }
 
 #[test]
+fn a_dispatcher_serving_the_dashboard_stops_cleanly_and_leaves_the_database() {
+    // The dashboard's store connections used to be dropped inside its async runtime, where
+    // the synchronous driver cannot shut down: `jobhost stop` aborted the process instead.
+    let db = TestDatabase::create();
+    let mut store = open_store(db.url());
+    let mut d = Dashboard::start_in(Host::on_store(db.url()), "");
+    let id = d.host.registered(&mut *store).id;
+    let ran = d.host.enqueue(&[CLASS, "ok"]);
+    d.host.wait_state(ran, &["completed"]);
+    assert_eq!(d.get("/", As::Bearer(&d.token)).status, 200);
+    let mut serve = d.serve.take().unwrap();
+    assert!(d.host.stop_serve(&mut serve), "it stopped by itself");
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        d.host
+            .log("background_jobs.log")
+            .iter()
+            .any(|line| line.contains("Dispatcher stopped")),
+        "{:?}",
+        d.host.log("background_jobs.log")
+    );
+    let registered: Vec<DispatcherId> = store.dispatchers().unwrap().iter().map(|r| r.id).collect();
+    assert!(!registered.contains(&id), "deregistered: {registered:?}");
+}
+
+#[test]
 fn a_job_that_ended_while_its_dispatcher_was_rescued_is_settled_from_its_report_when_that_host_returns(
 ) {
     let db = TestDatabase::create();

@@ -227,10 +227,10 @@ pub fn start(settings: &Settings, changes: Changes) -> std::io::Result<WebHandle
         .enable_all()
         .build()?;
     runtime.spawn(coalescing);
-    let router = router(app);
+    let router = router(app.clone());
     let thread = std::thread::Builder::new()
         .name("web".into())
-        .spawn(move || serve(runtime, listener, router, stopping))?;
+        .spawn(move || serve(runtime, listener, router, stopping, app))?;
     if generated {
         // Best effort: a stderr that is gone must not stop the dispatcher.
         // One write, so that nobody reading stderr sees half the line.
@@ -267,11 +267,16 @@ pub fn attach(settings: &Settings, options: &mut ServeOptions) {
 }
 
 /// Runs the server until `stopping` turns true, then gives open connections a moment.
+///
+/// `app` is let go last, once the runtime is shut down, so that the stores it holds are
+/// closed on this thread: a synchronous PostgreSQL client cannot shut its connection down
+/// from inside an async runtime (it panics, and a panic in a destructor aborts the process).
 fn serve(
     runtime: tokio::runtime::Runtime,
     listener: TcpListener,
     router: Router,
     mut stopping: watch::Receiver<bool>,
+    app: Shared,
 ) {
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -304,6 +309,7 @@ fn serve(
         }
     });
     runtime.shutdown_timeout(Duration::from_millis(500));
+    drop(app);
 }
 
 /// `http://HOST:PORT/admin/background-jobs/login`; an unspecified address (`0.0.0.0`) is
