@@ -71,7 +71,6 @@
 //!   after it). All tabs share one session, logged in with the admin token, as the tabs of
 //!   one browser do. A tab is two threads of this bench over plain HTTP/1.1, so their CPU is
 //!   on the same machine: it is printed (the bench's CPU during the drain).
-//!
 //! - *the PostgreSQL server's CPU*, over each drain: the change of utime + stime of every
 //!   process named `postgres` on this machine (a server elsewhere shows 0), per job.
 //!
