@@ -671,7 +671,7 @@ fn become_worker(
             .unwrap_or(EXIT_UNSTARTED),
         Err(_) => EXIT_UNSTARTED,
     };
-    std::process::exit(code)
+    super::exit_child(code)
 }
 
 /// The zygote's argument area (its `argv` strings after the program name), which a forked

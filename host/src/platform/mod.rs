@@ -12,7 +12,7 @@
 //!   [`OutputPair`], [`reopen_output`], [`crash_name`], and the `StopSchedule` both
 //!   implementations follow;
 //! - in the child: [`prepare_child`], [`hold_output_open`] (of [`HELD_OUTPUT`]), [`await_go_ahead`],
-//!   [`stdin_to_null`], and for the inspector [`adopt_orphans`] and [`kill_adopted`];
+//!   [`stdin_to_null`], [`exit_child`], and for the inspector [`adopt_orphans`] and [`kill_adopted`];
 //! - between processes: [`Doorbell`], [`ring`], [`answers`], [`FileLock`], [`find_worker`];
 //! - detaching and signals: [`detach_command`], [`detach_self`] (the spec's `nohup … &` and
 //!   `start /b`), [`on_signals`] and [`on_termination`].
@@ -23,7 +23,7 @@ pub mod fork_server;
 mod unix;
 #[cfg(unix)]
 pub use unix::{
-    adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
+    adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self, exit_child,
     find_worker, fork_worker, hold_output_open, kill_adopted, on_signals, on_termination,
     prepare_child, reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell,
     ForkedWorker, Launch, OutputPair, Supervised, HELD_OUTPUT, SUPERVISED_FDS, poll_supervised,
@@ -33,7 +33,7 @@ pub use unix::{
 mod windows;
 #[cfg(windows)]
 pub use windows::{
-    adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self,
+    adopt, adopt_orphans, answers, await_go_ahead, crash_name, detach_command, detach_self, exit_child,
     find_worker, hold_output_open, kill_adopted, on_signals, on_termination, prepare_child,
     reopen_output, ring, stdin_to_null, supervise, CancelToken, Doorbell, Launch, OutputPair,
     HELD_OUTPUT,

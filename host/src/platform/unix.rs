@@ -83,7 +83,10 @@ impl CancelToken {
 /// What a worker or inspector process does to itself before anything else: become a session
 /// leader (own session and process group, no controlling terminal), never dump core, and turn
 /// SIGTERM into a cancellation request the job can observe. Returns the flag SIGTERM sets.
-pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
+///
+/// The handlers are installed with `sigaction` directly, not through a registry of handlers:
+/// a forked worker starts with none set up, and this is all it needs of one.
+pub fn prepare_child() -> io::Result<&'static AtomicBool> {
     // Already a session leader is fine (EPERM); anything else is not.
     match rustix::process::setsid() {
         Ok(_) | Err(Errno::PERM) => {}
@@ -96,13 +99,30 @@ pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
             maximum: Some(0),
         },
     )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
-    signal_hook::flag::register(
-        signal_hook::consts::SIGHUP,
-        Arc::new(AtomicBool::new(false)),
-    )?;
-    Ok(stop)
+    static STOP: AtomicBool = AtomicBool::new(false);
+    extern "C" fn on_term(_: libc::c_int) {
+        STOP.store(true, Ordering::SeqCst);
+    }
+    // SIGHUP is caught, not ignored: a job's own children start with its default again.
+    extern "C" fn on_hup(_: libc::c_int) {}
+    for (signal, handler) in [
+        (libc::SIGTERM, on_term as extern "C" fn(libc::c_int)),
+        (libc::SIGHUP, on_hup),
+    ] {
+        // SAFETY: a zeroed `sigaction` is a valid one (empty mask, no flags) once its handler
+        // is set; both handlers only store to an atomic or do nothing, which is
+        // async-signal-safe.
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(&STOP)
 }
 
 /// Makes this process the reaper of its descendants (`PR_SET_CHILD_SUBREAPER`): a process
@@ -157,22 +177,44 @@ fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
-/// In a gated worker: waits until its stdin has its go-ahead to read (or its end), and from
-/// then on a forked worker no longer dies with its fork server (see [`fork_server`]). The byte
-/// is left for the caller to read: a worker killed with its fork server before this returns
-/// has not taken it, so its supervisor knows it never started.
-pub fn await_go_ahead() -> io::Result<()> {
+/// In a gated worker: waits until its stdin has its go-ahead to read (or its end), from then on
+/// no longer dies with its fork server if it was forked (see [`fork_server`]), and reads it:
+/// the byte, or `None` at the end of input. A worker killed with its fork server before then
+/// has not taken the byte, so its supervisor knows it never started. Read straight from the
+/// descriptor: a buffered stdin would be set up for one byte.
+pub fn await_go_ahead() -> io::Result<Option<u8>> {
     let stdin = rustix::stdio::stdin();
-    let mut stdin = [PollFd::new(&stdin, PollFlags::IN)];
+    let mut ready = [PollFd::new(&stdin, PollFlags::IN)];
     loop {
-        match poll(&mut stdin, None) {
+        match poll(&mut ready, None) {
             Ok(_) => break,
             Err(Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     rustix::process::set_parent_process_death_signal(None)?;
-    Ok(())
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::io::read(stdin, &mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Ends a child process (a worker, an inspector, the fork server) at once with `code`, once
+/// what it wrote to its standard streams is out: no `atexit` handler or library destructor
+/// runs, a plugin's neither, so a job's work must be done when its method returns. It also
+/// spares each worker the cost of running them, which for a forked one was most of its exit.
+pub fn exit_child(code: i32) -> ! {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    // SAFETY: `fflush(NULL)` flushes every C stream of this process; `_exit` ends it.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(code)
+    }
 }
 
 /// In a gated worker, once its go-ahead is read: stdin becomes `/dev/null`, as for any job.

@@ -127,9 +127,19 @@ pub fn adopt_orphans() -> io::Result<()> {
 /// every process the child started, when the child ends (Unix: kills every descendant).
 pub fn kill_adopted() {}
 
-/// In a gated worker, before it reads its go-ahead: nothing to do (no fork server here).
-pub fn await_go_ahead() -> io::Result<()> {
-    Ok(())
+/// In a gated worker: reads its go-ahead from stdin, the byte, or `None` at the end of input
+/// (there is no fork server here to outlive).
+pub fn await_go_ahead() -> io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut std::io::stdin().lock(), &mut byte)? {
+        0 => Ok(None),
+        _ => Ok(Some(byte[0])),
+    }
+}
+
+/// Ends a child process (a worker, an inspector) with `code`.
+pub fn exit_child(code: i32) -> ! {
+    std::process::exit(code)
 }
 
 /// In a gated worker, once its go-ahead is read. Its stdin pipe is closed by the supervisor
@@ -146,25 +156,24 @@ pub enum Launch {
 
 /// What a worker or inspector does to itself first: no error dialogs for a crash, and a
 /// thread that turns the supervisor's stop event into the cancellation flag the job reads.
-pub fn prepare_child() -> io::Result<Arc<AtomicBool>> {
+pub fn prepare_child() -> io::Result<&'static AtomicBool> {
+    static STOP: AtomicBool = AtomicBool::new(false);
     // SAFETY: only changes how this process reports its own crashes.
     unsafe { SetErrorMode(SEM_FAILCRITICALERRORS | SEM_NOGPFAULTERRORBOX) };
-    let stop = Arc::new(AtomicBool::new(false));
     if let Some(name) = std::env::var_os(STOP_EVENT_VAR) {
         let name = wide(&name);
         // SAFETY: `name` is a NUL-terminated wide string that outlives the call.
         let event = owned(unsafe { OpenEventW(SYNCHRONIZATION_SYNCHRONIZE, 0, name.as_ptr()) })?;
-        let flag = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("stop-event".into())
             .spawn(move || {
                 // SAFETY: the event handle is owned by this thread's closure.
                 if unsafe { WaitForSingleObject(raw(&event), INFINITE) } == WAIT_OBJECT_0 {
-                    flag.store(true, Ordering::SeqCst);
+                    STOP.store(true, Ordering::SeqCst);
                 }
             })?;
     }
-    Ok(stop)
+    Ok(&STOP)
 }
 
 /// The name of a crash code, such as `0xC0000005 access violation`.

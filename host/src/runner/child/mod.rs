@@ -13,7 +13,7 @@ use std::{
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, OnceLock,
+        OnceLock,
     },
     time::Duration,
 };
@@ -60,7 +60,7 @@ pub fn exit_if_child() {
         }
     };
     // Exit at once: a job's threads must not keep the worker alive.
-    std::process::exit(code);
+    crate::platform::exit_child(code);
 }
 
 /// The `__zygote` subcommand: the fork server ([`crate::platform::fork_server`]), which forks a
@@ -99,7 +99,7 @@ fn start<T: for<'de> serde::Deserialize<'de>>(request_json: &str) -> Result<T, i
     })
 }
 
-static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+static STOP: OnceLock<&'static AtomicBool> = OnceLock::new();
 
 /// The `__worker` subcommand: runs the attempt and writes its report; returns the exit code.
 pub fn worker_main(request_json: &str) -> i32 {
@@ -154,15 +154,8 @@ fn wait_for_go(request: &WorkerRequest) -> Result<(), WorkerReport> {
     if !request.gate {
         return Ok(());
     }
-    if let Err(e) = crate::platform::await_go_ahead() {
-        return Err(error(
-            FailureKind::NotStarted,
-            format!("not started: cannot wait for the go-ahead from its supervisor ({e}); no plugin code ran"),
-        ));
-    }
-    let mut byte = [0u8; 1];
-    match std::io::Read::read(&mut std::io::stdin().lock(), &mut byte) {
-        Ok(1) if byte[0] == GO => crate::platform::stdin_to_null().map_err(|e| {
+    match crate::platform::await_go_ahead() {
+        Ok(Some(GO)) => crate::platform::stdin_to_null().map_err(|e| {
             error(
                 FailureKind::NotStarted,
                 format!("not started: cannot give the job a null stdin ({e}); no plugin code ran"),
