@@ -34,10 +34,13 @@
 //! starts no dispatcher, and none could start anyway.
 //!
 //! Other processes' CPU use during each measurement is printed, and flagged when it is high.
-//! The scratch directory's file system matters too: every attempt creates a directory, an
-//! output file and a FIFO (and its worker a report file), and on ext4, after many recent
-//! deletions (the previous run's cleanup, say), allocating those inodes can cost more CPU than
-//! the rest of the supervision; `QUEUE_SCRATCH_DIR=/dev/shm` measures on tmpfs instead.
+//! The scratch directory's file system matters too: every job's attempts get a directory, and
+//! every attempt a report file written by its worker (and an output file when it prints). On
+//! ext4 without a journal, allocating an inode skips every inode deleted in the last minutes,
+//! reading each one's dtime: after many recent deletions (the previous run's cleanup, a
+//! retention round) that costs more CPU than the rest of the supervision, so a run started
+//! within five minutes of another's end measures less. `QUEUE_SCRATCH_DIR=/dev/shm` measures
+//! on tmpfs instead.
 //!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
 //! binary's directory by [`jobhost::runner::jobhost_program`] (or `$JOBHOST_BIN`); `main`

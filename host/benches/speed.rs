@@ -78,6 +78,10 @@
 //! busy beyond this bench, what it measured and the PostgreSQL server), and flagged above 0.15
 //! of a core.
 //!
+//! The scratch directory's file system counts as well (see the `queue` bench): on ext4 without
+//! a journal, a run started within five minutes of another's cleanup pays for its deletions
+//! in every inode it allocates; `SPEED_SCRATCH_DIR=/dev/shm` takes the file system out.
+//!
 //! The dispatchers and workers are the real release `jobhost` binary, found beside the bench
 //! binary's directory by [`jobhost::runner::jobhost_program`] (or `$JOBHOST_BIN`); `main`
 //! still first handles the hidden `__worker` and `__inspect` subcommands
