@@ -447,12 +447,7 @@ fn judge(
 /// The `status` of attempt `attempt`'s report file (`ok` or `error`), `Some(None)` for a report
 /// that cannot be read as one, `None` for none.
 fn report_status(host: &Host, id: JobId, attempt: u32) -> Option<Option<String>> {
-    let path = host
-        .state_dir()
-        .join("attempts")
-        .join(id.to_string())
-        .join(format!("{attempt}.report.json"));
-    let bytes = std::fs::read(path).ok()?;
+    let bytes = std::fs::read(host.report_path(id, attempt)).ok()?;
     let report: Option<Value> = serde_json::from_slice(&bytes).ok();
     Some(report.and_then(|r| r["status"].as_str().map(str::to_owned)))
 }

@@ -129,7 +129,7 @@ fn job_claimed_by_another_host_that_died_before_starting_its_worker_is_rescued_w
 
 /// The live worker processes of job `id`'s attempts.
 fn workers_of(host: &Host, id: i64) -> Vec<u32> {
-    let marker = format!("attempts/{id}/");
+    let marker = format!("attempts/{id}.");
     host.workers()
         .into_iter()
         .filter(|(_, cmd)| cmd.contains(&marker))
@@ -140,10 +140,10 @@ fn workers_of(host: &Host, id: i64) -> Vec<u32> {
 /// Waits until job `id`'s first worker is on record and has taken its go-ahead, and returns
 /// its pid. On record is not yet let go (its dispatcher sends the go-ahead once the record is
 /// committed): a worker takes it before anything else, and first reserves the space of its
-/// report (`1.report.json.PID.tmp`, renamed to `1.report.json` once written), so that file
-/// is the sign.
+/// report (`attempts/ID.1.report.json.PID.tmp`, renamed to `attempts/ID.1.report.json` once
+/// written), so that file is the sign.
 fn worker_on_record(host: &Host, id: i64) -> u32 {
-    let dir = host.state_dir().join(format!("attempts/{id}"));
+    let report = host.report_path(id, 1);
     wait_for(
         "the job's worker on record and let go",
         Duration::from_secs(30),
@@ -152,8 +152,9 @@ fn worker_on_record(host: &Host, id: i64) -> u32 {
             let worker = workers_of(host, id)
                 .into_iter()
                 .find(|&w| u64::from(w) == pid)?;
-            let reserved = dir.join(format!("1.report.json.{worker}.tmp"));
-            (reserved.exists() || dir.join("1.report.json").exists()).then_some(worker)
+            let mut reserved = report.clone().into_os_string();
+            reserved.push(format!(".{worker}.tmp"));
+            (std::path::Path::new(&reserved).exists() || report.exists()).then_some(worker)
         },
     )
 }

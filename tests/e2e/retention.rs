@@ -54,7 +54,10 @@ fn wait_pruned(host: &Host, id: JobId, finished: i64, period: Duration) {
     wait_for(
         &format!("job {id} and its files to be pruned"),
         Duration::from_secs(60),
-        || (!stored(host, id) && !job_dir(host, id).exists()).then_some(()),
+        || {
+            let gone = !job_dir(host, id).exists() && !host.report_path(id, 1).exists();
+            (!stored(host, id) && gone).then_some(())
+        },
     );
     let age = now_millis() - finished;
     assert!(
@@ -77,7 +80,7 @@ fn the_dispatcher_prunes_finished_jobs_and_their_files_after_each_states_period(
     let (done_at, cancelled_at) = (finished_at(&host, completed), finished_at(&host, cancelled));
     assert!(job_dir(&host, completed).join("1.out").is_file());
     // It printed nothing, so it has a report and no output file.
-    assert!(job_dir(&host, failed).join("1.report.json").is_file());
+    assert!(host.report_path(failed, 1).is_file());
 
     wait_pruned(&host, completed, done_at, Duration::from_secs(2));
     wait_pruned(&host, cancelled, cancelled_at, Duration::from_secs(2));
@@ -88,7 +91,7 @@ fn the_dispatcher_prunes_finished_jobs_and_their_files_after_each_states_period(
     wait_pruned(&host, later, later_at, Duration::from_secs(2));
     // Failed jobs are kept for an hour.
     assert!(stored(&host, failed));
-    assert!(job_dir(&host, failed).join("1.report.json").is_file());
+    assert!(host.report_path(failed, 1).is_file());
     let pruned: Vec<String> = host
         .log("background_jobs.log")
         .into_iter()
@@ -140,6 +143,7 @@ fn prune_by_hand_reports_what_it_removes_and_a_dry_run_changes_nothing() {
         "{only_completed}"
     );
     assert!(!stored(&host, completed) && !job_dir(&host, completed).exists());
+    assert!(!host.report_path(completed, 1).exists());
     assert!(stored(&host, failed) && stored(&host, cancelled));
     // Finished less than an hour ago: kept.
     assert!(prune(&["--older-than", "3600"]).starts_with("pruned 0 finished jobs"));
@@ -194,7 +198,9 @@ fn with_a_shared_postgres_store_each_host_removes_its_own_files_of_pruned_jobs()
     let ids: Vec<JobId> = (0..3)
         .map(|_| run_to_end(&a, "huge_output", &["bytes=100"], 0))
         .collect();
-    assert!(ids.iter().all(|&id| job_dir(&a, id).is_dir()));
+    assert!(ids
+        .iter()
+        .all(|&id| job_dir(&a, id).is_dir() && a.report_path(id, 1).is_file()));
     // Host B prunes them after a second; their files are on A's disk, not B's.
     let b = Host::on_store(db.url());
     b.settings("retention.completed = 1\nretention.interval = 0.1\n");
@@ -211,7 +217,7 @@ fn with_a_shared_postgres_store_each_host_removes_its_own_files_of_pruned_jobs()
         wait_for(
             &format!("host A to remove the files of job {id}"),
             Duration::from_secs(60),
-            || (!job_dir(&a, id).exists()).then_some(()),
+            || (!job_dir(&a, id).exists() && !a.report_path(id, 1).exists()).then_some(()),
         );
     }
     let swept = a.wait_log("background_jobs.log", "Removed the attempt files of");

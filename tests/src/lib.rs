@@ -428,23 +428,43 @@ impl Host {
         )
     }
 
-    /// Every attempt directory's files for job `job_id`: attempt number → (output, empty when
-    /// it printed nothing, and report).
+    /// Where the worker of attempt `attempt` of job `job_id` writes its report: beside the
+    /// job's directory of output files.
+    pub fn report_path(&self, job_id: impl std::fmt::Display, attempt: u32) -> PathBuf {
+        self.state_dir()
+            .join("attempts")
+            .join(format!("{job_id}.{attempt}.report.json"))
+    }
+
+    /// Every attempt's files for job `job_id`: attempt number → (output, empty when it printed
+    /// nothing, and report).
     pub fn attempts(&self, job_id: &str) -> BTreeMap<u32, (String, Option<Value>)> {
-        let dir = self.state_dir().join("attempts").join(job_id);
+        let attempts_dir = self.state_dir().join("attempts");
+        let dir = attempts_dir.join(job_id);
+        let report_prefix = format!("{job_id}.");
+        // An attempt that printed nothing has no output file (and a job none of whose attempts
+        // printed anything no directory); every attempt that ran has a report.
+        let outputs = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".out")?.parse::<u32>().ok()
+            });
+        let reports = fs::read_dir(&attempts_dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                name.strip_prefix(&report_prefix)?
+                    .strip_suffix(".report.json")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
         let mut attempts = BTreeMap::new();
-        for entry in fs::read_dir(&dir).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            // An attempt that printed nothing has no output file.
-            let Some(n) = name
-                .strip_suffix(".out")
-                .or_else(|| name.strip_suffix(".report.json"))
-            else {
-                continue;
-            };
-            let n: u32 = n.parse().unwrap();
+        for n in outputs.chain(reports) {
             let output = fs::read_to_string(dir.join(format!("{n}.out"))).unwrap_or_default();
-            let report = fs::read(dir.join(format!("{n}.report.json")))
+            let report = fs::read(self.report_path(job_id, n))
                 .ok()
                 .map(|bytes| serde_json::from_slice(&bytes).unwrap());
             attempts.insert(n, (output, report));

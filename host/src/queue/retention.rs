@@ -5,14 +5,15 @@
 //! The dispatcher runs [`start`]: a thread with its own store connection that, every
 //! `retention.interval`, deletes the due jobs in batches of [`BATCH`] — one short transaction
 //! each, with a pause between, so that the dispatcher's own writes never wait long — and
-//! removes each pruned job's directory, `attempts/<job_id>/`, from this host's state
-//! directory. On PostgreSQL the store lets one dispatcher prune at a time
-//! ([`Store::prune`]); the others skip the round.
+//! removes each pruned job's files from this host's state directory: its directory,
+//! `attempts/<job_id>/`, and its attempts' reports beside it,
+//! `attempts/<job_id>.<n>.report.json`. On PostgreSQL the store lets one dispatcher prune at a
+//! time ([`Store::prune`]); the others skip the round.
 //!
 //! With several hosts sharing a PostgreSQL store, the dispatcher that prunes a job can only
 //! remove the files on its own host. So every dispatcher also sweeps its own `attempts/`
 //! directory at its first round and every [`SWEEP_EVERY`] rounds after, removing the
-//! directories of jobs the store no longer has (ids are never reused): every host removes its
+//! files of jobs the store no longer has (ids are never reused): every host removes its
 //! own files of pruned jobs within that many rounds. `jobhost prune` ([`prune_by_hand`]) does
 //! a pruning by hand. A round that fails is logged and the next one tries again; nothing here
 //! stops the dispatcher.
@@ -132,23 +133,60 @@ fn prune_due(
     }
 }
 
-/// The directory of job `id`'s attempt files in `state_dir`.
+/// The directory of job `id`'s attempts' output in `state_dir`.
 fn job_dir(state_dir: &Path, id: JobId) -> PathBuf {
     attempts_dir(state_dir).join(id.to_string())
 }
 
-/// Removes job `id`'s attempt files from `state_dir`; returns the bytes they held (0 when
-/// there are none on this host). A file that cannot be removed is logged and left.
-fn remove_job_files(state_dir: &Path, id: JobId) -> u64 {
+/// Job `id`'s attempt files in `state_dir` that exist: its directory, and the reports beside
+/// it from its first attempt on, up to the first attempt that left none (a report of a later
+/// one goes with the next [`sweep`]).
+fn job_files(state_dir: &Path, id: JobId) -> Vec<PathBuf> {
     let dir = job_dir(state_dir, id);
-    let bytes = dir_bytes(&dir);
-    match std::fs::remove_dir_all(&dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            tracing::warn!("cannot remove {} of pruned job {id}: {e}", dir.display());
-        }
-        _ => {}
+    let reports = (1u32..)
+        .map(|attempt| attempts_dir(state_dir).join(format!("{id}.{attempt}.report.json")))
+        .take_while(|report| report.exists());
+    std::iter::once(dir)
+        .filter(|dir| dir.exists())
+        .chain(reports)
+        .collect()
+}
+
+/// Removes job `id`'s attempt files from `state_dir` ([`job_files`]); returns the bytes they
+/// held (0 when there are none on this host). A file that cannot be removed is logged and
+/// left.
+fn remove_job_files(state_dir: &Path, id: JobId) -> u64 {
+    job_files(state_dir, id)
+        .iter()
+        .map(|path| remove_entry(path, id))
+        .sum()
+}
+
+/// The bytes of `path`, a file or a directory and everything in it (0 if it does not exist).
+fn entry_bytes(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => dir_bytes(path),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
     }
-    bytes
+}
+
+/// Removes `path`, a file or a directory of job `id`'s attempt files, and everything in it;
+/// returns the bytes it held (0 if it does not exist). One that cannot be removed is logged.
+fn remove_entry(path: &Path, id: JobId) -> u64 {
+    let bytes = entry_bytes(path);
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return 0,
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("cannot remove {} of pruned job {id}: {e}", path.display());
+            0
+        }
+        _ => bytes,
+    }
 }
 
 /// The bytes of the files under `dir` (0 if it does not exist).
@@ -166,35 +204,41 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// Removes the directories under `state_dir`'s `attempts/` of jobs `store` no longer has;
-/// returns how many jobs' files it removed and their bytes (`attempts` is not counted: their
-/// rows are gone). Entries not named like a job id are left alone.
+/// The job whose attempt file `name` in `attempts/` is: its directory (`ID`), a report
+/// (`ID.ATTEMPT.report.json`) or a worker's temporary one (`ID.ATTEMPT.report.json.PID.tmp`).
+fn job_of_entry(name: &str) -> Option<JobId> {
+    let id = name.split_once('.').map_or(name, |(id, _)| id);
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let id: JobId = id.parse().ok()?;
+    (id > 0).then_some(id)
+}
+
+/// Removes the files under `state_dir`'s `attempts/` of jobs `store` no longer has; returns
+/// how many jobs' files it removed and their bytes (`attempts` is not counted: their rows are
+/// gone). Entries not named like a job's are left alone.
 fn sweep(store: &mut dyn Store, state_dir: &Path) -> Result<Removed, StoreError> {
     let mut removed = Removed::default();
     let Ok(entries) = std::fs::read_dir(attempts_dir(state_dir)) else {
         return Ok(removed);
     };
-    let ids = entries.flatten().filter_map(|entry| {
-        let id: JobId = entry.file_name().to_str()?.parse().ok()?;
-        (id > 0).then_some(id)
-    });
-    let mut chunk = Vec::with_capacity(SWEEP_CHUNK);
-    let mut check = |chunk: &mut Vec<JobId>| -> Result<(), StoreError> {
+    let mut by_job: std::collections::BTreeMap<JobId, Vec<PathBuf>> = Default::default();
+    for entry in entries.flatten() {
+        if let Some(id) = entry.file_name().to_str().and_then(job_of_entry) {
+            by_job.entry(id).or_default().push(entry.path());
+        }
+    }
+    let ids: Vec<JobId> = by_job.keys().copied().collect();
+    for chunk in ids.chunks(SWEEP_CHUNK) {
         let stored = store.existing_jobs(chunk)?;
         for &id in chunk.iter().filter(|id| stored.binary_search(id).is_err()) {
             removed.jobs += 1;
-            removed.bytes += remove_job_files(state_dir, id);
-        }
-        chunk.clear();
-        Ok(())
-    };
-    for id in ids {
-        chunk.push(id);
-        if chunk.len() == SWEEP_CHUNK {
-            check(&mut chunk)?;
+            for path in by_job.remove(&id).unwrap_or_default() {
+                removed.bytes += remove_entry(&path, id);
+            }
         }
     }
-    check(&mut chunk)?;
     Ok(removed)
 }
 
@@ -284,7 +328,8 @@ pub fn prune_by_hand(settings: &Settings, request: &PruneRequest) -> Result<Remo
             bytes: expired
                 .jobs
                 .iter()
-                .map(|&id| dir_bytes(&job_dir(&settings.state_dir, id)))
+                .flat_map(|&id| job_files(&settings.state_dir, id))
+                .map(|path| entry_bytes(&path))
                 .sum(),
         });
     }
@@ -319,8 +364,8 @@ mod tests {
         }
     }
 
-    /// A store in `dir` with `n` jobs completed at `at`, each with a 10-byte output file in
-    /// `dir`'s `attempts/`.
+    /// A store in `dir` with `n` jobs completed at `at`, each with a 10-byte output file and a
+    /// 2-byte report in `dir`'s `attempts/`.
     fn completed_jobs(dir: &Path, n: usize, at: Millis) -> (SqliteStore, Vec<JobId>) {
         let mut store = SqliteStore::open(&dir.join("jobs.sqlite3")).unwrap();
         let info = DispatcherInfo::this_process(1, dir);
@@ -339,6 +384,7 @@ mod tests {
                 .unwrap();
             std::fs::create_dir_all(job_dir(dir, id)).unwrap();
             std::fs::write(job_dir(dir, id).join("1.out"), "0123456789").unwrap();
+            std::fs::write(attempts_dir(dir).join(format!("{id}.1.report.json")), "{}").unwrap();
         }
         (store, ids)
     }
@@ -386,11 +432,16 @@ mod tests {
             Removed {
                 jobs: n,
                 attempts: n,
-                bytes: 10 * n
+                bytes: 12 * n
             }
         );
         assert_eq!(pauses.get(), 1, "two batches, one pause between");
         assert!(ids.iter().all(|&id| !job_dir(dir.path(), id).exists()));
+        assert_eq!(
+            std::fs::read_dir(attempts_dir(dir.path())).unwrap().count(),
+            0,
+            "the reports went with their jobs"
+        );
         assert_eq!(store.stats().unwrap().by_state["completed"], 0);
     }
 
@@ -398,24 +449,35 @@ mod tests {
     fn the_sweep_removes_the_files_of_jobs_the_store_no_longer_has_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, ids) = completed_jobs(dir.path(), 3, 1000);
-        // Jobs another host pruned, and a directory that is not a job's.
-        for gone in ["7", "8"] {
-            std::fs::create_dir_all(attempts_dir(dir.path()).join(gone)).unwrap();
-            std::fs::write(attempts_dir(dir.path()).join(gone).join("1.out"), "12345").unwrap();
+        // Jobs another host pruned: 7 with output and a report, 8 with a report and a
+        // worker's leftover temporary one, 9 as an earlier jobhost kept it (the report in the
+        // job's directory); and what is not a job's.
+        let attempts = attempts_dir(dir.path());
+        for gone in ["7", "9"] {
+            std::fs::create_dir_all(attempts.join(gone)).unwrap();
+            std::fs::write(attempts.join(gone).join("1.out"), "12345").unwrap();
         }
-        std::fs::create_dir_all(attempts_dir(dir.path()).join("notes")).unwrap();
+        std::fs::write(attempts.join("9").join("1.report.json"), "{}").unwrap();
+        std::fs::write(attempts.join("7.1.report.json"), "{}").unwrap();
+        std::fs::write(attempts.join("8.1.report.json"), "{}").unwrap();
+        std::fs::write(attempts.join("8.2.report.json.4242.tmp"), "").unwrap();
+        std::fs::create_dir_all(attempts.join("notes")).unwrap();
+        std::fs::write(attempts.join("notes.1.report.json"), "{}").unwrap();
         let swept = sweep(&mut store, dir.path()).unwrap();
         assert_eq!(
             swept,
             Removed {
-                jobs: 2,
+                jobs: 3,
                 attempts: 0,
-                bytes: 10
+                bytes: 16
             }
         );
         assert!(ids.iter().all(|&id| job_dir(dir.path(), id).exists()));
-        assert!(!attempts_dir(dir.path()).join("7").exists());
-        assert!(attempts_dir(dir.path()).join("notes").exists());
+        for gone in ["7", "9", "7.1.report.json", "8.1.report.json", "8.2.report.json.4242.tmp"] {
+            assert!(!attempts.join(gone).exists(), "{gone}");
+        }
+        assert!(attempts.join("notes").exists());
+        assert!(attempts.join("notes.1.report.json").exists());
         assert_eq!(sweep(&mut store, dir.path()).unwrap(), Removed::default());
     }
 }

@@ -68,7 +68,6 @@ use crate::{
         doorbell::{notify_waiters, RING_STOP, RING_WAKE},
         StatePaths,
     },
-    runner::protocol::{read_report, WorkerReport},
     runner::supervisor::{
         adopt_attempt,
         attempts::AttemptEnded,

@@ -246,9 +246,8 @@ impl Dispatcher {
         };
         for (job, attempt) in lost {
             let number = attempt.attempt;
-            let report_path =
-                AttemptPaths::new(&self.settings.state_dir, &job.id.to_string(), number).report;
-            let Ok(Some(report)) = read_report::<WorkerReport>(&report_path) else {
+            let paths = AttemptPaths::new(&self.settings.state_dir, &job.id.to_string(), number);
+            let Ok(Some(report)) = paths.read_report() else {
                 continue;
             };
             let outcome = crate::runner::supervisor::reported_outcome(report, job.timeout);

@@ -74,6 +74,7 @@ impl Capture {
     /// Opens the output file at `path` to go on capturing after a restart: what is already
     /// there counts against the limit.
     pub fn append(path: &Path, limit: u64) -> io::Result<Self> {
+        make_parent(path)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -130,7 +131,9 @@ impl Capture {
         }
         let written = match &mut self.file {
             Some(file) => file.write_all(bytes),
-            None => File::create(&self.path).and_then(|mut file| {
+            None => make_parent(&self.path)
+                .and_then(|()| File::create(&self.path))
+                .and_then(|mut file| {
                 let written = file.write_all(bytes);
                 self.file = Some(file);
                 written
@@ -139,6 +142,14 @@ impl Capture {
         if let Err(e) = written {
             self.error.get_or_insert(e);
         }
+    }
+}
+
+/// Makes the directory an output file goes in (its job's), owner-only, if it is not there.
+fn make_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) => crate::shared::files::create_private_dir(dir),
+        None => Ok(()),
     }
 }
 

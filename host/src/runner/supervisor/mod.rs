@@ -265,13 +265,20 @@ impl AttemptError {
     }
 }
 
-/// The directory of every job's attempt files in `state_dir`: `<state_dir>/attempts/`, one
-/// directory per job, named after its id.
+/// The directory of every job's attempt files in `state_dir`: `<state_dir>/attempts/`, with
+/// a directory per job, named after its id, for its attempts' output, and each attempt's
+/// report beside it ([`AttemptPaths`]).
 pub fn attempts_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("attempts")
 }
 
-/// The files of one attempt, all under `<state_dir>/attempts/<job_id>/`.
+/// The files of one attempt: its output in its job's directory,
+/// `<state_dir>/attempts/<job_id>/<attempt>.out`, which is made with the first output of any
+/// of the job's attempts, and its report beside that directory,
+/// `<state_dir>/attempts/<job_id>.<attempt>.report.json`. So an attempt that prints nothing,
+/// most of them, allocates one file (its report) and no directory: on a file system where
+/// allocating an inode is slow (ext4 without a journal skips every inode deleted in the last
+/// minutes), that was a good part of an attempt's supervision.
 #[derive(Debug, Clone)]
 pub struct AttemptPaths {
     dir: PathBuf,
@@ -284,11 +291,28 @@ pub struct AttemptPaths {
 impl AttemptPaths {
     /// The files of attempt `attempt` of job `job_id`.
     pub fn new(state_dir: &Path, job_id: &str, attempt: u32) -> Self {
-        let dir = attempts_dir(state_dir).join(job_id);
+        let attempts = attempts_dir(state_dir);
+        let dir = attempts.join(job_id);
         Self {
             output: dir.join(format!("{attempt}.out")),
-            report: dir.join(format!("{attempt}.report.json")),
+            report: attempts.join(format!("{job_id}.{attempt}.report.json")),
             dir,
+        }
+    }
+
+    /// Where a worker of an earlier jobhost, which kept the report in the job's directory
+    /// too, writes it: read when its attempt is adopted or settled late.
+    fn earlier_report(&self) -> PathBuf {
+        let name = self.report.file_name().unwrap_or_default().to_string_lossy();
+        let attempt = name.split('.').nth(1).unwrap_or_default();
+        self.dir.join(format!("{attempt}.report.json"))
+    }
+
+    /// The report of the attempt, where its worker wrote it; `None` when there is none.
+    pub fn read_report(&self) -> Result<Option<WorkerReport>, AttemptError> {
+        match read_report(&self.report).map_err(|e| self.error(e))? {
+            Some(report) => Ok(Some(report)),
+            None => read_report(&self.earlier_report()).map_err(|e| self.error(e)),
         }
     }
 
@@ -314,7 +338,11 @@ pub struct Prepared {
 /// Sets up the files of `spec` and writes its worker's request.
 pub fn prepare(settings: &Settings, spec: &AttemptSpec<'_>) -> Result<Prepared, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
-    crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
+    let attempts = attempts_dir(&settings.state_dir);
+    crate::shared::files::create_private_dir(&attempts).map_err(|source| AttemptError::Files {
+        dir: attempts.clone(),
+        source,
+    })?;
     match std::fs::remove_file(&paths.report) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(paths.error(e)),
         _ => {}
@@ -443,7 +471,6 @@ pub fn adopt_attempt(
     cancel: &CancelToken,
 ) -> Result<AttemptRecord, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, orphan.job_id, orphan.attempt);
-    crate::shared::files::create_private_dir(&paths.dir).map_err(|e| paths.error(e))?;
     let worker = find_worker(&paths, orphan.pid);
     let mut capture = Capture::append(&paths.output, settings.limits.max_output_bytes)
         .map_err(|e| paths.error(e))?;
@@ -468,7 +495,7 @@ pub fn adopt_attempt(
     };
     let stack_overflow = capture.tail_contains("has overflowed its stack");
     let output = capture.finish();
-    let report: Option<WorkerReport> = read_report(&paths.report).map_err(|e| paths.error(e))?;
+    let report = paths.read_report()?;
     let exit = match worker {
         Some(_) => Exit::Adopted,
         None => Exit::Gone {
@@ -489,6 +516,7 @@ pub fn adopt_attempt(
 /// any worker process running the attempt (its pid may not have been recorded).
 fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
     platform::find_worker(pid, &paths.report.to_string_lossy())
+        .or_else(|| platform::find_worker(pid, &paths.earlier_report().to_string_lossy()))
 }
 
 /// How an attempt ended by its worker's report alone: for a report that turns up after the
@@ -588,6 +616,26 @@ mod tests {
     use super::*;
 
     const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_report_is_read_beside_the_jobs_directory_and_where_an_earlier_worker_wrote_it() {
+        let state = tempfile::tempdir().unwrap();
+        let paths = AttemptPaths::new(state.path(), "12", 3);
+        let attempts = attempts_dir(state.path());
+        assert_eq!(paths.report, attempts.join("12.3.report.json"));
+        assert_eq!(paths.output, attempts.join("12").join("3.out"));
+        assert_eq!(paths.read_report().unwrap(), None);
+        // An earlier jobhost's worker wrote it in the job's directory.
+        std::fs::create_dir_all(attempts.join("12")).unwrap();
+        let earlier = ok(json!("earlier")).unwrap();
+        crate::runner::protocol::write_report(&attempts.join("12").join("3.report.json"), &earlier)
+            .unwrap();
+        assert_eq!(paths.read_report().unwrap(), Some(earlier));
+        // Where this one writes it comes first.
+        let now = ok(json!("now")).unwrap();
+        crate::runner::protocol::write_report(&paths.report, &now).unwrap();
+        assert_eq!(paths.read_report().unwrap(), Some(now));
+    }
 
     fn ok(result: Value) -> Option<WorkerReport> {
         Some(WorkerReport::Ok {
