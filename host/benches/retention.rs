@@ -22,7 +22,8 @@
 //! Two installations each get the jobs at once (in batches of 1,000 through the Rust API) and
 //! a `jobhost serve --slots 2` that drains them: `kept` keeps completed jobs forever
 //! (`retention.completed = 0`), `pruned` for `RETENTION_PERIOD` seconds, pruning every second.
-//! While it drains, the database, the WAL and the number of job directories in `attempts/` are
+//! While it drains, the database, the WAL and the number of entries in `attempts/` (job
+//! directories and attempt reports) are
 //! read every second; once it has drained and a period and two rounds have passed, the whole
 //! state directory is measured as `du` would (allocated blocks). The figures per job of `kept`
 //! say what an hour at 50 jobs/s (180,000 jobs) takes without retention; `pruned` stays at
@@ -105,19 +106,19 @@ fn run(bench_mode: bool) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "{:<8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
-        "", "jobs/s", "max WAL", "max dirs", "WAL", "db", "attempts/", "job dirs", "other"
+        "{:<8} {:>7} {:>10} {:>11} {:>9} {:>9} {:>10} {:>9} {:>9}",
+        "", "jobs/s", "max WAL", "max entries", "WAL", "db", "attempts/", "entries", "other"
     );
     for (name, run) in [("kept", &kept), ("pruned", &pruned)] {
         println!(
-            "{name:<8} {:>7.0} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>9}",
+            "{name:<8} {:>7.0} {:>10} {:>11} {:>9} {:>9} {:>10} {:>9} {:>9}",
             run.rate,
             mib(run.max_wal),
-            run.max_dirs,
+            run.max_entries,
             mib(run.end.wal),
             mib(run.end.db),
             mib(run.end.attempts),
-            run.end.dirs,
+            run.end.entries,
             mib(run.end.other)
         );
     }
@@ -150,8 +151,8 @@ struct Drained {
     rate: f64,
     /// The largest WAL file seen while it drained.
     max_wal: u64,
-    /// The most job directories seen in `attempts/` while it drained.
-    max_dirs: u64,
+    /// The most entries (job directories and reports) seen in `attempts/` while it drained.
+    max_entries: u64,
     /// The state directory at the end.
     end: Usage,
 }
@@ -179,11 +180,11 @@ fn drain(
     let dispatcher = Served::start(&install)?;
     let started = Instant::now();
     dispatch_in_batches(&mut client, jobs, || Job::new(CLASS, OK))?;
-    let (mut max_wal, mut max_dirs) = (0, 0);
+    let (mut max_wal, mut max_entries) = (0, 0);
     loop {
         let seen = Usage::sample(&state_dir);
         max_wal = max_wal.max(seen.wal);
-        max_dirs = max_dirs.max(seen.dirs);
+        max_entries = max_entries.max(seen.entries);
         if client.store().unfinished()? == 0 {
             break;
         }
@@ -207,7 +208,7 @@ fn drain(
     Ok(Drained {
         rate,
         max_wal,
-        max_dirs,
+        max_entries,
         end: Usage::measure(&state_dir),
     })
 }
@@ -219,20 +220,20 @@ struct Usage {
     wal: u64,
     /// `attempts/` and everything under it.
     attempts: u64,
-    /// Job directories in `attempts/`.
-    dirs: u64,
+    /// Entries in `attempts/`: job directories and attempt reports.
+    entries: u64,
     /// Everything else in the state directory (the plugin catalog and snapshots, ...).
     other: u64,
 }
 
 impl Usage {
-    /// The database, the WAL and the number of job directories: cheap enough to read while
+    /// The database, the WAL and the number of entries in `attempts/`: cheap enough to read while
     /// the dispatcher works.
     fn sample(state_dir: &Path) -> Self {
         Self {
             db: allocated(&state_dir.join(DB_FILE)),
             wal: apparent(&state_dir.join(format!("{DB_FILE}-wal"))),
-            dirs: std::fs::read_dir(state_dir.join("attempts")).map_or(0, |d| d.count() as u64),
+            entries: std::fs::read_dir(state_dir.join("attempts")).map_or(0, |d| d.count() as u64),
             ..Self::default()
         }
     }
