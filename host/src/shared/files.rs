@@ -98,6 +98,19 @@ pub fn open_regular(
     ))
 }
 
+/// Removes the file at `path` if there is one. Looked for first: unlinking takes its
+/// directory's lock even when there is nothing to remove, and in a directory that workers
+/// create files in, waiting for it costs more than the look.
+pub fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        _ => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Creates the directory `path` and any missing parents, each owner-only (mode 0700 on Unix:
 /// the state directory holds the queue, the dashboard's login URL and every job's params and
 /// output). A directory that exists already is left as it is (see [`loose_permissions`]).

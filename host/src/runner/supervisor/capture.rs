@@ -56,10 +56,7 @@ impl Capture {
     /// one there (of a run of the attempt that did not start) is removed, and the file is
     /// created with the first byte.
     pub fn create(path: &Path, limit: u64) -> io::Result<Self> {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        crate::shared::files::remove_if_present(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             file: None,

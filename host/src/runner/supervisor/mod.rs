@@ -339,14 +339,15 @@ pub struct Prepared {
 pub fn prepare(settings: &Settings, spec: &AttemptSpec<'_>) -> Result<Prepared, AttemptError> {
     let paths = AttemptPaths::new(&settings.state_dir, spec.job_id, spec.attempt);
     let attempts = attempts_dir(&settings.state_dir);
-    crate::shared::files::create_private_dir(&attempts).map_err(|source| AttemptError::Files {
-        dir: attempts.clone(),
-        source,
-    })?;
-    match std::fs::remove_file(&paths.report) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(paths.error(e)),
-        _ => {}
+    if !attempts.is_dir() {
+        crate::shared::files::create_private_dir(&attempts).map_err(|source| {
+            AttemptError::Files {
+                dir: attempts.clone(),
+                source,
+            }
+        })?;
     }
+    crate::shared::files::remove_if_present(&paths.report).map_err(|e| paths.error(e))?;
     let request = WorkerRequest {
         protocol: PROTOCOL_VERSION,
         job_id: spec.job_id.to_owned(),
