@@ -139,11 +139,9 @@ fn workers_of(host: &Host, id: i64) -> Vec<u32> {
 
 /// Waits until job `id`'s first worker is on record and has taken its go-ahead, and returns
 /// its pid. On record is not yet let go (its dispatcher sends the go-ahead once the record is
-/// committed): a worker takes it before anything else, and first reserves the space of its
-/// report (`attempts/ID.1.report.json.PID.tmp`, renamed to `attempts/ID.1.report.json` once
-/// written), so that file is the sign.
+/// committed); a worker that took its go-ahead has its stdin, the gate, replaced by
+/// `/dev/null` before it runs anything, so that is the sign.
 fn worker_on_record(host: &Host, id: i64) -> u32 {
-    let report = host.report_path(id, 1);
     wait_for(
         "the job's worker on record and let go",
         Duration::from_secs(30),
@@ -152,9 +150,8 @@ fn worker_on_record(host: &Host, id: i64) -> u32 {
             let worker = workers_of(host, id)
                 .into_iter()
                 .find(|&w| u64::from(w) == pid)?;
-            let mut reserved = report.clone().into_os_string();
-            reserved.push(format!(".{worker}.tmp"));
-            (std::path::Path::new(&reserved).exists() || report.exists()).then_some(worker)
+            let stdin = std::fs::read_link(format!("/proc/{worker}/fd/0")).ok()?;
+            (stdin == std::path::Path::new("/dev/null")).then_some(worker)
         },
     )
 }
