@@ -208,8 +208,9 @@ pub fn await_go_ahead() -> io::Result<Option<u8>> {
 /// what it wrote to its standard streams is out: no `atexit` handler or library destructor
 /// runs, a plugin's neither, so a job's work must be done when its method returns. It also
 /// spares each worker the cost of running them, which for a forked one was most of its exit.
+/// The host's own code in a child writes to stderr only, which Rust does not buffer; the C
+/// streams are flushed.
 pub fn exit_child(code: i32) -> ! {
-    let _ = std::io::Write::flush(&mut std::io::stdout());
     // SAFETY: `fflush(NULL)` flushes every C stream of this process; `_exit` ends it.
     unsafe {
         libc::fflush(std::ptr::null_mut());
@@ -660,11 +661,14 @@ pub fn adopt(
     Ok(supervised.run(cancel, sink)?.stopped)
 }
 
-/// The live worker running the attempt whose command line contains `marker` (its report
-/// path): the process `pid` if it is that worker, else any process that is. The command line
-/// is checked so that a reused pid is never mistaken for the worker.
-pub fn find_worker(pid: Option<u32>, marker: &str) -> Option<u32> {
-    let is_ours = |cmdline: &str| cmdline.contains("__worker") && cmdline.contains(marker);
+/// The live worker running the attempt whose command line contains one of `markers` (the
+/// paths its report may have): the process `pid` if it is that worker, else any process that
+/// is, found in one pass over `/proc`. The command line is checked so that a reused pid is
+/// never mistaken for the worker.
+pub fn find_worker(pid: Option<u32>, markers: &[&str]) -> Option<u32> {
+    let is_ours = |cmdline: &str| {
+        cmdline.contains("__worker") && markers.iter().any(|marker| cmdline.contains(marker))
+    };
     if let Some(pid) = pid.filter(|&p| command_line(p).is_some_and(|c| is_ours(&c))) {
         return Some(pid);
     }

@@ -400,7 +400,7 @@ fn open_process(pid: u32) -> Option<OwnedHandle> {
 
 /// The live worker of an attempt: the recorded pid, if that process still runs. See the module
 /// documentation for why the command line is not checked here.
-pub fn find_worker(pid: Option<u32>, _marker: &str) -> Option<u32> {
+pub fn find_worker(pid: Option<u32>, _markers: &[&str]) -> Option<u32> {
     pid.filter(|&p| open_process(p).is_some())
 }
 

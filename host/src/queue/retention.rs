@@ -164,21 +164,29 @@ fn remove_job_files(state_dir: &Path, id: JobId) -> u64 {
 
 /// The bytes of `path`, a file or a directory and everything in it (0 if it does not exist).
 fn entry_bytes(path: &Path) -> u64 {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => dir_bytes(path),
-        Ok(meta) => meta.len(),
-        Err(_) => 0,
+    std::fs::symlink_metadata(path).map_or(0, |meta| bytes_of(path, &meta))
+}
+
+/// The bytes of `path`, whose metadata is `meta`.
+fn bytes_of(path: &Path, meta: &std::fs::Metadata) -> u64 {
+    if meta.is_dir() {
+        dir_bytes(path)
+    } else {
+        meta.len()
     }
 }
 
 /// Removes `path`, a file or a directory of job `id`'s attempt files, and everything in it;
 /// returns the bytes it held (0 if it does not exist). One that cannot be removed is logged.
 fn remove_entry(path: &Path, id: JobId) -> u64 {
-    let bytes = entry_bytes(path);
-    let removed = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(_) => return 0,
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let bytes = bytes_of(path, &meta);
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
     };
     match removed {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -196,11 +204,7 @@ fn dir_bytes(dir: &Path) -> u64 {
     };
     entries
         .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(meta) if meta.is_dir() => dir_bytes(&entry.path()),
-            Ok(meta) => meta.len(),
-            Err(_) => 0,
-        })
+        .map(|entry| entry.metadata().map_or(0, |meta| bytes_of(&entry.path(), &meta)))
         .sum()
 }
 

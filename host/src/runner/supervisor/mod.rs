@@ -286,6 +286,9 @@ pub struct AttemptPaths {
     pub output: PathBuf,
     /// The worker's report.
     pub report: PathBuf,
+    /// Where a worker of an earlier jobhost, which kept the report in the job's directory
+    /// too, writes it: read when its attempt is adopted or settled late.
+    earlier_report: PathBuf,
 }
 
 impl AttemptPaths {
@@ -296,23 +299,16 @@ impl AttemptPaths {
         Self {
             output: dir.join(format!("{attempt}.out")),
             report: attempts.join(format!("{job_id}.{attempt}.report.json")),
+            earlier_report: dir.join(format!("{attempt}.report.json")),
             dir,
         }
-    }
-
-    /// Where a worker of an earlier jobhost, which kept the report in the job's directory
-    /// too, writes it: read when its attempt is adopted or settled late.
-    fn earlier_report(&self) -> PathBuf {
-        let name = self.report.file_name().unwrap_or_default().to_string_lossy();
-        let attempt = name.split('.').nth(1).unwrap_or_default();
-        self.dir.join(format!("{attempt}.report.json"))
     }
 
     /// The report of the attempt, where its worker wrote it; `None` when there is none.
     pub fn read_report(&self) -> Result<Option<WorkerReport>, AttemptError> {
         match read_report(&self.report).map_err(|e| self.error(e))? {
             Some(report) => Ok(Some(report)),
-            None => read_report(&self.earlier_report()).map_err(|e| self.error(e)),
+            None => read_report(&self.earlier_report).map_err(|e| self.error(e)),
         }
     }
 
@@ -516,8 +512,8 @@ pub fn adopt_attempt(
 /// The live worker of an attempt: the recorded pid if it is still that attempt's worker, else
 /// any worker process running the attempt (its pid may not have been recorded).
 fn find_worker(paths: &AttemptPaths, pid: Option<u32>) -> Option<u32> {
-    platform::find_worker(pid, &paths.report.to_string_lossy())
-        .or_else(|| platform::find_worker(pid, &paths.earlier_report().to_string_lossy()))
+    let markers = [&paths.report, &paths.earlier_report].map(|path| path.to_string_lossy());
+    platform::find_worker(pid, &markers.each_ref().map(|marker| marker.as_ref()))
 }
 
 /// How an attempt ended by its worker's report alone: for a report that turns up after the
